@@ -1,0 +1,46 @@
+GO        ?= go
+BIN       ?= bin
+FUZZTIME  ?= 5s
+# Cache for built test servers (Vault), keyed by version, outside the repo.
+CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/castellan
+
+.PHONY: all build demo test test-unit test-integration fuzz-short vet fmt-check bench tools
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/castellan ./cmd/castellan
+
+## demo: run the CA and a workload on this machine, no cluster needed.
+demo: build
+	$(BIN)/castellan demo
+
+## test: the whole suite, unit and integration.
+test: fmt-check vet test-unit fuzz-short test-integration
+
+## test-unit: the fast inner loop (no external servers).
+test-unit:
+	$(GO) test -count=1 ./...
+
+## test-integration: end-to-end tests against real servers.
+test-integration:
+	cd integration && $(GO) vet ./... && CASTELLAN_CACHE_DIR=$(CACHE_DIR) $(GO) test -count=1 -timeout 25m ./...
+
+## fuzz-short: run every fuzz target briefly.
+fuzz-short:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz-short.sh
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## bench: Go benchmarks of the hot paths.
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+## tools: build the real servers the integration tests use (cached).
+tools:
+	./scripts/tools.sh

@@ -1,0 +1,106 @@
+// Package authn proves who a caller of the CA is. A caller presents a bearer
+// token; an Authenticator checks it and returns the Kubernetes service
+// account it belongs to. Nothing is issued for a caller that was not proven.
+package authn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Caller is a Kubernetes service account whose token was verified.
+type Caller struct {
+	Namespace      string
+	ServiceAccount string
+}
+
+// Authenticator verifies a bearer token and returns the caller it proves.
+// Implementations must be safe for concurrent use.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (Caller, error)
+}
+
+// Reason classifies an authentication failure. It is used as a metric label,
+// so the set is small and fixed.
+type Reason string
+
+// The reasons an Authenticator reports.
+const (
+	// ReasonNoToken: no bearer token was presented.
+	ReasonNoToken Reason = "no_token"
+	// ReasonMalformed: the token is not a well-formed JWT.
+	ReasonMalformed Reason = "malformed_token"
+	// ReasonInvalid: the token was checked and rejected (bad signature,
+	// wrong audience, expired, unknown or deleted service account).
+	ReasonInvalid Reason = "invalid_token"
+	// ReasonNotServiceAccount: the token is valid but does not name a
+	// Kubernetes service account.
+	ReasonNotServiceAccount Reason = "not_service_account"
+	// ReasonUnavailable: the token could not be checked, for example because
+	// the API server did not answer. The caller may retry.
+	ReasonUnavailable Reason = "unavailable"
+)
+
+// Error is an authentication failure with its reason.
+type Error struct {
+	Reason Reason
+	Err    error
+}
+
+func (e *Error) Error() string { return "authn: " + e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an *Error with the given reason.
+func Errorf(reason Reason, format string, args ...any) error {
+	return &Error{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// ReasonOf returns the reason of err, or ReasonInvalid when err carries none.
+func ReasonOf(err error) Reason {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ReasonInvalid
+}
+
+const saPrefix = "system:serviceaccount:"
+
+// ParseUsername turns a Kubernetes username of the form
+// system:serviceaccount:<namespace>:<name> into a Caller.
+func ParseUsername(username string) (Caller, error) {
+	rest, ok := strings.CutPrefix(username, saPrefix)
+	if !ok {
+		return Caller{}, Errorf(ReasonNotServiceAccount, "user %q is not a service account", username)
+	}
+	ns, sa, ok := strings.Cut(rest, ":")
+	if !ok || !validName(ns) || !validName(sa) {
+		return Caller{}, Errorf(ReasonNotServiceAccount, "malformed service account username %q", username)
+	}
+	return Caller{Namespace: ns, ServiceAccount: sa}, nil
+}
+
+// validName accepts a DNS-1123 subdomain, as Kubernetes namespace and
+// service account names are; this also keeps "/" and ":" out of SPIFFE IDs.
+func validName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' || c == '.':
+			if i == 0 || i == len(s)-1 {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,3 @@
+module github.com/castellan-mesh/castellan
+
+go 1.26.8
