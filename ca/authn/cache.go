@@ -1,0 +1,225 @@
+package authn
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+)
+
+// Defaults for CacheConfig.
+const (
+	defaultCacheMaxTTL     = 5 * time.Minute
+	defaultCacheFailureTTL = 2 * time.Second
+	defaultCacheMaxEntries = 1 << 16
+	// lookupTimeout bounds a collapsed lookup, which runs detached from the
+	// context of the caller that started it.
+	lookupTimeout = 30 * time.Second
+	// numShards spreads the cache over independently locked maps so that
+	// concurrent hits rarely touch the same lock.
+	numShards = 64
+)
+
+// CacheConfig configures a Cache.
+type CacheConfig struct {
+	// MaxTTL caps how long a successful result is reused. A success is
+	// never kept past the token's own exp claim. Zero means 5m.
+	MaxTTL time.Duration
+	// FailureTTL is how long a rejection is reused, so that a caller
+	// retrying a bad token does not cost a review each time. Failures
+	// with ReasonUnavailable are never cached. Zero means 2s; a negative
+	// value disables caching of failures.
+	FailureTTL time.Duration
+	// MaxEntries bounds the number of cached tokens. When full, expired
+	// entries are dropped first, then arbitrary ones. Zero means 65536.
+	MaxEntries int
+	// Registerer receives the castellan_authn_cache_total counter. Nil
+	// means the counter is not exported.
+	Registerer prometheus.Registerer
+}
+
+// Cache wraps an Authenticator and reuses its results, keyed by the
+// SHA-256 hash of the token; the token itself is never stored. Concurrent
+// lookups of the same token are collapsed into one call of the wrapped
+// Authenticator. Cache is safe for concurrent use.
+type Cache struct {
+	next       Authenticator
+	maxTTL     time.Duration
+	failureTTL time.Duration
+	perShard   int
+	shards     [numShards]cacheShard
+	group      singleflight.Group
+
+	// epoch anchors expiry times on the monotonic clock; now is replaced
+	// in tests.
+	epoch time.Time
+	now   func() time.Time
+
+	hits, misses, shared prometheus.Counter
+}
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[[sha256.Size]byte]cacheEntry
+	// Keep shards on separate cache lines.
+	_ [32]byte
+}
+
+type cacheEntry struct {
+	caller Caller
+	err    error
+	// expires is in nanoseconds since Cache.epoch.
+	expires int64
+}
+
+// NewCache returns a Cache in front of next.
+func NewCache(next Authenticator, cfg CacheConfig) (*Cache, error) {
+	if next == nil {
+		return nil, errors.New("authn: cache needs an authenticator to wrap")
+	}
+	c := &Cache{
+		next:       next,
+		maxTTL:     cfg.MaxTTL,
+		failureTTL: cfg.FailureTTL,
+		epoch:      time.Now(),
+		now:        time.Now,
+	}
+	if c.maxTTL <= 0 {
+		c.maxTTL = defaultCacheMaxTTL
+	}
+	if c.failureTTL == 0 {
+		c.failureTTL = defaultCacheFailureTTL
+	}
+	maxEntries := cfg.MaxEntries
+	if maxEntries <= 0 {
+		maxEntries = defaultCacheMaxEntries
+	}
+	c.perShard = max(1, (maxEntries+numShards-1)/numShards)
+	for i := range c.shards {
+		c.shards[i].m = make(map[[sha256.Size]byte]cacheEntry)
+	}
+	lookups, err := register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "castellan_authn_cache_total",
+		Help: "Authentication cache lookups, by result: hit (answered from the cache), miss (the token was checked), shared (waited on a check already in flight).",
+	}, []string{"result"}))
+	if err != nil {
+		return nil, err
+	}
+	c.hits = lookups.WithLabelValues("hit")
+	c.misses = lookups.WithLabelValues("miss")
+	c.shared = lookups.WithLabelValues("shared")
+	return c, nil
+}
+
+// Authenticate returns the cached result for token, or asks the wrapped
+// Authenticator once and caches its answer.
+func (c *Cache) Authenticate(ctx context.Context, token string) (Caller, error) {
+	if token == "" {
+		return Caller{}, errNoToken
+	}
+	if len(token) > maxTokenLen {
+		return Caller{}, Errorf(ReasonMalformed, "token is %d bytes, over the limit of %d", len(token), maxTokenLen)
+	}
+	key := sha256.Sum256([]byte(token))
+	shard := &c.shards[key[0]%numShards]
+	shard.mu.RLock()
+	e, ok := shard.m[key]
+	shard.mu.RUnlock()
+	if ok && c.since() < e.expires {
+		c.hits.Inc()
+		return e.caller, e.err
+	}
+	return c.lookup(ctx, key, token)
+}
+
+// lookup calls the wrapped Authenticator, collapsing concurrent calls for
+// the same key, and stores the result.
+func (c *Cache) lookup(ctx context.Context, key [sha256.Size]byte, token string) (Caller, error) {
+	// The shared call must not die with the context of whichever caller
+	// happened to start it, so it runs detached with its own timeout.
+	detached := context.WithoutCancel(ctx)
+	ch := c.group.DoChan(string(key[:]), func() (any, error) {
+		c.misses.Inc()
+		lctx, cancel := context.WithTimeout(detached, lookupTimeout)
+		defer cancel()
+		caller, err := c.next.Authenticate(lctx, token)
+		c.store(key, token, caller, err)
+		return caller, err
+	})
+	select {
+	case res := <-ch:
+		if res.Shared {
+			c.shared.Inc()
+		}
+		caller, _ := res.Val.(Caller)
+		return caller, res.Err
+	case <-ctx.Done():
+		return Caller{}, &Error{Reason: ReasonUnavailable, Err: ctx.Err()}
+	}
+}
+
+// store caches the outcome of one lookup for as long as it may be reused.
+func (c *Cache) store(key [sha256.Size]byte, token string, caller Caller, err error) {
+	var ttl time.Duration
+	switch {
+	case err == nil:
+		ttl = c.maxTTL
+		if u, perr := peek(token); perr == nil && !u.Expiry.IsZero() {
+			ttl = min(ttl, u.Expiry.Sub(c.now()))
+		}
+	case ReasonOf(err) == ReasonUnavailable:
+		return
+	default:
+		ttl = c.failureTTL
+	}
+	if ttl <= 0 {
+		return
+	}
+	e := cacheEntry{caller: caller, err: err, expires: c.since() + int64(ttl)}
+	shard := &c.shards[key[0]%numShards]
+	shard.mu.Lock()
+	if _, ok := shard.m[key]; !ok && len(shard.m) >= c.perShard {
+		shard.evict(c.since(), c.perShard)
+	}
+	shard.m[key] = e
+	shard.mu.Unlock()
+}
+
+// evict makes room in a full shard: it drops expired entries, and if that
+// is not enough, arbitrary ones down to 7/8 of the limit, so that the cost
+// is amortized over many inserts. The caller holds the write lock.
+func (s *cacheShard) evict(now int64, limit int) {
+	for k, e := range s.m {
+		if e.expires <= now {
+			delete(s.m, k)
+		}
+	}
+	target := limit - max(1, limit/8)
+	for k := range s.m {
+		if len(s.m) <= target {
+			break
+		}
+		delete(s.m, k)
+	}
+}
+
+// since returns the current time in nanoseconds since c.epoch.
+func (c *Cache) since() int64 {
+	return int64(c.now().Sub(c.epoch))
+}
+
+// Len returns the number of cached entries, expired ones included.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		n += len(s.m)
+		s.mu.RUnlock()
+	}
+	return n
+}
