@@ -1,0 +1,218 @@
+package source
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MaxInputSize is the largest file, stdin, Secret value or HTTP body a
+// source reads, in bytes. Certificate material is far smaller; the cap stops
+// a hostile or mistaken input from exhausting memory.
+const MaxInputSize = 16 << 20
+
+var pemStart = []byte("-----BEGIN")
+
+// ParseCertificates parses certificates from data, which holds either PEM
+// (any number of CERTIFICATE blocks; other blocks such as private keys are
+// skipped) or DER (one certificate or several concatenated). Data that is
+// neither but is the base64 encoding of one of them (as kubectl prints a
+// Secret value) is decoded first. The certificates are returned in the order
+// they appear. An error says which block, on which line, is bad.
+func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
+	certs, err := parseCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	return certs, nil
+}
+
+// parseCerts is ParseCertificates with unprefixed errors.
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
+	certs, err := parseCertificates(data)
+	if err == nil || bytes.Contains(data, pemStart) {
+		return certs, err
+	}
+	if decoded, ok := decodeBase64(data); ok {
+		if certs, err2 := parseCertificates(decoded); err2 == nil {
+			return certs, nil
+		}
+	}
+	return nil, err
+}
+
+func parseCertificates(data []byte) ([]*x509.Certificate, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("no data")
+	}
+	if !bytes.Contains(data, pemStart) {
+		certs, err := x509.ParseCertificates(data)
+		if err != nil {
+			return nil, fmt.Errorf("input is not PEM, and not DER certificates: %w", err)
+		}
+		if len(certs) == 0 {
+			return nil, errors.New("no certificate in DER input")
+		}
+		return certs, nil
+	}
+	var (
+		certs []*x509.Certificate
+		other []string
+	)
+	for n, rest := 1, data; ; n++ {
+		start := bytes.Index(rest, pemStart)
+		if start < 0 {
+			break
+		}
+		line := lineOf(data, len(data)-len(rest)+start)
+		block, next := decodeOne(rest[start:])
+		if block == nil {
+			return nil, fmt.Errorf("PEM block %d at line %d is malformed (bad base64 or no END line)", n, line)
+		}
+		rest = next
+		switch block.Type {
+		case "CERTIFICATE":
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("PEM block %d (CERTIFICATE) at line %d: %w", n, line, err)
+			}
+			certs = append(certs, cert)
+		default:
+			other = append(other, block.Type)
+		}
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("no CERTIFICATE PEM block (found %s)", describeTypes(other))
+	}
+	return certs, nil
+}
+
+// ParseKey parses a private key in PEM (PKCS #8, PKCS #1 or SEC 1) or DER
+// and returns its public half. The private key itself is dropped before
+// ParseKey returns. In PEM, the first private key block is used and other
+// blocks are skipped. It returns ErrNoKey when PEM data holds no private key
+// block.
+func ParseKey(data []byte) (crypto.PublicKey, error) {
+	pub, err := parseKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	return pub, nil
+}
+
+// parseKey is ParseKey with unprefixed errors.
+func parseKey(data []byte) (crypto.PublicKey, error) {
+	if !bytes.Contains(data, pemStart) {
+		if decoded, ok := decodeBase64(data); ok && bytes.Contains(decoded, pemStart) {
+			data = decoded
+		} else {
+			return parseKeyDER(data, "")
+		}
+	}
+	for n, rest := 1, data; ; n++ {
+		start := bytes.Index(rest, pemStart)
+		if start < 0 {
+			return nil, ErrNoKey
+		}
+		line := lineOf(data, len(data)-len(rest)+start)
+		block, next := decodeOne(rest[start:])
+		if block == nil {
+			return nil, fmt.Errorf("PEM block %d at line %d is malformed (bad base64 or no END line)", n, line)
+		}
+		rest = next
+		switch {
+		case block.Type == "ENCRYPTED PRIVATE KEY" || block.Headers["Proc-Type"] != "":
+			return nil, fmt.Errorf("PEM block %d at line %d is an encrypted private key; decrypt it first", n, line)
+		case strings.HasSuffix(block.Type, "PRIVATE KEY"):
+			pub, err := parseKeyDER(block.Bytes, block.Type)
+			if err != nil {
+				return nil, fmt.Errorf("PEM block %d (%s) at line %d: %w", n, block.Type, line, err)
+			}
+			return pub, nil
+		}
+	}
+}
+
+// ErrNoKey is wrapped in the error ParseKey returns when PEM data holds no
+// private key.
+var ErrNoKey = errors.New("no private key PEM block")
+
+func parseKeyDER(der []byte, pemType string) (crypto.PublicKey, error) {
+	var (
+		key any
+		err error
+	)
+	switch pemType {
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(der)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(der)
+	default:
+		key, err = x509.ParsePKCS8PrivateKey(der)
+		if err != nil && pemType == "" {
+			if k, err1 := x509.ParsePKCS1PrivateKey(der); err1 == nil {
+				key, err = k, nil
+			} else if k, err2 := x509.ParseECPrivateKey(der); err2 == nil {
+				key, err = k, nil
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parsing private key: %w", err)
+	}
+	switch k := key.(type) {
+	case crypto.Signer:
+		return k.Public(), nil
+	case *ecdh.PrivateKey:
+		return k.PublicKey(), nil
+	default:
+		return nil, fmt.Errorf("unsupported private key type %T", key)
+	}
+}
+
+// decodeBase64 decodes data as standard base64, ignoring surrounding and
+// embedded whitespace.
+func decodeBase64(data []byte) ([]byte, bool) {
+	compact := bytes.Join(bytes.Fields(data), nil)
+	if len(compact) == 0 || len(compact) > MaxInputSize {
+		return nil, false
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(compact)))
+	n, err := base64.StdEncoding.Decode(out, compact)
+	if err != nil || n == 0 {
+		return nil, false
+	}
+	return out[:n], true
+}
+
+// decodeOne decodes the PEM block that data starts with. Unlike pem.Decode
+// it never skips a malformed block to return a later one: it returns nil.
+func decodeOne(data []byte) (*pem.Block, []byte) {
+	end := len(data)
+	if i := bytes.Index(data[len(pemStart):], pemStart); i >= 0 {
+		end = len(pemStart) + i
+	}
+	block, remain := pem.Decode(data[:end])
+	if block == nil {
+		return nil, nil
+	}
+	return block, data[end-len(remain):]
+}
+
+// lineOf returns the 1-based line number of offset in data.
+func lineOf(data []byte, offset int) int {
+	return bytes.Count(data[:offset], []byte("\n")) + 1
+}
+
+func describeTypes(types []string) string {
+	if len(types) == 0 {
+		return "no PEM block"
+	}
+	return strings.Join(types, ", ")
+}
