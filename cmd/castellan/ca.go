@@ -3,9 +3,151 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
-func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+// caFlags are the flags of "castellan ca".
+type caFlags struct {
+	dataDir, grpcAddr, httpAddr, trustDomain, kubeconfig string
+	jwtIssuer, jwksFile, logLevel                        string
+	audiences, dnsNames                                  *cliflag.StringList
+	defaultTTL, maxTTL, authCacheTTL                     time.Duration
+	tokenReview                                          bool
 }
+
+func (f *caFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/castellan", "directory holding the CA material (a self-signed root is created here on first start, or Istio's cacerts layout is used)")
+	fs.StringVar(&f.grpcAddr, "grpc-addr", ":15012", "listen address of the certificate service (gRPC over TLS)")
+	fs.StringVar(&f.httpAddr, "http-addr", ":15014", "listen address for /metrics, /healthz, /readyz, /bundle and /bundle.spiffe")
+	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of issued SVIDs")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for TokenReview (in-cluster config when empty)")
+	fs.BoolVar(&f.tokenReview, "token-review", true, "authenticate Kubernetes service-account tokens with TokenReview")
+	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "issuer of JWTs checked offline (with --jwks-file, or by OIDC discovery when it is an https URL)")
+	fs.StringVar(&f.jwksFile, "jwks-file", "", "JWKS file with the keys of --jwt-issuer")
+	f.audiences = cliflag.NewStringList("istio-ca")
+	fs.Var(f.audiences, "token-audience", "accepted token audience (repeatable)")
+	f.dnsNames = cliflag.NewStringList("castellan", "castellan.castellan-system.svc", "localhost")
+	fs.Var(f.dnsNames, "server-dns-name", "DNS name in the CA's serving certificate (repeatable)")
+	fs.DurationVar(&f.defaultTTL, "default-ttl", time.Hour, "SVID lifetime when the request names none")
+	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest SVID lifetime granted")
+	fs.DurationVar(&f.authCacheTTL, "auth-cache-ttl", 5*time.Minute, "longest time a successful token check is reused (never past the token's exp)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan ca", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f caFlags
+	f.register(fs)
+	if err := cliflag.Parse(fs, "CASTELLAN", args, nil); err != nil {
+		return usageError{err}
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return usageError{err}
+	}
+	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
+	if err != nil {
+		return usageError{fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	auth, err := f.authenticator(ctx, reg)
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(ctx, server.Config{
+		DataDir:        f.dataDir,
+		GRPCAddr:       f.grpcAddr,
+		HTTPAddr:       f.httpAddr,
+		TrustDomain:    td,
+		ServerDNSNames: f.dnsNames.Values(),
+		Authenticator:  auth,
+		DefaultTTL:     f.defaultTTL,
+		MaxTTL:         f.maxTTL,
+		Logger:         log,
+		Registerer:     reg,
+		Gatherer:       reg,
+	})
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
+}
+
+// authenticator builds the token checks the flags ask for, behind one cache.
+func (f *caFlags) authenticator(ctx context.Context, reg prometheus.Registerer) (authn.Authenticator, error) {
+	var fallback authn.Authenticator
+	if f.tokenReview {
+		cfg, err := kubeConfig(f.kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("TokenReview needs a cluster (set --kubeconfig, run in a pod, or pass --token-review=false): %w", err)
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		tr, err := authn.NewTokenReview(authn.TokenReviewConfig{Client: client, Audiences: f.audiences.Values(), Registerer: reg})
+		if err != nil {
+			return nil, err
+		}
+		fallback = tr
+	}
+	issuers := map[string]authn.Authenticator{}
+	if f.jwtIssuer != "" || f.jwksFile != "" {
+		if f.jwtIssuer == "" {
+			return nil, usageError{errors.New("--jwks-file needs --jwt-issuer")}
+		}
+		j, err := authn.NewJWT(ctx, authn.JWTConfig{Issuer: f.jwtIssuer, Audiences: f.audiences.Values(), JWKSFile: f.jwksFile})
+		if err != nil {
+			return nil, err
+		}
+		issuers[f.jwtIssuer] = j
+	}
+	if fallback == nil && len(issuers) == 0 {
+		return nil, usageError{errors.New("no authenticator: enable --token-review or set --jwt-issuer")}
+	}
+	return authn.NewCache(authn.NewByIssuer(issuers, fallback), authn.CacheConfig{MaxTTL: f.authCacheTTL, Registerer: reg})
+}
+
+// kubeConfig loads path, or the in-cluster config when path is empty.
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", path)
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// usageError is a bad flag or argument: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string {
+	if errors.Is(e.err, flag.ErrHelp) {
+		return ""
+	}
+	return e.err.Error()
+}
+func (e usageError) Unwrap() error { return e.err }
+func (e usageError) ExitCode() int  { return 2 }

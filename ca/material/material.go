@@ -1,0 +1,367 @@
+// Package material loads and keeps the CA's signing material from its data
+// directory. Two layouts are recognised:
+//
+//   - Plugged-in (Istio's cacerts): ca-cert.pem, ca-key.pem, cert-chain.pem
+//     and root-cert.pem. The CA signs with ca-cert.pem as an intermediate.
+//     The files are watched, and a valid change is taken without a restart.
+//   - Self-signed (the embedded default): root-cert.pem and root-key.pem,
+//     created on first start and reused on every start after.
+//
+// Nothing is ever regenerated silently: a data directory that holds part of
+// a layout is an error that names what is missing.
+package material
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// File names in the data directory.
+const (
+	CACertFile    = "ca-cert.pem"
+	CAKeyFile     = "ca-key.pem"
+	CertChainFile = "cert-chain.pem"
+	RootCertFile  = "root-cert.pem"
+	RootKeyFile   = "root-key.pem"
+)
+
+// Mode says where the signing material came from.
+type Mode string
+
+// The modes a Store runs in.
+const (
+	ModeSelfSigned Mode = "self-signed"
+	ModePluggedIn  Mode = "plugged-in"
+)
+
+// Config configures a Store.
+type Config struct {
+	// Dir is the data directory. It is created (0700) if missing.
+	Dir string
+	// TrustDomain names a self-signed root. Required.
+	TrustDomain spiffeid.TrustDomain
+	// RootTTL is the lifetime of a new self-signed root. Default: 10 years.
+	RootTTL time.Duration
+	// ReloadInterval is how often plugged-in files are checked for change.
+	// Default: 5s.
+	ReloadInterval time.Duration
+	// Logger receives reload events. Default: slog.Default().
+	Logger *slog.Logger
+	// OnChange, if set, is called with each new Authority after a reload.
+	OnChange func(*ca.Authority)
+}
+
+// Store holds the current Authority. It implements ca.Source.
+type Store struct {
+	cfg  Config
+	mode Mode
+	cur  atomic.Pointer[ca.Authority]
+
+	mu       sync.Mutex
+	lastHash [sha256.Size]byte
+	lastErr  error
+}
+
+// Open loads the material in cfg.Dir, creating a self-signed root if the
+// directory holds none.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("material: no data directory")
+	}
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("material: no trust domain")
+	}
+	if cfg.ReloadInterval == 0 {
+		cfg.ReloadInterval = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("material: could not create data directory: %w", err)
+	}
+	s := &Store{cfg: cfg}
+	plugged, err := s.detect()
+	if err != nil {
+		return nil, err
+	}
+	if plugged {
+		s.mode = ModePluggedIn
+		a, h, err := s.loadPluggedIn()
+		if err != nil {
+			return nil, err
+		}
+		s.cur.Store(a)
+		s.lastHash = h
+		return s, nil
+	}
+	s.mode = ModeSelfSigned
+	a, err := s.loadOrCreateRoot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.cur.Store(a)
+	return s, nil
+}
+
+// Authority returns the Authority to sign with now.
+func (s *Store) Authority() *ca.Authority { return s.cur.Load() }
+
+// Mode reports which layout the Store loaded.
+func (s *Store) Mode() Mode { return s.mode }
+
+// LastReloadError returns the error of the latest failed reload, or nil
+// once a reload has succeeded since.
+func (s *Store) LastReloadError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
+
+// Run watches plugged-in files and reloads them on change until ctx ends.
+// A change that does not load (a missing file, a key that does not match,
+// a broken chain) is logged and skipped; the current Authority stays.
+// In self-signed mode Run just waits for ctx.
+func (s *Store) Run(ctx context.Context) error {
+	if s.mode != ModePluggedIn {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(s.cfg.ReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.Reload()
+		}
+	}
+}
+
+// Reload checks the plugged-in files once and takes them if they changed
+// and are valid. It reports whether a new Authority was taken.
+func (s *Store) Reload() bool {
+	if s.mode != ModePluggedIn {
+		return false
+	}
+	h, err := s.hashFiles()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil && h == s.lastHash {
+		return false
+	}
+	a, h, err := s.loadPluggedIn()
+	if err != nil {
+		if s.lastErr == nil || s.lastErr.Error() != err.Error() {
+			s.cfg.Logger.Error("plugged-in CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
+		}
+		s.lastErr = err
+		return false
+	}
+	s.lastErr = nil
+	s.lastHash = h
+	s.cur.Store(a)
+	s.cfg.Logger.Info("reloaded plugged-in CA material", "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter)
+	if s.cfg.OnChange != nil {
+		s.cfg.OnChange(a)
+	}
+	return true
+}
+
+func (s *Store) path(name string) string { return filepath.Join(s.cfg.Dir, name) }
+
+// detect reports whether the directory holds the plugged-in layout, and
+// fails on a partial one.
+func (s *Store) detect() (bool, error) {
+	var present, missing []string
+	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+		if _, err := os.Stat(s.path(f)); err == nil {
+			present = append(present, f)
+		} else if errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, f)
+		} else {
+			return false, fmt.Errorf("material: %w", err)
+		}
+	}
+	hasCA := contains(present, CACertFile) || contains(present, CAKeyFile)
+	switch {
+	case !hasCA:
+		return false, nil
+	case len(missing) == 0:
+		return true, nil
+	}
+	return false, fmt.Errorf("material: %s holds a partial plugged-in CA layout: missing %v (need %s, %s, %s and %s)",
+		s.cfg.Dir, missing, CACertFile, CAKeyFile, CertChainFile, RootCertFile)
+}
+
+func (s *Store) hashFiles() ([sha256.Size]byte, error) {
+	h := sha256.New()
+	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+		b, err := os.ReadFile(s.path(f))
+		if err != nil {
+			return [sha256.Size]byte{}, err
+		}
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+	var out [sha256.Size]byte
+	copy(out[:], h.Sum(nil))
+	return out, nil
+}
+
+// loadPluggedIn reads and validates Istio's cacerts layout.
+func (s *Store) loadPluggedIn() (*ca.Authority, [sha256.Size]byte, error) {
+	var zero [sha256.Size]byte
+	h, err := s.hashFiles()
+	if err != nil {
+		return nil, zero, fmt.Errorf("material: %w", err)
+	}
+	certs, err := pemfile.ReadCertificates(s.path(CACertFile))
+	if err != nil {
+		return nil, zero, fmt.Errorf("material: %w", err)
+	}
+	key, err := pemfile.ReadPrivateKey(s.path(CAKeyFile))
+	if err != nil {
+		return nil, zero, fmt.Errorf("material: %w", err)
+	}
+	chainFile, err := pemfile.ReadCertificates(s.path(CertChainFile))
+	if err != nil {
+		return nil, zero, fmt.Errorf("material: %w", err)
+	}
+	roots, err := pemfile.ReadCertificates(s.path(RootCertFile))
+	if err != nil {
+		return nil, zero, fmt.Errorf("material: %w", err)
+	}
+	cert := certs[0]
+	chain := chainAbove(cert, chainFile, roots)
+	a, err := ca.NewAuthority(cert, key, chain, roots)
+	if err != nil {
+		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
+	}
+	warnIfReadable(s.cfg.Logger, s.path(CAKeyFile))
+	return a, h, nil
+}
+
+// chainAbove returns the certificates above cert, ending with its root.
+// Istio's cert-chain.pem may or may not start with ca-cert.pem and may or
+// may not end with the root; both forms are accepted.
+func chainAbove(cert *x509.Certificate, chainFile, roots []*x509.Certificate) []*x509.Certificate {
+	var chain []*x509.Certificate
+	for _, c := range chainFile {
+		if !c.Equal(cert) {
+			chain = append(chain, c)
+		}
+	}
+	top := cert
+	if len(chain) > 0 {
+		top = chain[len(chain)-1]
+	}
+	if isSelfSigned(top) {
+		return chain
+	}
+	for _, r := range roots {
+		if top.CheckSignatureFrom(r) == nil {
+			return append(chain, r)
+		}
+	}
+	return chain
+}
+
+func isSelfSigned(c *x509.Certificate) bool {
+	return string(c.RawIssuer) == string(c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}
+
+// loadOrCreateRoot loads the self-signed root, creating it on first start.
+func (s *Store) loadOrCreateRoot(ctx context.Context) (*ca.Authority, error) {
+	certPath, keyPath := s.path(RootCertFile), s.path(RootKeyFile)
+	_, certErr := os.Stat(certPath)
+	_, keyErr := os.Stat(keyPath)
+	switch {
+	case certErr == nil && keyErr == nil:
+		return s.loadRoot()
+	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
+		return s.createRoot(ctx)
+	case certErr == nil:
+		return nil, fmt.Errorf("material: %s exists but its key %s is missing; refusing to create a new root over it", certPath, keyPath)
+	case keyErr == nil:
+		return nil, fmt.Errorf("material: %s exists but its certificate %s is missing; refusing to create a new root over it", keyPath, certPath)
+	}
+	return nil, fmt.Errorf("material: %w", errors.Join(certErr, keyErr))
+}
+
+func (s *Store) loadRoot() (*ca.Authority, error) {
+	certs, err := pemfile.ReadCertificates(s.path(RootCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	key, err := pemfile.ReadPrivateKey(s.path(RootKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	warnIfReadable(s.cfg.Logger, s.path(RootKeyFile))
+	a, err := ca.NewAuthority(certs[0], key, nil, certs)
+	if err != nil {
+		return nil, fmt.Errorf("material: self-signed root in %s: %w", s.cfg.Dir, err)
+	}
+	return a, nil
+}
+
+func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("material: could not generate root key: %w", err)
+	}
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: s.cfg.TrustDomain, TTL: s.cfg.RootTTL})
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	// The key is written first, exclusively: if two processes race on one
+	// directory, one of them fails here instead of overwriting the other.
+	if err := pemfile.WritePrivateKey(s.path(RootKeyFile), key); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	if err := pemfile.WriteCertificates(s.path(RootCertFile), []*x509.Certificate{root}); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	s.cfg.Logger.Info("created a self-signed root", "dir", s.cfg.Dir, "subject", root.Subject.String(), "not_after", root.NotAfter)
+	return ca.NewAuthority(root, key, nil, []*x509.Certificate{root})
+}
+
+func warnIfReadable(log *slog.Logger, path string) {
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		log.Warn("CA key file is readable by group or others; it should be 0600", "path", path, "mode", fi.Mode().Perm().String())
+	}
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+var _ crypto.Signer = (*ecdsa.PrivateKey)(nil)

@@ -1,0 +1,82 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"google.golang.org/grpc/peer"
+)
+
+// bundleRefreshHint is advertised in the SPIFFE bundle document.
+const bundleRefreshHint = 5 * time.Minute
+
+func (s *Server) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.HandleFunc("GET /bundle", s.serveBundlePEM)
+	mux.HandleFunc("GET /bundle.spiffe", s.serveBundleSPIFFE)
+	return mux
+}
+
+// Ready reports whether the CA can sign now, and why not.
+func (s *Server) Ready() (bool, string) {
+	a := s.src.Authority()
+	switch {
+	case a == nil:
+		return false, "no signing material loaded"
+	case time.Now().After(a.NotAfter()):
+		return false, "the signing chain has expired"
+	}
+	return true, "ok"
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	ok, msg := s.Ready()
+	if !ok {
+		http.Error(w, msg, http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte(msg + "\n"))
+}
+
+func (s *Server) serveBundlePEM(w http.ResponseWriter, _ *http.Request) {
+	a := s.src.Authority()
+	if a == nil {
+		http.Error(w, "no trust bundle loaded", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	_, _ = w.Write(a.BundlePEM())
+}
+
+func (s *Server) serveBundleSPIFFE(w http.ResponseWriter, _ *http.Request) {
+	a := s.src.Authority()
+	if a == nil {
+		http.Error(w, "no trust bundle loaded", http.StatusServiceUnavailable)
+		return
+	}
+	b := spiffebundle.New(s.td)
+	b.SetX509Authorities(a.Roots)
+	b.SetRefreshHint(bundleRefreshHint)
+	doc, err := b.Marshal()
+	if err != nil {
+		http.Error(w, "could not encode bundle", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(doc)
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}

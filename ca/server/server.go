@@ -1,0 +1,264 @@
+// Package server runs the CA: Istio's certificate service over gRPC+TLS,
+// and an HTTP endpoint for metrics, health and the trust bundle.
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	pb "istio.io/api/security/v1alpha1"
+)
+
+// MaxRequestBytes is the largest gRPC request the CA reads.
+const MaxRequestBytes = 64 << 10
+
+// Config configures a Server. Zero values select the noted defaults.
+type Config struct {
+	// DataDir holds the CA material (see package material). Required
+	// unless Source is set.
+	DataDir string
+	// Source, if set, supplies the signing material instead of DataDir.
+	Source ca.Source
+	// GRPCAddr is the listen address of the certificate service.
+	// Default: 127.0.0.1:15012.
+	GRPCAddr string
+	// HTTPAddr is the listen address for /metrics, /healthz, /readyz,
+	// /bundle and /bundle.spiffe. Default: 127.0.0.1:15014. "-" disables it.
+	HTTPAddr string
+	// TrustDomain of the SVIDs issued. Default: cluster.local.
+	TrustDomain spiffeid.TrustDomain
+	// ServerDNSNames are the DNS names in the CA's own serving certificate.
+	// Default: castellan, castellan.castellan-system.svc, localhost.
+	ServerDNSNames []string
+	// Authenticator proves callers. Required.
+	Authenticator authn.Authenticator
+	// DefaultTTL and MaxTTL bound SVID lifetimes (see ca.Config).
+	DefaultTTL, MaxTTL time.Duration
+	// Logger receives the server's logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the server's metrics; Gatherer serves them on
+	// /metrics. Default: a new registry for both.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	// GRPCOptions are appended to the gRPC server's options.
+	GRPCOptions []grpc.ServerOption
+}
+
+// Server is a running CA.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	td      spiffeid.TrustDomain
+	src     ca.Source
+	store   *material.Store // nil when Source was given
+	issuer  *ca.Issuer
+	metrics *metrics
+
+	grpcLis net.Listener
+	httpLis net.Listener
+	grpc    *grpc.Server
+	http    *http.Server
+	health  *health.Server
+
+	servingMu   sync.Mutex
+	serving     *tls.Certificate
+	servingAuth *ca.Authority
+}
+
+// New loads the CA material, binds both listeners and returns a Server
+// ready to Serve.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Authenticator == nil {
+		return nil, errors.New("server: no authenticator configured")
+	}
+	if cfg.TrustDomain.IsZero() {
+		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	}
+	if cfg.GRPCAddr == "" {
+		cfg.GRPCAddr = "127.0.0.1:15012"
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:15014"
+	}
+	if len(cfg.ServerDNSNames) == 0 {
+		cfg.ServerDNSNames = []string{"castellan", "castellan.castellan-system.svc", "localhost"}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		cfg.Registerer, cfg.Gatherer = reg, reg
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, td: cfg.TrustDomain, src: cfg.Source}
+	if s.src == nil {
+		if cfg.DataDir == "" {
+			return nil, errors.New("server: no data directory configured")
+		}
+		store, err := material.Open(ctx, material.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		s.store, s.src = store, store
+	}
+	iss, err := ca.NewIssuer(s.src, ca.Config{DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.issuer = iss
+	s.metrics = newMetrics(cfg.Registerer, s.src)
+	// Issue the first serving certificate now, so that a broken CA fails
+	// at start-up rather than on the first handshake.
+	if _, err := s.servingCertificate(nil); err != nil {
+		return nil, err
+	}
+	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("server: gRPC listener: %w", err)
+	}
+	if cfg.HTTPAddr != "-" {
+		if s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			s.grpcLis.Close()
+			return nil, fmt.Errorf("server: HTTP listener: %w", err)
+		}
+	}
+	s.grpc = s.newGRPCServer()
+	s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+func (s *Server) newGRPCServer() *grpc.Server {
+	tlsCfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: s.servingCertificate,
+	}
+	opts := []grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.StatsHandler(&oversizeCounter{m: s.metrics}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(10 * time.Second),
+	}
+	opts = append(opts, s.cfg.GRPCOptions...)
+	g := grpc.NewServer(opts...)
+	pb.RegisterIstioCertificateServiceServer(g, &certService{s: s})
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(g, s.health)
+	return g
+}
+
+// GRPCAddr returns the bound address of the certificate service.
+func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
+
+// HTTPAddr returns the bound HTTP address, or "" when disabled.
+func (s *Server) HTTPAddr() string {
+	if s.httpLis == nil {
+		return ""
+	}
+	return s.httpLis.Addr().String()
+}
+
+// Source returns the CA's signing material.
+func (s *Server) Source() ca.Source { return s.src }
+
+// Serve serves until ctx ends, then stops gracefully (in-flight requests
+// finish, for at most 5 seconds).
+func (s *Server) Serve(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("server: gRPC: %w", err)
+		}
+		return nil
+	})
+	if s.httpLis != nil {
+		g.Go(func() error {
+			if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("server: HTTP: %w", err)
+			}
+			return nil
+		})
+	}
+	if s.store != nil {
+		g.Go(func() error { return s.store.Run(ctx) })
+	}
+	g.Go(func() error {
+		<-ctx.Done()
+		s.health.Shutdown()
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			s.grpc.Stop()
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.http.Shutdown(sctx)
+		return nil
+	})
+	s.log.Info("CA serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "trust_domain", s.td.Name())
+	return g.Wait()
+}
+
+// servingCertificate returns the CA's own TLS certificate, issuing a new
+// one when the signing material changed or half its life has passed.
+func (s *Server) servingCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	a := s.src.Authority()
+	if a == nil {
+		return nil, errors.New("server: no signing authority loaded")
+	}
+	s.servingMu.Lock()
+	defer s.servingMu.Unlock()
+	now := time.Now()
+	if c := s.serving; c != nil && s.servingAuth == a {
+		half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
+		if now.Before(half) {
+			return c, nil
+		}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("server: serving key: %w", err)
+	}
+	leaf, err := ca.IssueServingCertificate(a, key.Public(), s.cfg.ServerDNSNames, 24*time.Hour, now)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	chain := [][]byte{leaf.Raw, a.Cert.Raw}
+	for _, c := range a.Chain {
+		if !isRoot(c) {
+			chain = append(chain, c.Raw)
+		}
+	}
+	if isRoot(a.Cert) {
+		chain = chain[:1]
+	}
+	s.serving = &tls.Certificate{Certificate: chain, PrivateKey: crypto.Signer(key), Leaf: leaf}
+	s.servingAuth = a
+	return s.serving, nil
+}
+
+func isRoot(c *x509.Certificate) bool { return string(c.RawIssuer) == string(c.RawSubject) }

@@ -1,0 +1,125 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
+)
+
+// certService implements Istio's IstioCertificateService.
+type certService struct {
+	pb.UnimplementedIstioCertificateServiceServer
+	s *Server
+}
+
+// impersonationKey is the metadata field Istio's agents use to ask for
+// another identity's certificate. Castellan never grants it.
+const impersonationKey = "ImpersonatedIdentity"
+
+// CreateCertificate authenticates the caller, validates the CSR against the
+// caller's identity, signs an SVID and returns its chain, leaf first.
+func (c *certService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	s := c.s
+	s.metrics.received.Inc()
+
+	id, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if md := req.GetMetadata(); md != nil {
+		if _, ok := md.GetFields()[impersonationKey]; ok {
+			s.metrics.rejected.WithLabelValues(string(reasonImpersonation)).Inc()
+			return nil, status.Errorf(codes.PermissionDenied, "%s asked to impersonate another identity; impersonation is not supported", id)
+		}
+	}
+	if req.GetValidityDuration() < 0 {
+		s.metrics.rejected.WithLabelValues(string(ca.ReasonInvalidTTL)).Inc()
+		return nil, status.Errorf(codes.InvalidArgument, "validity_duration %d is negative", req.GetValidityDuration())
+	}
+	ttl := time.Duration(min(req.GetValidityDuration(), int64(100*365*24*time.Hour/time.Second))) * time.Second
+
+	start := time.Now()
+	svid, err := s.issuer.Issue(ctx, ca.Request{CSR: []byte(req.GetCsr()), ID: id, TTL: ttl})
+	if err != nil {
+		return nil, s.rejection(ctx, id, err)
+	}
+	s.metrics.signSeconds.Observe(time.Since(start).Seconds())
+	s.metrics.issued.Inc()
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.DebugContext(ctx, "issued SVID", "spiffe_id", id.String(), "not_after", svid.NotAfter)
+	}
+	return &pb.IstioCertificateResponse{CertChain: svid.ChainPEM}, nil
+}
+
+// authenticate proves the caller from the bearer token in the request
+// metadata and returns its SPIFFE ID.
+func (s *Server) authenticate(ctx context.Context) (spiffeid.ID, error) {
+	token, err := bearerToken(ctx)
+	if err == nil {
+		var caller authn.Caller
+		if caller, err = s.cfg.Authenticator.Authenticate(ctx, token); err == nil {
+			id, idErr := spiffeid.FromSegments(s.td, "ns", caller.Namespace, "sa", caller.ServiceAccount)
+			if idErr == nil {
+				return id, nil
+			}
+			err = authn.Errorf(authn.ReasonNotServiceAccount, "service account %s/%s does not make a valid SPIFFE ID: %v", caller.Namespace, caller.ServiceAccount, idErr)
+		}
+	}
+	reason := authn.ReasonOf(err)
+	s.metrics.authFailures.WithLabelValues(string(reason)).Inc()
+	s.log.InfoContext(ctx, "authentication failed", "reason", string(reason), "error", err.Error(), "peer", peerAddr(ctx))
+	code := codes.Unauthenticated
+	if reason == authn.ReasonUnavailable {
+		code = codes.Unavailable
+	}
+	return spiffeid.ID{}, status.Error(code, "authentication failed: "+strings.TrimPrefix(err.Error(), "authn: "))
+}
+
+// bearerToken extracts the token from "authorization: Bearer <token>".
+func bearerToken(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	switch {
+	case len(vals) == 0:
+		return "", authn.Errorf(authn.ReasonNoToken, "no authorization metadata; send \"authorization: Bearer <service account token>\"")
+	case len(vals) > 1:
+		return "", authn.Errorf(authn.ReasonMalformed, "%d authorization values; send exactly one", len(vals))
+	}
+	scheme, token, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || strings.TrimSpace(token) == "" {
+		return "", authn.Errorf(authn.ReasonMalformed, "authorization metadata is not of the form \"Bearer <token>\"")
+	}
+	return strings.TrimSpace(token), nil
+}
+
+// rejection counts, logs and converts an Issuer error to a gRPC status.
+func (s *Server) rejection(ctx context.Context, id spiffeid.ID, err error) error {
+	reason := ca.ReasonOf(err)
+	if reason == "" {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return status.FromContextError(err).Err()
+		}
+		s.log.ErrorContext(ctx, "signing failed", "spiffe_id", id.String(), "error", err)
+		return status.Error(codes.Internal, "signing failed")
+	}
+	s.metrics.rejected.WithLabelValues(string(reason)).Inc()
+	s.log.InfoContext(ctx, "CSR rejected", "spiffe_id", id.String(), "reason", string(reason), "error", err.Error())
+	code := codes.InvalidArgument
+	switch reason {
+	case ca.ReasonIdentityMismatch:
+		code = codes.PermissionDenied
+	case ca.ReasonCAUnavailable:
+		code = codes.Unavailable
+	}
+	return status.Error(code, strings.TrimPrefix(err.Error(), "ca: "))
+}
