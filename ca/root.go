@@ -100,4 +100,3 @@ func firstOr(s []string, def string) string {
 	}
 	return def
 }
-

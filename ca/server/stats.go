@@ -12,8 +12,9 @@ import (
 // MaxRequestBytes; they never reach the handler.
 type oversizeCounter struct{ m *metrics }
 
-
-func (o *oversizeCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (o *oversizeCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
+	return ctx
+}
 func (o *oversizeCounter) HandleRPC(_ context.Context, st stats.RPCStats) {
 	end, ok := st.(*stats.End)
 	if !ok || end.Error == nil || end.Client {

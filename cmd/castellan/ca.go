@@ -150,4 +150,4 @@ func (e usageError) Error() string {
 	return e.err.Error()
 }
 func (e usageError) Unwrap() error { return e.err }
-func (e usageError) ExitCode() int  { return 2 }
+func (e usageError) ExitCode() int { return 2 }
