@@ -2,10 +2,24 @@ package main
 
 import (
 	"context"
-	"errors"
+	"flag"
 	"io"
+
+	"github.com/castellan-mesh/castellan/demo"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	fs := flag.NewFlagSet("castellan demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", "", "keep the demo's CA material here (default: a temporary directory)")
+	logLevel := fs.String("log-level", "warn", "log level of the demo's servers")
+	if err := cliflag.Parse(fs, "CASTELLAN_DEMO", args, nil); err != nil {
+		return usageError{err}
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return usageError{err}
+	}
+	return demo.Run(ctx, demo.Config{DataDir: *dataDir, Out: stdout, Logger: log})
 }
