@@ -67,6 +67,10 @@ type Config struct {
 	Logger *slog.Logger
 	// OnChange, if set, is called with each new Authority after a reload.
 	OnChange func(*ca.Authority)
+	// Signer, if set, is the self-signed root's key, kept elsewhere (an
+	// HSM, a KMS). No key file is written or read; on restart the root in
+	// root-cert.pem must match it.
+	Signer crypto.Signer
 }
 
 // Store holds the current Authority. It implements ca.Source.
@@ -293,6 +297,12 @@ func isSelfSigned(c *x509.Certificate) bool {
 // loadOrCreateRoot loads the self-signed root, creating it on first start.
 func (s *Store) loadOrCreateRoot(ctx context.Context) (*ca.Authority, error) {
 	certPath, keyPath := s.path(RootCertFile), s.path(RootKeyFile)
+	if s.cfg.Signer != nil {
+		if _, err := os.Stat(certPath); errors.Is(err, fs.ErrNotExist) {
+			return s.createRoot(ctx)
+		}
+		return s.loadRoot()
+	}
 	_, certErr := os.Stat(certPath)
 	_, keyErr := os.Stat(keyPath)
 	switch {
@@ -313,11 +323,13 @@ func (s *Store) loadRoot() (*ca.Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	key, err := pemfile.ReadPrivateKey(s.path(RootKeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("material: %w", err)
+	key := s.cfg.Signer
+	if key == nil {
+		if key, err = pemfile.ReadPrivateKey(s.path(RootKeyFile)); err != nil {
+			return nil, fmt.Errorf("material: %w", err)
+		}
+		warnIfReadable(s.cfg.Logger, s.path(RootKeyFile))
 	}
-	warnIfReadable(s.cfg.Logger, s.path(RootKeyFile))
 	a, err := ca.NewAuthority(certs[0], key, nil, certs)
 	if err != nil {
 		return nil, fmt.Errorf("material: self-signed root in %s: %w", s.cfg.Dir, err)
@@ -329,9 +341,13 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("material: could not generate root key: %w", err)
+	var key crypto.Signer = s.cfg.Signer
+	if key == nil {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("material: could not generate root key: %w", err)
+		}
+		key = k
 	}
 	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: s.cfg.TrustDomain, TTL: s.cfg.RootTTL})
 	if err != nil {
@@ -339,8 +355,10 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	}
 	// The key is written first, exclusively: if two processes race on one
 	// directory, one of them fails here instead of overwriting the other.
-	if err := pemfile.WritePrivateKey(s.path(RootKeyFile), key); err != nil {
-		return nil, fmt.Errorf("material: %w", err)
+	if s.cfg.Signer == nil {
+		if err := pemfile.WritePrivateKey(s.path(RootKeyFile), key); err != nil {
+			return nil, fmt.Errorf("material: %w", err)
+		}
 	}
 	if err := pemfile.WriteCertificates(s.path(RootCertFile), []*x509.Certificate{root}); err != nil {
 		return nil, fmt.Errorf("material: %w", err)
@@ -363,5 +381,3 @@ func contains(s []string, v string) bool {
 	}
 	return false
 }
-
-var _ crypto.Signer = (*ecdsa.PrivateKey)(nil)

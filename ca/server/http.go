@@ -34,6 +34,9 @@ func (s *Server) Ready() (bool, string) {
 	case time.Now().After(a.NotAfter()):
 		return false, "the signing chain has expired"
 	}
+	if r, ok := s.src.(interface{ Ready() (bool, string) }); ok {
+		return r.Ready()
+	}
 	return true, "ok"
 }
 

@@ -41,7 +41,14 @@ type Config struct {
 	// unless Source is set.
 	DataDir string
 	// Source, if set, supplies the signing material instead of DataDir.
+	// If it also has a method Ready() (bool, string), /readyz reports it.
 	Source ca.Source
+	// Signer, if set, is the key of a self-signed root kept in DataDir
+	// (for example a key in an HSM) instead of a key file.
+	Signer crypto.Signer
+	// Runners are background jobs (renewal, leader election, trust
+	// distribution) run beside the listeners until Serve returns.
+	Runners []func(context.Context) error
 	// GRPCAddr is the listen address of the certificate service.
 	// Default: 127.0.0.1:15012.
 	GRPCAddr string
@@ -118,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		if cfg.DataDir == "" {
 			return nil, errors.New("server: no data directory configured")
 		}
-		store, err := material.Open(ctx, material.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger})
+		store, err := material.Open(ctx, material.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger, Signer: cfg.Signer})
 		if err != nil {
 			return nil, fmt.Errorf("server: %w", err)
 		}
@@ -203,6 +210,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.store != nil {
 		g.Go(func() error { return s.store.Run(ctx) })
+	}
+	for _, run := range s.cfg.Runners {
+		g.Go(func() error { return run(ctx) })
 	}
 	g.Go(func() error {
 		<-ctx.Done()

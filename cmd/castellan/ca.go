@@ -27,6 +27,29 @@ type caFlags struct {
 	audiences, dnsNames                                  *cliflag.StringList
 	defaultTTL, maxTTL, authCacheTTL                     time.Duration
 	tokenReview                                          bool
+
+	kms  kmsFlags
+	kube kubeFlags
+}
+
+// caDeps are what the pluggable parts of "castellan ca" share.
+type caDeps struct {
+	log         *slog.Logger
+	reg         prometheus.Registerer
+	trustDomain spiffeid.TrustDomain
+	dataDir     string
+	kubeconfig  string
+	// runners are background jobs started with the server.
+	runners []func(context.Context) error
+}
+
+// kubeClient returns a client for the configured cluster.
+func (d *caDeps) kubeClient() (kubernetes.Interface, error) {
+	cfg, err := kubeConfig(d.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
 }
 
 func (f *caFlags) register(fs *flag.FlagSet) {
@@ -46,6 +69,8 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest SVID lifetime granted")
 	fs.DurationVar(&f.authCacheTTL, "auth-cache-ttl", 5*time.Minute, "longest time a successful token check is reused (never past the token's exp)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.kms.register(fs)
+	f.kube.register(fs)
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -70,7 +95,24 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig}
+	signer, err := f.kms.signer(ctx, deps)
+	if err != nil {
+		return err
+	}
+	src, err := f.kms.source(ctx, deps, signer)
+	if err != nil {
+		return err
+	}
+	if src == nil {
+		if src, err = f.kube.source(ctx, deps, signer); err != nil {
+			return err
+		}
+	}
 	srv, err := server.New(ctx, server.Config{
+		Source:         src,
+		Signer:         signer,
+		Runners:        deps.runners,
 		DataDir:        f.dataDir,
 		GRPCAddr:       f.grpcAddr,
 		HTTPAddr:       f.httpAddr,
