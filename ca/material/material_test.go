@@ -1,0 +1,215 @@
+package material
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func open(t *testing.T, dir string, mod ...func(*Config)) (*Store, error) {
+	t.Helper()
+	cfg := Config{Dir: dir, TrustDomain: td, Logger: quiet()}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	return Open(context.Background(), cfg)
+}
+
+func TestSelfSignedPersists(t *testing.T) {
+	dir := t.TempDir()
+	s1, err := open(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.Mode() != ModeSelfSigned {
+		t.Fatalf("mode = %s", s1.Mode())
+	}
+	fi, err := os.Stat(filepath.Join(dir, RootKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode = %v, want 0600", fi.Mode().Perm())
+	}
+	root := s1.Authority().Cert
+	if !root.IsCA || root.NotAfter.Sub(root.NotBefore) < 9*365*24*time.Hour {
+		t.Fatalf("root is not a 10-year CA: %v to %v", root.NotBefore, root.NotAfter)
+	}
+	if _, ok := root.PublicKey.(*ecdsa.PublicKey); !ok {
+		t.Fatalf("root key is %T, want ECDSA", root.PublicKey)
+	}
+	s2, err := open(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s2.Authority().Cert.Equal(root) {
+		t.Fatal("restart made a new root")
+	}
+}
+
+func TestNothingRegeneratedSilently(t *testing.T) {
+	tests := []struct {
+		name   string
+		remove string
+		substr string
+	}{
+		{"key lost", RootKeyFile, "its key"},
+		{"cert lost", RootCertFile, "its certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if _, err := open(t, dir); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(filepath.Join(dir, tt.remove))
+			_, err := open(t, dir)
+			if err == nil || !strings.Contains(err.Error(), tt.substr) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.substr)
+			}
+		})
+	}
+}
+
+// writeCACerts writes Istio's cacerts layout: an intermediate under root.
+func writeCACerts(t *testing.T, dir string, root *x509.Certificate, rootKey crypto.Signer, cn string) *x509.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, _ := x509.ParseCertificate(der)
+	keyPEM, _ := pemfile.EncodePrivateKey(key)
+	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, CAKeyFile), keyPEM, 0o600))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, CACertFile), []*x509.Certificate{inter}))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, CertChainFile), []*x509.Certificate{inter, root}))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, RootCertFile), []*x509.Certificate{root}))
+	return inter
+}
+
+func newRoot(t *testing.T) (*x509.Certificate, crypto.Signer) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, key
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPluggedInAndReload(t *testing.T) {
+	dir := t.TempDir()
+	root, rootKey := newRoot(t)
+	inter1 := writeCACerts(t, dir, root, rootKey, "inter-1")
+	var changed []*ca.Authority
+	s, err := open(t, dir, func(c *Config) { c.OnChange = func(a *ca.Authority) { changed = append(changed, a) } })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Mode() != ModePluggedIn {
+		t.Fatalf("mode = %s", s.Mode())
+	}
+	a := s.Authority()
+	if !a.Cert.Equal(inter1) || !a.Root().Equal(root) || len(a.Chain) != 1 {
+		t.Fatalf("loaded %q with chain of %d", a.Cert.Subject, len(a.Chain))
+	}
+	if s.Reload() {
+		t.Fatal("reload without change took new material")
+	}
+
+	// A valid change is taken.
+	inter2 := writeCACerts(t, dir, root, rootKey, "inter-2")
+	if !s.Reload() || !s.Authority().Cert.Equal(inter2) || len(changed) != 1 {
+		t.Fatal("valid change was not taken")
+	}
+
+	// A broken change (key of another certificate) is refused; the
+	// current material stays.
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keyPEM, _ := pemfile.EncodePrivateKey(otherKey)
+	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, CAKeyFile), keyPEM, 0o600))
+	if s.Reload() {
+		t.Fatal("broken change was taken")
+	}
+	if !s.Authority().Cert.Equal(inter2) {
+		t.Fatal("broken change replaced the material")
+	}
+	if err := s.LastReloadError(); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Fatalf("LastReloadError = %v", err)
+	}
+
+	// A chain file without the root, and without ca-cert, also loads.
+	inter3 := writeCACerts(t, dir, root, rootKey, "inter-3")
+	must(t, os.WriteFile(filepath.Join(dir, CertChainFile), pemfile.EncodeCertificates([]*x509.Certificate{inter3}), 0o644))
+	if !s.Reload() || !s.Authority().Root().Equal(root) {
+		t.Fatal("short chain file was not taken")
+	}
+}
+
+func TestPartialPluggedIn(t *testing.T) {
+	dir := t.TempDir()
+	root, rootKey := newRoot(t)
+	writeCACerts(t, dir, root, rootKey, "inter")
+	os.Remove(filepath.Join(dir, CertChainFile))
+	_, err := open(t, dir)
+	if err == nil || !strings.Contains(err.Error(), "missing [cert-chain.pem]") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestExternalSigner(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	s, err := open(t, dir, func(c *Config) { c.Signer = key })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, RootKeyFile)); !os.IsNotExist(err) {
+		t.Fatal("a key file was written for an external signer")
+	}
+	root := s.Authority().Cert
+	s2, err := open(t, dir, func(c *Config) { c.Signer = key })
+	if err != nil || !s2.Authority().Cert.Equal(root) {
+		t.Fatalf("restart with the same signer: %v", err)
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if _, err := open(t, dir, func(c *Config) { c.Signer = other }); err == nil {
+		t.Fatal("a different signer was accepted for the existing root")
+	}
+}
