@@ -88,7 +88,7 @@ func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 	}
 	var keys keySource
 	if cfg.JWKSFile != "" {
-		keys = &fileKeys{path: cfg.JWKSFile}
+		keys = &fileKeys{path: cfg.JWKSFile, minRefresh: minKeyRefresh}
 	} else {
 		rk, err := newRemoteKeys(cfg.Issuer, client)
 		if err != nil {

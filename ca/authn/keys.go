@@ -39,8 +39,9 @@ type keySource interface {
 
 // fileKeys reads a key set from a JWKS file, again when it changes.
 type fileKeys struct {
-	path string
-	cur  atomic.Pointer[jose.JSONWebKeySet]
+	path       string
+	minRefresh time.Duration
+	cur        atomic.Pointer[jose.JSONWebKeySet]
 
 	mu      sync.Mutex
 	checked time.Time
@@ -57,7 +58,7 @@ func (f *fileKeys) load(_ context.Context, refresh bool) (*jose.JSONWebKeySet, e
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if set = f.cur.Load(); set != nil && time.Since(f.checked) < minKeyRefresh {
+	if set = f.cur.Load(); set != nil && time.Since(f.checked) < f.minRefresh {
 		return set, nil
 	}
 	f.checked = time.Now()
@@ -134,9 +135,10 @@ func parseKeySet(data []byte) (*jose.JSONWebKeySet, error) {
 
 // remoteKeys finds an issuer's keys by OpenID Connect discovery.
 type remoteKeys struct {
-	issuer string
-	client *http.Client
-	cur    atomic.Pointer[jose.JSONWebKeySet]
+	issuer     string
+	client     *http.Client
+	minRefresh time.Duration
+	cur        atomic.Pointer[jose.JSONWebKeySet]
 	// fetched is the time of the last successful fetch, in Unix nanoseconds.
 	fetched atomic.Int64
 
@@ -149,7 +151,7 @@ func newRemoteKeys(issuer string, client *http.Client) (*remoteKeys, error) {
 	if err := checkFetchURL(issuer); err != nil {
 		return nil, fmt.Errorf("authn: issuer %q: %w", issuer, err)
 	}
-	return &remoteKeys{issuer: issuer, client: client}, nil
+	return &remoteKeys{issuer: issuer, client: client, minRefresh: minKeyRefresh}, nil
 }
 
 func (r *remoteKeys) String() string { return "issuer " + r.issuer }
@@ -162,7 +164,7 @@ func (r *remoteKeys) load(ctx context.Context, refresh bool) (*jose.JSONWebKeySe
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if set = r.cur.Load(); set != nil && time.Since(r.tried) < minKeyRefresh {
+	if set = r.cur.Load(); set != nil && time.Since(r.tried) < r.minRefresh {
 		return set, nil
 	}
 	r.tried = time.Now()

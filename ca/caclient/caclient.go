@@ -52,14 +52,11 @@ func New(cfg Config) (*Client, error) {
 	return &Client{conn: conn, svc: pb.NewIstioCertificateServiceClient(conn)}, nil
 }
 
-// CreateCertificate sends csrPEM with the bearer token and returns the PEM
-// chain, leaf first. A zero ttl asks for the CA's default.
-func (c *Client) CreateCertificate(ctx context.Context, token string, csrPEM []byte, ttl time.Duration) ([]string, error) {
+// CreateCertificateRequest sends req as is, with the bearer token, and
+// returns the PEM chain, leaf first.
+func (c *Client) CreateCertificateRequest(ctx context.Context, token string, req *pb.IstioCertificateRequest) ([]string, error) {
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	resp, err := c.svc.CreateCertificate(ctx, &pb.IstioCertificateRequest{
-		Csr:              string(csrPEM),
-		ValidityDuration: int64(ttl / time.Second),
-	})
+	resp, err := c.svc.CreateCertificate(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +64,18 @@ func (c *Client) CreateCertificate(ctx context.Context, token string, csrPEM []b
 		return nil, errors.New("caclient: CA returned an empty chain")
 	}
 	return resp.GetCertChain(), nil
+}
+
+// Conn returns the underlying gRPC connection.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// CreateCertificate sends csrPEM with the bearer token and returns the PEM
+// chain, leaf first. A zero ttl asks for the CA's default.
+func (c *Client) CreateCertificate(ctx context.Context, token string, csrPEM []byte, ttl time.Duration) ([]string, error) {
+	return c.CreateCertificateRequest(ctx, token, &pb.IstioCertificateRequest{
+		Csr:              string(csrPEM),
+		ValidityDuration: int64(ttl / time.Second),
+	})
 }
 
 // Close closes the connection.
