@@ -1,11 +1,151 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/loadgen"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
+// benchCommands are the load generators under "castellan bench".
+func benchCommands() map[string]func(context.Context, []string, io.Writer, io.Writer) error {
+	return map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"ca":    runBenchCA,
+		"token": runBenchToken,
+	}
+}
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	cmds := benchCommands()
+	if len(args) == 0 {
+		return usageError{errors.New("usage: castellan bench ca|token [flags]")}
+	}
+	run, ok := cmds[args[0]]
+	if !ok {
+		return usageError{fmt.Errorf("unknown bench %q", args[0])}
+	}
+	return run(ctx, args[1:], stdout, stderr)
+}
+
+// runBenchCA drives a running CA with pre-made CSRs and tokens.
+func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan bench ca", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:15012", "CA gRPC address")
+	rootFile := fs.String("root-cert", "", "PEM roots that verify the CA's serving certificate (required)")
+	serverName := fs.String("server-name", "localhost", "name to check in the CA's serving certificate")
+	metricsURL := fs.String("metrics-url", "", "CA /metrics URL, to count the TokenReviews it sent (e.g. http://127.0.0.1:15014/metrics)")
+	tokenFile := fs.String("token-file", "", "file with one bearer token per line (required)")
+	conc := fs.Int("concurrency", 64, "requests in flight")
+	conns := fs.Int("connections", 4, "gRPC connections")
+	dur := fs.Duration("duration", 10*time.Second, "measured run time")
+	csrs := fs.Int("csrs", 256, "distinct pre-made CSRs")
+	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
+		return usageError{err}
+	}
+	if *rootFile == "" || *tokenFile == "" {
+		return usageError{errors.New("--root-cert and --token-file are required")}
+	}
+	roots, err := pemfile.ReadCertificates(*rootFile)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	tokens, err := readLines(*tokenFile)
+	if err != nil {
+		return err
+	}
+	pre, err := loadgen.MakeCSRs(*csrs)
+	if err != nil {
+		return err
+	}
+	cfg := loadgen.Config{
+		Addr: *addr, ServerName: *serverName, Roots: pool, MetricsURL: *metricsURL,
+		Tokens: tokens, CSRs: pre, Concurrency: *conc, Connections: *conns, Duration: *dur,
+	}
+	res, err := loadgen.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	res.Print(stdout, cfg)
+	return nil
+}
+
+// runBenchToken writes a JWKS and tokens for a CA started with
+// --token-review=false --jwt-issuer ISSUER --jwks-file DIR/jwks.json.
+func runBenchToken(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan bench token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("out-dir", "", "directory for jwks.json and tokens.txt (required)")
+	issuer := fs.String("issuer", "https://bench.castellan.invalid", "token issuer")
+	audience := fs.String("audience", "istio-ca", "token audience")
+	count := fs.Int("count", 100, "tokens, each for its own service account bench/sa-<i>")
+	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
+	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
+		return usageError{err}
+	}
+	if *dir == "" {
+		return usageError{errors.New("--out-dir is required")}
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return err
+	}
+	m, err := authn.NewMinter(*issuer)
+	if err != nil {
+		return err
+	}
+	if err := m.WriteJWKS(filepath.Join(*dir, "jwks.json")); err != nil {
+		return err
+	}
+	var b strings.Builder
+	for i := 0; i < *count; i++ {
+		tok, err := m.Mint("bench", fmt.Sprintf("sa-%d", i), []string{*audience}, *ttl)
+		if err != nil {
+			return err
+		}
+		b.WriteString(tok + "\n")
+	}
+	if err := pemfile.WriteFileAtomic(filepath.Join(*dir, "tokens.txt"), []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s and %d tokens to %s\n", filepath.Join(*dir, "jwks.json"), *count, filepath.Join(*dir, "tokens.txt"))
+	return nil
+}
+
+func readLines(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			out = append(out, l)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no tokens", path)
+	}
+	return out, nil
 }
