@@ -1,0 +1,203 @@
+package sds
+
+import (
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// DeltaSecrets serves one incremental (delta) SDS stream.
+func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	ctx := stream.Context()
+	s.metrics.streams.WithLabelValues(apiDelta).Inc()
+	defer s.metrics.streams.WithLabelValues(apiDelta).Dec()
+
+	st := &deltaStream{
+		s:       s,
+		subs:    map[string]bool{},
+		known:   map[string]string{},
+		errored: map[string]bool{},
+	}
+	reqs, errc := recvLoop(ctx, stream.Recv)
+	snap, changed := s.source.Load()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case req := <-reqs:
+			if err := st.handle(req); err != nil {
+				return err
+			}
+		case <-changed:
+			snap, changed = s.source.Load()
+		}
+		if !st.started {
+			continue
+		}
+		resp := st.next(snap)
+		if resp == nil {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		s.metrics.pushes.WithLabelValues(apiDelta).Inc()
+	}
+}
+
+// deltaStream is the server's view of one incremental stream.
+type deltaStream struct {
+	s       *Server
+	started bool
+	node    *corev3.Node
+
+	subs     map[string]bool
+	wildcard bool
+	// known holds the version of each resource the client has: what was
+	// sent on this stream (acknowledged or not, so a NACKed version is not
+	// sent again) or what the client declared in initial_resource_versions.
+	known   map[string]string
+	errored map[string]bool
+
+	nonce     uint64
+	lastNonce string
+}
+
+// handle applies one request. Subscription changes always apply, because
+// they are deltas that cannot be replayed; a stale nonce only means the
+// request does not acknowledge or reject anything.
+func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) error {
+	if err := checkRequest(req.GetTypeUrl(), req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()); err != nil {
+		return err
+	}
+	initial := req.GetInitialResourceVersions()
+	if len(initial) > MaxResourceNames {
+		return status.Errorf(codes.InvalidArgument, "sds: initial_resource_versions lists %d resources, over the limit of %d", len(initial), MaxResourceNames)
+	}
+	if !st.started {
+		st.started = true
+		st.node = req.GetNode()
+		// An empty first subscription is the legacy wildcard.
+		st.wildcard = len(req.GetResourceNamesSubscribe()) == 0
+		for name, version := range initial {
+			if len(name) <= MaxResourceNameLen {
+				st.known[name] = version
+			}
+		}
+		st.s.log.Debug("sds: stream opened", "api", apiDelta, "node", nodeID(st.node), "resources", req.GetResourceNamesSubscribe())
+	}
+
+	switch n := req.GetResponseNonce(); {
+	case n != "" && n != st.lastNonce:
+		st.s.metrics.stale.WithLabelValues(apiDelta).Inc()
+		st.s.log.Debug("sds: stale nonce; request does not acknowledge anything", "node", nodeID(st.node), "nonce", truncate(n), "latest", st.lastNonce)
+	case req.GetErrorDetail() != nil:
+		st.s.metrics.nacks.WithLabelValues(apiDelta).Inc()
+		st.s.log.Warn("sds: client rejected secrets",
+			"node", nodeID(st.node), "nonce", n, "error", truncate(req.GetErrorDetail().GetMessage()))
+	case n != "":
+		st.s.metrics.acks.WithLabelValues(apiDelta).Inc()
+	}
+
+	for _, name := range req.GetResourceNamesSubscribe() {
+		if name == "*" {
+			st.wildcard = true
+			continue
+		}
+		st.subs[name] = true
+		// A subscribed resource must be sent even if the client seems to
+		// have it: it may have dropped it before its unsubscribe reached
+		// us. Only initial_resource_versions vouches for what it holds.
+		if _, declared := initial[name]; !declared {
+			delete(st.known, name)
+		}
+		delete(st.errored, name)
+	}
+	for _, name := range req.GetResourceNamesUnsubscribe() {
+		if name == "*" {
+			st.wildcard = false
+			continue
+		}
+		delete(st.subs, name)
+	}
+	for name := range st.known {
+		if !st.covers(name) {
+			delete(st.known, name)
+		}
+	}
+	for name := range st.errored {
+		if !st.covers(name) {
+			delete(st.errored, name)
+		}
+	}
+	return nil
+}
+
+func (st *deltaStream) covers(name string) bool {
+	return st.subs[name] || (st.wildcard && isKnown(name))
+}
+
+func (st *deltaStream) names() []string {
+	set := make(map[string]bool, len(st.subs)+len(knownNames))
+	for n := range st.subs {
+		set[n] = true
+	}
+	if st.wildcard {
+		for _, n := range knownNames {
+			set[n] = true
+		}
+	}
+	return sortedKeys(set)
+}
+
+// next returns the changes the client needs, or nil when it is up to date:
+// resources whose version it does not have, removals of resources it has
+// that can no longer be served, and NOT_FOUND errors for new unknown names.
+func (st *deltaStream) next(snap snapshot) *discoveryv3.DeltaDiscoveryResponse {
+	var (
+		resources []*discoveryv3.Resource
+		removed   []string
+		errs      []*discoveryv3.ResourceError
+	)
+	for _, name := range st.names() {
+		r, state := st.s.lookup(snap, name)
+		switch state {
+		case stateReady:
+			if st.known[name] != r.version {
+				resources = append(resources, &discoveryv3.Resource{Name: name, Version: r.version, Resource: r.any})
+				st.known[name] = r.version
+			}
+		case stateNotReady:
+			if _, had := st.known[name]; had {
+				removed = append(removed, name)
+				delete(st.known, name)
+			}
+		case stateUnknown:
+			if !st.errored[name] {
+				st.errored[name] = true
+				errs = append(errs, resourceError(name))
+				st.s.metrics.unknown.WithLabelValues(apiDelta).Inc()
+				st.s.log.Info("sds: client asked for an unknown secret", "node", nodeID(st.node), "name", truncate(name))
+			}
+		}
+	}
+	if len(resources) == 0 && len(removed) == 0 && len(errs) == 0 {
+		return nil
+	}
+	st.nonce++
+	st.lastNonce = strconv.FormatUint(st.nonce, 10)
+	return &discoveryv3.DeltaDiscoveryResponse{
+		SystemVersionInfo: strconv.FormatUint(snap.Generation, 10),
+		Resources:         resources,
+		TypeUrl:           SecretTypeURL,
+		RemovedResources:  removed,
+		Nonce:             st.lastNonce,
+		ResourceErrors:    errs,
+	}
+}

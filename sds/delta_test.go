@@ -1,0 +1,239 @@
+package sds_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
+	"github.com/castellan-mesh/castellan/sds"
+)
+
+func TestDeltaSecrets(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, e *env)
+	}{
+		{"first response", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			if err := d.Subscribe(sds.DefaultSecretName); err != nil {
+				t.Fatal(err)
+			}
+			r := d.next()
+			snap := e.current()
+			if r.Nonce == "" || r.Versions[sds.DefaultSecretName] != snap.SVID.Version {
+				t.Fatalf("first response: nonce %q versions %v, want a nonce and %q", r.Nonce, r.Versions, snap.SVID.Version)
+			}
+			if len(r.Secrets) != 1 {
+				t.Fatalf("got %d secrets, want 1", len(r.Secrets))
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
+		}},
+		{"ACK then push on rotation", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName)
+			first := d.nextACK()
+			e.waitMetric("castellan_sds_acks_total", "delta", 1)
+			d.none()
+			svid := e.rotate()
+			r := d.nextACK()
+			if r.Nonce == first.Nonce || r.Versions[sds.DefaultSecretName] != svid.Version {
+				t.Fatalf("rotation: nonce %q versions %v", r.Nonce, r.Versions)
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
+			if got := d.Known()[sds.DefaultSecretName]; got != svid.Version {
+				t.Fatalf("client holds version %q, want %q", got, svid.Version)
+			}
+			d.none()
+		}},
+		{"NACK is not answered with a resend", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName)
+			r := d.next()
+			if err := d.NACK(r, "pretend the key does not load"); err != nil {
+				t.Fatal(err)
+			}
+			e.waitMetric("castellan_sds_nacks_total", "delta", 1)
+			d.none()
+			svid := e.rotate()
+			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"stale nonce is ignored", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName)
+			r1 := d.nextACK()
+			e.waitMetric("castellan_sds_acks_total", "delta", 1)
+			e.rotate()
+			r2 := d.next()
+			// A NACK of r1 after r2 was sent is stale.
+			err := d.Send(&discoveryv3.DeltaDiscoveryRequest{
+				TypeUrl:       sds.SecretTypeURL,
+				ResponseNonce: r1.Nonce,
+				ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.waitMetric("castellan_sds_stale_requests_total", "delta", 1)
+			d.none()
+			if got := e.metric("castellan_sds_nacks_total", "delta"); got != 0 {
+				t.Fatalf("stale NACK was counted: %v", got)
+			}
+			d.ACK(r2)
+			e.waitMetric("castellan_sds_acks_total", "delta", 2)
+			svid := e.rotate()
+			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"unsubscribe", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+			d.nextACK()
+			d.Unsubscribe(sds.DefaultSecretName)
+			// An unknown name is answered with an error: a barrier
+			// showing the unsubscribe was processed.
+			d.Subscribe("barrier")
+			if r := d.nextACK(); r.Errors["barrier"] == nil {
+				t.Fatalf("expected an error for the barrier name, got %v", keys(r.Secrets))
+			}
+			e.rotate()
+			d.none()
+			// Still subscribed to ROOTCA.
+			b := e.newRoot()
+			r := d.nextACK()
+			if len(r.Secrets) != 1 {
+				t.Fatalf("got secrets %v, want only ROOTCA", keys(r.Secrets))
+			}
+			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
+			svid := e.rotate()
+			d.Subscribe(sds.DefaultSecretName)
+			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+			d.none()
+		}},
+		{"two resources on one stream", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+			r := d.nextACK()
+			snap := e.current()
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
+			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
+			// Incremental: only what changed.
+			svid := e.rotate()
+			r = d.nextACK()
+			if len(r.Secrets) != 1 {
+				t.Fatalf("rotation sent %v, want only default", keys(r.Secrets))
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
+			b := e.newRoot()
+			r = d.nextACK()
+			if len(r.Secrets) != 1 {
+				t.Fatalf("bundle change sent %v, want only ROOTCA", keys(r.Secrets))
+			}
+			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
+			d.none()
+		}},
+		{"parallel streams", func(t *testing.T, e *env) {
+			const n = 20
+			streams := make([]*delta, n)
+			for i := range streams {
+				streams[i] = e.openDelta(nil)
+				streams[i].Subscribe(sds.DefaultSecretName)
+			}
+			for _, d := range streams {
+				checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], e.current().SVID)
+			}
+			svid := e.rotate()
+			for _, d := range streams {
+				checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+			}
+			e.waitMetric("castellan_sds_streams", "delta", n)
+		}},
+		{"push only to streams subscribed to the change", func(t *testing.T, e *env) {
+			certs, roots := e.openDelta(nil), e.openDelta(nil)
+			certs.Subscribe(sds.DefaultSecretName)
+			roots.Subscribe(sds.RootCASecretName)
+			certs.nextACK()
+			roots.nextACK()
+			svid := e.rotate()
+			checkDefault(t, certs.nextACK().Secrets[sds.DefaultSecretName], svid)
+			roots.none()
+			b := e.newRoot()
+			checkRoot(t, roots.nextACK().Secrets[sds.RootCASecretName], b)
+			certs.none()
+		}},
+		{"unknown name gets an error and the stream stays usable", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName, "nope")
+			r := d.nextACK()
+			st := r.Errors["nope"]
+			if st == nil || codes.Code(st.GetCode()) != codes.NotFound || !strings.Contains(st.GetMessage(), `"nope"`) {
+				t.Fatalf("resource error = %v, want NOT_FOUND naming the resource", st)
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], e.current().SVID)
+			d.none()
+			svid := e.rotate()
+			r = d.nextACK()
+			if len(r.Errors) != 0 {
+				t.Fatalf("error repeated: %v", r.Errors)
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"reconnect with the versions held", func(t *testing.T, e *env) {
+			snap := e.current()
+			d := e.openDelta(map[string]string{sds.DefaultSecretName: snap.SVID.Version, sds.RootCASecretName: "old"})
+			d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+			r := d.nextACK()
+			if len(r.Secrets) != 1 {
+				t.Fatalf("got %v, want only ROOTCA (default is current)", keys(r.Secrets))
+			}
+			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
+			d.none()
+			svid := e.rotate()
+			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"subscribing again resends", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName)
+			first := d.nextACK()
+			d.Subscribe(sds.DefaultSecretName)
+			r := d.nextACK()
+			if r.Versions[sds.DefaultSecretName] != first.Versions[sds.DefaultSecretName] {
+				t.Fatalf("version changed without a rotation")
+			}
+		}},
+		{"wildcard", func(t *testing.T, e *env) {
+			d := e.openDelta(nil)
+			d.Subscribe("*")
+			r := d.nextACK()
+			got := keys(r.Secrets)
+			slices.Sort(got)
+			if !slices.Equal(got, []string{sds.RootCASecretName, sds.DefaultSecretName}) {
+				t.Fatalf("wildcard got %v", got)
+			}
+		}},
+		{"expired certificate is removed", func(t *testing.T, e *env) {
+			e.store.SetSVID(e.ca.Issue(t, testID, 2*time.Second))
+			d := e.openDelta(nil)
+			d.Subscribe(sds.DefaultSecretName)
+			d.nextACK()
+			r := d.nextACK()
+			if !slices.Equal(r.Removed, []string{sds.DefaultSecretName}) || len(r.Secrets) != 0 {
+				t.Fatalf("after expiry: removed %v, secrets %v", r.Removed, keys(r.Secrets))
+			}
+			if _, ok := d.Known()[sds.DefaultSecretName]; ok {
+				t.Fatal("client still holds the expired secret")
+			}
+			svid := e.rotate()
+			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.run(t, newEnv(t))
+		})
+	}
+}

@@ -1,0 +1,329 @@
+package sds_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/sds"
+	"github.com/castellan-mesh/castellan/sds/sdsclient"
+)
+
+const (
+	testID      = "spiffe://cluster.local/ns/default/sa/web"
+	waitTimeout = 10 * time.Second
+	// quiet is how long a test waits to be sure that nothing more arrives.
+	quiet = 300 * time.Millisecond
+)
+
+// env is a real SDS server on a Unix socket, serving a store the test
+// controls, and a client connected to it.
+type env struct {
+	t      *testing.T
+	ca     *svidstoretest.CA
+	store  *svidstore.Store
+	reg    *prometheus.Registry
+	socket string
+	client *sdsclient.Client
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEmptyEnv(t)
+	e.store.SetSVID(e.ca.Issue(t, testID, time.Hour))
+	e.store.SetBundle(e.ca.Bundle(t))
+	return e
+}
+
+// newEmptyEnv is newEnv with nothing in the store yet.
+func newEmptyEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, ca: svidstoretest.NewCA(t, "test root"), store: svidstore.New(), reg: prometheus.NewRegistry()}
+	t.Cleanup(e.store.Close)
+	e.socket = filepath.Join(socketDir(t), "sds.sock")
+	e.serve(e.store)
+	c, err := sdsclient.New(e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	e.client = c
+	return e
+}
+
+func (e *env) serve(src sds.Source) {
+	srv, err := sds.New(src, sds.WithRegisterer(e.reg))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	lis, err := net.Listen("unix", e.socket)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	go g.Serve(lis)
+	e.t.Cleanup(g.Stop)
+}
+
+// socketDir returns a short temporary directory: Unix socket paths are
+// limited to about 100 bytes, and t.TempDir embeds the test name.
+func socketDir(t testing.TB) string {
+	dir, err := os.MkdirTemp("", "sds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// rotate installs a new SVID with a new key and returns it.
+func (e *env) rotate() *svidstore.SVID {
+	e.t.Helper()
+	svid := e.ca.Issue(e.t, testID, time.Hour)
+	e.store.SetSVID(svid)
+	return svid
+}
+
+// newRoot installs a new trust bundle and returns it.
+func (e *env) newRoot() *svidstore.Bundle {
+	e.t.Helper()
+	b := svidstoretest.NewCA(e.t, "another root").Bundle(e.t)
+	e.store.SetBundle(b)
+	return b
+}
+
+func (e *env) current() svidstore.Snapshot {
+	snap, _ := e.store.Load()
+	return snap
+}
+
+// metric returns the value of the counter or gauge name with label
+// api=api (or no label when api is empty).
+func (e *env) metric(name, api string) float64 {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := api == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "api" && l.GetValue() == api {
+					match = true
+				}
+			}
+			if !match {
+				continue
+			}
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
+// waitMetric waits until metric name reaches want: the server has then
+// processed the requests the test sent.
+func (e *env) waitMetric(name, api string, want float64) {
+	e.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		got := e.metric(name, api)
+		if got == want {
+			return
+		}
+		if got > want || time.Now().After(deadline) {
+			e.t.Fatalf("%s{api=%q} = %v, want %v", name, api, got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// sotw is a state-of-the-world stream whose responses are read in the
+// background, so that a test can wait for one with a timeout.
+type sotw struct {
+	*sdsclient.Stream
+	t    *testing.T
+	resp chan *sdsclient.Response
+	errc chan error
+}
+
+func (e *env) openSotW() *sotw {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	e.t.Cleanup(cancel)
+	st, err := e.client.Stream(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	s := &sotw{Stream: st, t: e.t, resp: make(chan *sdsclient.Response, 16), errc: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				s.errc <- err
+				return
+			}
+			s.resp <- r
+		}
+	}()
+	return s
+}
+
+// next waits for the next response.
+func (s *sotw) next() *sdsclient.Response {
+	s.t.Helper()
+	select {
+	case r := <-s.resp:
+		if r.Invalid != nil {
+			s.t.Fatalf("server sent an invalid response: %v", r.Invalid)
+		}
+		return r
+	case err := <-s.errc:
+		s.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitTimeout):
+		s.t.Fatal("no response")
+	}
+	return nil
+}
+
+// nextACK waits for the next response and acknowledges it.
+func (s *sotw) nextACK() *sdsclient.Response {
+	s.t.Helper()
+	r := s.next()
+	if err := s.ACK(r); err != nil {
+		s.t.Fatal(err)
+	}
+	return r
+}
+
+// none checks that nothing arrives for a while.
+func (s *sotw) none() {
+	s.t.Helper()
+	select {
+	case r := <-s.resp:
+		s.t.Fatalf("unexpected response: version %q nonce %q, %d secrets", r.Version, r.Nonce, len(r.Secrets))
+	case err := <-s.errc:
+		s.t.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
+}
+
+// delta is an incremental stream read in the background.
+type delta struct {
+	*sdsclient.DeltaStream
+	t    *testing.T
+	resp chan *sdsclient.DeltaResponse
+	errc chan error
+}
+
+func (e *env) openDelta(initial map[string]string) *delta {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	e.t.Cleanup(cancel)
+	st, err := e.client.DeltaStream(ctx, initial)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	d := &delta{DeltaStream: st, t: e.t, resp: make(chan *sdsclient.DeltaResponse, 16), errc: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				d.errc <- err
+				return
+			}
+			d.resp <- r
+		}
+	}()
+	return d
+}
+
+func (d *delta) next() *sdsclient.DeltaResponse {
+	d.t.Helper()
+	select {
+	case r := <-d.resp:
+		if r.Invalid != nil {
+			d.t.Fatalf("server sent an invalid response: %v", r.Invalid)
+		}
+		return r
+	case err := <-d.errc:
+		d.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitTimeout):
+		d.t.Fatal("no response")
+	}
+	return nil
+}
+
+func (d *delta) nextACK() *sdsclient.DeltaResponse {
+	d.t.Helper()
+	r := d.next()
+	if err := d.ACK(r); err != nil {
+		d.t.Fatal(err)
+	}
+	return r
+}
+
+func (d *delta) none() {
+	d.t.Helper()
+	select {
+	case r := <-d.resp:
+		d.t.Fatalf("unexpected response: nonce %q, %d resources, removed %v", r.Nonce, len(r.Secrets), r.Removed)
+	case err := <-d.errc:
+		d.t.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
+}
+
+// checkDefault checks that secret holds svid's chain and key.
+func checkDefault(t *testing.T, secret *tlsSecret, svid *svidstore.SVID) {
+	t.Helper()
+	if secret == nil {
+		t.Fatal("no default secret")
+	}
+	chain, key, err := sdsclient.TLSCertificate(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(chain[0].Raw, svid.X509.Certificates[0].Raw) {
+		t.Fatalf("default holds certificate serial %s, want %s", chain[0].SerialNumber, svid.X509.Certificates[0].SerialNumber)
+	}
+	if !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(svid.X509.PrivateKey.Public()) {
+		t.Fatal("default holds another key")
+	}
+}
+
+// checkRoot checks that secret holds bundle.
+func checkRoot(t *testing.T, secret *tlsSecret, bundle *svidstore.Bundle) {
+	t.Helper()
+	if secret == nil {
+		t.Fatal("no ROOTCA secret")
+	}
+	certs, err := sdsclient.TrustedCA(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(certs) != len(bundle.Certificates) || !bytes.Equal(certs[0].Raw, bundle.Certificates[0].Raw) {
+		t.Fatalf("ROOTCA holds %d certificates, not the current bundle", len(certs))
+	}
+}
+
+type tlsSecret = tlsv3.Secret

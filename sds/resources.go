@@ -1,0 +1,165 @@
+package sds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+)
+
+// The resource names the server serves, as Istio's agent names them.
+const (
+	// DefaultSecretName is the Secret holding the workload's certificate
+	// chain and private key (a tls_certificate).
+	DefaultSecretName = "default"
+	// RootCASecretName is the Secret holding the trusted CA bundle (a
+	// validation_context).
+	RootCASecretName = "ROOTCA"
+)
+
+// SecretTypeURL is the xDS type URL of envoy.extensions.transport_sockets.tls.v3.Secret.
+var SecretTypeURL = "type.googleapis.com/" + string((&tlsv3.Secret{}).ProtoReflect().Descriptor().FullName())
+
+// knownNames lists every resource the server can serve, sorted; it is what a
+// wildcard subscription covers.
+var knownNames = []string{RootCASecretName, DefaultSecretName}
+
+// resourceState says whether a subscribed name can be served now.
+type resourceState int
+
+const (
+	// stateReady: the resource exists and is returned.
+	stateReady resourceState = iota
+	// stateNotReady: the name is known but has no content yet (no SVID
+	// issued, or the SVID expired).
+	stateNotReady
+	// stateUnknown: the server never serves this name.
+	stateUnknown
+)
+
+// resource is one Secret built for one content version, shared by every
+// stream that sends it.
+type resource struct {
+	name    string
+	version string
+	secret  *tlsv3.Secret
+	any     *anypb.Any
+}
+
+// resourceCache builds each (name, version) Secret once, however many
+// streams send it.
+type resourceCache struct {
+	mu  sync.Mutex
+	res map[string]*resource
+}
+
+// lookup returns the resource called name in snap.
+func (c *resourceCache) lookup(snap svidstore.Snapshot, name string) (*resource, resourceState, error) {
+	var version string
+	switch name {
+	case DefaultSecretName:
+		if snap.SVID == nil {
+			return nil, stateNotReady, nil
+		}
+		version = snap.SVID.Version
+	case RootCASecretName:
+		if snap.Bundle == nil {
+			return nil, stateNotReady, nil
+		}
+		version = snap.Bundle.Version
+	default:
+		return nil, stateUnknown, nil
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.res[name]; r != nil && r.version == version {
+		return r, stateReady, nil
+	}
+	r, err := buildResource(snap, name, version)
+	if err != nil {
+		return nil, stateNotReady, err
+	}
+	if c.res == nil {
+		c.res = map[string]*resource{}
+	}
+	c.res[name] = r
+	return r, stateReady, nil
+}
+
+// buildResource makes the Secret for name and checks it with the proto's
+// own validation rules, the constraints Envoy enforces when it loads it.
+func buildResource(snap svidstore.Snapshot, name, version string) (*resource, error) {
+	var secret *tlsv3.Secret
+	switch name {
+	case DefaultSecretName:
+		secret = &tlsv3.Secret{
+			Name: name,
+			Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+				CertificateChain: inline(snap.SVID.ChainPEM),
+				PrivateKey:       inline(snap.SVID.KeyPEM),
+			}},
+		}
+	case RootCASecretName:
+		secret = &tlsv3.Secret{
+			Name: name,
+			Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: inline(snap.Bundle.PEM),
+			}},
+		}
+	}
+	if err := secret.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("sds: secret %q failed validation: %w", name, err)
+	}
+	a, err := anypb.New(secret)
+	if err != nil {
+		return nil, fmt.Errorf("sds: could not encode secret %q: %w", name, err)
+	}
+	return &resource{name: name, version: version, secret: secret, any: a}, nil
+}
+
+func inline(b []byte) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+}
+
+// combinedVersion names a set of resource versions, for a state-of-the-world
+// response's version_info.
+func combinedVersion(rs []*resource) string {
+	if len(rs) == 1 {
+		return rs[0].version
+	}
+	h := sha256.New()
+	for _, r := range rs {
+		fmt.Fprintf(h, "%s=%s;", r.name, r.version)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+type snapshot = svidstore.Snapshot
+
+// lookup returns the resource called name in snap. A Secret that fails
+// validation is logged, counted and treated as not ready: it is never sent.
+func (s *Server) lookup(snap snapshot, name string) (*resource, resourceState) {
+	r, state, err := s.cache.lookup(snap, name)
+	if err != nil {
+		s.metrics.invalidSecrets.Inc()
+		s.log.Error("sds: not serving invalid secret", "name", name, "error", err)
+	}
+	return r, state
+}

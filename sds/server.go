@@ -1,0 +1,176 @@
+// Package sds serves Envoy's Secret Discovery Service (xDS v3,
+// envoy.service.secret.v3.SecretDiscoveryService) from an svidstore.
+//
+// Two resources are served, named as Istio names them: "default", a
+// tls_certificate holding the workload's chain and private key, and
+// "ROOTCA", a validation_context holding the trusted CA bundle. The server
+// answers StreamSecrets (state of the world), DeltaSecrets (incremental) and
+// FetchSecrets (unary), and follows the xDS protocol:
+//
+//   - every response carries a version and a nonce unique to its stream;
+//   - an ACK echoes them, and a NACK (error_detail set) is logged and not
+//     answered with a resend until the resource changes;
+//   - a request whose response_nonce is not the latest one sent on its
+//     stream is stale and ignored;
+//   - resource_names (or the delta subscribe and unsubscribe lists) set the
+//     subscription; an empty list after a subscription unsubscribes;
+//   - a change is pushed only to streams subscribed to the changed
+//     resource, and a stream is never sent a version it already has;
+//   - a name the server does not serve gets a resource error with code
+//     NOT_FOUND saying so, and the stream stays open.
+//
+// Every Secret passes go-control-plane's ValidateAll before it is sent.
+package sds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+)
+
+// Limits on what one request may ask for. A request over them ends its
+// stream with InvalidArgument.
+const (
+	// MaxResourceNames is the most names one request may list.
+	MaxResourceNames = 64
+	// MaxResourceNameLen is the longest resource name accepted, in bytes.
+	MaxResourceNameLen = 512
+)
+
+// Source is what the server serves: the current snapshot, and a channel
+// closed when it changes. *svidstore.Store implements it.
+type Source interface {
+	Load() (svidstore.Snapshot, <-chan struct{})
+}
+
+// Server implements secretv3.SecretDiscoveryServiceServer.
+type Server struct {
+	source  Source
+	log     *slog.Logger
+	metrics *metrics
+	cache   resourceCache
+}
+
+var _ secretv3.SecretDiscoveryServiceServer = (*Server)(nil)
+
+// Option configures a Server.
+type Option interface{ apply(*config) }
+
+type config struct {
+	log *slog.Logger
+	reg prometheus.Registerer
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// WithLogger sets the logger. The default discards logs.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.log = l })
+}
+
+// WithRegisterer registers the server's metrics on r. By default they are
+// counted but not registered anywhere.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return optionFunc(func(c *config) { c.reg = r })
+}
+
+// New returns a Server that serves source.
+func New(source Source, opts ...Option) (*Server, error) {
+	if source == nil {
+		return nil, errors.New("sds: nil source")
+	}
+	c := config{log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	m, err := newMetrics(c.reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{source: source, log: c.log, metrics: m}, nil
+}
+
+// Register registers the SDS service on g.
+func (s *Server) Register(g grpc.ServiceRegistrar) {
+	secretv3.RegisterSecretDiscoveryServiceServer(g, s)
+}
+
+// checkRequest refuses a request for another type or with hostile lists.
+func checkRequest(typeURL string, lists ...[]string) error {
+	if typeURL != "" && typeURL != SecretTypeURL {
+		return status.Errorf(codes.InvalidArgument, "sds: type_url %q is not served here; this server serves only %s", truncate(typeURL), SecretTypeURL)
+	}
+	for _, names := range lists {
+		if len(names) > MaxResourceNames {
+			return status.Errorf(codes.InvalidArgument, "sds: request lists %d resource names, over the limit of %d", len(names), MaxResourceNames)
+		}
+		for _, n := range names {
+			if len(n) > MaxResourceNameLen {
+				return status.Errorf(codes.InvalidArgument, "sds: resource name of %d bytes is over the limit of %d", len(n), MaxResourceNameLen)
+			}
+		}
+	}
+	return nil
+}
+
+// notFound is the resource error sent for a name this server never serves.
+func notFoundMessage(name string) string {
+	return fmt.Sprintf("sds: no secret named %q; this server serves %q (certificate and key) and %q (trusted CA bundle)",
+		truncate(name), DefaultSecretName, RootCASecretName)
+}
+
+// recvLoop reads requests from recv into the returned channel until the
+// stream ends; the final error (nil for a clean close) goes to errc.
+func recvLoop[T any](ctx context.Context, recv func() (T, error)) (<-chan T, <-chan error) {
+	reqs := make(chan T)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			req, err := recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				errc <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				errc <- nil
+				return
+			}
+		}
+	}()
+	return reqs, errc
+}
+
+// nodeID names a client in logs.
+func nodeID(n interface{ GetId() string }) string {
+	if id := n.GetId(); id != "" {
+		return truncate(id)
+	}
+	return "(no node id)"
+}
+
+// truncate shortens client-supplied text before it reaches a log or an
+// error message.
+func truncate(s string) string {
+	const max = 256
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

@@ -1,0 +1,223 @@
+package sds
+
+import (
+	"strconv"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// StreamSecrets serves one state-of-the-world SDS stream.
+func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+	ctx := stream.Context()
+	s.metrics.streams.WithLabelValues(apiSotW).Inc()
+	defer s.metrics.streams.WithLabelValues(apiSotW).Dec()
+
+	st := &sotwStream{
+		s:       s,
+		subs:    map[string]bool{},
+		sent:    map[string]string{},
+		errored: map[string]bool{},
+	}
+	reqs, errc := recvLoop(ctx, stream.Recv)
+	snap, changed := s.source.Load()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case req := <-reqs:
+			if err := st.handle(req); err != nil {
+				return err
+			}
+		case <-changed:
+			snap, changed = s.source.Load()
+		}
+		if !st.started {
+			continue
+		}
+		resp := st.next(snap)
+		if resp == nil {
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		s.metrics.pushes.WithLabelValues(apiSotW).Inc()
+	}
+}
+
+// sotwStream is the server's view of one state-of-the-world stream.
+type sotwStream struct {
+	s       *Server
+	started bool
+	node    *corev3.Node
+
+	// subs are the names in the latest resource_names; wildcard is set by
+	// "*" or by an empty first request (legacy wildcard), which stays in
+	// force until the client names resources.
+	subs           map[string]bool
+	wildcard       bool
+	legacyWildcard bool
+
+	// sent holds the version of each subscribed resource last sent on this
+	// stream, acknowledged or not: a NACKed version is not sent again.
+	sent map[string]string
+	// errored holds the unknown names already answered with an error.
+	errored map[string]bool
+
+	nonce     uint64
+	lastNonce string
+}
+
+// handle applies one request. A stale request changes nothing.
+func (st *sotwStream) handle(req *discoveryv3.DiscoveryRequest) error {
+	if err := checkRequest(req.GetTypeUrl(), req.GetResourceNames()); err != nil {
+		return err
+	}
+	if n := req.GetResponseNonce(); n != "" && n != st.lastNonce {
+		st.s.metrics.stale.WithLabelValues(apiSotW).Inc()
+		st.s.log.Debug("sds: ignored request with stale nonce", "node", nodeID(st.node), "nonce", truncate(n), "latest", st.lastNonce)
+		return nil
+	}
+	if !st.started {
+		st.started = true
+		st.node = req.GetNode()
+		st.legacyWildcard = len(req.GetResourceNames()) == 0
+		st.s.log.Debug("sds: stream opened", "api", apiSotW, "node", nodeID(st.node), "resources", req.GetResourceNames())
+	}
+	switch {
+	case req.GetErrorDetail() != nil:
+		st.s.metrics.nacks.WithLabelValues(apiSotW).Inc()
+		st.s.log.Warn("sds: client rejected secrets",
+			"node", nodeID(st.node), "nonce", req.GetResponseNonce(), "kept_version", truncate(req.GetVersionInfo()),
+			"error", truncate(req.GetErrorDetail().GetMessage()))
+	case req.GetResponseNonce() != "":
+		st.s.metrics.acks.WithLabelValues(apiSotW).Inc()
+	}
+	st.subscribe(req.GetResourceNames())
+	return nil
+}
+
+// subscribe replaces the subscription with names.
+func (st *sotwStream) subscribe(names []string) {
+	st.subs = make(map[string]bool, len(names))
+	st.wildcard = false
+	for _, n := range names {
+		if n == "*" {
+			st.wildcard = true
+			continue
+		}
+		st.subs[n] = true
+	}
+	if len(names) > 0 {
+		st.legacyWildcard = false
+	}
+	if st.legacyWildcard {
+		st.wildcard = true
+	}
+	// Forget what was sent for names no longer subscribed, so that a later
+	// subscription to them is answered afresh.
+	for n := range st.sent {
+		if !st.covers(n) {
+			delete(st.sent, n)
+		}
+	}
+	for n := range st.errored {
+		if !st.covers(n) {
+			delete(st.errored, n)
+		}
+	}
+}
+
+func (st *sotwStream) covers(name string) bool {
+	return st.subs[name] || (st.wildcard && isKnown(name))
+}
+
+// names lists the subscribed names, sorted.
+func (st *sotwStream) names() []string {
+	set := make(map[string]bool, len(st.subs)+len(knownNames))
+	for n := range st.subs {
+		set[n] = true
+	}
+	if st.wildcard {
+		for _, n := range knownNames {
+			set[n] = true
+		}
+	}
+	return sortedKeys(set)
+}
+
+// next returns the response the client needs, or nil when it is up to date.
+// A response holds every subscribed resource that can be served, as state
+// of the world requires; it is sent when one of them has a version this
+// stream has not been sent, when a name is new and unknown, or when a
+// resource sent before can no longer be served (its SVID expired).
+func (st *sotwStream) next(snap snapshot) *discoveryv3.DiscoveryResponse {
+	need := false
+	var (
+		ready  []*resource
+		errs   []*discoveryv3.ResourceError
+		newErr []string
+	)
+	for _, name := range st.names() {
+		r, state := st.s.lookup(snap, name)
+		switch state {
+		case stateReady:
+			ready = append(ready, r)
+			if st.sent[name] != r.version {
+				need = true
+			}
+		case stateNotReady:
+			if _, had := st.sent[name]; had {
+				need = true
+			}
+		case stateUnknown:
+			errs = append(errs, resourceError(name))
+			if !st.errored[name] {
+				need = true
+				newErr = append(newErr, name)
+			}
+		}
+	}
+	if !need {
+		return nil
+	}
+	clear(st.sent)
+	resources := make([]*anypb.Any, len(ready))
+	for i, r := range ready {
+		resources[i] = r.any
+		st.sent[r.name] = r.version
+	}
+	for _, n := range newErr {
+		st.errored[n] = true
+		st.s.metrics.unknown.WithLabelValues(apiSotW).Inc()
+		st.s.log.Info("sds: client asked for an unknown secret", "node", nodeID(st.node), "name", truncate(n))
+	}
+	st.nonce++
+	st.lastNonce = strconv.FormatUint(st.nonce, 10)
+	return &discoveryv3.DiscoveryResponse{
+		VersionInfo:    combinedVersion(ready),
+		Resources:      resources,
+		TypeUrl:        SecretTypeURL,
+		Nonce:          st.lastNonce,
+		ResourceErrors: errs,
+	}
+}
+
+// resourceError is the NOT_FOUND error for a name the server never serves.
+func resourceError(name string) *discoveryv3.ResourceError {
+	return &discoveryv3.ResourceError{
+		ResourceName: &discoveryv3.ResourceName{Name: name},
+		ErrorDetail:  &status.Status{Code: int32(codes.NotFound), Message: notFoundMessage(name)},
+	}
+}
+
+func isKnown(name string) bool {
+	return name == DefaultSecretName || name == RootCASecretName
+}

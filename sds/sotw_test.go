@@ -1,0 +1,296 @@
+package sds_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/sds"
+	"github.com/castellan-mesh/castellan/sds/sdsclient"
+)
+
+func TestStreamSecrets(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(t *testing.T, e *env)
+	}{
+		{"first response", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			if err := s.Subscribe(sds.DefaultSecretName); err != nil {
+				t.Fatal(err)
+			}
+			r := s.next()
+			snap := e.current()
+			if r.Version != snap.SVID.Version || r.Nonce == "" {
+				t.Fatalf("first response: version %q nonce %q, want version %q and a nonce", r.Version, r.Nonce, snap.SVID.Version)
+			}
+			if len(r.Secrets) != 1 {
+				t.Fatalf("got %d secrets, want 1", len(r.Secrets))
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
+		}},
+		{"ACK then push on rotation", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName)
+			first := s.nextACK()
+			e.waitMetric("castellan_sds_acks_total", "sotw", 1)
+			s.none()
+			svid := e.rotate()
+			r := s.nextACK()
+			if r.Version == first.Version || r.Nonce == first.Nonce {
+				t.Fatalf("rotation reused version %q / nonce %q", r.Version, r.Nonce)
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
+			s.none()
+		}},
+		{"NACK is not answered with a resend", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName)
+			r := s.next()
+			if err := s.NACK(r, "pretend the key does not load"); err != nil {
+				t.Fatal(err)
+			}
+			e.waitMetric("castellan_sds_nacks_total", "sotw", 1)
+			s.none()
+			// A change of the resource is sent.
+			svid := e.rotate()
+			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"stale nonce is ignored", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName)
+			r1 := s.nextACK()
+			e.waitMetric("castellan_sds_acks_total", "sotw", 1)
+			e.rotate()
+			r2 := s.next()
+			// A request answering r1 after r2 was sent is stale, even with
+			// a NACK and a new subscription in it.
+			err := s.Send(&discoveryv3.DiscoveryRequest{
+				VersionInfo:   r1.Version,
+				ResourceNames: []string{sds.RootCASecretName},
+				TypeUrl:       sds.SecretTypeURL,
+				ResponseNonce: r1.Nonce,
+				ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.waitMetric("castellan_sds_stale_requests_total", "sotw", 1)
+			s.none()
+			if got := e.metric("castellan_sds_nacks_total", "sotw"); got != 0 {
+				t.Fatalf("stale NACK was counted: %v", got)
+			}
+			s.ACK(r2)
+			e.waitMetric("castellan_sds_acks_total", "sotw", 2)
+			// The subscription is still "default" only.
+			e.newRoot()
+			s.none()
+			svid := e.rotate()
+			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"unsubscribe", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName)
+			s.nextACK()
+			if err := s.Subscribe(); err != nil {
+				t.Fatal(err)
+			}
+			e.waitMetric("castellan_sds_acks_total", "sotw", 2)
+			e.rotate()
+			s.none()
+			// Subscribing again is answered with the current secret.
+			svid := e.rotate()
+			s.Subscribe(sds.DefaultSecretName)
+			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			s.none()
+		}},
+		{"two resources on one stream", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+			r := s.nextACK()
+			snap := e.current()
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
+			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
+			// State of the world: each response holds both.
+			svid := e.rotate()
+			r = s.nextACK()
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
+			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
+			b := e.newRoot()
+			r = s.nextACK()
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
+			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
+			s.none()
+		}},
+		{"parallel streams", func(t *testing.T, e *env) {
+			const n = 20
+			streams := make([]*sotw, n)
+			for i := range streams {
+				streams[i] = e.openSotW()
+				streams[i].Subscribe(sds.DefaultSecretName)
+			}
+			for _, s := range streams {
+				checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], e.current().SVID)
+			}
+			svid := e.rotate()
+			for _, s := range streams {
+				checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			}
+			e.waitMetric("castellan_sds_streams", "sotw", n)
+		}},
+		{"push only to streams subscribed to the change", func(t *testing.T, e *env) {
+			certs, roots := e.openSotW(), e.openSotW()
+			certs.Subscribe(sds.DefaultSecretName)
+			roots.Subscribe(sds.RootCASecretName)
+			certs.nextACK()
+			roots.nextACK()
+			svid := e.rotate()
+			checkDefault(t, certs.nextACK().Secrets[sds.DefaultSecretName], svid)
+			roots.none()
+			b := e.newRoot()
+			checkRoot(t, roots.nextACK().Secrets[sds.RootCASecretName], b)
+			certs.none()
+		}},
+		{"unknown name gets an error and the stream stays usable", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName, "file-cert:/etc/ssl/x.pem")
+			r := s.nextACK()
+			st := r.Errors["file-cert:/etc/ssl/x.pem"]
+			if st == nil || codes.Code(st.GetCode()) != codes.NotFound || !strings.Contains(st.GetMessage(), `"file-cert:/etc/ssl/x.pem"`) {
+				t.Fatalf("resource error = %v, want NOT_FOUND naming the resource", st)
+			}
+			checkDefault(t, r.Secrets[sds.DefaultSecretName], e.current().SVID)
+			s.none()
+			svid := e.rotate()
+			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			// Only the unknown name: an error, nothing else.
+			s.Subscribe("nope")
+			r = s.nextACK()
+			if len(r.Secrets) != 0 || r.Errors["nope"] == nil {
+				t.Fatalf("got %d secrets and errors %v", len(r.Secrets), r.Errors)
+			}
+			s.Subscribe(sds.RootCASecretName)
+			checkRoot(t, s.nextACK().Secrets[sds.RootCASecretName], e.current().Bundle)
+		}},
+		{"expired certificate is withdrawn", func(t *testing.T, e *env) {
+			e.store.SetSVID(e.ca.Issue(t, testID, 2*time.Second))
+			s := e.openSotW()
+			s.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+			if r := s.nextACK(); len(r.Secrets) != 2 {
+				t.Fatalf("got %d secrets, want 2", len(r.Secrets))
+			}
+			r := s.nextACK()
+			if _, ok := r.Secrets[sds.DefaultSecretName]; ok || r.Secrets[sds.RootCASecretName] == nil {
+				t.Fatalf("after expiry got secrets %v, want only ROOTCA", keys(r.Secrets))
+			}
+			svid := e.rotate()
+			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+		}},
+		{"wrong type URL ends the stream", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster", ResourceNames: []string{"x"}})
+			select {
+			case err := <-s.errc:
+				if status.Code(unwrapStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "Cluster") {
+					t.Fatalf("stream ended with %v, want InvalidArgument naming the type", err)
+				}
+			case <-time.After(waitTimeout):
+				t.Fatal("stream stayed open")
+			}
+		}},
+		{"too many names end the stream", func(t *testing.T, e *env) {
+			s := e.openSotW()
+			s.Subscribe(make([]string, sds.MaxResourceNames+1)...)
+			select {
+			case err := <-s.errc:
+				if status.Code(unwrapStatus(err)) != codes.InvalidArgument {
+					t.Fatalf("stream ended with %v, want InvalidArgument", err)
+				}
+			case <-time.After(waitTimeout):
+				t.Fatal("stream stayed open")
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.run(t, newEnv(t))
+		})
+	}
+}
+
+func TestFetchSecrets(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+
+	r, err := e.client.FetchSecrets(ctx, sds.DefaultSecretName, sds.RootCASecretName, "nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Invalid != nil {
+		t.Fatal(r.Invalid)
+	}
+	snap := e.current()
+	checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
+	checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
+	if r.Errors["nope"] == nil {
+		t.Fatal("no error for unknown name")
+	}
+
+	got, err := sdsclient.Fetch(ctx, e.socket, sds.DefaultSecretName, sds.RootCASecretName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDefault(t, got[sds.DefaultSecretName], snap.SVID)
+	checkRoot(t, got[sds.RootCASecretName], snap.Bundle)
+
+	if _, err := sdsclient.Fetch(ctx, e.socket, "nope"); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("Fetch of unknown name: err = %v", err)
+	}
+}
+
+func TestFetchBeforeCertificate(t *testing.T) {
+	empty := newEmptyEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	_, err := empty.client.FetchSecrets(ctx, sds.DefaultSecretName)
+	if status.Code(unwrapStatus(err)) != codes.Unavailable {
+		t.Fatalf("FetchSecrets with no SVID: %v, want Unavailable", err)
+	}
+	// A stream waits, then gets the first SVID.
+	s := empty.openSotW()
+	s.Subscribe(sds.DefaultSecretName)
+	s.none()
+	svid := empty.rotate()
+	checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// unwrapStatus finds the gRPC status in an error chain.
+func unwrapStatus(err error) error {
+	for e := err; e != nil; {
+		if _, ok := status.FromError(e); ok {
+			return e
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			break
+		}
+		e = u.Unwrap()
+	}
+	return err
+}
