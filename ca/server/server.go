@@ -70,6 +70,8 @@ type Config struct {
 	// /metrics. Default: a new registry for both.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// Pprof serves net/http/pprof under /debug/pprof/ on HTTPAddr.
+	Pprof bool
 	// GRPCOptions are appended to the gRPC server's options.
 	GRPCOptions []grpc.ServerOption
 }

@@ -26,7 +26,7 @@ type caFlags struct {
 	jwtIssuer, jwksFile, logLevel                        string
 	audiences, dnsNames                                  *cliflag.StringList
 	defaultTTL, maxTTL, authCacheTTL                     time.Duration
-	tokenReview                                          bool
+	tokenReview, pprof                                   bool
 
 	kms  kmsFlags
 	kube kubeFlags
@@ -69,6 +69,7 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest SVID lifetime granted")
 	fs.DurationVar(&f.authCacheTTL, "auth-cache-ttl", 5*time.Minute, "longest time a successful token check is reused (never past the token's exp)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
 	f.kms.register(fs)
 	f.kube.register(fs)
 }
@@ -124,6 +125,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Logger:         log,
 		Registerer:     reg,
 		Gatherer:       reg,
+		Pprof:          f.pprof,
 	})
 	if err != nil {
 		return err
