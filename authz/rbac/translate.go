@@ -1,0 +1,531 @@
+// Package rbac translates Istio AuthorizationPolicies into Envoy RBAC
+// filters: envoy.filters.http.rbac for HTTP filter chains and
+// envoy.filters.network.rbac for TCP ones, with Istio's semantics.
+//
+// Translation is per policy (Translate) and then per workload (Build), so a
+// changed policy is translated once however many workloads it applies to.
+package rbac
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	uritemplatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	securityv1 "istio.io/api/security/v1"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/castellan-mesh/castellan/authz/policy"
+)
+
+// DefaultTrustDomain is the trust domain used when Config.TrustDomain is
+// empty.
+const DefaultTrustDomain = "cluster.local"
+
+// Config configures a Translator.
+type Config struct {
+	// TrustDomain is the mesh's trust domain. Empty means
+	// DefaultTrustDomain.
+	TrustDomain string
+	// TrustDomainAliases are trust domains treated as the same as
+	// TrustDomain: a principal written in any of them matches a peer in
+	// any of them. Nil means none.
+	TrustDomainAliases []string
+}
+
+// Translator translates AuthorizationPolicies. It is immutable and safe for
+// concurrent use.
+type Translator struct {
+	bundle []string // the trust domain, then its aliases, without duplicates
+}
+
+// NewTranslator returns a Translator for cfg.
+func NewTranslator(cfg Config) *Translator {
+	td := cfg.TrustDomain
+	if td == "" {
+		td = DefaultTrustDomain
+	}
+	bundle := []string{td}
+	for _, a := range cfg.TrustDomainAliases {
+		if a != "" && !slices.Contains(bundle, a) {
+			bundle = append(bundle, a)
+		}
+	}
+	return &Translator{bundle: bundle}
+}
+
+// Rule is one generated Envoy RBAC policy, named after the Istio rule it
+// comes from.
+type Rule struct {
+	Name   string
+	Policy *rbacv3.Policy
+}
+
+// Translation is the Envoy form of one AuthorizationPolicy.
+type Translation struct {
+	Key policy.Key
+	// Action is the Envoy action: LOG for AUDIT, DENY for DENY (and for
+	// the unsupported CUSTOM), ALLOW for ALLOW.
+	Action rbacv3.RBAC_Action
+	// DryRun policies become shadow rules.
+	DryRun bool
+	// HTTP holds the policies for HTTP filter chains.
+	HTTP []Rule
+	// TCP holds the policies for TCP filter chains.
+	TCP []Rule
+	// Notes explains rules that were changed for TCP: ALLOW rules dropped
+	// because they use HTTP-only fields, and DENY or AUDIT rules whose
+	// HTTP-only fields were dropped.
+	Notes []string
+}
+
+// ErrCustomUnsupported is returned (wrapped) for a policy with action
+// CUSTOM. Castellan does not configure ext_authz; such a policy is enforced
+// as DENY, so the requests it would send to the extension are refused
+// rather than let through.
+var ErrCustomUnsupported = errors.New("action CUSTOM (ext_authz) is not supported; its rules are enforced as DENY so that matching requests are refused")
+
+// RuleName returns Istio's name for rule i of a policy:
+// "ns[<ns>]-policy[<name>]-rule[<i>]".
+func RuleName(namespace, name string, i int) string {
+	return fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", namespace, name, i)
+}
+
+// Translate returns the Envoy RBAC policies of the AuthorizationPolicy r.
+// For action CUSTOM it returns the policies enforced as DENY together with
+// an error wrapping ErrCustomUnsupported.
+func (t *Translator) Translate(r *policy.Resource) (*Translation, error) {
+	if r == nil || r.AuthorizationPolicy == nil {
+		return nil, errors.New("rbac: not an AuthorizationPolicy")
+	}
+	spec := r.AuthorizationPolicy
+	out := &Translation{Key: r.Key(), DryRun: r.DryRun()}
+	var err error
+	switch spec.GetAction() {
+	case securityv1.AuthorizationPolicy_ALLOW:
+		out.Action = rbacv3.RBAC_ALLOW
+	case securityv1.AuthorizationPolicy_DENY:
+		out.Action = rbacv3.RBAC_DENY
+	case securityv1.AuthorizationPolicy_AUDIT:
+		out.Action = rbacv3.RBAC_LOG
+	case securityv1.AuthorizationPolicy_CUSTOM:
+		out.Action = rbacv3.RBAC_DENY
+		err = &policy.Error{Origin: r.Origin, Kind: r.Kind, Namespace: r.Meta.Namespace, Name: r.Meta.Name, Field: "spec.action", Err: ErrCustomUnsupported}
+	default:
+		return nil, fmt.Errorf("rbac: %s: unknown action %v", r.Key(), spec.GetAction())
+	}
+	ns, name := r.Meta.Namespace, r.Meta.Name
+	if len(spec.GetRules()) == 0 {
+		never := Rule{Name: RuleName(ns, name, 0), Policy: matchNever()}
+		out.HTTP = append(out.HTTP, never)
+		out.TCP = append(out.TCP, never)
+		return out, err
+	}
+	for i, rule := range spec.GetRules() {
+		if rule == nil {
+			continue // rejected by validation
+		}
+		rn := RuleName(ns, name, i)
+		g := generator{t: t, ns: ns, action: out.Action}
+		p, gerr := g.policy(rule)
+		if gerr != nil {
+			return nil, fmt.Errorf("rbac: %s: %w", rn, gerr)
+		}
+		out.HTTP = append(out.HTTP, Rule{Name: rn, Policy: p})
+
+		g = generator{t: t, ns: ns, action: out.Action, tcp: true}
+		p, gerr = g.policy(rule)
+		var httpOnly *httpOnlyError
+		switch {
+		case errors.As(gerr, &httpOnly):
+			out.Notes = append(out.Notes, fmt.Sprintf("%s: left out of TCP filters: ALLOW rule uses HTTP-only field %s", rn, httpOnly.field))
+		case gerr != nil:
+			return nil, fmt.Errorf("rbac: %s: %w", rn, gerr)
+		default:
+			if len(g.dropped) > 0 {
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: HTTP-only fields %s ignored in TCP filters, so the rule matches more connections", rn, strings.Join(g.dropped, ", ")))
+			}
+			out.TCP = append(out.TCP, Rule{Name: rn, Policy: p})
+		}
+	}
+	return out, err
+}
+
+// httpOnlyError says an ALLOW rule uses an HTTP-only field and cannot be
+// applied to TCP.
+type httpOnlyError struct{ field string }
+
+func (e *httpOnlyError) Error() string { return "uses HTTP-only field " + e.field }
+
+// generator builds the Envoy policy of one rule for HTTP or TCP.
+type generator struct {
+	t      *Translator
+	ns     string // the policy's namespace
+	action rbacv3.RBAC_Action
+	tcp    bool
+	// dropped lists the HTTP-only fields left out of a TCP DENY or LOG rule.
+	dropped []string
+}
+
+// httpOnly decides what to do with an HTTP-only field in the TCP filter:
+// an ALLOW rule is dropped whole (so it grants nothing over TCP); a DENY or
+// AUDIT rule loses the field and so matches more, never less.
+func (g *generator) httpOnly(field string) (skip bool, err error) {
+	if !g.tcp {
+		return false, nil
+	}
+	if g.action == rbacv3.RBAC_ALLOW {
+		return true, &httpOnlyError{field: field}
+	}
+	if !slices.Contains(g.dropped, field) {
+		g.dropped = append(g.dropped, field)
+	}
+	return true, nil
+}
+
+func (g *generator) policy(rule *securityv1.Rule) (*rbacv3.Policy, error) {
+	condPerms, condPrins, err := g.conditions(rule.GetWhen())
+	if err != nil {
+		return nil, err
+	}
+	p := &rbacv3.Policy{}
+	if len(rule.GetTo()) == 0 {
+		p.Permissions = []*rbacv3.Permission{permAnd(condPerms)}
+	}
+	for _, to := range rule.GetTo() {
+		perms, err := g.operation(to.GetOperation())
+		if err != nil {
+			return nil, err
+		}
+		p.Permissions = append(p.Permissions, permAnd(append(perms, condPerms...)))
+	}
+	if len(rule.GetFrom()) == 0 {
+		p.Principals = []*rbacv3.Principal{principalAnd(condPrins)}
+	}
+	for _, from := range rule.GetFrom() {
+		prins, err := g.source(from.GetSource())
+		if err != nil {
+			return nil, err
+		}
+		p.Principals = append(p.Principals, principalAnd(append(prins, condPrins...)))
+	}
+	return p, nil
+}
+
+// permField adds the permissions for one field: OR over values, and NOT
+// (OR over notValues).
+func (g *generator) permField(out []*rbacv3.Permission, field string, values, notValues []string, httpOnly bool,
+	gen func(string) (*rbacv3.Permission, error)) ([]*rbacv3.Permission, error) {
+	if len(values) == 0 && len(notValues) == 0 {
+		return out, nil
+	}
+	if httpOnly {
+		if skip, err := g.httpOnly(field); skip || err != nil {
+			return out, err
+		}
+	}
+	build := func(vs []string) (*rbacv3.Permission, error) {
+		ps := make([]*rbacv3.Permission, 0, len(vs))
+		for _, v := range vs {
+			p, err := gen(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", field, err)
+			}
+			ps = append(ps, p)
+		}
+		return permOr(ps), nil
+	}
+	if len(values) > 0 {
+		p, err := build(values)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if len(notValues) > 0 {
+		p, err := build(notValues)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, permNot(p))
+	}
+	return out, nil
+}
+
+// principalField is permField for principals. gen may return several
+// principals for one value (trust-domain aliases); they are ORed.
+func (g *generator) principalField(out []*rbacv3.Principal, field string, values, notValues []string, httpOnly bool,
+	gen func(string) ([]*rbacv3.Principal, error)) ([]*rbacv3.Principal, error) {
+	if len(values) == 0 && len(notValues) == 0 {
+		return out, nil
+	}
+	if httpOnly {
+		if skip, err := g.httpOnly(field); skip || err != nil {
+			return out, err
+		}
+	}
+	build := func(vs []string) (*rbacv3.Principal, error) {
+		ps := make([]*rbacv3.Principal, 0, len(vs))
+		for _, v := range vs {
+			p, err := gen(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", field, err)
+			}
+			ps = append(ps, p...)
+		}
+		return principalOr(ps), nil
+	}
+	if len(values) > 0 {
+		p, err := build(values)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if len(notValues) > 0 {
+		p, err := build(notValues)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, principalNot(p))
+	}
+	return out, nil
+}
+
+func (g *generator) operation(op *securityv1.Operation) ([]*rbacv3.Permission, error) {
+	var (
+		out []*rbacv3.Permission
+		err error
+	)
+	steps := []struct {
+		field       string
+		values, not []string
+		httpOnly    bool
+		gen         func(string) (*rbacv3.Permission, error)
+	}{
+		{"hosts", op.GetHosts(), op.GetNotHosts(), true, genHost},
+		{"ports", op.GetPorts(), op.GetNotPorts(), false, genPort},
+		{"methods", op.GetMethods(), op.GetNotMethods(), true, genMethod},
+		{"paths", op.GetPaths(), op.GetNotPaths(), true, genPath},
+	}
+	for _, s := range steps {
+		if out, err = g.permField(out, s.field, s.values, s.not, s.httpOnly, s.gen); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (g *generator) source(src *securityv1.Source) ([]*rbacv3.Principal, error) {
+	var (
+		out []*rbacv3.Principal
+		err error
+	)
+	steps := []struct {
+		field       string
+		values, not []string
+		httpOnly    bool
+		gen         func(string) ([]*rbacv3.Principal, error)
+	}{
+		{"principals", src.GetPrincipals(), src.GetNotPrincipals(), false, g.t.genPrincipal},
+		{"requestPrincipals", src.GetRequestPrincipals(), src.GetNotRequestPrincipals(), true, genRequestPrincipal},
+		{"namespaces", src.GetNamespaces(), src.GetNotNamespaces(), false, genNamespace},
+		{"serviceAccounts", src.GetServiceAccounts(), src.GetNotServiceAccounts(), false, g.genServiceAccount},
+		{"ipBlocks", src.GetIpBlocks(), src.GetNotIpBlocks(), false, genDirectRemoteIP},
+		{"remoteIpBlocks", src.GetRemoteIpBlocks(), src.GetNotRemoteIpBlocks(), false, genRemoteIP},
+		{"trustDomains", src.GetTrustDomains(), src.GetNotTrustDomains(), false, genTrustDomain},
+	}
+	for _, s := range steps {
+		if out, err = g.principalField(out, s.field, s.values, s.not, s.httpOnly, s.gen); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// conditions splits the `when` conditions into the permissions (about the
+// destination) and principals (about the source and the request) they
+// become. Every condition must hold.
+func (g *generator) conditions(when []*securityv1.Condition) ([]*rbacv3.Permission, []*rbacv3.Principal, error) {
+	var (
+		perms []*rbacv3.Permission
+		prins []*rbacv3.Principal
+	)
+	for _, c := range when {
+		key, err := policy.ParseConditionKey(c.GetKey())
+		if err != nil {
+			return nil, nil, err
+		}
+		field := "when " + c.GetKey()
+		http := key.Attribute.HTTPOnly()
+		switch key.Attribute {
+		case policy.AttrDestinationIP:
+			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genDestinationIP)
+		case policy.AttrDestinationPort:
+			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genPort)
+		case policy.AttrConnectionSNI:
+			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genSNI)
+		default:
+			var gen func(string) ([]*rbacv3.Principal, error)
+			switch key.Attribute {
+			case policy.AttrRequestHeaders:
+				name := strings.ToLower(key.Args[0])
+				gen = func(v string) ([]*rbacv3.Principal, error) {
+					return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Header{Header: headerMatcher(name, v, false)}}}, nil
+				}
+			case policy.AttrSourceIP:
+				gen = genDirectRemoteIP
+			case policy.AttrRemoteIP:
+				gen = genRemoteIP
+			case policy.AttrSourceNamespace:
+				gen = genNamespace
+			case policy.AttrSourcePrincipal:
+				gen = g.t.genPrincipal
+			case policy.AttrRequestPrincipal:
+				gen = genRequestPrincipal
+			case policy.AttrRequestAudiences:
+				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return metadataList([]string{MetaAudiences}, v) })
+			case policy.AttrRequestPresenter:
+				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return metadataString([]string{MetaPresenter}, v) })
+			case policy.AttrRequestClaims:
+				path := append([]string{MetaClaims}, key.Args...)
+				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return metadataList(path, v) })
+			default:
+				return nil, nil, fmt.Errorf("unsupported condition key %q", c.GetKey())
+			}
+			prins, err = g.principalField(prins, field, c.GetValues(), c.GetNotValues(), http, gen)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	return perms, prins, nil
+}
+
+// Value generators.
+
+func genHost(v string) (*rbacv3.Permission, error) {
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: headerMatcher(":authority", v, true)}}, nil
+}
+
+func genMethod(v string) (*rbacv3.Permission, error) {
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_Header{Header: headerMatcher(":method", v, false)}}, nil
+}
+
+func genPort(v string) (*rbacv3.Permission, error) {
+	port, err := policy.ParsePort(v)
+	if err != nil {
+		return nil, err
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_DestinationPort{DestinationPort: port}}, nil
+}
+
+func genDestinationIP(v string) (*rbacv3.Permission, error) {
+	p, err := policy.ParseCIDR(v)
+	if err != nil {
+		return nil, err
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_DestinationIp{DestinationIp: cidrRange(p)}}, nil
+}
+
+func genSNI(v string) (*rbacv3.Permission, error) {
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_RequestedServerName{RequestedServerName: stringMatcher(v, "", false)}}, nil
+}
+
+// uriTemplateExtension is the name Envoy knows the URI template matcher by.
+const uriTemplateExtension = "envoy.path.match.uri_template.uri_template_matcher"
+
+func genPath(v string) (*rbacv3.Permission, error) {
+	if !policy.IsPathTemplate(v) {
+		m := &matcherv3.PathMatcher{Rule: &matcherv3.PathMatcher_Path{Path: stringMatcher(v, "", false)}}
+		return &rbacv3.Permission{Rule: &rbacv3.Permission_UrlPath{UrlPath: m}}, nil
+	}
+	// Envoy's URI template syntax writes the operators bare: {*} is *, {**} is **.
+	tmpl := strings.NewReplacer(policy.MatchAnyTemplate, "**", policy.MatchOneTemplate, "*").Replace(v)
+	ut := &uritemplatev3.UriTemplateMatchConfig{PathTemplate: tmpl}
+	if err := ut.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("path template %q: %w", v, err)
+	}
+	cfg, err := marshalAny(ut)
+	if err != nil {
+		return nil, err
+	}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_UriTemplate{UriTemplate: &corev3.TypedExtensionConfig{
+		Name: uriTemplateExtension, TypedConfig: cfg,
+	}}}, nil
+}
+
+// genPrincipal matches the peer's SPIFFE ID. A principal in a trust domain
+// of the bundle (the local one or an alias) matches the same path in every
+// trust domain of the bundle.
+func (t *Translator) genPrincipal(v string) ([]*rbacv3.Principal, error) {
+	var out []*rbacv3.Principal
+	for _, p := range t.principalVariants(v) {
+		out = append(out, principalAuthenticated(stringMatcher(p, "spiffe://", false)))
+	}
+	return out, nil
+}
+
+func (t *Translator) principalVariants(v string) []string {
+	td, rest, ok := strings.Cut(v, "/")
+	if !ok || len(t.bundle) < 2 || strings.Contains(td, "*") || !slices.Contains(t.bundle, td) {
+		return []string{v}
+	}
+	out := make([]string, 0, len(t.bundle))
+	for _, b := range t.bundle {
+		out = append(out, b+"/"+rest)
+	}
+	return out
+}
+
+func genRequestPrincipal(v string) ([]*rbacv3.Principal, error) {
+	return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Metadata{Metadata: metadataString([]string{MetaPrincipal}, v)}}}, nil
+}
+
+func metadataPrincipal(m func(string) *matcherv3.MetadataMatcher) func(string) ([]*rbacv3.Principal, error) {
+	return func(v string) ([]*rbacv3.Principal, error) {
+		return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Metadata{Metadata: m(v)}}}, nil
+	}
+}
+
+// genNamespace matches the /ns/<namespace>/ segment of the peer's SPIFFE
+// ID, in any trust domain.
+func genNamespace(v string) ([]*rbacv3.Principal, error) {
+	return []*rbacv3.Principal{principalAuthenticated(regexMatcher(`spiffe://[^/]+/ns/` + segmentPattern(v) + `/.*`))}, nil
+}
+
+// genServiceAccount matches "<ns>/<sa>" or "<sa>" (in the policy's
+// namespace) as the peer's SPIFFE ID, in any trust domain.
+func (g *generator) genServiceAccount(v string) ([]*rbacv3.Principal, error) {
+	ns, sa, ok := strings.Cut(v, "/")
+	if !ok {
+		ns, sa = g.ns, v
+	}
+	re := `spiffe://[^/]+/ns/` + regexp.QuoteMeta(ns) + `/sa/` + regexp.QuoteMeta(sa)
+	return []*rbacv3.Principal{principalAuthenticated(regexMatcher(re))}, nil
+}
+
+func genTrustDomain(v string) ([]*rbacv3.Principal, error) {
+	return []*rbacv3.Principal{principalAuthenticated(regexMatcher(`spiffe://` + segmentPattern(v) + `/.*`))}, nil
+}
+
+func genDirectRemoteIP(v string) ([]*rbacv3.Principal, error) {
+	p, err := policy.ParseCIDR(v)
+	if err != nil {
+		return nil, err
+	}
+	return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: cidrRange(p)}}}, nil
+}
+
+func genRemoteIP(v string) ([]*rbacv3.Principal, error) {
+	p, err := policy.ParseCIDR(v)
+	if err != nil {
+		return nil, err
+	}
+	return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_RemoteIp{RemoteIp: cidrRange(p)}}}, nil
+}
