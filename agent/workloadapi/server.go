@@ -1,0 +1,169 @@
+// Package workloadapi serves the SPIFFE Workload API's X.509 half
+// (SpiffeWorkloadAPI.FetchX509SVID and FetchX509Bundles) from an
+// svidstore, so that workloads using a SPIFFE library get their SVID and
+// trust bundle, and every rotation, on a stream that stays open.
+//
+// As the SPIFFE Workload API specification requires, a call without the
+// gRPC metadata "workload.spiffe.io: true" is refused with InvalidArgument.
+// The JWT methods are not served (Unimplemented).
+package workloadapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+)
+
+// SecurityHeader is the metadata key every Workload API call must carry,
+// with the value "true".
+const SecurityHeader = "workload.spiffe.io"
+
+// Source is what the server serves. *svidstore.Store implements it.
+type Source interface {
+	Load() (svidstore.Snapshot, <-chan struct{})
+}
+
+// Server implements workload.SpiffeWorkloadAPIServer.
+type Server struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+
+	source  Source
+	log     *slog.Logger
+	metrics *metrics
+}
+
+// Option configures a Server.
+type Option interface{ apply(*config) }
+
+type config struct {
+	log *slog.Logger
+	reg prometheus.Registerer
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// WithLogger sets the logger. The default discards logs.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) { c.log = l })
+}
+
+// WithRegisterer registers the server's metrics on r. By default they are
+// counted but not registered anywhere.
+func WithRegisterer(r prometheus.Registerer) Option {
+	return optionFunc(func(c *config) { c.reg = r })
+}
+
+// New returns a Server that serves source.
+func New(source Source, opts ...Option) (*Server, error) {
+	if source == nil {
+		return nil, errors.New("workloadapi: nil source")
+	}
+	c := config{log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	m, err := newMetrics(c.reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{source: source, log: c.log, metrics: m}, nil
+}
+
+// Register registers the Workload API service on g.
+func (s *Server) Register(g grpc.ServiceRegistrar) {
+	workload.RegisterSpiffeWorkloadAPIServer(g, s)
+}
+
+// FetchX509SVID streams the workload's X.509-SVID with its trust bundle:
+// once both are available, and again whenever either changes. Nothing is
+// sent while there is no valid SVID; an expired SVID is never sent.
+func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	const method = "FetchX509SVID"
+	if err := s.checkHeader(stream.Context(), method); err != nil {
+		return err
+	}
+	s.metrics.streams.WithLabelValues(method).Inc()
+	defer s.metrics.streams.WithLabelValues(method).Dec()
+
+	var sentSVID, sentBundle string
+	snap, changed := s.source.Load()
+	for {
+		if snap.SVID != nil && snap.Bundle != nil && (snap.SVID.Version != sentSVID || snap.Bundle.Version != sentBundle) {
+			resp := &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
+				SpiffeId:    snap.SVID.ID().String(),
+				X509Svid:    snap.SVID.ChainDER,
+				X509SvidKey: snap.SVID.KeyDER,
+				Bundle:      snap.Bundle.DER,
+			}}}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			s.metrics.pushes.WithLabelValues(method).Inc()
+			sentSVID, sentBundle = snap.SVID.Version, snap.Bundle.Version
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+			snap, changed = s.source.Load()
+		}
+	}
+}
+
+// FetchX509Bundles streams the trust bundle, keyed by the trust domain of
+// the workload's SVID: once both are known, and again whenever the bundle
+// changes.
+func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	const method = "FetchX509Bundles"
+	if err := s.checkHeader(stream.Context(), method); err != nil {
+		return err
+	}
+	s.metrics.streams.WithLabelValues(method).Inc()
+	defer s.metrics.streams.WithLabelValues(method).Dec()
+
+	var sent string
+	snap, changed := s.source.Load()
+	for {
+		if snap.SVID != nil && snap.Bundle != nil {
+			td := snap.SVID.ID().TrustDomain().Name()
+			if key := td + "/" + snap.Bundle.Version; key != sent {
+				resp := &workload.X509BundlesResponse{Bundles: map[string][]byte{td: snap.Bundle.DER}}
+				if err := stream.Send(resp); err != nil {
+					return err
+				}
+				s.metrics.pushes.WithLabelValues(method).Inc()
+				sent = key
+			}
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+			snap, changed = s.source.Load()
+		}
+	}
+}
+
+// checkHeader enforces the Workload API's security header.
+func (s *Server) checkHeader(ctx context.Context, method string) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(SecurityHeader)
+	if len(vals) == 1 && vals[0] == "true" {
+		return nil
+	}
+	s.metrics.rejected.WithLabelValues(method).Inc()
+	s.log.Warn("workloadapi: refused a call without the security header", "method", method)
+	return status.Error(codes.InvalidArgument, fmt.Sprintf("workloadapi: security header missing from request: the Workload API requires metadata %q with value \"true\"", SecurityHeader))
+}
