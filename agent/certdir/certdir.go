@@ -1,0 +1,208 @@
+// Package certdir writes a workload's certificate chain, private key and
+// trust bundle into a directory so that the three always change together.
+//
+// Each version goes into a new hidden directory; the link "..data" is then
+// swapped to it in one rename, the way Kubernetes updates projected volumes.
+// The names a workload reads are links through "..data":
+//
+//	dir/cert-chain.pem -> ..data/cert-chain.pem
+//	dir/key.pem        -> ..data/key.pem        (mode 0600)
+//	dir/root-cert.pem  -> ..data/root-cert.pem
+//	dir/..data         -> ..2026_01_02_15_04_05.000000001.123456
+//
+// A file is never rewritten in place, so a reader never sees a partial
+// file, and a reader that resolves "..data" once (as Read does) always gets
+// a key and a certificate that belong together. The previous version is
+// kept until the next write, so that a reader that resolved "..data" just
+// before a swap can finish reading.
+package certdir
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// The file names written, as Istio's agent names them.
+const (
+	ChainFile = "cert-chain.pem"
+	KeyFile   = "key.pem"
+	RootFile  = "root-cert.pem"
+)
+
+// dataLink is the link swapped on each write.
+const dataLink = "..data"
+
+// versionPrefix starts the name of every version directory.
+const versionPrefix = ".."
+
+// Files is one version of the directory's content, all PEM.
+type Files struct {
+	Chain []byte
+	Key   []byte
+	Root  []byte
+}
+
+// Write makes files the content of dir, creating dir (mode 0755) if
+// needed. The key file has mode 0600 and the others 0644. Versions older
+// than the previous one are removed.
+func Write(dir string, files Files) error {
+	if len(files.Chain) == 0 || len(files.Key) == 0 || len(files.Root) == 0 {
+		return errors.New("certdir: chain, key and root must all be present")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("certdir: could not create %s: %w", dir, err)
+	}
+	stamp := versionPrefix + time.Now().UTC().Format("2006_01_02_15_04_05.000000000") + "."
+	version, err := os.MkdirTemp(dir, stamp)
+	if err != nil {
+		return fmt.Errorf("certdir: could not create a version directory in %s: %w", dir, err)
+	}
+	if err := writeVersion(version, files); err != nil {
+		os.RemoveAll(version)
+		return err
+	}
+	previous, _ := os.Readlink(filepath.Join(dir, dataLink))
+	if err := replaceLink(dir, dataLink, filepath.Base(version)); err != nil {
+		os.RemoveAll(version)
+		return err
+	}
+	for _, name := range []string{ChainFile, KeyFile, RootFile} {
+		target := filepath.Join(dataLink, name)
+		if cur, err := os.Readlink(filepath.Join(dir, name)); err == nil && cur == target {
+			continue
+		}
+		if err := replaceLink(dir, name, target); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	return prune(dir, filepath.Base(version), previous)
+}
+
+// Read returns the current content of dir, all from one version. If that
+// version is removed while it is being read (two writes happened during
+// the read), Read starts again with the new one.
+func Read(dir string) (Files, error) {
+	var err error
+	for range 5 {
+		var f Files
+		if f, err = readOnce(dir); !errors.Is(err, os.ErrNotExist) {
+			return f, err
+		}
+	}
+	return Files{}, err
+}
+
+func readOnce(dir string) (Files, error) {
+	version, err := filepath.EvalSymlinks(filepath.Join(dir, dataLink))
+	if err != nil {
+		return Files{}, fmt.Errorf("certdir: %s holds no written version: %w", dir, err)
+	}
+	var f Files
+	for _, x := range []struct {
+		name string
+		dst  *[]byte
+	}{{ChainFile, &f.Chain}, {KeyFile, &f.Key}, {RootFile, &f.Root}} {
+		b, err := os.ReadFile(filepath.Join(version, x.name))
+		if err != nil {
+			return Files{}, fmt.Errorf("certdir: %w", err)
+		}
+		*x.dst = b
+	}
+	return f, nil
+}
+
+func writeVersion(version string, files Files) error {
+	if err := os.Chmod(version, 0o755); err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
+	for _, x := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{ChainFile, files.Chain, 0o644}, {KeyFile, files.Key, 0o600}, {RootFile, files.Root, 0o644}} {
+		if err := writeFile(filepath.Join(version, x.name), x.data, x.mode); err != nil {
+			return err
+		}
+	}
+	return syncDir(version)
+}
+
+// writeFile creates path with mode (never wider, whatever the umask) and
+// flushes it to disk.
+func writeFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return fmt.Errorf("certdir: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("certdir: could not write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("certdir: could not sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
+	return nil
+}
+
+// replaceLink makes dir/name a symbolic link to target in one rename.
+func replaceLink(dir, name, target string) error {
+	tmp := filepath.Join(dir, name+".tmp")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("certdir: could not swap %s: %w", filepath.Join(dir, name), err)
+	}
+	return nil
+}
+
+// prune removes version directories other than current and previous.
+func prune(dir, current, previous string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		n := e.Name()
+		if !e.IsDir() || !strings.HasPrefix(n, versionPrefix) || n == dataLink || n == current || n == previous {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("certdir: could not remove old versions: %w", err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("certdir: could not sync %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package certdir_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/agent/certdir"
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+)
+
+const id = "spiffe://cluster.local/ns/default/sa/web"
+
+func files(svid *svidstore.SVID, b *svidstore.Bundle) certdir.Files {
+	return certdir.Files{Chain: svid.ChainPEM, Key: svid.KeyPEM, Root: b.PEM}
+}
+
+func TestWriteLayoutAndModes(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	dir := filepath.Join(t.TempDir(), "certs")
+	for i := 0; i < 4; i++ {
+		if err := certdir.Write(dir, files(ca.Issue(t, id, time.Hour), ca.Bundle(t))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		mode os.FileMode
+	}{
+		{certdir.ChainFile, 0o644},
+		{certdir.KeyFile, 0o600},
+		{certdir.RootFile, 0o644},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fi, err := os.Stat(filepath.Join(dir, tt.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != tt.mode {
+				t.Fatalf("mode %v, want %v", fi.Mode().Perm(), tt.mode)
+			}
+		})
+	}
+	// The current and the previous version are kept, no more.
+	entries, _ := os.ReadDir(dir)
+	var versions int
+	for _, e := range entries {
+		if e.IsDir() {
+			versions++
+		}
+	}
+	if versions != 2 {
+		t.Fatalf("%d version directories, want 2", versions)
+	}
+	// Plain reads through the links see the current version.
+	got, err := certdir.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, _ := os.ReadFile(filepath.Join(dir, certdir.ChainFile))
+	if !bytes.Equal(chain, got.Chain) {
+		t.Fatal("cert-chain.pem differs from the current version")
+	}
+}
+
+// TestReadersNeverSeeMismatchedPair rotates as fast as it can while readers
+// load the pair; every pair read must be a matching key and certificate.
+func TestReadersNeverSeeMismatchedPair(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	dir := filepath.Join(t.TempDir(), "certs")
+	bundle := ca.Bundle(t)
+	svids := make([]*svidstore.SVID, 8)
+	for i := range svids {
+		svids[i] = ca.Issue(t, id, time.Hour)
+	}
+	if err := certdir.Write(dir, files(svids[0], bundle)); err != nil {
+		t.Fatal(err)
+	}
+
+	var stop atomic.Bool
+	var reads atomic.Int64
+	var wg sync.WaitGroup
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				f, err := certdir.Read(dir)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := tls.X509KeyPair(f.Chain, f.Key); err != nil {
+					t.Errorf("read a mismatched pair: %v", err)
+					return
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for i := 0; i < 40; i++ {
+		if err := certdir.Write(dir, files(svids[i%len(svids)], bundle)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if reads.Load() == 0 {
+		t.Fatal("readers read nothing")
+	}
+}
+
+func TestWriteRefusesIncompleteContent(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	svid := ca.Issue(t, id, time.Hour)
+	tests := []struct {
+		name  string
+		files certdir.Files
+	}{
+		{"no chain", certdir.Files{Key: svid.KeyPEM, Root: ca.Bundle(t).PEM}},
+		{"no key", certdir.Files{Chain: svid.ChainPEM, Root: ca.Bundle(t).PEM}},
+		{"no root", certdir.Files{Chain: svid.ChainPEM, Key: svid.KeyPEM}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := certdir.Write(t.TempDir(), tt.files); err == nil {
+				t.Fatal("Write accepted incomplete content")
+			}
+		})
+	}
+}
