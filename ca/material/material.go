@@ -123,6 +123,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.cur.Store(a)
+	s.lastHash, _ = s.hashFiles()
 	return s, nil
 }
 
@@ -140,15 +141,10 @@ func (s *Store) LastReloadError() error {
 	return s.lastErr
 }
 
-// Run watches plugged-in files and reloads them on change until ctx ends.
-// A change that does not load (a missing file, a key that does not match,
-// a broken chain) is logged and skipped; the current Authority stays.
-// In self-signed mode Run just waits for ctx.
+// Run watches the files and reloads them on change until ctx ends. A
+// change that does not load (a missing file, a key that does not match, a
+// broken chain) is logged and skipped; the current Authority stays.
 func (s *Store) Run(ctx context.Context) error {
-	if s.mode != ModePluggedIn {
-		<-ctx.Done()
-		return nil
-	}
 	t := time.NewTicker(s.cfg.ReloadInterval)
 	defer t.Stop()
 	for {
@@ -161,22 +157,27 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 }
 
-// Reload checks the plugged-in files once and takes them if they changed
-// and are valid. It reports whether a new Authority was taken.
+// Reload checks the files once and takes them if they changed and are
+// valid. It reports whether a new Authority was taken. In plugged-in mode
+// the four cacerts files are watched; in self-signed mode root-cert.pem
+// (the trust bundle, which may hold several roots during a rotation) and
+// root-key.pem (the key of the active root).
 func (s *Store) Reload() bool {
-	if s.mode != ModePluggedIn {
-		return false
-	}
 	h, err := s.hashFiles()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err == nil && h == s.lastHash {
 		return false
 	}
-	a, h, err := s.loadPluggedIn()
+	var a *ca.Authority
+	if s.mode == ModePluggedIn {
+		a, h, err = s.loadPluggedIn()
+	} else {
+		a, err = s.loadRoot()
+	}
 	if err != nil {
 		if s.lastErr == nil || s.lastErr.Error() != err.Error() {
-			s.cfg.Logger.Error("plugged-in CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
+			s.cfg.Logger.Error("CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
 		}
 		s.lastErr = err
 		return false
@@ -184,7 +185,7 @@ func (s *Store) Reload() bool {
 	s.lastErr = nil
 	s.lastHash = h
 	s.cur.Store(a)
-	s.cfg.Logger.Info("reloaded plugged-in CA material", "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter)
+	s.cfg.Logger.Info("reloaded CA material", "mode", string(s.mode), "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter, "bundle_roots", len(a.Roots))
 	if s.cfg.OnChange != nil {
 		s.cfg.OnChange(a)
 	}
@@ -218,8 +219,15 @@ func (s *Store) detect() (bool, error) {
 }
 
 func (s *Store) hashFiles() ([sha256.Size]byte, error) {
+	files := []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile}
+	if s.mode == ModeSelfSigned {
+		files = []string{RootCertFile, RootKeyFile}
+		if s.cfg.Signer != nil {
+			files = files[:1]
+		}
+	}
 	h := sha256.New()
-	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+	for _, f := range files {
 		b, err := os.ReadFile(s.path(f))
 		if err != nil {
 			return [sha256.Size]byte{}, err
@@ -330,11 +338,28 @@ func (s *Store) loadRoot() (*ca.Authority, error) {
 		}
 		warnIfReadable(s.cfg.Logger, s.path(RootKeyFile))
 	}
-	a, err := ca.NewAuthority(certs[0], key, nil, certs)
+	// root-cert.pem is the trust bundle; the active root is the one whose
+	// key is root-key.pem. Other roots are being prepared or retired.
+	var active *x509.Certificate
+	for _, c := range certs {
+		if publicKeyEqual(key.Public(), c.PublicKey) {
+			active = c
+			break
+		}
+	}
+	if active == nil {
+		return nil, fmt.Errorf("material: no root in %s matches the key in %s", s.path(RootCertFile), s.path(RootKeyFile))
+	}
+	a, err := ca.NewAuthority(active, key, nil, certs)
 	if err != nil {
 		return nil, fmt.Errorf("material: self-signed root in %s: %w", s.cfg.Dir, err)
 	}
 	return a, nil
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && e.Equal(b)
 }
 
 func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {

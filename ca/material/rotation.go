@@ -1,0 +1,512 @@
+package material
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Files a rotation adds to the data directory.
+const (
+	// RotationFile records the phase of a rotation in progress.
+	RotationFile = "rotation.json"
+	// NextRootCertFile and NextRootKeyFile hold a prepared self-signed root.
+	NextRootCertFile = "next-root-cert.pem"
+	NextRootKeyFile  = "next-root-key.pem"
+	// NextDir holds the prepared cacerts of a plugged-in rotation.
+	NextDir = "next"
+)
+
+// Phase is where a root rotation stands.
+type Phase string
+
+// The phases of a rotation, in order. After retire the phase is steady.
+const (
+	// PhaseSteady: one root, nothing in progress.
+	PhaseSteady Phase = "steady"
+	// PhasePrepared: a new root is in the bundle; the old one still signs.
+	PhasePrepared Phase = "prepared"
+	// PhaseActivated: the new root signs; the old one stays in the bundle
+	// until no SVID it signed can still be valid.
+	PhaseActivated Phase = "activated"
+)
+
+// RootState is the role of one root in the trust bundle.
+type RootState string
+
+// The roles a root in the bundle can have.
+const (
+	RootActive   RootState = "active"
+	RootPrepared RootState = "prepared"
+	RootRetiring RootState = "retiring"
+)
+
+// rotationState is the content of rotation.json.
+type rotationState struct {
+	Phase       Phase     `json:"phase"`
+	PreparedAt  time.Time `json:"prepared_at,omitzero"`
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	// RetireAfter is when the last SVID signed under the old root expires:
+	// the activation time plus the longest SVID lifetime plus clock skew.
+	RetireAfter time.Time `json:"retire_after,omitzero"`
+}
+
+// RootStatus describes one root of the trust bundle.
+type RootStatus struct {
+	Subject  string            `json:"subject"`
+	Serial   string            `json:"serial"`
+	NotAfter time.Time         `json:"not_after"`
+	State    RootState         `json:"state"`
+	Cert     *x509.Certificate `json:"-"`
+}
+
+// RotationStatus is the state of the trust bundle and of any rotation.
+type RotationStatus struct {
+	Mode        Mode         `json:"mode"`
+	Phase       Phase        `json:"phase"`
+	Roots       []RootStatus `json:"roots"`
+	PreparedAt  time.Time    `json:"prepared_at,omitzero"`
+	ActivatedAt time.Time    `json:"activated_at,omitzero"`
+	// ActivateAfter is when the prepared root has had the propagation
+	// delay to reach every peer.
+	ActivateAfter time.Time `json:"activate_after,omitzero"`
+	RetireAfter   time.Time `json:"retire_after,omitzero"`
+}
+
+// Rotator prepares, activates and retires roots in a data directory. A
+// running CA on the same directory picks every step up on its next reload.
+type Rotator struct {
+	// Dir is the CA's data directory.
+	Dir string
+	// TrustDomain names a new self-signed root.
+	TrustDomain spiffeid.TrustDomain
+	// RootTTL is the lifetime of a new self-signed root. Default: 10 years.
+	RootTTL time.Duration
+	// PropagationDelay is how long a prepared root must sit in the bundle
+	// before it may sign: the time the bundle needs to reach every peer.
+	// Default: 1h.
+	PropagationDelay time.Duration
+	// MaxTTL is the CA's longest SVID lifetime; the old root is kept that
+	// long after activation. Default: 24h.
+	MaxTTL time.Duration
+	// Now returns the current time. Default: time.Now.
+	Now func() time.Time
+	// Logger receives rotation events. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+func (r *Rotator) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Rotator) log() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.Default()
+}
+
+func (r *Rotator) propagation() time.Duration {
+	if r.PropagationDelay > 0 {
+		return r.PropagationDelay
+	}
+	return time.Hour
+}
+
+func (r *Rotator) maxTTL() time.Duration {
+	if r.MaxTTL > 0 {
+		return r.MaxTTL
+	}
+	return 24 * time.Hour
+}
+
+func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
+
+func (r *Rotator) mode() (Mode, error) {
+	st := &Store{cfg: Config{Dir: r.Dir}}
+	plugged, err := st.detect()
+	if err != nil {
+		return "", err
+	}
+	if plugged {
+		return ModePluggedIn, nil
+	}
+	if _, err := os.Stat(r.path(RootCertFile)); err != nil {
+		return "", fmt.Errorf("material: %s holds no CA material: %w", r.Dir, err)
+	}
+	return ModeSelfSigned, nil
+}
+
+func (r *Rotator) readState() (rotationState, error) {
+	b, err := os.ReadFile(r.path(RotationFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return rotationState{Phase: PhaseSteady}, nil
+	}
+	if err != nil {
+		return rotationState{}, fmt.Errorf("material: %w", err)
+	}
+	var st rotationState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return rotationState{}, fmt.Errorf("material: %s: %w", r.path(RotationFile), err)
+	}
+	switch st.Phase {
+	case PhaseSteady, PhasePrepared, PhaseActivated:
+	default:
+		return rotationState{}, fmt.Errorf("material: %s: unknown phase %q", r.path(RotationFile), st.Phase)
+	}
+	return st, nil
+}
+
+func (r *Rotator) writeState(st rotationState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return pemfile.WriteFileAtomic(r.path(RotationFile), append(b, '\n'), 0o644)
+}
+
+// Status reports the roots in the bundle and the rotation phase.
+func (r *Rotator) Status() (*RotationStatus, error) {
+	mode, err := r.mode()
+	if err != nil {
+		return nil, err
+	}
+	st, err := r.readState()
+	if err != nil {
+		return nil, err
+	}
+	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	active, err := r.activeRoot(mode, bundle)
+	if err != nil {
+		return nil, err
+	}
+	out := &RotationStatus{Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
+	if st.Phase == PhasePrepared {
+		out.ActivateAfter = st.PreparedAt.Add(r.propagation())
+	}
+	for _, c := range bundle {
+		state := RootActive
+		if !c.Equal(active) {
+			state = RootRetiring
+			if st.Phase == PhasePrepared {
+				state = RootPrepared
+			}
+		}
+		out.Roots = append(out.Roots, RootStatus{Subject: c.Subject.String(), Serial: fmt.Sprintf("%x", c.SerialNumber), NotAfter: c.NotAfter, State: state, Cert: c})
+	}
+	return out, nil
+}
+
+// activeRoot returns the root the CA signs under now.
+func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certificate, error) {
+	if mode == ModePluggedIn {
+		st := &Store{cfg: Config{Dir: r.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
+		a, _, err := st.loadPluggedIn()
+		if err != nil {
+			return nil, err
+		}
+		return a.Root(), nil
+	}
+	key, err := pemfile.ReadPrivateKey(r.path(RootKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	for _, c := range bundle {
+		if publicKeyEqual(key.Public(), c.PublicKey) {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("material: no root in %s matches %s", r.path(RootCertFile), r.path(RootKeyFile))
+}
+
+// Prepare adds a new root to the trust bundle. Nothing is signed with it
+// until Activate. For a self-signed CA the new root and its key are
+// generated; for a plugged-in CA, from names a directory holding the new
+// cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
+func (r *Rotator) Prepare(ctx context.Context, from string) error {
+	mode, err := r.mode()
+	if err != nil {
+		return err
+	}
+	st, err := r.readState()
+	if err != nil {
+		return err
+	}
+	if st.Phase != PhaseSteady {
+		return fmt.Errorf("material: a rotation is already in progress (phase %s); activate or retire it first", st.Phase)
+	}
+	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
+	if err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	var newRoots []*x509.Certificate
+	switch mode {
+	case ModeSelfSigned:
+		if from != "" {
+			return errors.New("material: a self-signed CA generates its next root; --from is for plugged-in CAs")
+		}
+		root, err := r.prepareSelfSigned(ctx)
+		if err != nil {
+			return err
+		}
+		newRoots = []*x509.Certificate{root}
+	case ModePluggedIn:
+		if from == "" {
+			return errors.New("material: a plugged-in CA needs the directory of its next cacerts")
+		}
+		if newRoots, err = r.preparePluggedIn(from); err != nil {
+			return err
+		}
+	}
+	if err := r.writeState(rotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC()}); err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	r.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "dir", r.Dir, "subject", newRoots[0].Subject.String(), "serial", fmt.Sprintf("%x", newRoots[0].SerialNumber), "activate_after", r.now().Add(r.propagation()))
+	return nil
+}
+
+func (r *Rotator) prepareSelfSigned(ctx context.Context) (*x509.Certificate, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// A leftover from an interrupted prepare is replaced.
+	os.Remove(r.path(NextRootKeyFile))
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: r.TrustDomain, TTL: r.RootTTL, NotBefore: r.now().Add(-time.Minute)})
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	if err := pemfile.WritePrivateKey(r.path(NextRootKeyFile), key); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	if err := pemfile.WriteCertificates(r.path(NextRootCertFile), []*x509.Certificate{root}); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	return root, nil
+}
+
+func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
+	next := &Store{cfg: Config{Dir: from, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
+	if ok, err := next.detect(); err != nil || !ok {
+		return nil, fmt.Errorf("material: %s is not a complete cacerts directory: %v", from, err)
+	}
+	a, _, err := next.loadPluggedIn()
+	if err != nil {
+		return nil, err
+	}
+	dir := r.path(NextDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+		b, err := os.ReadFile(filepath.Join(from, f))
+		if err != nil {
+			return nil, fmt.Errorf("material: %w", err)
+		}
+		perm := os.FileMode(0o644)
+		if f == CAKeyFile {
+			perm = 0o600
+		}
+		if err := pemfile.WriteFileAtomic(filepath.Join(dir, f), b, perm); err != nil {
+			return nil, fmt.Errorf("material: %w", err)
+		}
+	}
+	return a.Roots, nil
+}
+
+// Activate makes the prepared root sign. It refuses before the
+// propagation delay has passed, unless force is set.
+func (r *Rotator) Activate(ctx context.Context, force bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	mode, err := r.mode()
+	if err != nil {
+		return err
+	}
+	st, err := r.readState()
+	if err != nil {
+		return err
+	}
+	if st.Phase != PhasePrepared {
+		return fmt.Errorf("material: nothing to activate (phase %s); prepare a root first", st.Phase)
+	}
+	now := r.now().UTC()
+	if ready := st.PreparedAt.Add(r.propagation()); now.Before(ready) && !force {
+		return fmt.Errorf("material: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
+	}
+	next := rotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: now.Add(r.maxTTL() + 2*time.Minute)}
+	if err := r.writeState(next); err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	switch mode {
+	case ModeSelfSigned:
+		// One rename switches the signing key; root-cert.pem already holds
+		// both roots.
+		if err := os.Rename(r.path(NextRootKeyFile), r.path(RootKeyFile)); err != nil {
+			return fmt.Errorf("material: %w", err)
+		}
+		os.Remove(r.path(NextRootCertFile))
+	case ModePluggedIn:
+		// The key goes first: until the certificate follows, the pair does
+		// not match and a reload keeps the old material.
+		for _, f := range []string{CAKeyFile, CertChainFile, CACertFile} {
+			if err := copyFile(filepath.Join(r.path(NextDir), f), r.path(f)); err != nil {
+				return fmt.Errorf("material: %w", err)
+			}
+		}
+	}
+	r.log().Info("activated the new root; the old one stays in the bundle until its SVIDs expire", "dir", r.Dir, "retire_after", next.RetireAfter)
+	return nil
+}
+
+// Retire drops every root but the active one from the trust bundle. It
+// refuses while an SVID signed under the old root may still be valid,
+// unless force is set.
+func (r *Rotator) Retire(ctx context.Context, force bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	mode, err := r.mode()
+	if err != nil {
+		return err
+	}
+	st, err := r.readState()
+	if err != nil {
+		return err
+	}
+	if st.Phase != PhaseActivated {
+		return fmt.Errorf("material: nothing to retire (phase %s)", st.Phase)
+	}
+	if now := r.now(); now.Before(st.RetireAfter) && !force {
+		return fmt.Errorf("material: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
+	}
+	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
+	if err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	keep := []*x509.Certificate{}
+	if mode == ModePluggedIn {
+		if keep, err = pemfile.ReadCertificates(filepath.Join(r.path(NextDir), RootCertFile)); err != nil {
+			return fmt.Errorf("material: %w", err)
+		}
+	} else {
+		active, err := r.activeRoot(mode, bundle)
+		if err != nil {
+			return err
+		}
+		keep = append(keep, active)
+	}
+	if err := pemfile.WriteCertificates(r.path(RootCertFile), keep); err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	if err := r.writeState(rotationState{Phase: PhaseSteady}); err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	os.RemoveAll(r.path(NextDir))
+	r.log().Info("retired the old root; the trust bundle holds only the active root", "dir", r.Dir, "roots", len(keep))
+	return nil
+}
+
+// Step takes one automatic rotation step for a self-signed CA: prepare
+// when the active root has less than rotateBefore left, activate once the
+// propagation delay has passed, retire once the old root's SVIDs have
+// expired. It reports what it did ("" for nothing).
+func (r *Rotator) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
+	st, err := r.Status()
+	if err != nil {
+		return "", err
+	}
+	if st.Mode != ModeSelfSigned {
+		return "", nil
+	}
+	now := r.now()
+	switch st.Phase {
+	case PhaseSteady:
+		for _, root := range st.Roots {
+			if root.State == RootActive && root.NotAfter.Sub(now) < rotateBefore {
+				return "prepare", r.Prepare(ctx, "")
+			}
+		}
+	case PhasePrepared:
+		if !now.Before(st.ActivateAfter) {
+			return "activate", r.Activate(ctx, false)
+		}
+	case PhaseActivated:
+		if !now.Before(st.RetireAfter) {
+			return "retire", r.Retire(ctx, false)
+		}
+	}
+	return "", nil
+}
+
+// Run calls Step every interval until ctx ends. Errors are logged.
+func (r *Rotator) Run(ctx context.Context, interval, rotateBefore time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if did, err := r.Step(ctx, rotateBefore); err != nil {
+			r.log().Error("automatic root rotation step failed", "error", err)
+		} else if did != "" {
+			r.log().Info("automatic root rotation", "step", did)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// union returns a followed by the certificates of b not in a.
+func union(a, b []*x509.Certificate) []*x509.Certificate {
+	out := append([]*x509.Certificate(nil), a...)
+	for _, c := range b {
+		dup := false
+		for _, o := range out {
+			dup = dup || o.Equal(c)
+		}
+		if !dup {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	perm := os.FileMode(0o644)
+	if filepath.Base(dst) == CAKeyFile {
+		perm = 0o600
+	}
+	return pemfile.WriteFileAtomic(dst, b, perm)
+}

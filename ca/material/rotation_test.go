@@ -1,0 +1,140 @@
+package material
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSelfSignedRotation(t *testing.T) {
+	dir := t.TempDir()
+	s, err := open(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := s.Authority().Cert
+	now := time.Now()
+	r := &Rotator{Dir: dir, TrustDomain: td, PropagationDelay: time.Hour, MaxTTL: time.Hour, Now: func() time.Time { return now }, Logger: quiet()}
+	ctx := context.Background()
+
+	if err := r.Activate(ctx, false); err == nil || !strings.Contains(err.Error(), "nothing to activate") {
+		t.Fatalf("activate in steady phase: %v", err)
+	}
+	// prepare: two roots in the bundle, the old one still signs.
+	if err := r.Prepare(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Prepare(ctx, ""); err == nil {
+		t.Fatal("a second prepare was accepted")
+	}
+	s.Reload()
+	a := s.Authority()
+	if len(a.Roots) != 2 || !a.Cert.Equal(old) {
+		t.Fatalf("after prepare: %d roots, signing with %q", len(a.Roots), a.Cert.Subject)
+	}
+	st, _ := r.Status()
+	if st.Phase != PhasePrepared || st.Roots[1].State != RootPrepared || !st.ActivateAfter.Equal(now.UTC().Add(time.Hour)) {
+		t.Fatalf("status after prepare: %+v", st)
+	}
+	// activate: refused before the propagation delay.
+	if err := r.Activate(ctx, false); err == nil || !strings.Contains(err.Error(), "wait until") {
+		t.Fatalf("early activate: %v", err)
+	}
+	now = now.Add(time.Hour)
+	if err := r.Activate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	s.Reload()
+	a = s.Authority()
+	if a.Cert.Equal(old) || len(a.Roots) != 2 {
+		t.Fatal("after activate the new root does not sign, or the old one left the bundle")
+	}
+	// retire: refused while old SVIDs may be valid.
+	if err := r.Retire(ctx, false); err == nil || !strings.Contains(err.Error(), "may be valid until") {
+		t.Fatalf("early retire: %v", err)
+	}
+	now = now.Add(2 * time.Hour)
+	if err := r.Retire(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	s.Reload()
+	if a := s.Authority(); len(a.Roots) != 1 || a.Root().Equal(old) {
+		t.Fatal("after retire the old root is still trusted")
+	}
+	// A restart on the directory keeps the new root.
+	s2, err := open(t, dir)
+	if err != nil || !s2.Authority().Cert.Equal(s.Authority().Cert) {
+		t.Fatalf("restart after rotation: %v", err)
+	}
+}
+
+func TestAutomaticRotation(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := open(t, dir, func(c *Config) { c.RootTTL = 48 * time.Hour }); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	r := &Rotator{Dir: dir, TrustDomain: td, PropagationDelay: time.Minute, MaxTTL: time.Minute, Now: func() time.Time { return now }, Logger: quiet()}
+	ctx := context.Background()
+	steps := []struct {
+		advance time.Duration
+		want    string
+	}{
+		{0, ""}, // 48h left, threshold 24h
+		{25 * time.Hour, "prepare"},
+		{0, ""}, // propagation pending
+		{time.Minute, "activate"},
+		{time.Minute, ""}, // old SVIDs may be valid
+		{5 * time.Minute, "retire"},
+		{0, ""},
+	}
+	for i, st := range steps {
+		now = now.Add(st.advance)
+		did, err := r.Step(ctx, 24*time.Hour)
+		if err != nil || did != st.want {
+			t.Fatalf("step %d: did %q (%v), want %q", i, did, err, st.want)
+		}
+	}
+}
+
+func TestPluggedInRotation(t *testing.T) {
+	dir := t.TempDir()
+	root1, key1 := newRoot(t)
+	writeCACerts(t, dir, root1, key1, "inter-1")
+	s, err := open(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextDir := t.TempDir()
+	root2, key2 := newRoot(t)
+	inter2 := writeCACerts(t, nextDir, root2, key2, "inter-2")
+	r := &Rotator{Dir: dir, PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond, Logger: quiet()}
+	ctx := context.Background()
+	if err := r.Prepare(ctx, ""); err == nil {
+		t.Fatal("plugged-in prepare without a directory was accepted")
+	}
+	if err := r.Prepare(ctx, nextDir); err != nil {
+		t.Fatal(err)
+	}
+	s.Reload()
+	if a := s.Authority(); len(a.Roots) != 2 || !a.Root().Equal(root1) {
+		t.Fatal("prepare did not add the new root alone")
+	}
+	time.Sleep(5 * time.Millisecond)
+	if err := r.Activate(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	s.Reload()
+	if a := s.Authority(); !a.Cert.Equal(inter2) || len(a.Roots) != 2 {
+		t.Fatalf("activate: signing with %q, %d roots (reload error %v)", a.Cert.Subject, len(a.Roots), s.LastReloadError())
+	}
+	time.Sleep(3 * time.Minute / 1000)
+	if err := r.Retire(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	s.Reload()
+	if a := s.Authority(); len(a.Roots) != 1 || !a.Root().Equal(root2) {
+		t.Fatal("retire left the old root")
+	}
+}
