@@ -3,6 +3,7 @@ package server
 import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -74,3 +75,49 @@ const (
 	reasonOversized     ca.Reason = "oversized_request"
 	reasonImpersonation ca.Reason = "impersonation"
 )
+
+// rotationCollector exports the trust bundle's roots and the rotation
+// phase, read from the data directory at each scrape.
+type rotationCollector struct{ r *material.Rotator }
+
+var (
+	rootNotAfterDesc = prometheus.NewDesc("castellan_ca_bundle_root_expiry_timestamp_seconds",
+		"Expiry of each root in the trust bundle, by state (active, prepared, retiring), as a Unix timestamp.",
+		[]string{"serial", "state"}, nil)
+	bundleRootsDesc = prometheus.NewDesc("castellan_ca_bundle_roots",
+		"Roots in the trust bundle.", nil, nil)
+	phaseDesc = prometheus.NewDesc("castellan_ca_rotation_phase",
+		"1 for the current root rotation phase (steady, prepared, activated).", []string{"phase"}, nil)
+	activateAfterDesc = prometheus.NewDesc("castellan_ca_rotation_activate_after_timestamp_seconds",
+		"When a prepared root has had the propagation delay to reach every peer (0 when none is prepared).", nil, nil)
+)
+
+func (c *rotationCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- rootNotAfterDesc
+	ch <- bundleRootsDesc
+	ch <- phaseDesc
+	ch <- activateAfterDesc
+}
+
+func (c *rotationCollector) Collect(ch chan<- prometheus.Metric) {
+	st, err := c.r.Status()
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(st.Roots)))
+	for _, r := range st.Roots {
+		ch <- prometheus.MustNewConstMetric(rootNotAfterDesc, prometheus.GaugeValue, float64(r.NotAfter.Unix()), r.Serial, string(r.State))
+	}
+	for _, p := range []material.Phase{material.PhaseSteady, material.PhasePrepared, material.PhaseActivated} {
+		v := 0.0
+		if st.Phase == p {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(phaseDesc, prometheus.GaugeValue, v, string(p))
+	}
+	var after float64
+	if !st.ActivateAfter.IsZero() {
+		after = float64(st.ActivateAfter.Unix())
+	}
+	ch <- prometheus.MustNewConstMetric(activateAfterDesc, prometheus.GaugeValue, after)
+}

@@ -70,6 +70,19 @@ type Config struct {
 	// /metrics. Default: a new registry for both.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
+	// RootTTL is the lifetime of a new self-signed root. Default: 10y.
+	RootTTL time.Duration
+	// RootRotateBefore, if positive, rotates a self-signed root
+	// automatically: a new root is prepared when the active one has less
+	// than this left, activated after RootPropagationDelay, and the old one
+	// retired once no SVID it signed can be valid.
+	RootRotateBefore time.Duration
+	// RootPropagationDelay is how long a prepared root sits in the bundle
+	// before it signs. Default: 1h.
+	RootPropagationDelay time.Duration
+	// ReloadInterval is how often the data directory is checked for
+	// changes (new cacerts, rotation steps). Default: 5s.
+	ReloadInterval time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on HTTPAddr.
 	Pprof bool
 	// GRPCOptions are appended to the gRPC server's options.
@@ -83,6 +96,7 @@ type Server struct {
 	td      spiffeid.TrustDomain
 	src     ca.Source
 	store   *material.Store // nil when Source was given
+	rotator *material.Rotator
 	issuer  *ca.Issuer
 	metrics *metrics
 
@@ -127,7 +141,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		if cfg.DataDir == "" {
 			return nil, errors.New("server: no data directory configured")
 		}
-		store, err := material.Open(ctx, material.Config{Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger, Signer: cfg.Signer})
+		store, err := material.Open(ctx, material.Config{
+			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger, Signer: cfg.Signer,
+			RootTTL: cfg.RootTTL, ReloadInterval: cfg.ReloadInterval,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("server: %w", err)
 		}
@@ -139,6 +156,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.issuer = iss
 	s.metrics = newMetrics(cfg.Registerer, s.src)
+	if s.store != nil {
+		s.rotator = &material.Rotator{
+			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL,
+			PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, Logger: cfg.Logger,
+		}
+		cfg.Registerer.MustRegister(&rotationCollector{r: s.rotator})
+	}
 	// Issue the first serving certificate now, so that a broken CA fails
 	// at start-up rather than on the first handshake.
 	if _, err := s.servingCertificate(nil); err != nil {
@@ -212,6 +236,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.store != nil {
 		g.Go(func() error { return s.store.Run(ctx) })
+	}
+	if s.rotator != nil && s.cfg.RootRotateBefore > 0 && s.store.Mode() == material.ModeSelfSigned {
+		g.Go(func() error { return s.rotator.Run(ctx, time.Minute, s.cfg.RootRotateBefore) })
 	}
 	for _, run := range s.cfg.Runners {
 		g.Go(func() error { return run(ctx) })

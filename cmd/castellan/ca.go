@@ -26,6 +26,7 @@ type caFlags struct {
 	jwtIssuer, jwksFile, logLevel                        string
 	audiences, dnsNames                                  *cliflag.StringList
 	defaultTTL, maxTTL, authCacheTTL                     time.Duration
+	rootTTL, rootRotateBefore, rootPropagation           time.Duration
 	tokenReview, pprof                                   bool
 
 	kms  kmsFlags
@@ -70,11 +71,17 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.authCacheTTL, "auth-cache-ttl", 5*time.Minute, "longest time a successful token check is reused (never past the token's exp)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
+	fs.DurationVar(&f.rootTTL, "root-ttl", 10*365*24*time.Hour, "lifetime of a new self-signed root")
+	fs.DurationVar(&f.rootRotateBefore, "root-rotate-before", 365*24*time.Hour, "rotate a self-signed root automatically when less than this is left (0 disables)")
+	fs.DurationVar(&f.rootPropagation, "root-propagation-delay", time.Hour, "time a new root sits in the trust bundle before it signs")
 	f.kms.register(fs)
 	f.kube.register(fs)
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "rotate" {
+		return runCARotate(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("castellan ca", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f caFlags
@@ -126,6 +133,10 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Registerer:     reg,
 		Gatherer:       reg,
 		Pprof:          f.pprof,
+
+		RootTTL:              f.rootTTL,
+		RootRotateBefore:     f.rootRotateBefore,
+		RootPropagationDelay: f.rootPropagation,
 	})
 	if err != nil {
 		return err
