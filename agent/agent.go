@@ -1,0 +1,329 @@
+// Package agent is Castellan's node agent. It obtains the workload's
+// X.509-SVID from the CA and keeps it fresh, and hands it out over Envoy's
+// SDS, over the SPIFFE Workload API and as files.
+//
+// The private key is generated in the agent, anew for every SVID, and
+// never leaves it: the CA receives a CSR. The CA call carries the
+// workload's service-account token, read from its file on every call
+// because the kubelet rotates it, and the CA's serving certificate is
+// verified against the trust bundle from the root certificate file. The
+// SVID is renewed at a fraction of its lifetime, with jitter; failures are
+// retried with exponential backoff and jitter, and while the CA is
+// unreachable the current SVID keeps being served until it expires, never
+// after. Changes to the root certificate file reach every consumer without
+// a restart.
+//
+// Everything the agent obtains goes into one svidstore.Store; the SDS
+// server, the Workload API server and the file writer all follow it, so one
+// rotation reaches all of them.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/agent/workloadapi"
+	"github.com/castellan-mesh/castellan/ca/caclient"
+	"github.com/castellan-mesh/castellan/sds"
+)
+
+// DefaultSDSSocket is where Istio's proxies look for the SDS server.
+const DefaultSDSSocket = "/var/run/secrets/workload-spiffe-uds/socket"
+
+// Disabled, as a socket path or HTTP address, turns that listener off.
+const Disabled = "-"
+
+// maxSocketRequestBytes bounds one request on the agent's sockets. SDS and
+// Workload API requests are a few hundred bytes.
+const maxSocketRequestBytes = 64 << 10
+
+// Config configures an Agent. Zero values select the noted defaults.
+type Config struct {
+	// CAAddr is the CA's gRPC address (host:port). Required.
+	CAAddr string
+	// CAServerName is the name checked in the CA's serving certificate.
+	// Default: the host of CAAddr.
+	CAServerName string
+	// RootCertFile holds the trusted roots (PEM): they verify the CA and
+	// the SVIDs, and are served as the trust bundle. It is re-read every
+	// RootPollInterval. Required.
+	RootCertFile string
+	// TokenFile holds the service-account token sent to the CA. It is read
+	// on every CA call. Required.
+	TokenFile string
+	// SPIFFEID, if set, is put in the CSR, and an SVID for any other ID is
+	// refused. By default the CSR names nothing and the CA derives the ID
+	// from the token.
+	SPIFFEID spiffeid.ID
+	// KeyType of the keys generated. Default: KeyECDSAP256.
+	KeyType KeyType
+	// TTL is the lifetime asked of the CA. Zero asks for the CA's default.
+	TTL time.Duration
+	// RotateFraction is the fraction of an SVID's lifetime after which it
+	// is renewed, in (0, 1). Default: 0.5.
+	RotateFraction float64
+	// RotateJitter moves each renewal by a random amount of up to ±half
+	// this fraction of the lifetime, in [0, 0.5]. Default: 0.1. A negative
+	// value means no jitter.
+	RotateJitter float64
+	// InitialBackoff and MaxBackoff bound the wait between failed
+	// attempts. Defaults: 1s and 30s.
+	InitialBackoff, MaxBackoff time.Duration
+	// RequestTimeout bounds one CA call. Default: 10s.
+	RequestTimeout time.Duration
+	// RootPollInterval is how often RootCertFile is checked for changes.
+	// Default: 5s.
+	RootPollInterval time.Duration
+	// SDSSocket is the Unix socket of the SDS server. Default:
+	// DefaultSDSSocket. Disabled turns SDS off.
+	SDSSocket string
+	// WorkloadAPISocket is the Unix socket of the SPIFFE Workload API.
+	// Default: the SDS socket, which then serves both. Disabled turns the
+	// Workload API off.
+	WorkloadAPISocket string
+	// SocketMode is the file mode of the sockets. Default: 0600.
+	SocketMode os.FileMode
+	// OutputDir, if set, receives cert-chain.pem, key.pem and
+	// root-cert.pem on every change (see package certdir).
+	OutputDir string
+	// HTTPAddr serves /metrics, /healthz and /readyz. Default:
+	// 127.0.0.1:15020. Disabled turns it off.
+	HTTPAddr string
+	// Logger receives the agent's logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the agent's metrics and Gatherer serves them.
+	// Default: a new registry for both.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+}
+
+// Agent is a node agent. New binds its listeners; Run serves them.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *svidstore.Store
+	metrics *metrics
+
+	grpc      *grpc.Server
+	listeners []net.Listener
+	httpLis   net.Listener
+	http      *http.Server
+
+	rotateNow chan struct{}
+
+	// Owned by the rotation loop.
+	ca       *caclient.Client
+	caBundle string
+}
+
+// New checks cfg, binds the sockets and the HTTP listener, and returns an
+// Agent ready to Run. If Run is never called, Close releases them.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, store: svidstore.New(), rotateNow: make(chan struct{}, 1)}
+	m, err := newMetrics(cfg.Registerer, a.store)
+	if err != nil {
+		return nil, err
+	}
+	a.metrics = m
+
+	a.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(maxSocketRequestBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	if cfg.SDSSocket != Disabled {
+		srv, err := sds.New(a.store, sds.WithLogger(cfg.Logger), sds.WithRegisterer(cfg.Registerer))
+		if err != nil {
+			return nil, err
+		}
+		srv.Register(a.grpc)
+	}
+	if cfg.WorkloadAPISocket != Disabled {
+		srv, err := workloadapi.New(a.store, workloadapi.WithLogger(cfg.Logger), workloadapi.WithRegisterer(cfg.Registerer))
+		if err != nil {
+			return nil, err
+		}
+		srv.Register(a.grpc)
+	}
+	for _, path := range cfg.socketPaths() {
+		l, err := listenUnix(path, cfg.SocketMode)
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		a.listeners = append(a.listeners, l)
+	}
+	if cfg.HTTPAddr != Disabled {
+		if a.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("agent: HTTP listener: %w", err)
+		}
+		a.http = &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	}
+	return a, nil
+}
+
+func (c *Config) setDefaults() error {
+	switch {
+	case c.CAAddr == "":
+		return errors.New("agent: no CA address")
+	case c.RootCertFile == "":
+		return errors.New("agent: no root certificate file")
+	case c.TokenFile == "":
+		return errors.New("agent: no token file")
+	case c.RotateFraction < 0 || c.RotateFraction >= 1:
+		return fmt.Errorf("agent: rotate fraction %v is not in (0, 1)", c.RotateFraction)
+	case c.RotateJitter > 0.5:
+		return fmt.Errorf("agent: rotate jitter %v is over 0.5", c.RotateJitter)
+	case c.TTL < 0:
+		return fmt.Errorf("agent: negative TTL %s", c.TTL)
+	}
+	if _, err := ParseKeyType(string(c.KeyType)); err != nil {
+		return err
+	}
+	if c.KeyType == "" {
+		c.KeyType = KeyECDSAP256
+	}
+	if c.RotateFraction == 0 {
+		c.RotateFraction = 0.5
+	}
+	switch {
+	case c.RotateJitter == 0:
+		c.RotateJitter = 0.1
+	case c.RotateJitter < 0:
+		c.RotateJitter = 0
+	}
+	setDuration(&c.InitialBackoff, time.Second)
+	setDuration(&c.MaxBackoff, 30*time.Second)
+	setDuration(&c.RequestTimeout, 10*time.Second)
+	setDuration(&c.RootPollInterval, 5*time.Second)
+	if c.MaxBackoff < c.InitialBackoff {
+		return fmt.Errorf("agent: max backoff %s is below the initial backoff %s", c.MaxBackoff, c.InitialBackoff)
+	}
+	if c.SDSSocket == "" {
+		c.SDSSocket = DefaultSDSSocket
+	}
+	if c.WorkloadAPISocket == "" {
+		c.WorkloadAPISocket = c.SDSSocket
+	}
+	if c.SocketMode == 0 {
+		c.SocketMode = 0o600
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "127.0.0.1:15020"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		c.Registerer, c.Gatherer = reg, reg
+	}
+	if c.Gatherer == nil {
+		c.Gatherer = prometheus.NewRegistry()
+	}
+	return nil
+}
+
+func setDuration(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// socketPaths lists the distinct socket paths to listen on.
+func (c *Config) socketPaths() []string {
+	var paths []string
+	for _, p := range []string{c.SDSSocket, c.WorkloadAPISocket} {
+		if p != Disabled && (len(paths) == 0 || paths[0] != p) {
+			paths = append(paths, p)
+		}
+	}
+	return paths
+}
+
+// Store returns the store the agent fills.
+func (a *Agent) Store() *svidstore.Store { return a.store }
+
+// HTTPAddr returns the bound HTTP address, or "" when it is disabled.
+func (a *Agent) HTTPAddr() string {
+	if a.httpLis == nil {
+		return ""
+	}
+	return a.httpLis.Addr().String()
+}
+
+// RotateNow asks for a new SVID at once, as if the current one were due.
+func (a *Agent) RotateNow() {
+	select {
+	case a.rotateNow <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves until ctx ends, then stops everything and closes the
+// listeners.
+func (a *Agent) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.watchBundle(ctx) })
+	g.Go(func() error { return a.rotate(ctx) })
+	if a.cfg.OutputDir != "" {
+		g.Go(func() error { return a.writeFiles(ctx) })
+	}
+	for _, l := range a.listeners {
+		g.Go(func() error {
+			if err := a.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("agent: serving %s: %w", l.Addr(), err)
+			}
+			return nil
+		})
+	}
+	if a.http != nil {
+		g.Go(func() error {
+			if err := a.http.Serve(a.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("agent: HTTP: %w", err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-ctx.Done()
+		a.Close()
+		return nil
+	})
+	a.log.Info("agent running", "ca", a.cfg.CAAddr, "sds_socket", a.cfg.SDSSocket, "workload_api_socket", a.cfg.WorkloadAPISocket,
+		"output_dir", a.cfg.OutputDir, "http", a.HTTPAddr(), "key_type", a.cfg.KeyType)
+	return g.Wait()
+}
+
+// Close stops the servers and releases the listeners. Streams are ended:
+// clients reconnect to the next agent.
+func (a *Agent) Close() {
+	a.grpc.Stop()
+	for _, l := range a.listeners {
+		l.Close()
+	}
+	if a.http != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = a.http.Shutdown(sctx)
+	} else if a.httpLis != nil {
+		a.httpLis.Close()
+	}
+	a.store.Close()
+}

@@ -1,0 +1,40 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+func (a *Agent) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", a.serveReady)
+	return mux
+}
+
+// Ready reports whether the agent has something to serve: a valid SVID
+// and a trust bundle. The string says what is missing.
+func (a *Agent) Ready() (bool, string) {
+	snap, _ := a.store.Load()
+	switch {
+	case snap.Bundle == nil:
+		return false, "no trust bundle loaded from " + a.cfg.RootCertFile
+	case snap.SVID == nil:
+		return false, "no valid SVID yet (see castellan_agent_ca_request_failures_total)"
+	}
+	return true, fmt.Sprintf("serving %s until %s", snap.SVID.ID(), snap.SVID.NotAfter.Format(time.RFC3339))
+}
+
+func (a *Agent) serveReady(w http.ResponseWriter, _ *http.Request) {
+	ok, msg := a.Ready()
+	if !ok {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, msg)
+}

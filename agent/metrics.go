@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+)
+
+// The reasons a CA request fails, as the reason label of
+// castellan_agent_ca_request_failures_total.
+const (
+	reasonToken           = "token_unreadable"
+	reasonNoBundle        = "no_trust_bundle"
+	reasonKey             = "key_generation"
+	reasonUnavailable     = "unavailable"
+	reasonDeadline        = "deadline_exceeded"
+	reasonUnauthenticated = "unauthenticated"
+	reasonDenied          = "permission_denied"
+	reasonInvalid         = "invalid_argument"
+	reasonExhausted       = "resource_exhausted"
+	reasonBadResponse     = "bad_response"
+	reasonOther           = "other"
+)
+
+var failureReasons = []string{
+	reasonToken, reasonNoBundle, reasonKey, reasonUnavailable, reasonDeadline, reasonUnauthenticated,
+	reasonDenied, reasonInvalid, reasonExhausted, reasonBadResponse, reasonOther,
+}
+
+type metrics struct {
+	rotations     prometheus.Counter
+	failures      *prometheus.CounterVec
+	lastUpdate    prometheus.Gauge
+	caLatency     prometheus.Histogram
+	bundleLoads   *prometheus.CounterVec
+	fileWrites    *prometheus.CounterVec
+	consecutive   prometheus.Gauge
+	expirySeconds prometheus.GaugeFunc
+}
+
+func newMetrics(reg prometheus.Registerer, store *svidstore.Store) (*metrics, error) {
+	m := &metrics{
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_agent_rotations_total",
+			Help: "SVIDs obtained from the CA and installed, the first one included.",
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_agent_ca_request_failures_total",
+			Help: "Failed attempts to obtain an SVID, by reason.",
+		}, []string{"reason"}),
+		lastUpdate: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "castellan_agent_svid_last_rotation_timestamp_seconds",
+			Help: "When the current SVID was installed, in Unix seconds.",
+		}),
+		caLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "castellan_agent_ca_request_duration_seconds",
+			Help:    "Duration of CreateCertificate calls to the CA, successful or not.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}),
+		bundleLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_agent_trust_bundle_loads_total",
+			Help: "Loads of the root certificate file that found new content, by result (ok or error).",
+		}, []string{"result"}),
+		fileWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_agent_output_writes_total",
+			Help: "Writes of the output directory, by result (ok or error).",
+		}, []string{"result"}),
+		consecutive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "castellan_agent_ca_consecutive_failures",
+			Help: "Failed attempts to obtain an SVID since the last success; 0 when the CA is reachable.",
+		}),
+		expirySeconds: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "castellan_agent_svid_expiry_seconds",
+			Help: "Seconds until the current SVID expires; 0 when there is no valid SVID.",
+		}, func() float64 {
+			snap, _ := store.Load()
+			if snap.SVID == nil {
+				return 0
+			}
+			return max(0, time.Until(snap.SVID.NotAfter).Seconds())
+		}),
+	}
+	for _, r := range failureReasons {
+		m.failures.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.bundleLoads.WithLabelValues(r)
+		m.fileWrites.WithLabelValues(r)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var errs []error
+	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds} {
+		if err := reg.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("agent: could not register metrics: %w", err)
+	}
+	return m, nil
+}

@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/ca/caclient"
+)
+
+// maxChainCerts bounds the chain the agent accepts from the CA.
+const maxChainCerts = 10
+
+// issueError is a failed attempt to obtain an SVID, with the metric reason.
+type issueError struct {
+	reason string
+	err    error
+}
+
+func (e *issueError) Error() string { return e.err.Error() }
+func (e *issueError) Unwrap() error { return e.err }
+
+func fail(reason string, format string, args ...any) error {
+	return &issueError{reason: reason, err: fmt.Errorf("agent: "+format, args...)}
+}
+
+// rotate obtains SVIDs for as long as ctx lasts: the first at once, then
+// each at RotateFraction of the previous one's lifetime (with jitter),
+// retrying failures with exponential backoff and jitter. A trust bundle
+// that no longer verifies the current SVID, or a call to RotateNow,
+// starts a rotation at once.
+func (a *Agent) rotate(ctx context.Context) error {
+	defer a.closeCAClient()
+	failures := 0
+	var wait time.Duration
+	snap, changed := a.store.Load()
+	bundleVersion := ""
+	if snap.Bundle != nil {
+		bundleVersion = snap.Bundle.Version
+	}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.rotateNow:
+		case <-timer.C:
+		case <-changed:
+			snap, changed = a.store.Load()
+			if snap.Bundle == nil || snap.Bundle.Version == bundleVersion {
+				continue
+			}
+			bundleVersion = snap.Bundle.Version
+			if snap.SVID != nil && verifySVID(snap.SVID, snap.Bundle) == nil && failures == 0 {
+				continue
+			}
+			// The new roots do not verify the current SVID (or the last
+			// attempt failed): try now.
+		}
+
+		svid, issuedAt, err := a.issue(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			failures++
+			reason := reasonOther
+			var ie *issueError
+			if errors.As(err, &ie) {
+				reason = ie.reason
+			}
+			a.metrics.failures.WithLabelValues(reason).Inc()
+			a.metrics.consecutive.Set(float64(failures))
+			wait = a.backoff(failures)
+			cur, _ := a.store.Load()
+			attrs := []any{"reason", reason, "error", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond)}
+			if cur.SVID != nil {
+				attrs = append(attrs, "serving_until", cur.SVID.NotAfter)
+			} else {
+				attrs = append(attrs, "serving", "nothing (no valid SVID)")
+			}
+			a.log.Warn("agent: could not obtain an SVID", attrs...)
+		} else {
+			if failures > 0 {
+				a.log.Info("agent: CA reachable again", "failed_attempts", failures)
+			}
+			failures = 0
+			a.metrics.consecutive.Set(0)
+			a.store.SetSVID(svid)
+			a.metrics.rotations.Inc()
+			a.metrics.lastUpdate.Set(float64(time.Now().UnixNano()) / 1e9)
+			wait = a.rotationDelay(issuedAt, svid.NotAfter)
+			a.log.Info("agent: SVID installed", "spiffe_id", svid.ID().String(), "serial", svid.X509.Certificates[0].SerialNumber.String(),
+				"not_after", svid.NotAfter, "next_rotation_in", wait.Round(time.Millisecond))
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// rotationDelay is how long to wait before renewing an SVID obtained at
+// issuedAt and expiring at notAfter: RotateFraction of that lifetime, moved
+// by up to ±RotateJitter/2 of it at random.
+func (a *Agent) rotationDelay(issuedAt, notAfter time.Time) time.Duration {
+	life := notAfter.Sub(issuedAt)
+	f := a.cfg.RotateFraction + a.cfg.RotateJitter*(rand.Float64()-0.5)
+	f = min(max(f, 0.05), 0.95)
+	return max(time.Until(issuedAt.Add(time.Duration(float64(life)*f))), 0)
+}
+
+// backoff is the wait after the n-th consecutive failure: InitialBackoff
+// doubled for each failure, capped at MaxBackoff, then a random point in
+// its upper half so that agents that failed together do not retry
+// together.
+func (a *Agent) backoff(n int) time.Duration {
+	d := a.cfg.InitialBackoff
+	for i := 1; i < n && d < a.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, a.cfg.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// issue makes a new key, sends a CSR for it to the CA with the current
+// token, and checks what comes back: a chain that parses, whose leaf holds
+// the new key and a SPIFFE ID, and that verifies against the trust bundle.
+// It returns the SVID and the time the request was sent.
+func (a *Agent) issue(ctx context.Context) (*svidstore.SVID, time.Time, error) {
+	snap, _ := a.store.Load()
+	if snap.Bundle == nil {
+		return nil, time.Time{}, fail(reasonNoBundle, "no trust bundle loaded from %s; cannot verify the CA", a.cfg.RootCertFile)
+	}
+	client, err := a.caClient(snap.Bundle)
+	if err != nil {
+		return nil, time.Time{}, &issueError{reason: reasonOther, err: err}
+	}
+	token, err := readToken(a.cfg.TokenFile)
+	if err != nil {
+		return nil, time.Time{}, &issueError{reason: reasonToken, err: err}
+	}
+	key, err := generateKey(a.cfg.KeyType)
+	if err != nil {
+		return nil, time.Time{}, fail(reasonKey, "could not generate a %s key: %w", a.cfg.KeyType, err)
+	}
+	csr, err := newCSR(key, a.cfg.SPIFFEID)
+	if err != nil {
+		return nil, time.Time{}, &issueError{reason: reasonKey, err: err}
+	}
+
+	callCtx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+	defer cancel()
+	sent := time.Now()
+	chainPEM, err := client.CreateCertificate(callCtx, token, csr, a.cfg.TTL)
+	a.metrics.caLatency.Observe(time.Since(sent).Seconds())
+	if err != nil {
+		return nil, time.Time{}, &issueError{reason: reasonFor(err), err: fmt.Errorf("agent: CA at %s: %w", a.cfg.CAAddr, err)}
+	}
+
+	if len(chainPEM) > maxChainCerts {
+		return nil, time.Time{}, fail(reasonBadResponse, "CA returned %d certificates, more than %d", len(chainPEM), maxChainCerts)
+	}
+	var chain []*x509.Certificate
+	for i, p := range chainPEM {
+		block, rest := pem.Decode([]byte(p))
+		if block == nil || block.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) > 0 {
+			return nil, time.Time{}, fail(reasonBadResponse, "CA response certificate %d is not one PEM CERTIFICATE block", i)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, time.Time{}, fail(reasonBadResponse, "CA response certificate %d does not parse: %w", i, err)
+		}
+		chain = append(chain, c)
+	}
+	svid, err := svidstore.NewSVID(chain, key)
+	if err != nil {
+		return nil, time.Time{}, fail(reasonBadResponse, "CA response is not an SVID for the key sent: %w", err)
+	}
+	if err := verifySVID(svid, snap.Bundle); err != nil {
+		return nil, time.Time{}, fail(reasonBadResponse, "CA response does not verify against the trust bundle: %w", err)
+	}
+	if !a.cfg.SPIFFEID.IsZero() && svid.ID() != a.cfg.SPIFFEID {
+		return nil, time.Time{}, fail(reasonBadResponse, "CA issued %s, but %s was asked for", svid.ID(), a.cfg.SPIFFEID)
+	}
+	if !time.Now().Before(svid.NotAfter) {
+		return nil, time.Time{}, fail(reasonBadResponse, "CA issued a certificate that expired at %s", svid.NotAfter)
+	}
+	if svid.X509.Certificates[0].NotBefore.After(sent) {
+		sent = svid.X509.Certificates[0].NotBefore
+	}
+	return svid, sent, nil
+}
+
+// verifySVID checks svid against the roots in bundle, for its own trust
+// domain.
+func verifySVID(svid *svidstore.SVID, bundle *svidstore.Bundle) error {
+	td := svid.ID().TrustDomain()
+	_, _, err := x509svid.Verify(svid.X509.Certificates, x509bundle.FromX509Authorities(td, bundle.Certificates))
+	return err
+}
+
+// caClient returns a client that verifies the CA against bundle, making a
+// new one when the bundle changed.
+func (a *Agent) caClient(bundle *svidstore.Bundle) (*caclient.Client, error) {
+	if a.ca != nil && a.caBundle == bundle.Version {
+		return a.ca, nil
+	}
+	a.closeCAClient()
+	pool := x509.NewCertPool()
+	for _, c := range bundle.Certificates {
+		pool.AddCert(c)
+	}
+	c, err := caclient.New(caclient.Config{Addr: a.cfg.CAAddr, Roots: pool, ServerName: a.cfg.CAServerName})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.ca, a.caBundle = c, bundle.Version
+	return c, nil
+}
+
+func (a *Agent) closeCAClient() {
+	if a.ca != nil {
+		a.ca.Close()
+		a.ca, a.caBundle = nil, ""
+	}
+}
+
+// reasonFor names a gRPC failure for the failure metric.
+func reasonFor(err error) string {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return reasonDeadline
+	}
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return reasonUnavailable
+	case codes.DeadlineExceeded:
+		return reasonDeadline
+	case codes.Unauthenticated:
+		return reasonUnauthenticated
+	case codes.PermissionDenied:
+		return reasonDenied
+	case codes.InvalidArgument:
+		return reasonInvalid
+	case codes.ResourceExhausted:
+		return reasonExhausted
+	}
+	if _, isStatus := status.FromError(err); !isStatus {
+		// The call succeeded but the client refused the answer.
+		return reasonBadResponse
+	}
+	return reasonOther
+}

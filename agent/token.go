@@ -1,0 +1,38 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// maxTokenSize bounds the token file read on each CA call.
+const maxTokenSize = 64 << 10
+
+// readToken reads the service-account token from path. The kubelet
+// rotates the file, so it is read afresh for every CA call. The token's
+// content never appears in an error or a log.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("agent: could not open token file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenSize+1))
+	if err != nil {
+		return "", fmt.Errorf("agent: could not read token file %s: %w", path, err)
+	}
+	if len(b) > maxTokenSize {
+		return "", fmt.Errorf("agent: token file %s is over %d bytes", path, maxTokenSize)
+	}
+	b = bytes.TrimSpace(b)
+	switch {
+	case len(b) == 0:
+		return "", fmt.Errorf("agent: token file %s is empty", path)
+	case bytes.ContainsAny(b, " \t\r\n"):
+		return "", errors.New("agent: token file " + path + " holds whitespace inside the token")
+	}
+	return string(b), nil
+}
