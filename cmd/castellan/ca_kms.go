@@ -3,23 +3,180 @@ package main
 import (
 	"context"
 	"crypto"
+	"errors"
 	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/upstream"
+	"github.com/castellan-mesh/castellan/kms"
+	"github.com/castellan-mesh/castellan/kms/vault"
 )
+
+// upstreamKeyFile is the intermediate's key in the data directory when an
+// upstream signs the intermediate and no --signer-key-uri is given.
+const upstreamKeyFile = "upstream-ca-key.pem"
 
 // kmsFlags select where the CA key lives and whether an upstream authority
 // (Vault's PKI engine) signs Castellan's intermediate.
-type kmsFlags struct{}
+type kmsFlags struct {
+	keyURI, keyAlg string
+	transitBatch   int
 
-func (k *kmsFlags) register(fs *flag.FlagSet) {}
+	upstream      string
+	upstreamTTL   time.Duration
+	renewFraction float64
+
+	vaultAddr, vaultCACert, vaultNamespace string
+	vaultAuth, vaultAuthMount              string
+	vaultTokenFile                         string
+	approleRoleID, approleSecretIDFile     string
+	kubeRole, kubeTokenFile                string
+	pkiMount, pkiIssuer                    string
+
+	client *vault.Client // made on first use
+}
+
+func (k *kmsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&k.keyURI, "signer-key-uri", "", "CA signing key: file:///path, pkcs11:token=<label>;object=<label>?module-path=<lib>&pin-source=<file>, or vault-transit://<mount>/<key>; created on first start if missing (default: a key file in --data-dir)")
+	fs.StringVar(&k.keyAlg, "signer-key-algorithm", string(kms.ECDSAP256), "algorithm of a CA key created on first start: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
+	fs.IntVar(&k.transitBatch, "vault-transit-max-batch", 32, "most signatures sent in one Vault Transit call when signing concurrently (1 disables batching)")
+	fs.StringVar(&k.upstream, "upstream", "", `upstream CA that signs Castellan's intermediate: "vault" (Vault's PKI engine), or empty for a self-signed root`)
+	fs.DurationVar(&k.upstreamTTL, "upstream-ttl", 72*time.Hour, "intermediate lifetime asked of the upstream CA")
+	fs.Float64Var(&k.renewFraction, "upstream-renew-fraction", 0.5, "renew the intermediate after this fraction of its lifetime, in (0, 1)")
+	fs.StringVar(&k.vaultAddr, "vault-addr", "", "Vault address, e.g. https://vault.vault.svc:8200")
+	fs.StringVar(&k.vaultCACert, "vault-ca-cert", "", "PEM file of roots that verify Vault's TLS certificate (system roots when empty)")
+	fs.StringVar(&k.vaultNamespace, "vault-namespace", "", "Vault Enterprise namespace")
+	fs.StringVar(&k.vaultAuth, "vault-auth", "token", "Vault auth method: token, approle or kubernetes")
+	fs.StringVar(&k.vaultAuthMount, "vault-auth-mount", "", "mount path of the Vault auth method (default: approle or kubernetes)")
+	fs.StringVar(&k.vaultTokenFile, "vault-token-file", "", "file holding the Vault token for --vault-auth=token (default: the VAULT_TOKEN environment variable)")
+	fs.StringVar(&k.approleRoleID, "vault-approle-role-id", "", "AppRole role ID for --vault-auth=approle")
+	fs.StringVar(&k.approleSecretIDFile, "vault-approle-secret-id-file", "", "file holding the AppRole secret ID")
+	fs.StringVar(&k.kubeRole, "vault-kubernetes-role", "", "Vault role for --vault-auth=kubernetes")
+	fs.StringVar(&k.kubeTokenFile, "vault-kubernetes-token-file", vault.DefaultKubernetesTokenFile, "service-account token exchanged at auth/kubernetes/login")
+	fs.StringVar(&k.pkiMount, "vault-pki-mount", "pki", "mount path of Vault's PKI engine for --upstream=vault")
+	fs.StringVar(&k.pkiIssuer, "vault-pki-issuer", "", "issuer (name or ID) that signs the intermediate, via <mount>/issuer/<issuer>/sign-intermediate (default: the mount's default issuer, via <mount>/root/sign-intermediate)")
+}
+
+// vaultClient returns the Vault client the flags describe.
+func (k *kmsFlags) vaultClient(d *caDeps) (*vault.Client, error) {
+	if k.client != nil {
+		return k.client, nil
+	}
+	if k.vaultAddr == "" {
+		return nil, usageError{errors.New("--vault-addr is required for --upstream=vault and vault-transit keys")}
+	}
+	var auth vault.Auth
+	switch k.vaultAuth {
+	case "token":
+		a := vault.TokenAuth{File: k.vaultTokenFile}
+		if a.File == "" {
+			a.Token = os.Getenv("VAULT_TOKEN")
+			if a.Token == "" {
+				return nil, usageError{errors.New("--vault-auth=token needs --vault-token-file or the VAULT_TOKEN environment variable")}
+			}
+		}
+		auth = a
+	case "approle":
+		if k.approleRoleID == "" {
+			return nil, usageError{errors.New("--vault-auth=approle needs --vault-approle-role-id")}
+		}
+		auth = vault.AppRoleAuth{Mount: k.vaultAuthMount, RoleID: k.approleRoleID, SecretIDFile: k.approleSecretIDFile}
+	case "kubernetes":
+		if k.kubeRole == "" {
+			return nil, usageError{errors.New("--vault-auth=kubernetes needs --vault-kubernetes-role")}
+		}
+		auth = vault.KubernetesAuth{Mount: k.vaultAuthMount, Role: k.kubeRole, TokenFile: k.kubeTokenFile}
+	default:
+		return nil, usageError{fmt.Errorf("--vault-auth %q: want token, approle or kubernetes", k.vaultAuth)}
+	}
+	c, err := vault.New(vault.Config{
+		Address: k.vaultAddr, CACertFile: k.vaultCACert, Namespace: k.vaultNamespace,
+		Auth: auth, Logger: d.log, Registerer: d.reg,
+	})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	k.client = c
+	return c, nil
+}
 
 // signer returns the CA key named by the flags, or nil for the default
 // (a key file in the data directory).
-func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error) { return nil, nil }
+func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error) {
+	switch k.upstream {
+	case "", "vault":
+	default:
+		return nil, usageError{fmt.Errorf("--upstream %q: want vault, or empty for a self-signed root", k.upstream)}
+	}
+	uri := k.keyURI
+	if uri == "" {
+		if k.upstream == "" {
+			return nil, nil
+		}
+		uri = "file://" + filepath.Join(absDir(d.dataDir), upstreamKeyFile)
+	}
+	alg, err := kms.ParseAlgorithm(k.keyAlg)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--signer-key-algorithm: %w", err)}
+	}
+	u, err := kms.ParseURI(uri)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--signer-key-uri: %w", err)}
+	}
+	cfg := kms.Config{Logger: d.log, Registerer: d.reg, TransitMaxBatch: k.transitBatch}
+	if u.Scheme == kms.SchemeVaultTransit {
+		if cfg.Vault, err = k.vaultClient(d); err != nil {
+			return nil, err
+		}
+	}
+	key, created, err := kms.OpenOrCreate(ctx, uri, alg, cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("CA signing key ready", "uri", key.URI(), "created", created)
+	return key, nil
+}
 
 // source returns the upstream-backed signing material, or nil when no
 // upstream is configured. Background jobs go in d.runners.
 func (k *kmsFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer) (ca.Source, error) {
-	return nil, nil
+	if k.upstream == "" {
+		return nil, nil
+	}
+	if k.renewFraction <= 0 || k.renewFraction >= 1 {
+		return nil, usageError{fmt.Errorf("--upstream-renew-fraction %g: want a number between 0 and 1, exclusive", k.renewFraction)}
+	}
+	if k.upstreamTTL <= 0 {
+		return nil, usageError{fmt.Errorf("--upstream-ttl %s: want a positive duration", k.upstreamTTL)}
+	}
+	client, err := k.vaultClient(d)
+	if err != nil {
+		return nil, err
+	}
+	src, err := upstream.New(ctx, upstream.Config{
+		Upstream:      &upstream.VaultPKI{Client: client, Mount: k.pkiMount, Issuer: k.pkiIssuer},
+		Signer:        signer,
+		TrustDomain:   d.trustDomain,
+		DataDir:       d.dataDir,
+		TTL:           k.upstreamTTL,
+		RenewFraction: k.renewFraction,
+		Logger:        d.log,
+		Registerer:    d.reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.runners = append(d.runners, src.Run)
+	return src, nil
+}
+
+func absDir(dir string) string {
+	if a, err := filepath.Abs(dir); err == nil {
+		return a
+	}
+	return dir
 }

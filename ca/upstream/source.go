@@ -1,0 +1,426 @@
+// Package upstream runs Castellan as an intermediate under an upstream CA,
+// such as Vault's PKI engine. The intermediate's key stays where the kms
+// package keeps it (a file, an HSM, Vault Transit); the upstream only signs
+// the intermediate certificate, at start-up and again before it expires.
+// Leaves are signed in-process with the intermediate, so a slow or absent
+// upstream never delays issuance: the CA keeps signing with the current
+// intermediate while renewal retries with backoff.
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Files the Source keeps in its data directory.
+const (
+	// CertFile is the signed intermediate certificate.
+	CertFile = "upstream-ca-cert.pem"
+	// ChainFile holds the certificates above the intermediate, ending with
+	// the upstream root.
+	ChainFile = "upstream-cert-chain.pem"
+	// RootCertFile is the trust bundle, as in every CA mode.
+	RootCertFile = "root-cert.pem"
+)
+
+// Authority is an upstream CA that signs Castellan's intermediate.
+type Authority interface {
+	// SignIntermediate signs the PEM CSR as a CA certificate valid for
+	// ttl. It returns the certificate and the certificates above it,
+	// nearest first, ending with the upstream's root.
+	SignIntermediate(ctx context.Context, csrPEM []byte, ttl time.Duration) (cert *x509.Certificate, chain []*x509.Certificate, err error)
+	// String names the upstream in logs and errors.
+	String() string
+}
+
+// Config configures a Source. Zero values select the noted defaults.
+type Config struct {
+	// Upstream signs the intermediate. Required.
+	Upstream Authority
+	// Signer is the intermediate's key. Required.
+	Signer crypto.Signer
+	// TrustDomain is named in the intermediate's subject and URI SAN.
+	// Required.
+	TrustDomain spiffeid.TrustDomain
+	// DataDir keeps the signed intermediate, so that a restart while the
+	// upstream is down still has something to sign with, and the trust
+	// bundle (root-cert.pem). Required.
+	DataDir string
+	// TTL is the intermediate lifetime asked of the upstream. Default: 72h.
+	TTL time.Duration
+	// RenewFraction is the share of the intermediate's lifetime after
+	// which it is renewed, in (0, 1). Default: 0.5.
+	RenewFraction float64
+	// RetryMin and RetryMax bound the backoff between failed renewals.
+	// Defaults: 2s and 5m.
+	RetryMin, RetryMax time.Duration
+	// Logger receives renewal events. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer, if set, receives the Source's metrics.
+	Registerer prometheus.Registerer
+	// Now returns the current time. Default: time.Now.
+	Now func() time.Time
+}
+
+// Source is a ca.Source whose intermediate an upstream CA signs. It is safe
+// for concurrent use.
+type Source struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+	cur atomic.Pointer[ca.Authority]
+
+	mu          sync.Mutex // serialises renewals
+	stateMu     sync.Mutex
+	lastErr     error
+	failingFrom time.Time
+	next        time.Time
+	// retained are earlier roots kept in the bundle until the leaves
+	// signed under them have expired.
+	retained []retainedRoot
+}
+
+type retainedRoot struct {
+	cert  *x509.Certificate
+	until time.Time
+}
+
+// New returns a Source with a usable intermediate: the one kept in
+// cfg.DataDir if it matches the key and is within its renewal window,
+// otherwise a new one from the upstream. It fails when it has neither.
+func New(ctx context.Context, cfg Config) (*Source, error) {
+	switch {
+	case cfg.Upstream == nil:
+		return nil, errors.New("upstream: no upstream authority")
+	case cfg.Signer == nil:
+		return nil, errors.New("upstream: no intermediate key")
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("upstream: no trust domain")
+	case cfg.DataDir == "":
+		return nil, errors.New("upstream: no data directory")
+	case cfg.RenewFraction < 0 || cfg.RenewFraction >= 1:
+		return nil, fmt.Errorf("upstream: renew fraction %g is not in (0, 1)", cfg.RenewFraction)
+	case cfg.TTL < 0:
+		return nil, fmt.Errorf("upstream: intermediate TTL %s is negative", cfg.TTL)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 72 * time.Hour
+	}
+	if cfg.RenewFraction == 0 {
+		cfg.RenewFraction = 0.5
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 2 * time.Second
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(5*time.Minute, cfg.RetryMin)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := checkDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	s := &Source{cfg: cfg, log: cfg.Logger.With("upstream", cfg.Upstream.String())}
+	s.m = newMetrics(cfg.Registerer, s)
+	a, err := s.loadCached()
+	switch {
+	case err != nil:
+		s.log.Warn("the kept intermediate cannot be used; asking the upstream for a new one", "dir", cfg.DataDir, "error", err)
+	case a != nil:
+		s.cur.Store(a)
+		s.log.Info("loaded the kept intermediate", "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter)
+	}
+	if a == nil || !s.cfg.Now().Before(s.renewAt(a)) {
+		if err := s.Renew(ctx); err != nil {
+			if a == nil {
+				return nil, fmt.Errorf("upstream: no usable intermediate in %s, and %s did not sign one: %w", cfg.DataDir, cfg.Upstream, err)
+			}
+			// Still valid: sign with it, and let Run retry.
+			s.log.Error("renewing the intermediate failed; signing with the kept one until it expires", "not_after", a.Cert.NotAfter, "error", err)
+		}
+	}
+	return s, nil
+}
+
+// checkDataDir refuses a directory that holds another CA mode's key, so
+// that switching modes never overwrites another root's trust bundle.
+func checkDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("upstream: data directory: %w", err)
+	}
+	for _, f := range []string{"root-key.pem", "ca-key.pem"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return fmt.Errorf("upstream: %s holds %s, the material of a self-signed or plugged-in CA; use another data directory for an upstream-signed CA", dir, f)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("upstream: %w", err)
+		}
+	}
+	return nil
+}
+
+// Authority returns the Authority to sign with now.
+func (s *Source) Authority() *ca.Authority { return s.cur.Load() }
+
+// Ready reports whether the CA can sign. A failing renewal does not make
+// the CA unready while the intermediate is valid; the message says so.
+func (s *Source) Ready() (bool, string) {
+	a := s.cur.Load()
+	now := s.cfg.Now()
+	switch {
+	case a == nil:
+		return false, "no intermediate"
+	case !now.Before(a.NotAfter()):
+		return false, fmt.Sprintf("the intermediate expired at %s and %s has not signed a new one", a.NotAfter().UTC().Format(time.RFC3339), s.cfg.Upstream)
+	}
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.lastErr != nil {
+		return true, fmt.Sprintf("ok, but renewal has failed since %s (intermediate expires at %s): %v",
+			s.failingFrom.UTC().Format(time.RFC3339), a.NotAfter().UTC().Format(time.RFC3339), s.lastErr)
+	}
+	return true, "ok"
+}
+
+// LastError returns the error of the latest renewal, or nil if it succeeded.
+func (s *Source) LastError() error {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	return s.lastErr
+}
+
+// renewAt is when a is due for renewal.
+func (s *Source) renewAt(a *ca.Authority) time.Time {
+	life := a.Cert.NotAfter.Sub(a.Cert.NotBefore)
+	return a.Cert.NotBefore.Add(time.Duration(float64(life) * s.cfg.RenewFraction))
+}
+
+// Run renews the intermediate when it is due, retrying failures with
+// jittered exponential backoff, until ctx ends.
+func (s *Source) Run(ctx context.Context) error {
+	backoff := time.Duration(0)
+	for {
+		var wait time.Duration
+		if backoff > 0 {
+			wait = jitter(backoff)
+		} else if a := s.cur.Load(); a != nil {
+			wait = s.renewAt(a).Sub(s.cfg.Now())
+		}
+		s.stateMu.Lock()
+		s.next = s.cfg.Now().Add(max(wait, 0))
+		s.stateMu.Unlock()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err := s.Renew(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			backoff = min(max(2*backoff, s.cfg.RetryMin), s.cfg.RetryMax)
+			a := s.cur.Load()
+			s.log.Error("renewing the intermediate failed; still signing with the current one",
+				"error", err, "retry_in", backoff, "intermediate_not_after", a.NotAfter(),
+				"time_left", a.NotAfter().Sub(s.cfg.Now()).Round(time.Second))
+			continue
+		}
+		backoff = 0
+	}
+}
+
+// jitter spreads d by up to ±20%.
+func jitter(d time.Duration) time.Duration {
+	f := 0.8 + 0.4*mrand.Float64()
+	return time.Duration(math.Round(float64(d) * f))
+}
+
+// Renew has the upstream sign a new intermediate for the key, and signs
+// with it from now on.
+func (s *Source) Renew(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, err := s.renew(ctx)
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if err != nil {
+		s.m.failures.Inc()
+		if s.lastErr == nil {
+			s.failingFrom = s.cfg.Now()
+		}
+		s.lastErr = err
+		return err
+	}
+	s.m.renewals.Inc()
+	s.lastErr = nil
+	s.failingFrom = time.Time{}
+	s.cur.Store(a)
+	s.log.Info("renewed the intermediate", "subject", a.Cert.Subject.String(), "serial", a.Cert.SerialNumber.Text(16),
+		"not_before", a.Cert.NotBefore, "not_after", a.Cert.NotAfter, "root", a.Root().Subject.String(), "renew_at", s.renewAt(a))
+	return nil
+}
+
+func (s *Source) renew(ctx context.Context) (*ca.Authority, error) {
+	csr, err := s.csr()
+	if err != nil {
+		return nil, err
+	}
+	cert, chain, err := s.cfg.Upstream.SignIntermediate(ctx, csr, s.cfg.TTL)
+	if err != nil {
+		return nil, err
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("upstream: %s returned no chain above the intermediate", s.cfg.Upstream)
+	}
+	if !cert.NotAfter.After(s.cfg.Now()) {
+		return nil, fmt.Errorf("upstream: %s signed an intermediate that expired at %s", s.cfg.Upstream, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	root := chain[len(chain)-1]
+	roots, retained := s.bundle(root)
+	a, err := ca.NewAuthority(cert, s.cfg.Signer, chain, roots)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: the certificate %s signed: %w", s.cfg.Upstream, err)
+	}
+	s.retained = retained
+	if err := s.persist(a); err != nil {
+		// Signing goes on; only a restart during an outage is affected.
+		s.log.Error("could not keep the intermediate in the data directory", "dir", s.cfg.DataDir, "error", err)
+	}
+	return a, nil
+}
+
+// bundle returns the trust bundle for a new intermediate under root (root,
+// and any earlier root that still-valid leaves chain to) and the earlier
+// roots to keep.
+func (s *Source) bundle(root *x509.Certificate) ([]*x509.Certificate, []retainedRoot) {
+	now := s.cfg.Now()
+	candidates := append([]retainedRoot(nil), s.retained...)
+	if old := s.cur.Load(); old != nil && !old.Root().Equal(root) {
+		candidates = append(candidates, retainedRoot{cert: old.Root(), until: old.NotAfter()})
+	}
+	roots := []*x509.Certificate{root}
+	var kept []retainedRoot
+	for _, r := range candidates {
+		if now.Before(r.until) && !r.cert.Equal(root) && !containsCert(roots, r.cert) {
+			kept = append(kept, r)
+			roots = append(roots, r.cert)
+		}
+	}
+	return roots, kept
+}
+
+func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
+	for _, x := range list {
+		if x.Equal(c) {
+			return true
+		}
+	}
+	return false
+}
+
+func pemEncode(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// csr makes the intermediate's certificate request, signed by its key.
+func (s *Source) csr() ([]byte, error) {
+	id := s.cfg.TrustDomain.ID().URL()
+	tmpl := &x509.CertificateRequest{
+		Subject: pkix.Name{
+			Organization: []string{s.cfg.TrustDomain.Name()},
+			CommonName:   "Castellan Intermediate CA",
+		},
+		URIs: []*url.URL{id},
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, s.cfg.Signer)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: could not sign the intermediate's CSR with its key: %w", err)
+	}
+	return pemEncode("CERTIFICATE REQUEST", der), nil
+}
+
+// loadCached returns the intermediate kept in the data directory, nil if
+// there is none, or an error if it is there but unusable.
+func (s *Source) loadCached() (*ca.Authority, error) {
+	certPath := filepath.Join(s.cfg.DataDir, CertFile)
+	if _, err := os.Stat(certPath); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	certs, err := pemfile.ReadCertificates(certPath)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := pemfile.ReadCertificates(filepath.Join(s.cfg.DataDir, ChainFile))
+	if err != nil {
+		return nil, err
+	}
+	roots, err := pemfile.ReadCertificates(filepath.Join(s.cfg.DataDir, RootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	cert := certs[0]
+	if !cert.NotAfter.After(s.cfg.Now()) {
+		return nil, fmt.Errorf("%s expired at %s", certPath, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	a, err := ca.NewAuthority(cert, s.cfg.Signer, chain, roots)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", certPath, err)
+	}
+	// Earlier roots in the bundle stay until the kept intermediate expires:
+	// leaves signed under them may still be valid.
+	for _, r := range roots {
+		if !r.Equal(a.Root()) {
+			s.retained = append(s.retained, retainedRoot{cert: r, until: cert.NotAfter})
+		}
+	}
+	return a, nil
+}
+
+// persist writes a's intermediate, chain and bundle to the data directory.
+// The bundle is written last, and only when it changed.
+func (s *Source) persist(a *ca.Authority) error {
+	dir := s.cfg.DataDir
+	if err := pemfile.WriteCertificates(filepath.Join(dir, ChainFile), a.Chain); err != nil {
+		return err
+	}
+	if err := pemfile.WriteCertificates(filepath.Join(dir, CertFile), []*x509.Certificate{a.Cert}); err != nil {
+		return err
+	}
+	bundle := a.BundlePEM()
+	if old, err := os.ReadFile(filepath.Join(dir, RootCertFile)); err == nil && bytes.Equal(old, bundle) {
+		return nil
+	}
+	return pemfile.WriteFileAtomic(filepath.Join(dir, RootCertFile), bundle, 0o644)
+}

@@ -1,0 +1,86 @@
+package kms
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+)
+
+// fileStore keeps software keys in PEM files, mode 0600.
+type fileStore struct{}
+
+func (fileStore) open(_ context.Context, u *URI) (crypto.Signer, error) {
+	fi, err := os.Stat(u.Path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("kms: %s: %w", u.Path, ErrKeyNotFound)
+	case err != nil:
+		return nil, fmt.Errorf("kms: %w", err)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("kms: %s is not a regular file", u.Path)
+	case fi.Mode().Perm()&0o077 != 0:
+		return nil, fmt.Errorf("kms: key file %s has mode %s; a key must be readable by its owner only (chmod 600)", u.Path, fi.Mode().Perm())
+	}
+	key, err := pemfile.ReadPrivateKey(u.Path)
+	if err != nil {
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	return key, nil
+}
+
+func (fileStore) create(_ context.Context, u *URI, alg Algorithm) (crypto.Signer, error) {
+	key, err := generateSoftware(alg)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(u.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	// WritePrivateKey creates the file exclusively with mode 0600, so an
+	// existing key is never overwritten.
+	if err := pemfile.WritePrivateKey(u.Path, key); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("kms: %s: %w", u.Path, ErrKeyExists)
+		}
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	return key, nil
+}
+
+func (fileStore) Close() error { return nil }
+
+// generateSoftware makes an in-memory key of algorithm alg.
+func generateSoftware(alg Algorithm) (crypto.Signer, error) {
+	var (
+		key crypto.Signer
+		err error
+	)
+	switch alg {
+	case ECDSAP256:
+		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case ECDSAP384:
+		key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case RSA2048:
+		key, err = rsa.GenerateKey(rand.Reader, 2048)
+	case RSA3072:
+		key, err = rsa.GenerateKey(rand.Reader, 3072)
+	case RSA4096:
+		key, err = rsa.GenerateKey(rand.Reader, 4096)
+	default:
+		return nil, fmt.Errorf("kms: unknown key algorithm %q", alg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kms: could not generate %s key: %w", alg, err)
+	}
+	return key, nil
+}

@@ -1,0 +1,71 @@
+package kms
+
+import (
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the signing metrics, shared by every key on one registry.
+type metrics struct {
+	seconds *prometheus.HistogramVec
+	errors  *prometheus.CounterVec
+}
+
+func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "castellan_kms_sign_duration_seconds",
+			Help:    "Time the CA key takes to sign, by key store (file, pkcs11, vault-transit).",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
+		}, []string{"backend"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_kms_sign_errors_total",
+			Help: "Signatures the CA key store failed to make, by key store.",
+		}, []string{"backend"}),
+	}
+	var err error
+	if m.seconds, err = register(reg, m.seconds); err != nil {
+		return nil, err
+	}
+	if m.errors, err = register(reg, m.errors); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered in
+// its place.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, fmt.Errorf("kms: metrics: %w", err)
+	}
+	return c, nil
+}
+
+// measuredSigner times each signature.
+type measuredSigner struct {
+	crypto.Signer
+	m       *metrics
+	backend string
+}
+
+func (s *measuredSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	start := time.Now()
+	sig, err := s.Signer.Sign(r, digest, opts)
+	s.m.seconds.WithLabelValues(s.backend).Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.m.errors.WithLabelValues(s.backend).Inc()
+	}
+	return sig, err
+}
