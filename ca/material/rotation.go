@@ -103,6 +103,9 @@ type Rotator struct {
 	// MaxTTL is the CA's longest SVID lifetime; the old root is kept that
 	// long after activation. Default: 24h.
 	MaxTTL time.Duration
+	// RetireMargin is added to MaxTTL before the old root may be retired,
+	// for clock skew between the CA and its peers. Default: 2m.
+	RetireMargin time.Duration
 	// Now returns the current time. Default: time.Now.
 	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
@@ -135,6 +138,13 @@ func (r *Rotator) maxTTL() time.Duration {
 		return r.MaxTTL
 	}
 	return 24 * time.Hour
+}
+
+func (r *Rotator) retireMargin() time.Duration {
+	if r.RetireMargin > 0 {
+		return r.RetireMargin
+	}
+	return 2 * time.Minute
 }
 
 func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
@@ -361,7 +371,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	if ready := st.PreparedAt.Add(r.propagation()); now.Before(ready) && !force {
 		return fmt.Errorf("material: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
 	}
-	next := rotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: now.Add(r.maxTTL() + 2*time.Minute)}
+	next := rotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: now.Add(r.maxTTL() + r.retireMargin())}
 	if err := r.writeState(next); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}

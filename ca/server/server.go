@@ -80,6 +80,9 @@ type Config struct {
 	// RootPropagationDelay is how long a prepared root sits in the bundle
 	// before it signs. Default: 1h.
 	RootPropagationDelay time.Duration
+	// RootRetireMargin is kept after the longest SVID lifetime before an
+	// old root is retired, for clock skew. Default: 2m.
+	RootRetireMargin time.Duration
 	// ReloadInterval is how often the data directory is checked for
 	// changes (new cacerts, rotation steps). Default: 5s.
 	ReloadInterval time.Duration
@@ -160,6 +163,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.rotator = &material.Rotator{
 			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL,
 			PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, Logger: cfg.Logger,
+			RetireMargin: cfg.RootRetireMargin,
 		}
 		cfg.Registerer.MustRegister(&rotationCollector{r: s.rotator})
 	}
