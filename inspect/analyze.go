@@ -39,6 +39,13 @@ func Analyze(in Input, opts Options) *Report {
 		}
 	}
 
+	for _, why := range in.Rejections {
+		ref := ""
+		if len(in.Chain) > 0 {
+			ref = "chain[0]"
+		}
+		a.add("source-rejected", SeverityError, ref, "%s", why)
+	}
 	if len(in.Chain) == 0 {
 		a.add("no-certificate", SeverityError, "", "the source holds no certificate")
 		a.r.Status = statusOf(a.r.Findings)

@@ -27,6 +27,10 @@ type Input struct {
 	KeySource string
 	// Notes are facts about the source worth reporting (Report.Notes).
 	Notes []string
+	// Rejections say why the standard client of the source (Envoy for SDS,
+	// go-spiffe for the Workload API) refuses this material; each becomes a
+	// source-rejected error.
+	Rejections []string
 }
 
 // Options tunes Analyze. The zero value is ready to use.

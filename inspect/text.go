@@ -43,9 +43,13 @@ func WriteText(w io.Writer, r *Report, opts TextOptions) error {
 		p.line("")
 		p.line("%s", p.paint(ansiBold, fmt.Sprintf("Bundle  %s (%s)", nameOr(r.Bundle.Source), plural(len(r.Bundle.Certificates), "certificate"))))
 		for _, c := range r.Bundle.Certificates {
-			p.line("  %-10s %-6s %s", c.Ref, c.Role, nameOr(c.Subject))
-			p.field("  ", "Not after", c.Validity.NotAfter.Format(time.RFC3339)+" ("+remaining(c.Validity, r.InspectedAt)+")")
-			p.field("  ", "SHA-256", c.FingerprintSHA256)
+			p.line("  %s", p.paint(ansiBold, c.Ref+"  "+c.Role))
+			p.field("    ", "Subject", nameOr(c.Subject))
+			if c.SPIFFEID != "" {
+				p.field("    ", "SPIFFE ID", c.SPIFFEID)
+			}
+			p.field("    ", "Not after", c.Validity.NotAfter.Format(time.RFC3339)+" ("+p.validityNote(c.Validity, r.InspectedAt)+")")
+			p.field("    ", "SHA-256", c.FingerprintSHA256)
 		}
 	}
 

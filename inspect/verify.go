@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/x509"
+	"fmt"
 )
 
 // checkLinks walks the chain as presented and explains every broken link:
@@ -29,6 +30,7 @@ func (a *analysis) checkLinks() {
 			a.add("chain-order", SeverityError, childRef,
 				"%s was issued by %s, not by the next certificate %s: the chain is out of order",
 				childRef, other, parentRef)
+			return // the rest of the walk would only repeat the disorder
 		case bytes.Equal(child.RawIssuer, parent.RawSubject):
 			a.add("chain-signature", SeverityError, childRef,
 				"%s names %s (%s) as its issuer, but that certificate's key did not sign it: the CA was re-keyed or the chain mixes two CAs",
@@ -143,9 +145,14 @@ func (a *analysis) checkKey() {
 		k.Matches = true
 		return
 	}
+	kind, certKind := describeKey(a.in.PublicKey).String(), describeKey(leaf.PublicKey).String()
+	detail := ""
+	if kind != certKind {
+		detail = fmt.Sprintf(" (the key is %s, the certificate's is %s)", kind, certKind)
+	}
 	a.add("key-mismatch", SeverityError, a.refs[leaf],
-		"the private key from %s does not match the public key of %s (the key is %s, the certificate's is %s): TLS with this pair fails",
-		nameOr(a.in.KeySource), a.refs[leaf], describeKey(a.in.PublicKey), describeKey(leaf.PublicKey))
+		"the private key from %s does not match the public key of %s%s: TLS with this pair fails",
+		nameOr(a.in.KeySource), a.refs[leaf], detail)
 }
 
 // nameOr returns s, or a placeholder for an empty name.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-mesh/castellan/inspect/pemder"
 )
 
 // Bundle loads trust anchors from ref: an http:// or https:// URL (such as
@@ -54,7 +56,7 @@ func parseBundle(data []byte) ([]*x509.Certificate, error) {
 		}
 		return certs, nil
 	}
-	return parseCerts(data)
+	return pemder.ParseCertificates(data)
 }
 
 func fetch(ctx context.Context, url string, client *http.Client) ([]byte, error) {

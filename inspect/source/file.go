@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/castellan-mesh/castellan/inspect"
+	"github.com/castellan-mesh/castellan/inspect/pemder"
 )
 
 // File loads the certificates in the file at path (see ParseCertificates).
@@ -31,12 +32,12 @@ func Reader(r io.Reader, name string) (inspect.Input, error) {
 }
 
 func fromBytes(data []byte, name string) (inspect.Input, error) {
-	certs, err := parseCerts(data)
+	certs, err := pemder.ParseCertificates(data)
 	if err != nil {
 		return inspect.Input{}, fmt.Errorf("source: %s: %w", name, err)
 	}
 	in := inspect.Input{Source: name, Chain: certs}
-	if pub, err := parseKey(data); err == nil {
+	if pub, err := pemder.ParseKey(data); err == nil {
 		in.PublicKey, in.KeySource = pub, name
 	}
 	return in, nil
@@ -49,7 +50,7 @@ func Key(path string) (inspect.Input, error) {
 	if err != nil {
 		return inspect.Input{}, err
 	}
-	pub, err := parseKey(data)
+	pub, err := pemder.ParseKey(data)
 	if err != nil {
 		return inspect.Input{}, fmt.Errorf("source: key file %s: %w", path, err)
 	}

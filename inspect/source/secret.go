@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/castellan-mesh/castellan/inspect"
+	"github.com/castellan-mesh/castellan/inspect/pemder"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -47,20 +48,20 @@ func Secret(ctx context.Context, secrets corev1client.SecretsGetter, namespace, 
 		return inspect.Input{}, fmt.Errorf("source: Secret %s has none of the keys %s (it has: %s)",
 			ref, strings.Join(secretChainKeys, ", "), orNothing(keys))
 	}
-	certs, err := parseCerts(s.Data[chainKey])
+	certs, err := pemder.ParseCertificates(s.Data[chainKey])
 	if err != nil {
 		return inspect.Input{}, fmt.Errorf("source: Secret %s key %s: %w", ref, chainKey, err)
 	}
 	in := inspect.Input{Source: fmt.Sprintf("secret:%s[%s]", ref, chainKey), Chain: certs}
 	if k := firstKey(s.Data, secretBundleKeys); k != "" {
-		bundle, err := parseCerts(s.Data[k])
+		bundle, err := pemder.ParseCertificates(s.Data[k])
 		if err != nil {
 			return inspect.Input{}, fmt.Errorf("source: Secret %s key %s: %w", ref, k, err)
 		}
 		in.Bundle, in.BundleSource = bundle, fmt.Sprintf("secret:%s[%s]", ref, k)
 	}
 	if k := secretKeyKeys[chainKey]; len(s.Data[k]) > 0 {
-		pub, err := parseKey(s.Data[k])
+		pub, err := pemder.ParseKey(s.Data[k])
 		if err != nil {
 			return inspect.Input{}, fmt.Errorf("source: Secret %s key %s: %w", ref, k, err)
 		}

@@ -1,4 +1,8 @@
-package source
+// Package pemder parses certificates and private keys from the encodings
+// they travel in: PEM, DER, and base64 of either (as kubectl prints a Secret
+// value). It accepts hostile input: every error says what was wrong and
+// where, and nothing panics.
+package pemder
 
 import (
 	"bytes"
@@ -12,11 +16,6 @@ import (
 	"strings"
 )
 
-// MaxInputSize is the largest file, stdin, Secret value or HTTP body a
-// source reads, in bytes. Certificate material is far smaller; the cap stops
-// a hostile or mistaken input from exhausting memory.
-const MaxInputSize = 16 << 20
-
 var pemStart = []byte("-----BEGIN")
 
 // ParseCertificates parses certificates from data, which holds either PEM
@@ -26,25 +25,18 @@ var pemStart = []byte("-----BEGIN")
 // Secret value) is decoded first. The certificates are returned in the order
 // they appear. An error says which block, on which line, is bad.
 func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
-	certs, err := parseCerts(data)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	return certs, nil
-}
-
-// parseCerts is ParseCertificates with unprefixed errors.
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
 	certs, err := parseCertificates(data)
-	if err == nil || bytes.Contains(data, pemStart) {
-		return certs, err
+	if err == nil {
+		return certs, nil
 	}
-	if decoded, ok := decodeBase64(data); ok {
-		if certs, err2 := parseCertificates(decoded); err2 == nil {
-			return certs, nil
+	if !bytes.Contains(data, pemStart) {
+		if decoded, ok := decodeBase64(data); ok {
+			if certs, err2 := parseCertificates(decoded); err2 == nil {
+				return certs, nil
+			}
 		}
 	}
-	return nil, err
+	return nil, fmt.Errorf("pemder: %w", err)
 }
 
 func parseCertificates(data []byte) ([]*x509.Certificate, error) {
@@ -101,7 +93,7 @@ func parseCertificates(data []byte) ([]*x509.Certificate, error) {
 func ParseKey(data []byte) (crypto.PublicKey, error) {
 	pub, err := parseKey(data)
 	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
+		return nil, fmt.Errorf("pemder: %w", err)
 	}
 	return pub, nil
 }
@@ -180,7 +172,7 @@ func parseKeyDER(der []byte, pemType string) (crypto.PublicKey, error) {
 // embedded whitespace.
 func decodeBase64(data []byte) ([]byte, bool) {
 	compact := bytes.Join(bytes.Fields(data), nil)
-	if len(compact) == 0 || len(compact) > MaxInputSize {
+	if len(compact) == 0 {
 		return nil, false
 	}
 	out := make([]byte, base64.StdEncoding.DecodedLen(len(compact)))
