@@ -50,7 +50,7 @@ type Client struct {
 
 	mu      sync.Mutex // serialises logins
 	gen     uint64     // incremented at each login
-	expires time.Time  // when the token expires; zero when unknown
+	refresh time.Time  // when to replace the token; zero when it has no known expiry
 	now     func() time.Time
 }
 
@@ -135,9 +135,9 @@ func (c *Client) loginLocked(ctx context.Context) error {
 	}
 	c.api.SetToken(tok)
 	c.gen++
-	c.expires = time.Time{}
+	c.refresh = time.Time{}
 	if ttl > 0 {
-		c.expires = c.now().Add(ttl)
+		c.refresh = c.now().Add(ttl - renewMargin(ttl))
 	}
 	c.m.login(method, true)
 	c.log.Info("logged in to Vault", "addr", c.cfg.Address, "method", method, "ttl", ttl)
@@ -149,7 +149,7 @@ func (c *Client) loginLocked(ctx context.Context) error {
 func (c *Client) token(ctx context.Context) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen > 0 && (c.expires.IsZero() || c.now().Before(c.expires.Add(-renewMargin(c.expires.Sub(c.now()))))) {
+	if c.gen > 0 && (c.refresh.IsZero() || c.now().Before(c.refresh)) {
 		return c.gen, nil
 	}
 	if err := c.loginLocked(ctx); err != nil {
@@ -159,12 +159,10 @@ func (c *Client) token(ctx context.Context) (uint64, error) {
 }
 
 // renewMargin is how long before expiry a token is replaced: a tenth of
-// what is left, at least one second.
-func renewMargin(left time.Duration) time.Duration {
-	if m := left / 10; m > time.Second {
-		return m
-	}
-	return time.Second
+// its lifetime, at least one second (and never more than the lifetime).
+func renewMargin(ttl time.Duration) time.Duration {
+	m := max(ttl/10, time.Second)
+	return min(m, ttl)
 }
 
 // relogin replaces the token of generation gen after Vault refused it.
