@@ -75,7 +75,7 @@ func WriteText(w io.Writer, r *Report, opts TextOptions) error {
 			if f.Severity == SeverityError {
 				col = ansiRed
 			}
-			p.line("  %s %-9s %s", p.paint(col, fmt.Sprintf("%-7s", sev)), f.Certificate, f.Message)
+			p.line("  %s %-9s %s: %s", p.paint(col, fmt.Sprintf("%-7s", sev)), f.Certificate, f.Code, f.Message)
 		}
 	}
 	return p.err

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/inspect"
+)
+
+// certFixture writes a root, and leaves issued by it, to a temp dir.
+type certFixture struct {
+	dir                       string
+	root, rootKey             string
+	valid, validKey           string
+	warning, expired, garbage string
+	rootCert                  *x509.Certificate
+	validPair                 tls.Certificate
+}
+
+func newCertFixture(t *testing.T) *certFixture {
+	t.Helper()
+	f := &certFixture{dir: t.TempDir()}
+	now := time.Now()
+	rootKey := genKey(t)
+	rootTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	f.rootCert = issue(t, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	f.root = f.write(t, "root.pem", pemCert(f.rootCert))
+	f.rootKey = f.write(t, "root-key.pem", pemKey(t, rootKey))
+
+	leaf := func(name string, notBefore time.Time, lifetime time.Duration) (string, string, *x509.Certificate, *ecdsa.PrivateKey) {
+		k := genKey(t)
+		u, _ := url.Parse("spiffe://example.test/ns/default/sa/" + name)
+		c := issue(t, &x509.Certificate{
+			SerialNumber: big.NewInt(2), NotBefore: notBefore, NotAfter: notBefore.Add(lifetime),
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+			URIs:        []*url.URL{u}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		}, f.rootCert, k.Public(), rootKey)
+		return f.write(t, name+".pem", pemCert(c)), f.write(t, name+"-key.pem", pemKey(t, k)), c, k
+	}
+	var (
+		validCert *x509.Certificate
+		validKey  *ecdsa.PrivateKey
+	)
+	f.valid, f.validKey, validCert, validKey = leaf("valid", now.Add(-time.Minute), time.Hour)
+	f.validPair = tls.Certificate{Certificate: [][]byte{validCert.Raw}, PrivateKey: validKey}
+	f.warning, _, _, _ = leaf("warning", now.Add(-55*time.Minute), time.Hour)
+	f.expired, _, _, _ = leaf("expired", now.Add(-2*time.Hour), time.Hour)
+	f.garbage = f.write(t, "garbage.pem", []byte("-----BEGIN CERTIFICATE-----\n\x00\xff garbage\n"))
+	return f
+}
+
+func (f *certFixture) write(t *testing.T, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(f.dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func genKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func issue(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+func pemKey(t *testing.T, k crypto.Signer) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+func TestCertInspectExitCodes(t *testing.T) {
+	f := newCertFixture(t)
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		wantCode   int
+		wantOut    []string
+		wantStderr string
+	}{
+		{name: "valid", args: []string{f.valid, "--bundle", f.root, "--key", f.validKey}, wantCode: 0,
+			wantOut: []string{"Status               VALID", "verified: chain[0] -> bundle[0]", "matches chain[0]"}},
+		{name: "flags before the file", args: []string{"--bundle", f.root, f.valid}, wantCode: 0},
+		{name: "warning", args: []string{f.warning, "--bundle", f.root}, wantCode: 1, wantOut: []string{"low-lifetime"}},
+		{name: "expired", args: []string{f.expired, "--bundle", f.root}, wantCode: 2, wantOut: []string{"expired"}},
+		{name: "key does not match", args: []string{f.valid, "--key", f.rootKey}, wantCode: 2, wantOut: []string{"DOES NOT MATCH"}},
+		{name: "wrong bundle", args: []string{f.valid, "--bundle", f.warning}, wantCode: 2, wantOut: []string{"verify-failed", "missing-intermediate"}},
+		{name: "short", args: []string{f.valid, "--short"}, wantCode: 0, wantOut: []string{"chain[0]  leaf  VALID  spiffe://example.test/ns/default/sa/valid"}},
+		{name: "json from the environment", args: []string{f.valid}, env: map[string]string{"CASTELLAN_FORMAT": "json"}, wantCode: 0, wantOut: []string{`"schema_version": 1`}},
+		{name: "garbage", args: []string{f.garbage}, wantCode: 3, wantStderr: "PEM block 1 at line 1 is malformed"},
+		{name: "missing file", args: []string{filepath.Join(f.dir, "none.pem")}, wantCode: 3, wantStderr: "no such file"},
+		{name: "missing bundle", args: []string{f.valid, "--bundle", filepath.Join(f.dir, "none.pem")}, wantCode: 3, wantStderr: "no such file"},
+		{name: "no source", args: nil, wantCode: 3, wantStderr: "nothing to inspect"},
+		{name: "two sources", args: []string{f.valid, "--tls", "127.0.0.1:1"}, wantCode: 3, wantStderr: "choose one source, not FILE and --tls"},
+		{name: "two files", args: []string{f.valid, f.root}, wantCode: 3, wantStderr: "one FILE at most"},
+		{name: "bad format", args: []string{f.valid, "--format", "yaml"}, wantCode: 3, wantStderr: `--format "yaml"`},
+		{name: "short with json", args: []string{f.valid, "--short", "--format", "json"}, wantCode: 3, wantStderr: "--short is a text format"},
+		{name: "client cert without key", args: []string{"--tls", "127.0.0.1:1", "--client-cert", f.valid}, wantCode: 3, wantStderr: "go together"},
+		{name: "client cert without --tls", args: []string{f.valid, "--client-cert", f.valid, "--client-key", f.validKey}, wantCode: 3, wantStderr: "apply only to --tls"},
+		{name: "bad secret name", args: []string{"--secret", "justaname"}, wantCode: 3, wantStderr: "want NAMESPACE/NAME"},
+		{name: "sds without unix scheme", args: []string{"--sds", "/tmp/sock"}, wantCode: 3, wantStderr: "want unix:///path/to/socket"},
+		{name: "unknown flag", args: []string{f.valid, "--frobnicate"}, wantCode: 3, wantStderr: "flag provided but not defined"},
+		{name: "help", args: []string{"-h"}, wantCode: 0, wantStderr: "Exit status: 0 valid, 1 warning, 2 invalid, 3 usage or I/O error."},
+		{name: "nothing on the socket", args: []string{"--sds", "unix://" + filepath.Join(f.dir, "none.sock"), "--timeout", "2s"}, wantCode: 3, wantStderr: "source: SDS"},
+		{name: "nothing on the Workload API socket", args: []string{"--workload-api", "unix://" + filepath.Join(f.dir, "none.sock"), "--timeout", "2s"}, wantCode: 3, wantStderr: "source: fetching X.509 context"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), append([]string{"cert", "inspect"}, tt.args...), &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Errorf("exit code = %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.wantCode, stdout.String(), stderr.String())
+			}
+			for _, want := range tt.wantOut {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+				}
+			}
+			if !strings.Contains(stderr.String(), tt.wantStderr) {
+				t.Errorf("stderr lacks %q:\n%s", tt.wantStderr, stderr.String())
+			}
+			if bytes.Contains(stdout.Bytes(), []byte("\x1b[")) {
+				t.Error("colour written to a non-terminal")
+			}
+			if bytes.Contains(stdout.Bytes(), []byte("PRIVATE KEY")) || bytes.Contains(stderr.Bytes(), []byte("PRIVATE KEY")) {
+				t.Error("a private key reached the output")
+			}
+		})
+	}
+}
+
+func TestCertInspectStdinJSON(t *testing.T) {
+	f := newCertFixture(t)
+	data, err := os.ReadFile(f.valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	err = runCertInspect(context.Background(), []string{"-", "--format", "json", "--bundle", f.root}, bytes.NewReader(data), &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("err = %v, stderr %s", err, stderr.String())
+	}
+	var r inspect.Report
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Source != "stdin" || r.Status != inspect.StatusValid || !r.Verification.Chain.Verified || len(r.Certificates) != 1 {
+		t.Errorf("report = %+v", r)
+	}
+}
+
+func TestCertInspectTLS(t *testing.T) {
+	f := newCertFixture(t)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{f.validPair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"cert", "inspect", "--tls", ln.Addr().String(), "--bundle", f.root, "--short"}, &stdout, &stderr)
+	if code != 0 || !strings.Contains(stdout.String(), "spiffe://example.test/ns/default/sa/valid") {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+}
+
+func TestCertSubcommands(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no subcommand", []string{"cert"}, 3},
+		{"unknown subcommand", []string{"cert", "frob"}, 3},
+		{"help", []string{"cert", "help"}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(context.Background(), tt.args, &stdout, &stderr); code != tt.want {
+				t.Errorf("exit code = %d, want %d (stderr %s)", code, tt.want, stderr.String())
+			}
+		})
+	}
+}
