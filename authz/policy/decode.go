@@ -272,7 +272,7 @@ func decodeMeta(raw json.RawMessage, m *Meta, path string, fe *fieldErrors) {
 // document is one YAML document of a multi-document input.
 type document struct {
 	index int // 1-based, counting non-empty documents
-	line  int // 1-based line of the document's first line
+	line  int // 1-based line of the document's first line of content
 	data  []byte
 }
 
@@ -287,8 +287,8 @@ func splitDocuments(data []byte) []document {
 	)
 	emit := func(end int) {
 		d := data[start:end]
-		if hasContent(d) {
-			docs = append(docs, document{index: len(docs) + 1, line: firstLine, data: d})
+		if skipped, ok := contentLine(d); ok {
+			docs = append(docs, document{index: len(docs) + 1, line: firstLine + skipped, data: d})
 		}
 	}
 	line := 1
@@ -312,10 +312,10 @@ func splitDocuments(data []byte) []document {
 	return docs
 }
 
-// hasContent reports whether a YAML document has anything besides blank
-// lines and comments.
-func hasContent(d []byte) bool {
-	for len(d) > 0 {
+// contentLine returns how many lines of a YAML document come before its
+// first line that is not blank or a comment, and false if there is none.
+func contentLine(d []byte) (int, bool) {
+	for n := 0; len(d) > 0; n++ {
 		l := d
 		if i := bytes.IndexByte(d, '\n'); i >= 0 {
 			l, d = d[:i], d[i+1:]
@@ -324,10 +324,10 @@ func hasContent(d []byte) bool {
 		}
 		l = bytes.TrimSpace(l)
 		if len(l) > 0 && l[0] != '#' {
-			return true
+			return n, true
 		}
 	}
-	return false
+	return 0, false
 }
 
 // isSeparator reports whether line is the marker, alone or followed by

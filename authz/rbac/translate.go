@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
@@ -528,4 +529,27 @@ func genRemoteIP(v string) ([]*rbacv3.Principal, error) {
 		return nil, err
 	}
 	return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_RemoteIp{RemoteIp: cidrRange(p)}}}, nil
+}
+
+// ParseRuleName splits a name made by RuleName into the policy's namespace
+// and name and the rule index.
+func ParseRuleName(s string) (namespace, name string, rule int, ok bool) {
+	rest, found := strings.CutPrefix(s, "ns[")
+	if !found {
+		return "", "", 0, false
+	}
+	namespace, rest, found = strings.Cut(rest, "]-policy[")
+	if !found {
+		return "", "", 0, false
+	}
+	i := strings.LastIndex(rest, "]-rule[")
+	if i < 0 || !strings.HasSuffix(rest, "]") {
+		return "", "", 0, false
+	}
+	name = rest[:i]
+	n, err := strconv.Atoi(rest[i+len("]-rule[") : len(rest)-1])
+	if err != nil || n < 0 {
+		return "", "", 0, false
+	}
+	return namespace, name, n, true
 }

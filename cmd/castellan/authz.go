@@ -1,11 +1,541 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
+
+	"github.com/castellan-mesh/castellan/authz"
+	"github.com/castellan-mesh/castellan/authz/envoyrbac"
+	"github.com/castellan-mesh/castellan/authz/mtls"
+	"github.com/castellan-mesh/castellan/authz/policy"
+	"github.com/castellan-mesh/castellan/authz/rbac"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
+// Exit codes of "castellan authz".
+const (
+	authzExitOK       = 0
+	authzExitProblems = 1 // translate, mtls: some policies were rejected
+	authzExitUsage    = 2
+	authzExitDeny     = 3 // check: the request is denied
+)
+
+// authzExit carries the exit code of "castellan authz"; an empty message
+// prints nothing.
+type authzExit struct {
+	code int
+	err  error
+}
+
+func (e authzExit) Error() string {
+	if e.err == nil || errors.Is(e.err, flag.ErrHelp) {
+		return ""
+	}
+	return e.err.Error()
+}
+
+func (e authzExit) Unwrap() error { return e.err }
+
+func (e authzExit) ExitCode() int { return e.code }
+
+func authzUsage(err error) error { return authzExit{code: authzExitUsage, err: err} }
+
+const authzUsageText = `usage: castellan authz <subcommand> [flags]
+
+  translate  print the Envoy RBAC filters for a workload
+  check      decide a request by evaluating the generated Envoy RBAC filters
+  mtls       print the effective mTLS mode per port for a workload
+
+Run castellan authz <subcommand> -h for its flags.`
+
 func runAuthz(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("not built yet")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintln(stderr, authzUsageText)
+		if len(args) == 0 {
+			return authzUsage(nil)
+		}
+		return nil
+	}
+	switch args[0] {
+	case "translate":
+		return runAuthzTranslate(ctx, args[1:], stdout, stderr)
+	case "check":
+		return runAuthzCheck(ctx, args[1:], stdout, stderr)
+	case "mtls":
+		return runAuthzMTLS(ctx, args[1:], stdout, stderr)
+	}
+	return authzUsage(fmt.Errorf("unknown subcommand %q (want translate, check or mtls)", args[0]))
+}
+
+// authzCommon are the flags every authz subcommand shares: where the
+// policies are, which workload, and the mesh settings.
+type authzCommon struct {
+	policies           *cliflag.StringList
+	workload, labels   string
+	services           *cliflag.StringList
+	rootNamespace      string
+	trustDomain        string
+	trustDomainAliases *cliflag.StringList
+	sdsCluster         string
+	format             string
+}
+
+func (c *authzCommon) register(fs *flag.FlagSet, formats string) {
+	c.policies = cliflag.NewStringList()
+	fs.Var(c.policies, "policies", "`PATH` of a YAML/JSON file or a directory of them (repeatable)")
+	fs.StringVar(&c.workload, "workload", "", "the workload, as `NAMESPACE/NAME`")
+	fs.StringVar(&c.labels, "labels", "", "the workload's labels, as `k=v,k2=v2`")
+	c.services = cliflag.NewStringList()
+	fs.Var(c.services, "service", "a Service the workload serves as a waypoint, for targetRefs (repeatable)")
+	fs.StringVar(&c.rootNamespace, "root-namespace", authz.DefaultRootNamespace, "namespace whose policies apply mesh-wide")
+	fs.StringVar(&c.trustDomain, "trust-domain", rbac.DefaultTrustDomain, "the mesh's trust domain")
+	c.trustDomainAliases = cliflag.NewStringList()
+	fs.Var(c.trustDomainAliases, "trust-domain-alias", "a trust domain treated as the same as --trust-domain (repeatable)")
+	fs.StringVar(&c.sdsCluster, "sds-cluster", mtls.DefaultSDSCluster, "Envoy cluster of the SDS server, in rendered TLS settings")
+	fs.StringVar(&c.format, "format", strings.Split(formats, "|")[0], "output format: "+formats)
+}
+
+// load reads the policies and computes the workload's configuration. Policy
+// problems are printed on stderr and counted in the second result; they do
+// not stop the good policies from being used. With notes, the translation
+// notes (rules changed for TCP) are printed too.
+func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig, int, error) {
+	if len(c.policies.Values()) == 0 {
+		return nil, 0, authzUsage(errors.New("--policies is required"))
+	}
+	if c.workload == "" {
+		return nil, 0, authzUsage(errors.New("--workload is required"))
+	}
+	w, err := policy.ParseWorkload(c.workload, c.labels)
+	if err != nil {
+		return nil, 0, authzUsage(err)
+	}
+	w.Services = c.services.Values()
+	e := authz.New(authz.Config{
+		RootNamespace:      c.rootNamespace,
+		TrustDomain:        c.trustDomain,
+		TrustDomainAliases: c.trustDomainAliases.Values(),
+		SDSCluster:         c.sdsCluster,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	problems := 0
+	report := func(err error) {
+		for _, pe := range policy.Errors(err) {
+			fmt.Fprintf(stderr, "warning: %v\n", pe)
+			problems++
+		}
+		if err != nil && len(policy.Errors(err)) == 0 {
+			fmt.Fprintf(stderr, "warning: %v\n", err)
+			problems++
+		}
+	}
+	for _, p := range c.policies.Values() {
+		rs, err := policy.Load(p)
+		if err != nil && rs == nil && len(policy.Errors(err)) == 0 {
+			return nil, 0, err // the path itself is unreadable
+		}
+		report(err)
+		for _, r := range rs {
+			if _, err := e.Apply(r); err != nil {
+				report(err)
+			}
+		}
+	}
+	cfg, err := e.Compute(w)
+	if err != nil {
+		return nil, problems, err
+	}
+	if notes {
+		for _, n := range cfg.Notes {
+			fmt.Fprintf(stderr, "note: %s\n", n)
+		}
+	}
+	return cfg, problems, nil
+}
+
+func parseAuthzFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := cliflag.Parse(fs, "CASTELLAN", args, nil); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return authzExit{code: authzExitOK, err: err}
+		}
+		return authzUsage(err)
+	}
+	if fs.NArg() > 0 {
+		return authzUsage(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	return nil
+}
+
+func problemsExit(n int) error {
+	if n == 0 {
+		return nil
+	}
+	return authzExit{code: authzExitProblems, err: fmt.Errorf("%d policy problem(s); the other policies were used", n)}
+}
+
+func runAuthzTranslate(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan authz translate", flag.ContinueOnError)
+	var c authzCommon
+	c.register(fs, "json|yaml")
+	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if c.format != "json" && c.format != "yaml" {
+		return authzUsage(fmt.Errorf("--format %q: want json or yaml", c.format))
+	}
+	cfg, problems, err := c.load(stderr, true)
+	if err != nil {
+		return err
+	}
+	out := map[string]any{
+		"httpFilters":    protoList(cfg.HTTPFilters),
+		"networkFilters": protoList(cfg.NetworkFilters),
+	}
+	if err := writeDocument(stdout, out, c.format); err != nil {
+		return err
+	}
+	return problemsExit(problems)
+}
+
+// protoList converts messages to values that marshal as Envoy's JSON.
+func protoList[M proto.Message](ms []M) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(ms))
+	for _, m := range ms {
+		b, err := protojson.Marshal(m)
+		if err != nil {
+			// Every message here was generated and validated by us.
+			panic(fmt.Sprintf("marshaling %T: %v", m, err))
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// writeDocument prints v as indented JSON, or as YAML.
+func writeDocument(w io.Writer, v any, format string) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if format == "yaml" {
+		y, err := yaml.JSONToYAML(b)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(y)
+		return err
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+// authzCheckFlags describe the request of "castellan authz check".
+type authzCheckFlags struct {
+	principal, dnsSAN, sourceIP, remoteIP, destIP string
+	method, path, host, sni                       string
+	port                                          uint
+	headers, claims, audiences                    *cliflag.StringList
+	requestPrincipal, presenter                   string
+	tcp                                           bool
+}
+
+func (f *authzCheckFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.principal, "source-principal", "", "the peer's SPIFFE ID (`spiffe://...`); empty means a plaintext connection")
+	fs.StringVar(&f.dnsSAN, "source-dns-san", "", "a DNS SAN of the peer certificate")
+	fs.StringVar(&f.sourceIP, "source-ip", "10.0.0.1", "the peer address (source.ip, ipBlocks)")
+	fs.StringVar(&f.remoteIP, "remote-ip", "", "the original client address from X-Forwarded-For (remote.ip); default --source-ip")
+	fs.StringVar(&f.destIP, "destination-ip", "10.0.0.2", "the address the connection arrived on")
+	fs.UintVar(&f.port, "port", 8080, "the destination port")
+	fs.StringVar(&f.method, "method", "GET", "the HTTP method")
+	fs.StringVar(&f.path, "path", "/", "the HTTP path, query included")
+	fs.StringVar(&f.host, "host", "", "the HTTP host (:authority); default the workload name")
+	fs.StringVar(&f.sni, "sni", "", "the TLS server name")
+	f.headers = cliflag.NewStringList()
+	fs.Var(f.headers, "header", "a request header `name=value` (repeatable)")
+	fs.StringVar(&f.requestPrincipal, "request-principal", "", "the authenticated JWT principal, `iss/sub`")
+	f.audiences = cliflag.NewStringList()
+	fs.Var(f.audiences, "audience", "an audience of the authenticated JWT (repeatable)")
+	fs.StringVar(&f.presenter, "presenter", "", "the authorized presenter (azp) of the JWT")
+	f.claims = cliflag.NewStringList()
+	fs.Var(f.claims, "claim", "a JWT claim `name=value`; repeat for more values; a.b=v for a nested claim (repeatable)")
+	fs.BoolVar(&f.tcp, "tcp", false, "check a TCP connection against the network filters instead of an HTTP request")
+}
+
+// request builds what Envoy's RBAC filters would see.
+func (f *authzCheckFlags) request(w policy.Workload) (*envoyrbac.Request, error) {
+	addr := func(flagName, v string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("--%s %q: not an IP address", flagName, v)
+		}
+		return a, nil
+	}
+	if f.port < 1 || f.port > 65535 {
+		return nil, fmt.Errorf("--port %d: want 1 to 65535", f.port)
+	}
+	host := f.host
+	if host == "" {
+		host = w.Name
+	}
+	r := &envoyrbac.Request{
+		Headers: map[string][]string{
+			":method": {f.method}, ":path": {f.path}, ":authority": {host},
+		},
+		DestinationPort:     uint32(f.port),
+		RequestedServerName: f.sni,
+	}
+	var err error
+	if r.DirectRemoteIP, err = addr("source-ip", f.sourceIP); err != nil {
+		return nil, err
+	}
+	if r.DestinationIP, err = addr("destination-ip", f.destIP); err != nil {
+		return nil, err
+	}
+	if f.remoteIP != "" {
+		if r.RemoteIP, err = addr("remote-ip", f.remoteIP); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range f.headers.Values() {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--header %q: want name=value", h)
+		}
+		k = strings.ToLower(k)
+		r.Headers[k] = append(r.Headers[k], v)
+	}
+	if f.principal != "" || f.dnsSAN != "" {
+		r.Peer = &envoyrbac.Peer{}
+		if f.principal != "" {
+			r.Peer.URISANs = []string{f.principal}
+		}
+		if f.dnsSAN != "" {
+			r.Peer.DNSSANs = []string{f.dnsSAN}
+		}
+	}
+	auth := rbac.RequestAuth{Principal: f.requestPrincipal, Presenter: f.presenter, Audiences: f.audiences.Values()}
+	for _, c := range f.claims.Values() {
+		k, v, ok := strings.Cut(c, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--claim %q: want name=value", c)
+		}
+		if auth.Claims == nil {
+			auth.Claims = map[string]any{}
+		}
+		if err := addClaim(auth.Claims, strings.Split(k, "."), v); err != nil {
+			return nil, fmt.Errorf("--claim %q: %v", c, err)
+		}
+	}
+	if r.Metadata, err = auth.Metadata(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// addClaim adds value to the claim at path, nesting maps for a.b.c.
+func addClaim(m map[string]any, path []string, value string) error {
+	if len(path) == 1 {
+		switch cur := m[path[0]].(type) {
+		case nil:
+			m[path[0]] = []string{value}
+		case []string:
+			m[path[0]] = append(cur, value)
+		default:
+			return errors.New("claim is both a value and an object")
+		}
+		return nil
+	}
+	sub, ok := m[path[0]].(map[string]any)
+	if !ok {
+		if m[path[0]] != nil {
+			return errors.New("claim is both a value and an object")
+		}
+		sub = map[string]any{}
+		m[path[0]] = sub
+	}
+	return addClaim(sub, path[1:], value)
+}
+
+func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan authz check", flag.ContinueOnError)
+	var (
+		c authzCommon
+		f authzCheckFlags
+	)
+	c.register(fs, "text|json")
+	f.register(fs)
+	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if c.format != "text" && c.format != "json" {
+		return authzUsage(fmt.Errorf("--format %q: want text or json", c.format))
+	}
+	cfg, _, err := c.load(stderr, f.tcp)
+	if err != nil {
+		return err
+	}
+	r, err := f.request(cfg.Workload)
+	if err != nil {
+		return authzUsage(err)
+	}
+	// The decision comes from evaluating the generated Envoy filters, not
+	// the policies: the check tests the translation too.
+	ev := envoyrbac.New()
+	var d envoyrbac.Decision
+	if f.tcp {
+		d, err = ev.EvaluateNetwork(cfg.NetworkFilters, r)
+	} else {
+		d, err = ev.EvaluateHTTP(cfg.HTTPFilters, r)
+	}
+	if err != nil {
+		return err
+	}
+	if err := writeDecision(stdout, d, c.format); err != nil {
+		return err
+	}
+	if !d.Allowed {
+		return authzExit{code: authzExitDeny}
+	}
+	return nil
+}
+
+// describeRule names the AuthorizationPolicy rule behind an Envoy policy.
+func describeRule(name string) string {
+	ns, pol, rule, ok := rbac.ParseRuleName(name)
+	if !ok {
+		return name
+	}
+	return fmt.Sprintf("%s (AuthorizationPolicy %s/%s, rule %d)", name, ns, pol, rule)
+}
+
+func writeDecision(w io.Writer, d envoyrbac.Decision, format string) error {
+	verdict := "DENY"
+	if d.Allowed {
+		verdict = "ALLOW"
+	}
+	if format == "json" {
+		type shadow struct {
+			Filter  int    `json:"filter"`
+			Action  string `json:"action"`
+			Allowed bool   `json:"allowed"`
+			Policy  string `json:"policy,omitempty"`
+		}
+		out := struct {
+			Decision string   `json:"decision"`
+			Policy   string   `json:"policy,omitempty"`
+			Action   string   `json:"action,omitempty"`
+			Reason   string   `json:"reason"`
+			Logged   []string `json:"logged,omitempty"`
+			Shadow   []shadow `json:"shadow,omitempty"`
+		}{Decision: verdict, Policy: d.Policy, Reason: d.Reason, Logged: d.Logged}
+		if d.Filter >= 0 {
+			out.Action = d.Action.String()
+		}
+		for _, f := range d.Filters {
+			if f.Shadow != nil {
+				out.Shadow = append(out.Shadow, shadow{Filter: f.Index, Action: f.Shadow.Action.String(), Allowed: f.Shadow.Allowed, Policy: f.Shadow.Policy})
+			}
+		}
+		return writeDocument(w, out, "json")
+	}
+	fmt.Fprintln(w, verdict)
+	if d.Policy != "" {
+		fmt.Fprintf(w, "  decided by: %s\n", describeRule(d.Policy))
+	}
+	fmt.Fprintf(w, "  reason:     %s\n", d.Reason)
+	for _, l := range d.Logged {
+		fmt.Fprintf(w, "  audited by: %s\n", describeRule(l))
+	}
+	for _, f := range d.Filters {
+		if s := f.Shadow; s != nil {
+			effect := "would allow"
+			if !s.Allowed {
+				effect = "would deny"
+			}
+			by := ""
+			if s.Policy != "" {
+				by = " (" + describeRule(s.Policy) + ")"
+			}
+			fmt.Fprintf(w, "  dry-run:    %s rules %s%s\n", s.Action, effect, by)
+		}
+	}
+	return nil
+}
+
+func runAuthzMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan authz mtls", flag.ContinueOnError)
+	var c authzCommon
+	var listener bool
+	c.register(fs, "text|json|yaml")
+	fs.BoolVar(&listener, "listener", false, "print the Envoy listener settings (filter chains with the DownstreamTlsContext) instead; needs --format json or yaml")
+	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if !slices.Contains([]string{"text", "json", "yaml"}, c.format) || (listener && c.format == "text") {
+		return authzUsage(fmt.Errorf("--format %q: want text, json or yaml (json or yaml with --listener)", c.format))
+	}
+	cfg, problems, err := c.load(stderr, false)
+	if err != nil {
+		return err
+	}
+	res := cfg.MTLS
+	source := func(s mtls.Setting) string {
+		if s.Scope == mtls.ScopeDefault {
+			return "default, no policy"
+		}
+		return fmt.Sprintf("%s policy %s/%s", s.Scope, s.Policy.Namespace, s.Policy.Name)
+	}
+	switch {
+	case listener:
+		out := map[string]any{
+			"listenerFilters": protoList(cfg.Listener.ListenerFilters),
+			"filterChains":    protoList(cfg.Listener.FilterChains),
+		}
+		err = writeDocument(stdout, out, c.format)
+	case c.format == "text":
+		fmt.Fprintf(stdout, "workload %s\n", cfg.Workload)
+		fmt.Fprintf(stdout, "  all ports: %-10s (%s)\n", res.Workload.Mode, source(res.Workload))
+		for _, p := range res.SortedPorts() {
+			s := res.Ports[p]
+			fmt.Fprintf(stdout, "  port %-5d: %-10s (%s)\n", p, s.Mode, source(s))
+		}
+	default:
+		type setting struct {
+			Mode   mtls.Mode `json:"mode"`
+			Source string    `json:"source"`
+		}
+		ports := map[string]setting{}
+		for p, s := range res.Ports {
+			ports[strconv.FormatUint(uint64(p), 10)] = setting{s.Mode, source(s)}
+		}
+		err = writeDocument(stdout, map[string]any{
+			"workload": cfg.Workload.String(),
+			"mode":     setting{res.Workload.Mode, source(res.Workload)},
+			"ports":    ports,
+		}, c.format)
+	}
+	if err != nil {
+		return err
+	}
+	return problemsExit(problems)
 }
