@@ -54,15 +54,31 @@ func TestEngineRecomputesOnlyAffected(t *testing.T) {
 		op   func() int
 		want int
 	}{
-		{"selector policy", func() int { n, _ := e.Apply(decodeOne(t, ap("a", "p1", "selector: {matchLabels: {app: w1}}"))); return n }, 1},
-		{"selector policy moves to another workload", func() int { n, _ := e.Apply(decodeOne(t, ap("a", "p1", "selector: {matchLabels: {app: w2}}"))); return n }, 2},
-		{"selector policy matching nothing", func() int { n, _ := e.Apply(decodeOne(t, ap("a", "none", "selector: {matchLabels: {app: nope}}"))); return n }, 0},
+		{"selector policy", func() int {
+			n, _ := e.Apply(decodeOne(t, ap("a", "p1", "selector: {matchLabels: {app: w1}}")))
+			return n
+		}, 1},
+		{"selector policy moves to another workload", func() int {
+			n, _ := e.Apply(decodeOne(t, ap("a", "p1", "selector: {matchLabels: {app: w2}}")))
+			return n
+		}, 2},
+		{"selector policy matching nothing", func() int {
+			n, _ := e.Apply(decodeOne(t, ap("a", "none", "selector: {matchLabels: {app: nope}}")))
+			return n
+		}, 0},
 		{"namespace policy", func() int { n, _ := e.Apply(decodeOne(t, ap("b", "ns", "action: DENY"))); return n }, 3},
 		{"mesh policy", func() int { n, _ := e.Apply(decodeOne(t, ap("istio-system", "mesh", "action: AUDIT"))); return n }, 9},
-		{"mesh selector policy", func() int { n, _ := e.Apply(decodeOne(t, ap("istio-system", "mesh-sel", "selector: {matchLabels: {app: w0}}"))); return n }, 3},
+		{"mesh selector policy", func() int {
+			n, _ := e.Apply(decodeOne(t, ap("istio-system", "mesh-sel", "selector: {matchLabels: {app: w0}}")))
+			return n
+		}, 3},
 		{"policy in a namespace without workloads", func() int { n, _ := e.Apply(decodeOne(t, ap("empty", "x", "{}"))); return n }, 0},
-		{"delete selector policy", func() int { return e.Delete(policy.Key{Kind: policy.KindAuthorizationPolicy, Namespace: "a", Name: "p1"}) }, 1},
-		{"delete unknown policy", func() int { return e.Delete(policy.Key{Kind: policy.KindAuthorizationPolicy, Namespace: "a", Name: "zz"}) }, 0},
+		{"delete selector policy", func() int {
+			return e.Delete(policy.Key{Kind: policy.KindAuthorizationPolicy, Namespace: "a", Name: "p1"})
+		}, 1},
+		{"delete unknown policy", func() int {
+			return e.Delete(policy.Key{Kind: policy.KindAuthorizationPolicy, Namespace: "a", Name: "zz"})
+		}, 0},
 		{"namespace peer authentication", func() int {
 			n, _ := e.Apply(decodeOne(t, pol("PeerAuthentication", "a", "strict", "", "mtls: {mode: STRICT}")))
 			return n
