@@ -50,6 +50,10 @@ const Disabled = "-"
 // Workload API requests are a few hundred bytes.
 const maxSocketRequestBytes = 64 << 10
 
+// socketBufferBytes is the read and write buffer of one connection on the
+// agent's sockets.
+const socketBufferBytes = 8 << 10
+
 // Config configures an Agent. Zero values select the noted defaults.
 type Config struct {
 	// CAAddr is the CA's gRPC address (host:port). Required.
@@ -102,6 +106,8 @@ type Config struct {
 	// HTTPAddr serves /metrics, /healthz and /readyz. Default:
 	// 127.0.0.1:15020. Disabled turns it off.
 	HTTPAddr string
+	// Pprof serves net/http/pprof under /debug/pprof/ on HTTPAddr.
+	Pprof bool
 	// Logger receives the agent's logs. Default: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the agent's metrics and Gatherer serves them.
@@ -145,6 +151,13 @@ func New(cfg Config) (*Agent, error) {
 	a.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxSocketRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Every proxy holds a connection open for its whole life, and the
+		// messages are a few kilobytes: small per-connection buffers, and
+		// a write buffer released after each flush, keep a node with a
+		// thousand proxies at a few megabytes.
+		grpc.ReadBufferSize(socketBufferBytes),
+		grpc.WriteBufferSize(socketBufferBytes),
+		grpc.SharedWriteBuffer(true),
 	)
 	if cfg.SDSSocket != Disabled {
 		srv, err := sds.New(a.store, sds.WithLogger(cfg.Logger), sds.WithRegisterer(cfg.Registerer))

@@ -24,6 +24,7 @@ type agentFlags struct {
 	caAddr, caServerName, rootCert, tokenFile, spiffeID, keyType string
 	sdsSocket, workloadSocket, socketMode, outputDir, httpAddr   string
 	logLevel                                                     string
+	pprof                                                        bool
 	ttl, initialBackoff, maxBackoff, requestTimeout, rootPoll    time.Duration
 	rotateFraction, rotateJitter                                 float64
 }
@@ -48,6 +49,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.outputDir, "output-dir", "", "directory to write cert-chain.pem, key.pem and root-cert.pem into on every rotation (default: none)")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:15020", "listen address for /metrics, /healthz and /readyz (\"-\" disables it)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
 }
 
 // config turns the flags into an agent.Config.
@@ -94,6 +96,7 @@ func (f *agentFlags) config() (agent.Config, error) {
 		SocketMode:        os.FileMode(mode),
 		OutputDir:         f.outputDir,
 		HTTPAddr:          f.httpAddr,
+		Pprof:             f.pprof,
 	}, nil
 }
 

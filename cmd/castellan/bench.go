@@ -23,6 +23,7 @@ import (
 func benchCommands() map[string]func(context.Context, []string, io.Writer, io.Writer) error {
 	return map[string]func(context.Context, []string, io.Writer, io.Writer) error{
 		"ca":    runBenchCA,
+		"sds":   runBenchSDS,
 		"token": runBenchToken,
 	}
 }
@@ -30,7 +31,7 @@ func benchCommands() map[string]func(context.Context, []string, io.Writer, io.Wr
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmds := benchCommands()
 	if len(args) == 0 {
-		return usageError{errors.New("usage: castellan bench ca|token [flags]")}
+		return usageError{errors.New("usage: castellan bench ca|sds|token [flags]")}
 	}
 	run, ok := cmds[args[0]]
 	if !ok {
