@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 	"unsafe"
@@ -163,7 +164,7 @@ func (c *Cache) lookup(ctx context.Context, key [sha256.Size]byte, token string)
 		caller, _ := res.Val.(Caller)
 		return caller, res.Err
 	case <-ctx.Done():
-		return Caller{}, &Error{Reason: ReasonUnavailable, Err: ctx.Err()}
+		return Caller{}, &Error{Reason: ReasonUnavailable, Err: fmt.Errorf("gave up waiting for the token check: %w", ctx.Err())}
 	}
 }
 
