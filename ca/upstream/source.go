@@ -97,6 +97,11 @@ type Source struct {
 	lastErr     error
 	failingFrom time.Time
 	next        time.Time
+	// obtained records when the current intermediate was received.
+	obtained struct {
+		cert *x509.Certificate
+		at   time.Time
+	}
 	// retained are earlier roots kept in the bundle until the leaves
 	// signed under them have expired.
 	retained []retainedRoot
@@ -214,10 +219,20 @@ func (s *Source) LastError() error {
 	return s.lastErr
 }
 
-// renewAt is when a is due for renewal.
+// renewAt is when a is due for renewal: RenewFraction of the way from
+// when it was obtained to its expiry. The start is the later of its
+// NotBefore and the time this Source received it, since upstreams backdate
+// NotBefore (Vault by 30s) and a short-lived intermediate must not look
+// due the moment it arrives.
 func (s *Source) renewAt(a *ca.Authority) time.Time {
-	life := a.Cert.NotAfter.Sub(a.Cert.NotBefore)
-	return a.Cert.NotBefore.Add(time.Duration(float64(life) * s.cfg.RenewFraction))
+	start := a.Cert.NotBefore
+	s.stateMu.Lock()
+	if s.obtained.cert == a.Cert && s.obtained.at.After(start) {
+		start = s.obtained.at
+	}
+	s.stateMu.Unlock()
+	life := a.Cert.NotAfter.Sub(start)
+	return start.Add(time.Duration(float64(life) * s.cfg.RenewFraction))
 }
 
 // Run renews the intermediate when it is due, retrying failures with
@@ -273,19 +288,22 @@ func (s *Source) Renew(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, err := s.renew(ctx)
-	s.stateMu.Lock()
-	defer s.stateMu.Unlock()
 	if err != nil {
 		s.m.failures.Inc()
+		s.stateMu.Lock()
 		if s.lastErr == nil {
 			s.failingFrom = s.cfg.Now()
 		}
 		s.lastErr = err
+		s.stateMu.Unlock()
 		return err
 	}
 	s.m.renewals.Inc()
+	s.stateMu.Lock()
 	s.lastErr = nil
 	s.failingFrom = time.Time{}
+	s.obtained.cert, s.obtained.at = a.Cert, s.cfg.Now()
+	s.stateMu.Unlock()
 	s.cur.Store(a)
 	s.log.Info("renewed the intermediate", "subject", a.Cert.Subject.String(), "serial", a.Cert.SerialNumber.Text(16),
 		"not_before", a.Cert.NotBefore, "not_after", a.Cert.NotAfter, "root", a.Root().Subject.String(), "renew_at", s.renewAt(a))

@@ -1,0 +1,272 @@
+package kms_test
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/hashicorp/vault/api"
+)
+
+// vaultVersion is the Vault server scripts/tools.sh builds.
+const vaultVersion = "1.21.0"
+
+// vaultBinary returns the Vault server built by scripts/tools.sh. When it
+// is missing the test is skipped, or fails under CI (CI=true) or when
+// CASTELLAN_REQUIRE_VAULT is set.
+func vaultBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("CASTELLAN_VAULT_BIN"); p != "" {
+		return p
+	}
+	cache := os.Getenv("CASTELLAN_CACHE_DIR")
+	if cache == "" {
+		base := os.Getenv("XDG_CACHE_HOME")
+		if base == "" {
+			home, _ := os.UserHomeDir()
+			base = filepath.Join(home, ".cache")
+		}
+		cache = filepath.Join(base, "castellan")
+	}
+	p := filepath.Join(cache, "vault-"+vaultVersion, "vault")
+	if _, err := os.Stat(p); err != nil {
+		msg := fmt.Sprintf("the Vault server is not built (%s is missing); run scripts/tools.sh to build it", p)
+		if os.Getenv("CI") == "true" || os.Getenv("CASTELLAN_REQUIRE_VAULT") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return p
+}
+
+// vaultServer is a real Vault server on file storage, so that it keeps its
+// PKI root, Transit keys and tokens across a restart. It is initialised
+// with one unseal key and unsealed at every start.
+type vaultServer struct {
+	bin, dir, addr, config string
+	rootToken, unsealKey   string
+	// API is a client with the root token.
+	API *api.Client
+
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startVault starts a Vault server on a free 127.0.0.1 port. It is stopped
+// when the test ends.
+func startVault(t testing.TB) *vaultServer {
+	t.Helper()
+	v := &vaultServer{bin: vaultBinary(t), dir: t.TempDir()}
+	port := freePort(t)
+	v.addr = "http://127.0.0.1:" + strconv.Itoa(port)
+	v.config = filepath.Join(v.dir, "vault.hcl")
+	hcl := fmt.Sprintf(`storage "file" {
+  path = %q
+}
+listener "tcp" {
+  address     = "127.0.0.1:%d"
+  tls_disable = true
+}
+disable_mlock = true
+api_addr      = %q
+ui            = false
+`, filepath.Join(v.dir, "data"), port, v.addr)
+	if err := os.WriteFile(v.config, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v.Start(t)
+	t.Cleanup(v.Stop)
+	return v
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start starts the server process (again, after Stop) and unseals it.
+func (v *vaultServer) Start(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(v.dir, "vault.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(v.bin, "server", "-config="+v.config, "-log-level=warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.addr, "VAULT_DISABLE_MLOCK=true")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting Vault: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	v.cmd, v.done = cmd, done
+
+	if v.API == nil {
+		cfg := api.DefaultConfig()
+		cfg.Address = v.addr
+		cfg.MaxRetries = 0
+		c, err := api.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.API = c
+	}
+	v.waitHealth(t, func(code int) bool { return code != 0 })
+	sys := v.API.Sys()
+	if v.unsealKey == "" {
+		resp, err := sys.Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
+		if err != nil {
+			t.Fatalf("vault operator init: %v\n%s", err, v.logs())
+		}
+		v.unsealKey, v.rootToken = resp.Keys[0], resp.RootToken
+		v.API.SetToken(v.rootToken)
+	}
+	if _, err := sys.Unseal(v.unsealKey); err != nil {
+		t.Fatalf("vault operator unseal: %v\n%s", err, v.logs())
+	}
+	// 200 is an unsealed, active node.
+	v.waitHealth(t, func(code int) bool { return code == http.StatusOK })
+}
+
+// waitHealth polls /v1/sys/health until ok accepts its status (0 when
+// Vault does not answer).
+func (v *vaultServer) waitHealth(t testing.TB, ok func(int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		code := 0
+		resp, err := http.Get(v.addr + "/v1/sys/health")
+		if err == nil {
+			code = resp.StatusCode
+			resp.Body.Close()
+		}
+		if ok(code) {
+			return
+		}
+		select {
+		case <-v.done:
+			t.Fatalf("Vault exited:\n%s", v.logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Vault not healthy after 60s (status %d, error %v):\n%s", code, err, v.logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop stops the server. It is safe to call more than once.
+func (v *vaultServer) Stop() {
+	if v.cmd == nil {
+		return
+	}
+	v.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-v.done:
+	case <-time.After(15 * time.Second):
+		v.cmd.Process.Kill()
+		<-v.done
+	}
+	v.cmd = nil
+}
+
+func (v *vaultServer) logs() string {
+	b, _ := os.ReadFile(filepath.Join(v.dir, "vault.log"))
+	return string(b)
+}
+
+// write writes to path with the root token and fails the test on error.
+func (v *vaultServer) write(t testing.TB, path string, data map[string]any) *api.Secret {
+	t.Helper()
+	s, err := v.API.Logical().WriteWithContext(context.Background(), path, data)
+	if err != nil {
+		t.Fatalf("vault write %s: %v", path, err)
+	}
+	return s
+}
+
+func (v *vaultServer) read(t testing.TB, path string) *api.Secret {
+	t.Helper()
+	s, err := v.API.Logical().ReadWithContext(context.Background(), path)
+	if err != nil {
+		t.Fatalf("vault read %s: %v", path, err)
+	}
+	return s
+}
+
+// enablePKI mounts a PKI engine at "pki" with a new internal root and
+// returns the root.
+func (v *vaultServer) enablePKI(t testing.TB) *x509.Certificate {
+	t.Helper()
+	if err := v.API.Sys().Mount("pki", &api.MountInput{Type: "pki", Config: api.MountConfigInput{MaxLeaseTTL: "87600h"}}); err != nil {
+		t.Fatalf("mounting pki: %v", err)
+	}
+	s := v.write(t, "pki/root/generate/internal", map[string]any{
+		"common_name": "Vault Root CA", "ttl": "87600h", "key_type": "ec", "key_bits": 256, "issuer_name": "vault-root",
+	})
+	certs, err := pemfile.ParseCertificates([]byte(s.Data["certificate"].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
+}
+
+// enableTransit mounts a Transit engine at "transit".
+func (v *vaultServer) enableTransit(t testing.TB) {
+	t.Helper()
+	if err := v.API.Sys().Mount("transit", &api.MountInput{Type: "transit"}); err != nil {
+		t.Fatalf("mounting transit: %v", err)
+	}
+}
+
+// castellanPolicy is what the CA needs: sign its intermediate and use its
+// Transit key, nothing else.
+const castellanPolicy = `
+path "pki/root/sign-intermediate" { capabilities = ["update"] }
+path "pki/issuer/+/sign-intermediate" { capabilities = ["update"] }
+path "transit/keys/castellan-*" { capabilities = ["create", "read", "update"] }
+path "transit/sign/castellan-*" { capabilities = ["update"] }
+`
+
+// appRole creates the castellan policy and an AppRole whose tokens live
+// for tokenTTL, and returns its role ID and a secret ID.
+func (v *vaultServer) appRole(t testing.TB, tokenTTL time.Duration) (roleID, secretID string) {
+	t.Helper()
+	if err := v.API.Sys().PutPolicy("castellan", castellanPolicy); err != nil {
+		t.Fatal(err)
+	}
+	v.enableAuth(t, "approle")
+	ttl := strconv.Itoa(int(tokenTTL/time.Second)) + "s"
+	v.write(t, "auth/approle/role/castellan", map[string]any{
+		"token_policies": "castellan", "token_ttl": ttl, "token_max_ttl": ttl,
+	})
+	roleID = v.read(t, "auth/approle/role/castellan/role-id").Data["role_id"].(string)
+	secretID = v.write(t, "auth/approle/role/castellan/secret-id", nil).Data["secret_id"].(string)
+	return roleID, secretID
+}
+
+// enableAuth enables the auth method typ at its default path, if it is
+// not enabled yet.
+func (v *vaultServer) enableAuth(t testing.TB, typ string) {
+	t.Helper()
+	err := v.API.Sys().EnableAuthWithOptions(typ, &api.EnableAuthOptions{Type: typ})
+	if err != nil && !strings.Contains(err.Error(), "path is already in use") {
+		t.Fatalf("enabling %s auth: %v", typ, err)
+	}
+}
