@@ -1,0 +1,74 @@
+package sds
+
+import (
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+)
+
+// FuzzStreamRequests feeds arbitrary requests to the state-of-the-world and
+// delta stream state machines. Whatever a client sends, the server must not
+// panic, and must send only resources the stream is subscribed to, each at
+// most once per version.
+func FuzzStreamRequests(f *testing.F) {
+	seeds := []proto.Message{
+		&discoveryv3.DiscoveryRequest{TypeUrl: SecretTypeURL, ResourceNames: []string{DefaultSecretName}},
+		&discoveryv3.DiscoveryRequest{ResourceNames: []string{"*", "nope"}, ResponseNonce: "1"},
+		&discoveryv3.DeltaDiscoveryRequest{TypeUrl: SecretTypeURL, ResourceNamesSubscribe: []string{RootCASecretName}, InitialResourceVersions: map[string]string{RootCASecretName: "x"}},
+	}
+	for _, m := range seeds {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, b)
+	}
+	ca := svidstoretest.NewCA(f, "fuzz root")
+	store := svidstore.New()
+	defer store.Close()
+	store.SetSVID(ca.Issue(f, "spiffe://cluster.local/ns/a/sa/b", time.Hour))
+	store.SetBundle(ca.Bundle(f))
+	srv, err := New(store)
+	if err != nil {
+		f.Fatal(err)
+	}
+	snap, _ := store.Load()
+
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		sotw := &sotwStream{s: srv, subs: map[string]bool{}, sent: map[string]string{}, errored: map[string]bool{}}
+		delta := &deltaStream{s: srv, subs: map[string]bool{}, known: map[string]string{}, errored: map[string]bool{}}
+		for _, b := range [][]byte{first, second} {
+			var req discoveryv3.DiscoveryRequest
+			if proto.Unmarshal(b, &req) == nil && sotw.handle(&req) == nil {
+				if resp := sotw.next(snap); resp != nil {
+					for name := range sotw.sent {
+						if !sotw.covers(name) {
+							t.Fatalf("sotw sent %q without a subscription", name)
+						}
+					}
+					if sotw.next(snap) != nil {
+						t.Fatal("sotw would send the same state twice")
+					}
+				}
+			}
+			var dreq discoveryv3.DeltaDiscoveryRequest
+			if proto.Unmarshal(b, &dreq) == nil && delta.handle(&dreq) == nil {
+				if resp := delta.next(snap); resp != nil {
+					for _, r := range resp.GetResources() {
+						if !delta.covers(r.GetName()) {
+							t.Fatalf("delta sent %q without a subscription", r.GetName())
+						}
+					}
+					if delta.next(snap) != nil {
+						t.Fatal("delta would send the same state twice")
+					}
+				}
+			}
+		}
+	})
+}
