@@ -611,6 +611,160 @@ rules:
 		deny(req{sni: "other"}, ""),
 	}},
 
+	// --- TCP: every TCP-capable field, positive and negated, and every
+	// HTTP-only field dropped (ALLOW) or ignored (DENY).
+	{name: "tcp notNamespaces", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- from:
+  - source: {notNamespaces: ["foo"]}`), checks: []check{
+		allow(req{principal: spiffe("foo", "x")}, ""),
+		deny(req{principal: spiffe("bar", "x")}, rn("p", 0)),
+	}},
+	{name: "tcp serviceAccounts and notServiceAccounts", tcp: true, yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {serviceAccounts: ["bar/client"]}
+- from:
+  - source: {notServiceAccounts: ["bar/client", "bar/evil"], ipBlocks: ["10.9.0.0/16"]}`), checks: []check{
+		allow(req{principal: spiffe("bar", "client")}, rn("p", 0)),
+		allow(req{principal: spiffe("baz", "x"), ip: "10.9.1.1"}, rn("p", 1)),
+		deny(req{principal: spiffe("bar", "evil"), ip: "10.9.1.1"}, ""),
+	}},
+	{name: "tcp trustDomains", tcp: true, yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {trustDomains: ["cluster.local"], notTrustDomains: ["*.evil"]}`), checks: []check{
+		allow(req{principal: spiffe("a", "b")}, rn("p", 0)),
+		deny(req{principal: "spiffe://x.evil/ns/a/sa/b"}, ""),
+	}},
+	{name: "tcp notIpBlocks", tcp: true, yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {notIpBlocks: ["10.66.0.0/16"]}`), checks: []check{
+		allow(req{ip: "10.1.1.1"}, rn("p", 0)),
+		deny(req{ip: "10.66.1.1"}, ""),
+	}},
+	{name: "tcp remoteIpBlocks and notRemoteIpBlocks", tcp: true, yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {remoteIpBlocks: ["203.0.113.0/24"], notRemoteIpBlocks: ["203.0.113.66"]}`), checks: []check{
+		allow(req{remoteIP: "203.0.113.5"}, rn("p", 0)),
+		deny(req{remoteIP: "203.0.113.66"}, ""),
+		deny(req{remoteIP: "198.51.100.1"}, ""),
+	}},
+	{name: "tcp notHosts deny is broadened", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- to:
+  - operation: {notHosts: ["*.example.com"], ports: ["25"]}`), checks: []check{
+		deny(req{port: 25}, rn("p", 0)),
+		allow(req{port: 26}, ""),
+	}},
+	{name: "tcp notMethods allow is dropped", tcp: true, yaml: ap("foo", "p", `
+rules:
+- to:
+  - operation: {notMethods: ["DELETE"]}`), checks: []check{
+		deny(req{}, ""),
+	}},
+	{name: "tcp notPaths deny is broadened", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- to:
+  - operation: {notPaths: ["/public/*"]}`), checks: []check{
+		deny(req{}, rn("p", 0)),
+	}},
+	{name: "tcp audit with HTTP fields is broadened and never denies", tcp: true, yaml: ap("foo", "p", `
+action: AUDIT
+rules:
+- to:
+  - operation: {paths: ["/x"]}`), checks: []check{
+		allow(req{}, ""),
+	}},
+	{name: "tcp when source.ip and remote.ip", tcp: true, yaml: ap("foo", "p", `
+rules:
+- when:
+  - key: source.ip
+    values: ["10.0.0.0/8"]
+  - key: remote.ip
+    notValues: ["10.9.9.9"]`), checks: []check{
+		allow(req{ip: "10.1.1.1"}, rn("p", 0)),
+		deny(req{ip: "10.9.9.9"}, ""),
+		deny(req{ip: "11.1.1.1"}, ""),
+	}},
+	{name: "tcp when source.namespace", tcp: true, yaml: ap("foo", "p", `
+rules:
+- when:
+  - key: source.namespace
+    notValues: ["evil"]`), checks: []check{
+		allow(req{principal: spiffe("good", "x")}, rn("p", 0)),
+		deny(req{principal: spiffe("evil", "x")}, ""),
+	}},
+	{name: "tcp when destination.ip", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- when:
+  - key: destination.ip
+    values: ["10.2.2.2"]`), checks: []check{
+		deny(req{destIP: "10.2.2.2"}, rn("p", 0)),
+		allow(req{destIP: "10.2.2.3"}, ""),
+	}},
+	{name: "tcp when connection.sni notValues", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- when:
+  - key: connection.sni
+    notValues: ["*.internal"]`), checks: []check{
+		allow(req{sni: "db.internal"}, ""),
+		deny(req{sni: "db.example"}, rn("p", 0)),
+	}},
+	{name: "tcp when request.auth.audiences and presenter allow is dropped", tcp: true, yaml: ap("foo", "p", `
+rules:
+- when:
+  - key: request.auth.audiences
+    values: ["a"]
+- when:
+  - key: request.auth.presenter
+    values: ["b"]
+- to:
+  - operation: {ports: ["8080"]}`), checks: []check{
+		allow(req{port: 8080}, rn("p", 2)),
+		deny(req{port: 9090}, ""),
+	}},
+	{name: "tcp when request.auth.principal deny is broadened", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- when:
+  - key: request.auth.principal
+    notValues: ["*"]
+  - key: destination.port
+    values: ["9090"]`), checks: []check{
+		deny(req{port: 9090}, rn("p", 0)),
+		allow(req{port: 8080}, ""),
+	}},
+	{name: "tcp trust domain alias", tcp: true, cfg: authz.Config{TrustDomain: "new.td", TrustDomainAliases: []string{"old.td"}},
+		yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {principals: ["new.td/ns/bar/*"]}`), checks: []check{
+			allow(req{principal: "spiffe://old.td/ns/bar/sa/x"}, rn("p", 0)),
+			deny(req{principal: "spiffe://other.td/ns/bar/sa/x"}, ""),
+		}},
+	{name: "tcp dry-run", tcp: true, yaml: pol("AuthorizationPolicy", "foo", "p", "  annotations: {istio.io/dry-run: \"true\"}", `
+action: DENY
+rules:
+- {}`), checks: []check{
+		allow(req{}, ""),
+	}},
+	{name: "tcp custom is enforced as deny", tcp: true, yaml: ap("foo", "p", `
+action: CUSTOM
+provider: {name: ext}
+rules:
+- to:
+  - operation: {paths: ["/admin"]}`), checks: []check{
+		deny(req{}, rn("p", 0)),
+	}},
+
 	// --- Combination semantics.
 	{name: "fields in a source are ANDed, sources are ORed", yaml: ap("foo", "p", `
 rules:

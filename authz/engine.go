@@ -258,7 +258,10 @@ func (e *Engine) setProblem(key policy.Key, err error) {
 	if !kept {
 		_, kept = e.peer[key]
 	}
-	e.log.Warn("authz: policy rejected", "policy", key.String(), "previous_version_kept", kept, "error", err)
+	// in_force says whether a version of the policy is applied: the
+	// previous one after a rejected update, or this one for a policy
+	// applied with a caveat (CUSTOM).
+	e.log.Warn("authz: policy problem", "policy", key.String(), "in_force", kept, "error", err)
 	e.problems[key] = err
 	e.metrics.rejected(key.Kind)
 }

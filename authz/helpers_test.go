@@ -2,6 +2,8 @@ package authz_test
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -106,6 +108,9 @@ func engineFor(t testing.TB, yaml string, cfg authz.Config) *authz.Engine {
 	rs, err := policy.Decode([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatalf("decoding policies: %v", err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	e := authz.New(cfg)
 	for _, r := range rs {

@@ -68,9 +68,9 @@ type Config struct {
 
 // Source runs the informers.
 type Source struct {
-	cfg    Config
-	sink   Sink
-	log    *slog.Logger
+	cfg  Config
+	sink Sink
+	log  *slog.Logger
 
 	mu     sync.Mutex
 	synced []cache.InformerSynced
