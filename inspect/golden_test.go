@@ -25,7 +25,7 @@ type scenario struct {
 	want inspect.Status
 }
 
-func scenarios(t *testing.T) []scenario {
+func scenarios(t testing.TB) []scenario {
 	t.Helper()
 	root := rootCA(t, "root", epoch.AddDate(-1, 0, 0), 10*365*24*time.Hour)
 	inter := intermediateCA(t, "intermediate", root, epoch.AddDate(0, -1, 0), 365*24*time.Hour)

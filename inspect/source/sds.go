@@ -95,10 +95,12 @@ func SDS(ctx context.Context, addr string) (inspect.Input, error) {
 			return inspect.Input{}, fmt.Errorf("source: SDS at %s: %w", addr, r.err)
 		}
 		resp := r.resp
-		for _, name := range []string{sdsCertName, sdsBundleName} {
-			if st, ok := resp.Errors[name]; ok {
-				return inspect.Input{}, fmt.Errorf("source: SDS at %s reports an error for %q: %s", addr, name, st.GetMessage())
-			}
+		if st, ok := resp.Errors[sdsCertName]; ok {
+			return inspect.Input{}, fmt.Errorf("source: SDS at %s reports an error for %q: %s", addr, sdsCertName, st.GetMessage())
+		}
+		if st, ok := resp.Errors[sdsBundleName]; ok && !haveBundle {
+			in.Notes = append(in.Notes, fmt.Sprintf("the server reports an error for %s: %s", sdsBundleName, st.GetMessage()))
+			haveBundle = true
 		}
 		secrets := resp.Secrets
 		if resp.Invalid != nil {
