@@ -1,0 +1,739 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	spiffeapi "github.com/spiffe/go-spiffe/v2/workloadapi"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
+	"github.com/castellan-mesh/castellan/agent"
+	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/sds"
+	"github.com/castellan-mesh/castellan/sds/sdsclient"
+)
+
+const (
+	namespace   = "shop"
+	account     = "checkout"
+	wantID      = "spiffe://cluster.local/ns/shop/sa/checkout"
+	waitTimeout = 30 * time.Second
+	quiet       = 500 * time.Millisecond
+)
+
+// stack is the in-process API server, the real CA using TokenReview
+// against it, and a projected-style token minted by TokenRequest.
+type stack struct {
+	api       *harness.APIServer
+	ca        *harness.CA
+	tokenFile string
+}
+
+func startStack(t *testing.T) *stack {
+	t.Helper()
+	api := harness.StartAPIServer(t)
+	api.CreateServiceAccount(t, namespace, account)
+	ca := harness.StartCA(t, api)
+	tok := api.Token(t, namespace, account, []string{harness.DefaultAudience}, time.Hour)
+	tokenFile := filepath.Join(t.TempDir(), "istio-token")
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &stack{api: api, ca: ca, tokenFile: tokenFile}
+}
+
+// node is a running agent.
+type node struct {
+	*agent.Agent
+	t      *testing.T
+	cfg    agent.Config
+	reg    *prometheus.Registry
+	client *sdsclient.Client
+}
+
+func (s *stack) startAgent(t *testing.T, edit func(*agent.Config)) *node {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	reg := prometheus.NewRegistry()
+	cfg := agent.Config{
+		CAAddr:           s.ca.GRPCAddr,
+		CAServerName:     s.ca.ServerName,
+		RootCertFile:     s.ca.RootFile,
+		TokenFile:        s.tokenFile,
+		SDSSocket:        filepath.Join(dir, "workload-spiffe-uds", "socket"),
+		OutputDir:        filepath.Join(dir, "certs"),
+		HTTPAddr:         "127.0.0.1:0",
+		InitialBackoff:   100 * time.Millisecond,
+		MaxBackoff:       500 * time.Millisecond,
+		RootPollInterval: 100 * time.Millisecond,
+		Logger:           slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Registerer:       reg,
+		Gatherer:         reg,
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	c, err := sdsclient.New(cfg.SDSSocket, sdsclient.WithNode(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	n := &node{Agent: a, t: t, cfg: cfg, reg: reg, client: c}
+	waitFor(t, "the agent's first SVID", func() bool { ok, _ := a.Ready(); return ok })
+	return n
+}
+
+// rotate makes the agent obtain a new SVID from the CA and returns its
+// leaf.
+func (n *node) rotate() *x509.Certificate {
+	n.t.Helper()
+	before, _ := n.Store().Load()
+	n.RotateNow()
+	var leaf *x509.Certificate
+	waitFor(n.t, "a rotation", func() bool {
+		snap, _ := n.Store().Load()
+		if snap.SVID == nil || snap.SVID.Version == before.SVID.Version {
+			return false
+		}
+		leaf = snap.SVID.X509.Certificates[0]
+		return true
+	})
+	return leaf
+}
+
+func (n *node) current() *x509.Certificate {
+	snap, _ := n.Store().Load()
+	return snap.SVID.X509.Certificates[0]
+}
+
+func (n *node) metric(name, label string) float64 {
+	mfs, err := n.reg.Gather()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || l.GetValue() == label
+			}
+			if match {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// waitMetric waits until the agent has counted what the test caused.
+func (n *node) waitMetric(name, label string, want float64) {
+	n.t.Helper()
+	waitFor(n.t, fmt.Sprintf("%s{%s} >= %v", name, label, want), func() bool { return n.metric(name, label) >= want })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sotw is a state-of-the-world stream read in the background.
+type sotw struct {
+	*sdsclient.Stream
+	t    *testing.T
+	resp chan *sdsclient.Response
+	errc chan error
+}
+
+func (n *node) openSotW(t *testing.T) *sotw {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := n.client.Stream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sotw{Stream: st, t: t, resp: make(chan *sdsclient.Response, 16), errc: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				s.errc <- err
+				return
+			}
+			s.resp <- r
+		}
+	}()
+	return s
+}
+
+func (s *sotw) next() *sdsclient.Response {
+	s.t.Helper()
+	select {
+	case r := <-s.resp:
+		if r.Invalid != nil {
+			s.t.Fatalf("invalid response: %v", r.Invalid)
+		}
+		return r
+	case err := <-s.errc:
+		s.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitTimeout):
+		s.t.Fatal("no response")
+	}
+	return nil
+}
+
+func (s *sotw) nextACK() *sdsclient.Response {
+	s.t.Helper()
+	r := s.next()
+	if err := s.ACK(r); err != nil {
+		s.t.Fatal(err)
+	}
+	return r
+}
+
+func (s *sotw) none() {
+	s.t.Helper()
+	select {
+	case r := <-s.resp:
+		s.t.Fatalf("unexpected response: version %q nonce %q", r.Version, r.Nonce)
+	case err := <-s.errc:
+		s.t.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
+}
+
+// delta is an incremental stream read in the background.
+type delta struct {
+	*sdsclient.DeltaStream
+	t    *testing.T
+	resp chan *sdsclient.DeltaResponse
+	errc chan error
+}
+
+func (n *node) openDelta(t *testing.T) *delta {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := n.client.DeltaStream(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &delta{DeltaStream: st, t: t, resp: make(chan *sdsclient.DeltaResponse, 16), errc: make(chan error, 1)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				d.errc <- err
+				return
+			}
+			d.resp <- r
+		}
+	}()
+	return d
+}
+
+func (d *delta) next() *sdsclient.DeltaResponse {
+	d.t.Helper()
+	select {
+	case r := <-d.resp:
+		if r.Invalid != nil {
+			d.t.Fatalf("invalid response: %v", r.Invalid)
+		}
+		return r
+	case err := <-d.errc:
+		d.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitTimeout):
+		d.t.Fatal("no response")
+	}
+	return nil
+}
+
+func (d *delta) nextACK() *sdsclient.DeltaResponse {
+	d.t.Helper()
+	r := d.next()
+	if err := d.ACK(r); err != nil {
+		d.t.Fatal(err)
+	}
+	return r
+}
+
+func (d *delta) none() {
+	d.t.Helper()
+	select {
+	case r := <-d.resp:
+		d.t.Fatalf("unexpected response: nonce %q, %d resources", r.Nonce, len(r.Secrets))
+	case err := <-d.errc:
+		d.t.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
+}
+
+// leafOf checks a "default" secret (a chain that verifies against the
+// CA's root, for the workload's SPIFFE ID) and returns its leaf and key.
+func leafOf(t *testing.T, s *stack, secret *tlsv3.Secret) (*x509.Certificate, crypto.Signer) {
+	t.Helper()
+	if secret == nil {
+		t.Fatal("no default secret")
+	}
+	chain, key, err := sdsclient.TLSCertificate(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	bundle, err := x509bundle.Parse(td, s.ca.RootPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, err := x509svid.Verify(chain, bundle)
+	if err != nil {
+		t.Fatalf("SDS certificate does not verify against the CA's root: %v", err)
+	}
+	if id.String() != wantID {
+		t.Fatalf("SVID for %s, want %s", id, wantID)
+	}
+	return chain[0], key
+}
+
+// TestAgentEndToEnd runs the agent against the real CA, which checks the
+// agent's TokenRequest token with TokenReview on the in-process API server.
+func TestAgentEndToEnd(t *testing.T) {
+	s := startStack(t)
+	n := s.startAgent(t, nil)
+
+	t.Run("sotw", func(t *testing.T) {
+		n.t = t
+		sotwScenarios(t, s, n)
+	})
+	t.Run("delta", func(t *testing.T) {
+		n.t = t
+		deltaScenarios(t, s, n)
+	})
+	t.Run("workload API", func(t *testing.T) {
+		n.t = t
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		src, err := spiffeapi.NewX509Source(ctx, spiffeapi.WithClientOptions(spiffeapi.WithAddr("unix://"+n.cfg.SDSSocket)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		svid, err := src.GetX509SVID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _, err := x509svid.Verify(svid.Certificates, src)
+		if err != nil {
+			t.Fatalf("x509svid.Verify against the bundle from the Workload API: %v", err)
+		}
+		if id.String() != wantID {
+			t.Fatalf("Workload API SVID for %s, want %s", id, wantID)
+		}
+		if !bytes.Equal(svid.Certificates[0].Raw, n.current().Raw) {
+			t.Fatal("Workload API and the agent disagree on the current SVID")
+		}
+		// A rotation reaches the open source.
+		leaf := n.rotate()
+		for !bytes.Equal(svid.Certificates[0].Raw, leaf.Raw) {
+			if err := src.WaitUntilUpdated(ctx); err != nil {
+				t.Fatalf("rotation never reached the X509Source: %v", err)
+			}
+			if svid, err = src.GetX509SVID(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, _, err := x509svid.Verify(svid.Certificates, src); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("CA outage", func(t *testing.T) {
+		n.t = t
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		before := n.current()
+		s.ca.Stop()
+		failures := n.metric("castellan_agent_ca_request_failures_total", "unavailable")
+		n.RotateNow()
+		n.waitMetric("castellan_agent_ca_request_failures_total", "unavailable", failures+2)
+		// The agent keeps serving the valid certificate.
+		secrets, err := n.client.Fetch(ctx, sds.DefaultSecretName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ := leafOf(t, s, secrets[sds.DefaultSecretName])
+		if !bytes.Equal(leaf.Raw, before.Raw) {
+			t.Fatal("certificate changed while the CA was down")
+		}
+		if ok, msg := n.Ready(); !ok {
+			t.Fatalf("agent not ready during the outage: %s", msg)
+		}
+		// The CA comes back; the agent recovers and rotates.
+		s.ca.Restart(t)
+		waitFor(t, "a new certificate after the CA came back", func() bool {
+			return !bytes.Equal(n.current().Raw, before.Raw)
+		})
+		secrets, err = n.client.Fetch(ctx, sds.DefaultSecretName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaf, _ := leafOf(t, s, secrets[sds.DefaultSecretName]); bytes.Equal(leaf.Raw, before.Raw) {
+			t.Fatal("SDS still serves the certificate from before the outage")
+		}
+		if got := n.metric("castellan_agent_ca_consecutive_failures", ""); got != 0 {
+			t.Fatalf("castellan_agent_ca_consecutive_failures = %v after recovery", got)
+		}
+	})
+}
+
+// TestShortTTLRotation: with a short TTL, the agent pushes a new
+// certificate with a new key before the old one expires, over both SDS
+// forms.
+func TestShortTTLRotation(t *testing.T) {
+	s := startStack(t)
+	n := s.startAgent(t, func(c *agent.Config) { c.TTL = 6 * time.Second })
+
+	st := n.openSotW(t)
+	st.Subscribe(sds.DefaultSecretName)
+	d := n.openDelta(t)
+	d.Subscribe(sds.DefaultSecretName)
+
+	first := st.nextACK()
+	leaf1, key1 := leafOf(t, s, first.Secrets[sds.DefaultSecretName])
+	dfirst := d.nextACK()
+	dleaf1, _ := leafOf(t, s, dfirst.Secrets[sds.DefaultSecretName])
+	if !bytes.Equal(leaf1.Raw, dleaf1.Raw) {
+		t.Fatal("the two streams got different certificates")
+	}
+
+	second := st.nextACK()
+	received := time.Now()
+	leaf2, key2 := leafOf(t, s, second.Secrets[sds.DefaultSecretName])
+	if !received.Before(leaf1.NotAfter) {
+		t.Fatalf("rotation arrived at %s, after the old certificate expired at %s", received, leaf1.NotAfter)
+	}
+	if key2.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(key1.Public()) {
+		t.Fatal("the rotation reused the private key")
+	}
+	if bytes.Equal(leaf1.Raw, leaf2.Raw) {
+		t.Fatal("the rotation reused the certificate")
+	}
+	dsecond := d.nextACK()
+	dleaf2, _ := leafOf(t, s, dsecond.Secrets[sds.DefaultSecretName])
+	if !time.Now().Before(dleaf1.NotAfter) {
+		t.Fatal("delta rotation arrived after expiry")
+	}
+	if bytes.Equal(dleaf2.Raw, dleaf1.Raw) {
+		t.Fatal("delta stream got no new certificate")
+	}
+}
+
+func sotwScenarios(t *testing.T, s *stack, n *node) {
+	t.Run("first response", func(t *testing.T) {
+		n.t = t
+		st := n.openSotW(t)
+		if err := st.Subscribe(sds.DefaultSecretName); err != nil {
+			t.Fatal(err)
+		}
+		r := st.next()
+		if r.Version == "" || r.Nonce == "" || len(r.Secrets) != 1 {
+			t.Fatalf("first response: version %q nonce %q, %d secrets", r.Version, r.Nonce, len(r.Secrets))
+		}
+		if leaf, _ := leafOf(t, s, r.Secrets[sds.DefaultSecretName]); !bytes.Equal(leaf.Raw, n.current().Raw) {
+			t.Fatal("not the agent's current certificate")
+		}
+	})
+	t.Run("ACK", func(t *testing.T) {
+		n.t = t
+		st := n.openSotW(t)
+		st.Subscribe(sds.DefaultSecretName)
+		acks := n.metric("castellan_sds_acks_total", "sotw")
+		st.nextACK()
+		n.waitMetric("castellan_sds_acks_total", "sotw", acks+1)
+		st.none()
+		leaf := n.rotate()
+		got, _ := leafOf(t, s, st.nextACK().Secrets[sds.DefaultSecretName])
+		if !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("rotation not pushed")
+		}
+	})
+	t.Run("NACK is not answered with a resend", func(t *testing.T) {
+		n.t = t
+		st := n.openSotW(t)
+		st.Subscribe(sds.DefaultSecretName)
+		nacks := n.metric("castellan_sds_nacks_total", "sotw")
+		if err := st.NACK(st.next(), "pretend the key does not load"); err != nil {
+			t.Fatal(err)
+		}
+		n.waitMetric("castellan_sds_nacks_total", "sotw", nacks+1)
+		st.none()
+		leaf := n.rotate()
+		if got, _ := leafOf(t, s, st.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("the next rotation was not pushed after a NACK")
+		}
+	})
+	t.Run("stale nonce is ignored", func(t *testing.T) {
+		n.t = t
+		st := n.openSotW(t)
+		st.Subscribe(sds.DefaultSecretName)
+		acks := n.metric("castellan_sds_acks_total", "sotw")
+		r1 := st.nextACK()
+		n.waitMetric("castellan_sds_acks_total", "sotw", acks+1)
+		n.rotate()
+		r2 := st.next()
+		stale := n.metric("castellan_sds_stale_requests_total", "sotw")
+		nacks := n.metric("castellan_sds_nacks_total", "sotw")
+		st.Send(&discoveryv3.DiscoveryRequest{
+			VersionInfo:   r1.Version,
+			ResourceNames: []string{sds.RootCASecretName},
+			TypeUrl:       sds.SecretTypeURL,
+			ResponseNonce: r1.Nonce,
+			ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
+		})
+		n.waitMetric("castellan_sds_stale_requests_total", "sotw", stale+1)
+		st.none()
+		if n.metric("castellan_sds_nacks_total", "sotw") != nacks {
+			t.Fatal("a stale NACK was counted")
+		}
+		st.ACK(r2)
+		leaf := n.rotate()
+		r3 := st.nextACK()
+		if _, ok := r3.Secrets[sds.RootCASecretName]; ok {
+			t.Fatal("the stale request changed the subscription")
+		}
+		if got, _ := leafOf(t, s, r3.Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("rotation not pushed")
+		}
+	})
+	t.Run("unsubscribe", func(t *testing.T) {
+		n.t = t
+		st := n.openSotW(t)
+		st.Subscribe(sds.DefaultSecretName)
+		st.nextACK()
+		acks := n.metric("castellan_sds_acks_total", "sotw")
+		st.Subscribe()
+		n.waitMetric("castellan_sds_acks_total", "sotw", acks+1)
+		n.rotate()
+		st.none()
+		st.Subscribe(sds.DefaultSecretName)
+		if got, _ := leafOf(t, s, st.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, n.current().Raw) {
+			t.Fatal("re-subscribing did not return the current certificate")
+		}
+	})
+	t.Run("two resources on one stream", func(t *testing.T) {
+		n.t = t
+		st := n.openSotW(t)
+		st.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+		r := st.nextACK()
+		leafOf(t, s, r.Secrets[sds.DefaultSecretName])
+		roots, err := sdsclient.TrustedCA(r.Secrets[sds.RootCASecretName])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(roots) == 0 || !bytes.Contains(s.ca.RootPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: roots[0].Raw})) {
+			t.Fatal("ROOTCA is not the CA's root")
+		}
+		leaf := n.rotate()
+		r = st.nextACK()
+		if got, _ := leafOf(t, s, r.Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) || r.Secrets[sds.RootCASecretName] == nil {
+			t.Fatal("state-of-the-world push lacks the new certificate or ROOTCA")
+		}
+	})
+	t.Run("parallel streams", func(t *testing.T) {
+		n.t = t
+		const count = 50
+		streams := make([]*sotw, count)
+		for i := range streams {
+			streams[i] = n.openSotW(t)
+			streams[i].Subscribe(sds.DefaultSecretName)
+		}
+		for _, st := range streams {
+			st.nextACK()
+		}
+		leaf := n.rotate()
+		var wg sync.WaitGroup
+		for _, st := range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := <-st.resp
+				if r.Invalid != nil {
+					t.Errorf("invalid response: %v", r.Invalid)
+					return
+				}
+				if got, _, err := sdsclient.TLSCertificate(r.Secrets[sds.DefaultSecretName]); err != nil || !bytes.Equal(got[0].Raw, leaf.Raw) {
+					t.Errorf("a stream did not get the rotation: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+	})
+}
+
+func deltaScenarios(t *testing.T, s *stack, n *node) {
+	t.Run("first response", func(t *testing.T) {
+		n.t = t
+		d := n.openDelta(t)
+		d.Subscribe(sds.DefaultSecretName)
+		r := d.next()
+		if r.Nonce == "" || r.Versions[sds.DefaultSecretName] == "" {
+			t.Fatalf("first response: nonce %q, versions %v", r.Nonce, r.Versions)
+		}
+		if leaf, _ := leafOf(t, s, r.Secrets[sds.DefaultSecretName]); !bytes.Equal(leaf.Raw, n.current().Raw) {
+			t.Fatal("not the agent's current certificate")
+		}
+	})
+	t.Run("ACK", func(t *testing.T) {
+		n.t = t
+		d := n.openDelta(t)
+		d.Subscribe(sds.DefaultSecretName)
+		acks := n.metric("castellan_sds_acks_total", "delta")
+		d.nextACK()
+		n.waitMetric("castellan_sds_acks_total", "delta", acks+1)
+		d.none()
+		leaf := n.rotate()
+		if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("rotation not pushed")
+		}
+	})
+	t.Run("NACK is not answered with a resend", func(t *testing.T) {
+		n.t = t
+		d := n.openDelta(t)
+		d.Subscribe(sds.DefaultSecretName)
+		nacks := n.metric("castellan_sds_nacks_total", "delta")
+		d.NACK(d.next(), "pretend the key does not load")
+		n.waitMetric("castellan_sds_nacks_total", "delta", nacks+1)
+		d.none()
+		leaf := n.rotate()
+		if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("the next rotation was not pushed after a NACK")
+		}
+	})
+	t.Run("stale nonce is ignored", func(t *testing.T) {
+		n.t = t
+		d := n.openDelta(t)
+		d.Subscribe(sds.DefaultSecretName)
+		acks := n.metric("castellan_sds_acks_total", "delta")
+		r1 := d.nextACK()
+		n.waitMetric("castellan_sds_acks_total", "delta", acks+1)
+		n.rotate()
+		r2 := d.next()
+		stale := n.metric("castellan_sds_stale_requests_total", "delta")
+		nacks := n.metric("castellan_sds_nacks_total", "delta")
+		d.Send(&discoveryv3.DeltaDiscoveryRequest{
+			TypeUrl:       sds.SecretTypeURL,
+			ResponseNonce: r1.Nonce,
+			ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
+		})
+		n.waitMetric("castellan_sds_stale_requests_total", "delta", stale+1)
+		d.none()
+		if n.metric("castellan_sds_nacks_total", "delta") != nacks {
+			t.Fatal("a stale NACK was counted")
+		}
+		d.ACK(r2)
+	})
+	t.Run("unsubscribe", func(t *testing.T) {
+		n.t = t
+		d := n.openDelta(t)
+		d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+		d.nextACK()
+		d.Unsubscribe(sds.DefaultSecretName)
+		// An unknown name is answered with an error: a barrier showing the
+		// unsubscribe was processed, and the stream stays usable.
+		d.Subscribe("no-such-secret")
+		if r := d.nextACK(); r.Errors["no-such-secret"] == nil {
+			t.Fatal("no error for an unknown name")
+		}
+		n.rotate()
+		d.none()
+		d.Subscribe(sds.DefaultSecretName)
+		if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, n.current().Raw) {
+			t.Fatal("re-subscribing did not return the current certificate")
+		}
+	})
+	t.Run("two resources on one stream", func(t *testing.T) {
+		n.t = t
+		d := n.openDelta(t)
+		d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
+		r := d.nextACK()
+		if len(r.Secrets) != 2 {
+			t.Fatalf("got %d secrets, want 2", len(r.Secrets))
+		}
+		leaf := n.rotate()
+		r = d.nextACK()
+		if len(r.Secrets) != 1 {
+			t.Fatalf("rotation sent %d secrets, want only default", len(r.Secrets))
+		}
+		if got, _ := leafOf(t, s, r.Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("rotation not pushed")
+		}
+	})
+	t.Run("parallel streams", func(t *testing.T) {
+		n.t = t
+		const count = 50
+		streams := make([]*delta, count)
+		for i := range streams {
+			streams[i] = n.openDelta(t)
+			streams[i].Subscribe(sds.DefaultSecretName)
+		}
+		for _, d := range streams {
+			d.nextACK()
+		}
+		leaf := n.rotate()
+		for _, d := range streams {
+			if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+				t.Fatal("a stream did not get the rotation")
+			}
+		}
+	})
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
