@@ -2,18 +2,15 @@ package kms_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/loadgen"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/kms/vault"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // BenchmarkCASigners measures the CSRs/s of the whole CA (gRPC over TLS,
@@ -79,33 +76,13 @@ func BenchmarkCASigners(b *testing.B) {
 	}
 }
 
-// benchAuth returns a harness option that authenticates with offline JWTs
-// (cached), and n tokens for distinct service accounts.
+// benchAuth returns the option that makes the CA check offline JWTs
+// (cached, as in production), and n tokens for distinct service accounts.
 func benchAuth(b *testing.B, n int) (harness.CAOption, []string) {
-	m, err := authn.NewMinter("https://bench.castellan.test")
-	if err != nil {
-		b.Fatal(err)
-	}
-	jwks := filepath.Join(b.TempDir(), "jwks.json")
-	if err := m.WriteJWKS(jwks); err != nil {
-		b.Fatal(err)
-	}
+	o := newOfflineIssuer(b)
 	tokens := make([]string, n)
 	for i := range tokens {
-		if tokens[i], err = m.Mint("bench", "sa-"+strconv.Itoa(i), []string{harness.DefaultAudience}, time.Hour); err != nil {
-			b.Fatal(err)
-		}
+		tokens[i] = o.mint(b, "bench", "sa-"+strconv.Itoa(i))
 	}
-	opt := harness.WithAuthenticator(func(t testing.TB, reg prometheus.Registerer) authn.Authenticator {
-		j, err := authn.NewJWT(context.Background(), authn.JWTConfig{Issuer: m.Issuer(), Audiences: []string{harness.DefaultAudience}, JWKSFile: jwks})
-		if err != nil {
-			t.Fatal(fmt.Errorf("bench: %w", err))
-		}
-		cache, err := authn.NewCache(j, authn.CacheConfig{Registerer: reg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cache
-	})
-	return opt, tokens
+	return o.option(), tokens
 }

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -54,19 +53,9 @@ func castellanBinary(t testing.TB) string {
 	return binPath
 }
 
-// offlineAuth writes a JWKS for the CA's offline JWT authenticator and
-// returns the flags that select it, and a minter of workload tokens.
-func offlineAuth(t testing.TB) ([]string, *authn.Minter) {
-	t.Helper()
-	m, err := authn.NewMinter("https://castellan.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks := filepath.Join(t.TempDir(), "jwks.json")
-	if err := m.WriteJWKS(jwks); err != nil {
-		t.Fatal(err)
-	}
-	return []string{"--token-review=false", "--jwt-issuer", m.Issuer(), "--jwks-file", jwks}, m
+// flags returns the "castellan ca" flags that select the issuer's keys.
+func (o *offlineIssuer) flags() []string {
+	return []string{"--token-review=false", "--jwt-issuer", o.m.Issuer(), "--jwks-file", o.jwks}
 }
 
 // TestCommandStartupErrors runs "castellan ca" with key stores that are
@@ -75,7 +64,7 @@ func offlineAuth(t testing.TB) ([]string, *authn.Minter) {
 func TestCommandStartupErrors(t *testing.T) {
 	softHSMToken(t, "castellan")
 	bin := castellanBinary(t)
-	authFlags, _ := offlineAuth(t)
+	authFlags := newOfflineIssuer(t).flags()
 	tokenFile := filepath.Join(t.TempDir(), "vault-token")
 	if err := os.WriteFile(tokenFile, []byte("hvs.test"), 0o600); err != nil {
 		t.Fatal(err)
@@ -172,7 +161,8 @@ func TestCommandUpstreamVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := castellanBinary(t)
-	authFlags, minter := offlineAuth(t)
+	iss := newOfflineIssuer(t)
+	authFlags := iss.flags()
 	grpcPort, httpPort := freePort(t), freePort(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	args := append([]string{"ca",
@@ -230,10 +220,7 @@ func TestCommandUpstreamVault(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
-	token, err := minter.Mint("default", "sleep", []string{"istio-ca"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := iss.mint(t, "default", "sleep")
 	ep := caEndpoint{
 		grpcAddr: "127.0.0.1:" + strconv.Itoa(grpcPort), httpAddr: httpAddr, serverName: "localhost",
 		trustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), roots: pool,

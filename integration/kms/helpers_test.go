@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/caclient"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/ca/upstream"
@@ -30,6 +31,7 @@ import (
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -73,14 +75,68 @@ func softHSMURI(object string) string {
 
 // workload is a service account that asks the CA for SVIDs.
 type workload struct {
-	api *harness.APIServer
-	ns  string
-	sa  string
+	ns, sa string
+	// token returns a bearer token the CA accepts for ns/sa.
+	token func(t testing.TB) string
 }
 
+// newWorkload creates the service account ns/sa in api; its tokens come
+// from TokenRequest and the CA checks them with TokenReview.
 func newWorkload(t testing.TB, api *harness.APIServer, ns, sa string) *workload {
 	api.CreateServiceAccount(t, ns, sa)
-	return &workload{api: api, ns: ns, sa: sa}
+	return &workload{ns: ns, sa: sa, token: func(t testing.TB) string {
+		return api.Token(t, ns, sa, []string{harness.DefaultAudience}, time.Hour)
+	}}
+}
+
+// offlineIssuer mints workload tokens that the CA checks offline against
+// a JWKS file (the --jwt-issuer/--jwks-file authenticator), for tests
+// that need no Kubernetes API server.
+type offlineIssuer struct {
+	m    *authn.Minter
+	jwks string
+}
+
+func newOfflineIssuer(t testing.TB) *offlineIssuer {
+	t.Helper()
+	m, err := authn.NewMinter("https://castellan.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := m.WriteJWKS(jwks); err != nil {
+		t.Fatal(err)
+	}
+	return &offlineIssuer{m: m, jwks: jwks}
+}
+
+// option makes the CA authenticate with the issuer's keys, behind the
+// same cache as in production.
+func (o *offlineIssuer) option() harness.CAOption {
+	return harness.WithAuthenticator(func(t testing.TB, reg prometheus.Registerer) authn.Authenticator {
+		j, err := authn.NewJWT(context.Background(), authn.JWTConfig{Issuer: o.m.Issuer(), Audiences: []string{harness.DefaultAudience}, JWKSFile: o.jwks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cache, err := authn.NewCache(j, authn.CacheConfig{Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cache
+	})
+}
+
+func (o *offlineIssuer) mint(t testing.TB, ns, sa string) string {
+	t.Helper()
+	tok, err := o.m.Mint(ns, sa, []string{harness.DefaultAudience}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (o *offlineIssuer) workload(ns, sa string) *workload {
+	return &workload{ns: ns, sa: sa, token: func(t testing.TB) string { return o.mint(t, ns, sa) }}
 }
 
 // svid is an issued SVID, verified.
@@ -104,8 +160,7 @@ func (w *workload) fetchSVID(t testing.TB, c *harness.CA) *svid {
 
 func (w *workload) tryFetchSVID(t testing.TB, c *harness.CA) (*svid, error) {
 	t.Helper()
-	token := w.api.Token(t, w.ns, w.sa, []string{harness.DefaultAudience}, time.Hour)
-	return requestSVID(t, endpointOf(t, c), token, w.ns, w.sa)
+	return requestSVID(t, endpointOf(t, c), w.token(t), w.ns, w.sa)
 }
 
 // caEndpoint is where a CA serves, and what verifies it.
@@ -295,8 +350,9 @@ func (h *keyedCA) close() {
 	}
 }
 
-// startKeyedCA starts a CA with TokenReview against api and the key and
-// upstream of setup.
+// startKeyedCA starts a CA with the key and upstream of setup. It checks
+// tokens with TokenReview against api, unless opts replace the
+// authenticator (api may then be nil).
 func startKeyedCA(t testing.TB, api *harness.APIServer, setup caSetup, opts ...harness.CAOption) (*harness.CA, *keyedCA) {
 	t.Helper()
 	held := &keyedCA{}

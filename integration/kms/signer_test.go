@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/kms/vault"
 )
 
@@ -15,9 +14,9 @@ import (
 // and a restart (a new PKCS#11 session on the same token) keeps the root.
 func TestSoftHSMRoot(t *testing.T) {
 	softHSMToken(t, "castellan")
-	api := harness.StartAPIServer(t)
-	w := newWorkload(t, api, "default", "sleep")
-	c, held := startKeyedCA(t, api, caSetup{keyURI: softHSMURI("root")})
+	iss := newOfflineIssuer(t)
+	w := iss.workload("default", "sleep")
+	c, held := startKeyedCA(t, nil, caSetup{keyURI: softHSMURI("root")}, iss.option())
 
 	s := w.fetchSVID(t, c)
 	if len(s.chain) != 2 {
@@ -30,8 +29,8 @@ func TestSoftHSMRoot(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.DataDir, "root-key.pem")); !os.IsNotExist(err) {
 		t.Errorf("a root key file exists in the data directory (%v)", err)
 	}
-	if got := c.Metrics(t).Value("castellan_kms_sign_duration_seconds_count", "backend", "pkcs11"); got < 1 {
-		t.Errorf("castellan_kms_sign_duration_seconds_count{pkcs11} = %v", got)
+	if got := c.Metrics(t).Value("castellan_kms_sign_duration_seconds", "backend", "pkcs11"); got < 1 {
+		t.Errorf("castellan_kms_sign_duration_seconds{pkcs11} = %v", got)
 	}
 	rootPEM := c.RootPEM
 
@@ -51,13 +50,13 @@ func TestTransitRoot(t *testing.T) {
 	v := startVault(t)
 	v.enableTransit(t)
 	roleID, secretID := v.appRole(t, 0)
-	api := harness.StartAPIServer(t)
-	w := newWorkload(t, api, "default", "sleep")
-	c, held := startKeyedCA(t, api, caSetup{
+	iss := newOfflineIssuer(t)
+	w := iss.workload("default", "sleep")
+	c, held := startKeyedCA(t, nil, caSetup{
 		keyURI:    "vault-transit://transit/castellan-root",
 		vaultAddr: v.addr,
 		vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
-	})
+	}, iss.option())
 	s := w.fetchSVID(t, c)
 	root := s.chain[len(s.chain)-1]
 	if !publicKeysEqual(root.PublicKey, held.key.Public()) {
@@ -67,11 +66,11 @@ func TestTransitRoot(t *testing.T) {
 	if key.Data["exportable"] != false || key.Data["type"] != "ecdsa-p256" {
 		t.Errorf("Transit key exportable=%v type=%v; want a non-exportable ecdsa-p256 key", key.Data["exportable"], key.Data["type"])
 	}
-	before := c.Metrics(t).Value("castellan_kms_sign_duration_seconds_count", "backend", "vault-transit")
+	before := c.Metrics(t).Value("castellan_kms_sign_duration_seconds", "backend", "vault-transit")
 	for i := 0; i < 3; i++ {
 		w.fetchSVID(t, c)
 	}
-	if got := c.Metrics(t).Value("castellan_kms_sign_duration_seconds_count", "backend", "vault-transit") - before; got != 3 {
+	if got := c.Metrics(t).Value("castellan_kms_sign_duration_seconds", "backend", "vault-transit") - before; got != 3 {
 		t.Errorf("3 SVIDs took %v Transit signatures, want 3", got)
 	}
 	c.Restart(t)

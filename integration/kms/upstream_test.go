@@ -29,8 +29,8 @@ func TestVaultPKIUpstream(t *testing.T) {
 	root := v.enablePKI(t)
 	v.enableTransit(t)
 	roleID, secretID := v.appRole(t, time.Hour)
-	api := harness.StartAPIServer(t)
-	w := newWorkload(t, api, "default", "sleep")
+	iss := newOfflineIssuer(t)
+	w := iss.workload("default", "sleep")
 
 	tests := []struct {
 		name   string
@@ -54,7 +54,7 @@ func TestVaultPKIUpstream(t *testing.T) {
 					c.Upstream = &upstream.VaultPKI{Client: c.Upstream.(*upstream.VaultPKI).Client, Issuer: tt.issuer}
 				},
 			}
-			c, held := startKeyedCA(t, api, setup)
+			c, held := startKeyedCA(t, nil, setup, iss.option())
 			s := w.fetchSVID(t, c)
 			if len(s.chain) != 3 {
 				t.Fatalf("chain has %d certificates, want leaf, intermediate, root", len(s.chain))
@@ -224,9 +224,9 @@ func TestVaultOutage(t *testing.T) {
 	v := startVault(t)
 	root := v.enablePKI(t)
 	roleID, secretID := v.appRole(t, time.Hour)
-	api := harness.StartAPIServer(t)
-	w := newWorkload(t, api, "default", "sleep")
-	c, held := startKeyedCA(t, api, caSetup{
+	iss := newOfflineIssuer(t)
+	w := iss.workload("default", "sleep")
+	c, held := startKeyedCA(t, nil, caSetup{
 		keyURI:    "file://" + filepath.Join(t.TempDir(), "intermediate-key.pem"),
 		vaultAddr: v.addr,
 		vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
@@ -237,7 +237,7 @@ func TestVaultOutage(t *testing.T) {
 			c.RenewFraction = 0.1
 			c.RetryMin, c.RetryMax = 200*time.Millisecond, time.Second
 		},
-	})
+	}, iss.option())
 	first := w.fetchSVID(t, c).chain[1]
 
 	v.Stop()
@@ -291,14 +291,14 @@ func TestVaultTokenExpiry(t *testing.T) {
 	v := startVault(t)
 	v.enablePKI(t)
 	roleID, secretID := v.appRole(t, time.Hour)
-	api := harness.StartAPIServer(t)
-	w := newWorkload(t, api, "default", "sleep")
-	c, held := startKeyedCA(t, api, caSetup{
+	iss := newOfflineIssuer(t)
+	w := iss.workload("default", "sleep")
+	c, held := startKeyedCA(t, nil, caSetup{
 		keyURI:    "file://" + filepath.Join(t.TempDir(), "intermediate-key.pem"),
 		vaultAddr: v.addr,
 		vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
 		upstream:  true,
-	})
+	}, iss.option())
 	ctx := context.Background()
 	logins := func() float64 {
 		return c.Metrics(t).Value("castellan_vault_logins_total", "method", "approle", "result", "success")
