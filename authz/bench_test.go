@@ -132,7 +132,7 @@ func benchResources(b *testing.B) []*policy.Resource {
 // loadMesh builds an engine holding the whole mesh: policies first, then
 // the workloads, as after an initial sync.
 func loadMesh(b *testing.B, rs []*policy.Resource, ws []policy.Workload) *authz.Engine {
-	e := authz.New(authz.Config{})
+	e := newEngine(b, authz.Config{})
 	for _, r := range rs {
 		if _, err := e.Apply(r); err != nil {
 			b.Fatal(err)
@@ -176,7 +176,7 @@ func BenchmarkTranslateMesh(b *testing.B) {
 func BenchmarkTranslateMeshIncremental(b *testing.B) {
 	rs, ws := benchResources(b), benchWorkloads()
 	for b.Loop() {
-		e := authz.New(authz.Config{})
+		e := newEngine(b, authz.Config{})
 		for _, w := range ws {
 			e.SetWorkload(w)
 		}

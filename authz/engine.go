@@ -73,7 +73,7 @@ type WorkloadConfig struct {
 type Engine struct {
 	root       string
 	translator *rbac.Translator
-	sds        mtls.RenderOptions
+	renderer   *mtls.Renderer
 	log        *slog.Logger
 	metrics    *Metrics
 
@@ -110,8 +110,13 @@ type workloadEntry struct {
 	err      error
 }
 
-// New returns an empty Engine.
-func New(cfg Config) *Engine {
+// New returns an empty Engine. It fails if the configuration cannot give
+// valid Envoy settings (for example an SDS cluster name Envoy rejects).
+func New(cfg Config) (*Engine, error) {
+	renderer, err := mtls.NewRenderer(mtls.RenderOptions{SDSCluster: cfg.SDSCluster})
+	if err != nil {
+		return nil, fmt.Errorf("authz: %w", err)
+	}
 	root := cfg.RootNamespace
 	if root == "" {
 		root = DefaultRootNamespace
@@ -123,7 +128,7 @@ func New(cfg Config) *Engine {
 	return &Engine{
 		root:       root,
 		translator: rbac.NewTranslator(rbac.Config{TrustDomain: cfg.TrustDomain, TrustDomainAliases: cfg.TrustDomainAliases}),
-		sds:        mtls.RenderOptions{SDSCluster: cfg.SDSCluster},
+		renderer:   renderer,
 		log:        log,
 		metrics:    cfg.Metrics,
 		authz:      map[policy.Key]*authzEntry{},
@@ -136,7 +141,7 @@ func New(cfg Config) *Engine {
 		byLabel:    map[labelKey]map[workloadKey]struct{}{},
 		byService:  map[labelKey]map[workloadKey]struct{}{},
 		changed:    make(chan struct{}),
-	}
+	}, nil
 }
 
 // RootNamespace returns the engine's root namespace.
@@ -411,7 +416,7 @@ func (e *Engine) build(ent *workloadEntry, gen uint64) (*WorkloadConfig, error) 
 		}
 	}
 	res := mtls.Resolve(pas, ent.w, e.root)
-	lis, err := mtls.Render(res, e.sds)
+	lis, err := e.renderer.Render(res)
 	if err != nil {
 		return nil, fmt.Errorf("authz: %s: %w", ent.w, err)
 	}

@@ -25,7 +25,7 @@ func decodeOne(t testing.TB, doc string) *policy.Resource {
 
 // smallMesh registers 3 namespaces with workloads w0..w2 (app=w<i>).
 func smallMesh(t testing.TB) *authz.Engine {
-	e := authz.New(authz.Config{})
+	e := newEngine(t, authz.Config{})
 	for _, ns := range []string{"a", "b", "istio-system"} {
 		for i := range 3 {
 			e.SetWorkload(policy.Workload{Namespace: ns, Name: fmt.Sprintf("w%d", i), Labels: map[string]string{"app": fmt.Sprintf("w%d", i), "tier": "x"}})
@@ -183,7 +183,7 @@ func TestEngineIncrementalMatchesScratch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	namespaces := []string{"a", "b", "istio-system"}
 	apps := []string{"w0", "w1", "w2", "w3"}
-	e := authz.New(authz.Config{})
+	e := newEngine(t, authz.Config{})
 	var workloads []policy.Workload
 	for _, ns := range namespaces {
 		for i, app := range apps {

@@ -112,7 +112,7 @@ func engineFor(t testing.TB, yaml string, cfg authz.Config) *authz.Engine {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	e := authz.New(cfg)
+	e := newEngine(t, cfg)
 	for _, r := range rs {
 		if _, err := e.Apply(r); err != nil && !strings.Contains(err.Error(), "CUSTOM") {
 			t.Fatalf("applying %s: %v", r.Key(), err)
@@ -122,3 +122,12 @@ func engineFor(t testing.TB, yaml string, cfg authz.Config) *authz.Engine {
 }
 
 func spiffe(ns, sa string) string { return "spiffe://cluster.local/ns/" + ns + "/sa/" + sa }
+
+func newEngine(t testing.TB, cfg authz.Config) *authz.Engine {
+	t.Helper()
+	e, err := authz.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}

@@ -64,9 +64,16 @@ type Listener struct {
 	FilterChains    []*listenerv3.FilterChain
 }
 
-// Render turns a Result into Envoy listener settings. Every message passes
-// ValidateAll.
-func Render(r Result, opts RenderOptions) (*Listener, error) {
+// Renderer renders Results with fixed options. It builds the TLS
+// transport socket and the listener filter once. It is safe for concurrent
+// use.
+type Renderer struct {
+	tlsSocket      *corev3.TransportSocket
+	listenerFilter *listenerv3.ListenerFilter
+}
+
+// NewRenderer returns a Renderer for opts.
+func NewRenderer(opts RenderOptions) (*Renderer, error) {
 	cluster := opts.SDSCluster
 	if cluster == "" {
 		cluster = DefaultSDSCluster
@@ -75,10 +82,34 @@ func Render(r Result, opts RenderOptions) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	a, err := marshalAny(&tlsinspectorv3.TlsInspector{})
+	if err != nil {
+		return nil, err
+	}
+	lf := &listenerv3.ListenerFilter{Name: TLSInspectorName, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: a}}
+	if err := lf.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("mtls: generated listener filter is invalid: %w", err)
+	}
+	return &Renderer{tlsSocket: tlsSocket, listenerFilter: lf}, nil
+}
+
+// Render turns a Result into Envoy listener settings with a new Renderer.
+func Render(r Result, opts RenderOptions) (*Listener, error) {
+	rr, err := NewRenderer(opts)
+	if err != nil {
+		return nil, err
+	}
+	return rr.Render(r)
+}
+
+// Render turns a Result into Envoy listener settings. Every message passes
+// ValidateAll. The messages it returns share the transport socket and
+// listener filter; treat them as read-only.
+func (rr *Renderer) Render(r Result) (*Listener, error) {
 	l := &Listener{}
 	inspect := false
 	add := func(mode Mode, port uint32) {
-		for _, c := range chains(mode, port, tlsSocket) {
+		for _, c := range chains(mode, port, rr.tlsSocket) {
 			if c.GetFilterChainMatch().GetTransportProtocol() != "" {
 				inspect = true
 			}
@@ -90,19 +121,7 @@ func Render(r Result, opts RenderOptions) (*Listener, error) {
 	}
 	add(r.Workload.Mode, 0)
 	if inspect {
-		a, err := marshalAny(&tlsinspectorv3.TlsInspector{})
-		if err != nil {
-			return nil, err
-		}
-		l.ListenerFilters = []*listenerv3.ListenerFilter{{
-			Name:       TLSInspectorName,
-			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: a},
-		}}
-	}
-	for _, f := range l.ListenerFilters {
-		if err := f.ValidateAll(); err != nil {
-			return nil, fmt.Errorf("mtls: generated listener filter is invalid: %w", err)
-		}
+		l.ListenerFilters = []*listenerv3.ListenerFilter{rr.listenerFilter}
 	}
 	for _, c := range l.FilterChains {
 		if err := c.ValidateAll(); err != nil {

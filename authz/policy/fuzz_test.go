@@ -1,10 +1,14 @@
 package policy_test
 
 import (
+	"bytes"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
+
+	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/castellan-mesh/castellan/authz/envoyrbac"
 	"github.com/castellan-mesh/castellan/authz/mtls"
@@ -99,6 +103,18 @@ func checkDecodeChain(t *testing.T, data []byte) {
 		filters, err := rbac.Build(trs)
 		if err != nil {
 			t.Fatalf("Build: %v", err)
+		}
+		for _, h := range filters.HTTP {
+			var c httprbacv3.RBAC
+			if err := h.GetTypedConfig().UnmarshalTo(&c); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.ValidateAll(); err != nil {
+				t.Fatalf("generated config fails ValidateAll: %v", err)
+			}
+			if b, _ := (proto.MarshalOptions{Deterministic: true}).Marshal(&c); !bytes.Equal(b, h.GetTypedConfig().GetValue()) {
+				t.Fatal("assembled encoding differs from proto.Marshal")
+			}
 		}
 		if _, err := ev.EvaluateHTTP(filters.HTTP, probe); err != nil {
 			t.Fatalf("EvaluateHTTP: %v", err)

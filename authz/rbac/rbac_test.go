@@ -1,13 +1,17 @@
 package rbac_test
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	httprbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/castellan-mesh/castellan/authz/policy"
 	"github.com/castellan-mesh/castellan/authz/rbac"
@@ -140,5 +144,60 @@ func TestBuild(t *testing.T) {
 	empty, err := rbac.Build(nil)
 	if err != nil || len(empty.HTTP) != 0 || len(empty.Network) != 0 {
 		t.Errorf("no policies: %v %v", empty, err)
+	}
+}
+
+// TestBuildMatchesMarshal checks that the concatenated encoding Build
+// produces is exactly what a deterministic marshal of the whole config
+// gives, and that the whole config passes ValidateAll.
+func TestBuildMatchesMarshal(t *testing.T) {
+	data, err := os.ReadFile("../testdata/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := policy.Decode(data, "mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := rbac.NewTranslator(rbac.Config{TrustDomainAliases: []string{"old.td"}})
+	var ts []*rbac.Translation
+	for _, r := range rs {
+		if r.Kind != policy.KindAuthorizationPolicy {
+			continue
+		}
+		tl, err := tr.Translate(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, tl, tl) // a duplicate must not duplicate entries
+	}
+	f, err := rbac.Build(ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(a *anypb.Any, m interface {
+		proto.Message
+		ValidateAll() error
+	}) {
+		t.Helper()
+		if err := a.UnmarshalTo(m); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.ValidateAll(); err != nil {
+			t.Fatal(err)
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a.GetValue(), want) {
+			t.Errorf("%s: encoding differs from proto.Marshal", a.GetTypeUrl())
+		}
+	}
+	for _, h := range f.HTTP {
+		check(h.GetTypedConfig(), &httprbacv3.RBAC{})
+	}
+	for _, n := range f.Network {
+		check(n.GetTypedConfig(), &netrbacv3.RBAC{})
 	}
 }

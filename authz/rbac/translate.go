@@ -65,6 +65,22 @@ func NewTranslator(cfg Config) *Translator {
 type Rule struct {
 	Name   string
 	Policy *rbacv3.Policy
+
+	// entry is the policy encoded once, as an entry of RBAC.policies, so
+	// that Build assembles filters without encoding it again.
+	entry []byte
+}
+
+// newRule validates p with Envoy's constraints and encodes it.
+func newRule(name string, p *rbacv3.Policy) (Rule, error) {
+	if err := p.ValidateAll(); err != nil {
+		return Rule{}, fmt.Errorf("generated policy is invalid: %w", err)
+	}
+	entry, err := encodeEntry(name, p)
+	if err != nil {
+		return Rule{}, err
+	}
+	return Rule{Name: name, Policy: p, entry: entry}, nil
 }
 
 // Translation is the Envoy form of one AuthorizationPolicy.
@@ -122,7 +138,10 @@ func (t *Translator) Translate(r *policy.Resource) (*Translation, error) {
 	}
 	ns, name := r.Meta.Namespace, r.Meta.Name
 	if len(spec.GetRules()) == 0 {
-		never := Rule{Name: RuleName(ns, name, 0), Policy: matchNever()}
+		never, nerr := newRule(RuleName(ns, name, 0), matchNever())
+		if nerr != nil {
+			return nil, fmt.Errorf("rbac: %s: %w", never.Name, nerr)
+		}
 		out.HTTP = append(out.HTTP, never)
 		out.TCP = append(out.TCP, never)
 		return out, err
@@ -137,7 +156,11 @@ func (t *Translator) Translate(r *policy.Resource) (*Translation, error) {
 		if gerr != nil {
 			return nil, fmt.Errorf("rbac: %s: %w", rn, gerr)
 		}
-		out.HTTP = append(out.HTTP, Rule{Name: rn, Policy: p})
+		hr, gerr := newRule(rn, p)
+		if gerr != nil {
+			return nil, fmt.Errorf("rbac: %s: %w", rn, gerr)
+		}
+		out.HTTP = append(out.HTTP, hr)
 
 		g = generator{t: t, ns: ns, action: out.Action, tcp: true}
 		p, gerr = g.policy(rule)
@@ -151,7 +174,11 @@ func (t *Translator) Translate(r *policy.Resource) (*Translation, error) {
 			if len(g.dropped) > 0 {
 				out.Notes = append(out.Notes, fmt.Sprintf("%s: HTTP-only fields %s ignored in TCP filters, so the rule matches more connections", rn, strings.Join(g.dropped, ", ")))
 			}
-			out.TCP = append(out.TCP, Rule{Name: rn, Policy: p})
+			tr, gerr := newRule(rn, p)
+			if gerr != nil {
+				return nil, fmt.Errorf("rbac: %s: %w", rn, gerr)
+			}
+			out.TCP = append(out.TCP, tr)
 		}
 	}
 	return out, err

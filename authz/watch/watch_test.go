@@ -48,7 +48,10 @@ func TestSourceFeedsEngine(t *testing.T) {
 		watch.AuthorizationPolicies: "AuthorizationPolicyList",
 		watch.PeerAuthentications:   "PeerAuthenticationList",
 	}, object("AuthorizationPolicy", "foo", "deny", map[string]any{"action": "DENY"}))
-	e := authz.New(authz.Config{})
+	e, err := authz.New(authz.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.SetWorkload(policy.Workload{Namespace: "foo", Name: "web", Labels: map[string]string{"app": "web"}})
 	src, err := watch.New(watch.Config{Client: client}, e)
 	if err != nil {

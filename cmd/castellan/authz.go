@@ -125,13 +125,16 @@ func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig,
 		return nil, 0, authzUsage(err)
 	}
 	w.Services = c.services.Values()
-	e := authz.New(authz.Config{
+	e, err := authz.New(authz.Config{
 		RootNamespace:      c.rootNamespace,
 		TrustDomain:        c.trustDomain,
 		TrustDomainAliases: c.trustDomainAliases.Values(),
 		SDSCluster:         c.sdsCluster,
 		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
+	if err != nil {
+		return nil, 0, err
+	}
 	problems := 0
 	report := func(err error) {
 		for _, pe := range policy.Errors(err) {
