@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ type agentFlags struct {
 	sdsSocket, workloadSocket, socketMode, outputDir, httpAddr   string
 	logLevel                                                     string
 	pprof                                                        bool
+	gcPercent                                                    int
 	ttl, initialBackoff, maxBackoff, requestTimeout, rootPoll    time.Duration
 	rotateFraction, rotateJitter                                 float64
 }
@@ -50,6 +52,7 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:15020", "listen address for /metrics, /healthz and /readyz (\"-\" disables it)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
+	fs.IntVar(&f.gcPercent, "gc-percent", 25, "Go GC target (as GOGC) for the agent; a low value keeps it small while it pushes a rotation to many proxies (0: Go's default or $GOGC)")
 }
 
 // config turns the flags into an agent.Config.
@@ -120,6 +123,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg, err := f.config()
 	if err != nil {
 		return usageError{err}
+	}
+	if f.gcPercent > 0 && os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(f.gcPercent)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
