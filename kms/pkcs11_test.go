@@ -22,7 +22,7 @@ const softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
 // in a fresh token directory, and points SOFTHSM2_CONF at it. It skips
 // when SoftHSM2 is not installed, unless CI or CASTELLAN_REQUIRE_SOFTHSM is
 // set (scripts/tools.sh installs it).
-func softHSMToken(t *testing.T, label string) {
+func softHSMToken(t testing.TB, label string) {
 	t.Helper()
 	util, err := exec.LookPath("softhsm2-util")
 	if err != nil || fileMissing(softHSMModule) {

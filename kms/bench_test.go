@@ -1,0 +1,48 @@
+//go:build cgo && !nopkcs11
+
+package kms
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"log/slog"
+	"path/filepath"
+	"testing"
+)
+
+// BenchmarkSign measures one P-256 signature by each local key store, from
+// parallel goroutines as the CA signs. Vault Transit is measured end to
+// end by BenchmarkCASigners in integration/kms.
+func BenchmarkSign(b *testing.B) {
+	cases := []struct {
+		name string
+		uri  func(b *testing.B) string
+	}{
+		{name: "file", uri: func(b *testing.B) string { return "file://" + filepath.Join(b.TempDir(), "k.pem") }},
+		{name: "pkcs11-softhsm2", uri: func(b *testing.B) string {
+			softHSMToken(b, "castellan")
+			return "pkcs11:token=castellan;object=bench?module-path=" + softHSMModule + "&pin-value=1234"
+		}},
+	}
+	digest := sha256.Sum256([]byte("tbs"))
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			key, _, err := OpenOrCreate(context.Background(), tc.uri(b), ECDSAP256, Config{Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer key.Close()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := key.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
