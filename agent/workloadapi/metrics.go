@@ -28,7 +28,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Workload API calls refused for lack of the security header, by method.",
 		}, []string{"method"}),
 	}
-	for _, method := range []string{"FetchX509SVID", "FetchX509Bundles"} {
+	for _, method := range []string{"FetchX509SVID", "FetchX509Bundles", "FetchJWTBundles"} {
 		m.streams.WithLabelValues(method)
 		m.pushes.WithLabelValues(method)
 	}

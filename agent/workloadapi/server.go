@@ -5,7 +5,10 @@
 //
 // As the SPIFFE Workload API specification requires, a call without the
 // gRPC metadata "workload.spiffe.io: true" is refused with InvalidArgument.
-// The JWT methods are not served (Unimplemented).
+// JWT-SVIDs are not issued: FetchJWTSVID and ValidateJWTSVID answer
+// Unimplemented, and FetchJWTBundles streams an empty key set for the trust
+// domain, so that clients watching both kinds of bundle (such as go-spiffe's
+// BundleSource) work.
 package workloadapi
 
 import (
@@ -145,6 +148,38 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 				}
 				s.metrics.pushes.WithLabelValues(method).Inc()
 				sent = key
+			}
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+			snap, changed = s.source.Load()
+		}
+	}
+}
+
+// FetchJWTBundles streams an empty JWT key set for the trust domain of the
+// workload's SVID: the agent issues no JWT-SVIDs, so it trusts no JWT
+// authority. It sends again only if the trust domain changes.
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	const method = "FetchJWTBundles"
+	if err := s.checkHeader(stream.Context(), method); err != nil {
+		return err
+	}
+	s.metrics.streams.WithLabelValues(method).Inc()
+	defer s.metrics.streams.WithLabelValues(method).Dec()
+
+	var sent string
+	snap, changed := s.source.Load()
+	for {
+		if snap.SVID != nil {
+			if td := snap.SVID.ID().TrustDomain().Name(); td != sent {
+				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{td: []byte(`{"keys":[]}`)}}); err != nil {
+					return err
+				}
+				s.metrics.pushes.WithLabelValues(method).Inc()
+				sent = td
 			}
 		}
 		select {

@@ -3,6 +3,7 @@ package workloadapi_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
@@ -187,6 +188,14 @@ func TestSecurityHeaderRequired(t *testing.T) {
 			_, err = s.Recv()
 			return err
 		}},
+		{"FetchJWTBundles", func() error {
+			s, err := client.FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})
+			if err != nil {
+				return err
+			}
+			_, err = s.Recv()
+			return err
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,8 +205,8 @@ func TestSecurityHeaderRequired(t *testing.T) {
 			}
 		})
 	}
-	if got := metricValue(t, e.reg, "castellan_workloadapi_rejected_calls_total", ""); got != 2 {
-		t.Fatalf("rejected calls counted %v, want 2", got)
+	if got := metricValue(t, e.reg, "castellan_workloadapi_rejected_calls_total", ""); got != 3 {
+		t.Fatalf("rejected calls counted %v, want 3", got)
 	}
 }
 
@@ -256,4 +265,37 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, method string) fl
 		}
 	}
 	return sum
+}
+
+func TestBundleChangeReachesOpenStreams(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	src, err := spiffeapi.NewBundleSource(ctx, spiffeapi.WithClientOptions(spiffeapi.WithAddr(e.addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	next := svidstoretest.NewCA(t, "next root")
+	both, err := svidstore.NewBundle([]*x509.Certificate{e.ca.Root, next.Root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store.SetBundle(both)
+	for {
+		b, err := src.GetX509BundleForTrustDomain(td)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.HasX509Authority(next.Root) && b.HasX509Authority(e.ca.Root) {
+			break
+		}
+		if err := src.WaitUntilUpdated(ctx); err != nil {
+			t.Fatalf("the new bundle never arrived: %v", err)
+		}
+	}
+	if n := e.accept.Load(); n != 1 {
+		t.Fatalf("client made %d connections, want 1", n)
+	}
 }
