@@ -1,0 +1,247 @@
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/kubestore"
+	"github.com/castellan-mesh/castellan/integration/harness"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// castellanBinary builds cmd/castellan from the repository once per run.
+func castellanBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "castellan-deploy-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "castellan")
+		out, err := exec.Command("go", "build", "-C", filepath.Join(deployDir(t), ".."), "-o", binPath, "./cmd/castellan").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/castellan: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// saKubeconfig writes a kubeconfig that authenticates as the service
+// account ns/sa with a real token, as a pod's in-cluster config does.
+func saKubeconfig(t testing.TB, api *harness.APIServer, ns, sa string) string {
+	t.Helper()
+	cfg, _ := clientAs(t, api, ns, sa)
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData, CertificateAuthority: cfg.CAFile, TLSServerName: cfg.ServerName, InsecureSkipTLSVerify: cfg.Insecure}
+	kc.AuthInfos["sa"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "sa"}
+	kc.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// process is a running "castellan ca" process.
+type process struct {
+	name               string
+	cmd                *exec.Cmd
+	grpcAddr, httpAddr string
+	exited             chan error
+
+	mu   sync.Mutex
+	logs bytes.Buffer
+}
+
+func (p *process) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+// startCommand runs "castellan ca --material=kubernetes" as pod name and
+// waits until it serves.
+func startCommand(t testing.TB, kubeconfig, name string, extra ...string) *process {
+	t.Helper()
+	args := append([]string{"ca",
+		"--material=kubernetes",
+		"--kubeconfig", kubeconfig,
+		"--data-dir", filepath.Join(t.TempDir(), "data"),
+		"--grpc-addr", "127.0.0.1:0",
+		"--http-addr", "127.0.0.1:0",
+		"--lease-duration", "3s",
+		"--renew-deadline", "2s",
+		"--retry-period", "250ms",
+	}, extra...)
+	cmd := exec.Command(castellanBinary(t), args...)
+	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+caNamespace, "POD_NAME="+name)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &process{name: name, cmd: cmd, exited: make(chan error, 1)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	serving := make(chan [2]string, 1)
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			p.mu.Lock()
+			p.logs.Write(line)
+			p.logs.WriteByte('\n')
+			p.mu.Unlock()
+			var rec struct{ Msg, GRPC, HTTP string }
+			if json.Unmarshal(line, &rec) == nil && rec.Msg == "CA serving" {
+				select {
+				case serving <- [2]string{rec.GRPC, rec.HTTP}:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		<-scanned
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() { p.stop(t) })
+	select {
+	case addrs := <-serving:
+		p.grpcAddr, p.httpAddr = addrs[0], addrs[1]
+	case err := <-p.exited:
+		p.exited <- err
+		t.Fatalf("castellan ca (%s) exited before serving: %v\n%s", name, err, p.output())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("castellan ca (%s) not serving after 60s\n%s", name, p.output())
+	}
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *process) stop(t testing.TB) {
+	t.Helper()
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("castellan ca (%s) exited with %v\n%s", p.name, err, p.output())
+		}
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		t.Errorf("castellan ca (%s) did not stop on SIGTERM\n%s", p.name, p.output())
+	}
+}
+
+// TestCommand runs two "castellan ca --material=kubernetes" processes as
+// the CA's service account, on the RBAC rules of deploy/: they share one
+// root, both issue, the leader publishes the trust bundle, and when the
+// leader exits on SIGTERM the other takes over with the same root.
+func TestCommand(t *testing.T) {
+	api := startAPIServer(t, rbacFlags...)
+	installCA(t, api)
+	kubeconfig := saKubeconfig(t, api, caNamespace, caSA)
+	w := newWorkload(t, api, "team-a", "web")
+	ctx := context.Background()
+
+	procs := []*process{startCommand(t, kubeconfig, "cmd-0"), startCommand(t, kubeconfig, "cmd-1")}
+	sec := caSecret(t, api)
+	bundle, roots := bundleOf(t, sec)
+	for _, p := range procs {
+		r := &replica{name: p.name, grpcAddr: p.grpcAddr}
+		if err := issue(ctx, r.client(t, poolOf(roots)), w, bundle); err != nil {
+			t.Fatalf("%s: %v\n%s", p.name, err, p.output())
+		}
+	}
+	waitFor(t, 15*time.Second, "the trust ConfigMap in team-a", func() bool {
+		return trustConfigMap(api, "team-a") == string(sec.Data[kubestore.RootCertKey])
+	})
+
+	holder := leaseHolder(t, api)
+	var leader, other *process
+	for _, p := range procs {
+		if p.name == holder {
+			leader = p
+		} else {
+			other = p
+		}
+	}
+	if leader == nil {
+		t.Fatalf("Lease holder %q is neither process", holder)
+	}
+	leader.stop(t)
+	waitFor(t, 15*time.Second, other.name+" to take the Lease", func() bool { return leaseHolder(t, api) == other.name })
+	if after := caSecret(t, api); !bytes.Equal(after.Data[kubestore.CAKeyKey], sec.Data[kubestore.CAKeyKey]) {
+		t.Fatal("the CA key changed when the leader stopped")
+	}
+	r := &replica{name: other.name, grpcAddr: other.grpcAddr}
+	if err := issue(ctx, r.client(t, poolOf(roots)), w, bundle); err != nil {
+		t.Fatalf("%s after the leader stopped: %v", other.name, err)
+	}
+	other.stop(t)
+	for _, p := range procs {
+		if out := p.output(); strings.Contains(out, "PRIVATE KEY") || strings.Contains(out, w.token) {
+			t.Errorf("%s logged a key or a token", p.name)
+		}
+	}
+}
+
+// TestCommandBadFlags checks that "castellan ca" refuses a bad --material
+// with a usage error (exit code 2) that names the flag, and starts
+// nothing.
+func TestCommandBadFlags(t *testing.T) {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"}
+	kc.AuthInfos["u"] = &clientcmdapi.AuthInfo{Token: "x"}
+	kc.Contexts["c"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "u"}
+	kc.CurrentContext = "c"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(castellanBinary(t), "ca", "--material=etcd", "--kubeconfig", path,
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", filepath.Join(t.TempDir(), "data"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = io.Discard
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("castellan ca --material=etcd: err = %v, want exit code 2\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "--material") || strings.Contains(stderr.String(), "CA serving") {
+		t.Fatalf("stderr does not name --material, or the CA started:\n%s", stderr.String())
+	}
+}
