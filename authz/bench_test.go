@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/castellan-mesh/castellan/authz"
@@ -111,9 +112,15 @@ func benchYAML() string {
 	return strings.Join(docs, "---\n")
 }
 
+// decodedBench holds the decoded benchmark mesh, shared by the benchmarks
+// of one run (resources are never modified).
+var decodedBench = sync.OnceValues(func() ([]*policy.Resource, error) {
+	return policy.Decode([]byte(benchYAML()), "bench.yaml")
+})
+
 func benchResources(b *testing.B) []*policy.Resource {
 	b.Helper()
-	rs, err := policy.Decode([]byte(benchYAML()), "bench.yaml")
+	rs, err := decodedBench()
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,12 +1,3 @@
-// Package authz computes, for every workload, the Envoy configuration that
-// enforces the mesh's Istio security policies: the RBAC filters from
-// AuthorizationPolicies (package rbac) and the mTLS listener settings from
-// PeerAuthentications (package mtls).
-//
-// The Engine is incremental. It translates each policy once, indexes
-// policies by namespace and workloads by label, and when one policy
-// changes it recomputes only the workloads that policy applies to (before
-// or after the change).
 package authz
 
 import (
