@@ -37,7 +37,8 @@ type JWTConfig struct {
 	// one of them. Required.
 	Audiences []string
 	// JWKSFile is a JSON Web Key Set file holding the issuer's public keys.
-	// It is read again when a token names a key it does not hold. When
+	// It is checked for changes at most every 10s, so added and removed
+	// keys take effect without a restart. When
 	// empty, the keys are found by OpenID Connect discovery: Issuer +
 	// "/.well-known/openid-configuration", then its jwks_uri.
 	JWKSFile string

@@ -223,6 +223,15 @@ func TestJWTKeyRotationFile(t *testing.T) {
 	if _, err := j.Authenticate(context.Background(), tok); err != nil {
 		t.Fatalf("with a broken file: %v", err)
 	}
+	// Rotating back to the old key revokes the new one, although tokens
+	// with a known key id never force a reload.
+	if err := old.WriteJWKS(path); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(path, later.Add(2*time.Minute), later.Add(2*time.Minute))
+	if _, err := j.Authenticate(context.Background(), tok); err == nil {
+		t.Fatal("token of a key removed from the file still accepted")
+	}
 }
 
 func TestJWTDiscovery(t *testing.T) {

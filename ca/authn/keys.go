@@ -37,31 +37,35 @@ type keySource interface {
 	String() string
 }
 
-// fileKeys reads a key set from a JWKS file, again when it changes.
+// fileKeys reads a key set from a JWKS file. The file is checked for
+// changes at most every minRefresh, whether or not a token names an
+// unknown key, so that both an added key and a removed (revoked) one take
+// effect without a restart.
 type fileKeys struct {
 	path       string
 	minRefresh time.Duration
 	cur        atomic.Pointer[jose.JSONWebKeySet]
+	// checked is when the file was last looked at, in Unix nanoseconds.
+	checked atomic.Int64
 
 	mu      sync.Mutex
-	checked time.Time
 	modTime time.Time
 	size    int64
 }
 
 func (f *fileKeys) String() string { return "file " + f.path }
 
-func (f *fileKeys) load(_ context.Context, refresh bool) (*jose.JSONWebKeySet, error) {
+func (f *fileKeys) load(context.Context, bool) (*jose.JSONWebKeySet, error) {
 	set := f.cur.Load()
-	if set != nil && !refresh {
+	if set != nil && f.recent() {
 		return set, nil
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if set = f.cur.Load(); set != nil && time.Since(f.checked) < f.minRefresh {
+	if set = f.cur.Load(); set != nil && f.recent() {
 		return set, nil
 	}
-	f.checked = time.Now()
+	f.checked.Store(time.Now().UnixNano())
 	fi, err := os.Stat(f.path)
 	if err == nil && set != nil && fi.ModTime().Equal(f.modTime) && fi.Size() == f.size {
 		return set, nil
@@ -76,6 +80,8 @@ func (f *fileKeys) load(_ context.Context, refresh bool) (*jose.JSONWebKeySet, e
 	}
 	if err != nil {
 		if set != nil {
+			// Keep the last good keys; a half-written or broken file must
+			// not lock every workload out.
 			return set, nil
 		}
 		return nil, &Error{Reason: ReasonUnavailable, Err: fmt.Errorf("JWKS file %s: %w", f.path, err)}
@@ -83,6 +89,11 @@ func (f *fileKeys) load(_ context.Context, refresh bool) (*jose.JSONWebKeySet, e
 	f.modTime, f.size = fi.ModTime(), fi.Size()
 	f.cur.Store(next)
 	return next, nil
+}
+
+// recent reports whether the file was checked less than minRefresh ago.
+func (f *fileKeys) recent() bool {
+	return time.Since(time.Unix(0, f.checked.Load())) < f.minRefresh
 }
 
 func readLimited(path string) ([]byte, error) {
