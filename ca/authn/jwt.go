@@ -38,8 +38,8 @@ type JWTConfig struct {
 	Audiences []string
 	// JWKSFile is a JSON Web Key Set file holding the issuer's public keys.
 	// It is checked for changes at most every 10s, so added and removed
-	// keys take effect without a restart. When
-	// empty, the keys are found by OpenID Connect discovery: Issuer +
+	// keys take effect without a restart. When empty, the keys are found
+	// by OpenID Connect discovery: Issuer +
 	// "/.well-known/openid-configuration", then its jwks_uri.
 	JWKSFile string
 	// HTTPClient fetches discovery documents and key sets. Nil means a
