@@ -201,3 +201,19 @@ func TestBuildMatchesMarshal(t *testing.T) {
 		check(n.GetTypedConfig(), &netrbacv3.RBAC{})
 	}
 }
+
+func TestLargeRegexNote(t *testing.T) {
+	tr := rbac.NewTranslator(rbac.Config{})
+	long := strings.Repeat("n", 63)
+	got, err := translate(t, tr, head+"spec:\n  rules:\n  - from:\n    - source: {serviceAccounts: [\""+long+"/"+long+"\"]}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Notes) != 1 || !strings.Contains(got.Notes[0], "re2.max_program_size.error_level") {
+		t.Errorf("notes = %q", got.Notes)
+	}
+	got, err = translate(t, tr, head+"spec:\n  rules:\n  - from:\n    - source: {namespaces: [\"default\"]}\n")
+	if err != nil || len(got.Notes) != 0 {
+		t.Errorf("short regex: notes %q, err %v", got.Notes, err)
+	}
+}

@@ -4,6 +4,12 @@
 //
 // Translation is per policy (Translate) and then per workload (Build), so a
 // changed policy is translated once however many workloads it applies to.
+//
+// Namespaces, service accounts, trust domains and some wildcard principals
+// become safe_regex matchers. For long names their RE2 program can exceed
+// Envoy's default re2.max_program_size.error_level (100); Istio's bootstrap
+// raises that runtime value to 32768, and the Envoy that loads this
+// configuration needs the same. Translation notes each such regex.
 package rbac
 
 import (
@@ -161,6 +167,7 @@ func (t *Translator) Translate(r *policy.Resource) (*Translation, error) {
 			return nil, fmt.Errorf("rbac: %s: %w", rn, gerr)
 		}
 		out.HTTP = append(out.HTTP, hr)
+		out.Notes = append(out.Notes, regexNotes(rn, p)...)
 
 		g = generator{t: t, ns: ns, action: out.Action, tcp: true}
 		p, gerr = g.policy(rule)
