@@ -2,6 +2,7 @@ package sds
 
 import (
 	"strconv"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -12,7 +13,6 @@ import (
 
 // DeltaSecrets serves one incremental (delta) SDS stream.
 func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	ctx := stream.Context()
 	s.metrics.streams.WithLabelValues(apiDelta).Inc()
 	defer s.metrics.streams.WithLabelValues(apiDelta).Dec()
 
@@ -22,38 +22,56 @@ func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaD
 		known:   map[string]string{},
 		errored: map[string]bool{},
 	}
-	reqs, errc := recvLoop(ctx, stream.Recv)
-	snap, changed := s.source.Load()
-	for {
-		select {
-		case <-ctx.Done():
+	// See StreamSecrets for how the handler and the pusher share the stream.
+	update := func() error {
+		if st.closed || !st.started {
 			return nil
-		case err := <-errc:
-			return err
-		case req := <-reqs:
-			if err := st.handle(req); err != nil {
-				return err
-			}
-		case <-changed:
-			snap, changed = s.source.Load()
 		}
-		if !st.started {
-			continue
-		}
+		snap, _ := s.source.Load()
 		resp := st.next(snap)
 		if resp == nil {
-			continue
+			return nil
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
 		s.metrics.pushes.WithLabelValues(apiDelta).Inc()
+		return nil
+	}
+	defer s.register(&pusher{push: func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		_ = update()
+	}})()
+	defer func() {
+		st.mu.Lock()
+		st.closed = true
+		st.mu.Unlock()
+	}()
+
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return endOfStream(err)
+		}
+		st.mu.Lock()
+		err = st.handle(req)
+		if err == nil {
+			err = update()
+		}
+		st.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
 }
 
 // deltaStream is the server's view of one incremental stream.
 type deltaStream struct {
-	s       *Server
+	s *Server
+
+	mu      sync.Mutex // guards everything below, and Send
+	closed  bool
 	started bool
 	node    *corev3.Node
 

@@ -23,7 +23,6 @@
 package sds
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +58,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	cache   resourceCache
+	hub     hub
 }
 
 var _ secretv3.SecretDiscoveryServiceServer = (*Server)(nil)
@@ -131,30 +131,13 @@ func notFoundMessage(name string) string {
 		truncate(name), DefaultSecretName, RootCASecretName)
 }
 
-// recvLoop reads requests from recv into the returned channel until the
-// stream ends; the final error (nil for a clean close) goes to errc.
-func recvLoop[T any](ctx context.Context, recv func() (T, error)) (<-chan T, <-chan error) {
-	reqs := make(chan T)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			req, err := recv()
-			if err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
-				}
-				errc <- err
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				errc <- nil
-				return
-			}
-		}
-	}()
-	return reqs, errc
+// endOfStream maps the error that ended Recv to the handler's result: a
+// client that closed its side cleanly ends the stream without error.
+func endOfStream(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
 }
 
 // nodeID names a client in logs.

@@ -2,6 +2,7 @@ package sds
 
 import (
 	"strconv"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -13,7 +14,6 @@ import (
 
 // StreamSecrets serves one state-of-the-world SDS stream.
 func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	ctx := stream.Context()
 	s.metrics.streams.WithLabelValues(apiSotW).Inc()
 	defer s.metrics.streams.WithLabelValues(apiSotW).Dec()
 
@@ -23,38 +23,58 @@ func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disco
 		sent:    map[string]string{},
 		errored: map[string]bool{},
 	}
-	reqs, errc := recvLoop(ctx, stream.Recv)
-	snap, changed := s.source.Load()
-	for {
-		select {
-		case <-ctx.Done():
+	// update computes what the client needs and sends it. The lock makes
+	// the handler and the pusher take turns; closed stops every Send once
+	// the handler has returned, as gRPC requires.
+	update := func() error {
+		if st.closed || !st.started {
 			return nil
-		case err := <-errc:
-			return err
-		case req := <-reqs:
-			if err := st.handle(req); err != nil {
-				return err
-			}
-		case <-changed:
-			snap, changed = s.source.Load()
 		}
-		if !st.started {
-			continue
-		}
+		snap, _ := s.source.Load()
 		resp := st.next(snap)
 		if resp == nil {
-			continue
+			return nil
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
 		s.metrics.pushes.WithLabelValues(apiSotW).Inc()
+		return nil
+	}
+	defer s.register(&pusher{push: func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		_ = update() // A broken stream also fails the handler's Recv.
+	}})()
+	defer func() {
+		st.mu.Lock()
+		st.closed = true
+		st.mu.Unlock()
+	}()
+
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return endOfStream(err)
+		}
+		st.mu.Lock()
+		err = st.handle(req)
+		if err == nil {
+			err = update()
+		}
+		st.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
 }
 
 // sotwStream is the server's view of one state-of-the-world stream.
 type sotwStream struct {
-	s       *Server
+	s *Server
+
+	mu      sync.Mutex // guards everything below, and Send
+	closed  bool
 	started bool
 	node    *corev3.Node
 

@@ -1,0 +1,98 @@
+package sds
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// A stream spends its life blocked in Recv on its own goroutine. Changes
+// reach it through a pusher: one watcher per server waits for the source
+// to change and kicks every open stream, and a kicked stream computes and
+// sends its update on a short-lived goroutine. An idle stream thus costs
+// one goroutine, not two, which matters with a thousand proxies on a node.
+
+// pusher is the part of a stream that the watcher wakes.
+type pusher struct {
+	running atomic.Bool
+	dirty   atomic.Bool
+	// push computes the stream's update and sends it, under the stream's
+	// lock. It must not block for long except in Send.
+	push func()
+}
+
+// kick runs push soon. At most one push runs at a time per stream; a kick
+// during a push makes it run again, so no change is missed.
+func (p *pusher) kick() {
+	p.dirty.Store(true)
+	if p.running.CompareAndSwap(false, true) {
+		go p.run()
+	}
+}
+
+func (p *pusher) run() {
+	for {
+		p.dirty.Store(false)
+		p.push()
+		p.running.Store(false)
+		if !p.dirty.Load() || !p.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// hub holds the open streams of a server and runs the watcher while there
+// are any.
+type hub struct {
+	mu      sync.Mutex
+	streams map[*pusher]struct{}
+	stop    chan struct{}
+}
+
+// register adds p to the streams kicked on each change and returns the
+// function that removes it.
+func (s *Server) register(p *pusher) (unregister func()) {
+	h := &s.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.streams == nil {
+		h.streams = map[*pusher]struct{}{}
+	}
+	h.streams[p] = struct{}{}
+	if h.stop == nil {
+		h.stop = make(chan struct{})
+		go s.watch(h.stop)
+	}
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		delete(h.streams, p)
+		if len(h.streams) == 0 && h.stop != nil {
+			close(h.stop)
+			h.stop = nil
+		}
+	}
+}
+
+// watch kicks every open stream on each change of the source, until stop
+// is closed. It also kicks them once at the start, for a change that came
+// between a stream's first look at the source and this watcher's.
+func (s *Server) watch(stop <-chan struct{}) {
+	_, changed := s.source.Load()
+	for {
+		s.kickAll()
+		select {
+		case <-stop:
+			return
+		case <-changed:
+			_, changed = s.source.Load()
+		}
+	}
+}
+
+func (s *Server) kickAll() {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	for p := range s.hub.streams {
+		p.kick()
+	}
+}

@@ -1,0 +1,77 @@
+package sds
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
+)
+
+// TestPusherNeverMissesAKick kicks a slow pusher from many goroutines,
+// each kick announcing a new generation: once the pusher is idle, its last
+// push must have seen the last generation, and no two pushes may overlap.
+func TestPusherNeverMissesAKick(t *testing.T) {
+	var (
+		generation, seen atomic.Int64
+		running, overlap atomic.Bool
+		pushes           atomic.Int64
+	)
+	p := &pusher{push: func() {
+		if !running.CompareAndSwap(false, true) {
+			overlap.Store(true)
+		}
+		seen.Store(generation.Load())
+		pushes.Add(1)
+		time.Sleep(time.Millisecond)
+		running.Store(false)
+	}}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				generation.Add(1)
+				p.kick()
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.running.Load() || seen.Load() != generation.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("last push saw generation %d of %d", seen.Load(), generation.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if overlap.Load() {
+		t.Fatal("two pushes ran at once")
+	}
+	if pushes.Load() >= 400 {
+		t.Fatalf("%d pushes for 400 kicks: kicks during a push were not coalesced", pushes.Load())
+	}
+}
+
+func TestHubStopsWatcherWithLastStream(t *testing.T) {
+	store := svidstore.New()
+	defer store.Close()
+	s, err := New(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unregA := s.register(&pusher{push: func() {}})
+	unregB := s.register(&pusher{push: func() {}})
+	if s.hub.stop == nil {
+		t.Fatal("no watcher while streams are open")
+	}
+	unregA()
+	if s.hub.stop == nil {
+		t.Fatal("watcher stopped while a stream is open")
+	}
+	unregB()
+	if s.hub.stop != nil || len(s.hub.streams) != 0 {
+		t.Fatal("watcher still running with no stream")
+	}
+}
