@@ -390,6 +390,35 @@ func TestAgentEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("token file rotated by the kubelet", func(t *testing.T) {
+		n.t = t
+		// A fresh TokenRequest token replaces the file; the next CA call
+		// reads it.
+		tok := s.api.Token(t, namespace, account, []string{harness.DefaultAudience}, 2*time.Hour)
+		if err := os.WriteFile(s.tokenFile+".new", []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(s.tokenFile+".new", s.tokenFile); err != nil {
+			t.Fatal(err)
+		}
+		n.rotate()
+		// A token the API server did not issue is refused by TokenReview,
+		// and the agent keeps serving what it has.
+		before := n.current()
+		if err := os.WriteFile(s.tokenFile, []byte(tok[:len(tok)-4]+"AAAA"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		failures := n.metric("castellan_agent_ca_request_failures_total", "unauthenticated")
+		n.RotateNow()
+		n.waitMetric("castellan_agent_ca_request_failures_total", "unauthenticated", failures+1)
+		if !bytes.Equal(n.current().Raw, before.Raw) {
+			t.Fatal("certificate changed after a refused token")
+		}
+		if err := os.WriteFile(s.tokenFile, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "recovery with a good token", func() bool { return !bytes.Equal(n.current().Raw, before.Raw) })
+	})
 	t.Run("CA outage", func(t *testing.T) {
 		n.t = t
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
