@@ -130,7 +130,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	reviewerJWT := api.Token(t, "vault", "token-reviewer", nil, 24*time.Hour)
 	v.enableAuth(t, "kubernetes")
 	v.write(t, "auth/kubernetes/config", map[string]any{
-		"kubernetes_host":      api.Config.Host,
+		"kubernetes_host":      apiServerURL(api),
 		"kubernetes_ca_cert":   apiServerCA(t, api),
 		"token_reviewer_jwt":   reviewerJWT,
 		"disable_local_ca_jwt": true,
@@ -190,11 +190,20 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	}
 }
 
+// apiServerURL is the API server's https URL.
+func apiServerURL(api *harness.APIServer) string {
+	h := strings.TrimSuffix(api.Config.Host, "/")
+	if !strings.Contains(h, "://") {
+		h = "https://" + h
+	}
+	return h
+}
+
 // apiServerCA returns the PEM certificate that anchors the API server's
 // serving certificate, as Vault needs it to call TokenReview.
 func apiServerCA(t *testing.T, api *harness.APIServer) string {
 	t.Helper()
-	host := strings.TrimPrefix(api.Config.Host, "https://")
+	host := strings.TrimPrefix(apiServerURL(api), "https://")
 	conn, err := tls.Dial("tcp", host, &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
