@@ -1,0 +1,460 @@
+package rotation_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/castellan-mesh/castellan/agent"
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/sds/sdsclient"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+const svidTTL = 10 * time.Second
+
+// TestRootRotationUnderLiveMTLS runs a full self-signed root rotation
+// (prepare → activate → retire) while two pairs of mTLS endpoints, fed by
+// two agents over SDS, handshake continuously. No handshake may fail.
+func TestRootRotationUnderLiveMTLS(t *testing.T) {
+	env := newEnv(t, nil)
+	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}
+	ctx := context.Background()
+	old := env.caRoot()
+
+	// prepare: the new root reaches every peer's bundle; the old one signs.
+	if err := r.Prepare(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := r.Status()
+	newRoot := st.Roots[len(st.Roots)-1].Cert
+	env.waitAll(t, "every peer trusts both roots", func(m *endpoint) bool { return m.trusts(old) && m.trusts(newRoot) })
+
+	// activate: new SVIDs are signed under the new root.
+	waitFor(t, "activation allowed", 10*time.Second, func() bool { return r.Activate(ctx, false) == nil })
+	env.waitAll(t, "every SVID chains to the new root", func(m *endpoint) bool { return m.chainsTo(newRoot) })
+
+	// retire: once no SVID under the old root can be valid.
+	waitFor(t, "retirement allowed", 2*svidTTL, func() bool { return r.Retire(ctx, false) == nil })
+	env.waitAll(t, "no peer trusts the old root", func(m *endpoint) bool { return !m.trusts(old) && m.trusts(newRoot) })
+	time.Sleep(time.Second)
+	env.finish(t, old)
+}
+
+// TestPluggedInRotationSwappedOnDisk does the same with a plugged-in CA
+// whose cacerts files are swapped on disk, as an operator (or a mounted
+// Secret) would: first the bundle, then the intermediate, then the bundle.
+func TestPluggedInRotationSwappedOnDisk(t *testing.T) {
+	root1, key1 := newRoot(t, "root-1")
+	root2, key2 := newRoot(t, "root-2")
+	env := newEnv(t, func(dir string) { writeCACerts(t, dir, root1, key1, "inter-1", []*x509.Certificate{root1}) })
+
+	// prepare: the bundle gains root-2.
+	must(t, pemfile.WriteCertificates(filepath.Join(env.dataDir, material.RootCertFile), []*x509.Certificate{root1, root2}))
+	env.waitAll(t, "every peer trusts both roots", func(m *endpoint) bool { return m.trusts(root1) && m.trusts(root2) })
+
+	// activate: an intermediate under root-2 replaces inter-1.
+	writeCACerts(t, env.dataDir, root2, key2, "inter-2", []*x509.Certificate{root1, root2})
+	activated := time.Now()
+	env.waitAll(t, "every SVID chains to root-2", func(m *endpoint) bool { return m.chainsTo(root2) })
+
+	// retire: after the longest SVID lifetime, the bundle drops root-1.
+	time.Sleep(time.Until(activated.Add(svidTTL + time.Second)))
+	must(t, pemfile.WriteCertificates(filepath.Join(env.dataDir, material.RootCertFile), []*x509.Certificate{root2}))
+	env.waitAll(t, "no peer trusts root-1", func(m *endpoint) bool { return !m.trusts(root1) && m.trusts(root2) })
+	time.Sleep(time.Second)
+	env.finish(t, root1)
+}
+
+// env is one CA, two agents and four mTLS endpoints making handshakes.
+type env struct {
+	dataDir   string
+	ca        *server.Server
+	endpoints []*endpoint
+	ok, bad   atomic.Int64
+	verifyBad atomic.Int64
+	mu        sync.Mutex
+	errs      []string
+	stop      context.CancelFunc
+	done      sync.WaitGroup
+}
+
+func newEnv(t *testing.T, setup func(dataDir string)) *env {
+	t.Helper()
+	api := harness.StartAPIServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e := &env{dataDir: t.TempDir()}
+	if setup != nil {
+		setup(e.dataDir)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	tr, err := authn.NewTokenReview(authn.TokenReviewConfig{Client: api.Client, Audiences: []string{"istio-ca"}})
+	must(t, err)
+	cached, err := authn.NewCache(tr, authn.CacheConfig{})
+	must(t, err)
+	srv, err := server.New(ctx, server.Config{
+		DataDir: e.dataDir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TrustDomain: td,
+		ServerDNSNames: []string{"castellan.test"}, Authenticator: cached,
+		DefaultTTL: svidTTL, MaxTTL: svidTTL, ReloadInterval: 100 * time.Millisecond, Logger: log,
+	})
+	must(t, err)
+	go func() { _ = srv.Serve(ctx) }()
+	e.ca = srv
+
+	for _, sa := range []string{"alpha", "beta"} {
+		api.CreateServiceAccount(t, "default", sa)
+		dir := t.TempDir()
+		tokenFile := filepath.Join(dir, "token")
+		must(t, os.WriteFile(tokenFile, []byte(api.Token(t, "default", sa, []string{"istio-ca"}, time.Hour)), 0o600))
+		sock := filepath.Join(dir, "sds.sock")
+		a, err := agent.New(agent.Config{
+			CAAddr: srv.GRPCAddr(), CAServerName: "castellan.test",
+			RootCertFile: filepath.Join(e.dataDir, material.RootCertFile), TokenFile: tokenFile,
+			TTL: svidTTL, RootPollInterval: 100 * time.Millisecond,
+			InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
+			SDSSocket: sock, WorkloadAPISocket: agent.Disabled, HTTPAddr: agent.Disabled, Logger: log,
+		})
+		must(t, err)
+		go func() { _ = a.Run(ctx) }()
+		// Each agent feeds a client and a server endpoint.
+		for _, role := range []string{"server", "client"} {
+			e.endpoints = append(e.endpoints, watchSDS(t, ctx, sa+"/"+role, sock))
+		}
+	}
+	e.waitAll(t, "every endpoint has its SVID and bundle", func(m *endpoint) bool { return m.ready() })
+
+	// alpha's client → beta's server, beta's client → alpha's server.
+	hctx, hcancel := context.WithCancel(ctx)
+	e.stop = hcancel
+	e.pair(t, hctx, e.endpoints[1], e.endpoints[2])
+	e.pair(t, hctx, e.endpoints[3], e.endpoints[0])
+	e.checkSVIDs(hctx)
+	time.Sleep(500 * time.Millisecond)
+	return e
+}
+
+func (e *env) caRoot() *x509.Certificate { return e.ca.Source().Authority().Root() }
+
+func (e *env) fail(format string, args ...any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.errs) < 20 {
+		e.errs = append(e.errs, fmt.Sprintf(format, args...))
+	}
+}
+
+// pair runs handshakes from client to server until ctx ends.
+func (e *env) pair(t *testing.T, ctx context.Context, client, srv *endpoint) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	context.AfterFunc(ctx, func() { lis.Close() })
+	serverCfg := &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		ClientAuth:            tls.RequireAnyClientCert,
+		GetCertificate:        func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return srv.certificate(), nil },
+		VerifyPeerCertificate: srv.verifyPeer,
+	}
+	e.done.Add(2)
+	go func() {
+		defer e.done.Done()
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := tls.Server(c, serverCfg)
+				_ = tc.HandshakeContext(ctx)
+				_, _ = tc.Write([]byte{1})
+			}()
+		}
+	}()
+	clientCfg := &tls.Config{
+		MinVersion:            tls.VersionTLS13,
+		InsecureSkipVerify:    true, // the SPIFFE check is VerifyPeerCertificate's
+		VerifyPeerCertificate: client.verifyPeer,
+		GetClientCertificate:  func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return client.certificate(), nil },
+	}
+	go func() {
+		defer e.done.Done()
+		for ctx.Err() == nil {
+			c, err := net.Dial("tcp", lis.Addr().String())
+			if err != nil {
+				if ctx.Err() == nil {
+					e.bad.Add(1)
+					e.fail("dial: %v", err)
+				}
+				return
+			}
+			tc := tls.Client(c, clientCfg)
+			err = tc.HandshakeContext(ctx)
+			if err == nil {
+				// The server's verdict on our certificate arrives with its
+				// first record.
+				_, err = tc.Read(make([]byte, 1))
+			}
+			c.Close()
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				e.bad.Add(1)
+				e.fail("%s → %s: %v", client.name, srv.name, err)
+			default:
+				e.ok.Add(1)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+}
+
+// checkSVIDs verifies, every 20ms, each endpoint's SVID against the bundle
+// every other endpoint holds at that moment.
+func (e *env) checkSVIDs(ctx context.Context) {
+	e.done.Add(1)
+	go func() {
+		defer e.done.Done()
+		for ctx.Err() == nil {
+			for _, a := range e.endpoints {
+				chain := a.svidChain()
+				for _, b := range e.endpoints {
+					if _, _, err := x509svid.Verify(chain, b.bundle()); err != nil {
+						e.verifyBad.Add(1)
+						e.fail("SVID of %s does not verify against the bundle of %s: %v", a.name, b.name, err)
+					}
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+}
+
+func (e *env) waitAll(t *testing.T, what string, cond func(*endpoint) bool) {
+	t.Helper()
+	waitFor(t, what, 3*svidTTL, func() bool {
+		for _, m := range e.endpoints {
+			if !cond(m) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%s (handshakes so far: %d ok, %d failed)", what, e.ok.Load(), e.bad.Load())
+}
+
+// finish stops the handshakes and checks the outcome.
+func (e *env) finish(t *testing.T, old *x509.Certificate) {
+	t.Helper()
+	e.stop()
+	e.done.Wait()
+	t.Logf("handshakes: %d ok, %d failed; SVID checks failed: %d", e.ok.Load(), e.bad.Load(), e.verifyBad.Load())
+	for _, msg := range e.errs {
+		t.Error(msg)
+	}
+	if e.bad.Load() != 0 || e.verifyBad.Load() != 0 {
+		t.Fatalf("%d handshakes and %d SVID checks failed during the rotation", e.bad.Load(), e.verifyBad.Load())
+	}
+	if e.ok.Load() < 100 {
+		t.Fatalf("only %d handshakes ran", e.ok.Load())
+	}
+	for _, r := range e.ca.Source().Authority().Roots {
+		if r.Equal(old) {
+			t.Fatal("the CA's bundle still holds the old root")
+		}
+	}
+}
+
+// endpoint is one TLS endpoint's view of its SDS material.
+type endpoint struct {
+	name string
+	mu   sync.RWMutex
+	cert *tls.Certificate
+	svid []*x509.Certificate
+	b    *x509bundle.Bundle
+}
+
+func watchSDS(t *testing.T, ctx context.Context, name, socket string) *endpoint {
+	t.Helper()
+	m := &endpoint{name: name}
+	var c *sdsclient.Client
+	waitFor(t, "SDS socket of "+name, 10*time.Second, func() bool {
+		if _, err := os.Stat(socket); err != nil {
+			return false
+		}
+		var err error
+		c, err = sdsclient.New(socket)
+		return err == nil
+	})
+	t.Cleanup(func() { c.Close() })
+	st, err := c.Stream(ctx)
+	must(t, err)
+	must(t, st.Subscribe("default", "ROOTCA"))
+	go func() {
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				return
+			}
+			if resp.Invalid != nil {
+				_ = st.NACK(resp, resp.Invalid.Error())
+				continue
+			}
+			if err := m.update(resp.Secrets); err != nil {
+				_ = st.NACK(resp, err.Error())
+				continue
+			}
+			_ = st.ACK(resp)
+		}
+	}()
+	return m
+}
+
+func (m *endpoint) update(secrets map[string]*tlsv3.Secret) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := secrets["default"]; ok {
+		tc := s.GetTlsCertificate()
+		cert, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+		if err != nil {
+			return err
+		}
+		chain, err := pemfile.ParseCertificates(tc.GetCertificateChain().GetInlineBytes())
+		if err != nil {
+			return err
+		}
+		m.cert, m.svid = &cert, chain
+	}
+	if s, ok := secrets["ROOTCA"]; ok {
+		roots, err := pemfile.ParseCertificates(s.GetValidationContext().GetTrustedCa().GetInlineBytes())
+		if err != nil {
+			return err
+		}
+		m.b = x509bundle.FromX509Authorities(td, roots)
+	}
+	return nil
+}
+
+func (m *endpoint) ready() bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.cert != nil && m.b != nil
+}
+
+func (m *endpoint) certificate() *tls.Certificate {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.cert
+}
+
+func (m *endpoint) svidChain() []*x509.Certificate {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.svid
+}
+
+func (m *endpoint) bundle() *x509bundle.Bundle {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.b
+}
+
+func (m *endpoint) trusts(root *x509.Certificate) bool {
+	return m.bundle().HasX509Authority(root)
+}
+
+// chainsTo reports whether the endpoint's SVID verifies under root alone.
+func (m *endpoint) chainsTo(root *x509.Certificate) bool {
+	_, _, err := x509svid.Verify(m.svidChain(), x509bundle.FromX509Authorities(td, []*x509.Certificate{root}))
+	return err == nil
+}
+
+// verifyPeer checks a peer's chain against the endpoint's current bundle.
+func (m *endpoint) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
+	var chain []*x509.Certificate
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return err
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return errors.New("no peer certificate")
+	}
+	_, _, err := x509svid.Verify(chain, m.bundle())
+	return err
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newRoot(t *testing.T, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: td, CommonName: cn})
+	must(t, err)
+	return root, key
+}
+
+// writeCACerts writes Istio's cacerts layout for a new intermediate under
+// root; the key goes first, as a file-by-file swap would.
+func writeCACerts(t *testing.T, dir string, root *x509.Certificate, rootKey *ecdsa.PrivateKey, cn string, bundle []*x509.Certificate) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
+	must(t, err)
+	inter, _ := x509.ParseCertificate(der)
+	keyPEM, _ := pemfile.EncodePrivateKey(key)
+	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, material.CAKeyFile), keyPEM, 0o600))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.CertChainFile), []*x509.Certificate{inter, root}))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.CACertFile), []*x509.Certificate{inter}))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.RootCertFile), bundle))
+}
