@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+func TestCARotateCommands(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	if _, err := material.Open(ctx, material.Config{Dir: dir, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")}); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name     string
+		args     []string
+		code     int
+		contains string
+	}{
+		{"status", []string{"status"}, 0, "phase  steady"},
+		{"early activate", []string{"activate"}, 1, "nothing to activate"},
+		{"prepare", []string{"prepare"}, 0, "phase  prepared"},
+		{"activate before propagation", []string{"activate"}, 1, "wait until"},
+		{"activate forced", []string{"activate", "--force"}, 0, "phase  activated"},
+		{"retire before old SVIDs expire", []string{"retire"}, 1, "may be valid until"},
+		{"retire forced", []string{"retire", "--force"}, 0, "phase  steady"},
+		{"unknown step", []string{"spin"}, 2, "unknown rotate step"},
+		{"bad flag", []string{"status", "--bogus"}, 2, "flag provided but not defined"},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			args := append([]string{"ca", "rotate"}, st.args...)
+			args = append(args, "--data-dir", dir)
+			if st.name == "unknown step" {
+				args = []string{"ca", "rotate", "spin"}
+			}
+			code := run(ctx, args, &out, &errb)
+			if code != st.code || !strings.Contains(out.String()+errb.String(), st.contains) {
+				t.Fatalf("exit %d, want %d; output:\n%s%s", code, st.code, out.String(), errb.String())
+			}
+		})
+	}
+	var out bytes.Buffer
+	if code := run(ctx, []string{"ca", "rotate", "status", "--format", "json", "--data-dir", dir}, &out, &out); code != 0 {
+		t.Fatalf("json status: %s", out.String())
+	}
+	var st material.RotationStatus
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil || len(st.Roots) != 1 || st.Roots[0].State != material.RootActive {
+		t.Fatalf("json status %s: %v", out.String(), err)
+	}
+}
+
+func TestCAFlagErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		env      string
+		contains string
+	}{
+		{"bad trust domain", []string{"--trust-domain", "Not A Domain"}, "", "--trust-domain"},
+		{"no authenticator", []string{"--token-review=false"}, "", "no authenticator"},
+		{"jwks without issuer", []string{"--token-review=false", "--jwks-file", "x.json"}, "", "--jwks-file needs --jwt-issuer"},
+		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
+		{"bad duration", []string{"--max-ttl", "forever"}, "", "invalid value"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			args := append([]string{"ca", "--data-dir", filepath.Join(t.TempDir(), "d")}, tt.args...)
+			if code := run(context.Background(), args, &out, &out); code != 2 {
+				t.Fatalf("exit %d, want 2:\n%s", code, out.String())
+			}
+			if !strings.Contains(out.String(), tt.contains) {
+				t.Fatalf("output lacks %q:\n%s", tt.contains, out.String())
+			}
+		})
+	}
+}
