@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/castellan-mesh/castellan/authz"
@@ -260,4 +262,37 @@ func filtersEqual(a, b *authz.WorkloadConfig) bool {
 		}
 	}
 	return true
+}
+
+func TestEngineMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := authz.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, authz.Config{Metrics: m})
+	e.SetWorkload(policy.Workload{Namespace: "a", Name: "w", Labels: map[string]string{"app": "w"}})
+	if _, err := e.Apply(decodeOne(t, ap("a", "p", "{}"))); err != nil {
+		t.Fatal(err)
+	}
+	e.Reject(policy.Key{Kind: policy.KindAuthorizationPolicy, Namespace: "a", Name: "bad"}, fmt.Errorf("bad"))
+	e.Delete(policy.Key{Kind: policy.KindAuthorizationPolicy, Namespace: "a", Name: "p"})
+	want := `
+# HELP castellan_authz_policy_changes_total Policies applied or deleted, by kind and operation.
+# TYPE castellan_authz_policy_changes_total counter
+castellan_authz_policy_changes_total{kind="AuthorizationPolicy",op="apply"} 1
+castellan_authz_policy_changes_total{kind="AuthorizationPolicy",op="delete"} 1
+# HELP castellan_authz_policy_rejections_total Policies rejected as invalid or unsupported, by kind.
+# TYPE castellan_authz_policy_rejections_total counter
+castellan_authz_policy_rejections_total{kind="AuthorizationPolicy"} 1
+# HELP castellan_authz_workload_recomputes_total Workload configurations recomputed.
+# TYPE castellan_authz_workload_recomputes_total counter
+castellan_authz_workload_recomputes_total 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	if _, err := authz.NewMetrics(reg); err == nil {
+		t.Error("registering twice succeeded")
+	}
 }
