@@ -50,6 +50,10 @@ const Disabled = "-"
 // Workload API requests are a few hundred bytes.
 const maxSocketRequestBytes = 64 << 10
 
+// maxStreamsPerConn bounds the streams one connection may hold open. A
+// proxy needs a handful (its certificate, its roots, per-cluster secrets).
+const maxStreamsPerConn = 100
+
 // socketBufferBytes is the read and write buffer of one connection on the
 // agent's sockets.
 const socketBufferBytes = 8 << 10
@@ -155,6 +159,7 @@ func New(cfg Config) (*Agent, error) {
 		// messages are a few kilobytes: small per-connection buffers, and
 		// a write buffer released after each flush, keep a node with a
 		// thousand proxies at a few megabytes.
+		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		grpc.ReadBufferSize(socketBufferBytes),
 		grpc.WriteBufferSize(socketBufferBytes),
 		grpc.SharedWriteBuffer(true),
