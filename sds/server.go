@@ -125,7 +125,8 @@ func checkRequest(typeURL string, lists ...[]string) error {
 	return nil
 }
 
-// notFound is the resource error sent for a name this server never serves.
+// notFoundMessage explains the resource error sent for a name this server
+// never serves.
 func notFoundMessage(name string) string {
 	return fmt.Sprintf("sds: no secret named %q; this server serves %q (certificate and key) and %q (trusted CA bundle)",
 		truncate(name), DefaultSecretName, RootCASecretName)
