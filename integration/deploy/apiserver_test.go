@@ -19,8 +19,8 @@ import (
 	"k8s.io/kubernetes/test/utils/ktesting"
 )
 
-// The harness's API server authorizes every request. These tests run the
-// CA on the RBAC rules in deploy/, enforced, and one needs
+// The harness's API server authorizes every request. Most tests here run
+// the CA on the RBAC rules in deploy/, enforced, and one needs
 // ClusterTrustBundles served, so they start servers with extra flags
 // themselves, the way the harness does, and use the harness for the rest
 // (service accounts, tokens).

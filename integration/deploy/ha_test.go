@@ -17,6 +17,8 @@ import (
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -155,6 +157,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 	})
 
 	// Stop the leader: another replica takes the Lease, the root stays.
+	stopped := time.Now()
 	leader.stop()
 	var rest []*replica
 	for _, r := range reps {
@@ -167,7 +170,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 		return len(l) == 1 && leaseHolder(t, api) == l[0].name
 	})
 	newLeader := leaders(rest)[0]
-	t.Logf("leader %s stopped; %s took over", leader.name, newLeader.name)
+	t.Logf("leader %s stopped; %s took over %v after the stop began (retry period 250ms, lease 3s)", leader.name, newLeader.name, time.Since(stopped).Round(time.Millisecond))
 	after := caSecret(t, api)
 	if !bytes.Equal(after.Data[kubestore.RootCertKey], sec.Data[kubestore.RootCertKey]) ||
 		!bytes.Equal(after.Data[kubestore.CAKeyKey], sec.Data[kubestore.CAKeyKey]) {
@@ -295,7 +298,7 @@ func TestSecretLostOrUnreadable(t *testing.T) {
 // CSRs to all replicas. A client sees at most errors that a retry on
 // another replica fixes, and every certificate verifies.
 func TestStopReplicaUnderLoad(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t)
 	installCA(t, api)
 	_, caClient := clientAs(t, api, caNamespace, caSA)
 
@@ -337,9 +340,11 @@ func TestStopReplicaUnderLoad(t *testing.T) {
 		stopped                         = make(chan struct{})
 		mu                              sync.Mutex
 		firstErrs                       []string
+		byCode                          = map[codes.Code]int{}
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), timeBudget)
 	defer cancel()
+	start := time.Now()
 	var wg sync.WaitGroup
 	for i := range workers {
 		wg.Go(func() {
@@ -361,6 +366,7 @@ func TestStopReplicaUnderLoad(t *testing.T) {
 					}
 					transient.Add(1)
 					mu.Lock()
+					byCode[status.Code(err)]++
 					if len(firstErrs) < 5 {
 						firstErrs = append(firstErrs, ref.name+": "+err.Error())
 					}
@@ -380,13 +386,15 @@ func TestStopReplicaUnderLoad(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
 	select {
 	case <-stopped:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the replica did not stop")
 	}
-	t.Logf("issued %d, transient errors %d (each retried on another replica), failed after %d tries %d, bad certificates %d; replica %s stopped after %d",
-		ok.Load(), transient.Load(), maxTries, failed.Load(), badCerts.Load(), victim.name, stopAt)
+	t.Logf("issued %d in %v (%.0f/s, %d workers, each SVID verified), transient errors %d (each retried on another replica), failed after %d tries %d, bad certificates %d; replica %s (the leader) stopped after %d",
+		ok.Load(), elapsed.Round(time.Millisecond), float64(ok.Load())/elapsed.Seconds(), workers, transient.Load(), maxTries, failed.Load(), badCerts.Load(), victim.name, stopAt)
+	t.Logf("transient errors by gRPC code: %v", byCode)
 	for _, e := range firstErrs {
 		t.Logf("transient: %s", e)
 	}

@@ -2,12 +2,18 @@ package deploy_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/kubestore"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/trust"
 	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	corev1 "k8s.io/api/core/v1"
@@ -33,7 +39,7 @@ func clusterTrustBundlesServed(t testing.TB, api *harness.APIServer) bool {
 // to every namespace: the ConfigMap appears in a new namespace, and is
 // repaired when edited or deleted.
 func TestTrustDistribution(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t)
 	installCA(t, api)
 	_, caClient := clientAs(t, api, caNamespace, caSA)
 	ctx := context.Background()
@@ -120,6 +126,25 @@ func TestClusterTrustBundle(t *testing.T) {
 	}
 	waitFor(t, 15*time.Second, "the ClusterTrustBundle", published)
 	waitFor(t, 10*time.Second, "the ConfigMap in default", func() bool { return trustConfigMap(api, "default") == want })
+
+	// Edited to trust a stranger's root: repaired.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: td, CommonName: "stranger"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := ctbs.Get(ctx, "castellan-root", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Spec.TrustBundle = string(pemfile.EncodeCertificates([]*x509.Certificate{stranger}))
+	if _, err := ctbs.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the edited ClusterTrustBundle to be repaired", published)
 
 	if err := ctbs.Delete(ctx, "castellan-root", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
