@@ -24,7 +24,7 @@ type bundle struct {
 	pem []byte
 }
 
-func (b *bundle) get() []byte { b.mu.Lock(); defer b.mu.Unlock(); return b.pem }
+func (b *bundle) get() []byte  { b.mu.Lock(); defer b.mu.Unlock(); return b.pem }
 func (b *bundle) set(p string) { b.mu.Lock(); b.pem = []byte(p); b.mu.Unlock() }
 
 func namespace(name string) *corev1.Namespace {
