@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/caclient"
@@ -66,6 +67,11 @@ type Result struct {
 	// TokenReviews is the number of TokenReviews the CA sent during the
 	// run, or -1 if not known.
 	TokenReviews float64
+	// ClientCPU is the CPU time this process (the load generator) used
+	// during the measured run; ServerCPU is the CA's, read from its
+	// process_cpu_seconds_total when MetricsURL is set, or -1.
+	ClientCPU time.Duration
+	ServerCPU time.Duration
 }
 
 // Rate is the successful requests per second.
@@ -83,6 +89,13 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 	fmt.Fprintf(w, "latency       p50 %s  p90 %s  p99 %s  max %s\n", us(r.P50), us(r.P90), us(r.P99), us(r.Max))
 	if r.TokenReviews >= 0 {
 		fmt.Fprintf(w, "tokenreviews  %.0f sent by the CA during the run\n", r.TokenReviews)
+	}
+	if n := r.Requests; n > 0 {
+		fmt.Fprintf(w, "cpu per CSR   load generator %s", us(r.ClientCPU/time.Duration(n)))
+		if r.ServerCPU >= 0 {
+			fmt.Fprintf(w, ", CA %s (CA alone could do %.0f CSR/s per core)", us(r.ServerCPU/time.Duration(n)), float64(n)/r.ServerCPU.Seconds())
+		}
+		fmt.Fprintln(w)
 	}
 }
 
@@ -159,12 +172,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	cancel()
 	run(ctx, cfg, clients, cfg.Warmup, 0)
 
-	before := scrapeTokenReviews(ctx, cfg.MetricsURL)
+	before := scrape(ctx, cfg.MetricsURL)
+	cpu0 := processCPU()
 	res := run(ctx, cfg, clients, cfg.Duration, cfg.Requests)
-	after := scrapeTokenReviews(ctx, cfg.MetricsURL)
-	res.TokenReviews = -1
-	if before >= 0 && after >= 0 {
-		res.TokenReviews = after - before
+	res.ClientCPU = processCPU() - cpu0
+	after := scrape(ctx, cfg.MetricsURL)
+	res.TokenReviews, res.ServerCPU = -1, -1
+	if before != nil && after != nil {
+		res.TokenReviews = after["castellan_tokenreviews_total"] - before["castellan_tokenreviews_total"]
+		if cpu, ok := after["process_cpu_seconds_total"]; ok {
+			res.ServerCPU = time.Duration((cpu - before["process_cpu_seconds_total"]) * float64(time.Second))
+		}
 	}
 	return res, nil
 }
@@ -227,37 +245,45 @@ func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Dur
 	return res
 }
 
-// scrapeTokenReviews sums castellan_tokenreviews_total from a Prometheus
-// text endpoint, or returns -1.
-func scrapeTokenReviews(ctx context.Context, url string) float64 {
+// scrape sums, per metric name, the samples of the metrics a run reports
+// (castellan_tokenreviews_total, process_cpu_seconds_total) from a
+// Prometheus text endpoint. It returns nil when the endpoint cannot be read.
+func scrape(ctx context.Context, url string) map[string]float64 {
 	if url == "" {
-		return -1
+		return nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return -1
+		return nil
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return -1
+		return nil
 	}
 	defer resp.Body.Close()
-	total, seen := 0.0, false
+	out := map[string]float64{"castellan_tokenreviews_total": 0}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "castellan_tokenreviews_total") {
-			continue
-		}
-		f := strings.Fields(line)
-		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
-			total += v
-			seen = true
+		for _, name := range []string{"castellan_tokenreviews_total", "process_cpu_seconds_total"} {
+			if !strings.HasPrefix(line, name) {
+				continue
+			}
+			f := strings.Fields(line)
+			if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+				out[name] += v
+			}
 		}
 	}
-	if !seen {
+	return out
+}
+
+// processCPU returns the user and system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
 	}
-	return total
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
