@@ -12,6 +12,7 @@ type metrics struct {
 	loads      *prometheus.CounterVec
 	readErrors *prometheus.CounterVec
 	created    prometheus.Counter
+	rotations  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
@@ -32,6 +33,10 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 			Name: "castellan_kubestore_roots_created_total",
 			Help: "Roots this replica created and wrote to the CA Secret.",
 		}),
+		rotations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_kubestore_root_rotation_steps_total",
+			Help: "Root rotation steps this replica took as leader, by step (prepare, activate, retire, error).",
+		}, []string{"step"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -45,7 +50,7 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		}
 		return 0
 	})
-	for _, c := range []prometheus.Collector{m.leader, m.loads, m.readErrors, m.created, ready} {
+	for _, c := range []prometheus.Collector{m.leader, m.loads, m.readErrors, m.created, m.rotations, ready} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("kubestore: register metrics: %w", err)
 		}

@@ -4,8 +4,9 @@
 // The first replica to hold the Lease creates a self-signed root and writes
 // it, key included, to the Secret. Every replica, the leader included, loads
 // the material from the Secret and signs with it; signing needs no leader.
-// Only the leader runs the periodic jobs it is given (trust distribution,
-// renewal). A replica never makes a root of its own: once it has loaded
+// Only the leader runs the periodic jobs: those it is given (trust
+// distribution) and the rotation of a root it created (see RotationStep).
+// A replica never makes a root of its own: once it has loaded
 // one, it refuses to create another, and if the Secret is deleted or cannot
 // be read it reports itself not ready and goes on with what it has. The
 // Secret is watched, so a change (an operator plugging in Istio's cacerts
@@ -17,6 +18,7 @@
 package kubestore
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -86,6 +88,23 @@ type Config struct {
 	// KMS). The Secret then holds no key, and the certificate in it must
 	// match Signer.
 	Signer crypto.Signer
+	// RotateBefore, if positive, makes the leader rotate a self-signed root
+	// the Store created when less than this is left of it (see
+	// RotationStep). Zero disables rotation.
+	RotateBefore time.Duration
+	// PropagationDelay is how long a new root sits in the trust bundle
+	// before it signs. Default: DefaultPropagationDelay.
+	PropagationDelay time.Duration
+	// MaxLeafTTL is the longest SVID lifetime the CA grants; the old root
+	// leaves the bundle that long (plus RetireMargin) after the new one
+	// starts signing. Default: DefaultMaxLeafTTL.
+	MaxLeafTTL time.Duration
+	// RetireMargin is added to MaxLeafTTL before the old root is retired.
+	// Default: DefaultRetireMargin.
+	RetireMargin time.Duration
+	// RotationInterval is how often the leader checks whether a rotation
+	// step is due. Default: DefaultRotationInterval.
+	RotationInterval time.Duration
 	// LeaderJobs run on the leader only, from when it holds the Lease and
 	// the Secret exists until it loses the Lease. A job that returns an
 	// error is logged and started again after a pause.
@@ -113,6 +132,7 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	now     func() time.Time
 
 	cur      atomic.Pointer[ca.Authority]
 	loaded   chan struct{} // closed at the first load
@@ -166,6 +186,21 @@ func New(cfg Config) (*Store, error) {
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = DefaultRecheckInterval
 	}
+	if cfg.PropagationDelay == 0 {
+		cfg.PropagationDelay = DefaultPropagationDelay
+	}
+	if cfg.MaxLeafTTL == 0 {
+		cfg.MaxLeafTTL = DefaultMaxLeafTTL
+	}
+	if cfg.RetireMargin == 0 {
+		cfg.RetireMargin = DefaultRetireMargin
+	}
+	if cfg.RotationInterval == 0 {
+		cfg.RotationInterval = DefaultRotationInterval
+	}
+	if rootTTL := cmp.Or(cfg.RootTTL, 10*365*24*time.Hour); cfg.RotateBefore >= rootTTL {
+		return nil, fmt.Errorf("kubestore: rotating %v before expiry would rotate a root of lifetime %v at once, forever", cfg.RotateBefore, rootTTL)
+	}
 	if cfg.LeaseDuration <= cfg.RenewDeadline || cfg.RenewDeadline <= cfg.RetryPeriod {
 		return nil, fmt.Errorf("kubestore: need lease duration (%v) > renew deadline (%v) > retry period (%v)",
 			cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
@@ -177,6 +212,7 @@ func New(cfg Config) (*Store, error) {
 		cfg:    cfg,
 		log:    cfg.Logger.With("secret", cfg.Namespace+"/"+cfg.SecretName),
 		loaded: make(chan struct{}),
+		now:    time.Now,
 	}
 	s.termsCnd = sync.NewCond(&s.termsMu)
 	m, err := newMetrics(cfg.Registerer, s)
@@ -477,8 +513,12 @@ func (s *Store) lead(ctx context.Context) {
 		}
 	}
 
+	jobs := s.cfg.LeaderJobs
+	if s.cfg.RotateBefore > 0 {
+		jobs = append(slices.Clip(jobs), s.rotate)
+	}
 	var wg sync.WaitGroup
-	for i, job := range s.cfg.LeaderJobs {
+	for i, job := range jobs {
 		wg.Go(func() { s.runJob(ctx, i, job) })
 	}
 	wg.Wait()

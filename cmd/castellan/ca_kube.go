@@ -31,7 +31,8 @@ type kubeFlags struct {
 	leaseDuration, renewDeadline, retryPeriod           time.Duration
 
 	// fs gives access to flags of "castellan ca" shared with the data-dir
-	// mode (--root-ttl).
+	// mode (--root-ttl, --root-rotate-before, --root-propagation-delay,
+	// --max-ttl).
 	fs *flag.FlagSet
 }
 
@@ -97,19 +98,24 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 		ctrl  *trust.Controller
 	)
 	cfg := kubestore.Config{
-		Client:        client,
-		Namespace:     k.namespace,
-		SecretName:    k.secretName,
-		LeaseName:     k.leaseName,
-		Identity:      k.podName,
-		TrustDomain:   d.trustDomain,
-		RootTTL:       k.durationFlag("root-ttl"),
-		Signer:        signer,
-		LeaseDuration: k.leaseDuration,
-		RenewDeadline: k.renewDeadline,
-		RetryPeriod:   k.retryPeriod,
-		Logger:        d.log.With("component", "kubestore"),
-		Registerer:    d.reg,
+		Client:      client,
+		Namespace:   k.namespace,
+		SecretName:  k.secretName,
+		LeaseName:   k.leaseName,
+		Identity:    k.podName,
+		TrustDomain: d.trustDomain,
+		RootTTL:     k.durationFlag("root-ttl"),
+		// Shared with the data-dir mode: the leader rotates a root it
+		// created as "castellan ca" does one in --data-dir.
+		RotateBefore:     k.durationFlag("root-rotate-before"),
+		PropagationDelay: k.durationFlag("root-propagation-delay"),
+		MaxLeafTTL:       k.durationFlag("max-ttl"),
+		Signer:           signer,
+		LeaseDuration:    k.leaseDuration,
+		RenewDeadline:    k.renewDeadline,
+		RetryPeriod:      k.retryPeriod,
+		Logger:           d.log.With("component", "kubestore"),
+		Registerer:       d.reg,
 	}
 	if k.trustDistribution {
 		ctrl, err = trust.New(trust.Config{

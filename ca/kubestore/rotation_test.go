@@ -1,0 +1,112 @@
+package kubestore
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func TestRotationSteps(t *testing.T) {
+	client := fake.NewClientset()
+	cfg := fastConfig(client, "a")
+	cfg.RootTTL = 48 * time.Hour
+	cfg.RotateBefore = 24 * time.Hour
+	cfg.PropagationDelay = time.Hour
+	cfg.MaxLeafTTL = 2 * time.Hour
+	cfg.RetireMargin = time.Minute
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.ensureSecret(ctx); err != nil {
+		t.Fatal(err)
+	}
+	oldRoot := s.Authority().Cert
+	step := func(at time.Time, want string) {
+		t.Helper()
+		s.now = func() time.Time { return at }
+		got, err := s.RotationStep(ctx)
+		if err != nil {
+			t.Fatalf("step at %v: %v", at, err)
+		}
+		if got != want {
+			t.Fatalf("step at %v = %q, want %q", at, got, want)
+		}
+	}
+
+	t0 := time.Now()
+	step(t0, "")                                 // 48h left, rotation at 24h
+	due := oldRoot.NotAfter.Add(-23 * time.Hour) // less than 24h left
+	step(due, "prepare")
+	a := s.Authority()
+	if !a.Cert.Equal(oldRoot) || len(a.Roots) != 2 {
+		t.Fatalf("after prepare: signs with the new root %v, or bundle has %d roots", !a.Cert.Equal(oldRoot), len(a.Roots))
+	}
+	newRoot := a.Roots[1]
+	// A leaf signed by the old root before activation.
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	oldLeaf, err := ca.IssueServingCertificate(a, leafKey.Public(), []string{"x"}, time.Hour, due)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	step(due.Add(30*time.Minute), "") // still propagating
+	step(due.Add(time.Hour), "activate")
+	a = s.Authority()
+	if !a.Cert.Equal(newRoot) || len(a.Roots) != 2 {
+		t.Fatal("after activate: not signing with the new root, or the old root left the bundle")
+	}
+	pool := x509.NewCertPool()
+	for _, r := range a.Roots {
+		pool.AddCert(r)
+	}
+	if _, err := oldLeaf.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: due.Add(time.Hour), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("a leaf of the old root no longer verifies against the bundle: %v", err)
+	}
+
+	step(due.Add(2*time.Hour), "") // old leaves may still be valid
+	step(due.Add(3*time.Hour+2*time.Minute), "retire")
+	a = s.Authority()
+	if len(a.Roots) != 1 || !a.Root().Equal(newRoot) {
+		t.Fatal("after retire: the bundle does not hold only the new root")
+	}
+	sec, err := client.CoreV1().Secrets(testNS).Get(ctx, DefaultSecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := sec.Annotations[RotationPhaseAnnotation]; ok || len(sec.Data[NextCAKeyKey]) != 0 {
+		t.Fatalf("rotation state left behind: %v", sec.Annotations)
+	}
+	step(due.Add(4*time.Hour), "") // the new root has 48h: nothing due
+}
+
+func TestRotationLeavesPluggedInMaterialAlone(t *testing.T) {
+	root, rootKey := newRoot(t)
+	client := fake.NewClientset(&corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: DefaultSecretName, Namespace: testNS},
+		Data:       map[string][]byte{CACertKey: pemOf(root), CAKeyKey: keyPEM(t, rootKey)},
+	})
+	cfg := fastConfig(client, "a")
+	cfg.RootTTL = 200 * 365 * 24 * time.Hour
+	cfg.RotateBefore = 100 * 365 * 24 * time.Hour // always due, were it ours
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ensureSecret(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.RotationStep(context.Background()); err != nil || got != "" {
+		t.Fatalf("RotationStep on plugged-in material = %q, %v; want nothing", got, err)
+	}
+}
