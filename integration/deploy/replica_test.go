@@ -65,6 +65,7 @@ type replica struct {
 // replicaOptions adjust a replica.
 type replicaOptions struct {
 	trustConfig func(*trust.Config)
+	storeConfig func(*kubestore.Config)
 }
 
 // startReplica starts a replica named name with client, and returns once
@@ -111,7 +112,7 @@ func launchReplica(t testing.TB, client kubernetes.Interface, name string, opts 
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err = kubestore.New(kubestore.Config{
+	scfg := kubestore.Config{
 		Client:          client,
 		Namespace:       caNamespace,
 		Identity:        name,
@@ -124,7 +125,11 @@ func launchReplica(t testing.TB, client kubernetes.Interface, name string, opts 
 		RecheckInterval: time.Second,
 		Logger:          log.With("component", "kubestore"),
 		Registerer:      reg,
-	})
+	}
+	if o.storeConfig != nil {
+		o.storeConfig(&scfg)
+	}
+	store, err = kubestore.New(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
