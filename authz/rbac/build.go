@@ -155,6 +155,7 @@ func appendRuleSet(b []byte, num protowire.Number, action rbacv3.RBAC_Action, s 
 	for _, r := range rules {
 		size += len(r.entry)
 	}
+	b = slices.Grow(b, protowire.SizeTag(num)+protowire.SizeBytes(size))
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(size))
 	if action != 0 {
