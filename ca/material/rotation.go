@@ -249,21 +249,34 @@ func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certi
 	return nil, fmt.Errorf("material: no root in %s matches %s", r.path(RootCertFile), r.path(RootKeyFile))
 }
 
+// begin reads the directory's mode and rotation state for a step that
+// needs phase want; otherwise it fails with msg, given the current phase.
+func (r *Rotator) begin(ctx context.Context, want Phase, msg string) (Mode, rotationState, error) {
+	if err := ctx.Err(); err != nil {
+		return "", rotationState{}, err
+	}
+	mode, err := r.mode()
+	if err != nil {
+		return "", rotationState{}, err
+	}
+	st, err := r.readState()
+	if err != nil {
+		return "", rotationState{}, err
+	}
+	if st.Phase != want {
+		return "", rotationState{}, fmt.Errorf("material: "+msg, st.Phase)
+	}
+	return mode, st, nil
+}
+
 // Prepare adds a new root to the trust bundle. Nothing is signed with it
 // until Activate. For a self-signed CA the new root and its key are
 // generated; for a plugged-in CA, from names a directory holding the new
 // cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
 func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	mode, err := r.mode()
+	mode, _, err := r.begin(ctx, PhaseSteady, "a rotation is already in progress (phase %s); activate or retire it first")
 	if err != nil {
 		return err
-	}
-	st, err := r.readState()
-	if err != nil {
-		return err
-	}
-	if st.Phase != PhaseSteady {
-		return fmt.Errorf("material: a rotation is already in progress (phase %s); activate or retire it first", st.Phase)
 	}
 	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
 	if err != nil {
@@ -335,15 +348,7 @@ func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("material: %w", err)
 	}
 	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
-		b, err := os.ReadFile(filepath.Join(from, f))
-		if err != nil {
-			return nil, fmt.Errorf("material: %w", err)
-		}
-		perm := os.FileMode(0o644)
-		if f == CAKeyFile {
-			perm = 0o600
-		}
-		if err := pemfile.WriteFileAtomic(filepath.Join(dir, f), b, perm); err != nil {
+		if err := copyFile(filepath.Join(from, f), filepath.Join(dir, f)); err != nil {
 			return nil, fmt.Errorf("material: %w", err)
 		}
 	}
@@ -353,19 +358,9 @@ func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
 // Activate makes the prepared root sign. It refuses before the
 // propagation delay has passed, unless force is set.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	mode, err := r.mode()
+	mode, st, err := r.begin(ctx, PhasePrepared, "nothing to activate (phase %s); prepare a root first")
 	if err != nil {
 		return err
-	}
-	st, err := r.readState()
-	if err != nil {
-		return err
-	}
-	if st.Phase != PhasePrepared {
-		return fmt.Errorf("material: nothing to activate (phase %s); prepare a root first", st.Phase)
 	}
 	now := r.now().UTC()
 	if ready := st.PreparedAt.Add(r.propagation()); now.Before(ready) && !force {
@@ -400,19 +395,9 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 // refuses while an SVID signed under the old root may still be valid,
 // unless force is set.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	mode, err := r.mode()
+	mode, st, err := r.begin(ctx, PhaseActivated, "nothing to retire (phase %s)")
 	if err != nil {
 		return err
-	}
-	st, err := r.readState()
-	if err != nil {
-		return err
-	}
-	if st.Phase != PhaseActivated {
-		return fmt.Errorf("material: nothing to retire (phase %s)", st.Phase)
 	}
 	if now := r.now(); now.Before(st.RetireAfter) && !force {
 		return fmt.Errorf("material: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
@@ -509,6 +494,7 @@ func union(a, b []*x509.Certificate) []*x509.Certificate {
 	return out
 }
 
+// copyFile copies src to dst atomically; a CA key stays 0600.
 func copyFile(src, dst string) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
