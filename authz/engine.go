@@ -182,8 +182,11 @@ func (e *Engine) Apply(r *policy.Resource) (int, error) {
 			e.workloads[wk].policies[key] = struct{}{}
 			affected[wk] = struct{}{}
 		}
-		e.setProblem(key, err)
+		changed := e.setProblem(key, err)
 		n := e.recompute(affected)
+		if changed && n == 0 {
+			e.notify()
+		}
 		e.metrics.applied(r.Kind, n)
 		return n, err
 	case policy.KindPeerAuthentication:
@@ -196,8 +199,11 @@ func (e *Engine) Apply(r *policy.Resource) (int, error) {
 		for wk := range e.peerTargets(r) {
 			affected[wk] = struct{}{}
 		}
-		e.setProblem(key, nil)
+		changed := e.setProblem(key, nil)
 		n := e.recompute(affected)
+		if changed && n == 0 {
+			e.notify()
+		}
 		e.metrics.applied(r.Kind, n)
 		return n, nil
 	}
@@ -245,10 +251,13 @@ func (e *Engine) Reject(key policy.Key, err error) {
 	e.notify()
 }
 
-func (e *Engine) setProblem(key policy.Key, err error) {
+// setProblem records or clears the problem of key and reports whether the
+// set of problems changed.
+func (e *Engine) setProblem(key policy.Key, err error) bool {
 	if err == nil {
+		_, had := e.problems[key]
 		delete(e.problems, key)
-		return
+		return had
 	}
 	_, kept := e.authz[key]
 	if !kept {
@@ -260,6 +269,7 @@ func (e *Engine) setProblem(key policy.Key, err error) {
 	e.log.Warn("authz: policy problem", "policy", key.String(), "in_force", kept, "error", err)
 	e.problems[key] = err
 	e.metrics.rejected(key.Kind)
+	return true
 }
 
 // Problems returns the current problems by policy: policies rejected, and
