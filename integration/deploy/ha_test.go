@@ -141,6 +141,21 @@ func TestReplicasShareOneRoot(t *testing.T) {
 		t.Errorf("the root was created by %s, but %s leads", creator, leader.name)
 	}
 
+	// The replicas watch their Secret by name, which RBAC allows; listing
+	// every Secret is refused.
+	byName := metav1.ListOptions{FieldSelector: "metadata.name=" + kubestore.DefaultSecretName}
+	if _, err := caClient.CoreV1().Secrets(caNamespace).List(ctx, byName); err != nil {
+		t.Fatalf("list the CA Secret by name as the CA: %v", err)
+	}
+	watch, err := caClient.CoreV1().Secrets(caNamespace).Watch(ctx, byName)
+	if err != nil {
+		t.Fatalf("watch the CA Secret by name as the CA: %v", err)
+	}
+	watch.Stop()
+	if _, err := caClient.CoreV1().Secrets(caNamespace).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("list every Secret as the CA: err = %v, want Forbidden", err)
+	}
+
 	// Every replica signs, not only the leader.
 	for _, r := range reps {
 		if ok, msg := r.ready(t); !ok {
