@@ -144,6 +144,36 @@ rules:
 		allow(req{auth: rbac.RequestAuth{Principal: "iss/sub"}}, rn("p", 0)),
 		deny(req{}, ""),
 	}},
+	{name: "requestPrincipals wildcards", yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {requestPrincipals: ["https://a.example/*", "*/robot", "*.b.example/ci", "https://c.example/team-*"]}`), checks: []check{
+		allow(req{auth: rbac.RequestAuth{Principal: "https://a.example/anyone"}}, rn("p", 0)),
+		allow(req{auth: rbac.RequestAuth{Principal: "https://z.example/robot"}}, rn("p", 0)),
+		allow(req{auth: rbac.RequestAuth{Principal: "https://x.b.example/ci"}}, rn("p", 0)),
+		allow(req{auth: rbac.RequestAuth{Principal: "https://c.example/team-blue"}}, rn("p", 0)),
+		deny(req{auth: rbac.RequestAuth{Principal: "https://c.example/other"}}, ""),
+		deny(req{auth: rbac.RequestAuth{Principal: "https://x.b.example/cd"}}, ""),
+		deny(req{auth: rbac.RequestAuth{Principal: "https://a.example.evil/anyone"}}, ""),
+	}},
+	{name: "requestPrincipals issuer with slashes", yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {requestPrincipals: ["https://issuer.example/realms/x/alice"]}`), checks: []check{
+		allow(req{auth: rbac.RequestAuth{Principal: "https://issuer.example/realms/x/alice"}}, rn("p", 0)),
+		deny(req{auth: rbac.RequestAuth{Principal: "https://issuer.example/realms/x/bob"}}, ""),
+	}},
+	{name: "claims as a string or a list", yaml: ap("foo", "p", `
+rules:
+- when:
+  - key: request.auth.claims[role]
+    values: ["admin"]
+  - key: request.auth.audiences
+    values: ["api"]`), checks: []check{
+		allow(req{auth: rbac.RequestAuth{Audiences: []string{"api"}, Claims: map[string]any{"role": "admin"}}}, rn("p", 0)),
+		allow(req{auth: rbac.RequestAuth{Audiences: []string{"web", "api"}, Claims: map[string]any{"role": []string{"user", "admin"}}}}, rn("p", 0)),
+		deny(req{auth: rbac.RequestAuth{Audiences: []string{"web"}, Claims: map[string]any{"role": "admin"}}}, ""),
+	}},
 	{name: "notRequestPrincipals", yaml: ap("foo", "p", `
 action: DENY
 rules:

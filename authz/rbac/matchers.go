@@ -66,34 +66,39 @@ func cidrRange(p netip.Prefix) *corev3.CidrRange {
 	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}
 }
 
-// Dynamic metadata written by request authentication, which the generated
-// request.auth.* matchers read. The principal ("<iss>/<sub>") and the
-// presenter are strings; the audiences and every claim are lists of strings.
+// The request.auth.* attributes and requestPrincipals are read from the
+// dynamic metadata of Envoy's JWT filter: a provider configured with
+// payload_in_metadata: "payload" stores the verified JWT's payload there, as
+// Istio configures it.
 const (
-	AuthnFilter   = "istio_authn"
-	MetaPrincipal = "request.auth.principal"
-	MetaAudiences = "request.auth.audiences"
-	MetaPresenter = "request.auth.presenter"
-	MetaClaims    = "request.auth.claims"
+	// JWTFilter is the metadata namespace of envoy.filters.http.jwt_authn.
+	JWTFilter = "envoy.filters.http.jwt_authn"
+	// JWTPayload is the key the JWT payload is stored under.
+	JWTPayload = "payload"
 )
 
 func metadataMatcher(path []string, value *matcherv3.ValueMatcher) *matcherv3.MetadataMatcher {
-	segs := make([]*matcherv3.MetadataMatcher_PathSegment, len(path))
-	for i, k := range path {
-		segs[i] = &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: k}}
+	segs := make([]*matcherv3.MetadataMatcher_PathSegment, 0, len(path)+1)
+	for _, k := range append([]string{JWTPayload}, path...) {
+		segs = append(segs, &matcherv3.MetadataMatcher_PathSegment{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: k}})
 	}
-	return &matcherv3.MetadataMatcher{Filter: AuthnFilter, Path: segs, Value: value}
+	return &matcherv3.MetadataMatcher{Filter: JWTFilter, Path: segs, Value: value}
 }
 
-func metadataString(path []string, v string) *matcherv3.MetadataMatcher {
-	return metadataMatcher(path, &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatcher(v, "", false)}})
+// claimString matches a string claim (iss, sub) of the JWT payload.
+func claimString(claim string, m *matcherv3.StringMatcher) *matcherv3.MetadataMatcher {
+	return metadataMatcher([]string{claim}, &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: m}})
 }
 
-func metadataList(path []string, v string) *matcherv3.MetadataMatcher {
-	return metadataMatcher(path, &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
-		MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: &matcherv3.ValueMatcher{
-			MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatcher(v, "", false)},
-		}},
+// claimValue matches a claim at path that may be a string or a list of
+// strings (aud, groups, ...): the string itself or any element of the list.
+func claimValue(path []string, v string) *matcherv3.MetadataMatcher {
+	str := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatcher(v, "", false)}}
+	list := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
+		MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: str},
+	}}}
+	return metadataMatcher(path, &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_OrMatch{OrMatch: &matcherv3.OrMatcher{
+		ValueMatchers: []*matcherv3.ValueMatcher{str, list},
 	}}})
 }
 

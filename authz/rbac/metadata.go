@@ -2,49 +2,60 @@ package rbac
 
 import (
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // RequestAuth is the result of request (JWT) authentication as the
-// generated request.auth.* matchers read it.
+// generated matchers read it.
 type RequestAuth struct {
-	// Principal is "<iss>/<sub>".
+	// Principal is "<iss>/<sub>"; it sets the iss and sub claims.
 	Principal string
+	// Audiences sets the aud claim.
 	Audiences []string
-	// Presenter is the authorized party (azp).
+	// Presenter sets the azp claim.
 	Presenter string
-	// Claims maps a claim name to its values; a nested claim is a
-	// map[string]any of the same form. Values are strings or []string.
+	// Claims maps other claim names to their values: a string, a []string,
+	// or a map[string]any of the same form for a nested claim.
 	Claims map[string]any
 }
 
-// Metadata returns the dynamic metadata, by filter name, that request
-// authentication writes: under AuthnFilter, MetaPrincipal and MetaPresenter
-// as strings, MetaAudiences as a list of strings and MetaClaims as a struct
-// of string lists.
+// Metadata returns the dynamic metadata, by filter name, that Envoy's JWT
+// filter (JWTFilter) writes for a token with these claims when its provider
+// has payload_in_metadata: "payload" (JWTPayload). It returns nil when no
+// token was authenticated.
 func (a RequestAuth) Metadata() (map[string]*structpb.Struct, error) {
-	fields := map[string]*structpb.Value{}
-	if a.Principal != "" {
-		fields[MetaPrincipal] = structpb.NewStringValue(a.Principal)
-	}
-	if a.Presenter != "" {
-		fields[MetaPresenter] = structpb.NewStringValue(a.Presenter)
-	}
-	if len(a.Audiences) > 0 {
-		fields[MetaAudiences] = stringList(a.Audiences)
-	}
+	payload := map[string]*structpb.Value{}
 	if len(a.Claims) > 0 {
 		c, err := claimStruct(a.Claims, 0)
 		if err != nil {
 			return nil, err
 		}
-		fields[MetaClaims] = structpb.NewStructValue(c)
+		payload = c.Fields
 	}
-	if len(fields) == 0 {
+	if a.Principal != "" {
+		iss, sub := a.Principal, ""
+		if i := strings.LastIndex(a.Principal, "/"); i >= 0 {
+			iss, sub = a.Principal[:i], a.Principal[i+1:]
+		}
+		payload["iss"] = structpb.NewStringValue(iss)
+		payload["sub"] = structpb.NewStringValue(sub)
+	}
+	if a.Presenter != "" {
+		payload["azp"] = structpb.NewStringValue(a.Presenter)
+	}
+	if len(a.Audiences) == 1 {
+		payload["aud"] = structpb.NewStringValue(a.Audiences[0]) // JWTs carry one audience as a string
+	} else if len(a.Audiences) > 1 {
+		payload["aud"] = stringList(a.Audiences)
+	}
+	if len(payload) == 0 {
 		return nil, nil
 	}
-	return map[string]*structpb.Struct{AuthnFilter: {Fields: fields}}, nil
+	return map[string]*structpb.Struct{JWTFilter: {Fields: map[string]*structpb.Value{
+		JWTPayload: structpb.NewStructValue(&structpb.Struct{Fields: payload}),
+	}}}, nil
 }
 
 func stringList(vs []string) *structpb.Value {
@@ -63,7 +74,7 @@ func claimStruct(m map[string]any, depth int) (*structpb.Struct, error) {
 	for k, v := range m {
 		switch x := v.(type) {
 		case string:
-			s.Fields[k] = stringList([]string{x})
+			s.Fields[k] = structpb.NewStringValue(x)
 		case []string:
 			s.Fields[k] = stringList(x)
 		case map[string]any:

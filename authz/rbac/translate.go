@@ -5,6 +5,12 @@
 // Translation is per policy (Translate) and then per workload (Build), so a
 // changed policy is translated once however many workloads it applies to.
 //
+// requestPrincipals and the request.auth.* conditions match the verified
+// JWT's claims in the dynamic metadata of Envoy's own JWT filter
+// (envoy.filters.http.jwt_authn, with payload_in_metadata: "payload", as
+// Istio configures it), so the filters work with a stock Envoy that runs
+// that filter before them.
+//
 // Namespaces, service accounts, trust domains and some wildcard principals
 // become safe_regex matchers. For long names their RE2 program can exceed
 // Envoy's default re2.max_program_size.error_level (100); Istio's bootstrap
@@ -424,12 +430,12 @@ func (g *generator) conditions(when []*securityv1.Condition) ([]*rbacv3.Permissi
 			case policy.AttrRequestPrincipal:
 				gen = genRequestPrincipal
 			case policy.AttrRequestAudiences:
-				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return metadataList([]string{MetaAudiences}, v) })
+				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return claimValue([]string{"aud"}, v) })
 			case policy.AttrRequestPresenter:
-				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return metadataString([]string{MetaPresenter}, v) })
+				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return claimValue([]string{"azp"}, v) })
 			case policy.AttrRequestClaims:
-				path := append([]string{MetaClaims}, key.Args...)
-				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return metadataList(path, v) })
+				path := key.Args
+				gen = metadataPrincipal(func(v string) *matcherv3.MetadataMatcher { return claimValue(path, v) })
 			default:
 				return nil, nil, fmt.Errorf("unsupported condition key %q", c.GetKey())
 			}
@@ -518,8 +524,54 @@ func (t *Translator) principalVariants(v string) []string {
 	return out
 }
 
+// genRequestPrincipal matches "<iss>/<sub>" against the iss and sub
+// claims of the verified JWT. The issuer may itself hold '/', so the value
+// splits at its last '/'. Wildcards apply to the part they touch: "*"
+// matches any issuer and subject, "*/sub" and "*suffix/sub" the issuer,
+// "iss/*" and "iss/prefix*" the subject; without a '/', a leading "*" is a
+// subject suffix and a trailing one an issuer prefix.
 func genRequestPrincipal(v string) ([]*rbacv3.Principal, error) {
-	return []*rbacv3.Principal{{Identifier: &rbacv3.Principal_Metadata{Metadata: metadataString([]string{MetaPrincipal}, v)}}}, nil
+	anyValue := regexMatcher(".+")
+	exact := func(s string) *matcherv3.StringMatcher {
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
+	}
+	idx := strings.LastIndex(v, "/")
+	found := idx >= 0
+	iss, sub := v, ""
+	if found {
+		iss, sub = v[:idx], v[idx+1:]
+	}
+	var mIss, mSub *matcherv3.StringMatcher
+	switch {
+	case v == "*":
+		mIss, mSub = anyValue, anyValue
+	case strings.HasPrefix(v, "*") && found:
+		if iss == "*" {
+			mIss = anyValue
+		} else {
+			mIss = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: iss[1:]}}
+		}
+		mSub = exact(sub)
+	case strings.HasPrefix(v, "*"):
+		mIss = anyValue
+		mSub = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: v[1:]}}
+	case strings.HasSuffix(v, "*") && found:
+		mIss = exact(iss)
+		if sub == "*" {
+			mSub = anyValue
+		} else {
+			mSub = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: strings.TrimSuffix(sub, "*")}}
+		}
+	case strings.HasSuffix(v, "*"):
+		mIss = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: strings.TrimSuffix(v, "*")}}
+		mSub = anyValue
+	default:
+		mIss, mSub = exact(iss), exact(sub)
+	}
+	return []*rbacv3.Principal{principalAnd([]*rbacv3.Principal{
+		{Identifier: &rbacv3.Principal_Metadata{Metadata: claimString("iss", mIss)}},
+		{Identifier: &rbacv3.Principal_Metadata{Metadata: claimString("sub", mSub)}},
+	})}, nil
 }
 
 func metadataPrincipal(m func(string) *matcherv3.MetadataMatcher) func(string) ([]*rbacv3.Principal, error) {
