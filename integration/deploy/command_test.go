@@ -19,6 +19,8 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/kubestore"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
@@ -243,5 +245,70 @@ func TestCommandBadFlags(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "--material") || strings.Contains(stderr.String(), "CA serving") {
 		t.Fatalf("stderr does not name --material, or the CA started:\n%s", stderr.String())
+	}
+}
+
+// TestManifestFlags checks that every flag the manifests pass, as an
+// argument or as a CASTELLAN_ environment variable, is one the command
+// defines.
+func TestManifestFlags(t *testing.T) {
+	bin := castellanBinary(t)
+	defined := map[string]map[string]bool{}
+	flagsOf := func(sub string) map[string]bool {
+		if f, ok := defined[sub]; ok {
+			return f
+		}
+		out, _ := exec.Command(bin, sub, "-h").CombinedOutput()
+		f := map[string]bool{}
+		for _, line := range strings.Split(string(out), "\n") {
+			if fields := strings.Fields(line); len(fields) > 0 && strings.HasPrefix(fields[0], "-") {
+				f[strings.TrimLeft(fields[0], "-")] = true
+			}
+		}
+		if len(f) == 0 {
+			t.Fatalf("castellan %s -h lists no flags:\n%s", sub, out)
+		}
+		defined[sub] = f
+		return f
+	}
+	fsys := withTestOverlay(t, "ctb", ctbOverlay)
+	for _, dir := range overlays {
+		for _, o := range render(t, fsys, dir) {
+			var spec *corev1.PodSpec
+			switch o.GetKind() {
+			case "Deployment":
+				var d appsv1.Deployment
+				fromUnstructured(t, o, &d)
+				spec = &d.Spec.Template.Spec
+			case "DaemonSet":
+				var ds appsv1.DaemonSet
+				fromUnstructured(t, o, &ds)
+				spec = &ds.Spec.Template.Spec
+			default:
+				continue
+			}
+			for _, c := range spec.Containers {
+				if len(c.Args) == 0 {
+					t.Errorf("%s: container %s has no subcommand", describe(o), c.Name)
+					continue
+				}
+				flags := flagsOf(c.Args[0])
+				for _, a := range c.Args[1:] {
+					name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+					if !flags[name] {
+						t.Errorf("%s: container %s passes --%s, which castellan %s does not define", describe(o), c.Name, name, c.Args[0])
+					}
+				}
+				for _, e := range c.Env {
+					name, ok := strings.CutPrefix(e.Name, "CASTELLAN_")
+					if !ok {
+						continue
+					}
+					if flag := strings.ToLower(strings.ReplaceAll(name, "_", "-")); !flags[flag] {
+						t.Errorf("%s: container %s sets %s, but castellan %s has no --%s", describe(o), c.Name, e.Name, c.Args[0], flag)
+					}
+				}
+			}
+		}
 	}
 }
