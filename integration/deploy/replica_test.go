@@ -245,6 +245,11 @@ type workload struct {
 	token string
 }
 
+// spiffeIDFor returns the SPIFFE ID the CA gives the service account ns/sa.
+func spiffeIDFor(ns, sa string) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/"+sa)
+}
+
 func newWorkload(t testing.TB, api *harness.APIServer, ns, sa string) workload {
 	t.Helper()
 	api.CreateServiceAccount(t, ns, sa)
