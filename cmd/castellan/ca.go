@@ -112,7 +112,10 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if src == nil {
+	switch {
+	case src != nil && f.kube.material != materialDir:
+		return usageError{fmt.Errorf("--material=%s and --upstream both supply the CA material; choose one", f.kube.material)}
+	case src == nil:
 		if src, err = f.kube.source(ctx, deps, signer); err != nil {
 			return err
 		}
