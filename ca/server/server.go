@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -197,6 +198,10 @@ func (s *Server) newGRPCServer() *grpc.Server {
 		grpc.StatsHandler(&oversizeCounter{m: s.metrics}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10 * time.Second),
+		// A fixed pool of workers serves the streams: their stacks have
+		// already grown through the signing path, so requests do not pay
+		// for a new goroutine's stack growth.
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 	}
 	opts = append(opts, s.cfg.GRPCOptions...)
 	g := grpc.NewServer(opts...)
