@@ -130,7 +130,7 @@ func loginAt(ctx context.Context, c *api.Client, mount string, data map[string]a
 	path := "auth/" + mount + "/login"
 	s, err := c.Logical().WriteWithContext(ctx, path, data)
 	if err != nil {
-		return "", 0, fmt.Errorf("%s: %w", path, err)
+		return "", 0, describe(path, err)
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
 		return "", 0, fmt.Errorf("%s: the answer holds no token", path)

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"sync"
 	"time"
@@ -200,28 +199,12 @@ func (c *Client) do(ctx context.Context, path string, call func() (*api.Secret, 
 	s, err := call()
 	if IsPermissionDenied(err) {
 		if lerr := c.relogin(ctx, gen); lerr != nil {
-			return nil, fmt.Errorf("vault: %s: %w (and logging in again failed: %v)", path, err, lerr)
+			return nil, fmt.Errorf("vault: %w (and logging in again failed: %v)", describe(path, err), lerr)
 		}
 		s, err = call()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("vault: %s: %w", path, err)
+		return nil, fmt.Errorf("vault: %w", describe(path, err))
 	}
 	return s, nil
-}
-
-// IsPermissionDenied reports whether err is Vault's 403 answer.
-func IsPermissionDenied(err error) bool {
-	var re *api.ResponseError
-	return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
-}
-
-// StatusCode returns the HTTP status of Vault's answer in err, or 0 when
-// err holds none (Vault could not be reached).
-func StatusCode(err error) int {
-	var re *api.ResponseError
-	if errors.As(err, &re) {
-		return re.StatusCode
-	}
-	return 0
 }
