@@ -66,8 +66,11 @@ func BenchmarkCASigners(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if res.Errors > 0 {
-				b.Fatalf("%d of %d requests failed: %v", res.Errors, res.Requests, res.ErrorsByCode)
+			// loadgen's run deadline can fail the last in-flight calls
+			// with DeadlineExceeded before its own context reports done;
+			// those are not CA errors. Anything else is.
+			if bad := res.Errors - res.ErrorsByCode["DeadlineExceeded"]; bad > 0 {
+				b.Fatalf("%d of %d requests failed: %v", bad, res.Requests, res.ErrorsByCode)
 			}
 			b.ReportMetric(res.Rate(), "csr/s")
 			b.ReportMetric(float64(res.P50.Microseconds())/1000, "p50-ms")
