@@ -85,6 +85,7 @@ type URIError struct {
 	Reason string
 }
 
+// Error returns the redacted URI, the part and the reason.
 func (e *URIError) Error() string {
 	return fmt.Sprintf("kms: key URI %q: %s: %s", e.URI, e.Part, e.Reason)
 }

@@ -23,6 +23,7 @@ type ResponseError struct {
 	err *api.ResponseError
 }
 
+// Error returns the path, the status and Vault's messages on one line.
 func (e *ResponseError) Error() string {
 	msg := strings.Join(e.Errors, "; ")
 	if msg == "" {
