@@ -213,3 +213,35 @@ func keyID(spki []byte) []byte {
 	sum := sha256.Sum256(bits)
 	return sum[:20]
 }
+
+// ChainAbove returns the certificates above cert, nearest first, ending
+// with its root. Like Istio's cert-chain.pem, chainFile may or may not start
+// with cert and may or may not end with the root; a missing root is taken
+// from roots.
+func ChainAbove(cert *x509.Certificate, chainFile, roots []*x509.Certificate) []*x509.Certificate {
+	var chain []*x509.Certificate
+	for _, c := range chainFile {
+		if !c.Equal(cert) {
+			chain = append(chain, c)
+		}
+	}
+	top := cert
+	if len(chain) > 0 {
+		top = chain[len(chain)-1]
+	}
+	if IsSelfSigned(top) {
+		return chain
+	}
+	for _, r := range roots {
+		if top.CheckSignatureFrom(r) == nil {
+			return append(chain, r)
+		}
+	}
+	return chain
+}
+
+// IsSelfSigned reports whether c names itself as issuer and its signature
+// verifies with its own key.
+func IsSelfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}

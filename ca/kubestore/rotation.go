@@ -149,7 +149,7 @@ func (s *Store) prepare(upd *corev1.Secret, now time.Time) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("kubestore: rotation: %w", err)
 	}
-	if len(a.Chain) != 0 || !isSelfSigned(a.Cert) || a.Cert.NotAfter.Sub(now) >= s.cfg.RotateBefore {
+	if len(a.Chain) != 0 || !ca.IsSelfSigned(a.Cert) || a.Cert.NotAfter.Sub(now) >= s.cfg.RotateBefore {
 		return "", nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

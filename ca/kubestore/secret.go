@@ -64,12 +64,12 @@ func decodeAuthority(data map[string][]byte, signer crypto.Signer) (*ca.Authorit
 		}
 	}
 	if len(roots) == 0 {
-		if !isSelfSigned(cert) {
+		if !ca.IsSelfSigned(cert) {
 			return nil, fmt.Errorf("no %s, and %s is not self-signed", RootCertKey, CACertKey)
 		}
 		roots = []*x509.Certificate{cert}
 	}
-	a, err := ca.NewAuthority(cert, key, chainAbove(cert, chainFile, roots), roots)
+	a, err := ca.NewAuthority(cert, key, ca.ChainAbove(cert, chainFile, roots), roots)
 	if err != nil {
 		return nil, err
 	}
@@ -93,33 +93,4 @@ func encodeAuthority(root *x509.Certificate, key crypto.Signer, keyOutside bool)
 		data[CAKeyKey] = keyPEM
 	}
 	return data, nil
-}
-
-// chainAbove returns the certificates above cert, ending with its root.
-// Like Istio's cert-chain.pem, chainFile may or may not start with cert and
-// may or may not end with the root.
-func chainAbove(cert *x509.Certificate, chainFile, roots []*x509.Certificate) []*x509.Certificate {
-	var chain []*x509.Certificate
-	for _, c := range chainFile {
-		if !c.Equal(cert) {
-			chain = append(chain, c)
-		}
-	}
-	top := cert
-	if len(chain) > 0 {
-		top = chain[len(chain)-1]
-	}
-	if isSelfSigned(top) {
-		return chain
-	}
-	for _, r := range roots {
-		if top.CheckSignatureFrom(r) == nil {
-			return append(chain, r)
-		}
-	}
-	return chain
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }

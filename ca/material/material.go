@@ -264,42 +264,13 @@ func (s *Store) loadPluggedIn() (*ca.Authority, [sha256.Size]byte, error) {
 		return nil, zero, fmt.Errorf("material: %w", err)
 	}
 	cert := certs[0]
-	chain := chainAbove(cert, chainFile, roots)
+	chain := ca.ChainAbove(cert, chainFile, roots)
 	a, err := ca.NewAuthority(cert, key, chain, roots)
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
 	}
 	warnIfReadable(s.cfg.Logger, s.path(CAKeyFile))
 	return a, h, nil
-}
-
-// chainAbove returns the certificates above cert, ending with its root.
-// Istio's cert-chain.pem may or may not start with ca-cert.pem and may or
-// may not end with the root; both forms are accepted.
-func chainAbove(cert *x509.Certificate, chainFile, roots []*x509.Certificate) []*x509.Certificate {
-	var chain []*x509.Certificate
-	for _, c := range chainFile {
-		if !c.Equal(cert) {
-			chain = append(chain, c)
-		}
-	}
-	top := cert
-	if len(chain) > 0 {
-		top = chain[len(chain)-1]
-	}
-	if isSelfSigned(top) {
-		return chain
-	}
-	for _, r := range roots {
-		if top.CheckSignatureFrom(r) == nil {
-			return append(chain, r)
-		}
-	}
-	return chain
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	return string(c.RawIssuer) == string(c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
 // loadOrCreateRoot loads the self-signed root, creating it on first start.

@@ -9,7 +9,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -297,16 +296,14 @@ func (s *Server) servingCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	}
 	chain := [][]byte{leaf.Raw, a.Cert.Raw}
 	for _, c := range a.Chain {
-		if !isRoot(c) {
+		if !ca.IsSelfSigned(c) {
 			chain = append(chain, c.Raw)
 		}
 	}
-	if isRoot(a.Cert) {
+	if ca.IsSelfSigned(a.Cert) {
 		chain = chain[:1]
 	}
 	s.serving = &tls.Certificate{Certificate: chain, PrivateKey: crypto.Signer(key), Leaf: leaf}
 	s.servingAuth = a
 	return s.serving, nil
 }
-
-func isRoot(c *x509.Certificate) bool { return string(c.RawIssuer) == string(c.RawSubject) }
