@@ -297,8 +297,12 @@ func (a *Agent) RotateNow() {
 // Run serves until ctx ends, then stops everything and closes the
 // listeners.
 func (a *Agent) Run(ctx context.Context) error {
+	// The first CA call needs the bundle to verify the CA, so it is loaded
+	// before anything starts.
+	bundles := &bundleWatcher{a: a}
+	bundles.check()
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return a.watchBundle(ctx) })
+	g.Go(func() error { return bundles.run(ctx) })
 	g.Go(func() error { return a.rotate(ctx) })
 	if a.cfg.OutputDir != "" {
 		g.Go(func() error { return a.writeFiles(ctx) })
