@@ -268,6 +268,7 @@ func TestRejections(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var resp interface{ GetCertChain() []string }
 			var err error
+			before := c.Metrics(t)
 			delta := metricDelta(t, c, func() {
 				resp, err = createCertificate(t, conn, tt.token, tt.csr, tt.ttl)
 			})
@@ -287,7 +288,7 @@ func TestRejections(t *testing.T) {
 			if resp != nil && len(resp.GetCertChain()) > 0 {
 				t.Error("a certificate came back with the error")
 			}
-			if got := delta(tt.metric, "reason", tt.reason); got != 1 {
+			if got := risen(t, c, before, tt.metric, "reason", tt.reason); got != 1 {
 				t.Errorf("%s{reason=%q} rose by %v, want 1", tt.metric, tt.reason, got)
 			}
 			if got := delta("castellan_ca_certificates_issued_total"); got != 0 {

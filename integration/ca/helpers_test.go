@@ -224,6 +224,21 @@ func metricDelta(t testing.TB, c *harness.CA, f func()) func(name string, labels
 	}
 }
 
+// risen returns how much a counter has risen since before, re-reading it
+// for up to 2s while it has not: gRPC counts a request its transport
+// refuses for size just after the status has been sent.
+func risen(t testing.TB, c *harness.CA, before harness.Metrics, name string, labels ...string) float64 {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		d := c.Metrics(t).Value(name, labels...) - before.Value(name, labels...)
+		if d != 0 || time.Now().After(deadline) {
+			return d
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func pemDecode(s string) ([]byte, string) {
 	block, _ := pem.Decode([]byte(s))
 	if block == nil {
