@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -98,11 +99,34 @@ func Redact(rawURI string) string {
 	return pinValueRE.ReplaceAllString(rawURI, "${1}REDACTED")
 }
 
+// pinValues returns the non-empty values of every pin-value attribute in
+// rawURI, longest first, so that a PIN containing another is removed whole.
+func pinValues(rawURI string) []string {
+	var pins []string
+	for _, m := range pinValueRE.FindAllString(rawURI, -1) {
+		if v := m[len("pin-value="):]; v != "" {
+			pins = append(pins, v)
+			if u, err := url.QueryUnescape(v); err == nil && u != v && u != "" {
+				pins = append(pins, u)
+			}
+		}
+	}
+	sort.Slice(pins, func(i, j int) bool { return len(pins[i]) > len(pins[j]) })
+	return pins
+}
+
 // ParseURI parses a key URI. A URI that does not parse gets a *URIError
 // naming the part that is wrong.
 func ParseURI(rawURI string) (*URI, error) {
+	pins := pinValues(rawURI)
 	bad := func(part, format string, args ...any) error {
-		return &URIError{URI: Redact(rawURI), Part: part, Reason: fmt.Sprintf(format, args...)}
+		// The reason may quote any fragment of the URI (a scheme, a parser's
+		// error), so every PIN value is removed from it, wherever it stands.
+		reason := fmt.Sprintf(format, args...)
+		for _, pin := range pins {
+			reason = strings.ReplaceAll(reason, pin, "REDACTED")
+		}
+		return &URIError{URI: Redact(rawURI), Part: part, Reason: reason}
 	}
 	if rawURI == "" {
 		return nil, bad("scheme", "empty key URI (want file:///path, pkcs11:... or vault-transit://mount/key)")
