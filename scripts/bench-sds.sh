@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Measures the node agent's SDS fan-out on this machine: starts "castellan
-# ca" (offline JWT authentication) and "castellan agent", then opens
+# ca" (offline JWT authentication) and the slim agent binary
+# "castellan-agent" (the one the DaemonSet runs), then opens
 # STREAMS Envoy-like SDS streams from a second process with "castellan bench
 # sds", rotates ROTATIONS times (SIGHUP to the agent) and prints the time
 # from each rotation to the last stream, and the agent's RSS and CPU per
-# rotation.
+# rotation. AGENT_FLAGS adds flags to the agent; AGENT="bin/castellan agent"
+# measures the all-in-one binary instead.
 #   STREAMS=1000 ROTATIONS=5 DELTA=false scripts/bench-sds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go build -o bin/castellan ./cmd/castellan
+go build -o bin/castellan-agent ./cmd/castellan-agent
 work=$(mktemp -d)
 ca_pid=""
 agent_pid=""
@@ -21,7 +24,7 @@ head -n1 "$work/tokens.txt" >"$work/token"
 ca_pid=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:25024/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 ulimit -n 65536 2>/dev/null || true
-./bin/castellan agent --ca-addr 127.0.0.1:25022 --ca-server-name localhost \
+${AGENT:-./bin/castellan-agent} --ca-addr 127.0.0.1:25022 --ca-server-name localhost \
 	--root-cert "$work/ca/root-cert.pem" --token-file "$work/token" \
 	--sds-socket "$work/sds/socket" --http-addr 127.0.0.1:25020 --log-level warn --pprof ${AGENT_FLAGS:-} &
 agent_pid=$!
@@ -31,3 +34,4 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:25020/readyz >/dev/null 2>&1 &
 	--rotations "${ROTATIONS:-5}" --delta="${DELTA:-false}"
 grep -E "VmHWM|RssAnon|RssFile" /proc/$agent_pid/status | sed "s/^/agent /"
 curl -sf http://127.0.0.1:25020/metrics | awk '/^go_memstats_(heap_inuse|stack_inuse|sys)_bytes /{printf "agent %-28s %.1f MiB\n", $1, $2/1048576} /^go_goroutines /{print "agent goroutines                   " $2}'
+echo "load average       $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min, on $(nproc) cores)"

@@ -1,0 +1,212 @@
+// Package agentcmd is the command line of Castellan's node agent: its
+// flags, their CASTELLAN_ environment variables, and the process around an
+// agent.Agent (logger, metrics registry, GC tuning, SIGHUP). It is shared by
+// "castellan agent" and by the slim castellan-agent binary, which links
+// nothing but the agent.
+package agentcmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-mesh/castellan/agent"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
+)
+
+// EnvPrefix is the prefix of the environment variables that set the flags:
+// --ca-addr is also CASTELLAN_CA_ADDR.
+const EnvPrefix = "CASTELLAN"
+
+// UsageError is a bad flag or argument. Its ExitCode is 2. When the user
+// asked for help (-h), it wraps flag.ErrHelp and its message is empty: the
+// usage has already been printed.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string {
+	if errors.Is(e.Err, flag.ErrHelp) {
+		return ""
+	}
+	return e.Err.Error()
+}
+
+// Unwrap returns the underlying error.
+func (e UsageError) Unwrap() error { return e.Err }
+
+// ExitCode returns 2, the conventional exit code of a usage error.
+func (e UsageError) ExitCode() int { return 2 }
+
+// flags are the node agent's flags.
+type flags struct {
+	caAddr, caServerName, rootCert, tokenFile, spiffeID, keyType string
+	sdsSocket, workloadSocket, socketMode, outputDir, httpAddr   string
+	logLevel                                                     string
+	pprof                                                        bool
+	gcPercent                                                    int
+	ttl, initialBackoff, maxBackoff, requestTimeout, rootPoll    time.Duration
+	rotateFraction, rotateJitter                                 float64
+}
+
+func (f *flags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.caAddr, "ca-addr", "castellan.castellan-system.svc:15012", "CA address (host:port) of the certificate service")
+	fs.StringVar(&f.caServerName, "ca-server-name", "", "name checked in the CA's serving certificate (default: the host of --ca-addr)")
+	fs.StringVar(&f.rootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "trusted roots (PEM): verify the CA and the SVIDs, and are served as the trust bundle; re-read when they change")
+	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "service-account token sent to the CA; re-read on every CA call")
+	fs.StringVar(&f.spiffeID, "spiffe-id", "", "SPIFFE ID to ask for in the CSR (default: none; the CA derives it from the token)")
+	fs.StringVar(&f.keyType, "key-type", string(agent.KeyECDSAP256), "key generated for each SVID: ecdsa-p256, rsa-2048 or rsa-3072")
+	fs.DurationVar(&f.ttl, "ttl", 0, "SVID lifetime asked of the CA (0: the CA's default)")
+	fs.Float64Var(&f.rotateFraction, "rotate-fraction", 0.5, "renew an SVID after this fraction of its lifetime")
+	fs.Float64Var(&f.rotateJitter, "rotate-jitter", 0.1, "move each renewal at random by up to ± half this fraction of the lifetime (0: none)")
+	fs.DurationVar(&f.initialBackoff, "initial-backoff", time.Second, "first wait after a failed CA call; doubled on each failure")
+	fs.DurationVar(&f.maxBackoff, "max-backoff", 30*time.Second, "longest wait between failed CA calls")
+	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Second, "time limit of one CA call")
+	fs.DurationVar(&f.rootPoll, "root-poll-interval", 5*time.Second, "how often --root-cert is checked for changes")
+	fs.StringVar(&f.sdsSocket, "sds-socket", agent.DefaultSDSSocket, "Unix socket of the SDS server (\"-\" disables SDS)")
+	fs.StringVar(&f.workloadSocket, "workload-api-socket", "", "Unix socket of the SPIFFE Workload API (default: the SDS socket; \"-\" disables it)")
+	fs.StringVar(&f.socketMode, "socket-mode", "0600", "file mode of the sockets (octal; never open to other users)")
+	fs.StringVar(&f.outputDir, "output-dir", "", "directory to write cert-chain.pem, key.pem and root-cert.pem into on every rotation (default: none)")
+	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:15020", "listen address for /metrics, /healthz and /readyz (\"-\" disables it)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
+	fs.IntVar(&f.gcPercent, "gc-percent", 25, "Go GC target (as GOGC) for the agent; a low value keeps it small while it pushes a rotation to many proxies (0: Go's default or $GOGC)")
+}
+
+// config turns the flags into an agent.Config.
+func (f *flags) config() (agent.Config, error) {
+	keyType, err := agent.ParseKeyType(f.keyType)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("--key-type: %w", err)
+	}
+	var id spiffeid.ID
+	if f.spiffeID != "" {
+		if id, err = spiffeid.FromString(f.spiffeID); err != nil {
+			return agent.Config{}, fmt.Errorf("--spiffe-id %q: %w", f.spiffeID, err)
+		}
+	}
+	mode, err := strconv.ParseUint(f.socketMode, 8, 32)
+	switch {
+	case err != nil || mode > 0o777:
+		return agent.Config{}, fmt.Errorf("--socket-mode %q: want an octal file mode such as 0600", f.socketMode)
+	case mode&0o007 != 0:
+		return agent.Config{}, fmt.Errorf("--socket-mode %s lets any user on the machine connect; use 0600 or 0660", f.socketMode)
+	case mode&0o600 != 0o600:
+		return agent.Config{}, fmt.Errorf("--socket-mode %s: the owner needs read and write", f.socketMode)
+	}
+	if f.gcPercent < 0 {
+		return agent.Config{}, fmt.Errorf("--gc-percent %d: want 0 (Go's default) or a positive percentage", f.gcPercent)
+	}
+	jitter := f.rotateJitter
+	if jitter == 0 {
+		jitter = -1 // agent.Config: negative means none.
+	}
+	return agent.Config{
+		CAAddr:            f.caAddr,
+		CAServerName:      f.caServerName,
+		RootCertFile:      f.rootCert,
+		TokenFile:         f.tokenFile,
+		SPIFFEID:          id,
+		KeyType:           keyType,
+		TTL:               f.ttl,
+		RotateFraction:    f.rotateFraction,
+		RotateJitter:      jitter,
+		InitialBackoff:    f.initialBackoff,
+		MaxBackoff:        f.maxBackoff,
+		RequestTimeout:    f.requestTimeout,
+		RootPollInterval:  f.rootPoll,
+		SDSSocket:         f.sdsSocket,
+		WorkloadAPISocket: f.workloadSocket,
+		SocketMode:        os.FileMode(mode),
+		OutputDir:         f.outputDir,
+		HTTPAddr:          f.httpAddr,
+		Pprof:             f.pprof,
+	}, nil
+}
+
+// newLogger returns a JSON logger on w at the named level.
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// parse parses args into the agent's Config, its logger writing to
+// stderr, and the GC percentage to set. name heads the usage message
+// printed on stderr for -h or a bad flag. lookup reads the environment
+// (nil: os.LookupEnv).
+func parse(name string, args []string, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, err error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f flags
+	f.register(fs)
+	if err := cliflag.Parse(fs, EnvPrefix, args, lookup); err != nil {
+		return agent.Config{}, 0, UsageError{err}
+	}
+	if fs.NArg() > 0 {
+		return agent.Config{}, 0, UsageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return agent.Config{}, 0, UsageError{err}
+	}
+	if cfg, err = f.config(); err != nil {
+		return agent.Config{}, 0, UsageError{err}
+	}
+	cfg.Logger = log
+	return cfg, f.gcPercent, nil
+}
+
+// Run parses args as the agent's flags (with their CASTELLAN_ environment
+// variables) and runs the node agent until ctx ends. name heads the usage
+// message, such as "castellan agent". Logs go to stderr as JSON; stdout is
+// not used. SIGHUP asks for a new SVID at once.
+//
+// A bad flag or argument returns a UsageError; any other error comes from
+// the agent itself.
+func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	cfg, gcPercent, err := parse(name, args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	if gcPercent > 0 && os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Registerer, cfg.Gatherer = reg, reg
+
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	log := cfg.Logger
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("agent: SIGHUP: rotating now")
+				a.RotateNow()
+			}
+		}
+	}()
+	return a.Run(ctx)
+}

@@ -1,0 +1,139 @@
+package agentcmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/agent"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		check func(t *testing.T, cfg agent.Config, gcPercent int)
+		// wantErr is a substring of the usage error; "" means success.
+		wantErr string
+	}{
+		{
+			name: "defaults",
+			check: func(t *testing.T, cfg agent.Config, gcPercent int) {
+				if cfg.CAAddr != "castellan.castellan-system.svc:15012" || cfg.SDSSocket != agent.DefaultSDSSocket ||
+					cfg.SocketMode != 0o600 || cfg.KeyType != agent.KeyECDSAP256 || cfg.HTTPAddr != "127.0.0.1:15020" {
+					t.Errorf("defaults: %+v", cfg)
+				}
+				if gcPercent != 25 {
+					t.Errorf("gc percent %d, want 25", gcPercent)
+				}
+				if cfg.Logger == nil {
+					t.Error("no logger")
+				}
+			},
+		},
+		{
+			name: "flags map to config fields",
+			args: []string{"--ca-addr=ca:1", "--ca-server-name=ca.example", "--spiffe-id=spiffe://td/ns/a/sa/b",
+				"--key-type=rsa-2048", "--socket-mode=0660", "--ttl=2h", "--rotate-jitter=0", "--pprof", "--gc-percent=0"},
+			check: func(t *testing.T, cfg agent.Config, gcPercent int) {
+				if cfg.CAAddr != "ca:1" || cfg.CAServerName != "ca.example" || cfg.SPIFFEID.String() != "spiffe://td/ns/a/sa/b" ||
+					cfg.KeyType != agent.KeyRSA2048 || cfg.SocketMode != 0o660 || cfg.TTL != 2*time.Hour || !cfg.Pprof {
+					t.Errorf("config: %+v", cfg)
+				}
+				if cfg.RotateJitter >= 0 {
+					t.Errorf("--rotate-jitter=0 gave RotateJitter %v, want negative (none)", cfg.RotateJitter)
+				}
+				if gcPercent != 0 {
+					t.Errorf("gc percent %d, want 0", gcPercent)
+				}
+			},
+		},
+		{
+			name: "environment sets a flag",
+			env:  map[string]string{"CASTELLAN_CA_ADDR": "env:2", "CASTELLAN_OUTPUT_DIR": "/out"},
+			check: func(t *testing.T, cfg agent.Config, _ int) {
+				if cfg.CAAddr != "env:2" || cfg.OutputDir != "/out" {
+					t.Errorf("config: %+v", cfg)
+				}
+			},
+		},
+		{
+			name: "flag wins over environment",
+			args: []string{"--ca-addr=flag:3"},
+			env:  map[string]string{"CASTELLAN_CA_ADDR": "env:2"},
+			check: func(t *testing.T, cfg agent.Config, _ int) {
+				if cfg.CAAddr != "flag:3" {
+					t.Errorf("CAAddr %q, want flag:3", cfg.CAAddr)
+				}
+			},
+		},
+		{name: "socket open to others", args: []string{"--socket-mode=0666"}, wantErr: "lets any user"},
+		{name: "socket not writable by owner", args: []string{"--socket-mode=0460"}, wantErr: "owner needs read and write"},
+		{name: "socket mode not octal", args: []string{"--socket-mode=rw"}, wantErr: "want an octal file mode"},
+		{name: "socket mode too large", args: []string{"--socket-mode=01777"}, wantErr: "want an octal file mode"},
+		{name: "bad key type", args: []string{"--key-type=dsa"}, wantErr: "--key-type"},
+		{name: "bad SPIFFE ID", args: []string{"--spiffe-id=https://x"}, wantErr: "--spiffe-id"},
+		{name: "bad log level", args: []string{"--log-level=loud"}, wantErr: "--log-level"},
+		{name: "negative GC percent", args: []string{"--gc-percent=-1"}, wantErr: "--gc-percent"},
+		{name: "unknown flag", args: []string{"--bogus"}, wantErr: "flag provided but not defined"},
+		{name: "positional argument", args: []string{"serve"}, wantErr: `unexpected argument "serve"`},
+		{name: "bad environment value", env: map[string]string{"CASTELLAN_TTL": "soon"}, wantErr: "CASTELLAN_TTL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			var stderr bytes.Buffer
+			cfg, gc, err := parse("castellan-agent", tt.args, &stderr, lookup)
+			if tt.wantErr != "" {
+				var ue UsageError
+				if !errors.As(err, &ue) || ue.ExitCode() != 2 || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, cfg, gc)
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var stderr bytes.Buffer
+	_, _, err := parse("castellan-agent", []string{"-h"}, &stderr, func(string) (string, bool) { return "", false })
+	if !errors.Is(err, flag.ErrHelp) || err.Error() != "" {
+		t.Fatalf("err = %v, want flag.ErrHelp with an empty message", err)
+	}
+	for _, want := range []string{"Usage of castellan-agent", "-ca-addr", "-sds-socket", "-gc-percent"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+// TestRunStops runs the agent with SDS and HTTP off until its context
+// ends: Run binds, serves and returns nil.
+func TestRunStops(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var stderr bytes.Buffer
+	err := Run(ctx, "castellan-agent", []string{
+		"--ca-addr=127.0.0.1:1", "--root-cert=" + filepath.Join(dir, "missing.pem"), "--token-file=" + filepath.Join(dir, "token"),
+		"--sds-socket=" + filepath.Join(dir, "socket"), "--http-addr=-", "--gc-percent=0",
+	}, os.Stdout, &stderr)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), `"msg":"agent running"`) {
+		t.Errorf("no start log:\n%s", stderr.String())
+	}
+}

@@ -1,0 +1,54 @@
+// Command castellan-agent is Castellan's node agent on its own: the same
+// command as "castellan agent", in a binary that links only the agent (no
+// CA, Kubernetes client, policy translator or key-management backends), so
+// that the DaemonSet on every node maps a fraction of the pages.
+//
+//	castellan-agent --ca-addr castellan.castellan-system.svc:15012 \
+//	    --sds-socket /var/run/secrets/workload-spiffe-uds/socket
+//
+// Every flag can also be set as CASTELLAN_<FLAG>, for example
+// CASTELLAN_CA_ADDR. SIGHUP asks for a new SVID at once; SIGINT and
+// SIGTERM stop the agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/castellan-mesh/castellan/agent/agentcmd"
+)
+
+// name heads usage and error messages.
+const name = "castellan-agent"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run runs the agent and returns the process exit code: 0 when it stopped
+// cleanly or printed its help, 2 for a bad flag, 1 for any other failure.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := agentcmd.Run(ctx, name, args, stdout, stderr)
+	var ec interface{ ExitCode() int }
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ec):
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintf(stderr, "%s: %s\n", name, msg)
+		}
+		return ec.ExitCode()
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+}
