@@ -50,6 +50,9 @@ type Mode string
 const (
 	ModeSelfSigned Mode = "self-signed"
 	ModePluggedIn  Mode = "plugged-in"
+	// ModeUpstream is an intermediate signed by an upstream CA (package
+	// upstream); the material package only reports it.
+	ModeUpstream Mode = "upstream"
 )
 
 // Config configures a Store.

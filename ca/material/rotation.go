@@ -5,7 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,14 +57,122 @@ const (
 	RootRetiring RootState = "retiring"
 )
 
-// rotationState is the content of rotation.json.
-type rotationState struct {
+// RotationState is the content of rotation.json: where a root rotation
+// stands. Every CA mode that keeps its material in a data directory uses
+// it.
+type RotationState struct {
 	Phase       Phase     `json:"phase"`
 	PreparedAt  time.Time `json:"prepared_at,omitzero"`
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	// RetireAfter is when the last SVID signed under the old root expires:
 	// the activation time plus the longest SVID lifetime plus clock skew.
 	RetireAfter time.Time `json:"retire_after,omitzero"`
+	// Issuer names the upstream issuer (a Vault PKI issuer) that signs
+	// the intermediate from activation on; it stays after retirement.
+	// Empty means the one the CA is configured with.
+	Issuer string `json:"issuer,omitempty"`
+	// NextIssuer names the upstream issuer of a prepared root.
+	NextIssuer string `json:"next_issuer,omitempty"`
+	// Retired holds the SHA-256 fingerprints (hex) of roots dropped from
+	// the bundle by a retirement, which are never served again.
+	Retired []string `json:"retired,omitempty"`
+}
+
+// ReadRotationState reads dir's rotation.json. A missing file is the
+// steady phase.
+func ReadRotationState(dir string) (RotationState, error) {
+	path := filepath.Join(dir, RotationFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return RotationState{Phase: PhaseSteady}, nil
+	}
+	if err != nil {
+		return RotationState{}, fmt.Errorf("material: %w", err)
+	}
+	var st RotationState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return RotationState{}, fmt.Errorf("material: %s: %w", path, err)
+	}
+	switch st.Phase {
+	case PhaseSteady, PhasePrepared, PhaseActivated:
+	default:
+		return RotationState{}, fmt.Errorf("material: %s: unknown phase %q (want steady, prepared or activated)", path, st.Phase)
+	}
+	return st, nil
+}
+
+// WriteRotationState replaces dir's rotation.json atomically.
+func WriteRotationState(dir string, st RotationState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	if err := pemfile.WriteFileAtomic(filepath.Join(dir, RotationFile), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("material: %w", err)
+	}
+	return nil
+}
+
+// RotationPolicy holds the waits between the phases of a rotation. Zero
+// values select the noted defaults.
+type RotationPolicy struct {
+	// PropagationDelay is how long a prepared root must sit in the bundle
+	// before it may sign: the time the bundle needs to reach every peer.
+	// Default: 1h.
+	PropagationDelay time.Duration
+	// MaxTTL is the CA's longest SVID lifetime; the old root is kept that
+	// long after activation. Default: 24h.
+	MaxTTL time.Duration
+	// RetireMargin is added to MaxTTL before the old root may be retired,
+	// for clock skew between the CA and its peers. Default: 2m.
+	RetireMargin time.Duration
+}
+
+// ActivateAfter is when a root prepared at preparedAt may sign.
+func (p RotationPolicy) ActivateAfter(preparedAt time.Time) time.Time {
+	d := p.PropagationDelay
+	if d <= 0 {
+		d = time.Hour
+	}
+	return preparedAt.Add(d)
+}
+
+// RetireAfter is when no SVID signed under the old root can still be
+// valid, for an activation at activatedAt.
+func (p RotationPolicy) RetireAfter(activatedAt time.Time) time.Time {
+	ttl, margin := p.MaxTTL, p.RetireMargin
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	if margin <= 0 {
+		margin = 2 * time.Minute
+	}
+	return activatedAt.Add(ttl + margin)
+}
+
+// CheckActivate refuses an activation at now of the rotation st before the
+// propagation delay has passed, unless force is set.
+func (p RotationPolicy) CheckActivate(st RotationState, now time.Time, force bool) error {
+	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
+		return fmt.Errorf("material: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// CheckRetire refuses a retirement at now of the rotation st while an
+// SVID signed under the old root may still be valid, unless force is set.
+func (p RotationPolicy) CheckRetire(st RotationState, now time.Time, force bool) error {
+	if now.Before(st.RetireAfter) && !force {
+		return fmt.Errorf("material: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER, in hex, as recorded
+// in RotationState.Retired.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }
 
 // RootStatus describes one root of the trust bundle.
@@ -85,6 +195,10 @@ type RotationStatus struct {
 	// delay to reach every peer.
 	ActivateAfter time.Time `json:"activate_after,omitzero"`
 	RetireAfter   time.Time `json:"retire_after,omitzero"`
+	// Issuer and NextIssuer name the upstream issuers of an
+	// upstream-signed CA (see RotationState).
+	Issuer     string `json:"issuer,omitempty"`
+	NextIssuer string `json:"next_issuer,omitempty"`
 }
 
 // Rotator prepares, activates and retires roots in a data directory. A
@@ -126,25 +240,8 @@ func (r *Rotator) log() *slog.Logger {
 	return slog.Default()
 }
 
-func (r *Rotator) propagation() time.Duration {
-	if r.PropagationDelay > 0 {
-		return r.PropagationDelay
-	}
-	return time.Hour
-}
-
-func (r *Rotator) maxTTL() time.Duration {
-	if r.MaxTTL > 0 {
-		return r.MaxTTL
-	}
-	return 24 * time.Hour
-}
-
-func (r *Rotator) retireMargin() time.Duration {
-	if r.RetireMargin > 0 {
-		return r.RetireMargin
-	}
-	return 2 * time.Minute
+func (r *Rotator) policy() RotationPolicy {
+	return RotationPolicy{PropagationDelay: r.PropagationDelay, MaxTTL: r.MaxTTL, RetireMargin: r.RetireMargin}
 }
 
 func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
@@ -164,33 +261,9 @@ func (r *Rotator) mode() (Mode, error) {
 	return ModeSelfSigned, nil
 }
 
-func (r *Rotator) readState() (rotationState, error) {
-	b, err := os.ReadFile(r.path(RotationFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return rotationState{Phase: PhaseSteady}, nil
-	}
-	if err != nil {
-		return rotationState{}, fmt.Errorf("material: %w", err)
-	}
-	var st rotationState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return rotationState{}, fmt.Errorf("material: %s: %w", r.path(RotationFile), err)
-	}
-	switch st.Phase {
-	case PhaseSteady, PhasePrepared, PhaseActivated:
-	default:
-		return rotationState{}, fmt.Errorf("material: %s: unknown phase %q", r.path(RotationFile), st.Phase)
-	}
-	return st, nil
-}
+func (r *Rotator) readState() (RotationState, error) { return ReadRotationState(r.Dir) }
 
-func (r *Rotator) writeState(st rotationState) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	return pemfile.WriteFileAtomic(r.path(RotationFile), append(b, '\n'), 0o644)
-}
+func (r *Rotator) writeState(st RotationState) error { return WriteRotationState(r.Dir, st) }
 
 // Status reports the roots in the bundle and the rotation phase.
 func (r *Rotator) Status() (*RotationStatus, error) {
@@ -212,7 +285,7 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 	}
 	out := &RotationStatus{Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
 	if st.Phase == PhasePrepared {
-		out.ActivateAfter = st.PreparedAt.Add(r.propagation())
+		out.ActivateAfter = r.policy().ActivateAfter(st.PreparedAt)
 	}
 	for _, c := range bundle {
 		state := RootActive
@@ -251,20 +324,20 @@ func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certi
 
 // begin reads the directory's mode and rotation state for a step that
 // needs phase want; otherwise it fails with msg, given the current phase.
-func (r *Rotator) begin(ctx context.Context, want Phase, msg string) (Mode, rotationState, error) {
+func (r *Rotator) begin(ctx context.Context, want Phase, msg string) (Mode, RotationState, error) {
 	if err := ctx.Err(); err != nil {
-		return "", rotationState{}, err
+		return "", RotationState{}, err
 	}
 	mode, err := r.mode()
 	if err != nil {
-		return "", rotationState{}, err
+		return "", RotationState{}, err
 	}
 	st, err := r.readState()
 	if err != nil {
-		return "", rotationState{}, err
+		return "", RotationState{}, err
 	}
 	if st.Phase != want {
-		return "", rotationState{}, fmt.Errorf("material: "+msg, st.Phase)
+		return "", RotationState{}, fmt.Errorf("material: "+msg, st.Phase)
 	}
 	return mode, st, nil
 }
@@ -301,13 +374,13 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 			return err
 		}
 	}
-	if err := r.writeState(rotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC()}); err != nil {
-		return fmt.Errorf("material: %w", err)
+	if err := r.writeState(RotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC()}); err != nil {
+		return err
 	}
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	r.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "dir", r.Dir, "subject", newRoots[0].Subject.String(), "serial", fmt.Sprintf("%x", newRoots[0].SerialNumber), "activate_after", r.now().Add(r.propagation()))
+	r.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "dir", r.Dir, "subject", newRoots[0].Subject.String(), "serial", fmt.Sprintf("%x", newRoots[0].SerialNumber), "activate_after", r.policy().ActivateAfter(r.now()))
 	return nil
 }
 
@@ -363,12 +436,12 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 		return err
 	}
 	now := r.now().UTC()
-	if ready := st.PreparedAt.Add(r.propagation()); now.Before(ready) && !force {
-		return fmt.Errorf("material: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
+	if err := r.policy().CheckActivate(st, now, force); err != nil {
+		return err
 	}
-	next := rotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: now.Add(r.maxTTL() + r.retireMargin())}
+	next := RotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: r.policy().RetireAfter(now)}
 	if err := r.writeState(next); err != nil {
-		return fmt.Errorf("material: %w", err)
+		return err
 	}
 	switch mode {
 	case ModeSelfSigned:
@@ -399,8 +472,8 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	if now := r.now(); now.Before(st.RetireAfter) && !force {
-		return fmt.Errorf("material: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
+	if err := r.policy().CheckRetire(st, r.now(), force); err != nil {
+		return err
 	}
 	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
 	if err != nil {
@@ -421,8 +494,8 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), keep); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	if err := r.writeState(rotationState{Phase: PhaseSteady}); err != nil {
-		return fmt.Errorf("material: %w", err)
+	if err := r.writeState(RotationState{Phase: PhaseSteady}); err != nil {
+		return err
 	}
 	os.RemoveAll(r.path(NextDir))
 	r.log().Info("retired the old root; the trust bundle holds only the active root", "dir", r.Dir, "roots", len(keep))

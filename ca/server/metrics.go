@@ -78,7 +78,9 @@ const (
 
 // rotationCollector exports the trust bundle's roots and the rotation
 // phase, read from the data directory at each scrape.
-type rotationCollector struct{ r *material.Rotator }
+type rotationCollector struct {
+	status func() (*material.RotationStatus, error)
+}
 
 var (
 	rootNotAfterDesc = prometheus.NewDesc("castellan_ca_bundle_root_expiry_timestamp_seconds",
@@ -100,7 +102,7 @@ func (c *rotationCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *rotationCollector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.r.Status()
+	st, err := c.status()
 	if err != nil {
 		return
 	}

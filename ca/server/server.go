@@ -92,6 +92,13 @@ type Config struct {
 	GRPCOptions []grpc.ServerOption
 }
 
+// RotationStatuser is a Source that reports its trust bundle's roots and
+// its root rotation phase, such as an upstream-signed CA. The Server
+// exports them as metrics.
+type RotationStatuser interface {
+	RotationStatus() (*material.RotationStatus, error)
+}
+
 // Server is a running CA.
 type Server struct {
 	cfg     Config
@@ -165,7 +172,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, Logger: cfg.Logger,
 			RetireMargin: cfg.RootRetireMargin,
 		}
-		cfg.Registerer.MustRegister(&rotationCollector{r: s.rotator})
+		cfg.Registerer.MustRegister(&rotationCollector{status: s.rotator.Status})
+	} else if r, ok := s.src.(RotationStatuser); ok {
+		cfg.Registerer.MustRegister(&rotationCollector{status: r.RotationStatus})
 	}
 	// Issue the first serving certificate now, so that a broken CA fails
 	// at start-up rather than on the first handshake.

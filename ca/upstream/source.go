@@ -24,11 +24,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -78,6 +80,12 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Logger receives renewal events. Default: slog.Default().
 	Logger *slog.Logger
+	// ReloadInterval is how often rotation.json is checked for a step
+	// taken by a Rotator. Default: 5s.
+	ReloadInterval time.Duration
+	// RotationPolicy holds the waits between rotation phases, for
+	// RotationStatus.
+	RotationPolicy material.RotationPolicy
 	// Registerer, if set, receives the Source's metrics.
 	Registerer prometheus.Registerer
 	// Now returns the current time. Default: time.Now.
@@ -92,7 +100,8 @@ type Source struct {
 	m   *metrics
 	cur atomic.Pointer[ca.Authority]
 
-	mu          sync.Mutex // serialises renewals
+	mu          sync.Mutex // serialises renewals and bundle changes
+	rot         rotation   // guarded by mu
 	stateMu     sync.Mutex
 	lastErr     error
 	failingFrom time.Time
@@ -105,6 +114,14 @@ type Source struct {
 	// retained are earlier roots kept in the bundle until the leaves
 	// signed under them have expired.
 	retained []retainedRoot
+}
+
+// rotation is the root rotation state last read from the data directory.
+type rotation struct {
+	st   material.RotationState
+	next *x509.Certificate // the prepared root, until retirement
+	seen string            // rotation.json and the prepared root, as read
+	err  string            // the last error reading them, logged once
 }
 
 type retainedRoot struct {
@@ -148,20 +165,38 @@ func New(ctx context.Context, cfg Config) (*Source, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.ReloadInterval <= 0 {
+		cfg.ReloadInterval = 5 * time.Second
+	}
 	if err := checkDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
 	s := &Source{cfg: cfg, log: cfg.Logger.With("upstream", cfg.Upstream.String())}
+	rot, _, err := s.readRotation()
+	if err != nil {
+		return nil, err
+	}
+	s.rot = rot
+	if _, err := s.authority(); err != nil {
+		return nil, err
+	}
 	s.m = newMetrics(cfg.Registerer, s)
 	a, err := s.loadCached()
+	s.retainServed(a)
 	switch {
 	case err != nil:
 		s.log.Warn("the kept intermediate cannot be used; asking the upstream for a new one", "dir", cfg.DataDir, "error", err)
 	case a != nil:
 		s.cur.Store(a)
 		s.log.Info("loaded the kept intermediate", "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter)
+		s.mu.Lock()
+		err := s.rebundle()
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
-	if a == nil || !s.cfg.Now().Before(s.renewAt(a)) {
+	if a == nil || !s.cfg.Now().Before(s.renewAt(a)) || s.switchDue() {
 		if err := s.Renew(ctx); err != nil {
 			if a == nil {
 				return nil, fmt.Errorf("upstream: no usable intermediate in %s, and %s did not sign one: %w", cfg.DataDir, cfg.Upstream, err)
@@ -237,7 +272,12 @@ func (s *Source) renewAt(a *ca.Authority) time.Time {
 
 // Run renews the intermediate when it is due, retrying failures with
 // jittered exponential backoff, until ctx ends.
+// It also takes the steps of a root rotation recorded in the data
+// directory by a Rotator.
 func (s *Source) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.watchRotation(ctx) })
 	backoff := time.Duration(0)
 	for {
 		var wait time.Duration
@@ -305,7 +345,7 @@ func (s *Source) Renew(ctx context.Context) error {
 	s.obtained.cert, s.obtained.at = a.Cert, s.cfg.Now()
 	s.stateMu.Unlock()
 	s.cur.Store(a)
-	s.log.Info("renewed the intermediate", "subject", a.Cert.Subject.String(), "serial", a.Cert.SerialNumber.Text(16),
+	s.log.Info("renewed the intermediate", "issuer", s.rot.st.Issuer, "subject", a.Cert.Subject.String(), "serial", a.Cert.SerialNumber.Text(16),
 		"not_before", a.Cert.NotBefore, "not_after", a.Cert.NotAfter, "root", a.Root().Subject.String(), "renew_at", s.renewAt(a))
 	return nil
 }
@@ -315,21 +355,28 @@ func (s *Source) renew(ctx context.Context) (*ca.Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert, chain, err := s.cfg.Upstream.SignIntermediate(ctx, csr, s.cfg.TTL)
+	up, err := s.authority()
+	if err != nil {
+		return nil, err
+	}
+	cert, chain, err := up.SignIntermediate(ctx, csr, s.cfg.TTL)
 	if err != nil {
 		return nil, err
 	}
 	if len(chain) == 0 {
-		return nil, fmt.Errorf("upstream: %s returned no chain above the intermediate", s.cfg.Upstream)
+		return nil, fmt.Errorf("upstream: %s returned no chain above the intermediate", up)
 	}
 	if !cert.NotAfter.After(s.cfg.Now()) {
-		return nil, fmt.Errorf("upstream: %s signed an intermediate that expired at %s", s.cfg.Upstream, cert.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("upstream: %s signed an intermediate that expired at %s", up, cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	root := chain[len(chain)-1]
+	if fp := material.Fingerprint(root); slices.Contains(s.rot.st.Retired, fp) {
+		return nil, fmt.Errorf("upstream: %s signed under root %q, which a rotation retired; name the new root's issuer", up, root.Subject)
+	}
 	roots, retained := s.bundle(root)
 	a, err := ca.NewAuthority(cert, s.cfg.Signer, chain, roots)
 	if err != nil {
-		return nil, fmt.Errorf("upstream: the certificate %s signed: %w", s.cfg.Upstream, err)
+		return nil, fmt.Errorf("upstream: the certificate %s signed: %w", up, err)
 	}
 	s.retained = retained
 	if err := s.persist(a); err != nil {
@@ -339,9 +386,10 @@ func (s *Source) renew(ctx context.Context) (*ca.Authority, error) {
 	return a, nil
 }
 
-// bundle returns the trust bundle for a new intermediate under root (root,
-// and any earlier root that still-valid leaves chain to) and the earlier
-// roots to keep.
+// bundle returns the trust bundle for an intermediate under root (root,
+// any earlier root that still-valid leaves chain to, unless a rotation
+// retired it, and a prepared root) and the earlier roots to keep. s.mu is
+// held.
 func (s *Source) bundle(root *x509.Certificate) ([]*x509.Certificate, []retainedRoot) {
 	now := s.cfg.Now()
 	candidates := append([]retainedRoot(nil), s.retained...)
@@ -351,10 +399,13 @@ func (s *Source) bundle(root *x509.Certificate) ([]*x509.Certificate, []retained
 	roots := []*x509.Certificate{root}
 	var kept []retainedRoot
 	for _, r := range candidates {
-		if now.Before(r.until) && !r.cert.Equal(root) && !containsCert(roots, r.cert) {
+		if now.Before(r.until) && !containsCert(roots, r.cert) && !slices.Contains(s.rot.st.Retired, material.Fingerprint(r.cert)) {
 			kept = append(kept, r)
 			roots = append(roots, r.cert)
 		}
+	}
+	if next := s.rot.next; next != nil && !containsCert(roots, next) {
+		roots = append(roots, next)
 	}
 	return roots, kept
 }
@@ -416,14 +467,26 @@ func (s *Source) loadCached() (*ca.Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", certPath, err)
 	}
-	// Earlier roots in the bundle stay until the kept intermediate expires:
-	// leaves signed under them may still be valid.
+	return a, nil
+}
+
+// retainServed keeps the roots of the bundle a previous run served, since
+// leaves it signed under them may still be valid: until the kept
+// intermediate expires, and at least the longest SVID lifetime.
+func (s *Source) retainServed(kept *ca.Authority) {
+	roots, err := pemfile.ReadCertificates(filepath.Join(s.cfg.DataDir, RootCertFile))
+	if err != nil {
+		return
+	}
+	until := s.cfg.RotationPolicy.RetireAfter(s.cfg.Now())
+	if kept != nil && kept.Cert.NotAfter.After(until) {
+		until = kept.Cert.NotAfter
+	}
 	for _, r := range roots {
-		if !r.Equal(a.Root()) {
-			s.retained = append(s.retained, retainedRoot{cert: r, until: cert.NotAfter})
+		if kept == nil || !r.Equal(kept.Root()) {
+			s.retained = append(s.retained, retainedRoot{cert: r, until: until})
 		}
 	}
-	return a, nil
 }
 
 // persist writes a's intermediate, chain and bundle to the data directory.
@@ -441,4 +504,134 @@ func (s *Source) persist(a *ca.Authority) error {
 		return nil
 	}
 	return pemfile.WriteFileAtomic(filepath.Join(dir, RootCertFile), bundle, 0o644)
+}
+
+// authority returns the upstream to sign with: the configured one, or the
+// issuer a root rotation activated. s.mu is held, or s is being built.
+func (s *Source) authority() (Authority, error) {
+	ref := s.rot.st.Issuer
+	if ref == "" {
+		return s.cfg.Upstream, nil
+	}
+	m, ok := s.cfg.Upstream.(interface{ WithIssuer(string) Authority })
+	if !ok {
+		return nil, fmt.Errorf("upstream: %s names issuer %q, but %s has a single issuer", filepath.Join(s.cfg.DataDir, material.RotationFile), ref, s.cfg.Upstream)
+	}
+	return m.WithIssuer(ref), nil
+}
+
+// readRotation reads the rotation state and the prepared root from the
+// data directory, and reports whether they changed since s.rot.
+func (s *Source) readRotation() (rotation, bool, error) {
+	raw, err := os.ReadFile(filepath.Join(s.cfg.DataDir, material.RotationFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return rotation{}, false, fmt.Errorf("upstream: %w", err)
+	}
+	next, err := os.ReadFile(filepath.Join(s.cfg.DataDir, NextRootCertFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return rotation{}, false, fmt.Errorf("upstream: %w", err)
+	}
+	seen := string(raw) + "\x00" + string(next)
+	if seen == s.rot.seen {
+		return s.rot, false, nil
+	}
+	r := rotation{seen: seen}
+	if r.st, err = material.ReadRotationState(s.cfg.DataDir); err != nil {
+		return rotation{}, false, err
+	}
+	if r.next, err = readNextRoot(s.cfg.DataDir); err != nil {
+		return rotation{}, false, err
+	}
+	if r.st.Phase != material.PhaseSteady && r.next == nil {
+		return rotation{}, false, fmt.Errorf("upstream: %s says %s, but %s is missing", material.RotationFile, r.st.Phase, NextRootCertFile)
+	}
+	return r, true, nil
+}
+
+// switchDue reports whether an activated rotation waits for the
+// intermediate to be renewed under the new root. s.mu is held, or s is
+// being built.
+func (s *Source) switchDue() bool {
+	a := s.cur.Load()
+	return s.rot.st.Phase == material.PhaseActivated && s.rot.next != nil && a != nil && !a.Root().Equal(s.rot.next)
+}
+
+// watchRotation takes the rotation steps recorded in the data directory,
+// every ReloadInterval, until ctx ends.
+func (s *Source) watchRotation(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.reloadRotation(ctx)
+	}
+}
+
+// reloadRotation applies a changed rotation state: a prepared root joins
+// the bundle, an activated issuer signs a new intermediate, a retired root
+// leaves the bundle. An unreadable state is logged and the current one
+// kept.
+func (s *Source) reloadRotation(ctx context.Context) {
+	s.mu.Lock()
+	rot, changed, err := s.readRotation()
+	if err != nil {
+		if msg := err.Error(); msg != s.rot.err {
+			s.rot.err = msg
+			s.log.Error("cannot read the root rotation state; keeping the current one", "dir", s.cfg.DataDir, "error", err)
+		}
+		s.mu.Unlock()
+		return
+	}
+	if changed {
+		prev := s.rot.st
+		s.rot = rot
+		if _, err := s.authority(); err != nil {
+			s.log.Error("cannot take the root rotation step", "error", err)
+			s.rot.st.Issuer = prev.Issuer
+		}
+		s.log.Info("root rotation state changed", "phase", rot.st.Phase, "issuer", rot.st.Issuer, "next_issuer", rot.st.NextIssuer)
+		if err := s.rebundle(); err != nil {
+			s.log.Error("cannot update the trust bundle for the root rotation", "error", err)
+		}
+	}
+	due := s.switchDue()
+	s.mu.Unlock()
+	if due {
+		s.log.Info("root rotation activated: having the new issuer sign the intermediate", "issuer", rot.st.Issuer)
+		if err := s.Renew(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("the new issuer did not sign the intermediate; still signing under the old root, retrying", "issuer", rot.st.Issuer, "retry_in", s.cfg.ReloadInterval, "error", err)
+		}
+	}
+}
+
+// rebundle recomputes the current intermediate's trust bundle and, if it
+// changed, serves and keeps the new one. s.mu is held.
+func (s *Source) rebundle() error {
+	a := s.cur.Load()
+	if a == nil {
+		return nil
+	}
+	roots, retained := s.bundle(a.Root())
+	if slices.EqualFunc(roots, a.Roots, (*x509.Certificate).Equal) {
+		return nil
+	}
+	b, err := ca.NewAuthority(a.Cert, a.Signer, a.Chain, roots)
+	if err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	s.retained = retained
+	s.cur.Store(b)
+	s.log.Info("trust bundle changed", "roots", len(roots))
+	return s.persist(b)
+}
+
+// RotationStatus reports the roots of the bundle and the root rotation
+// phase, as the data directory records them.
+func (s *Source) RotationStatus() (*material.RotationStatus, error) {
+	r := &Rotator{Dir: s.cfg.DataDir, Policy: s.cfg.RotationPolicy}
+	return r.Status()
 }

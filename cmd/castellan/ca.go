@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,8 @@ type caDeps struct {
 	trustDomain spiffeid.TrustDomain
 	dataDir     string
 	kubeconfig  string
+	// policy holds the waits between root rotation phases.
+	policy material.RotationPolicy
 	// runners are background jobs started with the server.
 	runners []func(context.Context) error
 }
@@ -103,7 +106,8 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig}
+	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
+		policy: material.RotationPolicy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}
 	signer, err := f.kms.signer(ctx, deps)
 	if err != nil {
 		return err

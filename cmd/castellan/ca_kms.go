@@ -47,6 +47,11 @@ func (k *kmsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.upstream, "upstream", "", `upstream CA that signs Castellan's intermediate: "vault" (Vault's PKI engine), or empty for a self-signed root`)
 	fs.DurationVar(&k.upstreamTTL, "upstream-ttl", 72*time.Hour, "intermediate lifetime asked of the upstream CA")
 	fs.Float64Var(&k.renewFraction, "upstream-renew-fraction", 0.5, "renew the intermediate after this fraction of its lifetime, in (0, 1)")
+	k.registerVault(fs)
+}
+
+// registerVault registers the flags that reach Vault.
+func (k *kmsFlags) registerVault(fs *flag.FlagSet) {
 	fs.StringVar(&k.vaultAddr, "vault-addr", "", "Vault address, e.g. https://vault.vault.svc:8200")
 	fs.StringVar(&k.vaultCACert, "vault-ca-cert", "", "PEM file of roots that verify Vault's TLS certificate (system roots when empty)")
 	fs.StringVar(&k.vaultNamespace, "vault-namespace", "", "Vault Enterprise namespace")
@@ -58,7 +63,7 @@ func (k *kmsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.kubeRole, "vault-kubernetes-role", "", "Vault role for --vault-auth=kubernetes")
 	fs.StringVar(&k.kubeTokenFile, "vault-kubernetes-token-file", vault.DefaultKubernetesTokenFile, "service-account token exchanged at auth/kubernetes/login")
 	fs.StringVar(&k.pkiMount, "vault-pki-mount", "pki", "mount path of Vault's PKI engine for --upstream=vault")
-	fs.StringVar(&k.pkiIssuer, "vault-pki-issuer", "", "issuer (name or ID) that signs the intermediate, via <mount>/issuer/<issuer>/sign-intermediate (default: the mount's default issuer, via <mount>/root/sign-intermediate)")
+	fs.StringVar(&k.pkiIssuer, "vault-pki-issuer", "", "issuer (name or ID) that signs the intermediate, via <mount>/issuer/<issuer>/sign-intermediate (default: the mount's default issuer, via <mount>/root/sign-intermediate); once a root rotation is activated, the issuer it recorded in --data-dir signs instead")
 }
 
 // vaultClient returns the Vault client the flags describe.
@@ -158,14 +163,15 @@ func (k *kmsFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer) 
 		return nil, err
 	}
 	src, err := upstream.New(ctx, upstream.Config{
-		Upstream:      &upstream.VaultPKI{Client: client, Mount: k.pkiMount, Issuer: k.pkiIssuer},
-		Signer:        signer,
-		TrustDomain:   d.trustDomain,
-		DataDir:       d.dataDir,
-		TTL:           k.upstreamTTL,
-		RenewFraction: k.renewFraction,
-		Logger:        d.log,
-		Registerer:    d.reg,
+		Upstream:       &upstream.VaultPKI{Client: client, Mount: k.pkiMount, Issuer: k.pkiIssuer},
+		Signer:         signer,
+		TrustDomain:    d.trustDomain,
+		DataDir:        d.dataDir,
+		TTL:            k.upstreamTTL,
+		RenewFraction:  k.renewFraction,
+		RotationPolicy: d.policy,
+		Logger:         d.log,
+		Registerer:     d.reg,
 	})
 	if err != nil {
 		return nil, err

@@ -7,11 +7,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -24,21 +29,48 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := flag.NewFlagSet("castellan ca rotate "+step, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data-dir", "/var/lib/castellan", "the CA's data directory")
-	trustDomain := fs.String("trust-domain", "cluster.local", "trust domain named in a new self-signed root")
-	rootTTL := fs.Duration("root-ttl", 10*365*24*time.Hour, "lifetime of a new self-signed root")
+	trustDomain := fs.String("trust-domain", "cluster.local", "trust domain named in a new root")
+	rootTTL := fs.Duration("root-ttl", 10*365*24*time.Hour, "lifetime of a new root (self-signed, or created in Vault)")
 	propagation := fs.Duration("root-propagation-delay", time.Hour, "time a prepared root must sit in the bundle before it may sign")
 	maxTTL := fs.Duration("max-ttl", 24*time.Hour, "the CA's longest SVID lifetime (the old root is kept that long after activation)")
-	from := fs.String("from", "", "prepare, plugged-in CA: directory holding the next cacerts")
+	from := fs.String("from", "", "prepare: for a plugged-in CA, the directory holding the next cacerts; for an upstream-signed CA, the Vault issuer (name or ID) of the next root (default: a new root created in the PKI mount)")
 	force := fs.Bool("force", false, "activate or retire before it is known to be safe")
 	format := fs.String("format", "text", "status output: text or json")
+	var k kmsFlags
+	fs.StringVar(&k.upstream, "upstream", "", `"vault" for a CA whose intermediate Vault's PKI engine signs (found from --data-dir when empty)`)
+	k.registerVault(fs)
 	if err := cliflag.Parse(fs, "CASTELLAN", args[1:], nil); err != nil {
 		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if *format != "text" && *format != "json" {
+		return usageError{fmt.Errorf("--format %q: want text or json", *format)}
 	}
 	td, err := spiffeid.TrustDomainFromString(*trustDomain)
 	if err != nil {
 		return usageError{fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
 	}
-	r := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, PropagationDelay: *propagation, MaxTTL: *maxTTL}
+	policy := material.RotationPolicy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
+	var r rotator = &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, PropagationDelay: *propagation, MaxTTL: *maxTTL}
+	switch {
+	case k.upstream != "" && k.upstream != "vault":
+		return usageError{fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
+	case k.upstream == "vault" || upstreamDir(*dataDir):
+		if !upstreamDir(*dataDir) {
+			return fmt.Errorf("%s holds no upstream-signed intermediate (%s); start the CA with --upstream=vault first", *dataDir, upstream.ChainFile)
+		}
+		ur := &upstream.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}
+		if step == "prepare" {
+			client, err := k.vaultClient(&caDeps{log: ur.Logger, reg: prometheus.NewRegistry()})
+			if err != nil {
+				return err
+			}
+			ur.Upstream = &upstream.VaultPKI{Client: client, Mount: k.pkiMount}
+		}
+		r = upstreamRotator{ur}
+	}
 	switch step {
 	case "prepare":
 		err = r.Prepare(ctx, *from)
@@ -66,8 +98,48 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
+// rotator is a root rotation of one CA mode.
+type rotator interface {
+	Prepare(ctx context.Context, from string) error
+	Activate(ctx context.Context, force bool) error
+	Retire(ctx context.Context, force bool) error
+	Status() (*material.RotationStatus, error)
+}
+
+// upstreamRotator adapts upstream.Rotator to rotator.
+type upstreamRotator struct{ *upstream.Rotator }
+
+func (u upstreamRotator) Prepare(ctx context.Context, from string) error {
+	_, err := u.Rotator.Prepare(ctx, from)
+	return err
+}
+
+// upstreamDir reports whether dir holds an upstream-signed intermediate.
+func upstreamDir(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, upstream.ChainFile))
+	return err == nil
+}
+
+// newCLILogger logs a command's progress to w, without timestamps.
+func newCLILogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+}
+
 func printRotation(w io.Writer, st *material.RotationStatus) {
 	fmt.Fprintf(w, "mode   %s\nphase  %s\n", st.Mode, st.Phase)
+	if st.Issuer != "" {
+		fmt.Fprintf(w, "issuer          %s\n", st.Issuer)
+	}
+	if st.NextIssuer != "" {
+		fmt.Fprintf(w, "next issuer     %s\n", st.NextIssuer)
+	}
 	if !st.ActivateAfter.IsZero() {
 		fmt.Fprintf(w, "activate after  %s\n", st.ActivateAfter.Format(time.RFC3339))
 	}
