@@ -24,10 +24,10 @@ import (
 // and p99 latency. The upstream case is Castellan's chosen trade-off: the
 // intermediate key in process, Vault only signing the intermediate.
 func BenchmarkCASigners(b *testing.B) {
-	v := startVault(b)
-	v.enablePKI(b)
-	v.enableTransit(b)
-	roleID, secretID := v.appRole(b, 0)
+	v := harness.StartVault(b)
+	v.EnablePKI(b)
+	v.EnableTransit(b)
+	roleID, secretID := v.AppRole(b, 0)
 	appRole := vault.AppRoleAuth{RoleID: roleID, SecretID: secretID}
 	softHSMToken(b, "castellan")
 	dur := 5 * time.Second
@@ -44,9 +44,9 @@ func BenchmarkCASigners(b *testing.B) {
 	}{
 		{name: "software", setup: caSetup{keyURI: "file://" + filepath.Join(b.TempDir(), "ca-key.pem")}},
 		{name: "pkcs11-softhsm2", setup: caSetup{keyURI: softHSMURI("bench")}},
-		{name: "vault-transit-batched", setup: caSetup{keyURI: "vault-transit://transit/castellan-bench", vaultAddr: v.addr, vaultAuth: appRole, transitBatch: 32}},
-		{name: "vault-transit-unbatched", setup: caSetup{keyURI: "vault-transit://transit/castellan-bench", vaultAddr: v.addr, vaultAuth: appRole, transitBatch: 1}},
-		{name: "vault-pki-upstream-software-intermediate", setup: caSetup{keyURI: "file://" + filepath.Join(b.TempDir(), "inter-key.pem"), vaultAddr: v.addr, vaultAuth: appRole, upstream: true}},
+		{name: "vault-transit-batched", setup: caSetup{keyURI: "vault-transit://transit/castellan-bench", vaultAddr: v.Addr, vaultAuth: appRole, transitBatch: 32}},
+		{name: "vault-transit-unbatched", setup: caSetup{keyURI: "vault-transit://transit/castellan-bench", vaultAddr: v.Addr, vaultAuth: appRole, transitBatch: 1}},
+		{name: "vault-pki-upstream-software-intermediate", setup: caSetup{keyURI: "file://" + filepath.Join(b.TempDir(), "inter-key.pem"), vaultAddr: v.Addr, vaultAuth: appRole, upstream: true}},
 	}
 	for _, tc := range cases {
 		b.Run(tc.name, func(b *testing.B) {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -153,9 +154,9 @@ func TestCommandStartupErrors(t *testing.T) {
 // intermediate key in SoftHSM2 and AppRole auth, all from flags.
 func TestCommandUpstreamVault(t *testing.T) {
 	softHSMToken(t, "castellan")
-	v := startVault(t)
-	root := v.enablePKI(t)
-	roleID, secretID := v.appRole(t, time.Hour)
+	v := harness.StartVault(t)
+	root := v.EnablePKI(t)
+	roleID, secretID := v.AppRole(t, time.Hour)
 	secretFile := filepath.Join(t.TempDir(), "secret-id")
 	if err := os.WriteFile(secretFile, []byte(secretID), 0o600); err != nil {
 		t.Fatal(err)
@@ -171,7 +172,7 @@ func TestCommandUpstreamVault(t *testing.T) {
 		"--http-addr", "127.0.0.1:" + strconv.Itoa(httpPort),
 		"--signer-key-uri", softHSMURI("intermediate"),
 		"--upstream", "vault",
-		"--vault-addr", v.addr,
+		"--vault-addr", v.Addr,
 		"--vault-auth", "approle",
 		"--vault-approle-role-id", roleID,
 		"--vault-approle-secret-id-file", secretFile,

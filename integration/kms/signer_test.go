@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/kms/vault"
 )
 
@@ -47,14 +48,14 @@ func TestSoftHSMRoot(t *testing.T) {
 // TestTransitRoot keeps the CA's self-signed root key in Vault Transit:
 // every certificate the CA signs is one transit/sign call.
 func TestTransitRoot(t *testing.T) {
-	v := startVault(t)
-	v.enableTransit(t)
-	roleID, secretID := v.appRole(t, 0)
+	v := harness.StartVault(t)
+	v.EnableTransit(t)
+	roleID, secretID := v.AppRole(t, 0)
 	iss := newOfflineIssuer(t)
 	w := iss.workload("default", "sleep")
 	c, held := startKeyedCA(t, nil, caSetup{
 		keyURI:    "vault-transit://transit/castellan-root",
-		vaultAddr: v.addr,
+		vaultAddr: v.Addr,
 		vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
 	}, iss.option())
 	s := w.fetchSVID(t, c)
@@ -62,7 +63,7 @@ func TestTransitRoot(t *testing.T) {
 	if !publicKeysEqual(root.PublicKey, held.key.Public()) {
 		t.Fatal("the root is not for the Transit key")
 	}
-	key := v.read(t, "transit/keys/castellan-root")
+	key := v.Read(t, "transit/keys/castellan-root")
 	if key.Data["exportable"] != false || key.Data["type"] != "ecdsa-p256" {
 		t.Errorf("Transit key exportable=%v type=%v; want a non-exportable ecdsa-p256 key", key.Data["exportable"], key.Data["type"])
 	}

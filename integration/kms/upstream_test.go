@@ -25,10 +25,10 @@ import (
 // leaf → Castellan intermediate → Vault root, which go-spiffe verifies
 // against the bundle the CA serves (Vault's root).
 func TestVaultPKIUpstream(t *testing.T) {
-	v := startVault(t)
-	root := v.enablePKI(t)
-	v.enableTransit(t)
-	roleID, secretID := v.appRole(t, time.Hour)
+	v := harness.StartVault(t)
+	root := v.EnablePKI(t)
+	v.EnableTransit(t)
+	roleID, secretID := v.AppRole(t, time.Hour)
 	iss := newOfflineIssuer(t)
 	w := iss.workload("default", "sleep")
 
@@ -47,7 +47,7 @@ func TestVaultPKIUpstream(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			setup := caSetup{
 				keyURI:    tt.keyURI(t),
-				vaultAddr: v.addr,
+				vaultAddr: v.Addr,
 				vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
 				upstream:  true,
 				upstreamCfg: func(c *upstream.Config) {
@@ -113,8 +113,8 @@ func TestVaultPKIUpstream(t *testing.T) {
 // against the in-process API server.
 func TestVaultKubernetesAuth(t *testing.T) {
 	api := harness.StartAPIServer(t)
-	v := startVault(t)
-	root := v.enablePKI(t)
+	v := harness.StartVault(t)
+	root := v.EnablePKI(t)
 	ctx := context.Background()
 
 	// Vault's reviewer: a service account allowed to create TokenReviews.
@@ -128,17 +128,17 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	reviewerJWT := api.Token(t, "vault", "token-reviewer", nil, 24*time.Hour)
-	v.enableAuth(t, "kubernetes")
-	v.write(t, "auth/kubernetes/config", map[string]any{
+	v.EnableAuth(t, "kubernetes")
+	v.Write(t, "auth/kubernetes/config", map[string]any{
 		"kubernetes_host":      apiServerURL(api),
 		"kubernetes_ca_cert":   apiServerCA(t, api),
 		"token_reviewer_jwt":   reviewerJWT,
 		"disable_local_ca_jwt": true,
 	})
-	if err := v.API.Sys().PutPolicy("castellan", castellanPolicy); err != nil {
+	if err := v.API.Sys().PutPolicy("castellan", harness.CastellanPolicy); err != nil {
 		t.Fatal(err)
 	}
-	v.write(t, "auth/kubernetes/role/castellan", map[string]any{
+	v.Write(t, "auth/kubernetes/role/castellan", map[string]any{
 		"bound_service_account_names":      "castellan",
 		"bound_service_account_namespaces": "castellan-system",
 		"audience":                         "vault",
@@ -154,7 +154,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	w := newWorkload(t, api, "default", "sleep")
 	c, _ := startKeyedCA(t, api, caSetup{
 		keyURI:    "file://" + filepath.Join(t.TempDir(), "intermediate-key.pem"),
-		vaultAddr: v.addr,
+		vaultAddr: v.Addr,
 		vaultAuth: vault.KubernetesAuth{Role: "castellan", TokenFile: tokenFile},
 		upstream:  true,
 	})
@@ -174,7 +174,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	os.WriteFile(wrongAud, []byte(api.Token(t, "castellan-system", "castellan", []string{"istio-ca"}, time.Hour)), 0o600)
 	for name, file := range map[string]string{"other service account": other, "wrong audience": wrongAud} {
 		t.Run(name, func(t *testing.T) {
-			vc, err := vault.New(vault.Config{Address: v.addr, Auth: vault.KubernetesAuth{Role: "castellan", TokenFile: file}})
+			vc, err := vault.New(vault.Config{Address: v.Addr, Auth: vault.KubernetesAuth{Role: "castellan", TokenFile: file}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -230,14 +230,14 @@ func apiServerCA(t *testing.T, api *harness.APIServer) string {
 // its current intermediate (never past it), counts and logs the failed
 // renewals, and renews again once Vault is back.
 func TestVaultOutage(t *testing.T) {
-	v := startVault(t)
-	root := v.enablePKI(t)
-	roleID, secretID := v.appRole(t, time.Hour)
+	v := harness.StartVault(t)
+	root := v.EnablePKI(t)
+	roleID, secretID := v.AppRole(t, time.Hour)
 	iss := newOfflineIssuer(t)
 	w := iss.workload("default", "sleep")
 	c, held := startKeyedCA(t, nil, caSetup{
 		keyURI:    "file://" + filepath.Join(t.TempDir(), "intermediate-key.pem"),
-		vaultAddr: v.addr,
+		vaultAddr: v.Addr,
 		vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
 		upstream:  true,
 		upstreamCfg: func(c *upstream.Config) {
@@ -297,14 +297,14 @@ func TestVaultOutage(t *testing.T) {
 // TestVaultTokenExpiry checks that the CA logs in again when its Vault
 // token is revoked (Vault answers 403) or expires, and renews.
 func TestVaultTokenExpiry(t *testing.T) {
-	v := startVault(t)
-	v.enablePKI(t)
-	roleID, secretID := v.appRole(t, time.Hour)
+	v := harness.StartVault(t)
+	v.EnablePKI(t)
+	roleID, secretID := v.AppRole(t, time.Hour)
 	iss := newOfflineIssuer(t)
 	w := iss.workload("default", "sleep")
 	c, held := startKeyedCA(t, nil, caSetup{
 		keyURI:    "file://" + filepath.Join(t.TempDir(), "intermediate-key.pem"),
-		vaultAddr: v.addr,
+		vaultAddr: v.Addr,
 		vaultAuth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID},
 		upstream:  true,
 	}, iss.option())
@@ -317,7 +317,7 @@ func TestVaultTokenExpiry(t *testing.T) {
 	}
 
 	// Revoked: every token the AppRole issued is gone; Vault answers 403.
-	v.write(t, "sys/leases/revoke-prefix/auth/approle/login", nil)
+	v.Write(t, "sys/leases/revoke-prefix/auth/approle/login", nil)
 	if err := held.source.Renew(ctx); err != nil {
 		t.Fatalf("renewal after the token was revoked: %v", err)
 	}
@@ -326,8 +326,8 @@ func TestVaultTokenExpiry(t *testing.T) {
 	}
 
 	// Expired: tokens now live 2s.
-	v.write(t, "auth/approle/role/castellan", map[string]any{"token_ttl": "2s", "token_max_ttl": "2s"})
-	v.write(t, "sys/leases/revoke-prefix/auth/approle/login", nil)
+	v.Write(t, "auth/approle/role/castellan", map[string]any{"token_ttl": "2s", "token_max_ttl": "2s"})
+	v.Write(t, "sys/leases/revoke-prefix/auth/approle/login", nil)
 	if err := held.source.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}

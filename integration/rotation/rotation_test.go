@@ -30,8 +30,10 @@ import (
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/kms/vault"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
 
@@ -92,6 +94,73 @@ func TestPluggedInRotationSwappedOnDisk(t *testing.T) {
 	env.finish(t, root1)
 }
 
+// TestVaultRootRotationUnderLiveMTLS rotates a Vault-backed root: Vault's
+// PKI engine signs the CA's intermediate, and the rotation moves it from
+// the mount's first root issuer to a new root the rotation creates in the
+// same mount. The CA logs in with an AppRole that may only sign
+// intermediates; the operator's steps use Vault's root token.
+func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
+	v := harness.StartVault(t)
+	old := v.EnablePKI(t)
+	roleID, secretID := v.AppRole(t, time.Hour)
+	policy := material.RotationPolicy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	env := newEnv(t, nil, func(ctx context.Context, cfg *server.Config) {
+		caVault, err := vault.New(vault.Config{Address: v.Addr, Auth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID}, Logger: cfg.Logger})
+		must(t, err)
+		src, err := upstream.New(ctx, upstream.Config{
+			Upstream: &upstream.VaultPKI{Client: caVault}, Signer: key, TrustDomain: td, DataDir: cfg.DataDir,
+			TTL: time.Hour, ReloadInterval: 100 * time.Millisecond, RotationPolicy: policy, Logger: cfg.Logger,
+		})
+		must(t, err)
+		cfg.Source = src
+		cfg.Runners = append(cfg.Runners, src.Run)
+	})
+	if !env.caRoot().Equal(old) {
+		t.Fatal("the CA does not sign under Vault's root")
+	}
+	operator, err := vault.New(vault.Config{Address: v.Addr, Auth: vault.TokenAuth{Token: v.RootToken}})
+	must(t, err)
+	pki := &upstream.VaultPKI{Client: operator}
+	r := &upstream.Rotator{Dir: env.dataDir, Upstream: pki, TrustDomain: td, RootTTL: 365 * 24 * time.Hour, Policy: policy}
+	ctx := context.Background()
+
+	// prepare: Vault creates a new root issuer; it reaches every peer's
+	// bundle while the old root still signs.
+	iss, err := r.Prepare(ctx, "")
+	must(t, err)
+	newRoot := iss.Root()
+	env.waitAll(t, "every peer trusts both roots", func(m *endpoint) bool { return m.trusts(old) && m.trusts(newRoot) })
+	if !env.caRoot().Equal(old) {
+		t.Fatal("the CA signs under the prepared root before activation")
+	}
+
+	// activate: the new issuer signs the CA's next intermediate.
+	waitFor(t, "activation allowed", 10*time.Second, func() bool { return r.Activate(ctx, false) == nil })
+	env.waitAll(t, "every SVID chains to the new root", func(m *endpoint) bool { return m.chainsTo(newRoot) })
+	inter := env.ca.Source().Authority().Cert
+	if err := inter.CheckSignatureFrom(iss.Cert); err != nil {
+		t.Fatalf("the CA's intermediate is not signed by the new Vault issuer: %v", err)
+	}
+	st, err := r.Status()
+	must(t, err)
+	if st.Phase != material.PhaseActivated || st.Issuer != iss.ID {
+		t.Fatalf("status after activation: phase %s, issuer %q; want activated, %q", st.Phase, st.Issuer, iss.ID)
+	}
+
+	// retire: once no SVID under the old root can be valid.
+	waitFor(t, "retirement allowed", 2*svidTTL, func() bool { return r.Retire(ctx, false) == nil })
+	env.waitAll(t, "no peer trusts the old root", func(m *endpoint) bool { return !m.trusts(old) && m.trusts(newRoot) })
+	time.Sleep(time.Second)
+	env.finish(t, old)
+	bundle, err := pemfile.ReadCertificates(filepath.Join(env.dataDir, upstream.RootCertFile))
+	must(t, err)
+	if len(bundle) != 1 || !bundle[0].Equal(newRoot) {
+		t.Fatalf("root-cert.pem holds %d roots after retirement, want only the new one", len(bundle))
+	}
+}
+
 // env is one CA, two agents and four mTLS endpoints making handshakes.
 type env struct {
 	dataDir   string
@@ -105,7 +174,10 @@ type env struct {
 	done      sync.WaitGroup
 }
 
-func newEnv(t *testing.T, setup func(dataDir string)) *env {
+// newEnv starts the API server, the CA on a new data directory (set up by
+// setup, if given; edit adjusts the CA's configuration) and the agents
+// and endpoints, and starts the handshakes.
+func newEnv(t *testing.T, setup func(dataDir string), edit ...func(context.Context, *server.Config)) *env {
 	t.Helper()
 	api := harness.StartAPIServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,11 +191,15 @@ func newEnv(t *testing.T, setup func(dataDir string)) *env {
 	must(t, err)
 	cached, err := authn.NewCache(tr, authn.CacheConfig{})
 	must(t, err)
-	srv, err := server.New(ctx, server.Config{
+	cfg := server.Config{
 		DataDir: e.dataDir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TrustDomain: td,
 		ServerDNSNames: []string{"castellan.test"}, Authenticator: cached,
 		DefaultTTL: svidTTL, MaxTTL: svidTTL, ReloadInterval: 100 * time.Millisecond, Logger: log,
-	})
+	}
+	for _, f := range edit {
+		f(ctx, &cfg)
+	}
+	srv, err := server.New(ctx, cfg)
 	must(t, err)
 	go func() { _ = srv.Serve(ctx) }()
 	e.ca = srv

@@ -1,4 +1,4 @@
-package kms_test
+package harness
 
 import (
 	"context"
@@ -22,10 +22,10 @@ import (
 // vaultVersion is the Vault server scripts/tools.sh builds.
 const vaultVersion = "1.21.0"
 
-// vaultBinary returns the Vault server built by scripts/tools.sh. When it
+// VaultBinary returns the Vault server built by scripts/tools.sh. When it
 // is missing the test is skipped, or fails under CI (CI=true) or when
 // CASTELLAN_REQUIRE_VAULT is set.
-func vaultBinary(t testing.TB) string {
+func VaultBinary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("CASTELLAN_VAULT_BIN"); p != "" {
 		return p
@@ -50,12 +50,14 @@ func vaultBinary(t testing.TB) string {
 	return p
 }
 
-// vaultServer is a real Vault server on file storage, so that it keeps its
+// Vault is a real Vault server on file storage, so that it keeps its
 // PKI root, Transit keys and tokens across a restart. It is initialised
 // with one unseal key and unsealed at every start.
-type vaultServer struct {
-	bin, dir, addr, config string
-	rootToken, unsealKey   string
+type Vault struct {
+	bin, dir, config string
+	unsealKey        string
+	// Addr is the server's URL; RootToken its root token.
+	Addr, RootToken string
 	// API is a client with the root token.
 	API *api.Client
 
@@ -63,13 +65,13 @@ type vaultServer struct {
 	done chan struct{}
 }
 
-// startVault starts a Vault server on a free 127.0.0.1 port. It is stopped
+// StartVault starts a Vault server on a free 127.0.0.1 port. It is stopped
 // when the test ends.
-func startVault(t testing.TB) *vaultServer {
+func StartVault(t testing.TB) *Vault {
 	t.Helper()
-	v := &vaultServer{bin: vaultBinary(t), dir: t.TempDir()}
-	port := freePort(t)
-	v.addr = "http://127.0.0.1:" + strconv.Itoa(port)
+	v := &Vault{bin: VaultBinary(t), dir: t.TempDir()}
+	port := freeVaultPort(t)
+	v.Addr = "http://127.0.0.1:" + strconv.Itoa(port)
 	v.config = filepath.Join(v.dir, "vault.hcl")
 	hcl := fmt.Sprintf(`storage "file" {
   path = %q
@@ -81,7 +83,7 @@ listener "tcp" {
 disable_mlock = true
 api_addr      = %q
 ui            = false
-`, filepath.Join(v.dir, "data"), port, v.addr)
+`, filepath.Join(v.dir, "data"), port, v.Addr)
 	if err := os.WriteFile(v.config, []byte(hcl), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +92,7 @@ ui            = false
 	return v
 }
 
-func freePort(t testing.TB) int {
+func freeVaultPort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -101,7 +103,7 @@ func freePort(t testing.TB) int {
 }
 
 // Start starts the server process (again, after Stop) and unseals it.
-func (v *vaultServer) Start(t testing.TB) {
+func (v *Vault) Start(t testing.TB) {
 	t.Helper()
 	logf, err := os.OpenFile(filepath.Join(v.dir, "vault.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -109,7 +111,7 @@ func (v *vaultServer) Start(t testing.TB) {
 	}
 	cmd := exec.Command(v.bin, "server", "-config="+v.config, "-log-level=warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.addr, "VAULT_DISABLE_MLOCK=true")
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_DISABLE_MLOCK=true")
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting Vault: %v", err)
 	}
@@ -119,7 +121,7 @@ func (v *vaultServer) Start(t testing.TB) {
 
 	if v.API == nil {
 		cfg := api.DefaultConfig()
-		cfg.Address = v.addr
+		cfg.Address = v.Addr
 		cfg.MaxRetries = 0
 		c, err := api.NewClient(cfg)
 		if err != nil {
@@ -132,13 +134,13 @@ func (v *vaultServer) Start(t testing.TB) {
 	if v.unsealKey == "" {
 		resp, err := sys.Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
 		if err != nil {
-			t.Fatalf("vault operator init: %v\n%s", err, v.logs())
+			t.Fatalf("vault operator init: %v\n%s", err, v.Logs())
 		}
-		v.unsealKey, v.rootToken = resp.Keys[0], resp.RootToken
-		v.API.SetToken(v.rootToken)
+		v.unsealKey, v.RootToken = resp.Keys[0], resp.RootToken
+		v.API.SetToken(v.RootToken)
 	}
 	if _, err := sys.Unseal(v.unsealKey); err != nil {
-		t.Fatalf("vault operator unseal: %v\n%s", err, v.logs())
+		t.Fatalf("vault operator unseal: %v\n%s", err, v.Logs())
 	}
 	// 200 is an unsealed, active node.
 	v.waitHealth(t, func(code int) bool { return code == http.StatusOK })
@@ -146,12 +148,12 @@ func (v *vaultServer) Start(t testing.TB) {
 
 // waitHealth polls /v1/sys/health until ok accepts its status (0 when
 // Vault does not answer).
-func (v *vaultServer) waitHealth(t testing.TB, ok func(int) bool) {
+func (v *Vault) waitHealth(t testing.TB, ok func(int) bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		code := 0
-		resp, err := http.Get(v.addr + "/v1/sys/health")
+		resp, err := http.Get(v.Addr + "/v1/sys/health")
 		if err == nil {
 			code = resp.StatusCode
 			resp.Body.Close()
@@ -161,18 +163,18 @@ func (v *vaultServer) waitHealth(t testing.TB, ok func(int) bool) {
 		}
 		select {
 		case <-v.done:
-			t.Fatalf("Vault exited:\n%s", v.logs())
+			t.Fatalf("Vault exited:\n%s", v.Logs())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Vault not healthy after 60s (status %d, error %v):\n%s", code, err, v.logs())
+			t.Fatalf("Vault not healthy after 60s (status %d, error %v):\n%s", code, err, v.Logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
 // Stop stops the server. It is safe to call more than once.
-func (v *vaultServer) Stop() {
+func (v *Vault) Stop() {
 	if v.cmd == nil {
 		return
 	}
@@ -186,13 +188,14 @@ func (v *vaultServer) Stop() {
 	v.cmd = nil
 }
 
-func (v *vaultServer) logs() string {
+// Logs returns what the server has logged.
+func (v *Vault) Logs() string {
 	b, _ := os.ReadFile(filepath.Join(v.dir, "vault.log"))
 	return string(b)
 }
 
-// write writes to path with the root token and fails the test on error.
-func (v *vaultServer) write(t testing.TB, path string, data map[string]any) *api.Secret {
+// Write writes to path with the root token and fails the test on error.
+func (v *Vault) Write(t testing.TB, path string, data map[string]any) *api.Secret {
 	t.Helper()
 	s, err := v.API.Logical().WriteWithContext(context.Background(), path, data)
 	if err != nil {
@@ -201,7 +204,8 @@ func (v *vaultServer) write(t testing.TB, path string, data map[string]any) *api
 	return s
 }
 
-func (v *vaultServer) read(t testing.TB, path string) *api.Secret {
+// Read reads path with the root token and fails the test on error.
+func (v *Vault) Read(t testing.TB, path string) *api.Secret {
 	t.Helper()
 	s, err := v.API.Logical().ReadWithContext(context.Background(), path)
 	if err != nil {
@@ -210,14 +214,14 @@ func (v *vaultServer) read(t testing.TB, path string) *api.Secret {
 	return s
 }
 
-// enablePKI mounts a PKI engine at "pki" with a new internal root and
+// EnablePKI mounts a PKI engine at "pki" with a new internal root and
 // returns the root.
-func (v *vaultServer) enablePKI(t testing.TB) *x509.Certificate {
+func (v *Vault) EnablePKI(t testing.TB) *x509.Certificate {
 	t.Helper()
 	if err := v.API.Sys().Mount("pki", &api.MountInput{Type: "pki", Config: api.MountConfigInput{MaxLeaseTTL: "87600h"}}); err != nil {
 		t.Fatalf("mounting pki: %v", err)
 	}
-	s := v.write(t, "pki/root/generate/internal", map[string]any{
+	s := v.Write(t, "pki/root/generate/internal", map[string]any{
 		"common_name": "Vault Root CA", "ttl": "87600h", "key_type": "ec", "key_bits": 256, "issuer_name": "vault-root",
 	})
 	certs, err := pemfile.ParseCertificates([]byte(s.Data["certificate"].(string)))
@@ -227,43 +231,43 @@ func (v *vaultServer) enablePKI(t testing.TB) *x509.Certificate {
 	return certs[0]
 }
 
-// enableTransit mounts a Transit engine at "transit".
-func (v *vaultServer) enableTransit(t testing.TB) {
+// EnableTransit mounts a Transit engine at "transit".
+func (v *Vault) EnableTransit(t testing.TB) {
 	t.Helper()
 	if err := v.API.Sys().Mount("transit", &api.MountInput{Type: "transit"}); err != nil {
 		t.Fatalf("mounting transit: %v", err)
 	}
 }
 
-// castellanPolicy is what the CA needs: sign its intermediate and use its
+// CastellanPolicy is what the CA needs: sign its intermediate and use its
 // Transit key, nothing else.
-const castellanPolicy = `
+const CastellanPolicy = `
 path "pki/root/sign-intermediate" { capabilities = ["update"] }
 path "pki/issuer/+/sign-intermediate" { capabilities = ["update"] }
 path "transit/keys/castellan-*" { capabilities = ["create", "read", "update"] }
 path "transit/sign/castellan-*" { capabilities = ["update"] }
 `
 
-// appRole creates the castellan policy and an AppRole whose tokens live
+// AppRole creates the castellan policy and an AppRole whose tokens live
 // for tokenTTL, and returns its role ID and a secret ID.
-func (v *vaultServer) appRole(t testing.TB, tokenTTL time.Duration) (roleID, secretID string) {
+func (v *Vault) AppRole(t testing.TB, tokenTTL time.Duration) (roleID, secretID string) {
 	t.Helper()
-	if err := v.API.Sys().PutPolicy("castellan", castellanPolicy); err != nil {
+	if err := v.API.Sys().PutPolicy("castellan", CastellanPolicy); err != nil {
 		t.Fatal(err)
 	}
-	v.enableAuth(t, "approle")
+	v.EnableAuth(t, "approle")
 	ttl := strconv.Itoa(int(tokenTTL/time.Second)) + "s"
-	v.write(t, "auth/approle/role/castellan", map[string]any{
+	v.Write(t, "auth/approle/role/castellan", map[string]any{
 		"token_policies": "castellan", "token_ttl": ttl, "token_max_ttl": ttl,
 	})
-	roleID = v.read(t, "auth/approle/role/castellan/role-id").Data["role_id"].(string)
-	secretID = v.write(t, "auth/approle/role/castellan/secret-id", nil).Data["secret_id"].(string)
+	roleID = v.Read(t, "auth/approle/role/castellan/role-id").Data["role_id"].(string)
+	secretID = v.Write(t, "auth/approle/role/castellan/secret-id", nil).Data["secret_id"].(string)
 	return roleID, secretID
 }
 
-// enableAuth enables the auth method typ at its default path, if it is
+// EnableAuth enables the auth method typ at its default path, if it is
 // not enabled yet.
-func (v *vaultServer) enableAuth(t testing.TB, typ string) {
+func (v *Vault) EnableAuth(t testing.TB, typ string) {
 	t.Helper()
 	err := v.API.Sys().EnableAuthWithOptions(typ, &api.EnableAuthOptions{Type: typ})
 	if err != nil && !strings.Contains(err.Error(), "path is already in use") {
