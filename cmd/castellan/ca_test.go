@@ -58,6 +58,30 @@ func TestCARotateCommands(t *testing.T) {
 	}
 }
 
+func TestCARotateUpstreamErrors(t *testing.T) {
+	empty := t.TempDir()
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		contains string
+	}{
+		{"unknown upstream", []string{"status", "--upstream", "acme"}, 2, `--upstream "acme"`},
+		{"no upstream material", []string{"status", "--upstream", "vault"}, 1, "holds no upstream-signed intermediate"},
+		{"bad format", []string{"status", "--format", "yaml"}, 2, `--format "yaml"`},
+		{"stray argument", []string{"status", "now"}, 2, `unexpected argument "now"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			args := append([]string{"ca", "rotate"}, append(tt.args, "--data-dir", empty)...)
+			if code := run(context.Background(), args, &out, &out); code != tt.code || !strings.Contains(out.String(), tt.contains) {
+				t.Fatalf("exit %d, want %d with %q:\n%s", code, tt.code, tt.contains, out.String())
+			}
+		})
+	}
+}
+
 func TestCAFlagErrors(t *testing.T) {
 	tests := []struct {
 		name     string

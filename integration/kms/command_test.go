@@ -242,4 +242,67 @@ func TestCommandUpstreamVault(t *testing.T) {
 	if strings.Contains(stderr.String(), secretID) {
 		t.Error("the logs show the AppRole secret ID")
 	}
+
+	// Rotate the root with "castellan ca rotate" while the CA runs. The
+	// CA's AppRole may not create roots; the operator's token may.
+	rootTokenFile := filepath.Join(t.TempDir(), "root-token")
+	if err := os.WriteFile(rootTokenFile, []byte(v.RootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rotate := func(want int, contains string, args ...string) string {
+		t.Helper()
+		args = append([]string{"ca", "rotate"}, append(args, "--data-dir", dataDir)...)
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != want || !strings.Contains(string(out), contains) {
+			t.Fatalf("castellan %s: exit %d, want %d and output containing %q:\n%s", strings.Join(args, " "), code, want, contains, out)
+		}
+		return string(out)
+	}
+	rotate(0, "mode   upstream", "status")
+	rotate(1, "permission denied", "prepare", "--vault-addr", v.Addr, "--vault-auth", "approle",
+		"--vault-approle-role-id", roleID, "--vault-approle-secret-id-file", secretFile)
+	rotate(2, "--vault-addr is required", "prepare")
+	rotate(0, "phase  prepared", "prepare", "--vault-addr", v.Addr, "--vault-token-file", rootTokenFile, "--root-ttl", "8760h")
+	waitFor(t, 15*time.Second, "/bundle to hold both roots", func() bool {
+		b, err := pemfile.ParseCertificates(fetchBundle(t, httpAddr))
+		return err == nil && len(b) == 2
+	})
+	rotate(1, "wait until", "activate")
+	rotate(0, "phase  activated", "activate", "--root-propagation-delay", "1ms")
+	var next *x509.Certificate
+	for _, c := range mustParse(t, fetchBundle(t, httpAddr)) {
+		if !c.Equal(root) {
+			next = c
+			pool.AddCert(c)
+		}
+	}
+	waitFor(t, 15*time.Second, "an SVID under the new root", func() bool {
+		s, err := requestSVID(t, ep, token, "default", "sleep")
+		return err == nil && s.chain[len(s.chain)-1].Equal(next)
+	})
+	rotate(1, "may be valid until", "retire")
+	rotate(0, "phase  steady", "retire", "--force")
+	waitFor(t, 15*time.Second, "/bundle to hold only the new root", func() bool {
+		b, err := pemfile.ParseCertificates(fetchBundle(t, httpAddr))
+		return err == nil && len(b) == 1 && b[0].Equal(next)
+	})
+	out := rotate(0, `"phase": "steady"`, "status", "--format", "json")
+	if !strings.Contains(out, `"issuer": "`) || strings.Count(out, `"serial"`) != 1 {
+		t.Fatalf("status after retirement:\n%s", out)
+	}
+}
+
+func mustParse(t testing.TB, pemBytes []byte) []*x509.Certificate {
+	t.Helper()
+	certs, err := pemfile.ParseCertificates(pemBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs
 }
