@@ -10,11 +10,14 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,6 +138,8 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	if !env.caRoot().Equal(old) {
 		t.Fatal("the CA signs under the prepared root before activation")
 	}
+	env.waitMetrics(t, `castellan_ca_rotation_phase{phase="prepared"} 1`, "castellan_ca_bundle_roots 2",
+		`castellan_ca_bundle_root_expiry_timestamp_seconds{serial="`+fmt.Sprintf("%x", newRoot.SerialNumber)+`",state="prepared"}`)
 
 	// activate: the new issuer signs the CA's next intermediate.
 	waitFor(t, "activation allowed", 10*time.Second, func() bool { return r.Activate(ctx, false) == nil })
@@ -148,6 +153,8 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	if st.Phase != material.PhaseActivated || st.Issuer != iss.ID {
 		t.Fatalf("status after activation: phase %s, issuer %q; want activated, %q", st.Phase, st.Issuer, iss.ID)
 	}
+	env.waitMetrics(t, `castellan_ca_rotation_phase{phase="activated"} 1`,
+		`castellan_ca_bundle_root_expiry_timestamp_seconds{serial="`+fmt.Sprintf("%x", old.SerialNumber)+`",state="retiring"}`)
 
 	// retire: once no SVID under the old root can be valid.
 	waitFor(t, "retirement allowed", 2*svidTTL, func() bool { return r.Retire(ctx, false) == nil })
@@ -159,6 +166,27 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	if len(bundle) != 1 || !bundle[0].Equal(newRoot) {
 		t.Fatalf("root-cert.pem holds %d roots after retirement, want only the new one", len(bundle))
 	}
+}
+
+// waitMetrics waits until the CA's /metrics holds every line prefix in want.
+func (e *env) waitMetrics(t *testing.T, want ...string) {
+	t.Helper()
+	var body string
+	waitFor(t, "metrics "+strings.Join(want, ", "), 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + e.ca.HTTPAddr() + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		for _, w := range want {
+			if !strings.Contains(body, "\n"+w) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // env is one CA, two agents and four mTLS endpoints making handshakes.
