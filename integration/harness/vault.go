@@ -70,7 +70,7 @@ type Vault struct {
 func StartVault(t testing.TB) *Vault {
 	t.Helper()
 	v := &Vault{bin: VaultBinary(t), dir: t.TempDir()}
-	port := freeVaultPort(t)
+	port := FreePort(t)
 	v.Addr = "http://127.0.0.1:" + strconv.Itoa(port)
 	v.config = filepath.Join(v.dir, "vault.hcl")
 	hcl := fmt.Sprintf(`storage "file" {
@@ -92,7 +92,8 @@ ui            = false
 	return v
 }
 
-func freeVaultPort(t testing.TB) int {
+// FreePort returns a 127.0.0.1 TCP port that is free now.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

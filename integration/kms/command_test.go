@@ -164,7 +164,7 @@ func TestCommandUpstreamVault(t *testing.T) {
 	bin := castellanBinary(t)
 	iss := newOfflineIssuer(t)
 	authFlags := iss.flags()
-	grpcPort, httpPort := freePort(t), freePort(t)
+	grpcPort, httpPort := harness.FreePort(t), harness.FreePort(t)
 	dataDir := filepath.Join(t.TempDir(), "data")
 	args := append([]string{"ca",
 		"--data-dir", dataDir,
