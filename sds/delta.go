@@ -4,7 +4,6 @@ import (
 	"strconv"
 	"sync"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,26 +22,23 @@ func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaD
 		errored: map[string]bool{},
 	}
 	// See StreamSecrets for how the handler and the pusher share the stream.
-	update := func() error {
+	p := &pusher{push: func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
 		if st.closed || !st.started {
-			return nil
+			return
 		}
 		snap, _ := s.source.Load()
 		resp := st.next(snap)
 		if resp == nil {
-			return nil
+			return
 		}
 		if err := stream.Send(resp); err != nil {
-			return err
+			return
 		}
 		s.metrics.pushes.WithLabelValues(apiDelta).Inc()
-		return nil
-	}
-	defer s.register(&pusher{push: func() {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		_ = update()
-	}})()
+	}}
+	defer s.register(p)()
 	defer func() {
 		st.mu.Lock()
 		st.closed = true
@@ -55,13 +51,13 @@ func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaD
 			return endOfStream(err)
 		}
 		st.mu.Lock()
-		err = st.handle(req)
-		if err == nil {
-			err = update()
-		}
+		changed, err := st.handle(req)
 		st.mu.Unlock()
 		if err != nil {
 			return err
+		}
+		if changed {
+			p.kick()
 		}
 	}
 }
@@ -73,7 +69,7 @@ type deltaStream struct {
 	mu      sync.Mutex // guards everything below, and Send
 	closed  bool
 	started bool
-	node    *corev3.Node
+	node    string // the client's node ID, for logs
 
 	subs     map[string]bool
 	wildcard bool
@@ -87,20 +83,24 @@ type deltaStream struct {
 	lastNonce string
 }
 
-// handle applies one request. Subscription changes always apply, because
-// they are deltas that cannot be replayed; a stale nonce only means the
-// request does not acknowledge or reject anything.
-func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) error {
+// handle applies one request and reports whether it may change what the
+// client should have: the first request, and any with subscription changes.
+// Subscription changes always apply, because they are deltas that cannot
+// be replayed; a stale nonce only means the request does not acknowledge or
+// reject anything.
+func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) (changed bool, err error) {
 	if err := checkRequest(req.GetTypeUrl(), req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()); err != nil {
-		return err
+		return false, err
 	}
 	initial := req.GetInitialResourceVersions()
 	if len(initial) > MaxResourceNames {
-		return status.Errorf(codes.InvalidArgument, "sds: initial_resource_versions lists %d resources, over the limit of %d", len(initial), MaxResourceNames)
+		return false, status.Errorf(codes.InvalidArgument, "sds: initial_resource_versions lists %d resources, over the limit of %d", len(initial), MaxResourceNames)
 	}
+	changed = !st.started || len(req.GetResourceNamesSubscribe()) > 0 || len(req.GetResourceNamesUnsubscribe()) > 0
 	if !st.started {
 		st.started = true
-		st.node = req.GetNode()
+		// Only the ID is kept (see sotwStream.handle).
+		st.node = nodeID(req.GetNode())
 		// An empty first subscription is the legacy wildcard.
 		st.wildcard = len(req.GetResourceNamesSubscribe()) == 0
 		for name, version := range initial {
@@ -108,17 +108,17 @@ func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) error {
 				st.known[name] = version
 			}
 		}
-		st.s.log.Debug("sds: stream opened", "api", apiDelta, "node", nodeID(st.node), "resources", req.GetResourceNamesSubscribe())
+		st.s.log.Debug("sds: stream opened", "api", apiDelta, "node", st.node, "resources", req.GetResourceNamesSubscribe())
 	}
 
 	switch n := req.GetResponseNonce(); {
 	case n != "" && n != st.lastNonce:
 		st.s.metrics.stale.WithLabelValues(apiDelta).Inc()
-		st.s.log.Debug("sds: stale nonce; request does not acknowledge anything", "node", nodeID(st.node), "nonce", truncate(n), "latest", st.lastNonce)
+		st.s.log.Debug("sds: stale nonce; request does not acknowledge anything", "node", st.node, "nonce", truncate(n), "latest", st.lastNonce)
 	case req.GetErrorDetail() != nil:
 		st.s.metrics.nacks.WithLabelValues(apiDelta).Inc()
 		st.s.log.Warn("sds: client rejected secrets",
-			"node", nodeID(st.node), "nonce", n, "error", truncate(req.GetErrorDetail().GetMessage()))
+			"node", st.node, "nonce", n, "error", truncate(req.GetErrorDetail().GetMessage()))
 	case n != "":
 		st.s.metrics.acks.WithLabelValues(apiDelta).Inc()
 	}
@@ -154,7 +154,7 @@ func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) error {
 			delete(st.errored, name)
 		}
 	}
-	return nil
+	return changed, nil
 }
 
 func (st *deltaStream) covers(name string) bool {
@@ -201,7 +201,7 @@ func (st *deltaStream) next(snap snapshot) *discoveryv3.DeltaDiscoveryResponse {
 				st.errored[name] = true
 				errs = append(errs, resourceError(name))
 				st.s.metrics.unknown.WithLabelValues(apiDelta).Inc()
-				st.s.log.Info("sds: client asked for an unknown secret", "node", nodeID(st.node), "name", truncate(name))
+				st.s.log.Info("sds: client asked for an unknown secret", "node", st.node, "name", truncate(name))
 			}
 		}
 	}

@@ -1,10 +1,10 @@
 package sds
 
 import (
+	"maps"
 	"strconv"
 	"sync"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -23,48 +23,49 @@ func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disco
 		sent:    map[string]string{},
 		errored: map[string]bool{},
 	}
-	// update computes what the client needs and sends it. The lock makes
-	// the handler and the pusher take turns; closed stops every Send once
-	// the handler has returned, as gRPC requires.
-	update := func() error {
+	// The pusher computes what the client needs and sends it. The lock
+	// makes the handler and the pusher take turns; closed stops every Send
+	// once the handler has returned, as gRPC requires.
+	p := &pusher{push: func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
 		if st.closed || !st.started {
-			return nil
+			return
 		}
 		snap, _ := s.source.Load()
 		resp := st.next(snap)
 		if resp == nil {
-			return nil
+			return
 		}
 		if err := stream.Send(resp); err != nil {
-			return err
+			return // A broken stream also fails the handler's Recv.
 		}
 		s.metrics.pushes.WithLabelValues(apiSotW).Inc()
-		return nil
-	}
-	defer s.register(&pusher{push: func() {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		_ = update() // A broken stream also fails the handler's Recv.
-	}})()
+	}}
+	defer s.register(p)()
 	defer func() {
 		st.mu.Lock()
 		st.closed = true
 		st.mu.Unlock()
 	}()
 
+	// The handler only reads requests: every response is built and sent by
+	// the pusher, so that the goroutine a stream holds for its whole life
+	// stays small (see push.go). A request that changes what the client
+	// should have kicks the pusher; an ACK or a NACK changes nothing.
 	for {
 		req, err := stream.Recv()
 		if err != nil {
 			return endOfStream(err)
 		}
 		st.mu.Lock()
-		err = st.handle(req)
-		if err == nil {
-			err = update()
-		}
+		changed, err := st.handle(req)
 		st.mu.Unlock()
 		if err != nil {
 			return err
+		}
+		if changed {
+			p.kick()
 		}
 	}
 }
@@ -76,7 +77,7 @@ type sotwStream struct {
 	mu      sync.Mutex // guards everything below, and Send
 	closed  bool
 	started bool
-	node    *corev3.Node
+	node    string // the client's node ID, for logs
 
 	// subs are the names in the latest resource_names; wildcard is set by
 	// "*" or by an empty first request (legacy wildcard), which stays in
@@ -95,52 +96,59 @@ type sotwStream struct {
 	lastNonce string
 }
 
-// handle applies one request. A stale request changes nothing.
-func (st *sotwStream) handle(req *discoveryv3.DiscoveryRequest) error {
+// handle applies one request and reports whether it changed the
+// subscription, so that the client may need a response. A stale request
+// changes nothing.
+func (st *sotwStream) handle(req *discoveryv3.DiscoveryRequest) (changed bool, err error) {
 	if err := checkRequest(req.GetTypeUrl(), req.GetResourceNames()); err != nil {
-		return err
+		return false, err
 	}
 	if n := req.GetResponseNonce(); n != "" && n != st.lastNonce {
 		st.s.metrics.stale.WithLabelValues(apiSotW).Inc()
-		st.s.log.Debug("sds: ignored request with stale nonce", "node", nodeID(st.node), "nonce", truncate(n), "latest", st.lastNonce)
-		return nil
+		st.s.log.Debug("sds: ignored request with stale nonce", "node", st.node, "nonce", truncate(n), "latest", st.lastNonce)
+		return false, nil
 	}
-	if !st.started {
+	first := !st.started
+	if first {
 		st.started = true
-		st.node = req.GetNode()
+		// Only the ID is kept: a proxy's node carries kilobytes of
+		// metadata, and a node agent holds a thousand streams.
+		st.node = nodeID(req.GetNode())
 		st.legacyWildcard = len(req.GetResourceNames()) == 0
-		st.s.log.Debug("sds: stream opened", "api", apiSotW, "node", nodeID(st.node), "resources", req.GetResourceNames())
+		st.s.log.Debug("sds: stream opened", "api", apiSotW, "node", st.node, "resources", req.GetResourceNames())
 	}
 	switch {
 	case req.GetErrorDetail() != nil:
 		st.s.metrics.nacks.WithLabelValues(apiSotW).Inc()
 		st.s.log.Warn("sds: client rejected secrets",
-			"node", nodeID(st.node), "nonce", req.GetResponseNonce(), "kept_version", truncate(req.GetVersionInfo()),
+			"node", st.node, "nonce", req.GetResponseNonce(), "kept_version", truncate(req.GetVersionInfo()),
 			"error", truncate(req.GetErrorDetail().GetMessage()))
 	case req.GetResponseNonce() != "":
 		st.s.metrics.acks.WithLabelValues(apiSotW).Inc()
 	}
-	st.subscribe(req.GetResourceNames())
-	return nil
+	return st.subscribe(req.GetResourceNames()) || first, nil
 }
 
-// subscribe replaces the subscription with names.
-func (st *sotwStream) subscribe(names []string) {
-	st.subs = make(map[string]bool, len(names))
-	st.wildcard = false
+// subscribe replaces the subscription with names and reports whether it
+// changed.
+func (st *sotwStream) subscribe(names []string) (changed bool) {
+	subs := make(map[string]bool, len(names))
+	wildcard := false
 	for _, n := range names {
 		if n == "*" {
-			st.wildcard = true
+			wildcard = true
 			continue
 		}
-		st.subs[n] = true
+		subs[n] = true
 	}
 	if len(names) > 0 {
 		st.legacyWildcard = false
 	}
 	if st.legacyWildcard {
-		st.wildcard = true
+		wildcard = true
 	}
+	changed = wildcard != st.wildcard || !maps.Equal(subs, st.subs)
+	st.subs, st.wildcard = subs, wildcard
 	// Forget what was sent for names no longer subscribed, so that a later
 	// subscription to them is answered afresh.
 	for n := range st.sent {
@@ -153,6 +161,7 @@ func (st *sotwStream) subscribe(names []string) {
 			delete(st.errored, n)
 		}
 	}
+	return changed
 }
 
 func (st *sotwStream) covers(name string) bool {
@@ -217,7 +226,7 @@ func (st *sotwStream) next(snap snapshot) *discoveryv3.DiscoveryResponse {
 	for _, n := range newErr {
 		st.errored[n] = true
 		st.s.metrics.unknown.WithLabelValues(apiSotW).Inc()
-		st.s.log.Info("sds: client asked for an unknown secret", "node", nodeID(st.node), "name", truncate(n))
+		st.s.log.Info("sds: client asked for an unknown secret", "node", st.node, "name", truncate(n))
 	}
 	st.nonce++
 	st.lastNonce = strconv.FormatUint(st.nonce, 10)
