@@ -163,6 +163,10 @@ func New(cfg Config) (*Agent, error) {
 		grpc.ReadBufferSize(socketBufferBytes),
 		grpc.WriteBufferSize(socketBufferBytes),
 		grpc.SharedWriteBuffer(true),
+		// A proxy opens a stream or two per connection, so an HPACK
+		// dynamic table saves nothing but costs each connection its own
+		// copy of the request headers: clients are told not to index.
+		grpc.HeaderTableSize(0),
 	)
 	if cfg.SDSSocket != Disabled {
 		srv, err := sds.New(a.store, sds.WithLogger(cfg.Logger), sds.WithRegisterer(cfg.Registerer))

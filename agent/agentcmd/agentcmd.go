@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"syscall"
@@ -181,6 +182,11 @@ func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writ
 	cfg, gcPercent, err := parse(name, args, stderr, nil)
 	if err != nil {
 		return err
+	}
+	if !cfg.Pprof {
+		// Heap profiling samples allocations into a table that grows
+		// with every distinct stack; without --pprof nobody reads it.
+		runtime.MemProfileRate = 0
 	}
 	if gcPercent > 0 && os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
