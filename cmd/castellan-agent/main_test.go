@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -27,5 +29,41 @@ func TestExitCodes(t *testing.T) {
 				t.Fatalf("exit %d, want %d; stderr lacks %q:\n%s", code, tt.code, tt.contains, stderr.String())
 			}
 		})
+	}
+}
+
+// TestLinksOnlyTheAgent checks that the slim binary stays slim: none of
+// the CA, its Kubernetes client, the policy translator, the key-management
+// backends, or (with the image's grpcnotrace tag) gRPC's request tracing.
+func TestLinksOnlyTheAgent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	out, err := exec.Command("go", "list", "-tags", "grpcnotrace", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	forbidden := []string{
+		"k8s.io/",
+		"github.com/hashicorp/",
+		"github.com/castellan-mesh/castellan/authz",
+		"github.com/castellan-mesh/castellan/kms",
+		"github.com/castellan-mesh/castellan/ca/server",
+		"github.com/castellan-mesh/castellan/ca/material",
+		"github.com/castellan-mesh/castellan/ca/upstream",
+		"github.com/envoyproxy/go-control-plane/envoy/config/rbac",
+		"golang.org/x/net/trace",
+		"html/template",
+	}
+	deps := strings.Fields(string(out))
+	for _, dep := range deps {
+		for _, f := range forbidden {
+			if strings.HasPrefix(dep, f) {
+				t.Errorf("castellan-agent links %s", dep)
+			}
+		}
+	}
+	if !slices.Contains(deps, "github.com/castellan-mesh/castellan/agent") {
+		t.Fatalf("go list -deps does not list the agent package:\n%s", out)
 	}
 }

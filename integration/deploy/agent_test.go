@@ -15,8 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// TestAgentFromManifest runs "castellan agent" with the arguments of the
-// DaemonSet in deploy/, the paths in them pointed at files as the kubelet
+// TestAgentFromManifest runs the agent with the command and arguments of
+// the DaemonSet in deploy/, the paths in them pointed at files as the kubelet
 // would mount them: the projected istio-ca token of the agent's service
 // account and the published trust ConfigMap. It gets an SVID for its
 // service account from a replica.
@@ -76,8 +76,12 @@ func TestAgentFromManifest(t *testing.T) {
 	outDir := filepath.Join(dir, "out")
 	socket := filepath.Join(dir, "socket")
 
+	bin, sub, flags := containerCommand(t, container)
 	args := []string{}
-	for _, a := range container.Args {
+	if sub != "" {
+		args = append(args, sub)
+	}
+	for _, a := range flags {
 		name, _, _ := strings.Cut(a, "=")
 		switch name {
 		case "--ca-addr":
@@ -97,7 +101,14 @@ func TestAgentFromManifest(t *testing.T) {
 		}
 	}
 	args = append(args, "--output-dir="+outDir)
-	cmd := exec.Command(castellanBinary(t), args...)
+	cmd := exec.Command(bin, args...)
+	// The container's literal environment (GODEBUG) applies too.
+	cmd.Env = os.Environ()
+	for _, e := range container.Env {
+		if e.ValueFrom == nil {
+			cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+		}
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -120,7 +131,7 @@ func TestAgentFromManifest(t *testing.T) {
 		select {
 		case err := <-exited:
 			exited <- err
-			t.Fatalf("castellan agent %v exited: %v\n%s", args, err, stderr.String())
+			t.Fatalf("%s %v exited: %v\n%s", filepath.Base(bin), args, err, stderr.String())
 		default:
 		}
 		_, err := os.Stat(chainFile)

@@ -29,27 +29,80 @@ var (
 	buildOnce sync.Once
 	binPath   string
 	buildErr  error
+
+	agentBuildOnce sync.Once
+	agentBinPath   string
+	agentBuildErr  error
 )
 
 // castellanBinary builds cmd/castellan from the repository once per run.
 func castellanBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "castellan-deploy-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "castellan")
-		out, err := exec.Command("go", "build", "-C", filepath.Join(deployDir(t), ".."), "-o", binPath, "./cmd/castellan").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/castellan: %v\n%s", err, out)
-		}
+		binPath, buildErr = buildCommand(t, "castellan")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// agentBinary builds cmd/castellan-agent, the slim agent binary, from the
+// repository once per run, with the build tags of the image.
+func agentBinary(t testing.TB) string {
+	t.Helper()
+	agentBuildOnce.Do(func() {
+		agentBinPath, agentBuildErr = buildCommand(t, "castellan-agent", "-tags", "grpcnotrace")
+	})
+	if agentBuildErr != nil {
+		t.Fatal(agentBuildErr)
+	}
+	return agentBinPath
+}
+
+func buildCommand(t testing.TB, name string, flags ...string) (string, error) {
+	dir, err := os.MkdirTemp("", "castellan-deploy-bin")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, name)
+	args := append([]string{"build", "-C", filepath.Join(deployDir(t), "..")}, flags...)
+	args = append(args, "-o", path, "./cmd/"+name)
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
+	}
+	return path, nil
+}
+
+// imageBinaries are the binaries deploy/Dockerfile installs, by path in the
+// image. The image's entrypoint is the first.
+var imageBinaries = []string{"/usr/local/bin/castellan", "/usr/local/bin/castellan-agent"}
+
+// containerCommand returns what container c runs: a locally built binary
+// of the image, the castellan subcommand ("" for castellan-agent) and the
+// flags.
+func containerCommand(t testing.TB, c corev1.Container) (bin, sub string, flags []string) {
+	t.Helper()
+	command := imageBinaries[0]
+	switch len(c.Command) {
+	case 0:
+	case 1:
+		command = c.Command[0]
+	default:
+		t.Fatalf("container %s: command %q runs more than one of the image's binaries", c.Name, c.Command)
+	}
+	switch command {
+	case "/usr/local/bin/castellan":
+		if len(c.Args) == 0 {
+			t.Fatalf("container %s: runs castellan without a subcommand", c.Name)
+		}
+		return castellanBinary(t), c.Args[0], c.Args[1:]
+	case "/usr/local/bin/castellan-agent":
+		return agentBinary(t), "", c.Args
+	default:
+		t.Fatalf("container %s: command %q is none of the image's binaries %q", c.Name, command, imageBinaries)
+		return "", "", nil
+	}
 }
 
 // saKubeconfig writes a kubeconfig that authenticates as the service
@@ -250,15 +303,30 @@ func TestCommandBadFlags(t *testing.T) {
 
 // TestManifestFlags checks that every flag the manifests pass, as an
 // argument or as a CASTELLAN_ environment variable, is one the command
-// defines.
+// defines, and that every binary they run is one the image installs.
 func TestManifestFlags(t *testing.T) {
-	bin := castellanBinary(t)
+	dockerfile, err := os.ReadFile(filepath.Join(deployDir(t), "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range imageBinaries {
+		name := filepath.Base(path)
+		if !strings.Contains(string(dockerfile), "-o /out/"+name+" ./cmd/"+name) || !strings.Contains(string(dockerfile), "/out/"+name+" ") {
+			t.Errorf("deploy/Dockerfile does not build ./cmd/%s and copy it into the image", name)
+		}
+	}
+
 	defined := map[string]map[string]bool{}
-	flagsOf := func(sub string) map[string]bool {
-		if f, ok := defined[sub]; ok {
+	flagsOf := func(bin, sub string) map[string]bool {
+		key := bin + " " + sub
+		if f, ok := defined[key]; ok {
 			return f
 		}
-		out, _ := exec.Command(bin, sub, "-h").CombinedOutput()
+		args := []string{"-h"}
+		if sub != "" {
+			args = []string{sub, "-h"}
+		}
+		out, _ := exec.Command(bin, args...).CombinedOutput()
 		f := map[string]bool{}
 		for _, line := range strings.Split(string(out), "\n") {
 			if fields := strings.Fields(line); len(fields) > 0 && strings.HasPrefix(fields[0], "-") {
@@ -266,9 +334,9 @@ func TestManifestFlags(t *testing.T) {
 			}
 		}
 		if len(f) == 0 {
-			t.Fatalf("castellan %s -h lists no flags:\n%s", sub, out)
+			t.Fatalf("%s %s -h lists no flags:\n%s", filepath.Base(bin), sub, out)
 		}
-		defined[sub] = f
+		defined[key] = f
 		return f
 	}
 	fsys := withTestOverlay(t, "ctb", ctbOverlay)
@@ -288,15 +356,13 @@ func TestManifestFlags(t *testing.T) {
 				continue
 			}
 			for _, c := range spec.Containers {
-				if len(c.Args) == 0 {
-					t.Errorf("%s: container %s has no subcommand", describe(o), c.Name)
-					continue
-				}
-				flags := flagsOf(c.Args[0])
-				for _, a := range c.Args[1:] {
+				bin, sub, args := containerCommand(t, c)
+				command := strings.TrimSpace(filepath.Base(bin) + " " + sub)
+				flags := flagsOf(bin, sub)
+				for _, a := range args {
 					name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
 					if !flags[name] {
-						t.Errorf("%s: container %s passes --%s, which castellan %s does not define", describe(o), c.Name, name, c.Args[0])
+						t.Errorf("%s: container %s passes --%s, which %s does not define", describe(o), c.Name, name, command)
 					}
 				}
 				for _, e := range c.Env {
@@ -305,7 +371,7 @@ func TestManifestFlags(t *testing.T) {
 						continue
 					}
 					if flag := strings.ToLower(strings.ReplaceAll(name, "_", "-")); !flags[flag] {
-						t.Errorf("%s: container %s sets %s, but castellan %s has no --%s", describe(o), c.Name, e.Name, c.Args[0], flag)
+						t.Errorf("%s: container %s sets %s, but %s has no --%s", describe(o), c.Name, e.Name, command, flag)
 					}
 				}
 			}
