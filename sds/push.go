@@ -1,6 +1,7 @@
 package sds
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -89,10 +90,20 @@ func (s *Server) watch(stop <-chan struct{}) {
 	}
 }
 
+// kickAll kicks every open stream. After each kick it yields, so that the
+// push just started runs (and usually finishes) before the next one is
+// started: a thousand streams then need a few push goroutines and their
+// stacks at a time, not a thousand at once. A push that blocks (a client
+// that does not read) holds up nothing but itself.
 func (s *Server) kickAll() {
 	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
+	streams := make([]*pusher, 0, len(s.hub.streams))
 	for p := range s.hub.streams {
+		streams = append(streams, p)
+	}
+	s.hub.mu.Unlock()
+	for _, p := range streams {
 		p.kick()
+		runtime.Gosched()
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
 )
 
 // TestPusherNeverMissesAKick kicks a slow pusher from many goroutines,
@@ -73,5 +74,46 @@ func TestHubStopsWatcherWithLastStream(t *testing.T) {
 	unregB()
 	if s.hub.stop != nil || len(s.hub.streams) != 0 {
 		t.Fatal("watcher still running with no stream")
+	}
+}
+
+// TestBlockedPushHoldsUpNoOther blocks one stream's push, as a Send to a
+// client that does not read would: a change must still reach every other
+// stream.
+func TestBlockedPushHoldsUpNoOther(t *testing.T) {
+	store := svidstore.New()
+	defer store.Close()
+	s, err := New(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := svidstoretest.NewCA(t, "push test root")
+	release := make(chan struct{})
+	defer close(release)
+	var blocked atomic.Bool
+	defer s.register(&pusher{push: func() {
+		if snap, _ := store.Load(); snap.SVID != nil {
+			blocked.Store(true)
+			<-release
+		}
+	}})()
+	const others = 50
+	var pushed [others]atomic.Bool
+	for i := range others {
+		defer s.register(&pusher{push: func() {
+			if snap, _ := store.Load(); snap.SVID != nil {
+				pushed[i].Store(true)
+			}
+		}})()
+	}
+	store.SetSVID(ca.Issue(t, "spiffe://cluster.local/ns/a/sa/b", time.Hour))
+	deadline := time.Now().Add(5 * time.Second)
+	for i := range others {
+		for !pushed[i].Load() {
+			if time.Now().After(deadline) {
+				t.Fatalf("stream %d of %d got no push (blocked stream pushed: %v)", i, others, blocked.Load())
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
