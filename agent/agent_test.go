@@ -456,13 +456,22 @@ func TestRootFileChangeReachesSubscribers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if roots, _ := sdsclient.TrustedCA(next.Secrets[sds.RootCASecretName]); len(roots) != 2 {
-		t.Fatalf("ROOTCA has %d roots after the change, want 2", len(roots))
+	roots2, _ := sdsclient.TrustedCA(next.Secrets[sds.RootCASecretName])
+	if len(roots2) != 2 {
+		t.Fatalf("ROOTCA has %d roots after the change, want 2", len(roots2))
 	}
 	waitFor(t, "root-cert.pem in the output directory", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
 		return err == nil && bytes.Contains(f.Root, extra)
 	})
+	// Each root of the bundle is a series, so that a root's propagation
+	// across a fleet can be counted.
+	for _, root := range roots2 {
+		want := float64(root.NotAfter.Unix())
+		if got := a.metric(t, "castellan_agent_trust_bundle_root_expiry_timestamp_seconds", root.SerialNumber.Text(16)); got != want {
+			t.Errorf("bundle root %s expiry metric = %v, want %v", root.SerialNumber.Text(16), got, want)
+		}
+	}
 }
 
 func pemOf(c *x509.Certificate) []byte {

@@ -95,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, store *svidstore.Store) (*metrics, er
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds} {
+	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds, bundleRoots{store}} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}
@@ -104,4 +104,33 @@ func newMetrics(reg prometheus.Registerer, store *svidstore.Store) (*metrics, er
 		return nil, fmt.Errorf("agent: could not register metrics: %w", err)
 	}
 	return m, nil
+}
+
+// bundleRoots exports the roots of the agent's trust bundle, one series a
+// root, so that a fleet-wide query shows when a root prepared by a
+// rotation has reached every agent:
+//
+//	count by (serial) (castellan_agent_trust_bundle_root_expiry_timestamp_seconds)
+type bundleRoots struct{ store *svidstore.Store }
+
+var bundleRootDesc = prometheus.NewDesc("castellan_agent_trust_bundle_root_expiry_timestamp_seconds",
+	"Expiry of each root in the agent's trust bundle, by serial number (hex), as a Unix timestamp.",
+	[]string{"serial"}, nil)
+
+func (b bundleRoots) Describe(ch chan<- *prometheus.Desc) { ch <- bundleRootDesc }
+
+func (b bundleRoots) Collect(ch chan<- prometheus.Metric) {
+	snap, _ := b.store.Load()
+	if snap.Bundle == nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, c := range snap.Bundle.Certificates {
+		serial := c.SerialNumber.Text(16)
+		if seen[serial] {
+			continue
+		}
+		seen[serial] = true
+		ch <- prometheus.MustNewConstMetric(bundleRootDesc, prometheus.GaugeValue, float64(c.NotAfter.Unix()), serial)
+	}
 }
