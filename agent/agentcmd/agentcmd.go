@@ -7,11 +7,9 @@ package agentcmd
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -32,23 +30,8 @@ import (
 // --ca-addr is also CASTELLAN_CA_ADDR.
 const EnvPrefix = "CASTELLAN"
 
-// UsageError is a bad flag or argument. Its ExitCode is 2. When the user
-// asked for help (-h), it wraps flag.ErrHelp and its message is empty: the
-// usage has already been printed.
-type UsageError struct{ Err error }
-
-func (e UsageError) Error() string {
-	if errors.Is(e.Err, flag.ErrHelp) {
-		return ""
-	}
-	return e.Err.Error()
-}
-
-// Unwrap returns the underlying error.
-func (e UsageError) Unwrap() error { return e.Err }
-
-// ExitCode returns 2, the conventional exit code of a usage error.
-func (e UsageError) ExitCode() int { return 2 }
+// UsageError is a bad flag or argument; its ExitCode is 2.
+type UsageError = cliflag.UsageError
 
 // flags are the node agent's flags.
 type flags struct {
@@ -136,15 +119,6 @@ func (f *flags) config() (agent.Config, error) {
 	}, nil
 }
 
-// newLogger returns a JSON logger on w at the named level.
-func newLogger(w io.Writer, level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
-}
-
 // parse parses args into the agent's Config, its logger writing to
 // stderr, and the GC percentage to set. name heads the usage message
 // printed on stderr for -h or a bad flag. lookup reads the environment
@@ -155,17 +129,17 @@ func parse(name string, args []string, stderr io.Writer, lookup func(string) (st
 	var f flags
 	f.register(fs)
 	if err := cliflag.Parse(fs, EnvPrefix, args, lookup); err != nil {
-		return agent.Config{}, 0, UsageError{err}
+		return agent.Config{}, 0, UsageError{Err: err}
 	}
 	if fs.NArg() > 0 {
-		return agent.Config{}, 0, UsageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+		return agent.Config{}, 0, UsageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := cliflag.NewLogger(stderr, f.logLevel)
 	if err != nil {
-		return agent.Config{}, 0, UsageError{err}
+		return agent.Config{}, 0, UsageError{Err: err}
 	}
 	if cfg, err = f.config(); err != nil {
-		return agent.Config{}, 0, UsageError{err}
+		return agent.Config{}, 0, UsageError{Err: err}
 	}
 	cfg.Logger = log
 	return cfg, f.gcPercent, nil

@@ -31,11 +31,11 @@ func benchCommands() map[string]func(context.Context, []string, io.Writer, io.Wr
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmds := benchCommands()
 	if len(args) == 0 {
-		return usageError{errors.New("usage: castellan bench ca|sds|token [flags]")}
+		return usageError{Err: errors.New("usage: castellan bench ca|sds|token [flags]")}
 	}
 	run, ok := cmds[args[0]]
 	if !ok {
-		return usageError{fmt.Errorf("unknown bench %q", args[0])}
+		return usageError{Err: fmt.Errorf("unknown bench %q", args[0])}
 	}
 	return run(ctx, args[1:], stdout, stderr)
 }
@@ -54,10 +54,10 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	dur := fs.Duration("duration", 10*time.Second, "measured run time")
 	csrs := fs.Int("csrs", 256, "distinct pre-made CSRs")
 	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
 	if *rootFile == "" || *tokenFile == "" {
-		return usageError{errors.New("--root-cert and --token-file are required")}
+		return usageError{Err: errors.New("--root-cert and --token-file are required")}
 	}
 	roots, err := pemfile.ReadCertificates(*rootFile)
 	if err != nil {
@@ -98,10 +98,10 @@ func runBenchToken(_ context.Context, args []string, stdout, stderr io.Writer) e
 	count := fs.Int("count", 100, "tokens, each for its own service account bench/sa-<i>")
 	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
 	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
 	if *dir == "" {
-		return usageError{errors.New("--out-dir is required")}
+		return usageError{Err: errors.New("--out-dir is required")}
 	}
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err

@@ -33,10 +33,10 @@ func runBenchSDS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	rotations := fs.Int("rotations", 5, "rotations to time")
 	timeout := fs.Duration("timeout", 2*time.Minute, "longest wait for one rotation to reach every stream")
 	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
 	if *socket == "" {
-		return usageError{errors.New("--sds-socket is required")}
+		return usageError{Err: errors.New("--sds-socket is required")}
 	}
 
 	cfg := sdsload.Config{

@@ -90,15 +90,15 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f caFlags
 	f.register(fs)
 	if err := cliflag.Parse(fs, "CASTELLAN", args, nil); err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
-	log, err := newLogger(stderr, f.logLevel)
+	log, err := cliflag.NewLogger(stderr, f.logLevel)
 	if err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
 	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
 	if err != nil {
-		return usageError{fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)}
+		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -118,7 +118,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case src != nil && f.kube.material != materialDir:
-		return usageError{fmt.Errorf("--material=%s and --upstream both supply the CA material; choose one", f.kube.material)}
+		return usageError{Err: fmt.Errorf("--material=%s and --upstream both supply the CA material; choose one", f.kube.material)}
 	case src == nil:
 		if src, err = f.kube.source(ctx, deps, signer); err != nil {
 			return err
@@ -172,7 +172,7 @@ func (f *caFlags) authenticator(ctx context.Context, reg prometheus.Registerer) 
 	issuers := map[string]authn.Authenticator{}
 	if f.jwtIssuer != "" || f.jwksFile != "" {
 		if f.jwtIssuer == "" {
-			return nil, usageError{errors.New("--jwks-file needs --jwt-issuer")}
+			return nil, usageError{Err: errors.New("--jwks-file needs --jwt-issuer")}
 		}
 		j, err := authn.NewJWT(ctx, authn.JWTConfig{Issuer: f.jwtIssuer, Audiences: f.audiences.Values(), JWKSFile: f.jwksFile})
 		if err != nil {
@@ -181,7 +181,7 @@ func (f *caFlags) authenticator(ctx context.Context, reg prometheus.Registerer) 
 		issuers[f.jwtIssuer] = j
 	}
 	if fallback == nil && len(issuers) == 0 {
-		return nil, usageError{errors.New("no authenticator: enable --token-review or set --jwt-issuer")}
+		return nil, usageError{Err: errors.New("no authenticator: enable --token-review or set --jwt-issuer")}
 	}
 	return authn.NewCache(authn.NewByIssuer(issuers, fallback), authn.CacheConfig{MaxTTL: f.authCacheTTL, Registerer: reg})
 }
@@ -194,22 +194,5 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return clientcmd.BuildConfigFromFlags("", path)
 }
 
-func newLogger(w io.Writer, level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
-}
-
 // usageError is a bad flag or argument: exit code 2.
-type usageError struct{ err error }
-
-func (e usageError) Error() string {
-	if errors.Is(e.err, flag.ErrHelp) {
-		return ""
-	}
-	return e.err.Error()
-}
-func (e usageError) Unwrap() error { return e.err }
-func (e usageError) ExitCode() int { return 2 }
+type usageError = cliflag.UsageError

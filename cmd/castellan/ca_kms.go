@@ -72,7 +72,7 @@ func (k *kmsFlags) vaultClient(d *caDeps) (*vault.Client, error) {
 		return k.client, nil
 	}
 	if k.vaultAddr == "" {
-		return nil, usageError{errors.New("--vault-addr is required for --upstream=vault and vault-transit keys")}
+		return nil, usageError{Err: errors.New("--vault-addr is required for --upstream=vault and vault-transit keys")}
 	}
 	var auth vault.Auth
 	switch k.vaultAuth {
@@ -81,29 +81,29 @@ func (k *kmsFlags) vaultClient(d *caDeps) (*vault.Client, error) {
 		if a.File == "" {
 			a.Token = os.Getenv("VAULT_TOKEN")
 			if a.Token == "" {
-				return nil, usageError{errors.New("--vault-auth=token needs --vault-token-file or the VAULT_TOKEN environment variable")}
+				return nil, usageError{Err: errors.New("--vault-auth=token needs --vault-token-file or the VAULT_TOKEN environment variable")}
 			}
 		}
 		auth = a
 	case "approle":
 		if k.approleRoleID == "" {
-			return nil, usageError{errors.New("--vault-auth=approle needs --vault-approle-role-id")}
+			return nil, usageError{Err: errors.New("--vault-auth=approle needs --vault-approle-role-id")}
 		}
 		auth = vault.AppRoleAuth{Mount: k.vaultAuthMount, RoleID: k.approleRoleID, SecretIDFile: k.approleSecretIDFile}
 	case "kubernetes":
 		if k.kubeRole == "" {
-			return nil, usageError{errors.New("--vault-auth=kubernetes needs --vault-kubernetes-role")}
+			return nil, usageError{Err: errors.New("--vault-auth=kubernetes needs --vault-kubernetes-role")}
 		}
 		auth = vault.KubernetesAuth{Mount: k.vaultAuthMount, Role: k.kubeRole, TokenFile: k.kubeTokenFile}
 	default:
-		return nil, usageError{fmt.Errorf("--vault-auth %q: want token, approle or kubernetes", k.vaultAuth)}
+		return nil, usageError{Err: fmt.Errorf("--vault-auth %q: want token, approle or kubernetes", k.vaultAuth)}
 	}
 	c, err := vault.New(vault.Config{
 		Address: k.vaultAddr, CACertFile: k.vaultCACert, Namespace: k.vaultNamespace,
 		Auth: auth, Logger: d.log, Registerer: d.reg,
 	})
 	if err != nil {
-		return nil, usageError{err}
+		return nil, usageError{Err: err}
 	}
 	k.client = c
 	return c, nil
@@ -115,7 +115,7 @@ func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error)
 	switch k.upstream {
 	case "", "vault":
 	default:
-		return nil, usageError{fmt.Errorf("--upstream %q: want vault, or empty for a self-signed root", k.upstream)}
+		return nil, usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty for a self-signed root", k.upstream)}
 	}
 	uri := k.keyURI
 	if uri == "" {
@@ -126,11 +126,11 @@ func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error)
 	}
 	alg, err := kms.ParseAlgorithm(k.keyAlg)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--signer-key-algorithm: %w", err)}
+		return nil, usageError{Err: fmt.Errorf("--signer-key-algorithm: %w", err)}
 	}
 	u, err := kms.ParseURI(uri)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--signer-key-uri: %w", err)}
+		return nil, usageError{Err: fmt.Errorf("--signer-key-uri: %w", err)}
 	}
 	cfg := kms.Config{Logger: d.log, Registerer: d.reg, TransitMaxBatch: k.transitBatch}
 	if u.Scheme == kms.SchemeVaultTransit {
@@ -153,10 +153,10 @@ func (k *kmsFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer) 
 		return nil, nil
 	}
 	if k.renewFraction <= 0 || k.renewFraction >= 1 {
-		return nil, usageError{fmt.Errorf("--upstream-renew-fraction %g: want a number between 0 and 1, exclusive", k.renewFraction)}
+		return nil, usageError{Err: fmt.Errorf("--upstream-renew-fraction %g: want a number between 0 and 1, exclusive", k.renewFraction)}
 	}
 	if k.upstreamTTL <= 0 {
-		return nil, usageError{fmt.Errorf("--upstream-ttl %s: want a positive duration", k.upstreamTTL)}
+		return nil, usageError{Err: fmt.Errorf("--upstream-ttl %s: want a positive duration", k.upstreamTTL)}
 	}
 	client, err := k.vaultClient(d)
 	if err != nil {

@@ -86,7 +86,7 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 		return nil, nil
 	case materialKubernetes:
 	default:
-		return nil, usageError{fmt.Errorf("--material %q: want %s or %s", k.material, materialDir, materialKubernetes)}
+		return nil, usageError{Err: fmt.Errorf("--material %q: want %s or %s", k.material, materialDir, materialKubernetes)}
 	}
 	client, err := d.kubeClient()
 	if err != nil {
@@ -134,14 +134,14 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 			Registerer:             d.reg,
 		})
 		if err != nil {
-			return nil, usageError{err}
+			return nil, usageError{Err: err}
 		}
 		cfg.LeaderJobs = append(cfg.LeaderJobs, ctrl.Run)
 		cfg.OnChange = func(*ca.Authority) { ctrl.BundleChanged() }
 	}
 	store, err = kubestore.New(cfg)
 	if err != nil {
-		return nil, usageError{err}
+		return nil, usageError{Err: err}
 	}
 
 	runCtx, cancel := context.WithCancel(ctx)

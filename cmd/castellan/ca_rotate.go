@@ -23,7 +23,7 @@ import (
 // runCARotate is "castellan ca rotate prepare|activate|retire|status".
 func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{errors.New("usage: castellan ca rotate prepare|activate|retire|status [flags]")}
+		return usageError{Err: errors.New("usage: castellan ca rotate prepare|activate|retire|status [flags]")}
 	}
 	step := args[0]
 	fs := flag.NewFlagSet("castellan ca rotate "+step, flag.ContinueOnError)
@@ -40,23 +40,23 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&k.upstream, "upstream", "", `"vault" for a CA whose intermediate Vault's PKI engine signs (found from --data-dir when empty)`)
 	k.registerVault(fs)
 	if err := cliflag.Parse(fs, "CASTELLAN", args[1:], nil); err != nil {
-		return usageError{err}
+		return usageError{Err: err}
 	}
 	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *format != "text" && *format != "json" {
-		return usageError{fmt.Errorf("--format %q: want text or json", *format)}
+		return usageError{Err: fmt.Errorf("--format %q: want text or json", *format)}
 	}
 	td, err := spiffeid.TrustDomainFromString(*trustDomain)
 	if err != nil {
-		return usageError{fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
+		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
 	}
 	policy := material.RotationPolicy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
 	var r rotator = &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, PropagationDelay: *propagation, MaxTTL: *maxTTL}
 	switch {
 	case k.upstream != "" && k.upstream != "vault":
-		return usageError{fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
+		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
 	case k.upstream == "vault" || upstreamDir(*dataDir):
 		if !upstreamDir(*dataDir) {
 			return fmt.Errorf("%s holds no upstream-signed intermediate (%s); start the CA with --upstream=vault first", *dataDir, upstream.ChainFile)
@@ -80,7 +80,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		err = r.Retire(ctx, *force)
 	case "status":
 	default:
-		return usageError{fmt.Errorf("unknown rotate step %q: want prepare, activate, retire or status", step)}
+		return usageError{Err: fmt.Errorf("unknown rotate step %q: want prepare, activate, retire or status", step)}
 	}
 	if err != nil {
 		return err

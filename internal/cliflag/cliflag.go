@@ -6,6 +6,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"strings"
 )
@@ -90,3 +92,31 @@ func (l *StringList) Set(v string) error {
 
 // Values returns the current values.
 func (l *StringList) Values() []string { return append([]string(nil), l.values...) }
+
+// UsageError is a bad flag or argument. Its ExitCode is 2. When the user
+// asked for help (-h), it wraps flag.ErrHelp and its message is empty: the
+// usage has already been printed.
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string {
+	if errors.Is(e.Err, flag.ErrHelp) {
+		return ""
+	}
+	return e.Err.Error()
+}
+
+// Unwrap returns the underlying error.
+func (e UsageError) Unwrap() error { return e.Err }
+
+// ExitCode returns 2, the conventional exit code of a usage error.
+func (e UsageError) ExitCode() int { return 2 }
+
+// NewLogger returns a JSON logger on w at the level named by a --log-level
+// flag: debug, info, warn or error.
+func NewLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
