@@ -2,7 +2,6 @@ package sds
 
 import (
 	"strconv"
-	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -12,64 +11,20 @@ import (
 
 // DeltaSecrets serves one incremental (delta) SDS stream.
 func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	s.metrics.streams.WithLabelValues(apiDelta).Inc()
-	defer s.metrics.streams.WithLabelValues(apiDelta).Dec()
-
 	st := &deltaStream{
 		s:       s,
 		subs:    map[string]bool{},
 		known:   map[string]string{},
 		errored: map[string]bool{},
 	}
-	// See StreamSecrets for how the handler and the pusher share the stream.
-	p := &pusher{push: func() {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if st.closed || !st.started {
-			return
-		}
-		snap, _ := s.source.Load()
-		resp := st.next(snap)
-		if resp == nil {
-			return
-		}
-		if err := stream.Send(resp); err != nil {
-			return
-		}
-		s.metrics.pushes.WithLabelValues(apiDelta).Inc()
-	}}
-	defer s.register(p)()
-	defer func() {
-		st.mu.Lock()
-		st.closed = true
-		st.mu.Unlock()
-	}()
-
-	for {
-		req, err := stream.Recv()
-		if err != nil {
-			return endOfStream(err)
-		}
-		st.mu.Lock()
-		changed, err := st.handle(req)
-		st.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if changed {
-			p.kick()
-		}
-	}
+	return serveStream(s, apiDelta, stream, &st.streamBase, st.next, st.handle)
 }
 
 // deltaStream is the server's view of one incremental stream.
 type deltaStream struct {
 	s *Server
 
-	mu      sync.Mutex // guards everything below, and Send
-	closed  bool
-	started bool
-	node    string // the client's node ID, for logs
+	streamBase // its mu guards everything below, and Send
 
 	subs     map[string]bool
 	wildcard bool

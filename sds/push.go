@@ -4,6 +4,8 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"google.golang.org/grpc"
 )
 
 // A stream spends its life blocked in Recv on its own goroutine. Changes
@@ -105,5 +107,63 @@ func (s *Server) kickAll() {
 	for _, p := range streams {
 		p.kick()
 		runtime.Gosched()
+	}
+}
+
+// streamBase is the state both kinds of stream share.
+type streamBase struct {
+	mu      sync.Mutex
+	closed  bool   // the handler has returned: no more Send
+	started bool   // the first request has been handled
+	node    string // the client's node ID, for logs
+}
+
+// serveStream runs one SDS stream of either kind (api). The handler only
+// reads requests: every response is built by next and sent by the
+// stream's pusher, so that the goroutine a stream holds for its whole life
+// stays small. A request that changes what the client should have (handle
+// reports it) kicks the pusher; an ACK or a NACK changes nothing. The lock
+// in base makes the handler and the pusher take turns; closed stops every
+// Send once the handler has returned, as gRPC requires.
+func serveStream[Req, Resp any](s *Server, api string, stream grpc.BidiStreamingServer[Req, Resp], base *streamBase,
+	next func(snapshot) *Resp, handle func(*Req) (changed bool, err error)) error {
+	s.metrics.streams.WithLabelValues(api).Inc()
+	defer s.metrics.streams.WithLabelValues(api).Dec()
+	p := &pusher{push: func() {
+		base.mu.Lock()
+		defer base.mu.Unlock()
+		if base.closed || !base.started {
+			return
+		}
+		snap, _ := s.source.Load()
+		resp := next(snap)
+		if resp == nil {
+			return
+		}
+		if err := stream.Send(resp); err != nil {
+			return // A broken stream also fails the handler's Recv.
+		}
+		s.metrics.pushes.WithLabelValues(api).Inc()
+	}}
+	defer s.register(p)()
+	defer func() {
+		base.mu.Lock()
+		base.closed = true
+		base.mu.Unlock()
+	}()
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return endOfStream(err)
+		}
+		base.mu.Lock()
+		changed, err := handle(req)
+		base.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if changed {
+			p.kick()
+		}
 	}
 }

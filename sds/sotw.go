@@ -3,7 +3,6 @@ package sds
 import (
 	"maps"
 	"strconv"
-	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -14,70 +13,20 @@ import (
 
 // StreamSecrets serves one state-of-the-world SDS stream.
 func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	s.metrics.streams.WithLabelValues(apiSotW).Inc()
-	defer s.metrics.streams.WithLabelValues(apiSotW).Dec()
-
 	st := &sotwStream{
 		s:       s,
 		subs:    map[string]bool{},
 		sent:    map[string]string{},
 		errored: map[string]bool{},
 	}
-	// The pusher computes what the client needs and sends it. The lock
-	// makes the handler and the pusher take turns; closed stops every Send
-	// once the handler has returned, as gRPC requires.
-	p := &pusher{push: func() {
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if st.closed || !st.started {
-			return
-		}
-		snap, _ := s.source.Load()
-		resp := st.next(snap)
-		if resp == nil {
-			return
-		}
-		if err := stream.Send(resp); err != nil {
-			return // A broken stream also fails the handler's Recv.
-		}
-		s.metrics.pushes.WithLabelValues(apiSotW).Inc()
-	}}
-	defer s.register(p)()
-	defer func() {
-		st.mu.Lock()
-		st.closed = true
-		st.mu.Unlock()
-	}()
-
-	// The handler only reads requests: every response is built and sent by
-	// the pusher, so that the goroutine a stream holds for its whole life
-	// stays small (see push.go). A request that changes what the client
-	// should have kicks the pusher; an ACK or a NACK changes nothing.
-	for {
-		req, err := stream.Recv()
-		if err != nil {
-			return endOfStream(err)
-		}
-		st.mu.Lock()
-		changed, err := st.handle(req)
-		st.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if changed {
-			p.kick()
-		}
-	}
+	return serveStream(s, apiSotW, stream, &st.streamBase, st.next, st.handle)
 }
 
 // sotwStream is the server's view of one state-of-the-world stream.
 type sotwStream struct {
 	s *Server
 
-	mu      sync.Mutex // guards everything below, and Send
-	closed  bool
-	started bool
-	node    string // the client's node ID, for logs
+	streamBase // its mu guards everything below, and Send
 
 	// subs are the names in the latest resource_names; wildcard is set by
 	// "*" or by an empty first request (legacy wildcard), which stays in
