@@ -89,6 +89,12 @@ func ReadRotationState(dir string) (RotationState, error) {
 	if err != nil {
 		return RotationState{}, fmt.Errorf("material: %w", err)
 	}
+	return ParseRotationState(path, b)
+}
+
+// ParseRotationState decodes the content b of the rotation.json at path
+// (named in errors).
+func ParseRotationState(path string, b []byte) (RotationState, error) {
 	var st RotationState
 	if err := json.Unmarshal(b, &st); err != nil {
 		return RotationState{}, fmt.Errorf("material: %s: %w", path, err)

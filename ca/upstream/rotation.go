@@ -95,14 +95,34 @@ func (r *Rotator) read() (*dirState, error) {
 
 // readNextRoot returns the prepared root in dir, or nil if there is none.
 func readNextRoot(dir string) (*x509.Certificate, error) {
-	certs, err := pemfile.ReadCertificates(filepath.Join(dir, NextRootCertFile))
+	path := filepath.Join(dir, NextRootCertFile)
+	b, err := readOptional(path)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	return parseNextRoot(path, b)
+}
+
+// parseNextRoot decodes the content b of the prepared root file at path.
+func parseNextRoot(path string, b []byte) (*x509.Certificate, error) {
+	certs, err := pemfile.ParseCertificates(b)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %s: %w", path, err)
+	}
+	return certs[0], nil
+}
+
+// readOptional returns the content of the file at path, or nil if there
+// is no such file.
+func readOptional(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
-	return certs[0], nil
+	return b, nil
 }
 
 // begin loads the directory for a step that needs phase want; otherwise

@@ -370,7 +370,7 @@ func (s *Source) renew(ctx context.Context) (*ca.Authority, error) {
 		return nil, fmt.Errorf("upstream: %s signed an intermediate that expired at %s", up, cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	root := chain[len(chain)-1]
-	if fp := material.Fingerprint(root); slices.Contains(s.rot.st.Retired, fp) {
+	if s.retired(root) {
 		return nil, fmt.Errorf("upstream: %s signed under root %q, which a rotation retired; name the new root's issuer", up, root.Subject)
 	}
 	roots, retained := s.bundle(root)
@@ -399,7 +399,7 @@ func (s *Source) bundle(root *x509.Certificate) ([]*x509.Certificate, []retained
 	roots := []*x509.Certificate{root}
 	var kept []retainedRoot
 	for _, r := range candidates {
-		if now.Before(r.until) && !containsCert(roots, r.cert) && !slices.Contains(s.rot.st.Retired, material.Fingerprint(r.cert)) {
+		if now.Before(r.until) && !containsCert(roots, r.cert) && !s.retired(r.cert) {
 			kept = append(kept, r)
 			roots = append(roots, r.cert)
 		}
@@ -523,29 +523,40 @@ func (s *Source) authority() (Authority, error) {
 // readRotation reads the rotation state and the prepared root from the
 // data directory, and reports whether they changed since s.rot.
 func (s *Source) readRotation() (rotation, bool, error) {
-	raw, err := os.ReadFile(filepath.Join(s.cfg.DataDir, material.RotationFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return rotation{}, false, fmt.Errorf("upstream: %w", err)
+	statePath := filepath.Join(s.cfg.DataDir, material.RotationFile)
+	raw, err := readOptional(statePath)
+	if err != nil {
+		return rotation{}, false, err
 	}
-	next, err := os.ReadFile(filepath.Join(s.cfg.DataDir, NextRootCertFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return rotation{}, false, fmt.Errorf("upstream: %w", err)
+	nextPath := filepath.Join(s.cfg.DataDir, NextRootCertFile)
+	next, err := readOptional(nextPath)
+	if err != nil {
+		return rotation{}, false, err
 	}
 	seen := string(raw) + "\x00" + string(next)
 	if seen == s.rot.seen {
 		return s.rot, false, nil
 	}
-	r := rotation{seen: seen}
-	if r.st, err = material.ReadRotationState(s.cfg.DataDir); err != nil {
-		return rotation{}, false, err
+	r := rotation{seen: seen, st: material.RotationState{Phase: material.PhaseSteady}}
+	if raw != nil {
+		if r.st, err = material.ParseRotationState(statePath, raw); err != nil {
+			return rotation{}, false, err
+		}
 	}
-	if r.next, err = readNextRoot(s.cfg.DataDir); err != nil {
-		return rotation{}, false, err
+	if next != nil {
+		if r.next, err = parseNextRoot(nextPath, next); err != nil {
+			return rotation{}, false, err
+		}
 	}
 	if r.st.Phase != material.PhaseSteady && r.next == nil {
 		return rotation{}, false, fmt.Errorf("upstream: %s says %s, but %s is missing", material.RotationFile, r.st.Phase, NextRootCertFile)
 	}
 	return r, true, nil
+}
+
+// retired reports whether a rotation retired root c.
+func (s *Source) retired(c *x509.Certificate) bool {
+	return slices.Contains(s.rot.st.Retired, material.Fingerprint(c))
 }
 
 // switchDue reports whether an activated rotation waits for the
