@@ -216,16 +216,8 @@ type Rotator struct {
 	TrustDomain spiffeid.TrustDomain
 	// RootTTL is the lifetime of a new self-signed root. Default: 10 years.
 	RootTTL time.Duration
-	// PropagationDelay is how long a prepared root must sit in the bundle
-	// before it may sign: the time the bundle needs to reach every peer.
-	// Default: 1h.
-	PropagationDelay time.Duration
-	// MaxTTL is the CA's longest SVID lifetime; the old root is kept that
-	// long after activation. Default: 24h.
-	MaxTTL time.Duration
-	// RetireMargin is added to MaxTTL before the old root may be retired,
-	// for clock skew between the CA and its peers. Default: 2m.
-	RetireMargin time.Duration
+	// Policy holds the waits between the phases.
+	Policy RotationPolicy
 	// Now returns the current time. Default: time.Now.
 	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
@@ -244,10 +236,6 @@ func (r *Rotator) log() *slog.Logger {
 		return r.Logger
 	}
 	return slog.Default()
-}
-
-func (r *Rotator) policy() RotationPolicy {
-	return RotationPolicy{PropagationDelay: r.PropagationDelay, MaxTTL: r.MaxTTL, RetireMargin: r.RetireMargin}
 }
 
 func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
@@ -291,7 +279,7 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 	}
 	out := &RotationStatus{Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
 	if st.Phase == PhasePrepared {
-		out.ActivateAfter = r.policy().ActivateAfter(st.PreparedAt)
+		out.ActivateAfter = r.Policy.ActivateAfter(st.PreparedAt)
 	}
 	for _, c := range bundle {
 		state := RootActive
@@ -386,7 +374,7 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	r.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "dir", r.Dir, "subject", newRoots[0].Subject.String(), "serial", fmt.Sprintf("%x", newRoots[0].SerialNumber), "activate_after", r.policy().ActivateAfter(r.now()))
+	r.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "dir", r.Dir, "subject", newRoots[0].Subject.String(), "serial", fmt.Sprintf("%x", newRoots[0].SerialNumber), "activate_after", r.Policy.ActivateAfter(r.now()))
 	return nil
 }
 
@@ -442,10 +430,10 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 		return err
 	}
 	now := r.now().UTC()
-	if err := r.policy().CheckActivate(st, now, force); err != nil {
+	if err := r.Policy.CheckActivate(st, now, force); err != nil {
 		return err
 	}
-	next := RotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: r.policy().RetireAfter(now)}
+	next := RotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: r.Policy.RetireAfter(now)}
 	if err := r.writeState(next); err != nil {
 		return err
 	}
@@ -478,7 +466,7 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	if err := r.policy().CheckRetire(st, r.now(), force); err != nil {
+	if err := r.Policy.CheckRetire(st, r.now(), force); err != nil {
 		return err
 	}
 	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))

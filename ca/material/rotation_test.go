@@ -17,7 +17,7 @@ func TestSelfSignedRotation(t *testing.T) {
 	}
 	old := s.Authority().Cert
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, PropagationDelay: time.Hour, MaxTTL: time.Hour, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &Rotator{Dir: dir, TrustDomain: td, Policy: RotationPolicy{PropagationDelay: time.Hour, MaxTTL: time.Hour}, Now: func() time.Time { return now }, Logger: quiet()}
 	ctx := context.Background()
 
 	if err := r.Activate(ctx, false); err == nil || !strings.Contains(err.Error(), "nothing to activate") {
@@ -77,7 +77,7 @@ func TestAutomaticRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, PropagationDelay: time.Minute, MaxTTL: time.Minute, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &Rotator{Dir: dir, TrustDomain: td, Policy: RotationPolicy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
 	ctx := context.Background()
 	steps := []struct {
 		advance time.Duration
@@ -111,7 +111,7 @@ func TestPluggedInRotation(t *testing.T) {
 	nextDir := t.TempDir()
 	root2, key2 := newRoot(t)
 	inter2 := writeCACerts(t, nextDir, root2, key2, "inter-2")
-	r := &Rotator{Dir: dir, PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond, Logger: quiet()}
+	r := &Rotator{Dir: dir, Policy: RotationPolicy{PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond}, Logger: quiet()}
 	ctx := context.Background()
 	if err := r.Prepare(ctx, ""); err == nil {
 		t.Fatal("plugged-in prepare without a directory was accepted")

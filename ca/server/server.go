@@ -168,9 +168,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics = newMetrics(cfg.Registerer, s.src)
 	if s.store != nil {
 		s.rotator = &material.Rotator{
-			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL,
-			PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, Logger: cfg.Logger,
-			RetireMargin: cfg.RootRetireMargin,
+			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger,
+			Policy: material.RotationPolicy{PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, RetireMargin: cfg.RootRetireMargin},
 		}
 		cfg.Registerer.MustRegister(&rotationCollector{status: s.rotator.Status})
 	} else if r, ok := s.src.(RotationStatuser); ok {

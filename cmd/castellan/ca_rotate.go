@@ -53,7 +53,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
 	}
 	policy := material.RotationPolicy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
-	var r rotator = &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, PropagationDelay: *propagation, MaxTTL: *maxTTL}
+	var r rotator = &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy}
 	switch {
 	case k.upstream != "" && k.upstream != "vault":
 		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}

@@ -49,7 +49,7 @@ const svidTTL = 10 * time.Second
 // two agents over SDS, handshake continuously. No handshake may fail.
 func TestRootRotationUnderLiveMTLS(t *testing.T) {
 	env := newEnv(t, nil)
-	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}
+	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, Policy: material.RotationPolicy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}}
 	ctx := context.Background()
 	old := env.caRoot()
 
