@@ -3,15 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"math/big"
 	"net"
 	"net/url"
@@ -22,6 +18,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/inspect"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // certFixture writes a root, and leaves issued by it, to a temp dir.
@@ -38,26 +35,28 @@ func newCertFixture(t *testing.T) *certFixture {
 	t.Helper()
 	f := &certFixture{dir: t.TempDir()}
 	now := time.Now()
-	rootKey := genKey(t)
+	rootKey := testpki.Key(t)
 	rootTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
-	f.rootCert = issue(t, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	f.root = f.write(t, "root.pem", pemCert(f.rootCert))
-	f.rootKey = f.write(t, "root-key.pem", pemKey(t, rootKey))
+	f.rootCert = testpki.Create(t, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	f.root = testpki.WriteFile(t, f.dir, "root.pem", testpki.CertPEM(f.rootCert))
+	f.rootKey = testpki.WriteFile(t, f.dir, "root-key.pem", testpki.KeyPEM(t, rootKey))
 
 	leaf := func(name string, notBefore time.Time, lifetime time.Duration) (string, string, *x509.Certificate, *ecdsa.PrivateKey) {
-		k := genKey(t)
+		k := testpki.Key(t)
 		u, _ := url.Parse("spiffe://example.test/ns/default/sa/" + name)
-		c := issue(t, &x509.Certificate{
+		c := testpki.Create(t, &x509.Certificate{
 			SerialNumber: big.NewInt(2), NotBefore: notBefore, NotAfter: notBefore.Add(lifetime),
 			KeyUsage:    x509.KeyUsageDigitalSignature,
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 			URIs:        []*url.URL{u}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		}, f.rootCert, k.Public(), rootKey)
-		return f.write(t, name+".pem", pemCert(c)), f.write(t, name+"-key.pem", pemKey(t, k)), c, k
+		certPath := testpki.WriteFile(t, f.dir, name+".pem", testpki.CertPEM(c))
+		keyPath := testpki.WriteFile(t, f.dir, name+"-key.pem", testpki.KeyPEM(t, k))
+		return certPath, keyPath, c, k
 	}
 	var (
 		validCert *x509.Certificate
@@ -67,52 +66,8 @@ func newCertFixture(t *testing.T) *certFixture {
 	f.validPair = tls.Certificate{Certificate: [][]byte{validCert.Raw}, PrivateKey: validKey}
 	f.warning, _, _, _ = leaf("warning", now.Add(-55*time.Minute), time.Hour)
 	f.expired, _, _, _ = leaf("expired", now.Add(-2*time.Hour), time.Hour)
-	f.garbage = f.write(t, "garbage.pem", []byte("-----BEGIN CERTIFICATE-----\n\x00\xff garbage\n"))
+	f.garbage = testpki.WriteFile(t, f.dir, "garbage.pem", []byte("-----BEGIN CERTIFICATE-----\n\x00\xff garbage\n"))
 	return f
-}
-
-func (f *certFixture) write(t *testing.T, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(f.dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func genKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func issue(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func pemCert(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-}
-
-func pemKey(t *testing.T, k crypto.Signer) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
 func TestCertInspectExitCodes(t *testing.T) {

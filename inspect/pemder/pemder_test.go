@@ -18,17 +18,18 @@ import (
 
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/pemder"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 func TestParseCertificates(t *testing.T) {
-	p := newPKI(t)
-	chainPEM := certPEM(p.leaf, p.inter)
-	withJunk := append(append([]byte("subject=CN = web\nissuer=CN = intermediate\n"), certPEM(p.leaf)...), append([]byte("\n# comment\n"), certPEM(p.inter)...)...)
-	withKey := append(certPEM(p.leaf), keyPEM(t, p.leafKey)...)
-	der := append(append([]byte(nil), p.leaf.Raw...), p.inter.Raw...)
-	broken := append(certPEM(p.leaf), []byte("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")...)
-	line2 := bytes.Count(certPEM(p.leaf), []byte("\n")) + 1
-	badDER := append(certPEM(p.leaf), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x03, 1, 2, 3}})...)
+	p := testpki.New(t)
+	chainPEM := testpki.CertPEM(p.Leaf, p.Intermediate)
+	withJunk := append(append([]byte("subject=CN = web\nissuer=CN = intermediate\n"), testpki.CertPEM(p.Leaf)...), append([]byte("\n# comment\n"), testpki.CertPEM(p.Intermediate)...)...)
+	withKey := append(testpki.CertPEM(p.Leaf), testpki.KeyPEM(t, p.LeafKey)...)
+	der := append(append([]byte(nil), p.Leaf.Raw...), p.Intermediate.Raw...)
+	broken := append(testpki.CertPEM(p.Leaf), []byte("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")...)
+	line2 := bytes.Count(testpki.CertPEM(p.Leaf), []byte("\n")) + 1
+	badDER := append(testpki.CertPEM(p.Leaf), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte{0x30, 0x03, 1, 2, 3}})...)
 
 	tests := []struct {
 		name    string
@@ -36,18 +37,18 @@ func TestParseCertificates(t *testing.T) {
 		want    []*x509.Certificate
 		wantErr string
 	}{
-		{name: "PEM chain", data: chainPEM, want: []*x509.Certificate{p.leaf, p.inter}},
-		{name: "PEM with text between blocks", data: withJunk, want: []*x509.Certificate{p.leaf, p.inter}},
-		{name: "PEM with CRLF line ends", data: bytes.ReplaceAll(chainPEM, []byte("\n"), []byte("\r\n")), want: []*x509.Certificate{p.leaf, p.inter}},
-		{name: "PEM with a private key", data: withKey, want: []*x509.Certificate{p.leaf}},
-		{name: "DER", data: p.leaf.Raw, want: []*x509.Certificate{p.leaf}},
-		{name: "concatenated DER", data: der, want: []*x509.Certificate{p.leaf, p.inter}},
-		{name: "base64 of PEM, as kubectl prints it", data: []byte(base64.StdEncoding.EncodeToString(chainPEM) + "\n"), want: []*x509.Certificate{p.leaf, p.inter}},
-		{name: "base64 of DER", data: []byte(base64.StdEncoding.EncodeToString(p.leaf.Raw)), want: []*x509.Certificate{p.leaf}},
+		{name: "PEM chain", data: chainPEM, want: []*x509.Certificate{p.Leaf, p.Intermediate}},
+		{name: "PEM with text between blocks", data: withJunk, want: []*x509.Certificate{p.Leaf, p.Intermediate}},
+		{name: "PEM with CRLF line ends", data: bytes.ReplaceAll(chainPEM, []byte("\n"), []byte("\r\n")), want: []*x509.Certificate{p.Leaf, p.Intermediate}},
+		{name: "PEM with a private key", data: withKey, want: []*x509.Certificate{p.Leaf}},
+		{name: "DER", data: p.Leaf.Raw, want: []*x509.Certificate{p.Leaf}},
+		{name: "concatenated DER", data: der, want: []*x509.Certificate{p.Leaf, p.Intermediate}},
+		{name: "base64 of PEM, as kubectl prints it", data: []byte(base64.StdEncoding.EncodeToString(chainPEM) + "\n"), want: []*x509.Certificate{p.Leaf, p.Intermediate}},
+		{name: "base64 of DER", data: []byte(base64.StdEncoding.EncodeToString(p.Leaf.Raw)), want: []*x509.Certificate{p.Leaf}},
 		{name: "empty", data: nil, wantErr: "no data"},
 		{name: "whitespace", data: []byte(" \n\t"), wantErr: "no data"},
 		{name: "garbage", data: []byte("hello, world"), wantErr: "not PEM, and not DER"},
-		{name: "only a key", data: keyPEM(t, p.leafKey), wantErr: "no CERTIFICATE PEM block (found PRIVATE KEY)"},
+		{name: "only a key", data: testpki.KeyPEM(t, p.LeafKey), wantErr: "no CERTIFICATE PEM block (found PRIVATE KEY)"},
 		{name: "malformed second block", data: broken, wantErr: fmt.Sprintf("PEM block 2 at line %d is malformed", line2)},
 		{name: "second block is not a certificate", data: badDER, wantErr: fmt.Sprintf("PEM block 2 (CERTIFICATE) at line %d", line2)},
 		{name: "unterminated block", data: []byte("-----BEGIN CERTIFICATE-----\nMIIB\n"), wantErr: "PEM block 1 at line 1 is malformed"},
@@ -77,8 +78,8 @@ func TestParseCertificates(t *testing.T) {
 }
 
 func TestParseKey(t *testing.T) {
-	p := newPKI(t)
-	ec := p.leafKey
+	p := testpki.New(t)
+	ec := p.LeafKey
 	sec1, _ := x509.MarshalECPrivateKey(ec)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(ec)
 	_, edPriv, _ := ed25519.GenerateKey(nil)
@@ -95,16 +96,16 @@ func TestParseKey(t *testing.T) {
 		want    any
 		wantErr string
 	}{
-		{name: "PKCS #8 PEM", data: keyPEM(t, ec), want: ec.Public()},
+		{name: "PKCS #8 PEM", data: testpki.KeyPEM(t, ec), want: ec.Public()},
 		{name: "SEC 1 PEM", data: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), want: ec.Public()},
 		{name: "PKCS #1 PEM", data: pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: pkcs1}), want: rsaKey.Public()},
 		{name: "Ed25519 PEM", data: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: edDER}), want: edPriv.Public()},
-		{name: "key after a certificate", data: append(certPEM(p.leaf), keyPEM(t, ec)...), want: ec.Public()},
+		{name: "key after a certificate", data: append(testpki.CertPEM(p.Leaf), testpki.KeyPEM(t, ec)...), want: ec.Public()},
 		{name: "PKCS #8 DER", data: pkcs8, want: ec.Public()},
 		{name: "SEC 1 DER", data: sec1, want: ec.Public()},
 		{name: "PKCS #1 DER", data: pkcs1, want: rsaKey.Public()},
-		{name: "base64 of PEM", data: []byte(base64.StdEncoding.EncodeToString(keyPEM(t, ec))), want: ec.Public()},
-		{name: "no key", data: certPEM(p.leaf), wantErr: "no private key PEM block"},
+		{name: "base64 of PEM", data: []byte(base64.StdEncoding.EncodeToString(testpki.KeyPEM(t, ec))), want: ec.Public()},
+		{name: "no key", data: testpki.CertPEM(p.Leaf), wantErr: "no private key PEM block"},
 		{name: "encrypted", data: pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: pkcs8}), wantErr: "encrypted private key"},
 		{name: "legacy encrypted", data: pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: pkcs1}), wantErr: "encrypted private key"},
 		{name: "corrupt key", data: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte{1, 2, 3}}), wantErr: "PEM block 1 (PRIVATE KEY) at line 1"},
@@ -127,7 +128,7 @@ func TestParseKey(t *testing.T) {
 			}
 		})
 	}
-	if _, err := pemder.ParseKey(certPEM(p.leaf)); !errors.Is(err, pemder.ErrNoKey) {
+	if _, err := pemder.ParseKey(testpki.CertPEM(p.Leaf)); !errors.Is(err, pemder.ErrNoKey) {
 		t.Errorf("err = %v, want ErrNoKey", err)
 	}
 }
@@ -136,12 +137,12 @@ func TestParseKey(t *testing.T) {
 // parsing as PEM, DER or base64, then analysing and rendering what parsed.
 // It must never panic.
 func FuzzParseCertificates(f *testing.F) {
-	p := newPKI(f)
-	f.Add(certPEM(p.leaf, p.inter))
-	f.Add(p.leaf.Raw)
-	f.Add(append(append([]byte(nil), p.leaf.Raw...), p.root.Raw...))
-	f.Add([]byte(base64.StdEncoding.EncodeToString(certPEM(p.leaf))))
-	f.Add(append(certPEM(p.leaf), keyPEM(f, p.leafKey)...))
+	p := testpki.New(f)
+	f.Add(testpki.CertPEM(p.Leaf, p.Intermediate))
+	f.Add(p.Leaf.Raw)
+	f.Add(append(append([]byte(nil), p.Leaf.Raw...), p.Root.Raw...))
+	f.Add([]byte(base64.StdEncoding.EncodeToString(testpki.CertPEM(p.Leaf))))
+	f.Add(append(testpki.CertPEM(p.Leaf), testpki.KeyPEM(f, p.LeafKey)...))
 	f.Add([]byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"))
 	f.Add([]byte("-----BEGIN CERTIFICATE-----\n"))
 	f.Add([]byte{0x30, 0x82, 0xff, 0xff})
@@ -177,9 +178,9 @@ func FuzzParseCertificates(f *testing.F) {
 
 // FuzzParseKey feeds arbitrary bytes to the private key parser.
 func FuzzParseKey(f *testing.F) {
-	p := newPKI(f)
-	f.Add(keyPEM(f, p.leafKey))
-	der, _ := x509.MarshalECPrivateKey(p.leafKey)
+	p := testpki.New(f)
+	f.Add(testpki.KeyPEM(f, p.LeafKey))
+	der, _ := x509.MarshalECPrivateKey(p.LeafKey)
 	f.Add(der)
 	f.Add([]byte("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -11,19 +11,20 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/inspect/source"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 func TestBundle(t *testing.T) {
-	p := newPKI(t)
+	p := testpki.New(t)
 	dir := t.TempDir()
 	sb := spiffebundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("example.test"), nil)
-	sb.AddX509Authority(p.root)
+	sb.AddX509Authority(p.Root)
 	sbJSON, err := sb.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/bundle", func(w http.ResponseWriter, _ *http.Request) { w.Write(certPEM(p.root)) })
+	mux.HandleFunc("/bundle", func(w http.ResponseWriter, _ *http.Request) { w.Write(testpki.CertPEM(p.Root)) })
 	mux.HandleFunc("/bundle.spiffe", func(w http.ResponseWriter, _ *http.Request) { w.Write(sbJSON) })
 	mux.HandleFunc("/html", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("<html>hi</html>")) })
 	srv := httptest.NewServer(mux)
@@ -32,14 +33,14 @@ func TestBundle(t *testing.T) {
 	tests := []struct {
 		name, ref, wantName, wantErr string
 	}{
-		{name: "PEM file", ref: writeFile(t, dir, "root.pem", certPEM(p.root))},
-		{name: "DER file", ref: writeFile(t, dir, "root.der", p.root.Raw)},
-		{name: "SPIFFE bundle file", ref: writeFile(t, dir, "bundle.json", sbJSON)},
+		{name: "PEM file", ref: testpki.WriteFile(t, dir, "root.pem", testpki.CertPEM(p.Root))},
+		{name: "DER file", ref: testpki.WriteFile(t, dir, "root.der", p.Root.Raw)},
+		{name: "SPIFFE bundle file", ref: testpki.WriteFile(t, dir, "bundle.json", sbJSON)},
 		{name: "PEM URL", ref: srv.URL + "/bundle", wantName: srv.URL + "/bundle"},
 		{name: "SPIFFE bundle URL", ref: srv.URL + "/bundle.spiffe"},
 		{name: "not found", ref: srv.URL + "/missing", wantErr: "HTTP status 404"},
 		{name: "not certificates", ref: srv.URL + "/html", wantErr: "input is not PEM, and not DER"},
-		{name: "bad JSON", ref: writeFile(t, dir, "bad.json", []byte(`{"keys": 3}`)), wantErr: "not a SPIFFE bundle"},
+		{name: "bad JSON", ref: testpki.WriteFile(t, dir, "bad.json", []byte(`{"keys": 3}`)), wantErr: "not a SPIFFE bundle"},
 		{name: "missing file", ref: dir + "/none.pem", wantErr: "no such file"},
 	}
 	for _, tt := range tests {
@@ -54,7 +55,7 @@ func TestBundle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(certs) != 1 || !certs[0].Equal(p.root) {
+			if len(certs) != 1 || !certs[0].Equal(p.Root) {
 				t.Errorf("got %d certificates, want the root", len(certs))
 			}
 			if tt.wantName != "" && name != tt.wantName {

@@ -8,12 +8,13 @@ import (
 
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/source"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 func TestReaderAndFile(t *testing.T) {
-	p := newPKI(t)
+	p := testpki.New(t)
 	dir := t.TempDir()
-	path := writeFile(t, dir, "combined.pem", append(certPEM(p.leaf, p.inter), keyPEM(t, p.leafKey)...))
+	path := testpki.WriteFile(t, dir, "combined.pem", append(testpki.CertPEM(p.Leaf, p.Intermediate), testpki.KeyPEM(t, p.LeafKey)...))
 
 	in, err := source.File(path)
 	if err != nil {
@@ -22,7 +23,7 @@ func TestReaderAndFile(t *testing.T) {
 	if in.Source != "file:"+path || len(in.Chain) != 2 || in.PublicKey == nil || in.KeySource != "file:"+path {
 		t.Errorf("File = %+v", in)
 	}
-	in, err = source.Reader(bytes.NewReader(certPEM(p.leaf)), "stdin")
+	in, err = source.Reader(bytes.NewReader(testpki.CertPEM(p.Leaf)), "stdin")
 	if err != nil || in.Source != "stdin" || len(in.Chain) != 1 || in.PublicKey != nil {
 		t.Errorf("Reader = %+v, %v", in, err)
 	}
@@ -48,13 +49,13 @@ func TestReaderAndFile(t *testing.T) {
 			}
 		})
 	}
-	keyOnly := writeFile(t, dir, "cert-only.pem", certPEM(p.leaf))
+	keyOnly := testpki.WriteFile(t, dir, "cert-only.pem", testpki.CertPEM(p.Leaf))
 	if _, err := source.Key(keyOnly); err == nil || !strings.Contains(err.Error(), "no private key PEM block") {
 		t.Errorf("Key(cert only) = %v", err)
 	}
-	keyPath := writeFile(t, dir, "key.pem", keyPEM(t, p.leafKey))
+	keyPath := testpki.WriteFile(t, dir, "key.pem", testpki.KeyPEM(t, p.LeafKey))
 	k, err := source.Key(keyPath)
-	if err != nil || !p.leafKey.PublicKey.Equal(k.PublicKey) || k.KeySource != "file:"+keyPath {
+	if err != nil || !p.LeafKey.PublicKey.Equal(k.PublicKey) || k.KeySource != "file:"+keyPath {
 		t.Errorf("Key = %+v, %v", k, err)
 	}
 }

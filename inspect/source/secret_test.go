@@ -10,17 +10,18 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/castellan-mesh/castellan/inspect/source"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // TestSecretKeys checks which Secret keys are read; the API server itself is
 // exercised by the integration tests.
 func TestSecretKeys(t *testing.T) {
-	p := newPKI(t)
-	chain := certPEM(p.leaf, p.inter)
-	caChain := certPEM(p.inter, p.root)
-	root := certPEM(p.root)
-	key := keyPEM(t, p.leafKey)
-	interKey := keyPEM(t, p.interKey)
+	p := testpki.New(t)
+	chain := testpki.CertPEM(p.Leaf, p.Intermediate)
+	caChain := testpki.CertPEM(p.Intermediate, p.Root)
+	root := testpki.CertPEM(p.Root)
+	key := testpki.KeyPEM(t, p.LeafKey)
+	interKey := testpki.KeyPEM(t, p.IntermediateKey)
 
 	tests := []struct {
 		name                             string
@@ -38,13 +39,13 @@ func TestSecretKeys(t *testing.T) {
 		},
 		{
 			name:       "Istio cacerts",
-			data:       map[string][]byte{"ca-cert.pem": certPEM(p.inter), "ca-key.pem": interKey, "cert-chain.pem": caChain, "root-cert.pem": root},
+			data:       map[string][]byte{"ca-cert.pem": testpki.CertPEM(p.Intermediate), "ca-key.pem": interKey, "cert-chain.pem": caChain, "root-cert.pem": root},
 			wantChain:  2,
 			wantSource: "secret:ns/s[cert-chain.pem]", wantBundle: "secret:ns/s[root-cert.pem]", wantKey: "secret:ns/s[ca-key.pem]",
 		},
 		{
 			name:       "Istio cacerts without cert-chain.pem",
-			data:       map[string][]byte{"ca-cert.pem": certPEM(p.inter), "ca-key.pem": interKey, "root-cert.pem": root},
+			data:       map[string][]byte{"ca-cert.pem": testpki.CertPEM(p.Intermediate), "ca-key.pem": interKey, "root-cert.pem": root},
 			wantChain:  1,
 			wantSource: "secret:ns/s[ca-cert.pem]", wantBundle: "secret:ns/s[root-cert.pem]", wantKey: "secret:ns/s[ca-key.pem]",
 		},

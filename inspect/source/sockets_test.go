@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/source"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/castellan-mesh/castellan/sds"
 )
 
@@ -143,8 +144,8 @@ func (s *rejectedSDS) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.
 }
 
 func TestSDSRejectedResponse(t *testing.T) {
-	p := newPKI(t)
-	other := newKey(t)
+	p := testpki.New(t)
+	other := testpki.Key(t)
 	inline := func(b []byte) *corev3.DataSource {
 		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
 	}
@@ -157,10 +158,10 @@ func TestSDSRejectedResponse(t *testing.T) {
 	}
 	srv := &rejectedSDS{nacked: make(chan string, 1), resources: []*anypb.Any{
 		mustAny(&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: inline(certPEM(p.leaf, p.inter)), PrivateKey: inline(keyPEM(t, other)),
+			CertificateChain: inline(testpki.CertPEM(p.Leaf, p.Intermediate)), PrivateKey: inline(testpki.KeyPEM(t, other)),
 		}}}),
 		mustAny(&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inline(certPEM(p.root)),
+			TrustedCa: inline(testpki.CertPEM(p.Root)),
 		}}}),
 	}}
 	addr := serveUnix(t, func(g grpc.ServiceRegistrar) { secretv3.RegisterSecretDiscoveryServiceServer(g, srv) })

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/inspect/source"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // serveTLS runs a TLS server on 127.0.0.1:0 that completes handshakes and
@@ -50,20 +51,20 @@ func serveTLS(t *testing.T, conf *tls.Config) string {
 }
 
 func TestTLS(t *testing.T) {
-	p := newPKI(t)
-	client := newPKI(t)
+	p := testpki.New(t)
+	client := testpki.New(t)
 	clientPool := x509.NewCertPool()
-	clientPool.AddCert(client.root)
+	clientPool.AddCert(client.Root)
 	base := func(version uint16, auth tls.ClientAuthType) *tls.Config {
 		return &tls.Config{
-			Certificates: []tls.Certificate{p.tlsPair()},
+			Certificates: []tls.Certificate{p.TLSCertificate()},
 			ClientAuth:   auth,
 			ClientCAs:    clientPool,
 			MinVersion:   version,
 			MaxVersion:   version,
 		}
 	}
-	clientPair := tls.Certificate{Certificate: [][]byte{client.leaf.Raw, client.inter.Raw}, PrivateKey: client.leafKey}
+	clientPair := tls.Certificate{Certificate: [][]byte{client.Leaf.Raw, client.Intermediate.Raw}, PrivateKey: client.LeafKey}
 
 	tests := []struct {
 		name      string
@@ -121,7 +122,7 @@ func TestTLS(t *testing.T) {
 			if in.Source != "tls:"+addr {
 				t.Errorf("source = %q", in.Source)
 			}
-			if len(in.Chain) != 2 || !in.Chain[0].Equal(p.leaf) || !in.Chain[1].Equal(p.inter) {
+			if len(in.Chain) != 2 || !in.Chain[0].Equal(p.Leaf) || !in.Chain[1].Equal(p.Intermediate) {
 				t.Errorf("chain has %d certificates, want the server's leaf and intermediate", len(in.Chain))
 			}
 			for _, want := range tt.wantNotes {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -80,16 +81,6 @@ func csrPEM(t testing.TB, key crypto.Signer, uris []string, dnsNames []string) s
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
-// keyPEM encodes key as PKCS#8 PEM.
-func keyPEM(t testing.TB, key crypto.Signer) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-}
-
 // createCertificate calls the CA as Istio's agent does: the token in the
 // authorization metadata (none when token is empty).
 func createCertificate(t testing.TB, conn *grpc.ClientConn, token, csr string, ttl time.Duration) (*pb.IstioCertificateResponse, error) {
@@ -135,7 +126,7 @@ func parseChain(t testing.TB, chain []string) []*x509.Certificate {
 // SPIFFE ID is want.
 func verifySVID(t testing.TB, chain []string, key crypto.Signer, rootPEM []byte, want spiffeid.ID) *x509svid.SVID {
 	t.Helper()
-	svid, err := x509svid.Parse([]byte(strings.Join(chain, "")), keyPEM(t, key))
+	svid, err := x509svid.Parse([]byte(strings.Join(chain, "")), testpki.KeyPEM(t, key))
 	if err != nil {
 		t.Fatalf("x509svid.Parse: %v", err)
 	}

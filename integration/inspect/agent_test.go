@@ -14,6 +14,7 @@ import (
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/source"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // TestAgentSockets inspects the SVID a real node agent obtained from the
@@ -24,7 +25,7 @@ func TestAgentSockets(t *testing.T) {
 	ca := harness.StartCA(t, api)
 	api.CreateServiceAccount(t, "default", "sleep")
 	dir := t.TempDir()
-	tokenFile := writeFile(t, dir, "token", []byte(api.Token(t, "default", "sleep", []string{harness.DefaultAudience}, time.Hour)))
+	tokenFile := testpki.WriteFile(t, dir, "token", []byte(api.Token(t, "default", "sleep", []string{harness.DefaultAudience}, time.Hour)))
 	for _, keyType := range []agent.KeyType{agent.KeyECDSAP256, agent.KeyRSA2048} {
 		t.Run(string(keyType), func(t *testing.T) {
 			sdsSock := filepath.Join(dir, string(keyType)+"-sds.sock")
@@ -130,5 +131,5 @@ func pemOfRef(in inspect.Input, i int) []byte {
 	if i >= len(in.Bundle) {
 		return nil
 	}
-	return certPEM(in.Bundle[i])
+	return testpki.CertPEM(in.Bundle[i])
 }

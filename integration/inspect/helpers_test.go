@@ -3,18 +3,8 @@ package inspect_test
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,98 +13,6 @@ import (
 	"testing"
 	"time"
 )
-
-// pki is a root, an intermediate and a leaf X509-SVID issued for id, with
-// fresh keys, valid from an hour ago for lifetime.
-type pki struct {
-	root, inter, leaf          *x509.Certificate
-	rootKey, interKey, leafKey *ecdsa.PrivateKey
-}
-
-func newPKI(t testing.TB, id string, lifetime time.Duration) *pki {
-	t.Helper()
-	p := &pki{rootKey: genKey(t), interKey: genKey(t), leafKey: genKey(t)}
-	now := time.Now()
-	td, _ := url.Parse(strings.SplitN(id, "/ns/", 2)[0])
-	ca := func(serial int64, cn string) *x509.Certificate {
-		return &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-			URIs: []*url.URL{td},
-		}
-	}
-	p.root = createCert(t, ca(1, "test root"), nil, p.rootKey.Public(), p.rootKey)
-	p.inter = createCert(t, ca(2, "test intermediate"), p.root, p.interKey.Public(), p.rootKey)
-	u, err := url.Parse(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.leaf = createCert(t, &x509.Certificate{
-		SerialNumber: big.NewInt(3), NotBefore: now.Add(-time.Hour), NotAfter: now.Add(-time.Hour + lifetime),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{u}, DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}, p.inter, p.leafKey.Public(), p.interKey)
-	return p
-}
-
-func (p *pki) chainPEM() []byte { return certPEM(p.leaf, p.inter) }
-
-func (p *pki) tlsCertificate() tls.Certificate {
-	return tls.Certificate{Certificate: [][]byte{p.leaf.Raw, p.inter.Raw}, PrivateKey: p.leafKey}
-}
-
-func genKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func createCert(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
-	t.Helper()
-	if parent == nil {
-		parent = tmpl
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func certPEM(certs ...*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
-}
-
-func keyPEM(t testing.TB, k crypto.Signer) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-}
-
-func writeFile(t testing.TB, dir, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 var (
 	buildOnce sync.Once

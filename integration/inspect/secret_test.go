@@ -13,6 +13,7 @@ import (
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/source"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // TestSecret inspects Secrets stored in a real in-process API server, read
@@ -21,9 +22,9 @@ import (
 func TestSecret(t *testing.T) {
 	api := harness.StartAPIServer(t)
 	ctx := context.Background()
-	good := newPKI(t, "spiffe://cluster.local/ns/apps/sa/web", 25*time.Hour)
-	stale := newPKI(t, "spiffe://cluster.local/ns/apps/sa/old", 70*time.Minute)
-	other := newPKI(t, "spiffe://cluster.local/ns/apps/sa/other", 25*time.Hour)
+	good := testpki.New(t, testpki.WithID("spiffe://cluster.local/ns/apps/sa/web"), testpki.WithLeafLifetime(25*time.Hour))
+	stale := testpki.New(t, testpki.WithID("spiffe://cluster.local/ns/apps/sa/old"), testpki.WithLeafLifetime(70*time.Minute))
+	other := testpki.New(t, testpki.WithID("spiffe://cluster.local/ns/apps/sa/other"), testpki.WithLeafLifetime(25*time.Hour))
 
 	for _, ns := range []string{"apps", "istio-system"} {
 		if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -34,30 +35,30 @@ func TestSecret(t *testing.T) {
 		{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "web-tls"},
 			Type:       corev1.SecretTypeTLS,
-			Data:       map[string][]byte{"tls.crt": good.chainPEM(), "tls.key": keyPEM(t, good.leafKey), "ca.crt": certPEM(good.root)},
+			Data:       map[string][]byte{"tls.crt": good.ChainPEM(), "tls.key": testpki.KeyPEM(t, good.LeafKey), "ca.crt": testpki.CertPEM(good.Root)},
 		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "cacerts"},
 			Type:       corev1.SecretTypeOpaque,
 			Data: map[string][]byte{
-				"ca-cert.pem": certPEM(good.inter), "ca-key.pem": keyPEM(t, good.interKey),
-				"cert-chain.pem": certPEM(good.inter, good.root), "root-cert.pem": certPEM(good.root),
+				"ca-cert.pem": testpki.CertPEM(good.Intermediate), "ca-key.pem": testpki.KeyPEM(t, good.IntermediateKey),
+				"cert-chain.pem": testpki.CertPEM(good.Intermediate, good.Root), "root-cert.pem": testpki.CertPEM(good.Root),
 			},
 		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "stale"},
 			Type:       corev1.SecretTypeTLS,
-			Data:       map[string][]byte{"tls.crt": stale.chainPEM(), "tls.key": keyPEM(t, stale.leafKey), "ca.crt": certPEM(stale.root)},
+			Data:       map[string][]byte{"tls.crt": stale.ChainPEM(), "tls.key": testpki.KeyPEM(t, stale.LeafKey), "ca.crt": testpki.CertPEM(stale.Root)},
 		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "wrong-key"},
 			Type:       corev1.SecretTypeTLS,
-			Data:       map[string][]byte{"tls.crt": good.chainPEM(), "tls.key": keyPEM(t, other.leafKey), "ca.crt": certPEM(other.root)},
+			Data:       map[string][]byte{"tls.crt": good.ChainPEM(), "tls.key": testpki.KeyPEM(t, other.LeafKey), "ca.crt": testpki.CertPEM(other.Root)},
 		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "leaf-only"},
 			Type:       corev1.SecretTypeOpaque,
-			Data:       map[string][]byte{"tls.crt": certPEM(good.leaf), "ca.crt": certPEM(good.root)},
+			Data:       map[string][]byte{"tls.crt": testpki.CertPEM(good.Leaf), "ca.crt": testpki.CertPEM(good.Root)},
 		},
 		{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "garbage"},

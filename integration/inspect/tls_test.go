@@ -12,27 +12,28 @@ import (
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/source"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // TestTLS inspects TLS servers started in the test, with and without a
 // client certificate requirement, through the package and the command.
 func TestTLS(t *testing.T) {
-	srv := newPKI(t, "spiffe://cluster.local/ns/apps/sa/web", 25*time.Hour)
-	cli := newPKI(t, "spiffe://cluster.local/ns/apps/sa/client", 25*time.Hour)
+	srv := testpki.New(t, testpki.WithID("spiffe://cluster.local/ns/apps/sa/web"), testpki.WithLeafLifetime(25*time.Hour))
+	cli := testpki.New(t, testpki.WithID("spiffe://cluster.local/ns/apps/sa/client"), testpki.WithLeafLifetime(25*time.Hour))
 	clientCAs := x509.NewCertPool()
-	clientCAs.AddCert(cli.root)
+	clientCAs.AddCert(cli.Root)
 	dir := t.TempDir()
-	bundle := writeFile(t, dir, "root.pem", certPEM(srv.root))
-	clientCert := writeFile(t, dir, "client.pem", cli.chainPEM())
-	clientKey := writeFile(t, dir, "client-key.pem", keyPEM(t, cli.leafKey))
+	bundle := testpki.WriteFile(t, dir, "root.pem", testpki.CertPEM(srv.Root))
+	clientCert := testpki.WriteFile(t, dir, "client.pem", cli.ChainPEM())
+	clientKey := testpki.WriteFile(t, dir, "client-key.pem", testpki.KeyPEM(t, cli.LeafKey))
 
-	plain := serveTLS(t, &tls.Config{Certificates: []tls.Certificate{srv.tlsCertificate()}})
+	plain := serveTLS(t, &tls.Config{Certificates: []tls.Certificate{srv.TLSCertificate()}})
 	mtls13 := serveTLS(t, &tls.Config{
-		Certificates: []tls.Certificate{srv.tlsCertificate()}, ClientAuth: tls.RequireAndVerifyClientCert,
+		Certificates: []tls.Certificate{srv.TLSCertificate()}, ClientAuth: tls.RequireAndVerifyClientCert,
 		ClientCAs: clientCAs, MinVersion: tls.VersionTLS13,
 	})
 	mtls12 := serveTLS(t, &tls.Config{
-		Certificates: []tls.Certificate{srv.tlsCertificate()}, ClientAuth: tls.RequireAndVerifyClientCert,
+		Certificates: []tls.Certificate{srv.TLSCertificate()}, ClientAuth: tls.RequireAndVerifyClientCert,
 		ClientCAs: clientCAs, MaxVersion: tls.VersionTLS12,
 	})
 	pair, err := tls.LoadX509KeyPair(clientCert, clientKey)
@@ -62,7 +63,7 @@ func TestTLS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			in.Bundle, in.BundleSource = []*x509.Certificate{srv.root}, "file:"+bundle
+			in.Bundle, in.BundleSource = []*x509.Certificate{srv.Root}, "file:"+bundle
 			r := inspect.Analyze(in, inspect.Options{})
 			if r.Status != inspect.StatusValid || !r.Verification.Chain.Verified ||
 				r.Verification.SVID.SPIFFEID != "spiffe://cluster.local/ns/apps/sa/web" {
