@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -24,55 +23,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-
-	agentBuildOnce sync.Once
-	agentBinPath   string
-	agentBuildErr  error
-)
-
-// castellanBinary builds cmd/castellan from the repository once per run.
-func castellanBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binPath, buildErr = buildCommand(t, "castellan")
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-// agentBinary builds cmd/castellan-agent, the slim agent binary, from the
-// repository once per run, with the build tags of the image.
-func agentBinary(t testing.TB) string {
-	t.Helper()
-	agentBuildOnce.Do(func() {
-		agentBinPath, agentBuildErr = buildCommand(t, "castellan-agent", "-tags", "grpcnotrace")
-	})
-	if agentBuildErr != nil {
-		t.Fatal(agentBuildErr)
-	}
-	return agentBinPath
-}
-
-func buildCommand(t testing.TB, name string, flags ...string) (string, error) {
-	dir, err := os.MkdirTemp("", "castellan-deploy-bin")
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, name)
-	args := append([]string{"build", "-C", filepath.Join(deployDir(t), "..")}, flags...)
-	args = append(args, "-o", path, "./cmd/"+name)
-	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/%s: %v\n%s", name, err, out)
-	}
-	return path, nil
-}
 
 // imageBinaries are the binaries deploy/Dockerfile installs, by path in the
 // image. The image's entrypoint is the first.
@@ -96,9 +46,10 @@ func containerCommand(t testing.TB, c corev1.Container) (bin, sub string, flags 
 		if len(c.Args) == 0 {
 			t.Fatalf("container %s: runs castellan without a subcommand", c.Name)
 		}
-		return castellanBinary(t), c.Args[0], c.Args[1:]
+		return harness.Binary(t, "castellan"), c.Args[0], c.Args[1:]
 	case "/usr/local/bin/castellan-agent":
-		return agentBinary(t), "", c.Args
+		// castellan-agent is built with the build tags of the image.
+		return harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace"), "", c.Args
 	default:
 		t.Fatalf("container %s: command %q is none of the image's binaries %q", c.Name, command, imageBinaries)
 		return "", "", nil
@@ -153,7 +104,7 @@ func startCommand(t testing.TB, kubeconfig, name string, extra ...string) *proce
 		"--renew-deadline", "2s",
 		"--retry-period", "250ms",
 	}, extra...)
-	cmd := exec.Command(castellanBinary(t), args...)
+	cmd := exec.Command(harness.Binary(t, "castellan"), args...)
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE="+caNamespace, "POD_NAME="+name)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -286,7 +237,7 @@ func TestCommandBadFlags(t *testing.T) {
 	if err := clientcmd.WriteToFile(*kc, path); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(castellanBinary(t), "ca", "--material=etcd", "--kubeconfig", path,
+	cmd := exec.Command(harness.Binary(t, "castellan"), "ca", "--material=etcd", "--kubeconfig", path,
 		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", filepath.Join(t.TempDir(), "data"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

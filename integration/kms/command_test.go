@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,39 +18,6 @@ import (
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// castellanBinary builds cmd/castellan from the repository once per test
-// run.
-func castellanBinary(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "castellan-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "castellan")
-		out, err := exec.Command(goBin, "build", "-C", "../..", "-o", binPath, "./cmd/castellan").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/castellan: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
 
 // flags returns the "castellan ca" flags that select the issuer's keys.
 func (o *offlineIssuer) flags() []string {
@@ -64,7 +29,7 @@ func (o *offlineIssuer) flags() []string {
 // module, slot or URI part and the reason, and starts nothing.
 func TestCommandStartupErrors(t *testing.T) {
 	softHSMToken(t, "castellan")
-	bin := castellanBinary(t)
+	bin := harness.Binary(t, "castellan")
 	authFlags := newOfflineIssuer(t).flags()
 	tokenFile := filepath.Join(t.TempDir(), "vault-token")
 	if err := os.WriteFile(tokenFile, []byte("hvs.test"), 0o600); err != nil {
@@ -161,7 +126,7 @@ func TestCommandUpstreamVault(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte(secretID), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	bin := castellanBinary(t)
+	bin := harness.Binary(t, "castellan")
 	iss := newOfflineIssuer(t)
 	authFlags := iss.flags()
 	grpcPort, httpPort := harness.FreePort(t), harness.FreePort(t)
