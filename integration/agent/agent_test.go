@@ -181,12 +181,81 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// reader reads an SDS stream's responses in the background. R is the
+// stream's response type: *sdsclient.Response for state-of-the-world,
+// *sdsclient.DeltaResponse for delta.
+type reader[R any] struct {
+	t    *testing.T
+	resp chan R
+	errc chan error
+	// ack answers a response with an ACK; invalid returns its Invalid;
+	// secrets returns its secrets by name; describe names it in the
+	// failure of none.
+	ack      func(R) error
+	invalid  func(R) error
+	secrets  func(R) map[string]*tlsv3.Secret
+	describe func(R) string
+}
+
+func (r *reader[R]) start(recv func() (R, error)) {
+	go func() {
+		for {
+			resp, err := recv()
+			if err != nil {
+				r.errc <- err
+				return
+			}
+			r.resp <- resp
+		}
+	}()
+}
+
+func (r *reader[R]) next() R {
+	r.t.Helper()
+	select {
+	case resp := <-r.resp:
+		if err := r.invalid(resp); err != nil {
+			r.t.Fatalf("invalid response: %v", err)
+		}
+		return resp
+	case err := <-r.errc:
+		r.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitTimeout):
+		r.t.Fatal("no response")
+	}
+	var zero R
+	return zero
+}
+
+func (r *reader[R]) nextACK() R {
+	r.t.Helper()
+	resp := r.next()
+	if err := r.ack(resp); err != nil {
+		r.t.Fatal(err)
+	}
+	return resp
+}
+
+// secret returns the secret name in resp, or nil.
+func (r *reader[R]) secret(resp R, name string) *tlsv3.Secret {
+	return r.secrets(resp)[name]
+}
+
+func (r *reader[R]) none() {
+	r.t.Helper()
+	select {
+	case resp := <-r.resp:
+		r.t.Fatalf("unexpected response: %s", r.describe(resp))
+	case err := <-r.errc:
+		r.t.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
+}
+
 // sotw is a state-of-the-world stream read in the background.
 type sotw struct {
 	*sdsclient.Stream
-	t    *testing.T
-	resp chan *sdsclient.Response
-	errc chan error
+	*reader[*sdsclient.Response]
 }
 
 func (n *node) openSotW(t *testing.T) *sotw {
@@ -197,62 +266,23 @@ func (n *node) openSotW(t *testing.T) *sotw {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &sotw{Stream: st, t: t, resp: make(chan *sdsclient.Response, 16), errc: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.errc <- err
-				return
-			}
-			s.resp <- r
-		}
-	}()
-	return s
-}
-
-func (s *sotw) next() *sdsclient.Response {
-	s.t.Helper()
-	select {
-	case r := <-s.resp:
-		if r.Invalid != nil {
-			s.t.Fatalf("invalid response: %v", r.Invalid)
-		}
-		return r
-	case err := <-s.errc:
-		s.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitTimeout):
-		s.t.Fatal("no response")
+	r := &reader[*sdsclient.Response]{
+		t: t, resp: make(chan *sdsclient.Response, 16), errc: make(chan error, 1),
+		ack:     st.ACK,
+		invalid: func(r *sdsclient.Response) error { return r.Invalid },
+		secrets: func(r *sdsclient.Response) map[string]*tlsv3.Secret { return r.Secrets },
+		describe: func(r *sdsclient.Response) string {
+			return fmt.Sprintf("version %q nonce %q", r.Version, r.Nonce)
+		},
 	}
-	return nil
-}
-
-func (s *sotw) nextACK() *sdsclient.Response {
-	s.t.Helper()
-	r := s.next()
-	if err := s.ACK(r); err != nil {
-		s.t.Fatal(err)
-	}
-	return r
-}
-
-func (s *sotw) none() {
-	s.t.Helper()
-	select {
-	case r := <-s.resp:
-		s.t.Fatalf("unexpected response: version %q nonce %q", r.Version, r.Nonce)
-	case err := <-s.errc:
-		s.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
+	r.start(st.Recv)
+	return &sotw{Stream: st, reader: r}
 }
 
 // delta is an incremental stream read in the background.
 type delta struct {
 	*sdsclient.DeltaStream
-	t    *testing.T
-	resp chan *sdsclient.DeltaResponse
-	errc chan error
+	*reader[*sdsclient.DeltaResponse]
 }
 
 func (n *node) openDelta(t *testing.T) *delta {
@@ -263,54 +293,17 @@ func (n *node) openDelta(t *testing.T) *delta {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &delta{DeltaStream: st, t: t, resp: make(chan *sdsclient.DeltaResponse, 16), errc: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				d.errc <- err
-				return
-			}
-			d.resp <- r
-		}
-	}()
-	return d
-}
-
-func (d *delta) next() *sdsclient.DeltaResponse {
-	d.t.Helper()
-	select {
-	case r := <-d.resp:
-		if r.Invalid != nil {
-			d.t.Fatalf("invalid response: %v", r.Invalid)
-		}
-		return r
-	case err := <-d.errc:
-		d.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitTimeout):
-		d.t.Fatal("no response")
+	r := &reader[*sdsclient.DeltaResponse]{
+		t: t, resp: make(chan *sdsclient.DeltaResponse, 16), errc: make(chan error, 1),
+		ack:     st.ACK,
+		invalid: func(r *sdsclient.DeltaResponse) error { return r.Invalid },
+		secrets: func(r *sdsclient.DeltaResponse) map[string]*tlsv3.Secret { return r.Secrets },
+		describe: func(r *sdsclient.DeltaResponse) string {
+			return fmt.Sprintf("nonce %q, %d resources", r.Nonce, len(r.Secrets))
+		},
 	}
-	return nil
-}
-
-func (d *delta) nextACK() *sdsclient.DeltaResponse {
-	d.t.Helper()
-	r := d.next()
-	if err := d.ACK(r); err != nil {
-		d.t.Fatal(err)
-	}
-	return r
-}
-
-func (d *delta) none() {
-	d.t.Helper()
-	select {
-	case r := <-d.resp:
-		d.t.Fatalf("unexpected response: nonce %q, %d resources", r.Nonce, len(r.Secrets))
-	case err := <-d.errc:
-		d.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
+	r.start(st.Recv)
+	return &delta{DeltaStream: st, reader: r}
 }
 
 // leafOf checks a "default" secret (a chain that verifies against the
@@ -500,6 +493,53 @@ func TestShortTTLRotation(t *testing.T) {
 	}
 }
 
+// stream is an SDS stream of either form, read in the background, as the
+// scenarios that go the same over both forms use it. R is its response
+// type.
+type stream[R any] interface {
+	Subscribe(names ...string) error
+	NACK(resp R, msg string) error
+	next() R
+	nextACK() R
+	none()
+	secret(resp R, name string) *tlsv3.Secret
+}
+
+// sharedScenarios runs the scenarios that go the same over both SDS forms,
+// on streams opened by open, whose castellan_sds_* metrics carry label.
+func sharedScenarios[R any, S stream[R]](t *testing.T, s *stack, n *node, label string, open func(*testing.T) S) {
+	t.Run("ACK", func(t *testing.T) {
+		n.t = t
+		st := open(t)
+		st.Subscribe(sds.DefaultSecretName)
+		acks := n.metric("castellan_sds_acks_total", label)
+		st.nextACK()
+		n.waitMetric("castellan_sds_acks_total", label, acks+1)
+		st.none()
+		leaf := n.rotate()
+		if got, _ := leafOf(t, s, st.secret(st.nextACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("rotation not pushed")
+		}
+	})
+	t.Run("NACK is not answered with a resend", func(t *testing.T) {
+		n.t = t
+		st := open(t)
+		st.Subscribe(sds.DefaultSecretName)
+		nacks := n.metric("castellan_sds_nacks_total", label)
+		if err := st.NACK(st.next(), "pretend the key does not load"); err != nil {
+			t.Fatal(err)
+		}
+		n.waitMetric("castellan_sds_nacks_total", label, nacks+1)
+		st.none()
+		leaf := n.rotate()
+		if got, _ := leafOf(t, s, st.secret(st.nextACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("the next rotation was not pushed after a NACK")
+		}
+	})
+}
+
+// sotwScenarios runs the state-of-the-world scenarios, those of
+// sharedScenarios among them.
 func sotwScenarios(t *testing.T, s *stack, n *node) {
 	t.Run("first response", func(t *testing.T) {
 		n.t = t
@@ -515,35 +555,7 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 			t.Fatal("not the agent's current certificate")
 		}
 	})
-	t.Run("ACK", func(t *testing.T) {
-		n.t = t
-		st := n.openSotW(t)
-		st.Subscribe(sds.DefaultSecretName)
-		acks := n.metric("castellan_sds_acks_total", "sotw")
-		st.nextACK()
-		n.waitMetric("castellan_sds_acks_total", "sotw", acks+1)
-		st.none()
-		leaf := n.rotate()
-		got, _ := leafOf(t, s, st.nextACK().Secrets[sds.DefaultSecretName])
-		if !bytes.Equal(got.Raw, leaf.Raw) {
-			t.Fatal("rotation not pushed")
-		}
-	})
-	t.Run("NACK is not answered with a resend", func(t *testing.T) {
-		n.t = t
-		st := n.openSotW(t)
-		st.Subscribe(sds.DefaultSecretName)
-		nacks := n.metric("castellan_sds_nacks_total", "sotw")
-		if err := st.NACK(st.next(), "pretend the key does not load"); err != nil {
-			t.Fatal(err)
-		}
-		n.waitMetric("castellan_sds_nacks_total", "sotw", nacks+1)
-		st.none()
-		leaf := n.rotate()
-		if got, _ := leafOf(t, s, st.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
-			t.Fatal("the next rotation was not pushed after a NACK")
-		}
-	})
+	sharedScenarios(t, s, n, "sotw", n.openSotW)
 	t.Run("stale nonce is ignored", func(t *testing.T) {
 		n.t = t
 		st := n.openSotW(t)
@@ -642,6 +654,8 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 	})
 }
 
+// deltaScenarios runs the delta scenarios, those of sharedScenarios among
+// them.
 func deltaScenarios(t *testing.T, s *stack, n *node) {
 	t.Run("first response", func(t *testing.T) {
 		n.t = t
@@ -655,32 +669,7 @@ func deltaScenarios(t *testing.T, s *stack, n *node) {
 			t.Fatal("not the agent's current certificate")
 		}
 	})
-	t.Run("ACK", func(t *testing.T) {
-		n.t = t
-		d := n.openDelta(t)
-		d.Subscribe(sds.DefaultSecretName)
-		acks := n.metric("castellan_sds_acks_total", "delta")
-		d.nextACK()
-		n.waitMetric("castellan_sds_acks_total", "delta", acks+1)
-		d.none()
-		leaf := n.rotate()
-		if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
-			t.Fatal("rotation not pushed")
-		}
-	})
-	t.Run("NACK is not answered with a resend", func(t *testing.T) {
-		n.t = t
-		d := n.openDelta(t)
-		d.Subscribe(sds.DefaultSecretName)
-		nacks := n.metric("castellan_sds_nacks_total", "delta")
-		d.NACK(d.next(), "pretend the key does not load")
-		n.waitMetric("castellan_sds_nacks_total", "delta", nacks+1)
-		d.none()
-		leaf := n.rotate()
-		if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
-			t.Fatal("the next rotation was not pushed after a NACK")
-		}
-	})
+	sharedScenarios(t, s, n, "delta", n.openDelta)
 	t.Run("stale nonce is ignored", func(t *testing.T) {
 		n.t = t
 		d := n.openDelta(t)
