@@ -7,47 +7,13 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-)
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	"github.com/castellan-mesh/castellan/integration/harness"
 )
-
-// castellanBinary builds the castellan command once per test binary, from
-// the main module, and returns its path.
-func castellanBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		root, err := filepath.Abs("../..")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "castellan-inspect-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "castellan")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/castellan")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = errors.New(err.Error() + ": " + string(out))
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("building castellan: %v", buildErr)
-	}
-	return binPath
-}
 
 // cliResult is one run of the castellan command.
 type cliResult struct {
@@ -61,7 +27,7 @@ func runCLI(t *testing.T, env []string, stdin []byte, args ...string) cliResult 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, castellanBinary(t), args...)
+	cmd := exec.CommandContext(ctx, harness.Binary(t, "castellan"), args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
