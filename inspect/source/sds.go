@@ -7,6 +7,8 @@ import (
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/pemder"
@@ -79,19 +81,32 @@ func SDS(ctx context.Context, addr string) (inspect.Input, error) {
 	)
 	for !haveCert || !haveBundle {
 		var r recv
+		timedOut := func() (inspect.Input, error) {
+			if haveCert {
+				in.Notes = append(in.Notes, fmt.Sprintf("no %s secret arrived before the time limit", sdsBundleName))
+				return in, nil
+			}
+			cause := ctx.Err()
+			if cause == nil {
+				cause = context.DeadlineExceeded
+			}
+			return inspect.Input{}, fmt.Errorf("source: SDS at %s: no %s secret before the time limit (does the server have a certificate yet?): %w", addr, sdsCertName, cause)
+		}
 		select {
 		case r = <-responses:
 		case <-grace:
 			in.Notes = append(in.Notes, fmt.Sprintf("no %s secret arrived within %s of %s; the chain is not verified against it", sdsBundleName, sdsBundleGrace, sdsCertName))
 			return in, nil
 		case <-ctx.Done():
-			if haveCert {
-				in.Notes = append(in.Notes, fmt.Sprintf("no %s secret arrived before the time limit", sdsBundleName))
-				return in, nil
-			}
-			return inspect.Input{}, fmt.Errorf("source: SDS at %s: no %s secret before the time limit (does the server have a certificate yet?): %w", addr, sdsCertName, ctx.Err())
+			return timedOut()
 		}
 		if r.err != nil {
+			// The stream ends with the deadline, which the server may
+			// enforce before the local timer fires: either way the
+			// cause is the time limit.
+			if ctx.Err() != nil || status.Code(r.err) == codes.DeadlineExceeded {
+				return timedOut()
+			}
 			return inspect.Input{}, fmt.Errorf("source: SDS at %s: %w", addr, r.err)
 		}
 		resp := r.resp
