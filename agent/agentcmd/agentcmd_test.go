@@ -123,7 +123,8 @@ func TestHelp(t *testing.T) {
 // ends: Run binds, serves and returns nil.
 func TestRunStops(t *testing.T) {
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	// Long enough for a loaded machine to get as far as "agent running".
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var stderr bytes.Buffer
 	err := Run(ctx, "castellan-agent", []string{
