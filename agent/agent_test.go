@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -365,6 +366,60 @@ func TestCAOutage(t *testing.T) {
 	})
 	if got := a.metric(t, "castellan_agent_ca_consecutive_failures", ""); got != 0 {
 		t.Fatalf("consecutive failures %v after recovery", got)
+	}
+}
+
+// TestExpiredSVIDLeavesOutputDir lets the SVID expire while the CA is down:
+// cert-chain.pem and key.pem leave the output directory, root-cert.pem
+// stays, and both come back with the next SVID.
+func TestExpiredSVIDLeavesOutputDir(t *testing.T) {
+	ca := startCA(t)
+	a := startAgent(t, ca, func(c *agent.Config) { c.TTL = 3 * time.Second; c.RotateFraction = 0.9 })
+	waitFor(t, "output files", func() bool {
+		f, err := certdir.Read(a.cfg.OutputDir)
+		return err == nil && f.HasCertificate()
+	})
+	ca.stop()
+	waitFor(t, "the expired SVID to leave the output directory", func() bool {
+		f, err := certdir.Read(a.cfg.OutputDir)
+		return err == nil && !f.HasCertificate() && len(f.Root) > 0
+	})
+	if _, err := os.Stat(filepath.Join(a.cfg.OutputDir, certdir.KeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("key.pem after expiry: %v", err)
+	}
+	ca.start(t)
+	waitFor(t, "a new SVID in the output directory", func() bool {
+		f, err := certdir.Read(a.cfg.OutputDir)
+		if err != nil || !f.HasCertificate() {
+			return false
+		}
+		_, err = tls.X509KeyPair(f.Chain, f.Key)
+		return err == nil
+	})
+}
+
+// TestStaleOutputDirAtStart starts an agent, with the CA down, on an output
+// directory that holds an expired SVID from an earlier run: the SVID is
+// taken out before any new one arrives.
+func TestStaleOutputDirAtStart(t *testing.T) {
+	ca := startCA(t)
+	ca.stop()
+	out := filepath.Join(t.TempDir(), "out")
+	old := svidstoretest.NewCA(t, "earlier root")
+	if err := certdir.Write(out, certdir.Files{Chain: old.Issue(t, wantID, -time.Second).ChainPEM, Key: []byte("expired key"), Root: old.Bundle(t).PEM}); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, ca, func(c *agent.Config) { c.OutputDir = out })
+	waitFor(t, "the stale SVID to leave the output directory", func() bool {
+		f, err := certdir.Read(a.cfg.OutputDir)
+		return err == nil && !f.HasCertificate()
+	})
+	f, err := certdir.Read(a.cfg.OutputDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if roots, _ := os.ReadFile(ca.rootFile()); !bytes.Equal(f.Root, roots) {
+		t.Error("root-cert.pem is not the agent's bundle")
 	}
 }
 

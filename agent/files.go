@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"time"
 
 	"github.com/castellan-mesh/castellan/agent/certdir"
@@ -12,24 +14,39 @@ const writeRetry = 5 * time.Second
 
 // writeFiles keeps OutputDir in step with the store: each new SVID or
 // bundle is written as one version. A write that fails is counted, logged
-// and tried again; the previous version stays in place meanwhile. An SVID
-// that expires is not removed from disk: there is nothing newer to write.
+// and tried again; the previous version stays in place meanwhile.
+//
+// An SVID that expires with no successor is taken out of OutputDir: a
+// version with root-cert.pem alone replaces it, so that a workload reading
+// the files finds no certificate rather than an expired one. The same
+// happens at start when OutputDir holds an expired SVID from an earlier
+// run. A valid SVID left by an earlier run stays until the first new one.
 func (a *Agent) writeFiles(ctx context.Context) error {
 	var written string
+	stale := expiredOnDisk(a.cfg.OutputDir, time.Now())
 	snap, changed := a.store.Load()
 	for {
 		var retry <-chan time.Time
-		if snap.SVID != nil && snap.Bundle != nil {
-			if v := snap.SVID.Version + "/" + snap.Bundle.Version; v != written {
-				err := certdir.Write(a.cfg.OutputDir, certdir.Files{Chain: snap.SVID.ChainPEM, Key: snap.SVID.KeyPEM, Root: snap.Bundle.PEM})
-				if err != nil {
+		if snap.Bundle != nil && (snap.SVID != nil || written != "" || stale) {
+			files := certdir.Files{Root: snap.Bundle.PEM}
+			v := "none/" + snap.Bundle.Version
+			if snap.SVID != nil {
+				files.Chain, files.Key = snap.SVID.ChainPEM, snap.SVID.KeyPEM
+				v = snap.SVID.Version + "/" + snap.Bundle.Version
+			}
+			if v != written {
+				if err := certdir.Write(a.cfg.OutputDir, files); err != nil {
 					a.metrics.fileWrites.WithLabelValues("error").Inc()
 					a.log.Error("agent: could not write output directory", "dir", a.cfg.OutputDir, "error", err, "retry_in", writeRetry)
 					retry = time.After(writeRetry)
 				} else {
 					a.metrics.fileWrites.WithLabelValues("ok").Inc()
 					written = v
-					a.log.Debug("agent: output directory written", "dir", a.cfg.OutputDir)
+					if files.HasCertificate() {
+						a.log.Debug("agent: output directory written", "dir", a.cfg.OutputDir)
+					} else {
+						a.log.Warn("agent: no valid SVID; cert-chain.pem and key.pem removed from the output directory until the next one", "dir", a.cfg.OutputDir)
+					}
 				}
 			}
 		}
@@ -41,4 +58,19 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 			snap, changed = a.store.Load()
 		}
 	}
+}
+
+// expiredOnDisk reports whether dir holds a certificate chain whose leaf
+// has expired at now.
+func expiredOnDisk(dir string, now time.Time) bool {
+	f, err := certdir.Read(dir)
+	if err != nil || !f.HasCertificate() {
+		return false
+	}
+	block, _ := pem.Decode(f.Chain)
+	if block == nil {
+		return false
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	return err == nil && !now.Before(leaf.NotAfter)
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -39,19 +40,28 @@ const dataLink = "..data"
 // versionPrefix starts the name of every version directory.
 const versionPrefix = ".."
 
-// Files is one version of the directory's content, all PEM.
+// Files is one version of the directory's content, all PEM. Chain and Key
+// are both empty in a version that holds no certificate (the last one
+// expired): cert-chain.pem and key.pem are then absent, and a reader gets
+// "no such file" rather than an expired certificate.
 type Files struct {
 	Chain []byte
 	Key   []byte
 	Root  []byte
 }
 
+// HasCertificate reports whether f holds a chain and its key.
+func (f Files) HasCertificate() bool { return len(f.Chain) > 0 }
+
 // Write makes files the content of dir, creating dir (mode 0755) if
 // needed. The key file has mode 0600 and the others 0644. Versions older
 // than the previous one are removed.
 func Write(dir string, files Files) error {
-	if len(files.Chain) == 0 || len(files.Key) == 0 || len(files.Root) == 0 {
-		return errors.New("certdir: chain, key and root must all be present")
+	if len(files.Root) == 0 {
+		return errors.New("certdir: root must be present")
+	}
+	if (len(files.Chain) == 0) != (len(files.Key) == 0) {
+		return errors.New("certdir: chain and key go together: both or neither")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("certdir: could not create %s: %w", dir, err)
@@ -85,9 +95,10 @@ func Write(dir string, files Files) error {
 	return prune(dir, filepath.Base(version), previous)
 }
 
-// Read returns the current content of dir, all from one version. If that
-// version is removed while it is being read (two writes happened during
-// the read), Read starts again with the new one.
+// Read returns the current content of dir, all from one version; Chain
+// and Key are empty if that version holds no certificate. If the version
+// is removed while it is being read (two writes happened during the
+// read), Read starts again with the new one.
 func Read(dir string) (Files, error) {
 	var err error
 	for range 5 {
@@ -100,20 +111,39 @@ func Read(dir string) (Files, error) {
 }
 
 func readOnce(dir string) (Files, error) {
-	version, err := filepath.EvalSymlinks(filepath.Join(dir, dataLink))
+	link := filepath.Join(dir, dataLink)
+	version, err := filepath.EvalSymlinks(link)
 	if err != nil {
 		return Files{}, fmt.Errorf("certdir: %s holds no written version: %w", dir, err)
 	}
-	var f Files
+	var (
+		f       Files
+		missing []string
+	)
 	for _, x := range []struct {
 		name string
 		dst  *[]byte
 	}{{ChainFile, &f.Chain}, {KeyFile, &f.Key}, {RootFile, &f.Root}} {
 		b, err := os.ReadFile(filepath.Join(version, x.name))
-		if err != nil {
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			missing = append(missing, x.name)
+		case err != nil:
 			return Files{}, fmt.Errorf("certdir: %w", err)
 		}
 		*x.dst = b
+	}
+	if len(missing) == 0 {
+		return f, nil
+	}
+	// A version is never removed while it is current: if "..data" still
+	// names it, the files are missing by design; if not, it was removed
+	// during the read and the caller reads again.
+	if now, err := filepath.EvalSymlinks(link); err != nil || now != version {
+		return Files{}, fmt.Errorf("certdir: %s changed during the read: %w", dir, os.ErrNotExist)
+	}
+	if slices.Contains(missing, RootFile) || len(missing) != 2 {
+		return Files{}, fmt.Errorf("certdir: %s lacks %s", version, strings.Join(missing, " and "))
 	}
 	return f, nil
 }
@@ -127,6 +157,9 @@ func writeVersion(version string, files Files) error {
 		data []byte
 		mode os.FileMode
 	}{{ChainFile, files.Chain, 0o644}, {KeyFile, files.Key, 0o600}, {RootFile, files.Root, 0o644}} {
+		if len(x.data) == 0 {
+			continue
+		}
 		if err := writeFile(filepath.Join(version, x.name), x.data, x.mode); err != nil {
 			return err
 		}

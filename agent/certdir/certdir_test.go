@@ -3,6 +3,7 @@ package certdir_test
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -124,9 +125,10 @@ func TestWriteRefusesIncompleteContent(t *testing.T) {
 		name  string
 		files certdir.Files
 	}{
-		{"no chain", certdir.Files{Key: svid.KeyPEM, Root: ca.Bundle(t).PEM}},
-		{"no key", certdir.Files{Chain: svid.ChainPEM, Root: ca.Bundle(t).PEM}},
+		{"a key without its chain", certdir.Files{Key: svid.KeyPEM, Root: ca.Bundle(t).PEM}},
+		{"a chain without its key", certdir.Files{Chain: svid.ChainPEM, Root: ca.Bundle(t).PEM}},
 		{"no root", certdir.Files{Chain: svid.ChainPEM, Key: svid.KeyPEM}},
+		{"nothing", certdir.Files{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -134,5 +136,43 @@ func TestWriteRefusesIncompleteContent(t *testing.T) {
 				t.Fatal("Write accepted incomplete content")
 			}
 		})
+	}
+}
+
+// TestWriteWithoutCertificate takes the certificate and key out of the
+// directory and keeps the root: the state after an SVID expired.
+func TestWriteWithoutCertificate(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	dir := t.TempDir()
+	bundle := ca.Bundle(t)
+	if err := certdir.Write(dir, files(ca.Issue(t, id, time.Hour), bundle)); err != nil {
+		t.Fatal(err)
+	}
+	if err := certdir.Write(dir, certdir.Files{Root: bundle.PEM}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := certdir.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.HasCertificate() || len(f.Key) != 0 || !bytes.Equal(f.Root, bundle.PEM) {
+		t.Fatalf("read chain %d bytes, key %d bytes, root %d bytes; want the root alone", len(f.Chain), len(f.Key), len(f.Root))
+	}
+	for _, name := range []string{certdir.ChainFile, certdir.KeyFile} {
+		if _, err := os.ReadFile(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("reading %s: %v, want no such file", name, err)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, certdir.RootFile)); err != nil || !bytes.Equal(b, bundle.PEM) {
+		t.Errorf("root-cert.pem: %v", err)
+	}
+
+	// The next certificate puts both files back.
+	next := ca.Issue(t, id, time.Hour)
+	if err := certdir.Write(dir, files(next, bundle)); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := certdir.Read(dir); err != nil || !bytes.Equal(f.Chain, next.ChainPEM) || !bytes.Equal(f.Key, next.KeyPEM) {
+		t.Fatalf("after a new certificate: %v", err)
 	}
 }
