@@ -399,27 +399,51 @@ func TestExpiredSVIDLeavesOutputDir(t *testing.T) {
 }
 
 // TestStaleOutputDirAtStart starts an agent, with the CA down, on an output
-// directory that holds an expired SVID from an earlier run: the SVID is
-// taken out before any new one arrives.
+// directory that holds an SVID from an earlier run: an expired one is taken
+// out at once; a valid one stays until it expires.
 func TestStaleOutputDirAtStart(t *testing.T) {
-	ca := startCA(t)
-	ca.stop()
-	out := filepath.Join(t.TempDir(), "out")
-	old := svidstoretest.NewCA(t, "earlier root")
-	if err := certdir.Write(out, certdir.Files{Chain: old.Issue(t, wantID, -time.Second).ChainPEM, Key: []byte("expired key"), Root: old.Bundle(t).PEM}); err != nil {
-		t.Fatal(err)
-	}
-	a := startAgent(t, ca, func(c *agent.Config) { c.OutputDir = out })
-	waitFor(t, "the stale SVID to leave the output directory", func() bool {
-		f, err := certdir.Read(a.cfg.OutputDir)
-		return err == nil && !f.HasCertificate()
-	})
-	f, err := certdir.Read(a.cfg.OutputDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if roots, _ := os.ReadFile(ca.rootFile()); !bytes.Equal(f.Root, roots) {
-		t.Error("root-cert.pem is not the agent's bundle")
+	for _, tt := range []struct {
+		name string
+		ttl  time.Duration
+	}{
+		{"expired", -time.Second},
+		{"expiring", 2 * time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ca := startCA(t)
+			ca.stop()
+			out := filepath.Join(t.TempDir(), "out")
+			old := svidstoretest.NewCA(t, "earlier root")
+			left := old.Issue(t, wantID, tt.ttl)
+			if err := certdir.Write(out, certdir.Files{Chain: left.ChainPEM, Key: left.KeyPEM, Root: old.Bundle(t).PEM}); err != nil {
+				t.Fatal(err)
+			}
+			a := startAgent(t, ca, func(c *agent.Config) { c.OutputDir = out })
+			if tt.ttl > 0 {
+				time.Sleep(200 * time.Millisecond)
+				f, err := certdir.Read(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !f.HasCertificate() && time.Now().Before(left.NotAfter) {
+					t.Fatal("a valid SVID was taken out before it expired")
+				}
+			}
+			waitFor(t, "the SVID left by the earlier run to leave the output directory", func() bool {
+				f, err := certdir.Read(a.cfg.OutputDir)
+				return err == nil && !f.HasCertificate()
+			})
+			if time.Now().Before(left.NotAfter) {
+				t.Fatalf("taken out before it expired at %s", left.NotAfter)
+			}
+			f, err := certdir.Read(a.cfg.OutputDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if roots, _ := os.ReadFile(ca.rootFile()); !bytes.Equal(f.Root, roots) {
+				t.Error("root-cert.pem is not the agent's bundle")
+			}
+		})
 	}
 }
 

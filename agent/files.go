@@ -18,15 +18,16 @@ const writeRetry = 5 * time.Second
 //
 // An SVID that expires with no successor is taken out of OutputDir: a
 // version with root-cert.pem alone replaces it, so that a workload reading
-// the files finds no certificate rather than an expired one. The same
-// happens at start when OutputDir holds an expired SVID from an earlier
-// run. A valid SVID left by an earlier run stays until the first new one.
+// the files finds no certificate rather than an expired one. An SVID left
+// in OutputDir by an earlier run stays until the first new one, or is
+// taken out the same way once it expires, if that comes first.
 func (a *Agent) writeFiles(ctx context.Context) error {
 	var written string
-	stale := expiredOnDisk(a.cfg.OutputDir, time.Now())
+	leftExpiry := leafExpiry(a.cfg.OutputDir) // zero if no SVID was left
 	snap, changed := a.store.Load()
 	for {
-		var retry <-chan time.Time
+		var retry, leftExpires <-chan time.Time
+		stale := !leftExpiry.IsZero() && !time.Now().Before(leftExpiry)
 		if snap.Bundle != nil && (snap.SVID != nil || written != "" || stale) {
 			files := certdir.Files{Root: snap.Bundle.PEM}
 			v := "none/" + snap.Bundle.Version
@@ -49,28 +50,34 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 					}
 				}
 			}
+		} else if written == "" && !leftExpiry.IsZero() && !stale {
+			leftExpires = time.After(time.Until(leftExpiry))
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-retry:
+		case <-leftExpires:
 		case <-changed:
 			snap, changed = a.store.Load()
 		}
 	}
 }
 
-// expiredOnDisk reports whether dir holds a certificate chain whose leaf
-// has expired at now.
-func expiredOnDisk(dir string, now time.Time) bool {
+// leafExpiry returns the NotAfter of the first certificate of the chain
+// in dir, or the zero time if dir holds none.
+func leafExpiry(dir string) time.Time {
 	f, err := certdir.Read(dir)
 	if err != nil || !f.HasCertificate() {
-		return false
+		return time.Time{}
 	}
 	block, _ := pem.Decode(f.Chain)
 	if block == nil {
-		return false
+		return time.Time{}
 	}
 	leaf, err := x509.ParseCertificate(block.Bytes)
-	return err == nil && !now.Before(leaf.NotAfter)
+	if err != nil {
+		return time.Time{}
+	}
+	return leaf.NotAfter
 }
