@@ -19,15 +19,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/castellan-mesh/castellan/agent/agentcmd"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
 // name heads usage and error messages.
@@ -43,18 +41,5 @@ func main() {
 // run runs the agent and returns the process exit code: 0 when it stopped
 // cleanly or printed its help, 2 for a bad flag, 1 for any other failure.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	err := agentcmd.Run(ctx, name, args, stdout, stderr)
-	var ec interface{ ExitCode() int }
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, &ec):
-		if msg := err.Error(); msg != "" {
-			fmt.Fprintf(stderr, "%s: %s\n", name, msg)
-		}
-		return ec.ExitCode()
-	default:
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return 1
-	}
+	return cliflag.ExitCode(stderr, name, agentcmd.Run(ctx, name, args, stdout, stderr))
 }

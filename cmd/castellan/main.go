@@ -5,13 +5,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
 // command is one subcommand: it parses args and runs until ctx ends.
@@ -32,9 +32,6 @@ func commands() []command {
 	}
 }
 
-// exitCoder lets a command choose its process exit code.
-type exitCoder interface{ ExitCode() int }
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -54,22 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if c.name != args[0] {
 			continue
 		}
-		err := c.run(ctx, args[1:], stdout, stderr)
-		var ec exitCoder
-		switch {
-		case err == nil:
-			return 0
-		case errors.Is(err, flag.ErrHelp):
-			return 0
-		case errors.As(err, &ec):
-			if msg := err.Error(); msg != "" {
-				fmt.Fprintf(stderr, "castellan %s: %s\n", c.name, msg)
-			}
-			return ec.ExitCode()
-		default:
-			fmt.Fprintf(stderr, "castellan %s: %v\n", c.name, err)
-			return 1
-		}
+		return cliflag.ExitCode(stderr, "castellan "+c.name, c.run(ctx, args[1:], stdout, stderr))
 	}
 	fmt.Fprintf(stderr, "castellan: unknown command %q\n", args[0])
 	usage(stderr)

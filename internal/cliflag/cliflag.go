@@ -111,6 +111,26 @@ func (e UsageError) Unwrap() error { return e.Err }
 // ExitCode returns 2, the conventional exit code of a usage error.
 func (e UsageError) ExitCode() int { return 2 }
 
+// ExitCode reports err on stderr, prefixed with prog, and returns the
+// process exit code for it: 0 for nil or a request for help, the code an
+// error chooses with an ExitCode() int method (a UsageError's is 2), and 1
+// for any other error. An error with an empty message is not printed.
+func ExitCode(stderr io.Writer, prog string, err error) int {
+	var ec interface{ ExitCode() int }
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ec):
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintf(stderr, "%s: %s\n", prog, msg)
+		}
+		return ec.ExitCode()
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return 1
+	}
+}
+
 // NewLogger returns a JSON logger on w at the level named by a --log-level
 // flag: debug, info, warn or error.
 func NewLogger(w io.Writer, level string) (*slog.Logger, error) {

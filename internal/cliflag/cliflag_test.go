@@ -1,7 +1,10 @@
 package cliflag
 
 import (
+	"bytes"
+	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"reflect"
 	"testing"
@@ -40,6 +43,29 @@ func TestParse(t *testing.T) {
 			}
 			if *dir != tt.wantDir || *ttl != tt.wantTTL || !reflect.DeepEqual(aud.Values(), tt.wantAud) {
 				t.Errorf("got %q %v %v", *dir, *ttl, aud.Values())
+			}
+		})
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	tests := []struct {
+		name       string
+		err        error
+		wantCode   int
+		wantStderr string
+	}{
+		{"success", nil, 0, ""},
+		{"help", flag.ErrHelp, 0, ""},
+		{"help as a usage error", UsageError{flag.ErrHelp}, 0, ""},
+		{"usage error", UsageError{errors.New("--ttl: bad")}, 2, "prog: --ttl: bad\n"},
+		{"failure", fmt.Errorf("could not bind: %w", errors.New("in use")), 1, "prog: could not bind: in use\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if got := ExitCode(&stderr, "prog", tt.err); got != tt.wantCode || stderr.String() != tt.wantStderr {
+				t.Errorf("ExitCode = %d, stderr %q; want %d, %q", got, stderr.String(), tt.wantCode, tt.wantStderr)
 			}
 		})
 	}
