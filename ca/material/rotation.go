@@ -207,6 +207,49 @@ type RotationStatus struct {
 	NextIssuer string `json:"next_issuer,omitempty"`
 }
 
+// Require refuses a rotation step that needs phase want while st is in
+// another phase, saying which step would come next.
+func (st RotationState) Require(want Phase) error {
+	if st.Phase == want {
+		return nil
+	}
+	switch want {
+	case PhaseSteady:
+		return fmt.Errorf("material: a rotation is already in progress (phase %s); activate or retire it first", st.Phase)
+	case PhasePrepared:
+		return fmt.Errorf("material: nothing to activate (phase %s); prepare a root first", st.Phase)
+	default:
+		return fmt.Errorf("material: nothing to retire (phase %s)", st.Phase)
+	}
+}
+
+// Activated is the state after activating the rotation st at now: the
+// old root stays until p.RetireAfter(now).
+func (st RotationState) Activated(now time.Time, p RotationPolicy) RotationState {
+	return RotationState{
+		Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now,
+		RetireAfter: p.RetireAfter(now), Issuer: st.NextIssuer, Retired: st.Retired,
+	}
+}
+
+// Status returns the status of a CA in mode whose rotation stands at st,
+// with no roots yet (see AddRoot).
+func (p RotationPolicy) Status(mode Mode, st RotationState) *RotationStatus {
+	out := &RotationStatus{
+		Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt,
+		RetireAfter: st.RetireAfter, Issuer: st.Issuer, NextIssuer: st.NextIssuer,
+	}
+	if st.Phase == PhasePrepared {
+		out.ActivateAfter = p.ActivateAfter(st.PreparedAt)
+	}
+	return out
+}
+
+// AddRoot appends root c, in state, to the status.
+func (s *RotationStatus) AddRoot(c *x509.Certificate, state RootState) {
+	s.Roots = append(s.Roots, RootStatus{Subject: c.Subject.String(), Serial: fmt.Sprintf("%x", c.SerialNumber), NotAfter: c.NotAfter, State: state, Cert: c})
+}
+
 // Rotator prepares, activates and retires roots in a data directory. A
 // running CA on the same directory picks every step up on its next reload.
 type Rotator struct {
@@ -277,10 +320,7 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &RotationStatus{Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
-	if st.Phase == PhasePrepared {
-		out.ActivateAfter = r.Policy.ActivateAfter(st.PreparedAt)
-	}
+	out := r.Policy.Status(mode, st)
 	for _, c := range bundle {
 		state := RootActive
 		if !c.Equal(active) {
@@ -289,7 +329,7 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 				state = RootPrepared
 			}
 		}
-		out.Roots = append(out.Roots, RootStatus{Subject: c.Subject.String(), Serial: fmt.Sprintf("%x", c.SerialNumber), NotAfter: c.NotAfter, State: state, Cert: c})
+		out.AddRoot(c, state)
 	}
 	return out, nil
 }
@@ -317,8 +357,8 @@ func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certi
 }
 
 // begin reads the directory's mode and rotation state for a step that
-// needs phase want; otherwise it fails with msg, given the current phase.
-func (r *Rotator) begin(ctx context.Context, want Phase, msg string) (Mode, RotationState, error) {
+// needs phase want.
+func (r *Rotator) begin(ctx context.Context, want Phase) (Mode, RotationState, error) {
 	if err := ctx.Err(); err != nil {
 		return "", RotationState{}, err
 	}
@@ -330,8 +370,8 @@ func (r *Rotator) begin(ctx context.Context, want Phase, msg string) (Mode, Rota
 	if err != nil {
 		return "", RotationState{}, err
 	}
-	if st.Phase != want {
-		return "", RotationState{}, fmt.Errorf("material: "+msg, st.Phase)
+	if err := st.Require(want); err != nil {
+		return "", RotationState{}, err
 	}
 	return mode, st, nil
 }
@@ -341,7 +381,7 @@ func (r *Rotator) begin(ctx context.Context, want Phase, msg string) (Mode, Rota
 // generated; for a plugged-in CA, from names a directory holding the new
 // cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
 func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	mode, _, err := r.begin(ctx, PhaseSteady, "a rotation is already in progress (phase %s); activate or retire it first")
+	mode, _, err := r.begin(ctx, PhaseSteady)
 	if err != nil {
 		return err
 	}
@@ -425,7 +465,7 @@ func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
 // Activate makes the prepared root sign. It refuses before the
 // propagation delay has passed, unless force is set.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	mode, st, err := r.begin(ctx, PhasePrepared, "nothing to activate (phase %s); prepare a root first")
+	mode, st, err := r.begin(ctx, PhasePrepared)
 	if err != nil {
 		return err
 	}
@@ -433,7 +473,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	if err := r.Policy.CheckActivate(st, now, force); err != nil {
 		return err
 	}
-	next := RotationState{Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now, RetireAfter: r.Policy.RetireAfter(now)}
+	next := st.Activated(now, r.Policy)
 	if err := r.writeState(next); err != nil {
 		return err
 	}
@@ -462,7 +502,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 // refuses while an SVID signed under the old root may still be valid,
 // unless force is set.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	mode, st, err := r.begin(ctx, PhaseActivated, "nothing to retire (phase %s)")
+	mode, st, err := r.begin(ctx, PhaseActivated)
 	if err != nil {
 		return err
 	}

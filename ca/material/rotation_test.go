@@ -175,3 +175,31 @@ func FuzzReadRotationState(f *testing.F) {
 		}
 	})
 }
+
+func TestRotationStateRequire(t *testing.T) {
+	tests := []struct {
+		name    string
+		phase   Phase
+		want    Phase
+		wantErr string
+	}{
+		{"prepare when steady", PhaseSteady, PhaseSteady, ""},
+		{"prepare during a rotation", PhaseActivated, PhaseSteady, "already in progress (phase activated)"},
+		{"activate before prepare", PhaseSteady, PhasePrepared, "nothing to activate (phase steady)"},
+		{"retire before activate", PhasePrepared, PhaseActivated, "nothing to retire (phase prepared)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := RotationState{Phase: tt.phase}.Require(tt.want)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -125,9 +125,8 @@ func readOptional(path string) ([]byte, error) {
 	return b, nil
 }
 
-// begin loads the directory for a step that needs phase want; otherwise
-// it fails with msg, given the current phase.
-func (r *Rotator) begin(ctx context.Context, want material.Phase, msg string) (*dirState, error) {
+// begin loads the directory for a step that needs phase want.
+func (r *Rotator) begin(ctx context.Context, want material.Phase) (*dirState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -135,8 +134,8 @@ func (r *Rotator) begin(ctx context.Context, want material.Phase, msg string) (*
 	if err != nil {
 		return nil, err
 	}
-	if d.st.Phase != want {
-		return nil, fmt.Errorf("upstream: "+msg, d.st.Phase)
+	if err := d.st.Require(want); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -149,7 +148,7 @@ func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
 	if r.Upstream == nil {
 		return nil, errors.New("upstream: preparing a root needs the upstream (Vault) to look up or create its issuer")
 	}
-	d, err := r.begin(ctx, material.PhaseSteady, "a rotation is already in progress (phase %s); activate or retire it first")
+	d, err := r.begin(ctx, material.PhaseSteady)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +208,7 @@ func checkNextRoot(iss *Issuer, active *x509.Certificate, now time.Time, p mater
 // now on. It refuses before the propagation delay has passed, or while the
 // CA has not served the new root yet, unless force is set.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	d, err := r.begin(ctx, material.PhasePrepared, "nothing to activate (phase %s); prepare a root first")
+	d, err := r.begin(ctx, material.PhasePrepared)
 	if err != nil {
 		return err
 	}
@@ -225,10 +224,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	case !containsCert(d.bundle, d.next) && !force:
 		return fmt.Errorf("upstream: the CA has not served the prepared root yet (%s lacks it); is a CA running on %s?", r.path(RootCertFile), r.Dir)
 	}
-	st := material.RotationState{
-		Phase: material.PhaseActivated, PreparedAt: d.st.PreparedAt, ActivatedAt: now,
-		RetireAfter: r.Policy.RetireAfter(now), Issuer: d.st.NextIssuer, Retired: d.st.Retired,
-	}
+	st := d.st.Activated(now, r.Policy)
 	if err := material.WriteRotationState(r.Dir, st); err != nil {
 		return err
 	}
@@ -241,7 +237,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 // refuses while an SVID signed under the old root may still be valid, or
 // while the CA still signs under the old root, unless force is set.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	d, err := r.begin(ctx, material.PhaseActivated, "nothing to retire (phase %s)")
+	d, err := r.begin(ctx, material.PhaseActivated)
 	if err != nil {
 		return err
 	}
@@ -278,14 +274,7 @@ func (r *Rotator) Status() (*material.RotationStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &material.RotationStatus{
-		Mode: material.ModeUpstream, Phase: d.st.Phase, PreparedAt: d.st.PreparedAt,
-		ActivatedAt: d.st.ActivatedAt, RetireAfter: d.st.RetireAfter,
-		Issuer: d.st.Issuer, NextIssuer: d.st.NextIssuer,
-	}
-	if d.st.Phase == material.PhasePrepared {
-		out.ActivateAfter = r.Policy.ActivateAfter(d.st.PreparedAt)
-	}
+	out := r.Policy.Status(material.ModeUpstream, d.st)
 	roots := d.bundle
 	if d.next != nil && d.st.Phase == material.PhasePrepared && !containsCert(roots, d.next) {
 		roots = append(slices.Clone(roots), d.next)
@@ -298,9 +287,7 @@ func (r *Rotator) Status() (*material.RotationStatus, error) {
 		case d.next != nil && c.Equal(d.next):
 			state = material.RootPrepared
 		}
-		out.Roots = append(out.Roots, material.RootStatus{
-			Subject: c.Subject.String(), Serial: fmt.Sprintf("%x", c.SerialNumber), NotAfter: c.NotAfter, State: state, Cert: c,
-		})
+		out.AddRoot(c, state)
 	}
 	return out, nil
 }
