@@ -2,11 +2,10 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"time"
 
 	"github.com/castellan-mesh/castellan/agent/certdir"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // writeRetry is the wait before a failed write of OutputDir is tried again.
@@ -22,12 +21,17 @@ const writeRetry = 5 * time.Second
 // in OutputDir by an earlier run stays until the first new one, or is
 // taken out the same way once it expires, if that comes first.
 func (a *Agent) writeFiles(ctx context.Context) error {
-	var written string
-	leftExpiry := leafExpiry(a.cfg.OutputDir) // zero if no SVID was left
+	var (
+		written     string
+		stale       bool             // an SVID left by an earlier run has expired
+		leftExpires <-chan time.Time // when it expires
+	)
+	if exp := leafExpiry(a.cfg.OutputDir); !exp.IsZero() {
+		leftExpires = time.After(time.Until(exp))
+	}
 	snap, changed := a.store.Load()
 	for {
-		var retry, leftExpires <-chan time.Time
-		stale := !leftExpiry.IsZero() && !time.Now().Before(leftExpiry)
+		var retry <-chan time.Time
 		if snap.Bundle != nil && (snap.SVID != nil || written != "" || stale) {
 			files := certdir.Files{Root: snap.Bundle.PEM}
 			v := "none/" + snap.Bundle.Version
@@ -50,14 +54,13 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 					}
 				}
 			}
-		} else if written == "" && !leftExpiry.IsZero() && !stale {
-			leftExpires = time.After(time.Until(leftExpiry))
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-retry:
 		case <-leftExpires:
+			stale, leftExpires = true, nil
 		case <-changed:
 			snap, changed = a.store.Load()
 		}
@@ -71,13 +74,9 @@ func leafExpiry(dir string) time.Time {
 	if err != nil || !f.HasCertificate() {
 		return time.Time{}
 	}
-	block, _ := pem.Decode(f.Chain)
-	if block == nil {
-		return time.Time{}
-	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
+	certs, err := pemfile.ParseCertificates(f.Chain)
 	if err != nil {
 		return time.Time{}
 	}
-	return leaf.NotAfter
+	return certs[0].NotAfter
 }

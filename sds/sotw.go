@@ -57,8 +57,7 @@ func (st *sotwStream) handle(req *discoveryv3.DiscoveryRequest) (changed bool, e
 		st.s.log.Debug("sds: ignored request with stale nonce", "node", st.node, "nonce", truncate(n), "latest", st.lastNonce)
 		return false, nil
 	}
-	first := !st.started
-	if first {
+	if !st.started {
 		st.started = true
 		// Only the ID is kept: a proxy's node carries kilobytes of
 		// metadata, and a node agent holds a thousand streams.
@@ -75,12 +74,14 @@ func (st *sotwStream) handle(req *discoveryv3.DiscoveryRequest) (changed bool, e
 	case req.GetResponseNonce() != "":
 		st.s.metrics.acks.WithLabelValues(apiSotW).Inc()
 	}
-	return st.subscribe(req.GetResourceNames()) || first, nil
+	// The first request always changes the subscription: from nothing to
+	// names, to the wildcard, or to the legacy wildcard of an empty list.
+	return st.subscribe(req.GetResourceNames()), nil
 }
 
 // subscribe replaces the subscription with names and reports whether it
 // changed.
-func (st *sotwStream) subscribe(names []string) (changed bool) {
+func (st *sotwStream) subscribe(names []string) bool {
 	subs := make(map[string]bool, len(names))
 	wildcard := false
 	for _, n := range names {
@@ -96,7 +97,10 @@ func (st *sotwStream) subscribe(names []string) (changed bool) {
 	if st.legacyWildcard {
 		wildcard = true
 	}
-	changed = wildcard != st.wildcard || !maps.Equal(subs, st.subs)
+	if wildcard == st.wildcard && maps.Equal(subs, st.subs) {
+		// An ACK, mostly: nothing to forget.
+		return false
+	}
 	st.subs, st.wildcard = subs, wildcard
 	// Forget what was sent for names no longer subscribed, so that a later
 	// subscription to them is answered afresh.
@@ -110,7 +114,7 @@ func (st *sotwStream) subscribe(names []string) (changed bool) {
 			delete(st.errored, n)
 		}
 	}
-	return changed
+	return true
 }
 
 func (st *sotwStream) covers(name string) bool {

@@ -147,12 +147,11 @@ func parse(name string, args []string, stderr io.Writer, lookup func(string) (st
 
 // Run parses args as the agent's flags (with their CASTELLAN_ environment
 // variables) and runs the node agent until ctx ends. name heads the usage
-// message, such as "castellan agent". Logs go to stderr as JSON; stdout is
-// not used. SIGHUP asks for a new SVID at once.
+// message, such as "castellan agent". Logs go to stderr as JSON. SIGHUP asks for a new SVID at once.
 //
 // A bad flag or argument returns a UsageError; any other error comes from
 // the agent itself.
-func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+func Run(ctx context.Context, name string, args []string, stderr io.Writer) error {
 	cfg, gcPercent, err := parse(name, args, stderr, nil)
 	if err != nil {
 		return err

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,7 +129,7 @@ func TestRunStops(t *testing.T) {
 	err := Run(ctx, "castellan-agent", []string{
 		"--ca-addr=127.0.0.1:1", "--root-cert=" + filepath.Join(dir, "missing.pem"), "--token-file=" + filepath.Join(dir, "token"),
 		"--sds-socket=" + filepath.Join(dir, "socket"), "--http-addr=-", "--gc-percent=0",
-	}, os.Stdout, &stderr)
+	}, &stderr)
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, stderr.String())
 	}

@@ -23,8 +23,8 @@ func TestExitCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			code := run(context.Background(), tt.args, &stdout, &stderr)
+			var stderr bytes.Buffer
+			code := run(context.Background(), tt.args, &stderr)
 			if code != tt.code || !strings.Contains(stderr.String(), tt.contains) {
 				t.Fatalf("exit %d, want %d; stderr lacks %q:\n%s", code, tt.code, tt.contains, stderr.String())
 			}

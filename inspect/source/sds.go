@@ -79,19 +79,19 @@ func SDS(ctx context.Context, addr string) (inspect.Input, error) {
 		haveCert, haveBundle bool
 		grace                <-chan time.Time
 	)
+	timedOut := func() (inspect.Input, error) {
+		if haveCert {
+			in.Notes = append(in.Notes, fmt.Sprintf("no %s secret arrived before the time limit", sdsBundleName))
+			return in, nil
+		}
+		cause := ctx.Err()
+		if cause == nil {
+			cause = context.DeadlineExceeded
+		}
+		return inspect.Input{}, fmt.Errorf("source: SDS at %s: no %s secret before the time limit (does the server have a certificate yet?): %w", addr, sdsCertName, cause)
+	}
 	for !haveCert || !haveBundle {
 		var r recv
-		timedOut := func() (inspect.Input, error) {
-			if haveCert {
-				in.Notes = append(in.Notes, fmt.Sprintf("no %s secret arrived before the time limit", sdsBundleName))
-				return in, nil
-			}
-			cause := ctx.Err()
-			if cause == nil {
-				cause = context.DeadlineExceeded
-			}
-			return inspect.Input{}, fmt.Errorf("source: SDS at %s: no %s secret before the time limit (does the server have a certificate yet?): %w", addr, sdsCertName, cause)
-		}
 		select {
 		case r = <-responses:
 		case <-grace:
