@@ -41,6 +41,9 @@ type caDeps struct {
 	trustDomain spiffeid.TrustDomain
 	dataDir     string
 	kubeconfig  string
+	// rootTTL and rootRotateBefore are the lifetime of a new self-signed
+	// root and the time left at which it is rotated (0: no rotation).
+	rootTTL, rootRotateBefore time.Duration
 	// policy holds the waits between root rotation phases.
 	policy material.RotationPolicy
 	// runners are background jobs started with the server.
@@ -107,6 +110,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
+		rootTTL: f.rootTTL, rootRotateBefore: f.rootRotateBefore,
 		policy: material.RotationPolicy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}
 	signer, err := f.kms.signer(ctx, deps)
 	if err != nil {
@@ -141,9 +145,9 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Gatherer:       reg,
 		Pprof:          f.pprof,
 
-		RootTTL:              f.rootTTL,
-		RootRotateBefore:     f.rootRotateBefore,
-		RootPropagationDelay: f.rootPropagation,
+		RootTTL:              deps.rootTTL,
+		RootRotateBefore:     deps.rootRotateBefore,
+		RootPropagationDelay: deps.policy.PropagationDelay,
 	})
 	if err != nil {
 		return err

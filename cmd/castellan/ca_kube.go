@@ -29,15 +29,9 @@ type kubeFlags struct {
 	trustDistribution                                   bool
 	trustExclude                                        *cliflag.StringList
 	leaseDuration, renewDeadline, retryPeriod           time.Duration
-
-	// fs gives access to flags of "castellan ca" shared with the data-dir
-	// mode (--root-ttl, --root-rotate-before, --root-propagation-delay,
-	// --max-ttl).
-	fs *flag.FlagSet
 }
 
 func (k *kubeFlags) register(fs *flag.FlagSet) {
-	k.fs = fs
 	fs.StringVar(&k.material, "material", materialDir, "where the CA material lives: dir (--data-dir) or kubernetes (a Secret shared by all replicas)")
 	fs.StringVar(&k.namespace, "namespace", envOr("POD_NAMESPACE", "castellan-system"), "namespace of the CA Secret and Lease, with --material=kubernetes ($POD_NAMESPACE when set)")
 	fs.StringVar(&k.secretName, "secret-name", kubestore.DefaultSecretName, "Secret holding the CA material (Istio's cacerts keys: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem)")
@@ -52,19 +46,6 @@ func (k *kubeFlags) register(fs *flag.FlagSet) {
 	k.trustExclude = cliflag.NewStringList()
 	fs.Var(k.trustExclude, "trust-exclude-namespace", "namespace that gets no trust bundle ConfigMap (repeatable)")
 	fs.StringVar(&k.clusterTrustBundle, "cluster-trust-bundle", "", "also publish the trust bundle as a ClusterTrustBundle of this name, when the API server serves certificates.k8s.io/v1beta1 (default: none)")
-}
-
-// durationFlag returns the value of the shared duration flag name, or 0
-// (the package default) when there is none.
-func (k *kubeFlags) durationFlag(name string) time.Duration {
-	if f := k.fs.Lookup(name); f != nil {
-		if g, ok := f.Value.(flag.Getter); ok {
-			if d, ok := g.Get().(time.Duration); ok {
-				return d
-			}
-		}
-	}
-	return 0
 }
 
 func envOr(name, def string) string {
@@ -104,12 +85,12 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 		LeaseName:   k.leaseName,
 		Identity:    k.podName,
 		TrustDomain: d.trustDomain,
-		RootTTL:     k.durationFlag("root-ttl"),
+		RootTTL:     d.rootTTL,
 		// Shared with the data-dir mode: the leader rotates a root it
 		// created as "castellan ca" does one in --data-dir.
-		RotateBefore:     k.durationFlag("root-rotate-before"),
-		PropagationDelay: k.durationFlag("root-propagation-delay"),
-		MaxLeafTTL:       k.durationFlag("max-ttl"),
+		RotateBefore:     d.rootRotateBefore,
+		PropagationDelay: d.policy.PropagationDelay,
+		MaxLeafTTL:       d.policy.MaxTTL,
 		Signer:           signer,
 		LeaseDuration:    k.leaseDuration,
 		RenewDeadline:    k.renewDeadline,

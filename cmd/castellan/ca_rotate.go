@@ -54,11 +54,12 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	policy := material.RotationPolicy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
 	var r rotator = &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy}
+	isUpstream := upstreamDir(*dataDir)
 	switch {
 	case k.upstream != "" && k.upstream != "vault":
 		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
-	case k.upstream == "vault" || upstreamDir(*dataDir):
-		if !upstreamDir(*dataDir) {
+	case k.upstream == "vault" || isUpstream:
+		if !isUpstream {
 			return fmt.Errorf("%s holds no upstream-signed intermediate (%s); start the CA with --upstream=vault first", *dataDir, upstream.ChainFile)
 		}
 		ur := &upstream.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}

@@ -25,6 +25,10 @@ const (
 // sdsBundleGrace is how long SDS waits for ROOTCA once default has arrived.
 const sdsBundleGrace = 2 * time.Second
 
+// sdsCloseGrace is how long SDS waits, once done, for the server to end
+// the stream, so that its last ACK or NACK is delivered.
+const sdsCloseGrace = time.Second
+
 // SDS fetches the "default" and "ROOTCA" secrets from the SDS server at addr
 // ("unix:///path/to/socket") as a proxy would: a state-of-the-world stream
 // whose first request carries the node, each response checked and then
@@ -69,6 +73,28 @@ func SDS(ctx context.Context, addr string) (inspect.Input, error) {
 				return
 			}
 			if err != nil {
+				return
+			}
+		}
+	}()
+	// Runs before the stream and the connection are torn down: half-close,
+	// and read until the server ends the stream, so that the last ACK or
+	// NACK reaches it rather than being dropped with the connection.
+	defer func() {
+		if s.CloseSend() != nil {
+			return
+		}
+		wait := time.NewTimer(sdsCloseGrace)
+		defer wait.Stop()
+		for {
+			select {
+			case r := <-responses:
+				if r.err != nil {
+					return
+				}
+			case <-wait.C:
+				return
+			case <-ctx.Done():
 				return
 			}
 		}

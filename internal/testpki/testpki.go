@@ -14,7 +14,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"math/big"
 	"net"
 	"net/url"
@@ -23,6 +22,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // DefaultID is the SPIFFE ID of the leaf when New is given no WithID.
@@ -141,21 +142,17 @@ func Create(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, 
 
 // CertPEM returns certs as concatenated CERTIFICATE PEM blocks.
 func CertPEM(certs ...*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
+	return pemfile.EncodeCertificates(certs)
 }
 
 // KeyPEM returns key as a PKCS #8 PRIVATE KEY PEM block.
 func KeyPEM(t testing.TB, key crypto.Signer) []byte {
 	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	b, err := pemfile.EncodePrivateKey(key)
 	if err != nil {
 		t.Fatalf("testpki: %v", err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return b
 }
 
 // WriteFile writes data to the file name in dir with mode 0600 and returns

@@ -166,7 +166,16 @@ func (s *Stream) sendLocked(req *discoveryv3.DiscoveryRequest) error {
 	return nil
 }
 
-// Close ends the stream.
+// CloseSend tells the server that no more requests will come; requests
+// already sent are still delivered. A server then ends the stream, which
+// Recv reports as io.EOF. Close after that, or to give up waiting.
+func (s *Stream) CloseSend() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stream.CloseSend()
+}
+
+// Close ends the stream at once: requests not yet delivered may be lost.
 func (s *Stream) Close() error {
 	err := s.stream.CloseSend()
 	s.cancel()
