@@ -166,10 +166,12 @@ func parseFileURI(rawURI string, bad badFunc) (*URI, error) {
 		return nil, bad("fragment", "file URIs take no fragment")
 	case u.Path == "" || !strings.HasPrefix(u.Path, "/"):
 		return nil, bad("path", "missing absolute path (want file:///absolute/path)")
-	case strings.HasSuffix(u.Path, "/") || path.Clean(u.Path) == "/":
+	}
+	clean := path.Clean(u.Path)
+	if strings.HasSuffix(u.Path, "/") || clean == "/" {
 		return nil, bad("path", "%q names a directory, not a key file", u.Path)
 	}
-	return &URI{Scheme: SchemeFile, Path: path.Clean(u.Path)}, nil
+	return &URI{Scheme: SchemeFile, Path: clean}, nil
 }
 
 // The attributes a pkcs11: URI may carry.

@@ -191,6 +191,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Duration, limit int) *Result {
+	parent := ctx // the caller's: ends requests in flight too
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if d > 0 {
@@ -221,9 +222,10 @@ func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Dur
 				}
 				// A request started before the end of the run is allowed to
 				// finish: cutting it off would count the run's own deadline
-				// (which the server may see first) as the CA's error.
+				// (which the server may see first) as the CA's error. The
+				// caller's cancellation still ends it.
 				t0 := time.Now()
-				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+				rctx, rcancel := context.WithTimeout(parent, requestTimeout)
 				_, err := c.CreateCertificate(rctx, cfg.Tokens[int(i)%len(cfg.Tokens)], cfg.CSRs[int(i)%len(cfg.CSRs)], 0)
 				rcancel()
 				if err != nil {

@@ -298,17 +298,13 @@ func (r *Rotator) mode() (Mode, error) {
 	return ModeSelfSigned, nil
 }
 
-func (r *Rotator) readState() (RotationState, error) { return ReadRotationState(r.Dir) }
-
-func (r *Rotator) writeState(st RotationState) error { return WriteRotationState(r.Dir, st) }
-
 // Status reports the roots in the bundle and the rotation phase.
 func (r *Rotator) Status() (*RotationStatus, error) {
 	mode, err := r.mode()
 	if err != nil {
 		return nil, err
 	}
-	st, err := r.readState()
+	st, err := ReadRotationState(r.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -366,7 +362,7 @@ func (r *Rotator) begin(ctx context.Context, want Phase) (Mode, RotationState, e
 	if err != nil {
 		return "", RotationState{}, err
 	}
-	st, err := r.readState()
+	st, err := ReadRotationState(r.Dir)
 	if err != nil {
 		return "", RotationState{}, err
 	}
@@ -408,7 +404,7 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 			return err
 		}
 	}
-	if err := r.writeState(RotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC()}); err != nil {
+	if err := WriteRotationState(r.Dir, RotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC()}); err != nil {
 		return err
 	}
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
@@ -474,7 +470,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 		return err
 	}
 	next := st.Activated(now, r.Policy)
-	if err := r.writeState(next); err != nil {
+	if err := WriteRotationState(r.Dir, next); err != nil {
 		return err
 	}
 	switch mode {
@@ -528,7 +524,7 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), keep); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	if err := r.writeState(RotationState{Phase: PhaseSteady}); err != nil {
+	if err := WriteRotationState(r.Dir, RotationState{Phase: PhaseSteady}); err != nil {
 		return err
 	}
 	os.RemoveAll(r.path(NextDir))

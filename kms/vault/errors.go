@@ -11,12 +11,10 @@ import (
 
 // ResponseError is Vault's answer to a failed request, on one line: the
 // path, the HTTP status and Vault's messages. It wraps the
-// *api.ResponseError.
+// *api.ResponseError; StatusCode(err) returns the status.
 type ResponseError struct {
 	// Path is the request path, without /v1/.
 	Path string
-	// StatusCode is the HTTP status.
-	StatusCode int
 	// Errors are Vault's messages.
 	Errors []string
 
@@ -27,9 +25,9 @@ type ResponseError struct {
 func (e *ResponseError) Error() string {
 	msg := strings.Join(e.Errors, "; ")
 	if msg == "" {
-		msg = http.StatusText(e.StatusCode)
+		msg = http.StatusText(e.err.StatusCode)
 	}
-	return fmt.Sprintf("%s: HTTP %d: %s", e.Path, e.StatusCode, msg)
+	return fmt.Sprintf("%s: HTTP %d: %s", e.Path, e.err.StatusCode, msg)
 }
 
 // Unwrap returns the *api.ResponseError.
@@ -47,7 +45,7 @@ func describe(path string, err error) error {
 			msgs = append(msgs, m)
 		}
 	}
-	return &ResponseError{Path: path, StatusCode: re.StatusCode, Errors: msgs, err: re}
+	return &ResponseError{Path: path, Errors: msgs, err: re}
 }
 
 // IsPermissionDenied reports whether err is Vault's 403 answer.
