@@ -48,6 +48,9 @@ func (k *kmsFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&k.upstreamTTL, "upstream-ttl", 72*time.Hour, "intermediate lifetime asked of the upstream CA")
 	fs.Float64Var(&k.renewFraction, "upstream-renew-fraction", 0.5, "renew the intermediate after this fraction of its lifetime, in (0, 1)")
 	k.registerVault(fs)
+	// Only the running CA signs intermediates; "castellan ca rotate
+	// prepare" names the next issuer with --from.
+	fs.StringVar(&k.pkiIssuer, "vault-pki-issuer", "", "issuer (name or ID) that signs the intermediate, via <mount>/issuer/<issuer>/sign-intermediate (default: the mount's default issuer, via <mount>/root/sign-intermediate); once a root rotation is activated, the issuer it recorded in --data-dir signs instead")
 }
 
 // registerVault registers the flags that reach Vault.
@@ -63,7 +66,6 @@ func (k *kmsFlags) registerVault(fs *flag.FlagSet) {
 	fs.StringVar(&k.kubeRole, "vault-kubernetes-role", "", "Vault role for --vault-auth=kubernetes")
 	fs.StringVar(&k.kubeTokenFile, "vault-kubernetes-token-file", vault.DefaultKubernetesTokenFile, "service-account token exchanged at auth/kubernetes/login")
 	fs.StringVar(&k.pkiMount, "vault-pki-mount", "pki", "mount path of Vault's PKI engine for --upstream=vault")
-	fs.StringVar(&k.pkiIssuer, "vault-pki-issuer", "", "issuer (name or ID) that signs the intermediate, via <mount>/issuer/<issuer>/sign-intermediate (default: the mount's default issuer, via <mount>/root/sign-intermediate); once a root rotation is activated, the issuer it recorded in --data-dir signs instead")
 }
 
 // vaultClient returns the Vault client the flags describe.
