@@ -181,8 +181,10 @@ func New(ctx context.Context, cfg Config) (*Source, error) {
 		return nil, err
 	}
 	s.m = newMetrics(cfg.Registerer, s)
-	a, err := s.loadCached()
-	s.retainServed(a)
+	// The bundle a previous run served, if any.
+	served, servedErr := pemfile.ReadCertificates(filepath.Join(cfg.DataDir, RootCertFile))
+	a, err := s.loadCached(served, servedErr)
+	s.retainServed(served, a)
 	switch {
 	case err != nil:
 		s.log.Warn("the kept intermediate cannot be used; asking the upstream for a new one", "dir", cfg.DataDir, "error", err)
@@ -440,9 +442,10 @@ func (s *Source) csr() ([]byte, error) {
 	return pemEncode("CERTIFICATE REQUEST", der), nil
 }
 
-// loadCached returns the intermediate kept in the data directory, nil if
-// there is none, or an error if it is there but unusable.
-func (s *Source) loadCached() (*ca.Authority, error) {
+// loadCached returns the intermediate kept in the data directory, with
+// roots (read from root-cert.pem, or rootsErr) as its bundle: nil if there
+// is none, or an error if it is there but unusable.
+func (s *Source) loadCached(roots []*x509.Certificate, rootsErr error) (*ca.Authority, error) {
 	certPath := filepath.Join(s.cfg.DataDir, CertFile)
 	if _, err := os.Stat(certPath); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -455,9 +458,8 @@ func (s *Source) loadCached() (*ca.Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	roots, err := pemfile.ReadCertificates(filepath.Join(s.cfg.DataDir, RootCertFile))
-	if err != nil {
-		return nil, err
+	if rootsErr != nil {
+		return nil, rootsErr
 	}
 	cert := certs[0]
 	if !cert.NotAfter.After(s.cfg.Now()) {
@@ -473,11 +475,7 @@ func (s *Source) loadCached() (*ca.Authority, error) {
 // retainServed keeps the roots of the bundle a previous run served, since
 // leaves it signed under them may still be valid: until the kept
 // intermediate expires, and at least the longest SVID lifetime.
-func (s *Source) retainServed(kept *ca.Authority) {
-	roots, err := pemfile.ReadCertificates(filepath.Join(s.cfg.DataDir, RootCertFile))
-	if err != nil {
-		return
-	}
+func (s *Source) retainServed(roots []*x509.Certificate, kept *ca.Authority) {
 	until := s.cfg.RotationPolicy.RetireAfter(s.cfg.Now())
 	if kept != nil && kept.Cert.NotAfter.After(until) {
 		until = kept.Cert.NotAfter
