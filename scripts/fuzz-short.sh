@@ -14,14 +14,13 @@ while IFS=: read -r file line rest; do
 	echo "fuzz: $pkg $name ($fuzztime)"
 	out=$(go test -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime" -fuzzminimizetime=2s "$pkg" 2>&1)
 	rc=$?
-	echo "$out" | tail -n 4
-	if [ $rc -ne 0 ]; then
-		if grep -q "context deadline exceeded" <<<"$out" && ! grep -q "Failing input written to" <<<"$out"; then
-			echo "fuzz: $pkg $name: the time ran out while a worker was busy (no failing input); not a finding"
-		else
-			echo "$out"
-			status=1
-		fi
+	if [ $rc -eq 0 ]; then
+		echo "$out" | tail -n 4
+	elif grep -q "context deadline exceeded" <<<"$out" && ! grep -q "Failing input written to" <<<"$out"; then
+		echo "fuzz: $pkg $name: the time ran out while a worker was busy (no failing input); not a finding"
+	else
+		echo "$out"
+		status=1
 	fi
 done < <(grep -rn --include='*_test.go' -E '^func Fuzz[A-Za-z0-9_]*\(' --exclude-dir=integration --exclude-dir=tools . | sed 's|^\./||')
 exit $status
