@@ -14,6 +14,16 @@ import (
 type Caller struct {
 	Namespace      string
 	ServiceAccount string
+
+	// PodName and PodUID name the pod the token is bound to, when it is a
+	// pod-bound projected token (TokenReview's user.extra
+	// authentication.kubernetes.io/pod-name and pod-uid, or the token's
+	// kubernetes.io.pod claim). Both are empty for a token bound to no pod.
+	PodName string
+	PodUID  string
+	// NodeName is the node of that pod when the token records it
+	// (authentication.kubernetes.io/node-name), empty otherwise.
+	NodeName string
 }
 
 // Authenticator verifies a bearer token and returns the caller it proves.
