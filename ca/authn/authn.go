@@ -14,6 +14,10 @@ import (
 type Caller struct {
 	Namespace      string
 	ServiceAccount string
+	// ServiceAccountUID is the UID of the service account the token was
+	// issued for, when the token names it (Kubernetes tokens do), empty
+	// otherwise.
+	ServiceAccountUID string
 
 	// PodName and PodUID name the pod the token is bound to, when it is a
 	// pod-bound projected token (TokenReview's user.extra

@@ -10,7 +10,6 @@ import (
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 )
 
 // Defaults for CacheConfig.
@@ -39,6 +38,13 @@ type CacheConfig struct {
 	// MaxEntries bounds the number of cached tokens. When full, expired
 	// entries are dropped first, then arbitrary ones. Zero means 65536.
 	MaxEntries int
+	// StillValid, if set, is asked on every cache hit whether a
+	// remembered success still holds (for example
+	// ServiceAccountTokens.StillValid, which consults watch caches). A
+	// success it refuses is dropped and the token is checked again, so a
+	// deleted service account or pod stops being accepted without waiting
+	// for MaxTTL.
+	StillValid func(Caller) bool
 	// Registerer receives the castellan_authn_cache_total counter. Nil
 	// means the counter is not exported.
 	Registerer prometheus.Registerer
@@ -54,14 +60,28 @@ type Cache struct {
 	failureTTL time.Duration
 	perShard   int
 	shards     [numShards]cacheShard
-	group      singleflight.Group
+	stillValid func(Caller) bool
+
+	flightMu sync.Mutex
+	flights  map[[sha256.Size]byte]*flight
 
 	// epoch anchors expiry times on the monotonic clock; now is replaced
 	// in tests.
 	epoch time.Time
 	now   func() time.Time
 
-	hits, misses, shared prometheus.Counter
+	hits, misses, shared, revoked prometheus.Counter
+}
+
+// flight is one lookup of the wrapped Authenticator, shared by every
+// caller that asks for the same token while it runs. It is cancelled when
+// the last of them stops waiting.
+type flight struct {
+	done    chan struct{} // closed once caller and err are set
+	caller  Caller
+	err     error
+	waiters int // guarded by Cache.flightMu
+	cancel  context.CancelFunc
 }
 
 type cacheShard struct {
@@ -87,6 +107,8 @@ func NewCache(next Authenticator, cfg CacheConfig) (*Cache, error) {
 		next:       next,
 		maxTTL:     cfg.MaxTTL,
 		failureTTL: cfg.FailureTTL,
+		stillValid: cfg.StillValid,
+		flights:    make(map[[sha256.Size]byte]*flight),
 		epoch:      time.Now(),
 		now:        time.Now,
 	}
@@ -106,7 +128,7 @@ func NewCache(next Authenticator, cfg CacheConfig) (*Cache, error) {
 	}
 	lookups, err := register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "castellan_authn_cache_total",
-		Help: "Authentication cache lookups, by result: hit (answered from the cache), miss (the token was checked), shared (waited on a check already in flight).",
+		Help: "Authentication cache lookups, by result: hit (answered from the cache), miss (the token was checked), shared (waited on a check already in flight), revoked (a remembered success no longer held and was checked again).",
 	}, []string{"result"}))
 	if err != nil {
 		return nil, err
@@ -114,6 +136,7 @@ func NewCache(next Authenticator, cfg CacheConfig) (*Cache, error) {
 	c.hits = lookups.WithLabelValues("hit")
 	c.misses = lookups.WithLabelValues("miss")
 	c.shared = lookups.WithLabelValues("shared")
+	c.revoked = lookups.WithLabelValues("revoked")
 	return c, nil
 }
 
@@ -132,40 +155,81 @@ func (c *Cache) Authenticate(ctx context.Context, token string) (Caller, error) 
 	e, ok := shard.m[key]
 	shard.mu.RUnlock()
 	if ok && c.since() < e.expires {
-		c.hits.Inc()
-		return e.caller, e.err
+		if e.err != nil || c.stillValid == nil || c.stillValid(e.caller) {
+			c.hits.Inc()
+			return e.caller, e.err
+		}
+		c.revoked.Inc()
+		c.forget(key, e)
 	}
 	return c.lookup(ctx, key, token)
 }
 
+// forget drops the entry for key if it is still e.
+func (c *Cache) forget(key [sha256.Size]byte, e cacheEntry) {
+	shard := &c.shards[key[0]%numShards]
+	shard.mu.Lock()
+	if cur, ok := shard.m[key]; ok && cur.expires == e.expires {
+		delete(shard.m, key)
+	}
+	shard.mu.Unlock()
+}
+
 // lookup calls the wrapped Authenticator, collapsing concurrent calls for
-// the same key, and stores the result.
+// the same key, and stores the result. The shared call does not die with
+// the context of whichever caller started it: it runs detached, with its
+// own timeout, and is cancelled only when every caller waiting for it has
+// given up, so an abandoned check does not keep holding a TokenReview.
 func (c *Cache) lookup(ctx context.Context, key [sha256.Size]byte, token string) (Caller, error) {
-	// The shared call must not die with the context of whichever caller
-	// happened to start it, so it runs detached with its own timeout.
-	detached := context.WithoutCancel(ctx)
-	started := false
-	ch := c.group.DoChan(string(key[:]), func() (any, error) {
-		started = true
+	c.flightMu.Lock()
+	f, shared := c.flights[key]
+	if shared {
+		f.waiters++
+	} else {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+		f = &flight{done: make(chan struct{}), waiters: 1, cancel: cancel}
+		c.flights[key] = f
+		go c.run(lctx, key, token, f)
+	}
+	c.flightMu.Unlock()
+	if shared {
+		c.shared.Inc()
+	} else {
 		c.misses.Inc()
-		lctx, cancel := context.WithTimeout(detached, lookupTimeout)
-		defer cancel()
-		caller, err := c.next.Authenticate(lctx, token)
-		c.store(key, token, caller, err)
-		return caller, err
-	})
+	}
 	select {
-	case res := <-ch:
-		// started is written before the result is sent, so reading it
-		// after the receive is ordered.
-		if !started {
-			c.shared.Inc()
-		}
-		caller, _ := res.Val.(Caller)
-		return caller, res.Err
+	case <-f.done:
+		return f.caller, f.err
 	case <-ctx.Done():
+		c.flightMu.Lock()
+		f.waiters--
+		if f.waiters == 0 {
+			f.cancel()
+			if c.flights[key] == f {
+				delete(c.flights, key)
+			}
+		}
+		c.flightMu.Unlock()
 		return Caller{}, &Error{Reason: ReasonUnavailable, Err: fmt.Errorf("gave up waiting for the token check: %w", ctx.Err())}
 	}
+}
+
+// run performs the lookup f and publishes its result.
+func (c *Cache) run(ctx context.Context, key [sha256.Size]byte, token string, f *flight) {
+	defer f.cancel()
+	caller, err := c.next.Authenticate(ctx, token)
+	if err != nil && ctx.Err() != nil && ReasonOf(err) != ReasonUnavailable {
+		// A check cut short is no verdict on the token.
+		err = &Error{Reason: ReasonUnavailable, Err: err}
+	}
+	c.store(key, token, caller, err)
+	f.caller, f.err = caller, err
+	c.flightMu.Lock()
+	if c.flights[key] == f {
+		delete(c.flights, key)
+	}
+	c.flightMu.Unlock()
+	close(f.done)
 }
 
 // store caches the outcome of one lookup for as long as it may be reused.

@@ -237,6 +237,88 @@ func TestCacheLookupSurvivesStarterCancel(t *testing.T) {
 	}
 }
 
+// TestCacheCancelsAbandonedLookup: when every caller waiting for a check
+// has given up, the check is cancelled instead of running on (for up to
+// 30s) and holding an API server request.
+func TestCacheCancelsAbandonedLookup(t *testing.T) {
+	cancelled := make(chan struct{})
+	next := &blockingAuth{cancelled: cancelled}
+	c, _ := newTestCache(t, next, CacheConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := c.Authenticate(ctx, "tok")
+			errc <- err
+		}()
+	}
+	for next.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	for range 2 {
+		if err := <-errc; ReasonOf(err) != ReasonUnavailable {
+			t.Errorf("abandoned caller: %v, want %s", err, ReasonUnavailable)
+		}
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the check kept running after every caller gave up")
+	}
+	if n := next.calls.Load(); n != 1 {
+		t.Errorf("%d checks for one token, want 1", n)
+	}
+	// A cancelled check is not remembered as a verdict.
+	if _, err := c.Authenticate(context.Background(), "tok"); err != nil {
+		t.Errorf("after the abandoned check: %v", err)
+	}
+}
+
+// blockingAuth blocks until its context ends, then reports that.
+type blockingAuth struct {
+	calls     atomic.Int32
+	cancelled chan struct{}
+}
+
+func (a *blockingAuth) Authenticate(ctx context.Context, _ string) (Caller, error) {
+	if a.calls.Add(1) == 1 {
+		<-ctx.Done()
+		close(a.cancelled)
+		return Caller{}, Errorf(ReasonInvalid, "cut short")
+	}
+	return Caller{Namespace: "ns", ServiceAccount: "sa"}, nil
+}
+
+// TestCacheStillValid: a remembered success is re-checked with StillValid
+// on every hit, and a revoked one is checked again by the wrapped
+// authenticator instead of being served until MaxTTL.
+func TestCacheStillValid(t *testing.T) {
+	next := &countingAuth{caller: Caller{Namespace: "ns", ServiceAccount: "sa", ServiceAccountUID: "u1"}}
+	var valid atomic.Bool
+	valid.Store(true)
+	c, _ := newTestCache(t, next, CacheConfig{StillValid: func(Caller) bool { return valid.Load() }})
+	for range 3 {
+		if _, err := c.Authenticate(context.Background(), "tok"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := next.calls.Load(); n != 1 {
+		t.Fatalf("%d checks, want 1", n)
+	}
+	valid.Store(false)
+	next.err = Errorf(ReasonInvalid, "service account deleted")
+	if _, err := c.Authenticate(context.Background(), "tok"); ReasonOf(err) != ReasonInvalid {
+		t.Fatalf("after revocation: %v, want %s", err, ReasonInvalid)
+	}
+	if n := next.calls.Load(); n != 2 {
+		t.Errorf("%d checks, want 2 (the revoked success is checked again)", n)
+	}
+	if got := testutil.ToFloat64(c.revoked); got != 1 {
+		t.Errorf("revoked = %v, want 1", got)
+	}
+}
+
 func TestCacheBounded(t *testing.T) {
 	next := &countingAuth{caller: Caller{Namespace: "ns", ServiceAccount: "sa"}}
 	const limit = 1000
@@ -287,8 +369,8 @@ func TestCacheMetrics(t *testing.T) {
 	if got := testutil.ToFloat64(c.hits); got != 2 {
 		t.Errorf("hits = %v, want 2", got)
 	}
-	if n, err := testutil.GatherAndCount(reg, "castellan_authn_cache_total"); err != nil || n != 3 {
-		t.Errorf("castellan_authn_cache_total has %d series (%v), want 3", n, err)
+	if n, err := testutil.GatherAndCount(reg, "castellan_authn_cache_total"); err != nil || n != 4 {
+		t.Errorf("castellan_authn_cache_total has %d series (%v), want 4", n, err)
 	}
 }
 

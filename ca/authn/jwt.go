@@ -116,49 +116,85 @@ func (j *JWT) Issuer() string { return j.issuer }
 type tokenClaims struct {
 	jwt.Claims
 	Kubernetes *struct {
-		Namespace      string `json:"namespace"`
-		ServiceAccount *struct {
-			Name string `json:"name"`
-		} `json:"serviceaccount"`
+		Namespace      string     `json:"namespace"`
+		ServiceAccount *objectRef `json:"serviceaccount"`
+		// Pod, Secret and Node are the objects a bound token is bound
+		// to (Node also appears in pod-bound tokens, naming the pod's
+		// node).
+		Pod    *objectRef `json:"pod"`
+		Secret *objectRef `json:"secret"`
+		Node   *objectRef `json:"node"`
 	} `json:"kubernetes.io"`
+}
+
+// objectRef is a reference to a Kubernetes object in a token's claims.
+type objectRef struct {
+	Name string `json:"name"`
+	UID  string `json:"uid"`
 }
 
 // Authenticate verifies token and returns the service account it names.
 func (j *JWT) Authenticate(ctx context.Context, token string) (Caller, error) {
-	if err := checkShape(token); err != nil {
+	claims, err := j.check(ctx, token)
+	if err != nil {
 		return Caller{}, err
+	}
+	return claims.caller()
+}
+
+// check verifies token's signature, issuer, audience and validity period
+// and returns its claims. It never contacts anything but the key source.
+func (j *JWT) check(ctx context.Context, token string) (*tokenClaims, error) {
+	if err := checkShape(token); err != nil {
+		return nil, err
 	}
 	tok, err := jwt.ParseSigned(token, signatureAlgorithms)
 	if err != nil {
-		return Caller{}, Errorf(ReasonMalformed, "cannot parse token: %v", err)
+		return nil, Errorf(ReasonMalformed, "cannot parse token: %v", err)
 	}
 	if len(tok.Headers) != 1 {
-		return Caller{}, Errorf(ReasonMalformed, "token has %d signatures, want 1", len(tok.Headers))
+		return nil, Errorf(ReasonMalformed, "token has %d signatures, want 1", len(tok.Headers))
 	}
 	claims, err := j.verify(ctx, tok, tok.Headers[0])
 	if err != nil {
-		return Caller{}, err
+		return nil, err
 	}
 	if claims.Expiry == nil {
-		return Caller{}, Errorf(ReasonInvalid, "token has no exp claim")
+		return nil, Errorf(ReasonInvalid, "token has no exp claim")
 	}
-	expected := jwt.Expected{Issuer: j.issuer, AnyAudience: j.audiences, Time: j.now()}
+	issuer := j.expectedIssuer()
+	if issuer == "" {
+		return nil, Errorf(ReasonUnavailable, "the issuer of %s is not known yet", j.keys)
+	}
+	expected := jwt.Expected{Issuer: issuer, AnyAudience: j.audiences, Time: j.now()}
 	if err := claims.ValidateWithLeeway(expected, j.leeway); err != nil {
 		switch {
 		case errors.Is(err, jwt.ErrInvalidIssuer):
-			return Caller{}, Errorf(ReasonInvalid, "token issuer %q is not %q", claims.Issuer, j.issuer)
+			return nil, Errorf(ReasonInvalid, "token issuer %q is not %q", claims.Issuer, issuer)
 		case errors.Is(err, jwt.ErrInvalidAudience):
-			return Caller{}, Errorf(ReasonInvalid, "token audiences %q do not include any of %q", []string(claims.Audience), j.audiences)
+			return nil, Errorf(ReasonInvalid, "token audiences %q do not include any of %q", []string(claims.Audience), j.audiences)
 		case errors.Is(err, jwt.ErrExpired):
-			return Caller{}, Errorf(ReasonInvalid, "token expired at %s", claims.Expiry.Time().UTC().Format(time.RFC3339))
+			return nil, Errorf(ReasonInvalid, "token expired at %s", claims.Expiry.Time().UTC().Format(time.RFC3339))
 		case errors.Is(err, jwt.ErrNotValidYet):
-			return Caller{}, Errorf(ReasonInvalid, "token is not valid before %s", claims.NotBefore.Time().UTC().Format(time.RFC3339))
+			return nil, Errorf(ReasonInvalid, "token is not valid before %s", claims.NotBefore.Time().UTC().Format(time.RFC3339))
 		case errors.Is(err, jwt.ErrIssuedInTheFuture):
-			return Caller{}, Errorf(ReasonInvalid, "token is issued in the future (%s)", claims.IssuedAt.Time().UTC().Format(time.RFC3339))
+			return nil, Errorf(ReasonInvalid, "token is issued in the future (%s)", claims.IssuedAt.Time().UTC().Format(time.RFC3339))
 		}
-		return Caller{}, Errorf(ReasonInvalid, "token claims rejected: %v", err)
+		return nil, Errorf(ReasonInvalid, "token claims rejected: %v", err)
 	}
-	return claims.caller()
+	return claims, nil
+}
+
+// expectedIssuer is the configured issuer, or the one the key source
+// discovered when none was configured.
+func (j *JWT) expectedIssuer() string {
+	if j.issuer != "" {
+		return j.issuer
+	}
+	if d, ok := j.keys.(interface{ issuer() string }); ok {
+		return d.issuer()
+	}
+	return ""
 }
 
 // verify checks the signature of tok against the issuer's keys and returns

@@ -26,6 +26,9 @@ const (
 	maxKeyAge = time.Hour
 	// maxDocumentSize bounds a key set or discovery document.
 	maxDocumentSize = 1 << 20
+	// defaultFetchTimeout bounds one fetch of a discovery document and key
+	// set.
+	defaultFetchTimeout = 10 * time.Second
 )
 
 // keySource provides an issuer's public keys.
@@ -144,84 +147,179 @@ func parseKeySet(data []byte) (*jose.JSONWebKeySet, error) {
 	return set, nil
 }
 
-// remoteKeys finds an issuer's keys by OpenID Connect discovery.
-type remoteKeys struct {
-	issuer     string
-	client     *http.Client
-	minRefresh time.Duration
-	cur        atomic.Pointer[jose.JSONWebKeySet]
-	// fetched is the time of the last successful fetch, in Unix nanoseconds.
-	fetched atomic.Int64
-
-	mu      sync.Mutex
-	tried   time.Time
-	jwksURI string
+// keyFetcher reads a key set from where an issuer publishes it.
+type keyFetcher interface {
+	// fetch returns the issuer's keys and the issuer they belong to (as
+	// its discovery document names it).
+	fetch(ctx context.Context) (issuer string, set *jose.JSONWebKeySet, err error)
+	String() string
 }
 
+// keySnapshot is one successfully fetched key set.
+type keySnapshot struct {
+	issuer  string
+	set     *jose.JSONWebKeySet
+	fetched time.Time
+}
+
+// remoteKeys serves an issuer's keys from memory and refreshes them in the
+// background, so that a slow or hung issuer never holds up a token that a
+// cached key can verify:
+//   - a load with cached keys never waits for the network;
+//   - keys older than maxAge are fetched again in the background;
+//   - an unknown key id (refresh) starts at most one fetch per minRefresh,
+//     and only that token waits for it, bounded by its context and by
+//     fetchTimeout;
+//   - until the first fetch succeeds, loads wait for a fetch (at most one
+//     in flight) and fail as unavailable.
+//
+// A failed fetch keeps the last good keys.
+type remoteKeys struct {
+	fetcher      keyFetcher
+	minRefresh   time.Duration
+	maxAge       time.Duration
+	fetchTimeout time.Duration
+	cur          atomic.Pointer[keySnapshot]
+
+	mu       sync.Mutex
+	tried    time.Time     // start of the last fetch
+	inflight chan struct{} // closed when the running fetch ends; nil when none
+	lastErr  error         // error of the last fetch, nil after a success
+}
+
+// newRemoteKeys returns keys found by OpenID Connect discovery at issuer.
 func newRemoteKeys(issuer string, client *http.Client) (*remoteKeys, error) {
 	if err := checkFetchURL(issuer); err != nil {
 		return nil, fmt.Errorf("authn: issuer %q: %w", issuer, err)
 	}
-	return &remoteKeys{issuer: issuer, client: client, minRefresh: minKeyRefresh}, nil
+	return newRefreshingKeys(&oidcFetcher{issuer: issuer, client: client}, maxKeyAge), nil
 }
 
-func (r *remoteKeys) String() string { return "issuer " + r.issuer }
+func newRefreshingKeys(f keyFetcher, maxAge time.Duration) *remoteKeys {
+	return &remoteKeys{fetcher: f, minRefresh: minKeyRefresh, maxAge: maxAge, fetchTimeout: defaultFetchTimeout}
+}
+
+func (r *remoteKeys) String() string { return r.fetcher.String() }
+
+// issuer returns the issuer named by the last fetched discovery document,
+// or "" before the first successful fetch.
+func (r *remoteKeys) issuer() string {
+	if s := r.cur.Load(); s != nil {
+		return s.issuer
+	}
+	return ""
+}
 
 func (r *remoteKeys) load(ctx context.Context, refresh bool) (*jose.JSONWebKeySet, error) {
-	set := r.cur.Load()
-	fresh := time.Since(time.Unix(0, r.fetched.Load())) < maxKeyAge
-	if set != nil && fresh && !refresh {
-		return set, nil
+	s := r.cur.Load()
+	if s != nil && !refresh && time.Since(s.fetched) < r.maxAge {
+		return s.set, nil
+	}
+	interval := r.minRefresh
+	if s == nil {
+		// Without keys nothing can be verified: retry sooner, but still
+		// not once per token.
+		interval = min(interval, time.Second)
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if set = r.cur.Load(); set != nil && time.Since(r.tried) < r.minRefresh {
-		return set, nil
+	done := r.inflight
+	if done == nil && time.Since(r.tried) >= interval {
+		done = r.startFetch()
 	}
-	r.tried = time.Now()
-	next, err := r.fetch(ctx)
-	if err != nil {
-		if set != nil {
-			return set, nil
+	r.mu.Unlock()
+	if s != nil && (!refresh || done == nil) {
+		// Stale keys are still the best there is; the refresh runs in the
+		// background. An unknown key id inside the refresh window is
+		// answered with the keys at hand.
+		return s.set, nil
+	}
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
 		}
-		return nil, &Error{Reason: ReasonUnavailable, Err: err}
 	}
-	r.cur.Store(next)
-	r.fetched.Store(time.Now().UnixNano())
-	return next, nil
+	if s = r.cur.Load(); s != nil {
+		return s.set, nil
+	}
+	r.mu.Lock()
+	err := r.lastErr
+	r.mu.Unlock()
+	if err == nil {
+		err = fmt.Errorf("keys of %s not loaded yet: %w", r.fetcher, context.Cause(ctx))
+	}
+	return nil, &Error{Reason: ReasonUnavailable, Err: err}
 }
 
-// fetch runs discovery (once) and fetches the key set.
-func (r *remoteKeys) fetch(ctx context.Context) (*jose.JSONWebKeySet, error) {
-	if r.jwksURI == "" {
-		where := strings.TrimSuffix(r.issuer, "/") + "/.well-known/openid-configuration"
+// startFetch starts a background fetch and returns a channel closed when it
+// ends. The caller holds r.mu.
+func (r *remoteKeys) startFetch() chan struct{} {
+	done := make(chan struct{})
+	r.inflight = done
+	r.tried = time.Now()
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), r.fetchTimeout)
+		defer cancel()
+		iss, set, err := r.fetcher.fetch(ctx)
+		if err == nil {
+			r.cur.Store(&keySnapshot{issuer: iss, set: set, fetched: time.Now()})
+		}
+		r.mu.Lock()
+		r.inflight, r.lastErr = nil, err
+		r.mu.Unlock()
+	}()
+	return done
+}
+
+// oidcFetcher finds an issuer's keys by OpenID Connect discovery over
+// HTTPS: issuer + "/.well-known/openid-configuration", then its jwks_uri.
+type oidcFetcher struct {
+	issuer string
+	client *http.Client
+
+	mu      sync.Mutex
+	jwksURI string
+}
+
+func (o *oidcFetcher) String() string { return "issuer " + o.issuer }
+
+func (o *oidcFetcher) fetch(ctx context.Context) (string, *jose.JSONWebKeySet, error) {
+	o.mu.Lock()
+	jwksURI := o.jwksURI
+	o.mu.Unlock()
+	if jwksURI == "" {
+		where := strings.TrimSuffix(o.issuer, "/") + "/.well-known/openid-configuration"
 		var doc struct {
 			Issuer  string `json:"issuer"`
 			JWKSURI string `json:"jwks_uri"`
 		}
-		if err := getJSON(ctx, r.client, where, &doc); err != nil {
-			return nil, fmt.Errorf("OIDC discovery: %w", err)
+		if err := getJSON(ctx, o.client, where, &doc); err != nil {
+			return "", nil, fmt.Errorf("OIDC discovery: %w", err)
 		}
 		switch {
-		case doc.Issuer != r.issuer:
-			return nil, fmt.Errorf("OIDC discovery at %s names issuer %q, want %q", where, doc.Issuer, r.issuer)
+		case doc.Issuer != o.issuer:
+			return "", nil, fmt.Errorf("OIDC discovery at %s names issuer %q, want %q", where, doc.Issuer, o.issuer)
 		case doc.JWKSURI == "":
-			return nil, fmt.Errorf("OIDC discovery at %s has no jwks_uri", where)
+			return "", nil, fmt.Errorf("OIDC discovery at %s has no jwks_uri", where)
 		}
 		if err := checkFetchURL(doc.JWKSURI); err != nil {
-			return nil, fmt.Errorf("OIDC discovery at %s: jwks_uri %q: %w", where, doc.JWKSURI, err)
+			return "", nil, fmt.Errorf("OIDC discovery at %s: jwks_uri %q: %w", where, doc.JWKSURI, err)
 		}
-		r.jwksURI = doc.JWKSURI
+		jwksURI = doc.JWKSURI
+		o.mu.Lock()
+		o.jwksURI = jwksURI
+		o.mu.Unlock()
 	}
-	data, err := getBody(ctx, r.client, r.jwksURI)
+	data, err := getBody(ctx, o.client, jwksURI)
 	if err != nil {
-		return nil, fmt.Errorf("fetching JWKS: %w", err)
+		return "", nil, fmt.Errorf("fetching JWKS: %w", err)
 	}
 	set, err := parseKeySet(data)
 	if err != nil {
-		return nil, fmt.Errorf("JWKS at %s: %w", r.jwksURI, err)
+		return "", nil, fmt.Errorf("JWKS at %s: %w", jwksURI, err)
 	}
-	return set, nil
+	return o.issuer, set, nil
 }
 
 // checkFetchURL accepts https URLs, and http only to a loopback host.

@@ -102,7 +102,45 @@ func (r *TokenReview) Authenticate(ctx context.Context, token string) (Caller, e
 	if !intersects(st.Audiences, r.audiences) {
 		return Caller{}, Errorf(ReasonInvalid, "token audiences %q do not include any of %q", st.Audiences, r.audiences)
 	}
-	return ParseUsername(st.User.Username)
+	caller, err := ParseUsername(st.User.Username)
+	if err != nil {
+		return Caller{}, err
+	}
+	caller.PodName, caller.PodUID, caller.NodeName = podBinding(st.User.Extra)
+	return caller, nil
+}
+
+// The user.extra keys in which TokenReview reports the pod (and its node)
+// that a projected service-account token is bound to.
+const (
+	extraPodName  = "authentication.kubernetes.io/pod-name"
+	extraPodUID   = "authentication.kubernetes.io/pod-uid"
+	extraNodeName = "authentication.kubernetes.io/node-name"
+)
+
+// maxUIDLen bounds a UID read from a token or a review; Kubernetes UIDs
+// are 36-character UUIDs.
+const maxUIDLen = 128
+
+// podBinding returns the pod a reviewed token is bound to, and its node,
+// from TokenReview's user.extra. A binding that is partial or malformed
+// (no UID, several values, a name that is not a Kubernetes name) is
+// reported as no binding at all, so that nothing relies on half of it.
+func podBinding(extra map[string]authenticationv1.ExtraValue) (pod, uid, node string) {
+	one := func(key string) string {
+		if v := extra[key]; len(v) == 1 {
+			return v[0]
+		}
+		return ""
+	}
+	pod, uid = one(extraPodName), one(extraPodUID)
+	if !validName(pod) || uid == "" || len(uid) > maxUIDLen {
+		return "", "", ""
+	}
+	if node = one(extraNodeName); !validName(node) {
+		node = ""
+	}
+	return pod, uid, node
 }
 
 // describeAPIError keeps an API-server error short: the status and reason
