@@ -13,7 +13,9 @@ type metrics struct {
 	issued       prometheus.Counter
 	authFailures *prometheus.CounterVec
 	rejected     *prometheus.CounterVec
-	signSeconds  prometheus.Histogram
+	// impersonation is castellan_ca_impersonation_total (impersonation.go).
+	impersonation *prometheus.CounterVec
+	signSeconds   prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
@@ -59,6 +61,7 @@ func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
 		return 0
 	})
 	reg.MustRegister(m.received, m.issued, m.authFailures, m.rejected, m.signSeconds, rootExpiry, chainExpiry)
+	m.impersonation = newImpersonationCounter(reg)
 	// Make every reason visible from the start, so alerts can use rate().
 	for _, r := range []authn.Reason{authn.ReasonNoToken, authn.ReasonMalformed, authn.ReasonInvalid, authn.ReasonNotServiceAccount, authn.ReasonUnavailable} {
 		m.authFailures.WithLabelValues(string(r))

@@ -90,6 +90,11 @@ type Config struct {
 	Pprof bool
 	// GRPCOptions are appended to the gRPC server's options.
 	GRPCOptions []grpc.ServerOption
+	// Impersonation decides which callers may have an SVID for another
+	// identity (Istio's ImpersonatedIdentity metadata, sent by node
+	// agents), typically a *nodeauth.Authorizer. Nil: impersonation is
+	// always refused.
+	Impersonation ImpersonationAuthorizer
 }
 
 // RotationStatuser is a Source that reports its trust bundle's roots and

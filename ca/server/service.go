@@ -22,8 +22,8 @@ type certService struct {
 	s *Server
 }
 
-// impersonationKey is the metadata field Istio's agents use to ask for
-// another identity's certificate. Castellan never grants it.
+// impersonationKey is the metadata field Istio's node proxies use to ask
+// for another identity's certificate. Only Config.Impersonation grants it.
 const impersonationKey = "ImpersonatedIdentity"
 
 // CreateCertificate authenticates the caller, validates the CSR against the
@@ -32,14 +32,13 @@ func (c *certService) CreateCertificate(ctx context.Context, req *pb.IstioCertif
 	s := c.s
 	s.metrics.received.Inc()
 
-	id, err := s.authenticate(ctx)
+	caller, id, err := s.authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if md := req.GetMetadata(); md != nil {
-		if _, ok := md.GetFields()[impersonationKey]; ok {
-			s.metrics.rejected.WithLabelValues(string(reasonImpersonation)).Inc()
-			return nil, status.Errorf(codes.PermissionDenied, "%s asked to impersonate another identity; impersonation is not supported", id)
+	if v, ok := req.GetMetadata().GetFields()[impersonationKey]; ok {
+		if id, err = s.impersonate(ctx, caller, id, v); err != nil {
+			return nil, err
 		}
 	}
 	if req.GetValidityDuration() < 0 {
@@ -62,15 +61,15 @@ func (c *certService) CreateCertificate(ctx context.Context, req *pb.IstioCertif
 }
 
 // authenticate proves the caller from the bearer token in the request
-// metadata and returns its SPIFFE ID.
-func (s *Server) authenticate(ctx context.Context) (spiffeid.ID, error) {
+// metadata and returns it with its SPIFFE ID.
+func (s *Server) authenticate(ctx context.Context) (authn.Caller, spiffeid.ID, error) {
 	token, err := bearerToken(ctx)
 	if err == nil {
 		var caller authn.Caller
 		if caller, err = s.cfg.Authenticator.Authenticate(ctx, token); err == nil {
 			id, idErr := spiffeid.FromSegments(s.td, "ns", caller.Namespace, "sa", caller.ServiceAccount)
 			if idErr == nil {
-				return id, nil
+				return caller, id, nil
 			}
 			err = authn.Errorf(authn.ReasonNotServiceAccount, "service account %s/%s does not make a valid SPIFFE ID: %v", caller.Namespace, caller.ServiceAccount, idErr)
 		}
@@ -82,7 +81,7 @@ func (s *Server) authenticate(ctx context.Context) (spiffeid.ID, error) {
 	if reason == authn.ReasonUnavailable {
 		code = codes.Unavailable
 	}
-	return spiffeid.ID{}, status.Error(code, "authentication failed: "+strings.TrimPrefix(err.Error(), "authn: "))
+	return authn.Caller{}, spiffeid.ID{}, status.Error(code, "authentication failed: "+strings.TrimPrefix(err.Error(), "authn: "))
 }
 
 // bearerToken extracts the token from "authorization: Bearer <token>".

@@ -1,0 +1,150 @@
+package nodeauth
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func testPod(ns, name, uid, node, sa string, phase corev1.PodPhase) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid), Labels: map[string]string{"app": name},
+			Annotations: map[string]string{"big": string(make([]byte, 4096))}},
+		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: sa,
+			Containers: []corev1.Container{{Name: "app", Image: "app:1", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}}},
+		Status: corev1.PodStatus{Phase: phase},
+	}
+}
+
+// eventually polls cond until it holds; the index is fed asynchronously.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestPodIndex(t *testing.T) {
+	client := fake.NewClientset(
+		testPod("shop", "web-1", "uid-w1", "node-a", "web", corev1.PodRunning),
+		testPod("shop", "db-1", "uid-d1", "node-b", "db", corev1.PodRunning),
+		testPod("shop", "job-1", "uid-j1", "node-a", "job", corev1.PodSucceeded),
+		testPod("shop", "new-1", "uid-n1", "", "new", corev1.PodPending),
+	)
+	reg := prometheus.NewPedanticRegistry()
+	x, err := NewPodIndex(PodIndexConfig{Client: client, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Synced() {
+		t.Fatal("synced before Run")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- x.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	if err := x.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Synced", x.Synced)
+	if err := x.Run(ctx); err == nil {
+		t.Error("second Run accepted")
+	}
+
+	// Stored pods are stripped to the fields of Pod.
+	p, ok := x.Pod("shop", "web-1")
+	want := Pod{Namespace: "shop", Name: "web-1", UID: "uid-w1", NodeName: "node-a", ServiceAccount: "web", Phase: corev1.PodRunning}
+	if !ok || p != want {
+		t.Fatalf("Pod(shop, web-1) = %+v, %v; want %+v", p, ok, want)
+	}
+	obj, _, _ := x.informer.GetStore().GetByKey("shop/web-1")
+	if r, ok := obj.(*podRecord); !ok || r.Labels != nil || r.Annotations != nil {
+		t.Fatalf("stored object %T %+v is not a stripped podRecord", obj, obj)
+	}
+	if uid, ok := x.PodUID("shop", "db-1"); !ok || uid != "uid-d1" {
+		t.Errorf("PodUID(shop, db-1) = %q, %v", uid, ok)
+	}
+	if _, ok := x.PodUID("shop", "nope"); ok {
+		t.Error("PodUID of a missing pod")
+	}
+
+	checks := []struct {
+		node, ns, sa string
+		want         bool
+	}{
+		{"node-a", "shop", "web", true},
+		{"node-b", "shop", "web", false},
+		{"node-b", "shop", "db", true},
+		{"node-a", "shop", "job", false}, // succeeded
+		{"", "shop", "new", false},       // unscheduled
+		{"node-a", "other", "web", false},
+	}
+	for _, c := range checks {
+		if got := x.ActiveOnNode(c.node, ServiceAccount{c.ns, c.sa}); got != c.want {
+			t.Errorf("ActiveOnNode(%s, %s/%s) = %v, want %v", c.node, c.ns, c.sa, got, c.want)
+		}
+	}
+	if n := gauge(t, reg, "castellan_ca_pod_index_pods"); n != 4 {
+		t.Errorf("castellan_ca_pod_index_pods = %v, want 4", n)
+	}
+
+	// Changes are followed: a deleted pod goes, a replaced pod has its new
+	// UID, a pod that finishes no longer counts as active.
+	pods := client.CoreV1().Pods("shop")
+	if err := pods.Delete(ctx, "web-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pods.Create(ctx, testPod("shop", "web-1", "uid-w1-new", "node-b", "web", corev1.PodRunning), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the replaced pod", func() bool { uid, _ := x.PodUID("shop", "web-1"); return uid == "uid-w1-new" })
+	if x.ActiveOnNode("node-a", ServiceAccount{"shop", "web"}) || !x.ActiveOnNode("node-b", ServiceAccount{"shop", "web"}) {
+		t.Error("the index did not follow web-1 to node-b")
+	}
+	db := testPod("shop", "db-1", "uid-d1", "node-b", "db", corev1.PodFailed)
+	if _, err := pods.UpdateStatus(ctx, db, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "db-1 to fail", func() bool { return !x.ActiveOnNode("node-b", ServiceAccount{"shop", "db"}) })
+	if err := pods.Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "db-1 to go", func() bool { _, ok := x.Pod("shop", "db-1"); return !ok })
+}
+
+// gauge returns the value of the unlabelled gauge name in reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("%s not registered", name)
+	return 0
+}
+
+func TestNewPodIndexConfig(t *testing.T) {
+	if _, err := NewPodIndex(PodIndexConfig{}); err == nil {
+		t.Fatal("NewPodIndex accepted no client")
+	}
+}
