@@ -7,7 +7,8 @@
 //
 //   - the agent's own service account is a configured node agent;
 //   - its token is bound to a pod, and that pod exists with the UID the
-//     token names, runs as the agent's service account and is on a node;
+//     token names, is not being deleted, runs as the agent's service
+//     account and is on a node;
 //   - an active pod of the requested service account is on that same node.
 //
 // So a node agent can obtain the identities of the pods on its own node and
@@ -159,6 +160,8 @@ func (a *Authorizer) AuthorizeImpersonation(_ context.Context, caller authn.Call
 		return errorf(ReasonAgentPodGone, "node agent pod %s/%s, named by the token, does not exist", caller.Namespace, caller.PodName)
 	case pod.UID != caller.PodUID:
 		return errorf(ReasonAgentPodGone, "node agent pod %s/%s has UID %s, not the %s the token is bound to (the pod was replaced)", caller.Namespace, caller.PodName, pod.UID, caller.PodUID)
+	case pod.Deleting:
+		return errorf(ReasonAgentPodGone, "node agent pod %s/%s is being deleted", caller.Namespace, caller.PodName)
 	case pod.Phase == corev1.PodSucceeded || pod.Phase == corev1.PodFailed:
 		return errorf(ReasonAgentPodGone, "node agent pod %s/%s has terminated (%s)", caller.Namespace, caller.PodName, pod.Phase)
 	case pod.ServiceAccount != caller.ServiceAccount:
@@ -189,7 +192,8 @@ const (
 	// ReasonTokenNotPodBound: the agent's token names no pod.
 	ReasonTokenNotPodBound Reason = "token_not_pod_bound"
 	// ReasonAgentPodGone: the pod the token is bound to does not exist,
-	// was replaced by another of the same name, or has terminated.
+	// was replaced by another of the same name, is being deleted or has
+	// terminated.
 	ReasonAgentPodGone Reason = "agent_pod_not_found"
 	// ReasonAgentPodMismatch: the pod exists but does not run as the
 	// agent's service account, is not on a node, or is on another node

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +27,9 @@ type Pod struct {
 	// ServiceAccount is spec.serviceAccountName.
 	ServiceAccount string
 	Phase          corev1.PodPhase
+	// Deleting is true once the pod has a deletion timestamp: it may
+	// still run for its grace period.
+	Deleting bool
 }
 
 // Active reports whether the pod is placed on a node and has not
@@ -45,6 +49,11 @@ type PodIndex struct {
 	synced   atomic.Bool
 	running  atomic.Bool
 }
+
+var (
+	_ Pods              = (*PodIndex)(nil)
+	_ authn.ObjectIndex = (*PodIndex)(nil)
+)
 
 // PodIndexConfig configures a PodIndex.
 type PodIndexConfig struct {
@@ -125,12 +134,16 @@ func (x *PodIndex) Pod(namespace, name string) (Pod, bool) {
 	return r.pod(), true
 }
 
-// PodUID returns the UID of the pod namespace/name, and false when the
-// index holds no such pod. A token bound to a pod is still good only while
-// this returns the UID the token names.
-func (x *PodIndex) PodUID(namespace, name string) (string, bool) {
+// LiveUID returns the UID of the pod namespace/name, and false when the
+// index holds no such pod or the pod is being deleted. A token bound to a
+// pod is good only while this returns the UID the token names. It
+// implements authn.ObjectIndex.
+func (x *PodIndex) LiveUID(namespace, name string) (string, bool) {
 	p, ok := x.Pod(namespace, name)
-	return p.UID, ok
+	if !ok || p.Deleting {
+		return "", false
+	}
+	return p.UID, true
 }
 
 // ActiveOnNode reports whether an active pod (see Pod.Active) of service
@@ -159,7 +172,7 @@ func nodeServiceAccountIndex(obj any) ([]string, error) {
 }
 
 // podRecord is the stored form of a pod: its object metadata holds only
-// the name, namespace, UID and resource version, and the rest is four
+// the name, namespace, UID, resource version and deletion timestamp, and the rest is four
 // fields instead of a full PodSpec and PodStatus (about 300 bytes a pod
 // instead of 1.2 KB before any strings).
 type podRecord struct {
@@ -173,6 +186,7 @@ func (r *podRecord) pod() Pod {
 	return Pod{
 		Namespace: r.Namespace, Name: r.Name, UID: string(r.UID),
 		NodeName: r.NodeName, ServiceAccount: r.ServiceAccount, Phase: r.Phase,
+		Deleting: r.DeletionTimestamp != nil,
 	}
 }
 
@@ -197,6 +211,7 @@ func stripPod(obj any) (any, error) {
 	return &podRecord{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			DeletionTimestamp: p.DeletionTimestamp,
 		},
 		NodeName:       p.Spec.NodeName,
 		ServiceAccount: p.Spec.ServiceAccountName,

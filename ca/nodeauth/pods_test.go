@@ -76,11 +76,11 @@ func TestPodIndex(t *testing.T) {
 	if r, ok := obj.(*podRecord); !ok || r.Labels != nil || r.Annotations != nil {
 		t.Fatalf("stored object %T %+v is not a stripped podRecord", obj, obj)
 	}
-	if uid, ok := x.PodUID("shop", "db-1"); !ok || uid != "uid-d1" {
-		t.Errorf("PodUID(shop, db-1) = %q, %v", uid, ok)
+	if uid, ok := x.LiveUID("shop", "db-1"); !ok || uid != "uid-d1" {
+		t.Errorf("LiveUID(shop, db-1) = %q, %v", uid, ok)
 	}
-	if _, ok := x.PodUID("shop", "nope"); ok {
-		t.Error("PodUID of a missing pod")
+	if _, ok := x.LiveUID("shop", "nope"); ok {
+		t.Error("LiveUID of a missing pod")
 	}
 
 	checks := []struct {
@@ -112,7 +112,7 @@ func TestPodIndex(t *testing.T) {
 	if _, err := pods.Create(ctx, testPod("shop", "web-1", "uid-w1-new", "node-b", "web", corev1.PodRunning), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the replaced pod", func() bool { uid, _ := x.PodUID("shop", "web-1"); return uid == "uid-w1-new" })
+	eventually(t, "the replaced pod", func() bool { uid, _ := x.LiveUID("shop", "web-1"); return uid == "uid-w1-new" })
 	if x.ActiveOnNode("node-a", ServiceAccount{"shop", "web"}) || !x.ActiveOnNode("node-b", ServiceAccount{"shop", "web"}) {
 		t.Error("the index did not follow web-1 to node-b")
 	}
@@ -121,6 +121,16 @@ func TestPodIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "db-1 to fail", func() bool { return !x.ActiveOnNode("node-b", ServiceAccount{"shop", "db"}) })
+	// A pod being deleted is still there, but no longer live.
+	now := metav1.Now()
+	db.DeletionTimestamp = &now
+	if _, err := pods.Update(ctx, db, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "db-1 to be deleting", func() bool { _, ok := x.LiveUID("shop", "db-1"); return !ok })
+	if p, ok := x.Pod("shop", "db-1"); !ok || !p.Deleting {
+		t.Errorf("Pod(shop, db-1) = %+v, %v; want it deleting", p, ok)
+	}
 	if err := pods.Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
