@@ -30,8 +30,9 @@ type caFlags struct {
 	rootTTL, rootRotateBefore, rootPropagation           time.Duration
 	tokenReview, pprof                                   bool
 
-	kms  kmsFlags
-	kube kubeFlags
+	kms      kmsFlags
+	kube     kubeFlags
+	nodeAuth nodeAuthFlags
 }
 
 // caDeps are what the pluggable parts of "castellan ca" share.
@@ -82,6 +83,7 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.rootPropagation, "root-propagation-delay", time.Hour, "time a new root sits in the trust bundle before it signs")
 	f.kms.register(fs)
 	f.kube.register(fs)
+	f.nodeAuth.register(fs)
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -128,6 +130,10 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	impersonation, err := f.nodeAuth.authorizer(deps)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(ctx, server.Config{
 		Source:         src,
 		Signer:         signer,
@@ -144,6 +150,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Registerer:     reg,
 		Gatherer:       reg,
 		Pprof:          f.pprof,
+		Impersonation:  impersonation,
 
 		RootTTL:              deps.rootTTL,
 		RootRotateBefore:     deps.rootRotateBefore,

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/castellan-mesh/castellan/ca/nodeauth"
+	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// nodeAuthFlags select the node agents that may ask for the SVIDs of the
+// pods on their node (Istio's ImpersonatedIdentity).
+type nodeAuthFlags struct {
+	agents *cliflag.StringList
+}
+
+func (n *nodeAuthFlags) register(fs *flag.FlagSet) {
+	n.agents = cliflag.NewStringList(nodeauth.DefaultNodeAgent)
+	fs.Var(n.agents, "node-agent-service-account", "service account namespace/name of a node agent, which may obtain the SVIDs of pods on its own node (repeatable; needs get, list and watch on pods)")
+}
+
+// authorizer returns the impersonation rule for the configured node agents,
+// with the pod index it reads added to d.runners. With no cluster to read
+// pods from (offline JWT only, outside a pod, no --kubeconfig), it returns
+// nil and impersonation is refused.
+func (n *nodeAuthFlags) authorizer(d *caDeps) (server.ImpersonationAuthorizer, error) {
+	agents := make([]nodeauth.ServiceAccount, 0, len(n.agents.Values()))
+	for _, v := range n.agents.Values() {
+		sa, err := nodeauth.ParseServiceAccount(v)
+		if err != nil {
+			return nil, usageError{Err: fmt.Errorf("--node-agent-service-account: %w", err)}
+		}
+		agents = append(agents, sa)
+	}
+	cfg, err := kubeConfig(d.kubeconfig)
+	if err != nil {
+		d.log.Warn("no cluster to list pods from: node agents may not impersonate (set --kubeconfig or run in a pod)", "error", err.Error())
+		return nil, nil
+	}
+	// Pods are many and large: list and watch them as protobuf.
+	cfg = rest.CopyConfig(cfg)
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := nodeauth.NewPodIndex(nodeauth.PodIndexConfig{Client: client, Registerer: d.reg})
+	if err != nil {
+		return nil, err
+	}
+	a, err := nodeauth.New(nodeauth.Config{TrustDomain: d.trustDomain, NodeAgents: agents, Pods: pods})
+	if err != nil {
+		return nil, usageError{Err: err}
+	}
+	d.runners = append(d.runners, pods.Run)
+	d.log.Info("node agents may impersonate pods on their node", "node_agents", n.agents.String())
+	return a, nil
+}
