@@ -776,9 +776,20 @@ rules:
 		yaml: ap("foo", "p", `
 rules:
 - from:
-  - source: {principals: ["new.td/ns/bar/*"]}`), checks: []check{
+  - source: {principals: ["new.td/ns/bar/sa/*"]}`), checks: []check{
 			allow(req{principal: "spiffe://old.td/ns/bar/sa/x"}, rn("p", 0)),
+			allow(req{principal: "spiffe://new.td/ns/bar/sa/x"}, rn("p", 0)),
 			deny(req{principal: "spiffe://other.td/ns/bar/sa/x"}, ""),
+		}},
+	// Istio expands aliases only for principals of exactly the form
+	// <td>/ns/<ns>/sa/<sa>: a shorter wildcard stays in its trust domain.
+	{name: "tcp trust domain alias not expanded for other forms", tcp: true, cfg: authz.Config{TrustDomain: "new.td", TrustDomainAliases: []string{"old.td"}},
+		yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {principals: ["new.td/ns/bar/*"]}`), checks: []check{
+			allow(req{principal: "spiffe://new.td/ns/bar/sa/x"}, rn("p", 0)),
+			deny(req{principal: "spiffe://old.td/ns/bar/sa/x"}, ""),
 		}},
 	{name: "tcp dry-run", tcp: true, yaml: pol("AuthorizationPolicy", "foo", "p", "  annotations: {istio.io/dry-run: \"true\"}", `
 action: DENY

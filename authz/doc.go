@@ -24,8 +24,13 @@
 // changed policy applies to before and after the change; only those are
 // recomputed, by concatenating the already-encoded policies.
 //
-// Two choices keep a bad policy from opening the mesh: a policy whose
-// update cannot be read keeps its previous version in force (and is
-// reported), and an AuthorizationPolicy with action CUSTOM, which Castellan
-// cannot hand to an ext_authz server, is enforced as DENY and reported.
+// Bad policies fail closed, never open. A policy that fails validation is
+// enforced in its fail-closed form (see policy.Resource.FailClosedNote): an
+// invalid ALLOW policy allows nothing, an invalid DENY or AUDIT policy
+// denies or audits everything on the workloads it selects, and an invalid
+// PeerAuthentication keeps its mode if it can be read, else STRICT. An
+// object that cannot even be identified keeps the previous version of the
+// policy in force. An AuthorizationPolicy with action CUSTOM, which
+// Castellan cannot hand to an ext_authz server, is enforced as DENY. All
+// are reported.
 package authz

@@ -155,7 +155,9 @@ func (e *Engine) notify() {
 // to, before or after the change. It returns the number of workloads
 // recomputed. An AuthorizationPolicy that cannot be translated is reported
 // (see Problems) and skipped; the error is also returned. A CUSTOM policy is
-// applied (enforced as DENY) and its error reported.
+// applied (enforced as DENY) and its error reported. An invalid policy
+// (Invalid set) is applied in its fail-closed form and its *InvalidError
+// reported and returned.
 func (e *Engine) Apply(r *policy.Resource) (int, error) {
 	if r == nil {
 		return 0, errors.New("authz: nil resource")
@@ -199,13 +201,13 @@ func (e *Engine) Apply(r *policy.Resource) (int, error) {
 		for wk := range e.peerTargets(r) {
 			affected[wk] = struct{}{}
 		}
-		changed := e.setProblem(key, nil)
+		changed := e.setProblem(key, r.InvalidError())
 		n := e.recompute(affected)
 		if changed && n == 0 {
 			e.notify()
 		}
 		e.metrics.applied(r.Kind, n)
-		return n, nil
+		return n, r.InvalidError()
 	}
 	return 0, fmt.Errorf("authz: unsupported kind %q", r.Kind)
 }

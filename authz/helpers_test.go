@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"github.com/castellan-mesh/castellan/authz"
 	"github.com/castellan-mesh/castellan/authz/envoyrbac"
 	"github.com/castellan-mesh/castellan/authz/policy"
@@ -53,6 +55,8 @@ type req struct {
 	headers   map[string]string
 	sni       string
 	auth      rbac.RequestAuth
+	// filterMD is dynamic metadata set by other filters, by filter name.
+	filterMD map[string]map[string]any
 }
 
 func (r req) build(t testing.TB) *envoyrbac.Request {
@@ -97,6 +101,16 @@ func (r req) build(t testing.TB) *envoyrbac.Request {
 		t.Fatal(err)
 	}
 	out.Metadata = md
+	for f, m := range r.filterMD {
+		st, err := structpb.NewStruct(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Metadata == nil {
+			out.Metadata = map[string]*structpb.Struct{}
+		}
+		out.Metadata[f] = st
+	}
 	return out
 }
 

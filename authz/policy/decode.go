@@ -25,9 +25,12 @@ const (
 // Decode decodes every YAML (or JSON) document in data. file names the
 // input in errors. It returns the valid AuthorizationPolicy and
 // PeerAuthentication resources in input order, and an error joining an
-// *Error for every document that was rejected. Documents of other kinds
-// (Deployments, RequestAuthentications, ...) are skipped silently; a
-// "kind: List" document is expanded into its items.
+// *Error for every document with a problem. A resource that fails
+// validation is still returned, in its fail-closed form with Invalid set,
+// when its name can be read. A RequestAuthentication is reported with an
+// *Error wrapping ErrRequestAuthenticationUnsupported. Documents of other
+// kinds (Deployments, ...) are skipped silently; a "kind: List" document is
+// expanded into its items.
 func Decode(data []byte, file string) ([]*Resource, error) {
 	if len(data) > MaxInputSize {
 		return nil, &Error{Origin: Origin{File: file}, Err: fmt.Errorf("input is %d bytes, more than the limit of %d", len(data), MaxInputSize)}
@@ -58,7 +61,8 @@ func Decode(data []byte, file string) ([]*Resource, error) {
 
 // DecodeObject decodes and validates one object given as JSON, for example
 // an object from the Kubernetes API. It returns (nil, nil) for a kind this
-// package does not handle.
+// package does not handle. An invalid resource is returned in its
+// fail-closed form together with the error.
 func DecodeObject(data []byte, origin Origin) (*Resource, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {
@@ -124,6 +128,9 @@ func decodeObject(top map[string]json.RawMessage, origin Origin, prefix string) 
 		return nil, &Error{Origin: origin, Field: prefix + "kind", Err: err}
 	}
 	group, version, _ := strings.Cut(apiVersion, "/")
+	if group == Group && kind == string(KindRequestAuthentication) {
+		return nil, requestAuthenticationNotice(top, origin, prefix)
+	}
 	if group != Group || (kind != string(KindAuthorizationPolicy) && kind != string(KindPeerAuthentication)) {
 		if apiVersion == "" && kind == "" {
 			return nil, &Error{Origin: origin, Err: errors.New("missing apiVersion and kind")}
@@ -174,7 +181,7 @@ func decodeObject(top map[string]json.RawMessage, origin Origin, prefix string) 
 		}
 	}
 	if err := fe.errorsFor(origin, r.Kind, r.Meta.Namespace, r.Meta.Name); err != nil {
-		return nil, err
+		return failClosed(r, spec, err), err
 	}
 	return r, nil
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	securityv1 "istio.io/api/security/v1"
+
 	"github.com/castellan-mesh/castellan/authz/policy"
 )
 
@@ -118,10 +120,17 @@ func TestDecodeSkipsBadKeepsGood(t *testing.T) {
 	if e := policy.Errors(err)[0]; e.Origin.Doc != 1 || e.Origin.Line != 1 || e.Name != "p" {
 		t.Errorf("error origin = %+v %q", e.Origin, e.Name)
 	}
-	if len(rs) != 2 {
-		t.Fatalf("got %d resources, want 2", len(rs))
+	if len(rs) != 3 {
+		t.Fatalf("got %d resources, want 3", len(rs))
 	}
-	if rs[0].Key().String() != "AuthorizationPolicy foo/good" || rs[0].Origin.Doc != 2 {
+	// The bad policy is kept in its fail-closed form: an ALLOW that
+	// matches nothing.
+	if bad := rs[0]; bad.Key().String() != "AuthorizationPolicy foo/p" || bad.Invalid == nil || len(bad.AuthorizationPolicy.GetRules()) != 0 ||
+		bad.AuthorizationPolicy.GetAction() != securityv1.AuthorizationPolicy_ALLOW {
+		t.Errorf("bad = %v invalid %v spec %v", bad.Key(), bad.Invalid, bad.AuthorizationPolicy)
+	}
+	rs = rs[1:]
+	if rs[0].Key().String() != "AuthorizationPolicy foo/good" || rs[0].Origin.Doc != 2 || rs[0].Invalid != nil {
 		t.Errorf("first = %v doc %d", rs[0].Key(), rs[0].Origin.Doc)
 	}
 	if rs[1].Kind != policy.KindPeerAuthentication || rs[1].APIVersion != "security.istio.io/v1beta1" ||
@@ -191,8 +200,8 @@ func TestLoad(t *testing.T) {
 		t.Errorf("loaded %v, want %s", got, want)
 	}
 	errs := policy.Errors(err)
-	if len(errs) != 2 {
-		t.Fatalf("errors = %v, want the duplicate and the bad action", err)
+	if len(errs) != 3 {
+		t.Fatalf("errors = %v, want the duplicate and the bad action (itself a duplicate)", err)
 	}
 	msgs := err.Error()
 	for _, want := range []string{"dup.yaml", "duplicate of the resource at", "bad.yaml", `unknown value "NOPE"`} {

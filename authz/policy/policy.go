@@ -30,6 +30,10 @@ type Kind string
 const (
 	KindAuthorizationPolicy Kind = "AuthorizationPolicy"
 	KindPeerAuthentication  Kind = "PeerAuthentication"
+	// KindRequestAuthentication is recognised so that it can be reported:
+	// Castellan does not configure JWT validation (see
+	// ErrRequestAuthenticationUnsupported).
+	KindRequestAuthentication Kind = "RequestAuthentication"
 )
 
 // Key identifies one resource.
@@ -98,6 +102,12 @@ type Resource struct {
 
 	AuthorizationPolicy *securityv1.AuthorizationPolicy
 	PeerAuthentication  *securityv1.PeerAuthentication
+
+	// Invalid is set when the resource failed decoding or validation; it
+	// holds the problems. The resource then carries only its fail-closed
+	// form (see FailClosedNote): it is enforced at its most restrictive,
+	// never dropped.
+	Invalid error
 }
 
 // Key returns the resource's key.

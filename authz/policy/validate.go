@@ -237,6 +237,8 @@ func validateCondition(c *securityv1.Condition, path string, fe *fieldErrors) {
 		check = checkPrincipal
 	case AttrSourceNamespace:
 		check = checkNamespacePattern
+	case AttrExperimentalFilter:
+		check = checkMetadataValue
 	}
 	checkValues(c.GetValues(), check, path+".values", fe)
 	checkValues(c.GetNotValues(), check, path+".notValues", fe)
@@ -275,6 +277,27 @@ func checkWildcard(v string) error {
 		return nil
 	}
 	return fmt.Errorf("bad wildcard in %q: \"*\" may only be the whole value, its first character or its last", truncate(v, 64))
+}
+
+// checkMetadataValue accepts a value of an experimental.envoy.filters key:
+// a string with Istio's wildcards, or "[v]" for a list element.
+func checkMetadataValue(v string) error {
+	if inner, ok := ListValue(v); ok {
+		if inner == "" {
+			return fmt.Errorf("empty list value %q", truncate(v, 64))
+		}
+		return checkWildcard(inner)
+	}
+	return checkWildcard(v)
+}
+
+// ListValue reports whether a value of an experimental.envoy.filters key is
+// written "[v]", matching a list that holds v, and returns v.
+func ListValue(v string) (string, bool) {
+	if len(v) >= 2 && strings.HasPrefix(v, "[") && strings.HasSuffix(v, "]") {
+		return v[1 : len(v)-1], true
+	}
+	return "", false
 }
 
 func checkPrincipal(v string) error {
@@ -414,7 +437,17 @@ const (
 	AttrDestinationIP    Attribute = "destination.ip"
 	AttrDestinationPort  Attribute = "destination.port"
 	AttrConnectionSNI    Attribute = "connection.sni"
+	// AttrExperimentalFilter is Istio's experimental.envoy.filters.<name>[<key>]:
+	// the dynamic metadata an Envoy filter sets, matched as a string, or as
+	// a list when the value is written "[v]".
+	AttrExperimentalFilter Attribute = "experimental.envoy.filters"
 )
+
+// experimentalPrefix starts an AttrExperimentalFilter key.
+const experimentalPrefix = "experimental.envoy.filters."
+
+// filterName is an Envoy filter name after "envoy.filters.".
+var filterName = regexp.MustCompile(`^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$`)
 
 // HTTPOnly reports whether the attribute exists only for HTTP requests.
 func (a Attribute) HTTPOnly() bool {
@@ -425,7 +458,9 @@ func (a Attribute) HTTPOnly() bool {
 type ConditionKey struct {
 	Attribute Attribute
 	// Args holds the bracketed names: the header name of
-	// request.headers[name], or the claim path of request.auth.claims[a][b].
+	// request.headers[name], or the claim path of request.auth.claims[a][b];
+	// for AttrExperimentalFilter, the filter name ("envoy.filters.a.b") and
+	// the metadata key.
 	Args []string
 }
 
@@ -454,6 +489,13 @@ func ParseConditionKey(key string) (ConditionKey, error) {
 			return ConditionKey{}, fmt.Errorf("malformed claim key %q: want request.auth.claims[<name>] or request.auth.claims[<a>][<b>]", truncate(key, 64))
 		}
 		return ConditionKey{Attribute: AttrRequestClaims, Args: names}, nil
+	case strings.HasPrefix(key, experimentalPrefix):
+		filter, rest, ok := strings.Cut(strings.TrimPrefix(key, experimentalPrefix), "[")
+		name, closed := strings.CutSuffix(rest, "]")
+		if !ok || !closed || name == "" || !filterName.MatchString(filter) {
+			return ConditionKey{}, fmt.Errorf("malformed key %q: want experimental.envoy.filters.<filter>[<metadata key>]", truncate(key, 64))
+		}
+		return ConditionKey{Attribute: AttrExperimentalFilter, Args: []string{"envoy.filters." + filter, name}}, nil
 	case key == string(AttrRequestHeaders) || key == string(AttrRequestClaims):
 		return ConditionKey{}, fmt.Errorf("malformed key %q: want %s[<name>]", key, key)
 	}

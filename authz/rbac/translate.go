@@ -148,6 +148,11 @@ func (t *Translator) Translate(r *policy.Resource) (*Translation, error) {
 	default:
 		return nil, fmt.Errorf("rbac: %s: unknown action %v", r.Key(), spec.GetAction())
 	}
+	if r.Invalid != nil {
+		// The resource is already in its fail-closed form; its problems
+		// are reported with it.
+		err = r.InvalidError()
+	}
 	ns, name := r.Meta.Namespace, r.Meta.Name
 	if len(spec.GetRules()) == 0 {
 		never, nerr := newRule(RuleName(ns, name, 0), matchNever())
@@ -411,6 +416,11 @@ func (g *generator) conditions(when []*securityv1.Condition) ([]*rbacv3.Permissi
 			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genPort)
 		case policy.AttrConnectionSNI:
 			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genSNI)
+		case policy.AttrExperimentalFilter:
+			filter, mdKey := key.Args[0], key.Args[1]
+			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, func(v string) (*rbacv3.Permission, error) {
+				return genFilterMetadata(filter, mdKey, v), nil
+			})
 		default:
 			var gen func(string) ([]*rbacv3.Principal, error)
 			switch key.Attribute {
@@ -478,6 +488,25 @@ func genSNI(v string) (*rbacv3.Permission, error) {
 	return &rbacv3.Permission{Rule: &rbacv3.Permission_RequestedServerName{RequestedServerName: stringMatcher(v, "", false)}}, nil
 }
 
+// genFilterMetadata matches the dynamic metadata key of an Envoy filter
+// (experimental.envoy.filters.*): a string value, or with "[v]" a list
+// holding v.
+func genFilterMetadata(filter, key, v string) *rbacv3.Permission {
+	var vm *matcherv3.ValueMatcher
+	if inner, ok := policy.ListValue(v); ok {
+		vm = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{
+			MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: &matcherv3.ValueMatcher{
+				MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatcher(inner, "", false)}}},
+		}}}
+	} else {
+		vm = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatcher(v, "", false)}}
+	}
+	m := &matcherv3.MetadataMatcher{Filter: filter, Path: []*matcherv3.MetadataMatcher_PathSegment{
+		{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: key}},
+	}, Value: vm}
+	return &rbacv3.Permission{Rule: &rbacv3.Permission_Metadata{Metadata: m}}
+}
+
 // uriTemplateExtension is the name Envoy knows the URI template matcher by.
 const uriTemplateExtension = "envoy.path.match.uri_template.uri_template_matcher"
 
@@ -501,9 +530,10 @@ func genPath(v string) (*rbacv3.Permission, error) {
 	}}}, nil
 }
 
-// genPrincipal matches the peer's SPIFFE ID. A principal in a trust domain
-// of the bundle (the local one or an alias) matches the same path in every
-// trust domain of the bundle.
+// genPrincipal matches the peer's SPIFFE ID: "spiffe://" followed by the
+// value, with Istio's wildcards ("*" any non-empty ID, "*x" any ID ending
+// in x, "x*" any ID starting with x). Trust-domain aliases are expanded as
+// Istio does (see principalVariants).
 func (t *Translator) genPrincipal(v string) ([]*rbacv3.Principal, error) {
 	var out []*rbacv3.Principal
 	for _, p := range t.principalVariants(v) {
@@ -512,16 +542,52 @@ func (t *Translator) genPrincipal(v string) ([]*rbacv3.Principal, error) {
 	return out, nil
 }
 
+// localTrustDomain is the trust domain Istio reads, in a principal, as "the
+// mesh's own trust domain, whatever it is".
+const localTrustDomain = "cluster.local"
+
+// principalVariants expands a principal over the trust domain bundle with
+// Istio's rules. Only a principal of exactly the form
+// <td>/ns/<ns>/sa/<sa> (five '/'-separated parts) whose trust domain is not
+// "*" is expanded, and only when its trust domain is in the bundle or is
+// "cluster.local"; it then becomes one principal per trust domain of the
+// bundle (the trust domain replaced, or kept when a "*suffix" trust domain
+// already matches it). Any other principal, including one in a foreign
+// trust domain or with extra path segments, is matched as written.
 func (t *Translator) principalVariants(v string) []string {
-	td, rest, ok := strings.Cut(v, "/")
-	if !ok || len(t.bundle) < 2 || strings.Contains(td, "*") || !slices.Contains(t.bundle, td) {
+	parts := strings.Split(v, "/")
+	if len(parts) != 5 || parts[0] == "*" {
+		return []string{v}
+	}
+	td := parts[0]
+	if td != localTrustDomain && !slices.ContainsFunc(t.bundle, func(b string) bool { return trustDomainMatches(td, b) }) {
 		return []string{v}
 	}
 	out := make([]string, 0, len(t.bundle))
 	for _, b := range t.bundle {
-		out = append(out, b+"/"+rest)
+		p := b + "/" + strings.Join(parts[1:], "/")
+		if strings.HasPrefix(td, "*") && strings.HasSuffix(b, td[1:]) {
+			p = v
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
 	}
 	return out
+}
+
+// trustDomainMatches reports whether td equals the bundle entry b, with the
+// wildcards b may hold ("*", "x*", "*x").
+func trustDomainMatches(td, b string) bool {
+	switch {
+	case td == b || b == "*":
+		return true
+	case strings.HasSuffix(b, "*"):
+		return strings.HasPrefix(td, b[:len(b)-1])
+	case strings.HasPrefix(b, "*"):
+		return strings.HasSuffix(td, b[1:])
+	}
+	return false
 }
 
 // genRequestPrincipal matches "<iss>/<sub>" against the iss and sub
@@ -580,21 +646,36 @@ func metadataPrincipal(m func(string) *matcherv3.MetadataMatcher) func(string) (
 	}
 }
 
-// genNamespace matches the /ns/<namespace>/ segment of the peer's SPIFFE
-// ID, in any trust domain.
+// genNamespace matches a peer whose ID holds the path segments
+// /ns/<namespace>/ anywhere, in any trust domain and whatever segments come
+// before or after, as Istio's matcher does; "*" in the value matches any
+// characters, '/' included.
 func genNamespace(v string) ([]*rbacv3.Principal, error) {
-	return []*rbacv3.Principal{principalAuthenticated(regexMatcher(`spiffe://[^/]+/ns/` + segmentPattern(v) + `/.*`))}, nil
+	return []*rbacv3.Principal{principalAuthenticated(regexMatcher(`.*/ns/` + wildcardPattern(v) + `/.*`))}, nil
 }
 
 // genServiceAccount matches "<ns>/<sa>" or "<sa>" (in the policy's
-// namespace) as the peer's SPIFFE ID, in any trust domain.
+// namespace) with Istio's rule: a SPIFFE ID in any trust domain with the
+// segments /ns/<ns>/, then optionally more segments, then /sa/<sa>, and
+// then either the end or more segments, so .../sa/web/extra matches but
+// .../sa/web-x does not.
 func (g *generator) genServiceAccount(v string) ([]*rbacv3.Principal, error) {
 	ns, sa, ok := strings.Cut(v, "/")
 	if !ok {
 		ns, sa = g.ns, v
 	}
-	re := `spiffe://[^/]+/ns/` + regexp.QuoteMeta(ns) + `/sa/` + regexp.QuoteMeta(sa)
+	re := `spiffe://.+/ns/` + regexp.QuoteMeta(ns) + `/(.+/|)sa/` + regexp.QuoteMeta(sa) + `(/.+)?`
 	return []*rbacv3.Principal{principalAuthenticated(regexMatcher(re))}, nil
+}
+
+// wildcardPattern turns a value whose '*' match any characters into a
+// regular expression; every literal part is escaped.
+func wildcardPattern(v string) string {
+	parts := strings.Split(v, "*")
+	for i, p := range parts {
+		parts[i] = regexp.QuoteMeta(p)
+	}
+	return strings.Join(parts, ".*")
 }
 
 func genTrustDomain(v string) ([]*rbacv3.Principal, error) {

@@ -33,11 +33,12 @@ var (
 
 // Sink receives policy changes. *authz.Engine implements it.
 type Sink interface {
-	// Apply adds or replaces a valid policy.
+	// Apply adds or replaces a policy: a valid one, or the fail-closed
+	// form of an invalid one.
 	Apply(r *policy.Resource) (int, error)
 	// Delete removes a policy.
 	Delete(key policy.Key) int
-	// Reject reports a policy that could not be read; its previous valid
+	// Reject reports a policy that could not be read at all; its previous
 	// version, if any, stays in force.
 	Reject(key policy.Key, err error)
 }
@@ -174,15 +175,15 @@ func (s *Source) upsert(obj any) {
 	}
 	r, err := policy.DecodeObject(data, policy.Origin{})
 	switch {
-	case err != nil:
-		s.log.Warn("watch: policy rejected; any previous version stays in force", "policy", key.String(), "error", err)
-		s.sink.Reject(key, err)
-	case r == nil:
-		// Not a kind we handle (cannot happen for these resources).
-	default:
-		// Problems such as an unsupported CUSTOM action are recorded by
-		// the sink itself.
+	case r != nil:
+		// An invalid policy comes in its fail-closed form. Its problems,
+		// like an unsupported CUSTOM action, are recorded by the sink.
 		_, _ = s.sink.Apply(r)
+	case err != nil:
+		s.log.Warn("watch: policy cannot be identified; any previous version stays in force", "policy", key.String(), "error", err)
+		s.sink.Reject(key, err)
+	default:
+		// Not a kind we handle (cannot happen for these resources).
 	}
 }
 

@@ -138,6 +138,10 @@ func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig,
 	problems := 0
 	report := func(err error) {
 		for _, pe := range policy.Errors(err) {
+			if errors.Is(pe, policy.ErrRequestAuthenticationUnsupported) {
+				fmt.Fprintf(stderr, "notice: %v\n", pe)
+				continue
+			}
 			fmt.Fprintf(stderr, "warning: %v\n", pe)
 			problems++
 		}
@@ -153,7 +157,12 @@ func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig,
 		}
 		report(err)
 		for _, r := range rs {
-			if _, err := e.Apply(r); err != nil {
+			_, err := e.Apply(r)
+			switch {
+			case r.Invalid != nil:
+				// Its problems were reported above; say how it is enforced.
+				fmt.Fprintf(stderr, "fail-closed: %s\n", r.FailClosedNote())
+			case err != nil:
 				report(err)
 			}
 		}

@@ -218,3 +218,37 @@ func TestAuthzErrors(t *testing.T) {
 		t.Errorf("-h: exit %d", code)
 	}
 }
+
+// TestAuthzCheckFailsClosed is the regression for a typo in the only ALLOW
+// policy of a workload: the policy used to be dropped and the request
+// allowed.
+func TestAuthzCheckFailsClosed(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, field string) string {
+		p := filepath.Join(dir, name)
+		doc := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-client, namespace: foo}\n" +
+			"spec:\n  selector: {matchLabels: {app: web}}\n  rules:\n  - from:\n    - source: {" + field + ": [\"cluster.local/ns/bar/sa/client\"]}\n" +
+			"---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: foo}\nspec: {}\n"
+		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	args := []string{"check", "--workload", "foo/web", "--labels", "app=web", "--source-principal", "spiffe://cluster.local/ns/bar/sa/client"}
+	code, out, errOut := runAuthzCLI(t, append(args, "--policies", write("good.yaml", "principals"))...)
+	if code != 0 || !strings.HasPrefix(out, "ALLOW") {
+		t.Fatalf("valid policy: exit %d, %s %s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "notice:") || !strings.Contains(errOut, "RequestAuthentication is not enforced") {
+		t.Errorf("RequestAuthentication not reported: %s", errOut)
+	}
+	code, out, errOut = runAuthzCLI(t, append(args, "--policies", write("typo.yaml", "principal"))...)
+	if code != authzExitDeny || !strings.HasPrefix(out, "DENY") {
+		t.Fatalf("policy with a typo: exit %d, %s %s", code, out, errOut)
+	}
+	for _, want := range []string{"typo.yaml: document 1", "spec.rules[0].from[0].source.principal", "fail-closed:", "ALLOW policy that matches nothing"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q: %s", want, errOut)
+		}
+	}
+}
