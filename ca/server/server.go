@@ -86,8 +86,14 @@ type Config struct {
 	// ReloadInterval is how often the data directory is checked for
 	// changes (new cacerts, rotation steps). Default: 5s.
 	ReloadInterval time.Duration
-	// Pprof serves net/http/pprof under /debug/pprof/ on HTTPAddr.
-	Pprof bool
+	// PprofAddr, if set, serves net/http/pprof under /debug/pprof/ on
+	// this address, which must be a loopback address: the profiles are
+	// unauthenticated. Empty: pprof is not served. It is never served on
+	// HTTPAddr.
+	PprofAddr string
+	// Limits bound headers, streams, connections and failed
+	// authentications per peer (see Limits). Zero values are defaults.
+	Limits Limits
 	// GRPCOptions are appended to the gRPC server's options.
 	GRPCOptions []grpc.ServerOption
 	// Impersonation decides which callers may have an SVID for another
@@ -124,6 +130,14 @@ type Server struct {
 	servingMu   sync.Mutex
 	serving     *tls.Certificate
 	servingAuth *ca.Authority
+
+	// limits.go
+	limits       Limits
+	limitMetrics *limitMetrics
+	peers        *peerLimiter
+	failLogs     *logLimiter
+	pprofLis     net.Listener
+	pprof        *http.Server
 }
 
 // New loads the CA material, binds both listeners and returns a Server
@@ -194,6 +208,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: HTTP listener: %w", err)
 		}
 	}
+	s.setupLimits(cfg.Registerer)
+	if err := s.listenPprof(); err != nil {
+		s.grpcLis.Close()
+		if s.httpLis != nil {
+			s.httpLis.Close()
+		}
+		return nil, err
+	}
 	s.grpc = s.newGRPCServer()
 	s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
@@ -215,6 +237,7 @@ func (s *Server) newGRPCServer() *grpc.Server {
 		// for a new goroutine's stack growth.
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 	}
+	opts = append(opts, s.grpcLimitOptions()...)
 	opts = append(opts, s.cfg.GRPCOptions...)
 	g := grpc.NewServer(opts...)
 	pb.RegisterIstioCertificateServiceServer(g, &certService{s: s})
@@ -255,6 +278,14 @@ func (s *Server) Serve(ctx context.Context) error {
 			return nil
 		})
 	}
+	if s.pprofLis != nil {
+		g.Go(func() error {
+			if err := s.pprof.Serve(s.pprofLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("server: pprof: %w", err)
+			}
+			return nil
+		})
+	}
 	if s.store != nil {
 		g.Go(func() error { return s.store.Run(ctx) })
 	}
@@ -277,6 +308,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = s.http.Shutdown(sctx)
+		if s.pprof != nil {
+			_ = s.pprof.Shutdown(sctx)
+		}
 		return nil
 	})
 	s.log.Info("CA serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(), "trust_domain", s.td.Name())

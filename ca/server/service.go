@@ -76,7 +76,9 @@ func (s *Server) authenticate(ctx context.Context) (authn.Caller, spiffeid.ID, e
 	}
 	reason := authn.ReasonOf(err)
 	s.metrics.authFailures.WithLabelValues(string(reason)).Inc()
-	s.log.InfoContext(ctx, "authentication failed", "reason", string(reason), "error", err.Error(), "peer", peerAddr(ctx))
+	if s.failLogs.allow() {
+		s.log.InfoContext(ctx, "authentication failed", "reason", string(reason), "error", err.Error(), "peer", peerAddr(ctx))
+	}
 	code := codes.Unauthenticated
 	if reason == authn.ReasonUnavailable {
 		code = codes.Unavailable

@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +32,7 @@ type caFlags struct {
 	kms      kmsFlags
 	kube     kubeFlags
 	nodeAuth nodeAuthFlags
+	auth     authFlags
 }
 
 // caDeps are what the pluggable parts of "castellan ca" share.
@@ -49,6 +49,8 @@ type caDeps struct {
 	policy material.RotationPolicy
 	// runners are background jobs started with the server.
 	runners []func(context.Context) error
+	// pods is the shared pod index (see podIndex), nil until asked for.
+	pods *nodeauth.PodIndex
 }
 
 // kubeClient returns a client for the configured cluster.
@@ -77,13 +79,14 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest SVID lifetime granted")
 	fs.DurationVar(&f.authCacheTTL, "auth-cache-ttl", 5*time.Minute, "longest time a successful token check is reused (never past the token's exp)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --pprof-addr (a loopback address; never on --http-addr)")
 	fs.DurationVar(&f.rootTTL, "root-ttl", 10*365*24*time.Hour, "lifetime of a new self-signed root")
 	fs.DurationVar(&f.rootRotateBefore, "root-rotate-before", 365*24*time.Hour, "rotate a self-signed root automatically when less than this is left (0 disables)")
 	fs.DurationVar(&f.rootPropagation, "root-propagation-delay", time.Hour, "time a new root sits in the trust bundle before it signs")
 	f.kms.register(fs)
 	f.kube.register(fs)
 	f.nodeAuth.register(fs)
+	f.auth.register(fs)
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -107,13 +110,17 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	auth, err := f.authenticator(ctx, reg)
-	if err != nil {
-		return err
-	}
 	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
 		rootTTL: f.rootTTL, rootRotateBefore: f.rootRotateBefore,
 		policy: material.RotationPolicy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}
+	auth, err := f.authenticator(ctx, deps)
+	if err != nil {
+		return err
+	}
+	pprofAddr := ""
+	if f.pprof {
+		pprofAddr = f.auth.pprofAddr
+	}
 	signer, err := f.kms.signer(ctx, deps)
 	if err != nil {
 		return err
@@ -149,7 +156,8 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Logger:         log,
 		Registerer:     reg,
 		Gatherer:       reg,
-		Pprof:          f.pprof,
+		PprofAddr:      pprofAddr,
+		Limits:         f.auth.limits(),
 		Impersonation:  impersonation,
 
 		RootTTL:              deps.rootTTL,
@@ -160,41 +168,6 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return srv.Serve(ctx)
-}
-
-// authenticator builds the token checks the flags ask for, behind one cache.
-func (f *caFlags) authenticator(ctx context.Context, reg prometheus.Registerer) (authn.Authenticator, error) {
-	var fallback authn.Authenticator
-	if f.tokenReview {
-		cfg, err := kubeConfig(f.kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("TokenReview needs a cluster (set --kubeconfig, run in a pod, or pass --token-review=false): %w", err)
-		}
-		client, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return nil, err
-		}
-		tr, err := authn.NewTokenReview(authn.TokenReviewConfig{Client: client, Audiences: f.audiences.Values(), Registerer: reg})
-		if err != nil {
-			return nil, err
-		}
-		fallback = tr
-	}
-	issuers := map[string]authn.Authenticator{}
-	if f.jwtIssuer != "" || f.jwksFile != "" {
-		if f.jwtIssuer == "" {
-			return nil, usageError{Err: errors.New("--jwks-file needs --jwt-issuer")}
-		}
-		j, err := authn.NewJWT(ctx, authn.JWTConfig{Issuer: f.jwtIssuer, Audiences: f.audiences.Values(), JWKSFile: f.jwksFile})
-		if err != nil {
-			return nil, err
-		}
-		issuers[f.jwtIssuer] = j
-	}
-	if fallback == nil && len(issuers) == 0 {
-		return nil, usageError{Err: errors.New("no authenticator: enable --token-review or set --jwt-issuer")}
-	}
-	return authn.NewCache(authn.NewByIssuer(issuers, fallback), authn.CacheConfig{MaxTTL: f.authCacheTTL, Registerer: reg})
 }
 
 // kubeConfig loads path, or the in-cluster config when path is empty.
