@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/castellan-mesh/castellan/authz/mtls"
@@ -46,6 +47,9 @@ type WorkloadConfig struct {
 	// HTTPFilters and NetworkFilters are the RBAC filters, in order.
 	HTTPFilters    []*hcmv3.HttpFilter
 	NetworkFilters []*listenerv3.Filter
+	// FilterActions holds the action (LOG, DENY or ALLOW) of
+	// HTTPFilters[i] and NetworkFilters[i].
+	FilterActions []rbacv3.RBAC_Action
 	// Policies lists the AuthorizationPolicies applied, sorted.
 	Policies []policy.Key
 	// Notes carries the translation notes of those policies (rules
@@ -427,6 +431,7 @@ func (e *Engine) build(ent *workloadEntry, gen uint64) (*WorkloadConfig, error) 
 		Workload:       ent.w,
 		HTTPFilters:    filters.HTTP,
 		NetworkFilters: filters.Network,
+		FilterActions:  filters.Actions,
 		Policies:       keys,
 		Notes:          notes,
 		MTLS:           res,

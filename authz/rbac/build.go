@@ -34,6 +34,8 @@ type Filters struct {
 	// Network goes into the filters of a TCP filter chain, before the proxy
 	// filter.
 	Network []*listenerv3.Filter
+	// Actions holds the action of HTTP[i] and Network[i].
+	Actions []rbacv3.RBAC_Action
 }
 
 // actionOrder is the order of the filters.
@@ -134,6 +136,7 @@ func Build(ts []*Translation) (*Filters, error) {
 		}}}
 		f.HTTP = append(f.HTTP, hf)
 		f.Network = append(f.Network, nf)
+		f.Actions = append(f.Actions, action)
 	}
 	return f, nil
 }

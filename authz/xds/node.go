@@ -1,0 +1,70 @@
+package xds
+
+import (
+	"fmt"
+	"strings"
+)
+
+// maxNodeIDLength bounds a node ID; Istio's are far shorter.
+const maxNodeIDLength = 1024
+
+// Proxy is the workload a node ID names.
+type Proxy struct {
+	// Type is "sidecar" or "router".
+	Type      string
+	IP        string
+	Pod       string
+	Namespace string
+}
+
+// ParseNodeID parses a node ID in Istio's form
+// "sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local" (the
+// domain may be any cluster domain; the type may also be "router").
+func ParseNodeID(id string) (Proxy, error) {
+	if len(id) > maxNodeIDLength {
+		return Proxy{}, fmt.Errorf("node ID is %d bytes, more than the limit of %d", len(id), maxNodeIDLength)
+	}
+	parts := strings.Split(id, "~")
+	if len(parts) != 4 {
+		return Proxy{}, fmt.Errorf("node ID %q: want <type>~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>", truncate(id, 128))
+	}
+	p := Proxy{Type: parts[0], IP: parts[1]}
+	if p.Type != "sidecar" && p.Type != "router" {
+		return Proxy{}, fmt.Errorf("node ID %q: type %q is not sidecar or router", truncate(id, 128), truncate(p.Type, 32))
+	}
+	i := strings.LastIndexByte(parts[2], '.')
+	if i <= 0 || i == len(parts[2])-1 {
+		return Proxy{}, fmt.Errorf("node ID %q: %q is not <pod>.<namespace>", truncate(id, 128), truncate(parts[2], 128))
+	}
+	p.Pod, p.Namespace = parts[2][:i], parts[2][i+1:]
+	ns, _, _ := strings.Cut(parts[3], ".")
+	if ns != p.Namespace {
+		return Proxy{}, fmt.Errorf("node ID %q: domain %q is not in namespace %q", truncate(id, 128), truncate(parts[3], 128), p.Namespace)
+	}
+	if !validName(p.Pod, 253) || !validName(p.Namespace, 63) || strings.Contains(p.Namespace, ".") {
+		return Proxy{}, fmt.Errorf("node ID %q: invalid pod or namespace name", truncate(id, 128))
+	}
+	return p, nil
+}
+
+// validName reports whether s is a lower-case DNS name of at most max
+// bytes.
+func validName(s string, max int) bool {
+	if s == "" || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
