@@ -22,7 +22,9 @@ func Analyze(in Input, opts Options) *Report {
 	for i, c := range in.Chain {
 		ref := fmt.Sprintf("chain[%d]", i)
 		a.refs[c] = ref
-		a.r.Certificates = append(a.r.Certificates, describe(c, ref, roleOf(c, i), a.now))
+		d := describe(c, ref, a.now)
+		d.Role = roleOf(i, d.SelfSigned)
+		a.r.Certificates = append(a.r.Certificates, d)
 	}
 	if len(in.Bundle) > 0 {
 		a.r.Bundle = &Bundle{Source: in.BundleSource, Certificates: []Certificate{}}
@@ -31,11 +33,9 @@ func Analyze(in Input, opts Options) *Report {
 			if _, dup := a.refs[c]; !dup {
 				a.refs[c] = ref
 			}
-			role := "intermediate"
-			if selfSigned(c) {
-				role = "root"
-			}
-			a.r.Bundle.Certificates = append(a.r.Bundle.Certificates, describe(c, ref, role, a.now))
+			d := describe(c, ref, a.now)
+			d.Role = roleOf(1, d.SelfSigned)
+			a.r.Bundle.Certificates = append(a.r.Bundle.Certificates, d)
 		}
 	}
 

@@ -23,11 +23,11 @@ var (
 	oidExtKeyUsage    = asn1.ObjectIdentifier{2, 5, 29, 37}
 )
 
-// describe turns cert into its report form, judged at now.
-func describe(cert *x509.Certificate, ref, role string, now time.Time) Certificate {
+// describe turns cert into its report form, judged at now. The caller sets
+// its Role.
+func describe(cert *x509.Certificate, ref string, now time.Time) Certificate {
 	c := Certificate{
 		Ref:                ref,
-		Role:               role,
 		Subject:            cert.Subject.String(),
 		Issuer:             cert.Issuer.String(),
 		Serial:             serialHex(cert),
@@ -72,12 +72,13 @@ func spiffeIDFromURI(u *url.URL) (spiffeid.ID, error) {
 	return spiffeid.FromURI(u)
 }
 
-// roleOf names the role of the certificate at index i of a chain.
-func roleOf(cert *x509.Certificate, i int) string {
+// roleOf names the role of the certificate at index i of a chain (any i
+// above 0 for a bundle certificate), given whether it is self-signed.
+func roleOf(i int, selfSigned bool) string {
 	switch {
 	case i == 0:
 		return "leaf"
-	case selfSigned(cert):
+	case selfSigned:
 		return "root"
 	default:
 		return "intermediate"

@@ -56,13 +56,14 @@ func parseCertificates(data []byte) ([]*x509.Certificate, error) {
 	var (
 		certs []*x509.Certificate
 		other []string
+		lines lineCounter
 	)
 	for n, rest := 1, data; ; n++ {
 		start := bytes.Index(rest, pemStart)
 		if start < 0 {
 			break
 		}
-		line := lineOf(data, len(data)-len(rest)+start)
+		line := lines.at(data, len(data)-len(rest)+start)
 		block, next := decodeOne(rest[start:])
 		if block == nil {
 			return nil, fmt.Errorf("PEM block %d at line %d is malformed (bad base64 or no END line)", n, line)
@@ -107,12 +108,13 @@ func parseKey(data []byte) (crypto.PublicKey, error) {
 			return parseKeyDER(data, "")
 		}
 	}
+	var lines lineCounter
 	for n, rest := 1, data; ; n++ {
 		start := bytes.Index(rest, pemStart)
 		if start < 0 {
 			return nil, ErrNoKey
 		}
-		line := lineOf(data, len(data)-len(rest)+start)
+		line := lines.at(data, len(data)-len(rest)+start)
 		block, next := decodeOne(rest[start:])
 		if block == nil {
 			return nil, fmt.Errorf("PEM block %d at line %d is malformed (bad base64 or no END line)", n, line)
@@ -197,14 +199,50 @@ func decodeOne(data []byte) (*pem.Block, []byte) {
 	return block, data[end-len(remain):]
 }
 
-// lineOf returns the 1-based line number of offset in data.
-func lineOf(data []byte, offset int) int {
-	return bytes.Count(data[:offset], []byte("\n")) + 1
+// lineCounter turns byte offsets into 1-based line numbers. Offsets must
+// not decrease from one call to the next: each call counts only the
+// newlines since the previous one, so numbering every block of an input is
+// linear in its size, not quadratic.
+type lineCounter struct {
+	offset int // bytes already counted
+	line   int // newlines in data[:offset]
 }
 
+// at returns the 1-based line number of offset in data.
+func (c *lineCounter) at(data []byte, offset int) int {
+	c.line += bytes.Count(data[c.offset:offset], []byte("\n"))
+	c.offset = offset
+	return c.line + 1
+}
+
+// maxTypesListed bounds how many distinct block types an error lists.
+const maxTypesListed = 8
+
+// describeTypes lists the distinct block types seen, in order of first
+// appearance, with a count when a type repeats, and at most maxTypesListed
+// of them, so that an error about a large input stays short.
 func describeTypes(types []string) string {
 	if len(types) == 0 {
 		return "no PEM block"
 	}
-	return strings.Join(types, ", ")
+	counts := make(map[string]int)
+	var order []string
+	for _, t := range types {
+		if counts[t] == 0 {
+			order = append(order, t)
+		}
+		counts[t]++
+	}
+	parts := make([]string, 0, min(len(order), maxTypesListed)+1)
+	for i, t := range order {
+		if i == maxTypesListed {
+			parts = append(parts, fmt.Sprintf("and %d other types", len(order)-maxTypesListed))
+			break
+		}
+		if counts[t] > 1 {
+			t = fmt.Sprintf("%s ×%d", t, counts[t])
+		}
+		parts = append(parts, t)
+	}
+	return strings.Join(parts, ", ")
 }

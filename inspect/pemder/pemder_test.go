@@ -190,3 +190,55 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+// bigPEM returns about size bytes of PEM: the leaf certificate repeated,
+// each block preceded by a comment line, as a long bundle file would be.
+func bigPEM(t testing.TB, size int) ([]byte, int) {
+	p := testpki.New(t)
+	block := append([]byte("# a bundle entry\n"), testpki.CertPEM(p.Leaf)...)
+	n := size / len(block)
+	return bytes.Repeat(block, n), n
+}
+
+// TestParseCertificatesInputCap parses an input at the inspect input cap
+// (16 MiB, tens of thousands of blocks). Each block's line number used to
+// be counted from the start of the input, which made this quadratic: over
+// five minutes. The deadline is far above the linear cost (well under two
+// seconds; see BenchmarkParseCertificatesInputCap) and far below the old one.
+func TestParseCertificatesInputCap(t *testing.T) {
+	data, n := bigPEM(t, 16<<20)
+	done := make(chan error, 1)
+	go func() {
+		certs, err := pemder.ParseCertificates(data)
+		if err == nil && len(certs) != n {
+			err = fmt.Errorf("%d certificates, want %d", len(certs), n)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("parsing %d PEM blocks (16 MiB) took over a minute: not linear", n)
+	}
+	// The error for a large input without certificates stays short.
+	keys := bytes.Repeat(testpki.KeyPEM(t, testpki.Key(t)), 10000)
+	_, err := pemder.ParseCertificates(keys)
+	if err == nil || len(err.Error()) > 200 || !strings.Contains(err.Error(), "PRIVATE KEY ×10000") {
+		t.Fatalf("error for 10,000 key blocks: %v", err)
+	}
+}
+
+// BenchmarkParseCertificatesInputCap measures a 16 MiB PEM input.
+func BenchmarkParseCertificatesInputCap(b *testing.B) {
+	data, n := bigPEM(b, 16<<20)
+	b.SetBytes(int64(len(data)))
+	b.ReportMetric(float64(n), "blocks")
+	for b.Loop() {
+		if _, err := pemder.ParseCertificates(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
