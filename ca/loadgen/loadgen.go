@@ -55,6 +55,11 @@ type Config struct {
 	Requests int
 	// Warmup runs before measuring (connections, caches). Default: 1s.
 	Warmup time.Duration
+	// Once uses each token for exactly one request, with no warm-up: every
+	// request brings a token the CA has never seen, as a rollout of new
+	// pods does. The run ends after len(Tokens) requests; Duration,
+	// Requests and Warmup are ignored.
+	Once bool
 }
 
 // Result is what a run measured.
@@ -164,20 +169,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		defer c.Close()
 		clients[i] = c
 	}
-	// Warm up: connect, and let the CA cache every token.
-	wctx, cancel := context.WithTimeout(ctx, cfg.Warmup+30*time.Second)
-	for i, tok := range cfg.Tokens {
-		if _, err := clients[i%len(clients)].CreateCertificate(wctx, tok, cfg.CSRs[i%len(cfg.CSRs)], 0); err != nil {
-			cancel()
-			return nil, fmt.Errorf("loadgen: warm-up request failed: %w", err)
+	duration, requests := cfg.Duration, cfg.Requests
+	if cfg.Once {
+		duration, requests = 0, len(cfg.Tokens)
+	} else {
+		// Warm up: connect, and let the CA cache every token.
+		wctx, cancel := context.WithTimeout(ctx, cfg.Warmup+30*time.Second)
+		for i, tok := range cfg.Tokens {
+			if _, err := clients[i%len(clients)].CreateCertificate(wctx, tok, cfg.CSRs[i%len(cfg.CSRs)], 0); err != nil {
+				cancel()
+				return nil, fmt.Errorf("loadgen: warm-up request failed: %w", err)
+			}
 		}
+		cancel()
+		run(ctx, cfg, clients, cfg.Warmup, 0)
 	}
-	cancel()
-	run(ctx, cfg, clients, cfg.Warmup, 0)
 
 	before := scrape(ctx, cfg.MetricsURL)
 	cpu0 := processCPU()
-	res := run(ctx, cfg, clients, cfg.Duration, cfg.Requests)
+	res := run(ctx, cfg, clients, duration, requests)
 	res.ClientCPU = processCPU() - cpu0
 	after := scrape(ctx, cfg.MetricsURL)
 	res.TokenReviews, res.ServerCPU = -1, -1

@@ -47,11 +47,11 @@ type testServer struct {
 	client *caclient.Client
 }
 
-func start(t *testing.T) *testServer {
+func start(t *testing.T, edits ...func(*Config)) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := prometheus.NewRegistry()
-	s, err := New(ctx, Config{
+	cfg := Config{
 		DataDir:        t.TempDir(),
 		GRPCAddr:       "127.0.0.1:0",
 		HTTPAddr:       "127.0.0.1:0",
@@ -60,8 +60,13 @@ func start(t *testing.T) *testServer {
 		Logger:         slog.New(slog.DiscardHandler),
 		Registerer:     reg,
 		Gatherer:       reg,
-	})
+	}
+	for _, edit := range edits {
+		edit(&cfg)
+	}
+	s, err := New(ctx, cfg)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	done := make(chan struct{})

@@ -53,6 +53,11 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	conns := fs.Int("connections", 4, "gRPC connections")
 	dur := fs.Duration("duration", 10*time.Second, "measured run time")
 	csrs := fs.Int("csrs", 256, "distinct pre-made CSRs")
+	once := fs.Bool("once", false, "use each token for exactly one request, with no warm-up (fresh tokens, as in a rollout); the run ends when all are used")
+	junkRate := fs.Int("junk-rate", 0, "meanwhile, flood the CA with this many distinct junk tokens per second (well formed, random signature)")
+	junkSource := fs.String("junk-source", "127.0.0.2", "local IP address the junk flood connects from")
+	junkIssuer := fs.String("junk-issuer", "", "issuer claim of the junk tokens")
+	junkKID := fs.String("junk-kid", "", "key id of the junk tokens")
 	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
 		return usageError{Err: err}
 	}
@@ -77,13 +82,36 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg := loadgen.Config{
 		Addr: *addr, ServerName: *serverName, Roots: pool, MetricsURL: *metricsURL,
-		Tokens: tokens, CSRs: pre, Concurrency: *conc, Connections: *conns, Duration: *dur,
+		Tokens: tokens, CSRs: pre, Concurrency: *conc, Connections: *conns, Duration: *dur, Once: *once,
+	}
+	var flood chan *loadgen.FloodResult
+	fctx, stopFlood := context.WithCancel(ctx)
+	defer stopFlood()
+	if *junkRate > 0 {
+		flood = make(chan *loadgen.FloodResult, 1)
+		fcfg := loadgen.FloodConfig{Addr: *addr, ServerName: *serverName, Roots: pool, SourceIP: *junkSource,
+			Rate: *junkRate, Issuer: *junkIssuer, Audience: "istio-ca", KeyID: *junkKID}
+		go func() {
+			res, err := loadgen.Flood(fctx, fcfg)
+			if err != nil {
+				fmt.Fprintf(stderr, "junk flood: %v\n", err)
+			}
+			flood <- res
+		}()
+		// Let the flood reach its rate before measuring.
+		time.Sleep(2 * time.Second)
 	}
 	res, err := loadgen.Run(ctx, cfg)
+	stopFlood()
 	if err != nil {
 		return err
 	}
 	res.Print(stdout, cfg)
+	if flood != nil {
+		if fr := <-flood; fr != nil {
+			fmt.Fprintf(stdout, "junk flood    %s\n", fr)
+		}
+	}
 	return nil
 }
 
