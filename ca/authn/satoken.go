@@ -53,6 +53,10 @@ type ServiceAccountConfig struct {
 	// other token is reviewed. They also let a cached success be revoked:
 	// see StillValid.
 	ServiceAccounts, Pods ObjectIndex
+	// AlwaysReview sends every token that passes the offline checks to
+	// Review, even when the caches confirm it; the caches then only serve
+	// StillValid.
+	AlwaysReview bool
 	// Leeway is the clock skew allowed when checking exp and nbf. Zero
 	// means 30s.
 	Leeway time.Duration
@@ -69,14 +73,15 @@ type ServiceAccountConfig struct {
 // that passes is reviewed (bounded by MaxConcurrentReviews), or accepted
 // from the watch caches (see ServiceAccountConfig.ServiceAccounts).
 type ServiceAccountTokens struct {
-	jwt     *JWT
-	keys    *remoteKeys
-	review  Authenticator
-	slots   chan struct{}
-	sas     ObjectIndex
-	pods    ObjectIndex
-	checks  *prometheus.CounterVec
-	waiting prometheus.Gauge
+	jwt          *JWT
+	keys         *remoteKeys
+	review       Authenticator
+	slots        chan struct{}
+	sas          ObjectIndex
+	pods         ObjectIndex
+	alwaysReview bool
+	checks       *prometheus.CounterVec
+	waiting      prometheus.Gauge
 }
 
 // NewServiceAccountTokens returns a ServiceAccountTokens for cfg. It does
@@ -119,11 +124,12 @@ func NewServiceAccountTokens(cfg ServiceAccountConfig) (*ServiceAccountTokens, e
 		return nil, err
 	}
 	s := &ServiceAccountTokens{
-		jwt:    &JWT{audiences: slices.Clone(cfg.Audiences), leeway: leeway, keys: keys, now: time.Now},
-		keys:   keys,
-		review: cfg.Review,
-		slots:  make(chan struct{}, n),
-		checks: checks, waiting: waiting,
+		jwt:          &JWT{audiences: slices.Clone(cfg.Audiences), leeway: leeway, keys: keys, now: time.Now},
+		keys:         keys,
+		review:       cfg.Review,
+		slots:        make(chan struct{}, n),
+		alwaysReview: cfg.AlwaysReview,
+		checks:       checks, waiting: waiting,
 	}
 	if cfg.ServiceAccounts != nil && cfg.Pods != nil {
 		s.sas, s.pods = cfg.ServiceAccounts, cfg.Pods
@@ -180,7 +186,7 @@ func (s *ServiceAccountTokens) Authenticate(ctx context.Context, token string) (
 func (s *ServiceAccountTokens) confirmed(claims *tokenClaims, caller Caller) bool {
 	k := claims.Kubernetes
 	switch {
-	case s.sas == nil:
+	case s.sas == nil, s.alwaysReview:
 		return false
 	case k.Secret != nil, k.Node != nil && k.Pod == nil:
 		// Secret- and node-bound tokens are left to the API server.

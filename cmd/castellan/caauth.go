@@ -23,6 +23,7 @@ type authFlags struct {
 	maxConcurrentReviews int
 	precheck             bool
 	offlineBound         bool
+	watchRevocation      bool
 	pprofAddr            string
 
 	maxConns, maxConnsPerPeer int
@@ -35,7 +36,8 @@ func (f *authFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.kubeBurst, "kube-api-burst", 400, "burst of requests above --kube-api-qps")
 	fs.IntVar(&f.maxConcurrentReviews, "max-concurrent-reviews", 32, "TokenReviews in flight at once; more wait")
 	fs.BoolVar(&f.precheck, "token-precheck", true, "check service-account tokens offline (signature against the cluster issuer's keys from OIDC discovery, issuer, audience, expiry) before any TokenReview")
-	fs.BoolVar(&f.offlineBound, "offline-bound-tokens", true, "accept a pod-bound or unbound token that passes the offline checks without a TokenReview when the CA's watch caches hold its service account and pod with the UIDs it names; also revokes cached tokens when those objects are deleted (needs list/watch on serviceaccounts and pods)")
+	fs.BoolVar(&f.offlineBound, "offline-bound-tokens", true, "accept a pod-bound or unbound token that passes the offline checks without a TokenReview when the CA's watch caches hold its service account and pod with the UIDs it names (false: review every new token)")
+	fs.BoolVar(&f.watchRevocation, "watch-revocation", true, "watch service accounts and pods (list/watch, cluster-wide) so that a cached token stops being accepted as soon as its service account or pod is deleted; needed by --offline-bound-tokens")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "127.0.0.1:15016", "loopback listen address of /debug/pprof/ when --pprof is set")
 	fs.IntVar(&f.maxConns, "max-connections", 4096, "open connections to the certificate service; more are closed at once")
 	fs.IntVar(&f.maxConnsPerPeer, "max-connections-per-peer", 64, "open connections from one IP address")
@@ -105,8 +107,12 @@ func (f *caFlags) serviceAccountTokens(ctx context.Context, d *caDeps, client ku
 	cfg := authn.ServiceAccountConfig{
 		Client: client.CoreV1().RESTClient(), Audiences: f.audiences.Values(), Review: review,
 		MaxConcurrentReviews: f.auth.maxConcurrentReviews, Registerer: d.reg,
+		AlwaysReview: !f.auth.offlineBound,
 	}
-	if f.auth.offlineBound {
+	if f.auth.offlineBound && !f.auth.watchRevocation {
+		return nil, usageError{Err: errors.New("--offline-bound-tokens needs --watch-revocation (set --offline-bound-tokens=false to review every token)")}
+	}
+	if f.auth.watchRevocation {
 		sas, err := saindex.New(saindex.Config{Client: client, Registerer: d.reg})
 		if err != nil {
 			return nil, err
