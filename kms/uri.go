@@ -3,9 +3,11 @@ package kms
 import (
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -116,17 +118,42 @@ func pinValues(rawURI string) []string {
 }
 
 // ParseURI parses a key URI. A URI that does not parse gets a *URIError
-// naming the part that is wrong.
+// naming the part that is wrong. No part of a PIN ever appears in the
+// error: the URI is first parsed with every pin-value replaced, so a
+// message that quotes a fragment of the URI (a scheme, a parser's error)
+// quotes the placeholder; only what depends on the PIN itself (its
+// percent-encoding) is found in the second parse of the URI as given.
 func ParseURI(rawURI string) (*URI, error) {
+	masked := maskPINs(rawURI)
+	if _, err := parseURI(masked, masked); err != nil {
+		return nil, err
+	}
+	return parseURI(rawURI, Redact(rawURI))
+}
+
+// maskPINs replaces every non-empty pin-value with REDACTED. Unlike Redact
+// it leaves an empty value empty, so that the masked URI parses exactly as
+// the URI as given does, PIN aside.
+func maskPINs(rawURI string) string {
+	return pinValueRE.ReplaceAllStringFunc(rawURI, func(m string) string {
+		if len(m) == len("pin-value=") {
+			return m
+		}
+		return m[:len("pin-value=")] + "REDACTED"
+	})
+}
+
+// parseURI parses rawURI; shown is the URI that errors carry.
+func parseURI(rawURI, shown string) (*URI, error) {
 	pins := pinValues(rawURI)
 	bad := func(part, format string, args ...any) error {
-		// The reason may quote any fragment of the URI (a scheme, a parser's
-		// error), so every PIN value is removed from it, wherever it stands.
+		// Defence in depth: every PIN value is also removed from the reason,
+		// wherever it stands.
 		reason := fmt.Sprintf(format, args...)
 		for _, pin := range pins {
 			reason = strings.ReplaceAll(reason, pin, "REDACTED")
 		}
-		return &URIError{URI: Redact(rawURI), Part: part, Reason: reason}
+		return &URIError{URI: shown, Part: part, Reason: reason}
 	}
 	if rawURI == "" {
 		return nil, bad("scheme", "empty key URI (want file:///path, pkcs11:... or vault-transit://mount/key)")
@@ -345,7 +372,9 @@ func parseTransitURI(rawURI string, bad badFunc) (*URI, error) {
 		if err != nil {
 			return nil, bad("query", "%v", err)
 		}
-		for name, vs := range q {
+		// In name order, so that the same URI always gets the same error.
+		for _, name := range slices.Sorted(maps.Keys(q)) {
+			vs := q[name]
 			if name != "key-version" {
 				return nil, bad(name, "unknown query parameter (want key-version)")
 			}
