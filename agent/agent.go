@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/castellan-mesh/castellan/agent/connlimit"
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
 	"github.com/castellan-mesh/castellan/ca/caclient"
@@ -152,7 +153,18 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.metrics = m
 
+	limits, err := connlimit.New(connlimit.Limits{}, cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	a.grpc = grpc.NewServer(
+		// Each connection has its own budget of streams and requests (see
+		// package connlimit), so that one local client cannot starve the
+		// others: the limit of the transport below only makes clients
+		// queue, and refuses nothing clearly.
+		grpc.StatsHandler(limits),
+		grpc.ChainStreamInterceptor(limits.StreamInterceptor()),
+		grpc.ChainUnaryInterceptor(limits.UnaryInterceptor()),
 		grpc.MaxRecvMsgSize(maxSocketRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// Every proxy holds a connection open for its whole life, and the

@@ -83,6 +83,10 @@ func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) (changed b
 			st.wildcard = true
 			continue
 		}
+		if !st.subs[name] && len(st.subs) >= MaxSubscriptions {
+			return false, status.Errorf(codes.ResourceExhausted,
+				"sds: stream already subscribes to %d resource names, the limit; unsubscribe from some before subscribing to %q", len(st.subs), truncate(name))
+		}
 		st.subs[name] = true
 		// A subscribed resource must be sent even if the client seems to
 		// have it: it may have dropped it before its unsubscribe reached

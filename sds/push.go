@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+
+	"github.com/castellan-mesh/castellan/agent/connlimit"
 )
 
 // A stream spends its life blocked in Recv on its own goroutine. Changes
@@ -155,6 +157,9 @@ func serveStream[Req, Resp any](s *Server, api string, stream grpc.BidiStreaming
 		req, err := stream.Recv()
 		if err != nil {
 			return endOfStream(err)
+		}
+		if err := connlimit.Allow(stream.Context()); err != nil {
+			return err
 		}
 		base.mu.Lock()
 		changed, err := handle(req)

@@ -44,6 +44,11 @@ const (
 	MaxResourceNames = 64
 	// MaxResourceNameLen is the longest resource name accepted, in bytes.
 	MaxResourceNameLen = 512
+	// MaxSubscriptions is the most names one delta stream may be
+	// subscribed to at once, over all its requests. A subscription past it
+	// ends the stream with ResourceExhausted. (A state-of-the-world
+	// request replaces the subscription, so MaxResourceNames bounds it.)
+	MaxSubscriptions = 64
 )
 
 // Source is what the server serves: the current snapshot, and a channel
