@@ -102,16 +102,24 @@ func (x *PodIndex) Run(ctx context.Context) error {
 		defer close(done)
 		x.informer.RunWithContext(ctx)
 	}()
-	if cache.WaitForCacheSync(ctx.Done(), x.informer.HasSynced) {
-		x.synced.Store(true)
-	}
 	<-done
 	return nil
 }
 
 // Synced reports whether the index holds the complete list of pods, so
 // that a missing pod means a pod that does not exist.
-func (x *PodIndex) Synced() bool { return x.synced.Load() }
+func (x *PodIndex) Synced() bool {
+	if x.synced.Load() {
+		return true
+	}
+	// Once synced, an informer stays synced: remember it, so that the
+	// common case is one atomic load.
+	ok := x.informer.HasSynced()
+	if ok {
+		x.synced.Store(true)
+	}
+	return ok
+}
 
 // WaitSynced waits until the index is synced or ctx ends.
 func (x *PodIndex) WaitSynced(ctx context.Context) error {
