@@ -136,7 +136,12 @@ func checkRBAC(t *testing.T, api *harness.APIServer) {
 		{"delete ConfigMaps", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "configmaps", Name: "istio-ca-root-cert", Verb: "delete"}, false},
 		{"watch namespaces", authorizationv1.ResourceAttributes{Resource: "namespaces", Verb: "watch"}, true},
 		{"delete namespaces", authorizationv1.ResourceAttributes{Resource: "namespaces", Name: "default", Verb: "delete"}, false},
-		{"list pods", authorizationv1.ResourceAttributes{Resource: "pods", Verb: "list"}, false},
+		{"list pods", authorizationv1.ResourceAttributes{Resource: "pods", Verb: "list"}, true},
+		{"watch pods", authorizationv1.ResourceAttributes{Resource: "pods", Verb: "watch"}, true},
+		{"get a pod anywhere", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Name: "web-1", Verb: "get"}, true},
+		{"update pods", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Name: "web-1", Verb: "update"}, false},
+		{"delete pods", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Name: "web-1", Verb: "delete"}, false},
+		{"create pods/eviction", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Subresource: "eviction", Name: "web-1", Verb: "create"}, false},
 		{"create ClusterTrustBundles without the component", authorizationv1.ResourceAttributes{Group: "certificates.k8s.io", Resource: "clustertrustbundles", Verb: "create"}, false},
 	}
 	for _, tt := range tests {
