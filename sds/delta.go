@@ -136,14 +136,14 @@ func (st *deltaStream) names() []string {
 // next returns the changes the client needs, or nil when it is up to date:
 // resources whose version it does not have, removals of resources it has
 // that can no longer be served, and NOT_FOUND errors for new unknown names.
-func (st *deltaStream) next(snap snapshot) *discoveryv3.DeltaDiscoveryResponse {
+func (st *deltaStream) next(f *feed, snap snapshot) *discoveryv3.DeltaDiscoveryResponse {
 	var (
 		resources []*discoveryv3.Resource
 		removed   []string
 		errs      []*discoveryv3.ResourceError
 	)
 	for _, name := range st.names() {
-		r, state := st.s.lookup(snap, name)
+		r, state := st.s.lookup(&f.cache, snap, name)
 		switch state {
 		case stateReady:
 			if st.known[name] != r.version {

@@ -15,12 +15,12 @@ import (
 // (no valid SVID) makes the call fail with Unavailable, so that the caller
 // retries rather than reading a partial answer.
 func (s *Server) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
-	resp, err := s.fetch(req)
+	resp, err := s.fetch(ctx, req)
 	s.metrics.fetches.WithLabelValues(status.Code(err).String()).Inc()
 	return resp, err
 }
 
-func (s *Server) fetch(req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+func (s *Server) fetch(ctx context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
 	if err := checkRequest(req.GetTypeUrl(), req.GetResourceNames()); err != nil {
 		return nil, err
 	}
@@ -39,14 +39,21 @@ func (s *Server) fetch(req *discoveryv3.DiscoveryRequest) (*discoveryv3.Discover
 			names[k] = true
 		}
 	}
-	snap, _ := s.source.Load()
+	source, err := s.resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap, _ := source.Load()
+	// A call builds its own Secrets: they are not worth keeping for
+	// streams that may never come.
+	var cache resourceCache
 	var (
 		ready     []*resource
 		resources []*anypb.Any
 		errs      []*discoveryv3.ResourceError
 	)
 	for _, name := range sortedKeys(names) {
-		r, state := s.lookup(snap, name)
+		r, state := s.lookup(&cache, snap, name)
 		switch state {
 		case stateReady:
 			ready = append(ready, r)

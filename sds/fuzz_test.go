@@ -63,7 +63,7 @@ func FuzzStreamRequests(f *testing.F) {
 }
 
 func checkSotW(t *testing.T, st *sotwStream, snap svidstore.Snapshot, changed bool) {
-	resp := st.next(snap)
+	resp := st.next(&feed{}, snap)
 	if resp == nil {
 		return
 	}
@@ -75,13 +75,13 @@ func checkSotW(t *testing.T, st *sotwStream, snap svidstore.Snapshot, changed bo
 			t.Fatalf("sotw sent %q without a subscription", name)
 		}
 	}
-	if st.next(snap) != nil {
+	if st.next(&feed{}, snap) != nil {
 		t.Fatal("sotw would send the same state twice")
 	}
 }
 
 func checkDelta(t *testing.T, st *deltaStream, snap svidstore.Snapshot, changed bool) {
-	resp := st.next(snap)
+	resp := st.next(&feed{}, snap)
 	if resp == nil {
 		return
 	}
@@ -93,7 +93,7 @@ func checkDelta(t *testing.T, st *deltaStream, snap svidstore.Snapshot, changed 
 			t.Fatalf("delta sent %q without a subscription", r.GetName())
 		}
 	}
-	if st.next(snap) != nil {
+	if st.next(&feed{}, snap) != nil {
 		t.Fatal("delta would send the same state twice")
 	}
 }

@@ -45,64 +45,77 @@ func (p *pusher) run() {
 	}
 }
 
-// hub holds the open streams of a server and runs the watcher while there
-// are any.
+// hub holds the open streams of a server, by the source each serves, and
+// runs one watcher per source while it has streams. A server with one
+// source (a single-identity agent) has one feed; a node agent has one per
+// workload identity in use.
 type hub struct {
-	mu      sync.Mutex
+	mu    sync.Mutex
+	feeds map[Source]*feed
+}
+
+// feed is one source, the streams it serves and the Secrets built from it.
+type feed struct {
+	source  Source
+	cache   resourceCache
 	streams map[*pusher]struct{}
 	stop    chan struct{}
 }
 
-// register adds p to the streams kicked on each change and returns the
-// function that removes it.
-func (s *Server) register(p *pusher) (unregister func()) {
+// register adds p to the streams of source, kicked on each change, and
+// returns the feed and the function that removes p. The feed and its
+// watcher end with its last stream.
+func (s *Server) register(source Source, p *pusher) (*feed, func()) {
 	h := &s.hub
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.streams == nil {
-		h.streams = map[*pusher]struct{}{}
+	if h.feeds == nil {
+		h.feeds = map[Source]*feed{}
 	}
-	h.streams[p] = struct{}{}
-	if h.stop == nil {
-		h.stop = make(chan struct{})
-		go s.watch(h.stop)
+	f := h.feeds[source]
+	if f == nil {
+		f = &feed{source: source, streams: map[*pusher]struct{}{}, stop: make(chan struct{})}
+		h.feeds[source] = f
+		go s.watch(f)
 	}
-	return func() {
+	f.streams[p] = struct{}{}
+	return f, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		delete(h.streams, p)
-		if len(h.streams) == 0 && h.stop != nil {
-			close(h.stop)
-			h.stop = nil
+		delete(f.streams, p)
+		if len(f.streams) == 0 {
+			close(f.stop)
+			delete(h.feeds, source)
 		}
 	}
 }
 
-// watch kicks every open stream on each change of the source, until stop
-// is closed. It also kicks them once at the start, for a change that came
-// between a stream's first look at the source and this watcher's.
-func (s *Server) watch(stop <-chan struct{}) {
-	_, changed := s.source.Load()
+// watch kicks every open stream of f on each change of its source, until
+// its last stream ends. It also kicks them once at the start, for a change
+// that came between a stream's first look at the source and this
+// watcher's.
+func (s *Server) watch(f *feed) {
+	_, changed := f.source.Load()
 	for {
-		s.kickAll()
+		s.kickAll(f)
 		select {
-		case <-stop:
+		case <-f.stop:
 			return
 		case <-changed:
-			_, changed = s.source.Load()
+			_, changed = f.source.Load()
 		}
 	}
 }
 
-// kickAll kicks every open stream. After each kick it yields, so that the
-// push just started runs (and usually finishes) before the next one is
+// kickAll kicks every open stream of f. After each kick it yields, so that
+// the push just started runs (and usually finishes) before the next one is
 // started: a thousand streams then need a few push goroutines and their
 // stacks at a time, not a thousand at once. A push that blocks (a client
 // that does not read) holds up nothing but itself.
-func (s *Server) kickAll() {
+func (s *Server) kickAll(f *feed) {
 	s.hub.mu.Lock()
-	streams := make([]*pusher, 0, len(s.hub.streams))
-	for p := range s.hub.streams {
+	streams := make([]*pusher, 0, len(f.streams))
+	for p := range f.streams {
 		streams = append(streams, p)
 	}
 	s.hub.mu.Unlock()
@@ -128,17 +141,22 @@ type streamBase struct {
 // in base makes the handler and the pusher take turns; closed stops every
 // Send once the handler has returned, as gRPC requires.
 func serveStream[Req, Resp any](s *Server, api string, stream grpc.BidiStreamingServer[Req, Resp], base *streamBase,
-	next func(snapshot) *Resp, handle func(*Req) (changed bool, err error)) error {
+	next func(*feed, snapshot) *Resp, handle func(*Req) (changed bool, err error)) error {
+	source, err := s.resolve(stream.Context())
+	if err != nil {
+		return err
+	}
 	s.metrics.streams.WithLabelValues(api).Inc()
 	defer s.metrics.streams.WithLabelValues(api).Dec()
+	var f *feed
 	p := &pusher{push: func() {
 		base.mu.Lock()
 		defer base.mu.Unlock()
 		if base.closed || !base.started {
 			return
 		}
-		snap, _ := s.source.Load()
-		resp := next(snap)
+		snap, _ := source.Load()
+		resp := next(f, snap)
 		if resp == nil {
 			return
 		}
@@ -147,7 +165,8 @@ func serveStream[Req, Resp any](s *Server, api string, stream grpc.BidiStreaming
 		}
 		s.metrics.pushes.WithLabelValues(api).Inc()
 	}}
-	defer s.register(p)()
+	f, unregister := s.register(source, p)
+	defer unregister()
 	defer func() {
 		base.mu.Lock()
 		base.closed = true

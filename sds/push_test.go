@@ -62,18 +62,29 @@ func TestHubStopsWatcherWithLastStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unregA := s.register(&pusher{push: func() {}})
-	unregB := s.register(&pusher{push: func() {}})
-	if s.hub.stop == nil {
-		t.Fatal("no watcher while streams are open")
+	feedA, unregA := s.register(store, &pusher{push: func() {}})
+	feedB, unregB := s.register(store, &pusher{push: func() {}})
+	if feedA != feedB || len(s.hub.feeds) != 1 {
+		t.Fatal("two streams of one source have two feeds")
+	}
+	other := svidstore.New()
+	defer other.Close()
+	feedC, unregC := s.register(other, &pusher{push: func() {}})
+	if feedC == feedA || len(s.hub.feeds) != 2 {
+		t.Fatal("a stream of another source shares a feed")
 	}
 	unregA()
-	if s.hub.stop == nil {
+	unregC()
+	select {
+	case <-feedA.stop:
 		t.Fatal("watcher stopped while a stream is open")
+	default:
 	}
+	<-feedC.stop
 	unregB()
-	if s.hub.stop != nil || len(s.hub.streams) != 0 {
-		t.Fatal("watcher still running with no stream")
+	<-feedA.stop
+	if len(s.hub.feeds) != 0 {
+		t.Fatal("feeds remain with no stream")
 	}
 }
 
@@ -91,20 +102,20 @@ func TestBlockedPushHoldsUpNoOther(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	var blocked atomic.Bool
-	defer s.register(&pusher{push: func() {
+	defer unregisterOnly(s.register(store, &pusher{push: func() {
 		if snap, _ := store.Load(); snap.SVID != nil {
 			blocked.Store(true)
 			<-release
 		}
-	}})()
+	}}))()
 	const others = 50
 	var pushed [others]atomic.Bool
 	for i := range others {
-		defer s.register(&pusher{push: func() {
+		defer unregisterOnly(s.register(store, &pusher{push: func() {
 			if snap, _ := store.Load(); snap.SVID != nil {
 				pushed[i].Store(true)
 			}
-		}})()
+		}}))()
 	}
 	store.SetSVID(ca.Issue(t, "spiffe://cluster.local/ns/a/sa/b", time.Hour))
 	deadline := time.Now().Add(5 * time.Second)
@@ -117,3 +128,5 @@ func TestBlockedPushHoldsUpNoOther(t *testing.T) {
 		}
 	}
 }
+
+func unregisterOnly(_ *feed, unregister func()) func() { return unregister }

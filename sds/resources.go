@@ -153,10 +153,11 @@ func sortedKeys(m map[string]bool) []string {
 
 type snapshot = svidstore.Snapshot
 
-// lookup returns the resource called name in snap. A Secret that fails
-// validation is logged, counted and treated as not ready: it is never sent.
-func (s *Server) lookup(snap snapshot, name string) (*resource, resourceState) {
-	r, state, err := s.cache.lookup(snap, name)
+// lookup returns the resource called name in snap, from cache. A Secret
+// that fails validation is logged, counted and treated as not ready: it is
+// never sent.
+func (s *Server) lookup(cache *resourceCache, snap snapshot, name string) (*resource, resourceState) {
+	r, state, err := cache.lookup(snap, name)
 	if err != nil {
 		s.metrics.invalidSecrets.Inc()
 		s.log.Error("sds: not serving invalid secret", "name", name, "error", err)

@@ -23,6 +23,7 @@
 package sds
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -57,12 +58,18 @@ type Source interface {
 	Load() (svidstore.Snapshot, <-chan struct{})
 }
 
+// Resolver returns the Source that serves the caller of a call, from the
+// call's context: in a node agent, the one of the caller's own workload.
+// The error it returns ends the call as it is, so it should be a gRPC
+// status that says why (PermissionDenied for a caller that is not
+// entitled to anything).
+type Resolver func(ctx context.Context) (Source, error)
+
 // Server implements secretv3.SecretDiscoveryServiceServer.
 type Server struct {
-	source  Source
+	resolve Resolver
 	log     *slog.Logger
 	metrics *metrics
-	cache   resourceCache
 	hub     hub
 }
 
@@ -91,10 +98,20 @@ func WithRegisterer(r prometheus.Registerer) Option {
 	return optionFunc(func(c *config) { c.reg = r })
 }
 
-// New returns a Server that serves source.
+// New returns a Server that serves source to every caller.
 func New(source Source, opts ...Option) (*Server, error) {
 	if source == nil {
 		return nil, errors.New("sds: nil source")
+	}
+	return NewResolving(func(context.Context) (Source, error) { return source, nil }, opts...)
+}
+
+// NewResolving returns a Server that serves each call from the Source
+// that resolve returns for it. resolve is called once per stream, when it
+// opens, and once per FetchSecrets call.
+func NewResolving(resolve Resolver, opts ...Option) (*Server, error) {
+	if resolve == nil {
+		return nil, errors.New("sds: nil resolver")
 	}
 	c := config{log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
@@ -104,7 +121,7 @@ func New(source Source, opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{source: source, log: c.log, metrics: m}, nil
+	return &Server{resolve: resolve, log: c.log, metrics: m}, nil
 }
 
 // Register registers the SDS service on g.

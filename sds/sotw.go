@@ -140,7 +140,7 @@ func (st *sotwStream) names() []string {
 // of the world requires; it is sent when one of them has a version this
 // stream has not been sent, when a name is new and unknown, or when a
 // resource sent before can no longer be served (its SVID expired).
-func (st *sotwStream) next(snap snapshot) *discoveryv3.DiscoveryResponse {
+func (st *sotwStream) next(f *feed, snap snapshot) *discoveryv3.DiscoveryResponse {
 	need := false
 	var (
 		ready  []*resource
@@ -148,7 +148,7 @@ func (st *sotwStream) next(snap snapshot) *discoveryv3.DiscoveryResponse {
 		newErr []string
 	)
 	for _, name := range st.names() {
-		r, state := st.s.lookup(snap, name)
+		r, state := st.s.lookup(&f.cache, snap, name)
 		switch state {
 		case stateReady:
 			ready = append(ready, r)

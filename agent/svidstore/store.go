@@ -20,8 +20,12 @@ type Snapshot struct {
 	SVID *SVID
 	// Bundle is the current trust bundle, or nil until one is loaded.
 	Bundle *Bundle
-	// Generation counts changes: it grows by one whenever SVID or Bundle
-	// changes, and never otherwise.
+	// Withdrawn, when not empty, says why the store will never hold an
+	// SVID again (see Store.Withdraw). A subscriber that serves one
+	// workload ends its stream with it.
+	Withdrawn string
+	// Generation counts changes: it grows by one whenever SVID, Bundle or
+	// Withdrawn changes, and never otherwise.
 	Generation uint64
 }
 
@@ -64,7 +68,7 @@ func (s *Store) Load() (Snapshot, <-chan struct{}) {
 func (s *Store) SetSVID(svid *SVID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || svid == nil || !s.now().Before(svid.NotAfter) {
+	if s.closed || s.snap.Withdrawn != "" || svid == nil || !s.now().Before(svid.NotAfter) {
 		return false
 	}
 	if s.snap.SVID != nil && s.snap.SVID.Version == svid.Version {
@@ -88,6 +92,28 @@ func (s *Store) SetBundle(b *Bundle) {
 		return
 	}
 	s.snap.Bundle = b
+	s.notifyLocked()
+}
+
+// Withdraw takes the SVID out for good, because the workload it
+// identified is no longer entitled to it: subscribers are told, and see a
+// snapshot without an SVID whose Withdrawn field is reason. Later SetSVID
+// calls are ignored; the bundle may still change. reason must not be
+// empty.
+func (s *Store) Withdraw(reason string) {
+	if reason == "" {
+		reason = "withdrawn"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.snap.Withdrawn != "" {
+		return
+	}
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.snap.SVID = nil
+	s.snap.Withdrawn = reason
 	s.notifyLocked()
 }
 

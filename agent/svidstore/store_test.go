@@ -115,3 +115,31 @@ func waitClosed(t *testing.T, ch <-chan struct{}) {
 		t.Fatal("change not signalled")
 	}
 }
+
+func TestWithdraw(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	s := svidstore.New()
+	defer s.Close()
+	s.SetSVID(ca.Issue(t, id, time.Hour))
+	s.SetBundle(ca.Bundle(t))
+	_, changed := s.Load()
+
+	s.Withdraw("no running pod with service account default/web on this node")
+	waitClosed(t, changed)
+	snap, changed := s.Load()
+	if snap.SVID != nil || snap.Bundle == nil || snap.Withdrawn == "" {
+		t.Fatalf("after Withdraw: svid %v, bundle %v, withdrawn %q", snap.SVID, snap.Bundle, snap.Withdrawn)
+	}
+	if s.SetSVID(ca.Issue(t, id, time.Hour)) {
+		t.Fatal("SetSVID installed an SVID after Withdraw")
+	}
+	s.Withdraw("again")
+	select {
+	case <-changed:
+		t.Fatal("a second Withdraw notified subscribers")
+	default:
+	}
+	if snap, _ := s.Load(); snap.SVID != nil || snap.Withdrawn == "again" {
+		t.Fatalf("after a second Withdraw: %+v", snap)
+	}
+}

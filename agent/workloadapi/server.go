@@ -36,11 +36,17 @@ type Source interface {
 	Load() (svidstore.Snapshot, <-chan struct{})
 }
 
+// Resolver returns the Source that serves the caller of a call, from the
+// call's context: in a node agent, the one of the caller's own workload.
+// The error it returns ends the call as it is, so it should be a gRPC
+// status that says why.
+type Resolver func(ctx context.Context) (Source, error)
+
 // Server implements workload.SpiffeWorkloadAPIServer.
 type Server struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 
-	source  Source
+	resolve Resolver
 	log     *slog.Logger
 	metrics *metrics
 }
@@ -68,10 +74,19 @@ func WithRegisterer(r prometheus.Registerer) Option {
 	return optionFunc(func(c *config) { c.reg = r })
 }
 
-// New returns a Server that serves source.
+// New returns a Server that serves source to every caller.
 func New(source Source, opts ...Option) (*Server, error) {
 	if source == nil {
 		return nil, errors.New("workloadapi: nil source")
+	}
+	return NewResolving(func(context.Context) (Source, error) { return source, nil }, opts...)
+}
+
+// NewResolving returns a Server that serves each call from the Source
+// that resolve returns for it, called once when the call starts.
+func NewResolving(resolve Resolver, opts ...Option) (*Server, error) {
+	if resolve == nil {
+		return nil, errors.New("workloadapi: nil resolver")
 	}
 	c := config{log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
@@ -81,7 +96,7 @@ func New(source Source, opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{source: source, log: c.log, metrics: m}, nil
+	return &Server{resolve: resolve, log: c.log, metrics: m}, nil
 }
 
 // Register registers the Workload API service on g.
@@ -97,12 +112,21 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	if err := s.checkHeader(stream.Context(), method); err != nil {
 		return err
 	}
+	source, err := s.resolve(stream.Context())
+	if err != nil {
+		return err
+	}
 	s.metrics.streams.WithLabelValues(method).Inc()
 	defer s.metrics.streams.WithLabelValues(method).Dec()
 
 	var sentSVID, sentBundle string
-	snap, changed := s.source.Load()
+	snap, changed := source.Load()
 	for {
+		if snap.Withdrawn != "" {
+			// The workload is no longer entitled to the SVID: end the
+			// stream, so that its client stops using what it was sent.
+			return status.Error(codes.PermissionDenied, "workloadapi: the SVID of this workload was withdrawn: "+snap.Withdrawn)
+		}
 		if snap.SVID != nil && snap.Bundle != nil && (snap.SVID.Version != sentSVID || snap.Bundle.Version != sentBundle) {
 			resp := &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
 				SpiffeId:    snap.SVID.ID().String(),
@@ -120,7 +144,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 		case <-stream.Context().Done():
 			return nil
 		case <-changed:
-			snap, changed = s.source.Load()
+			snap, changed = source.Load()
 		}
 	}
 }
@@ -133,11 +157,15 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 	if err := s.checkHeader(stream.Context(), method); err != nil {
 		return err
 	}
+	source, err := s.resolve(stream.Context())
+	if err != nil {
+		return err
+	}
 	s.metrics.streams.WithLabelValues(method).Inc()
 	defer s.metrics.streams.WithLabelValues(method).Dec()
 
 	var sent string
-	snap, changed := s.source.Load()
+	snap, changed := source.Load()
 	for {
 		if snap.SVID != nil && snap.Bundle != nil {
 			td := snap.SVID.ID().TrustDomain().Name()
@@ -154,7 +182,7 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 		case <-stream.Context().Done():
 			return nil
 		case <-changed:
-			snap, changed = s.source.Load()
+			snap, changed = source.Load()
 		}
 	}
 }
@@ -167,11 +195,15 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 	if err := s.checkHeader(stream.Context(), method); err != nil {
 		return err
 	}
+	source, err := s.resolve(stream.Context())
+	if err != nil {
+		return err
+	}
 	s.metrics.streams.WithLabelValues(method).Inc()
 	defer s.metrics.streams.WithLabelValues(method).Dec()
 
 	var sent string
-	snap, changed := s.source.Load()
+	snap, changed := source.Load()
 	for {
 		if snap.SVID != nil {
 			if td := snap.SVID.ID().TrustDomain().Name(); td != sent {
@@ -186,7 +218,7 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 		case <-stream.Context().Done():
 			return nil
 		case <-changed:
-			snap, changed = s.source.Load()
+			snap, changed = source.Load()
 		}
 	}
 }
