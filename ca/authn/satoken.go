@@ -289,7 +289,7 @@ func (a *apiServerFetcher) fetch(ctx context.Context) (string, *jose.JSONWebKeyS
 }
 
 func (a *apiServerFetcher) get(ctx context.Context, path string) ([]byte, error) {
-	body, err := a.client.Get().AbsPath(path).SetHeader("Accept", "application/json").Stream(ctx)
+	body, err := a.client.Get().AbsPath(path).SetHeader("Accept", "application/jwk-set+json, application/json").Stream(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("API server %s: %w (the CA's identity needs the system:service-account-issuer-discovery role)", path, describeAPIError(err))
 	}

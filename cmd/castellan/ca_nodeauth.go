@@ -7,8 +7,6 @@ import (
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 )
 
 // nodeAuthFlags select the node agents that may ask for the SVIDs of the
@@ -35,20 +33,12 @@ func (n *nodeAuthFlags) authorizer(d *caDeps) (server.ImpersonationAuthorizer, e
 		}
 		agents = append(agents, sa)
 	}
-	cfg, err := kubeConfig(d.kubeconfig)
-	if err != nil {
+	if _, err := kubeConfig(d.kubeconfig); err != nil {
 		d.log.Warn("no cluster to list pods from: node agents may not impersonate (set --kubeconfig or run in a pod)", "error", err.Error())
 		return nil, nil
 	}
-	// Pods are many and large: list and watch them as protobuf.
-	cfg = rest.CopyConfig(cfg)
-	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-	cfg.ContentType = "application/vnd.kubernetes.protobuf"
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	pods, err := nodeauth.NewPodIndex(nodeauth.PodIndexConfig{Client: client, Registerer: d.reg})
+	// The pod index is shared with the token checks (caauth.go).
+	pods, err := d.podIndex()
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +46,6 @@ func (n *nodeAuthFlags) authorizer(d *caDeps) (server.ImpersonationAuthorizer, e
 	if err != nil {
 		return nil, usageError{Err: err}
 	}
-	d.runners = append(d.runners, pods.Run)
 	d.log.Info("node agents may impersonate pods on their node", "node_agents", n.agents.String())
 	return a, nil
 }

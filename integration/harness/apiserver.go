@@ -273,3 +273,27 @@ func (a *APIServer) SignToken(t testing.TB, ns, sa string, audiences []string, n
 	}
 	return tok
 }
+
+// SignTokenForUID is SignToken for a service account whose UID the caller
+// already knows, without reading it from the API server, and with extra
+// kubernetes.io claims (for example "pod": {"name", "uid"}) merged in.
+func (a *APIServer) SignTokenForUID(t testing.TB, ns, sa, uid string, audiences []string, notBefore, expiry time.Time, extra map[string]any) string {
+	t.Helper()
+	k := map[string]any{"namespace": ns, "serviceaccount": map[string]string{"name": sa, "uid": uid}}
+	for key, v := range extra {
+		k[key] = v
+	}
+	claims := jwt.Claims{
+		Issuer:    a.Issuer,
+		Subject:   "system:serviceaccount:" + ns + ":" + sa,
+		Audience:  jwt.Audience(audiences),
+		IssuedAt:  jwt.NewNumericDate(notBefore),
+		NotBefore: jwt.NewNumericDate(notBefore),
+		Expiry:    jwt.NewNumericDate(expiry),
+	}
+	tok, err := jwt.Signed(a.signer).Claims(claims).Claims(map[string]any{"kubernetes.io": k}).Serialize()
+	if err != nil {
+		t.Fatalf("harness: signing token: %v", err)
+	}
+	return tok
+}
