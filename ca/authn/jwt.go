@@ -293,6 +293,13 @@ func (c *tokenClaims) caller() (Caller, error) {
 			return Caller{}, Errorf(ReasonInvalid, "token subject %q disagrees with its kubernetes.io claims", c.Subject)
 		}
 	}
+	if k.Pod != nil {
+		var node string
+		if k.Node != nil {
+			node = k.Node.Name
+		}
+		caller.PodName, caller.PodUID, caller.NodeName = checkBinding(k.Pod.Name, k.Pod.UID, node)
+	}
 	return caller, nil
 }
 

@@ -4,7 +4,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	authenticationv1 "k8s.io/api/authentication/v1"
 )
 
@@ -103,4 +106,52 @@ func FuzzPodBinding(f *testing.F) {
 			t.Fatalf("node %q from %q", gotNode, node)
 		}
 	})
+}
+
+// TestJWTPodBinding checks that an offline-verified token's kubernetes.io
+// pod and node claims become the Caller's pod binding, all or nothing.
+func TestJWTPodBinding(t *testing.T) {
+	m := newTestMinter(t, testIssuer)
+	j, _ := newFileJWT(t, m, "istio-ca")
+	now := time.Now()
+	claims := jwt.Claims{Issuer: testIssuer, Subject: "system:serviceaccount:castellan-system:castellan-agent",
+		Audience: jwt.Audience{"istio-ca"}, Expiry: jwt.NewNumericDate(now.Add(time.Hour)), IssuedAt: jwt.NewNumericDate(now)}
+	k8s := func(extra map[string]any) map[string]any {
+		k := map[string]any{"namespace": "castellan-system", "serviceaccount": map[string]any{"name": "castellan-agent", "uid": "sa-uid"}}
+		for key, v := range extra {
+			k[key] = v
+		}
+		return map[string]any{"kubernetes.io": k}
+	}
+	agent := Caller{Namespace: "castellan-system", ServiceAccount: "castellan-agent"}
+	bound := func(pod, uid, node string) Caller {
+		c := agent
+		c.PodName, c.PodUID, c.NodeName = pod, uid, node
+		return c
+	}
+	ref := func(name, uid string) map[string]any { return map[string]any{"name": name, "uid": uid} }
+	tests := []struct {
+		name  string
+		extra map[string]any
+		want  Caller
+	}{
+		{name: "bound to no pod", want: agent},
+		{name: "pod and node", extra: map[string]any{"pod": ref("agent-x7", "pod-uid"), "node": ref("node-a", "node-uid")}, want: bound("agent-x7", "pod-uid", "node-a")},
+		{name: "pod without node", extra: map[string]any{"pod": ref("agent-x7", "pod-uid")}, want: bound("agent-x7", "pod-uid", "")},
+		{name: "pod without UID", extra: map[string]any{"pod": ref("agent-x7", ""), "node": ref("node-a", "node-uid")}, want: agent},
+		{name: "malformed pod name", extra: map[string]any{"pod": ref("Agent X", "pod-uid")}, want: agent},
+		{name: "node without pod", extra: map[string]any{"node": ref("node-a", "node-uid")}, want: agent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := j.Authenticate(context.Background(), signClaims(t, jose.ES256, m.key, m.kid, claims, k8s(tt.extra)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Namespace != tt.want.Namespace || got.ServiceAccount != tt.want.ServiceAccount ||
+				got.PodName != tt.want.PodName || got.PodUID != tt.want.PodUID || got.NodeName != tt.want.NodeName {
+				t.Fatalf("Authenticate = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
 }

@@ -133,11 +133,18 @@ func podBinding(extra map[string]authenticationv1.ExtraValue) (pod, uid, node st
 		}
 		return ""
 	}
-	pod, uid = one(extraPodName), one(extraPodUID)
+	return checkBinding(one(extraPodName), one(extraPodUID), one(extraNodeName))
+}
+
+// checkBinding returns a pod binding (pod name, pod UID, node name) as
+// given when the pod name and UID are well formed, and none otherwise. A
+// malformed node name is dropped: the node is a hint, the pod is the
+// binding.
+func checkBinding(pod, uid, node string) (string, string, string) {
 	if !validName(pod) || uid == "" || len(uid) > maxUIDLen {
 		return "", "", ""
 	}
-	if node = one(extraNodeName); !validName(node) {
+	if !validName(node) {
 		node = ""
 	}
 	return pod, uid, node
