@@ -184,11 +184,7 @@ func startCluster(t *testing.T) *cluster {
 	for _, sa := range []string{"web", "db", "batch", "legacy"} {
 		api.CreateServiceAccount(t, ns, sa)
 	}
-	client, err := podindex.NewClient(api.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	index, err := podindex.New(client, nodeA)
+	index, err := podindex.New(api.Config, nodeA)
 	if err != nil {
 		t.Fatal(err)
 	}

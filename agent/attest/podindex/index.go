@@ -12,9 +12,11 @@
 // authority on a pod's service account; the kubelet's copy is derived
 // from it.
 //
-// Memory stays small: the informer's transform keeps only name,
-// namespace, UID, deletion timestamp, node, service account and phase of
-// each pod before it is stored.
+// Memory and binary stay small: pods are decoded from the API server's
+// JSON into a type that has only the fields attestation reads (name,
+// namespace, UID, deletion timestamp, node, service account, phase), and
+// the informer's transform drops the rest of the metadata before a pod is
+// stored. The core/v1 API types are not linked.
 package podindex
 
 import (
@@ -25,11 +27,8 @@ import (
 	"maps"
 	"sync"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
@@ -88,16 +87,19 @@ func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(x *Index) { x.log = l })
 }
 
-// New returns an Index of the pods bound to nodeName, read through client,
-// a REST client for the core/v1 API group: NewClient makes one from a
-// rest.Config, and a clientset's CoreV1().RESTClient() is one too. Start
-// runs it.
-func New(client rest.Interface, nodeName string, opts ...Option) (*Index, error) {
-	if client == nil {
-		return nil, errors.New("podindex: a client is required")
+// New returns an Index of the pods bound to nodeName, read from the API
+// server cfg names, with "list" and "watch" on pods (restricted to the
+// node by a field selector). Start runs it.
+func New(cfg *rest.Config, nodeName string, opts ...Option) (*Index, error) {
+	if cfg == nil {
+		return nil, errors.New("podindex: a client configuration is required")
 	}
 	if nodeName == "" {
 		return nil, errors.New("podindex: a node name is required")
+	}
+	client, err := newRESTClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("podindex: %w", err)
 	}
 	sel := fields.OneTermEqualSelector("spec.nodeName", nodeName)
 	lw := cache.NewListWatchFromClient(client, "pods", metav1.NamespaceAll, sel)
@@ -118,7 +120,7 @@ func newIndex(lw cache.ListerWatcher, nodeName string, opts ...Option) *Index {
 	}
 	_, x.informer = cache.NewInformerWithOptions(cache.InformerOptions{
 		ListerWatcher: lw,
-		ObjectType:    &corev1.Pod{},
+		ObjectType:    &pod{},
 		Handler: cache.ResourceEventHandlerDetailedFuncs{
 			AddFunc:    func(obj any, _ bool) { x.set(obj) },
 			UpdateFunc: func(_, obj any) { x.set(obj) },
@@ -127,29 +129,6 @@ func newIndex(lw cache.ListerWatcher, nodeName string, opts ...Option) *Index {
 		Transform: slim,
 	})
 	return x
-}
-
-// NewClient returns a REST client for the core/v1 API group that decodes
-// only core/v1 objects: enough for New, without linking every API group's
-// types as a clientset does.
-func NewClient(cfg *rest.Config) (rest.Interface, error) {
-	scheme := runtime.NewScheme()
-	if err := corev1.AddToScheme(scheme); err != nil {
-		return nil, fmt.Errorf("podindex: %w", err)
-	}
-	metav1.AddToGroupVersion(scheme, corev1.SchemeGroupVersion)
-	c := rest.CopyConfig(cfg)
-	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.APIPath = "/api"
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
-	if c.UserAgent == "" {
-		c.UserAgent = "castellan-agent"
-	}
-	client, err := rest.RESTClientFor(c)
-	if err != nil {
-		return nil, fmt.Errorf("podindex: %w", err)
-	}
-	return client, nil
 }
 
 // Start runs the informer until ctx ends. It returns at once; call it
@@ -213,14 +192,14 @@ func (x *Index) Load() (Snapshot, <-chan struct{}) {
 	return x.snap, x.changed
 }
 
-// slim reduces a pod to what the index keeps, before the informer stores
-// it.
+// slim drops what the index does not read from a pod's metadata
+// (labels, annotations, managed fields...), before the informer stores it.
 func slim(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
+	p, ok := obj.(*pod)
 	if !ok {
 		return obj, nil // a tombstone; delete unwraps it
 	}
-	return &corev1.Pod{
+	return &pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:              p.Name,
 			Namespace:         p.Namespace,
@@ -228,15 +207,12 @@ func slim(obj any) (any, error) {
 			ResourceVersion:   p.ResourceVersion,
 			DeletionTimestamp: p.DeletionTimestamp,
 		},
-		Spec: corev1.PodSpec{
-			NodeName:           p.Spec.NodeName,
-			ServiceAccountName: p.Spec.ServiceAccountName,
-		},
-		Status: corev1.PodStatus{Phase: p.Status.Phase},
+		Spec:   p.Spec,
+		Status: p.Status,
 	}, nil
 }
 
-func toPod(p *corev1.Pod) attest.Pod {
+func toPod(p *pod) attest.Pod {
 	sa := p.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
@@ -253,28 +229,28 @@ func toPod(p *corev1.Pod) attest.Pod {
 }
 
 func (x *Index) set(obj any) {
-	p, ok := obj.(*corev1.Pod)
+	p, ok := obj.(*pod)
 	if !ok {
 		return
 	}
-	pod := toPod(p)
+	np := toPod(p)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	old, had := x.pods[pod.UID]
-	if pod.NodeName != x.node {
+	old, had := x.pods[np.UID]
+	if np.NodeName != x.node {
 		// Not ours (the selector should have kept it out); forget it.
-		delete(x.pods, pod.UID)
+		delete(x.pods, np.UID)
 	} else {
-		x.pods[pod.UID] = pod
+		x.pods[np.UID] = np
 	}
-	x.updateLocked(old, had, pod, pod.NodeName == x.node)
+	x.updateLocked(old, had, np, np.NodeName == x.node)
 }
 
 func (x *Index) delete(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	p, ok := obj.(*corev1.Pod)
+	p, ok := obj.(*pod)
 	if !ok {
 		return
 	}
@@ -286,16 +262,16 @@ func (x *Index) delete(obj any) {
 }
 
 // updateLocked moves the service-account counts from old (if had) to
-// pod (if has), and notifies when the set of service accounts changes.
-func (x *Index) updateLocked(old attest.Pod, had bool, pod attest.Pod, has bool) {
+// cur (if has), and notifies when the set of service accounts changes.
+func (x *Index) updateLocked(old attest.Pod, had bool, cur attest.Pod, has bool) {
 	var dec, inc ServiceAccount
 	decOK := had && old.Running()
-	incOK := has && pod.Running()
+	incOK := has && cur.Running()
 	if decOK {
 		dec = ServiceAccount{old.Namespace, old.ServiceAccount}
 	}
 	if incOK {
-		inc = ServiceAccount{pod.Namespace, pod.ServiceAccount}
+		inc = ServiceAccount{cur.Namespace, cur.ServiceAccount}
 	}
 	if decOK == incOK && dec == inc {
 		return
