@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -41,7 +42,17 @@ type Config struct {
 	// Registerer receives the attestation metrics. Nil means none are
 	// registered.
 	Registerer prometheus.Registerer
+	// PodWait is how long Attest waits for the pod of a caller to be known
+	// and Running, when it is not yet: a container's first process may
+	// connect before the kubelet reports its pod Running, or before the
+	// pod index has seen the pod. Zero means no wait. A pod that has
+	// terminated, is being deleted or is bound to another node is refused
+	// at once.
+	PodWait time.Duration
 }
+
+// podPoll is how often Attest looks again for a pod it waits for.
+const podPoll = 50 * time.Millisecond
 
 // Attestor attributes the peers of the agent's socket to pods on this
 // node. It is safe for concurrent use.
@@ -51,6 +62,7 @@ type Attestor struct {
 	node     string
 	log      *slog.Logger
 	metrics  *metrics
+	podWait  time.Duration
 }
 
 // New returns an Attestor.
@@ -65,7 +77,7 @@ func New(cfg Config) (*Attestor, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Attestor{procRoot: cfg.ProcRoot, pods: cfg.Pods, node: cfg.NodeName, log: cfg.Logger, metrics: m}
+	a := &Attestor{procRoot: cfg.ProcRoot, pods: cfg.Pods, node: cfg.NodeName, log: cfg.Logger, metrics: m, podWait: cfg.PodWait}
 	if a.procRoot == "" {
 		a.procRoot = DefaultProcRoot
 	}
@@ -78,7 +90,7 @@ func New(cfg Config) (*Attestor, error) {
 // Attest returns the pod whose process p is. p comes from the connection
 // (PeerFromContext). Every failure is an *Error; see Reason.
 func (a *Attestor) Attest(ctx context.Context, p PeerCred) (Workload, error) {
-	w, err := a.attest(p)
+	w, err := a.attest(ctx, p)
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
@@ -95,7 +107,7 @@ func (a *Attestor) Attest(ctx context.Context, p PeerCred) (Workload, error) {
 }
 
 // attest runs the steps of Attest in order: cgroup, pod, pid reuse.
-func (a *Attestor) attest(p PeerCred) (Workload, error) {
+func (a *Attestor) attest(ctx context.Context, p PeerCred) (Workload, error) {
 	if p.PID <= 0 || p.StartTime == 0 {
 		return Workload{}, refuse(ReasonNoPeerCredentials, p.PID, nil, "the connection carries no peer process credentials")
 	}
@@ -103,7 +115,7 @@ func (a *Attestor) attest(p PeerCred) (Workload, error) {
 	if err != nil {
 		return Workload{}, err
 	}
-	pod, err := a.pod(p.PID, cg)
+	pod, err := a.waitPod(ctx, p.PID, cg)
 	if err != nil {
 		return Workload{}, err
 	}
@@ -143,6 +155,37 @@ func (a *Attestor) readCgroup(pid int32) (cgroupPod, error) {
 	return cg, nil
 }
 
+// waitPod returns a.pod, after waiting up to a.podWait for a pod that is
+// not yet known or still pending to run.
+func (a *Attestor) waitPod(ctx context.Context, pid int32, cg cgroupPod) (Pod, error) {
+	pod, err := a.pod(pid, cg)
+	if err == nil || a.podWait <= 0 || !mayStart(err) {
+		return pod, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.podWait)
+	defer cancel()
+	tick := time.NewTicker(podPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return pod, err
+		case <-tick.C:
+		}
+		pod, err = a.pod(pid, cg)
+		if err == nil || !mayStart(err) {
+			return pod, err
+		}
+	}
+}
+
+// mayStart reports whether a refusal by a.pod may be lifted soon: the pod
+// is not known yet, or is pending.
+func mayStart(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.Reason == ReasonUnknownPod || e.pending)
+}
+
 // pod finds the pod cg names and checks that it runs on this node.
 func (a *Attestor) pod(pid int32, cg cgroupPod) (Pod, error) {
 	pod, ok := a.pods.PodByUID(cg.PodUID)
@@ -154,7 +197,9 @@ func (a *Attestor) pod(pid int32, cg cgroupPod) (Pod, error) {
 	case pod.Terminating:
 		return Pod{}, refuse(ReasonPodNotRunning, pid, nil, "process %d is in pod %s/%s, which is being deleted", pid, pod.Namespace, pod.Name)
 	case pod.Phase != PodRunning:
-		return Pod{}, refuse(ReasonPodNotRunning, pid, nil, "process %d is in pod %s/%s, whose phase is %s, not Running", pid, pod.Namespace, pod.Name, pod.Phase)
+		e := refuse(ReasonPodNotRunning, pid, nil, "process %d is in pod %s/%s, whose phase is %s, not Running", pid, pod.Namespace, pod.Name, pod.Phase)
+		e.pending = pod.Phase == PodPending
+		return Pod{}, e
 	case pod.ServiceAccount == "" || pod.Namespace == "":
 		return Pod{}, refuse(ReasonUnknownPod, pid, nil, "pod %s has no namespace or service account", pod.UID)
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -319,4 +320,86 @@ func counter(t testing.TB, reg *prometheus.Registry, name, label, value string) 
 	}
 	t.Fatalf("no metric %s{%s=%q}", name, label, value)
 	return 0
+}
+
+// TestAttestWaitsForAStartingPod: with PodWait, a caller whose pod is not
+// yet known, or still pending, is attested once its pod runs; one whose
+// pod has terminated is refused without waiting.
+func TestAttestWaitsForAStartingPod(t *testing.T) {
+	const pid, start = 300, 9000
+	pendingPod := running(uidA, "shop", "web-0", "web")
+	pendingPod.Phase = attest.PodPending
+	donePod := running(uidA, "shop", "web-0", "web")
+	donePod.Phase = attest.PodFailed
+	tests := []struct {
+		name    string
+		initial map[string]attest.Pod
+		later   attest.Pod // after 3 lookups
+		reason  attest.Reason
+		lookups int // at most, when refused
+	}{
+		{name: "unknown then running", initial: map[string]attest.Pod{}, later: running(uidA, "shop", "web-0", "web")},
+		{name: "pending then running", initial: map[string]attest.Pod{uidA: pendingPod}, later: running(uidA, "shop", "web-0", "web")},
+		{name: "terminated", initial: map[string]attest.Pod{uidA: donePod}, later: running(uidA, "shop", "web-0", "web"), reason: attest.ReasonPodNotRunning, lookups: 1},
+		{name: "pending then failed", initial: map[string]attest.Pod{uidA: pendingPod}, later: donePod, reason: attest.ReasonPodNotRunning, lookups: 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			proc := newFakeProc(t)
+			proc.add(pid, start, "0::/kubepods/pod"+uidA+"/"+ctrA+"\n")
+			l := &pods{m: tt.initial}
+			n := 0
+			l.hook = func() {
+				if n++; n == 4 {
+					l.m = map[string]attest.Pod{uidA: tt.later}
+				}
+			}
+			a, err := attest.New(attest.Config{ProcRoot: proc.root, Pods: l, NodeName: node, PodWait: time.Minute,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := a.Attest(context.Background(), attest.PeerCred{PID: pid, StartTime: start})
+			if tt.reason == "" {
+				if err != nil || w.ServiceAccount != "web" {
+					t.Fatalf("Attest = %+v, %v", w, err)
+				}
+				return
+			}
+			if r, _ := attest.ReasonOf(err); r != tt.reason || n > tt.lookups {
+				t.Fatalf("Attest = %v after %d lookups; want %s after at most %d", err, n, tt.reason, tt.lookups)
+			}
+		})
+	}
+
+	t.Run("gives up when the context ends", func(t *testing.T) {
+		proc := newFakeProc(t)
+		proc.add(pid, start, "0::/kubepods/pod"+uidA+"/"+ctrA+"\n")
+		a, err := attest.New(attest.Config{ProcRoot: proc.root, Pods: &pods{m: map[string]attest.Pod{}}, NodeName: node,
+			PodWait: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, err = a.Attest(ctx, attest.PeerCred{PID: pid, StartTime: start})
+		if r, _ := attest.ReasonOf(err); r != attest.ReasonUnknownPod {
+			t.Fatalf("Attest = %v, want %s", err, attest.ReasonUnknownPod)
+		}
+	})
+}
+
+func TestNewValidates(t *testing.T) {
+	for _, cfg := range []attest.Config{{NodeName: node}, {Pods: &pods{}}} {
+		if _, err := attest.New(cfg); err == nil {
+			t.Errorf("New(%+v) succeeded", cfg)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	if _, err := attest.New(attest.Config{Pods: &pods{}, NodeName: node, Registerer: reg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attest.New(attest.Config{Pods: &pods{}, NodeName: node, Registerer: reg}); err == nil {
+		t.Error("a second Attestor registered the same metrics")
+	}
 }

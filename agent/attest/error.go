@@ -50,6 +50,8 @@ type Error struct {
 	Msg string
 	// Err is the underlying error, if any.
 	Err error
+
+	pending bool // the pod is pending: it may yet run
 }
 
 func (e *Error) Error() string {
