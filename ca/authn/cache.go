@@ -96,6 +96,10 @@ type cacheEntry struct {
 	err    error
 	// expires is in nanoseconds since Cache.epoch.
 	expires int64
+	// confirmed records that StillValid held for this success at some
+	// point: the objects it names were seen, so their absence later is a
+	// deletion, not a watch that has not caught up yet.
+	confirmed bool
 }
 
 // NewCache returns a Cache in front of next.
@@ -155,12 +159,31 @@ func (c *Cache) Authenticate(ctx context.Context, token string) (Caller, error) 
 	e, ok := shard.m[key]
 	shard.mu.RUnlock()
 	if ok && c.since() < e.expires {
-		if e.err != nil || c.stillValid == nil || c.stillValid(e.caller) {
-			c.hits.Inc()
-			return e.caller, e.err
+		switch {
+		case e.err != nil || c.stillValid == nil:
+		case c.stillValid(e.caller):
+			if !e.confirmed {
+				e.confirmed = true
+				c.put(key, e)
+			}
+		case e.confirmed:
+			// The service account or pod was seen and is gone now: the
+			// token is revoked. Asking the API server would not help: it
+			// caches its own answers for a while.
+			// A revocation is final (UIDs are never reused), so it is
+			// remembered as long as the success would have been.
+			c.revoked.Inc()
+			err := Errorf(ReasonInvalid, "service account %s/%s or the pod its token is bound to was deleted", e.caller.Namespace, e.caller.ServiceAccount)
+			c.put(key, cacheEntry{err: err, expires: e.expires})
+			return Caller{}, err
+		default:
+			// Accepted before the watch caught up: check again.
+			c.revoked.Inc()
+			c.forget(key, e)
+			return c.lookup(ctx, key, token)
 		}
-		c.revoked.Inc()
-		c.forget(key, e)
+		c.hits.Inc()
+		return e.caller, e.err
 	}
 	return c.lookup(ctx, key, token)
 }
@@ -250,6 +273,14 @@ func (c *Cache) store(key [sha256.Size]byte, token string, caller Caller, err er
 		return
 	}
 	e := cacheEntry{caller: caller, err: err, expires: c.since() + int64(ttl)}
+	if err == nil && c.stillValid != nil {
+		e.confirmed = c.stillValid(caller)
+	}
+	c.put(key, e)
+}
+
+// put stores e under key, making room if the shard is full.
+func (c *Cache) put(key [sha256.Size]byte, e cacheEntry) {
 	shard := &c.shards[key[0]%numShards]
 	shard.mu.Lock()
 	if _, ok := shard.m[key]; !ok && len(shard.m) >= c.perShard {

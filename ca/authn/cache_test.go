@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -291,31 +292,50 @@ func (a *blockingAuth) Authenticate(ctx context.Context, _ string) (Caller, erro
 }
 
 // TestCacheStillValid: a remembered success is re-checked with StillValid
-// on every hit, and a revoked one is checked again by the wrapped
-// authenticator instead of being served until MaxTTL.
+// on every hit. Once StillValid has held for it, its failing later is a
+// revocation: the token is refused at once, without asking the wrapped
+// authenticator (the API server caches its own answers), and stays
+// refused. A success StillValid never confirmed (the watch had not caught
+// up) is checked again instead.
 func TestCacheStillValid(t *testing.T) {
 	next := &countingAuth{caller: Caller{Namespace: "ns", ServiceAccount: "sa", ServiceAccountUID: "u1"}}
 	var valid atomic.Bool
+	c, clock := newTestCache(t, next, CacheConfig{StillValid: func(Caller) bool { return valid.Load() }})
+
+	// Not confirmed yet: every hit checks again, until the watch catches up.
+	for i := range 2 {
+		if _, err := c.Authenticate(context.Background(), "tok"); err != nil {
+			t.Fatal(err)
+		}
+		if n := next.calls.Load(); n != int32(i+1) {
+			t.Fatalf("%d checks after %d requests of an unconfirmed success, want %d", n, i+1, i+1)
+		}
+	}
 	valid.Store(true)
-	c, _ := newTestCache(t, next, CacheConfig{StillValid: func(Caller) bool { return valid.Load() }})
 	for range 3 {
 		if _, err := c.Authenticate(context.Background(), "tok"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := next.calls.Load(); n != 1 {
-		t.Fatalf("%d checks, want 1", n)
+	if n := next.calls.Load(); n != 2 {
+		t.Fatalf("%d checks, want 2 (confirmed successes are served from the cache)", n)
 	}
+
+	// Revoked: refused without a check, and for as long as the success
+	// would have been kept, even though the wrapped authenticator (like an
+	// API server's own cache) still says yes.
 	valid.Store(false)
-	next.err = Errorf(ReasonInvalid, "service account deleted")
-	if _, err := c.Authenticate(context.Background(), "tok"); ReasonOf(err) != ReasonInvalid {
-		t.Fatalf("after revocation: %v, want %s", err, ReasonInvalid)
+	for range 3 {
+		if _, err := c.Authenticate(context.Background(), "tok"); ReasonOf(err) != ReasonInvalid || !strings.Contains(err.Error(), "deleted") {
+			t.Fatalf("after revocation: %v, want a %s error naming the deletion", err, ReasonInvalid)
+		}
+		clock.advance(time.Minute)
 	}
 	if n := next.calls.Load(); n != 2 {
-		t.Errorf("%d checks, want 2 (the revoked success is checked again)", n)
+		t.Errorf("%d checks, want 2 (a revocation asks nobody)", n)
 	}
-	if got := testutil.ToFloat64(c.revoked); got != 1 {
-		t.Errorf("revoked = %v, want 1", got)
+	if got := testutil.ToFloat64(c.revoked); got != 2 {
+		t.Errorf("revoked = %v, want 2 (an unconfirmed re-check and a revocation)", got)
 	}
 }
 
