@@ -1,0 +1,129 @@
+package xds
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// maxPEMSize bounds the certificate, key and bundle files read.
+const maxPEMSize = 1 << 20
+
+// FileCredentials serves the server certificate and verifies clients
+// against a trust bundle, all read from PEM files and read again when they
+// change (the agent rewrites them on every rotation), at most once per
+// second.
+type FileCredentials struct {
+	certFile, keyFile, bundleFile string
+
+	mu      sync.Mutex
+	checked time.Time
+	stamp   [3]time.Time
+	cfg     *tls.Config
+}
+
+// NewFileCredentials reads the files once, failing if they are unusable.
+func NewFileCredentials(certFile, keyFile, bundleFile string) (*FileCredentials, error) {
+	f := &FileCredentials{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile}
+	if _, err := f.current(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// TLSConfig returns the server's TLS configuration: TLS 1.3, client
+// certificates required and verified against the bundle.
+func (f *FileCredentials) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return f.current()
+		},
+	}
+}
+
+func (f *FileCredentials) current() (*tls.Config, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cfg != nil && time.Since(f.checked) < time.Second {
+		return f.cfg, nil
+	}
+	f.checked = time.Now()
+	var stamp [3]time.Time
+	for i, name := range []string{f.certFile, f.keyFile, f.bundleFile} {
+		st, err := os.Stat(name)
+		if err != nil {
+			if f.cfg != nil {
+				return f.cfg, nil // keep serving the last good files
+			}
+			return nil, fmt.Errorf("xds: %w", err)
+		}
+		stamp[i] = st.ModTime()
+	}
+	if f.cfg != nil && stamp == f.stamp {
+		return f.cfg, nil
+	}
+	cfg, err := loadTLS(f.certFile, f.keyFile, f.bundleFile)
+	if err != nil {
+		if f.cfg != nil {
+			return f.cfg, nil
+		}
+		return nil, err
+	}
+	f.cfg, f.stamp = cfg, stamp
+	return cfg, nil
+}
+
+func readPEM(name string) ([]byte, error) {
+	st, err := os.Stat(name)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	if st.Size() > maxPEMSize {
+		return nil, fmt.Errorf("xds: %s is %d bytes, more than the limit of %d", name, st.Size(), maxPEMSize)
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	return b, nil
+}
+
+func loadTLS(certFile, keyFile, bundleFile string) (*tls.Config, error) {
+	certPEM, err := readPEM(certFile)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := readPEM(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	bundlePEM, err := readPEM(bundleFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("xds: server certificate %s and key %s: %w", certFile, keyFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(bundlePEM) {
+		return nil, errors.New("xds: no certificate in trust bundle " + bundleFile)
+	}
+	return ServerTLSConfig(cert, pool), nil
+}
+
+// ServerTLSConfig returns the TLS configuration of the server for a
+// certificate and the bundle clients are verified against.
+func ServerTLSConfig(cert tls.Certificate, bundle *x509.CertPool) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    bundle,
+	}
+}
