@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/agent/connlimit"
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
@@ -113,6 +115,25 @@ type Config struct {
 	HTTPAddr string
 	// Pprof serves net/http/pprof under /debug/pprof/ on HTTPAddr.
 	Pprof bool
+	// Attestation selects whom the agent serves: AttestationNone (the
+	// default) serves the agent's own SVID to every caller; AttestationNode
+	// serves each caller its own pod's, and needs Attestor and Pods.
+	Attestation Attestation
+	// Attestor attributes each caller to its pod (AttestationNode).
+	Attestor WorkloadAttestor
+	// Pods says which service accounts have a running pod on the node
+	// (AttestationNode): an SVID is dropped when its service account has
+	// none left.
+	Pods PodSet
+	// ProcRoot is where the host's /proc is mounted, for the callers'
+	// credentials (AttestationNode). Default: /proc.
+	ProcRoot string
+	// TrustDomain of the SPIFFE IDs asked for on behalf of workloads
+	// (AttestationNode). Default: cluster.local.
+	TrustDomain spiffeid.TrustDomain
+	// MaxIdentities caps the service accounts served at once
+	// (AttestationNode). Default: DefaultMaxIdentities.
+	MaxIdentities int
 	// Logger receives the agent's logs. Default: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the agent's metrics and Gatherer serves them.
@@ -133,9 +154,13 @@ type Agent struct {
 	httpLis   net.Listener
 	http      *http.Server
 
-	rotateNow chan struct{}
+	// primary keeps the agent's own SVID in store (AttestationNone); ids
+	// hold one SVID per service account (AttestationNode). Exactly one
+	// of them is set.
+	primary *rotator
+	ids     *identities
 
-	// Owned by the rotation loop.
+	caMu     sync.Mutex
 	ca       *caclient.Client
 	caBundle string
 }
@@ -146,8 +171,13 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, store: svidstore.New(), rotateNow: make(chan struct{}, 1)}
-	m, err := newMetrics(cfg.Registerer, a.store)
+	a := &Agent{cfg: cfg, log: cfg.Logger, store: svidstore.New()}
+	if cfg.Attestation == AttestationNode {
+		a.ids = newIdentities(a)
+	} else {
+		a.primary = newRotator(a, a.store, cfg.SPIFFEID, false)
+	}
+	m, err := newMetrics(cfg.Registerer, a.store, a.soonestExpiry, a.identityCount)
 	if err != nil {
 		return nil, err
 	}
@@ -157,7 +187,13 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a.grpc = grpc.NewServer(
+	var creds []grpc.ServerOption
+	if a.ids != nil {
+		// Every connection carries the credentials of the process that
+		// opened it, for attestation.
+		creds = append(creds, grpc.Creds(attest.Credentials(attest.WithProcRoot(cfg.ProcRoot))))
+	}
+	a.grpc = grpc.NewServer(append(creds,
 		// Each connection has its own budget of streams and requests (see
 		// package connlimit), so that one local client cannot starve the
 		// others: the limit of the transport below only makes clients
@@ -179,16 +215,18 @@ func New(cfg Config) (*Agent, error) {
 		// dynamic table saves nothing but costs each connection its own
 		// copy of the request headers: clients are told not to index.
 		grpc.HeaderTableSize(0),
-	)
+	)...)
 	if cfg.SDSSocket != Disabled {
-		srv, err := sds.New(a.store, sds.WithLogger(cfg.Logger), sds.WithRegisterer(cfg.Registerer))
+		resolve := func(ctx context.Context) (sds.Source, error) { return a.resolve(ctx) }
+		srv, err := sds.NewResolving(resolve, sds.WithLogger(cfg.Logger), sds.WithRegisterer(cfg.Registerer))
 		if err != nil {
 			return nil, err
 		}
 		srv.Register(a.grpc)
 	}
 	if cfg.WorkloadAPISocket != Disabled {
-		srv, err := workloadapi.New(a.store, workloadapi.WithLogger(cfg.Logger), workloadapi.WithRegisterer(cfg.Registerer))
+		resolve := func(ctx context.Context) (workloadapi.Source, error) { return a.resolve(ctx) }
+		srv, err := workloadapi.NewResolving(resolve, workloadapi.WithLogger(cfg.Logger), workloadapi.WithRegisterer(cfg.Registerer))
 		if err != nil {
 			return nil, err
 		}
@@ -229,6 +267,32 @@ func (c *Config) setDefaults() error {
 	}
 	if _, err := ParseKeyType(string(c.KeyType)); err != nil {
 		return err
+	}
+	if _, err := ParseAttestation(string(c.Attestation)); err != nil {
+		return err
+	}
+	if c.Attestation == "" {
+		c.Attestation = AttestationNone
+	}
+	if c.Attestation == AttestationNode {
+		switch {
+		case c.Attestor == nil:
+			return errors.New("agent: node attestation needs an attestor")
+		case c.Pods == nil:
+			return errors.New("agent: node attestation needs the node's pods")
+		case c.OutputDir != "":
+			return errors.New("agent: node attestation serves many identities and writes no output directory")
+		case !c.SPIFFEID.IsZero():
+			return errors.New("agent: node attestation derives each SPIFFE ID from the caller's pod; set no SPIFFE ID")
+		case c.MaxIdentities < 0:
+			return fmt.Errorf("agent: negative identity cap %d", c.MaxIdentities)
+		}
+		if c.TrustDomain.IsZero() {
+			c.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+		}
+		if c.MaxIdentities == 0 {
+			c.MaxIdentities = DefaultMaxIdentities
+		}
 	}
 	if c.KeyType == "" {
 		c.KeyType = KeyECDSAP256
@@ -302,12 +366,46 @@ func (a *Agent) HTTPAddr() string {
 	return a.httpLis.Addr().String()
 }
 
-// RotateNow asks for a new SVID at once, as if the current one were due.
+// RotateNow asks for new SVIDs at once, as if the current ones were due.
 func (a *Agent) RotateNow() {
-	select {
-	case a.rotateNow <- struct{}{}:
-	default:
+	if a.ids != nil {
+		a.ids.rotateNow()
+		return
 	}
+	a.primary.rotateNow()
+}
+
+// setBundle installs a new trust bundle for every identity served.
+func (a *Agent) setBundle(b *svidstore.Bundle) {
+	a.store.SetBundle(b)
+	if a.ids != nil {
+		a.ids.setBundle(b)
+	}
+}
+
+// soonestExpiry returns the earliest expiry of the SVIDs served, and false
+// if there is none.
+func (a *Agent) soonestExpiry() (time.Time, bool) {
+	if a.ids != nil {
+		return a.ids.soonestExpiry()
+	}
+	snap, _ := a.store.Load()
+	if snap.SVID == nil {
+		return time.Time{}, false
+	}
+	return snap.SVID.NotAfter, true
+}
+
+// identityCount returns the number of identities served.
+func (a *Agent) identityCount() int {
+	if a.ids != nil {
+		n, _ := a.ids.count()
+		return n
+	}
+	if snap, _ := a.store.Load(); snap.SVID != nil {
+		return 1
+	}
+	return 0
 }
 
 // Run serves until ctx ends, then stops everything and closes the
@@ -318,8 +416,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	bundles := &bundleWatcher{a: a}
 	bundles.check()
 	g, ctx := errgroup.WithContext(ctx)
+	defer a.closeCAClient()
 	g.Go(func() error { return bundles.run(ctx) })
-	g.Go(func() error { return a.rotate(ctx) })
+	if a.ids != nil {
+		a.ids.start(ctx)
+		g.Go(func() error { return a.ids.run(ctx) })
+	} else {
+		g.Go(func() error { return a.primary.run(ctx) })
+	}
 	if a.cfg.OutputDir != "" {
 		g.Go(func() error { return a.writeFiles(ctx) })
 	}
@@ -345,7 +449,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	})
 	a.log.Info("agent running", "ca", a.cfg.CAAddr, "sds_socket", a.cfg.SDSSocket, "workload_api_socket", a.cfg.WorkloadAPISocket,
-		"output_dir", a.cfg.OutputDir, "http", a.HTTPAddr(), "key_type", a.cfg.KeyType)
+		"output_dir", a.cfg.OutputDir, "http", a.HTTPAddr(), "key_type", a.cfg.KeyType, "attestation", a.cfg.Attestation)
 	return g.Wait()
 }
 

@@ -45,7 +45,7 @@ func (w *bundleWatcher) check() {
 		w.last, w.lastErr = b, ""
 		a.metrics.bundleLoads.WithLabelValues("ok").Inc()
 		a.log.Info("agent: trust bundle loaded", "file", a.cfg.RootCertFile, "roots", len(bundle.Certificates), "version", bundle.Version)
-		a.store.SetBundle(bundle)
+		a.setBundle(bundle)
 	}
 }
 

@@ -34,6 +34,11 @@ func (a *Agent) Ready() (bool, string) {
 	switch {
 	case snap.Bundle == nil:
 		return false, "no trust bundle loaded from " + a.cfg.RootCertFile
+	case a.ids != nil:
+		// A node agent obtains SVIDs as workloads ask: it is ready to
+		// serve as soon as it can verify what the CA sends.
+		total, valid := a.ids.count()
+		return true, fmt.Sprintf("node attestation: serving %d identities (%d with a valid SVID)", total, valid)
 	case snap.SVID == nil:
 		return false, "no valid SVID yet (see castellan_agent_ca_request_failures_total)"
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 )
 
@@ -40,9 +41,12 @@ type metrics struct {
 	fileWrites    *prometheus.CounterVec
 	consecutive   prometheus.Gauge
 	expirySeconds prometheus.GaugeFunc
+	identities    prometheus.GaugeFunc
+	withdrawn     prometheus.Counter
+	refused       *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, store *svidstore.Store) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, store *svidstore.Store, soonestExpiry func() (time.Time, bool), identities func() int) (*metrics, error) {
 	m := &metrics{
 		rotations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "castellan_agent_rotations_total",
@@ -77,12 +81,30 @@ func newMetrics(reg prometheus.Registerer, store *svidstore.Store) (*metrics, er
 			Name: "castellan_agent_svid_expiry_seconds",
 			Help: "Seconds until the current SVID expires; 0 when there is no valid SVID.",
 		}, func() float64 {
-			snap, _ := store.Load()
-			if snap.SVID == nil {
+			t, ok := soonestExpiry()
+			if !ok {
 				return 0
 			}
-			return max(0, time.Until(snap.SVID.NotAfter).Seconds())
+			return max(0, time.Until(t).Seconds())
 		}),
+		identities: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "castellan_agent_identities",
+			Help: "Identities the agent serves now: one per service account in use on the node with node attestation, else 1 once its SVID is issued.",
+		}, func() float64 { return float64(identities()) }),
+		withdrawn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_agent_identities_withdrawn_total",
+			Help: "SVIDs withdrawn (node attestation) because no running pod of their service account was left on the node.",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_agent_callers_refused_total",
+			Help: "Calls on the agent's sockets refused an SVID (node attestation), by reason: an attestation failure, no_running_pod, identity_cap or agent_not_running.",
+		}, []string{"reason"}),
+	}
+	for _, r := range attest.Reasons {
+		m.refused.WithLabelValues(string(r))
+	}
+	for _, r := range []string{refusedNoRunningPod, refusedIdentityCap} {
+		m.refused.WithLabelValues(r)
 	}
 	for _, r := range failureReasons {
 		m.failures.WithLabelValues(r)
@@ -95,7 +117,7 @@ func newMetrics(reg prometheus.Registerer, store *svidstore.Store) (*metrics, er
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds, bundleRoots{store}} {
+	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds, m.identities, m.withdrawn, m.refused, bundleRoots{store}} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

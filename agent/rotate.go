@@ -7,17 +7,26 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/ca/caclient"
 )
+
+// ImpersonatedIdentityKey is the key, in the metadata of Istio's
+// certificate request, of the SPIFFE ID a node agent asks for on behalf of
+// a workload.
+const ImpersonatedIdentityKey = "ImpersonatedIdentity"
 
 // maxChainCerts bounds the chain the agent accepts from the CA.
 const maxChainCerts = 10
@@ -35,16 +44,48 @@ func fail(reason string, format string, args ...any) error {
 	return &issueError{reason: reason, err: fmt.Errorf("agent: "+format, args...)}
 }
 
-// rotate obtains SVIDs for as long as ctx lasts: the first at once, then
+// rotator keeps one identity's SVID fresh in its store. A single-identity
+// agent has one; a node agent has one per service account in use on the
+// node. They share the agent's configuration, CA connection and metrics.
+type rotator struct {
+	a     *Agent
+	store *svidstore.Store
+	// id is the SPIFFE ID asked for (put in the CSR, and required of the
+	// SVID), or zero to take whatever the token names.
+	id spiffeid.ID
+	// impersonate asks the CA for id on behalf of a workload of this node
+	// (Istio's ImpersonatedIdentity), with the agent's own token.
+	impersonate bool
+	log         *slog.Logger
+	now         chan struct{}
+}
+
+func newRotator(a *Agent, store *svidstore.Store, id spiffeid.ID, impersonate bool) *rotator {
+	log := a.log
+	if impersonate {
+		log = log.With("spiffe_id", id.String())
+	}
+	return &rotator{a: a, store: store, id: id, impersonate: impersonate, log: log, now: make(chan struct{}, 1)}
+}
+
+// rotateNow asks for a new SVID at once.
+func (r *rotator) rotateNow() {
+	select {
+	case r.now <- struct{}{}:
+	default:
+	}
+}
+
+// run obtains SVIDs for as long as ctx lasts: the first at once, then
 // each at RotateFraction of the previous one's lifetime (with jitter),
 // retrying failures with exponential backoff and jitter. A trust bundle
-// that no longer verifies the current SVID, or a call to RotateNow,
+// that no longer verifies the current SVID, or a call to rotateNow,
 // starts a rotation at once.
-func (a *Agent) rotate(ctx context.Context) error {
-	defer a.closeCAClient()
+func (r *rotator) run(ctx context.Context) error {
+	a := r.a
 	failures := 0
 	var wait time.Duration
-	snap, changed := a.store.Load()
+	snap, changed := r.store.Load()
 	bundleVersion := ""
 	if snap.Bundle != nil {
 		bundleVersion = snap.Bundle.Version
@@ -55,10 +96,10 @@ func (a *Agent) rotate(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-a.rotateNow:
+		case <-r.now:
 		case <-timer.C:
 		case <-changed:
-			snap, changed = a.store.Load()
+			snap, changed = r.store.Load()
 			if snap.Bundle == nil || snap.Bundle.Version == bundleVersion {
 				continue
 			}
@@ -70,7 +111,7 @@ func (a *Agent) rotate(ctx context.Context) error {
 			// attempt failed): try now.
 		}
 
-		svid, issuedAt, err := a.issue(ctx)
+		svid, issuedAt, err := r.issue(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -84,25 +125,25 @@ func (a *Agent) rotate(ctx context.Context) error {
 			a.metrics.failures.WithLabelValues(reason).Inc()
 			a.metrics.consecutive.Set(float64(failures))
 			wait = a.backoff(failures)
-			cur, _ := a.store.Load()
+			cur, _ := r.store.Load()
 			attrs := []any{"reason", reason, "error", err, "attempt", failures, "retry_in", wait.Round(time.Millisecond)}
 			if cur.SVID != nil {
 				attrs = append(attrs, "serving_until", cur.SVID.NotAfter)
 			} else {
 				attrs = append(attrs, "serving", "nothing (no valid SVID)")
 			}
-			a.log.Warn("agent: could not obtain an SVID", attrs...)
+			r.log.Warn("agent: could not obtain an SVID", attrs...)
 		} else {
 			if failures > 0 {
-				a.log.Info("agent: CA reachable again", "failed_attempts", failures)
+				r.log.Info("agent: CA reachable again", "failed_attempts", failures)
 			}
 			failures = 0
 			a.metrics.consecutive.Set(0)
-			a.store.SetSVID(svid)
+			r.store.SetSVID(svid)
 			a.metrics.rotations.Inc()
 			a.metrics.lastUpdate.Set(float64(time.Now().UnixNano()) / 1e9)
 			wait = a.rotationDelay(issuedAt, svid.NotAfter)
-			a.log.Info("agent: SVID installed", "spiffe_id", svid.ID().String(), "serial", svid.X509.Certificates[0].SerialNumber.String(),
+			r.log.Info("agent: SVID installed", "spiffe_id", svid.ID().String(), "serial", svid.X509.Certificates[0].SerialNumber.String(),
 				"not_after", svid.NotAfter, "next_rotation_in", wait.Round(time.Millisecond))
 		}
 		if !timer.Stop() {
@@ -142,8 +183,9 @@ func (a *Agent) backoff(n int) time.Duration {
 // token, and checks what comes back: a chain that parses, whose leaf holds
 // the new key and a SPIFFE ID, and that verifies against the trust bundle.
 // It returns the SVID and the time the request was sent.
-func (a *Agent) issue(ctx context.Context) (*svidstore.SVID, time.Time, error) {
-	snap, _ := a.store.Load()
+func (r *rotator) issue(ctx context.Context) (*svidstore.SVID, time.Time, error) {
+	a := r.a
+	snap, _ := r.store.Load()
 	if snap.Bundle == nil {
 		return nil, time.Time{}, fail(reasonNoBundle, "no trust bundle loaded from %s; cannot verify the CA", a.cfg.RootCertFile)
 	}
@@ -159,7 +201,7 @@ func (a *Agent) issue(ctx context.Context) (*svidstore.SVID, time.Time, error) {
 	if err != nil {
 		return nil, time.Time{}, fail(reasonKey, "could not generate a %s key: %w", a.cfg.KeyType, err)
 	}
-	csr, err := newCSR(key, a.cfg.SPIFFEID)
+	csr, err := newCSR(key, r.id)
 	if err != nil {
 		return nil, time.Time{}, &issueError{reason: reasonKey, err: err}
 	}
@@ -167,7 +209,17 @@ func (a *Agent) issue(ctx context.Context) (*svidstore.SVID, time.Time, error) {
 	callCtx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
 	sent := time.Now()
-	chainPEM, err := client.CreateCertificate(callCtx, token, csr, a.cfg.TTL)
+	req := &pb.IstioCertificateRequest{Csr: string(csr), ValidityDuration: int64(a.cfg.TTL / time.Second)}
+	if r.impersonate {
+		// Istio's wire protocol for a node agent asking on behalf of a
+		// workload, as ztunnel sends it: the target SPIFFE ID in the
+		// request metadata. The CA grants it only to node agents, for
+		// service accounts with a running pod on the agent's node.
+		if req.Metadata, err = structpb.NewStruct(map[string]any{ImpersonatedIdentityKey: r.id.String()}); err != nil {
+			return nil, time.Time{}, fail(reasonOther, "could not encode the impersonated identity: %w", err)
+		}
+	}
+	chainPEM, err := client.CreateCertificateRequest(callCtx, token, req)
 	a.metrics.caLatency.Observe(time.Since(sent).Seconds())
 	if err != nil {
 		return nil, time.Time{}, &issueError{reason: reasonFor(err), err: fmt.Errorf("agent: CA at %s: %w", a.cfg.CAAddr, err)}
@@ -195,8 +247,8 @@ func (a *Agent) issue(ctx context.Context) (*svidstore.SVID, time.Time, error) {
 	if err := verifySVID(svid, snap.Bundle); err != nil {
 		return nil, time.Time{}, fail(reasonBadResponse, "CA response does not verify against the trust bundle: %w", err)
 	}
-	if !a.cfg.SPIFFEID.IsZero() && svid.ID() != a.cfg.SPIFFEID {
-		return nil, time.Time{}, fail(reasonBadResponse, "CA issued %s, but %s was asked for", svid.ID(), a.cfg.SPIFFEID)
+	if !r.id.IsZero() && svid.ID() != r.id {
+		return nil, time.Time{}, fail(reasonBadResponse, "CA issued %s, but %s was asked for", svid.ID(), r.id)
 	}
 	if !time.Now().Before(svid.NotAfter) {
 		return nil, time.Time{}, fail(reasonBadResponse, "CA issued a certificate that expired at %s", svid.NotAfter)
@@ -216,12 +268,14 @@ func verifySVID(svid *svidstore.SVID, bundle *svidstore.Bundle) error {
 }
 
 // caClient returns a client that verifies the CA against bundle, making a
-// new one when the bundle changed.
+// new one when the bundle changed. The rotators share it.
 func (a *Agent) caClient(bundle *svidstore.Bundle) (*caclient.Client, error) {
+	a.caMu.Lock()
+	defer a.caMu.Unlock()
 	if a.ca != nil && a.caBundle == bundle.Version {
 		return a.ca, nil
 	}
-	a.closeCAClient()
+	a.closeCAClientLocked()
 	pool := x509.NewCertPool()
 	for _, c := range bundle.Certificates {
 		pool.AddCert(c)
@@ -235,6 +289,12 @@ func (a *Agent) caClient(bundle *svidstore.Bundle) (*caclient.Client, error) {
 }
 
 func (a *Agent) closeCAClient() {
+	a.caMu.Lock()
+	defer a.caMu.Unlock()
+	a.closeCAClientLocked()
+}
+
+func (a *Agent) closeCAClientLocked() {
 	if a.ca != nil {
 		a.ca.Close()
 		a.ca, a.caBundle = nil, ""

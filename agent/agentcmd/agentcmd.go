@@ -7,6 +7,7 @@ package agentcmd
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -38,8 +39,9 @@ type flags struct {
 	caAddr, caServerName, rootCert, tokenFile, spiffeID, keyType string
 	sdsSocket, workloadSocket, socketMode, outputDir, httpAddr   string
 	logLevel                                                     string
+	attestation, nodeName, kubeconfig, procRoot, trustDomain     string
 	pprof                                                        bool
-	gcPercent                                                    int
+	gcPercent, maxIdentities                                     int
 	ttl, initialBackoff, maxBackoff, requestTimeout, rootPoll    time.Duration
 	rotateFraction, rotateJitter                                 float64
 }
@@ -60,7 +62,13 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.rootPoll, "root-poll-interval", 5*time.Second, "how often --root-cert is checked for changes")
 	fs.StringVar(&f.sdsSocket, "sds-socket", agent.DefaultSDSSocket, "Unix socket of the SDS server (\"-\" disables SDS)")
 	fs.StringVar(&f.workloadSocket, "workload-api-socket", "", "Unix socket of the SPIFFE Workload API (default: the SDS socket; \"-\" disables it)")
-	fs.StringVar(&f.socketMode, "socket-mode", "0600", "file mode of the sockets (octal; never open to other users)")
+	fs.StringVar(&f.socketMode, "socket-mode", "", "file mode of the sockets (octal); default 0600, or 0666 with --attestation=node, where every caller is attested and the pods' containers run as users of their own")
+	fs.StringVar(&f.attestation, "attestation", string(agent.AttestationNone), "whom the agent serves: \"none\" serves the agent's own SVID to every caller (an agent beside one workload); \"node\" attests each caller to its pod on this node and serves it its service account's SVID, asked of the CA on its behalf (one agent per node)")
+	fs.StringVar(&f.nodeName, "node-name", "", "this node's name (--attestation=node); usually from the downward API, spec.nodeName")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the watch on this node's pods (--attestation=node; default: in-cluster)")
+	fs.StringVar(&f.procRoot, "proc-root", "/proc", "the host's /proc, where callers' processes are found (--attestation=node; the agent needs the host's pid namespace)")
+	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "trust domain of the SPIFFE IDs asked for on behalf of workloads (--attestation=node)")
+	fs.IntVar(&f.maxIdentities, "max-identities", agent.DefaultMaxIdentities, "most service accounts served at once (--attestation=node)")
 	fs.StringVar(&f.outputDir, "output-dir", "", "directory to write cert-chain.pem, key.pem and root-cert.pem into on every rotation; an expired SVID is removed from it (default: none)")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:15020", "listen address for /metrics, /healthz and /readyz (\"-\" disables it)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -80,17 +88,41 @@ func (f *flags) config() (agent.Config, error) {
 			return agent.Config{}, fmt.Errorf("--spiffe-id %q: %w", f.spiffeID, err)
 		}
 	}
-	mode, err := strconv.ParseUint(f.socketMode, 8, 32)
+	attestation, err := agent.ParseAttestation(f.attestation)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("--attestation: %w", err)
+	}
+	node := attestation == agent.AttestationNode
+	socketMode := f.socketMode
+	if socketMode == "" {
+		socketMode = "0600"
+		if node {
+			socketMode = "0666"
+		}
+	}
+	mode, err := strconv.ParseUint(socketMode, 8, 32)
 	switch {
 	case err != nil || mode > 0o777:
-		return agent.Config{}, fmt.Errorf("--socket-mode %q: want an octal file mode such as 0600", f.socketMode)
-	case mode&0o007 != 0:
-		return agent.Config{}, fmt.Errorf("--socket-mode %s lets any user on the machine connect; use 0600 or 0660", f.socketMode)
+		return agent.Config{}, fmt.Errorf("--socket-mode %q: want an octal file mode such as 0600", socketMode)
+	case mode&0o007 != 0 && !node:
+		return agent.Config{}, fmt.Errorf("--socket-mode %s lets any user on the machine connect and get the agent's identity; use 0600 or 0660, or --attestation=node", socketMode)
 	case mode&0o600 != 0o600:
-		return agent.Config{}, fmt.Errorf("--socket-mode %s: the owner needs read and write", f.socketMode)
+		return agent.Config{}, fmt.Errorf("--socket-mode %s: the owner needs read and write", socketMode)
 	}
 	if f.gcPercent < 0 {
 		return agent.Config{}, fmt.Errorf("--gc-percent %d: want 0 (Go's default) or a positive percentage", f.gcPercent)
+	}
+	var td spiffeid.TrustDomain
+	if node {
+		switch {
+		case f.nodeName == "":
+			return agent.Config{}, errors.New("--attestation=node needs --node-name (from the downward API: spec.nodeName)")
+		case f.maxIdentities <= 0:
+			return agent.Config{}, fmt.Errorf("--max-identities %d: want a positive number", f.maxIdentities)
+		}
+		if td, err = spiffeid.TrustDomainFromString(f.trustDomain); err != nil {
+			return agent.Config{}, fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)
+		}
 	}
 	jitter := f.rotateJitter
 	if jitter == 0 {
@@ -116,6 +148,10 @@ func (f *flags) config() (agent.Config, error) {
 		OutputDir:         f.outputDir,
 		HTTPAddr:          f.httpAddr,
 		Pprof:             f.pprof,
+		Attestation:       attestation,
+		ProcRoot:          f.procRoot,
+		TrustDomain:       td,
+		MaxIdentities:     f.maxIdentities,
 	}, nil
 }
 
@@ -124,25 +160,32 @@ func (f *flags) config() (agent.Config, error) {
 // printed on stderr for -h or a bad flag. lookup reads the environment
 // (nil: os.LookupEnv).
 func parse(name string, args []string, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, err error) {
+	cfg, gcPercent, _, err = parseNode(name, args, stderr, lookup)
+	return cfg, gcPercent, err
+}
+
+// parseNode is parse that also returns what node attestation needs.
+func parseNode(name string, args []string, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, node nodeOptions, err error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var f flags
 	f.register(fs)
+	defer func() { node = nodeOptions{nodeName: f.nodeName, kubeconfig: f.kubeconfig, procRoot: f.procRoot} }()
 	if err := cliflag.Parse(fs, EnvPrefix, args, lookup); err != nil {
-		return agent.Config{}, 0, UsageError{Err: err}
+		return agent.Config{}, 0, nodeOptions{}, UsageError{Err: err}
 	}
 	if fs.NArg() > 0 {
-		return agent.Config{}, 0, UsageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+		return agent.Config{}, 0, nodeOptions{}, UsageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	log, err := cliflag.NewLogger(stderr, f.logLevel)
 	if err != nil {
-		return agent.Config{}, 0, UsageError{Err: err}
+		return agent.Config{}, 0, nodeOptions{}, UsageError{Err: err}
 	}
 	if cfg, err = f.config(); err != nil {
-		return agent.Config{}, 0, UsageError{Err: err}
+		return agent.Config{}, 0, nodeOptions{}, UsageError{Err: err}
 	}
 	cfg.Logger = log
-	return cfg, f.gcPercent, nil
+	return cfg, f.gcPercent, nodeOptions{}, nil
 }
 
 // Run parses args as the agent's flags (with their CASTELLAN_ environment
@@ -152,7 +195,7 @@ func parse(name string, args []string, stderr io.Writer, lookup func(string) (st
 // A bad flag or argument returns a UsageError; any other error comes from
 // the agent itself.
 func Run(ctx context.Context, name string, args []string, stderr io.Writer) error {
-	cfg, gcPercent, err := parse(name, args, stderr, nil)
+	cfg, gcPercent, node, err := parseNode(name, args, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -167,6 +210,14 @@ func Run(ctx context.Context, name string, args []string, stderr io.Writer) erro
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer, cfg.Gatherer = reg, reg
+	if cfg.Attestation == agent.AttestationNode {
+		ctx2, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ctx = ctx2
+		if err := node.setUp(ctx, &cfg); err != nil {
+			return err
+		}
+	}
 
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -73,6 +73,20 @@ func TestParse(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "node attestation",
+			args: []string{"--attestation=node", "--node-name=n1", "--trust-domain=example.org", "--max-identities=7", "--proc-root=/host/proc"},
+			check: func(t *testing.T, cfg agent.Config, _ int) {
+				if cfg.Attestation != agent.AttestationNode || cfg.TrustDomain.Name() != "example.org" || cfg.MaxIdentities != 7 ||
+					cfg.ProcRoot != "/host/proc" || cfg.SocketMode != 0o666 {
+					t.Errorf("config: %+v", cfg)
+				}
+			},
+		},
+		{name: "node attestation without a node name", args: []string{"--attestation=node"}, wantErr: "--node-name"},
+		{name: "unknown attestation", args: []string{"--attestation=k8s"}, wantErr: "--attestation"},
+		{name: "bad trust domain", args: []string{"--attestation=node", "--node-name=n", "--trust-domain=A B"}, wantErr: "--trust-domain"},
+		{name: "no identities", args: []string{"--attestation=node", "--node-name=n", "--max-identities=0"}, wantErr: "--max-identities"},
 		{name: "socket open to others", args: []string{"--socket-mode=0666"}, wantErr: "lets any user"},
 		{name: "socket not writable by owner", args: []string{"--socket-mode=0460"}, wantErr: "owner needs read and write"},
 		{name: "socket mode not octal", args: []string{"--socket-mode=rw"}, wantErr: "want an octal file mode"},

@@ -1,7 +1,8 @@
 // Command castellan-agent is Castellan's node agent on its own: the same
 // command as "castellan agent", in a binary that links only the agent (no
-// CA, Kubernetes client, policy translator or key-management backends), so
-// that the DaemonSet on every node maps a fraction of the pages.
+// CA, policy translator or key-management backends, and of Kubernetes only
+// the REST client and informer that node attestation's pod watch needs),
+// so that the DaemonSet on every node maps a fraction of the pages.
 //
 //	castellan-agent --ca-addr castellan.castellan-system.svc:15012 \
 //	    --sds-socket /var/run/secrets/workload-spiffe-uds/socket
