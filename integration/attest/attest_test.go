@@ -109,7 +109,7 @@ type proc struct {
 	out   *bufio.Scanner
 }
 
-func startProc(t *testing.T, mode string) *proc {
+func startProc(t testing.TB, mode string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
@@ -133,7 +133,7 @@ func startProc(t *testing.T, mode string) *proc {
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
 // connect has the process connect to sock and returns the line it prints.
-func (p *proc) connect(t *testing.T, sock string) string {
+func (p *proc) connect(t testing.TB, sock string) string {
 	t.Helper()
 	if _, err := fmt.Fprintln(p.stdin, sock); err != nil {
 		t.Fatal(err)
