@@ -59,6 +59,8 @@ const authzUsageText = `usage: castellan authz <subcommand> [flags]
   translate  print the Envoy RBAC filters for a workload
   check      decide a request by evaluating the generated Envoy RBAC filters
   mtls       print the effective mTLS mode per port for a workload
+  serve      run the policy server: watch the cluster's policies and pods and
+             serve each proxy its RBAC filters over ECDS (xDS)
 
 Run castellan authz <subcommand> -h for its flags.`
 
@@ -77,8 +79,10 @@ func runAuthz(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runAuthzCheck(ctx, args[1:], stdout, stderr)
 	case "mtls":
 		return runAuthzMTLS(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return runAuthzServe(ctx, args[1:], stdout, stderr)
 	}
-	return authzUsage(fmt.Errorf("unknown subcommand %q (want translate, check or mtls)", args[0]))
+	return authzUsage(fmt.Errorf("unknown subcommand %q (want translate, check, mtls or serve)", args[0]))
 }
 
 // authzCommon are the flags every authz subcommand shares: where the

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/castellan-mesh/castellan/authz"
+	"github.com/castellan-mesh/castellan/authz/rbac"
+	"github.com/castellan-mesh/castellan/authz/watch"
+	"github.com/castellan-mesh/castellan/authz/xds"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
+)
+
+// authzServeFlags configure "castellan authz serve", the policy server.
+type authzServeFlags struct {
+	xdsAddr, httpAddr          string
+	certDir                    string
+	certFile, keyFile, bundle  string
+	trustDomain, rootNamespace string
+	trustDomainAliases         *cliflag.StringList
+	kubeconfig, namespace      string
+	maxStreams                 int
+}
+
+func (f *authzServeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.xdsAddr, "xds-addr", ":15010", "listen address of the ECDS service (gRPC over mutual TLS)")
+	fs.StringVar(&f.httpAddr, "http-addr", ":15016", "listen address for /metrics, /healthz and /readyz")
+	fs.StringVar(&f.certDir, "cert-dir", "", "directory with cert-chain.pem, key.pem and root-cert.pem, as the agent's --output-dir writes them (re-read on rotation)")
+	fs.StringVar(&f.certFile, "cert", "", "server certificate chain (PEM); overrides --cert-dir")
+	fs.StringVar(&f.keyFile, "key", "", "server private key (PEM); overrides --cert-dir")
+	fs.StringVar(&f.bundle, "bundle", "", "trust bundle clients are verified against (PEM); overrides --cert-dir")
+	fs.StringVar(&f.trustDomain, "trust-domain", rbac.DefaultTrustDomain, "the mesh's trust domain: of the proxies' identities and of policy principals")
+	f.trustDomainAliases = cliflag.NewStringList()
+	fs.Var(f.trustDomainAliases, "trust-domain-alias", "a trust domain treated as the same as --trust-domain in policies (repeatable)")
+	fs.StringVar(&f.rootNamespace, "root-namespace", authz.DefaultRootNamespace, "namespace whose policies apply mesh-wide")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (in-cluster config when empty)")
+	fs.StringVar(&f.namespace, "namespace", "", "watch policies and pods of this namespace only (default all)")
+	fs.IntVar(&f.maxStreams, "max-streams", 100000, "most xDS streams served at once")
+}
+
+func (f *authzServeFlags) files() (cert, key, bundle string, err error) {
+	pick := func(flagValue, name string) string {
+		if flagValue != "" || f.certDir == "" {
+			return flagValue
+		}
+		return filepath.Join(f.certDir, name)
+	}
+	cert, key, bundle = pick(f.certFile, "cert-chain.pem"), pick(f.keyFile, "key.pem"), pick(f.bundle, "root-cert.pem")
+	if cert == "" || key == "" || bundle == "" {
+		return "", "", "", errors.New("the server certificate is required: set --cert-dir, or --cert, --key and --bundle")
+	}
+	return cert, key, bundle, nil
+}
+
+func runAuthzServe(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("castellan authz serve", flag.ContinueOnError)
+	var f authzServeFlags
+	f.register(fs)
+	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	certFile, keyFile, bundleFile, err := f.files()
+	if err != nil {
+		return authzUsage(err)
+	}
+	if f.maxStreams < 1 {
+		return authzUsage(fmt.Errorf("--max-streams %d: want at least 1", f.maxStreams))
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	creds, err := xds.NewFileCredentials(certFile, keyFile, bundleFile)
+	if err != nil {
+		return err
+	}
+	cfg, err := kubeConfig(f.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("authz serve needs a cluster (set --kubeconfig or run in a pod): %w", err)
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	engineMetrics, err := authz.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	xdsMetrics, err := xds.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	engine, err := authz.New(authz.Config{
+		RootNamespace: f.rootNamespace, TrustDomain: f.trustDomain, TrustDomainAliases: f.trustDomainAliases.Values(),
+		Logger: log, Metrics: engineMetrics,
+	})
+	if err != nil {
+		return err
+	}
+	policies, err := watch.New(watch.Config{Client: dyn, Namespace: f.namespace, Logger: log}, engine)
+	if err != nil {
+		return err
+	}
+	podWatch, err := xds.NewPodWatcher(kube, f.namespace, engine)
+	if err != nil {
+		return err
+	}
+	server, err := xds.New(xds.Config{Engine: engine, Pods: podWatch, TrustDomain: f.trustDomain, Logger: log, Metrics: xdsMetrics, MaxStreams: f.maxStreams})
+	if err != nil {
+		return err
+	}
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(creds.TLSConfig())),
+		grpc.MaxRecvMsgSize(1<<20),
+		grpc.MaxHeaderListSize(32<<10),
+		grpc.MaxConcurrentStreams(16),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
+	server.Register(g)
+	lis, err := net.Listen("tcp", f.xdsAddr)
+	if err != nil {
+		return fmt.Errorf("--xds-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !policies.HasSynced() || !podWatch.HasSynced() {
+			http.Error(w, "policies or pods not synced", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	hs := &http.Server{Addr: f.httpAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 32 << 10}
+	hl, err := net.Listen("tcp", f.httpAddr)
+	if err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 5)
+	go func() { errc <- policies.Run(ctx) }()
+	go func() { errc <- podWatch.Run(ctx) }()
+	go func() { errc <- server.Run(ctx) }()
+	go func() { errc <- g.Serve(lis) }()
+	go func() { errc <- hs.Serve(hl) }()
+	log.Info("authz serve: serving ECDS", "xds_addr", lis.Addr().String(), "http_addr", hl.Addr().String(),
+		"trust_domain", f.trustDomain, "namespace", f.namespace, "resources", xds.ResourceNames)
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+	}
+	cancel()
+	g.Stop()
+	shut, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	_ = hs.Shutdown(shut)
+	return err
+}
