@@ -92,18 +92,24 @@ func New(cfg Config) (*Attestor, error) {
 func (a *Attestor) Attest(ctx context.Context, p PeerCred) (Workload, error) {
 	w, err := a.attest(ctx, p)
 	if err != nil {
-		var e *Error
-		if !errors.As(err, &e) {
-			e = refuse(ReasonProcUnreadable, p.PID, err, "could not attest process %d", p.PID)
-			err = e
-		}
-		a.metrics.attestations.WithLabelValues("refused").Inc()
-		a.metrics.failures.WithLabelValues(string(e.Reason)).Inc()
-		a.log.InfoContext(ctx, "caller refused", "pid", p.PID, "uid", p.UID, "reason", string(e.Reason), "error", err.Error())
-		return Workload{}, err
+		return Workload{}, a.refused(ctx, p, err)
 	}
 	a.metrics.attestations.WithLabelValues("ok").Inc()
 	return w, nil
+}
+
+// refused counts and logs the refusal of p for err, and returns err as an
+// *Error.
+func (a *Attestor) refused(ctx context.Context, p PeerCred, err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = refuse(ReasonProcUnreadable, p.PID, err, "could not attest process %d", p.PID)
+		err = e
+	}
+	a.metrics.attestations.WithLabelValues("refused").Inc()
+	a.metrics.failures.WithLabelValues(string(e.Reason)).Inc()
+	a.log.InfoContext(ctx, "caller refused", "pid", e.PID, "reason", string(e.Reason), "error", err.Error())
+	return err
 }
 
 // attest runs the steps of Attest in order: cgroup, pod, pid reuse.

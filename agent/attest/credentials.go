@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"syscall"
 
@@ -66,6 +67,7 @@ type CredentialsOption interface {
 
 type credsConfig struct {
 	procRoot string
+	attestor *Attestor
 }
 
 type credsOptionFunc func(*credsConfig)
@@ -76,6 +78,15 @@ func (f credsOptionFunc) apply(c *credsConfig) { f(c) }
 // It must be the /proc of the pid namespace the agent sees its peers in.
 func WithProcRoot(root string) CredentialsOption {
 	return credsOptionFunc(func(c *credsConfig) { c.procRoot = root })
+}
+
+// WithAttestor counts and logs the connections refused at the handshake
+// with a's metrics and logger, as refusals of Attest are: reason
+// no_peer_credentials, pid_reused (the peer exited at once) or
+// proc_unreadable. It also reads the peer's start time under a's ProcRoot,
+// unless WithProcRoot says otherwise.
+func WithAttestor(a *Attestor) CredentialsOption {
+	return credsOptionFunc(func(c *credsConfig) { c.attestor = a })
 }
 
 // Credentials returns gRPC server transport credentials for a Unix socket
@@ -91,9 +102,15 @@ func WithProcRoot(root string) CredentialsOption {
 // connected after its start time was read, closing the window in which
 // the peer could exit and its pid be given to another process.
 func Credentials(opts ...CredentialsOption) credentials.TransportCredentials {
-	c := credsConfig{procRoot: DefaultProcRoot}
+	var c credsConfig
 	for _, o := range opts {
 		o.apply(&c)
+	}
+	if c.procRoot == "" && c.attestor != nil {
+		c.procRoot = c.attestor.procRoot
+	}
+	if c.procRoot == "" {
+		c.procRoot = DefaultProcRoot
 	}
 	return &peerCreds{cfg: c}
 }
@@ -109,6 +126,9 @@ func (c *peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn
 func (c *peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	p, err := ReadPeerCred(conn, c.cfg.procRoot)
 	if err != nil {
+		if a := c.cfg.attestor; a != nil {
+			a.refused(context.Background(), p, err)
+		}
 		return nil, nil, err
 	}
 	return conn, AuthInfo{
@@ -130,17 +150,20 @@ func (c *peerCreds) OverrideServerName(string) error { return nil }
 
 // ReadPeerCred returns the credentials of the process at the other end of
 // conn, a Unix socket connection, with its start time read under procRoot.
+// Its errors are *Error: no_peer_credentials when the kernel gives none,
+// pid_reused when the peer has already exited, proc_unreadable when its
+// start time cannot be read.
 func ReadPeerCred(conn net.Conn, procRoot string) (PeerCred, error) {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return PeerCred{}, fmt.Errorf("attest: %T is not a Unix socket connection", conn)
+		return PeerCred{}, refuse(ReasonNoPeerCredentials, 0, nil, "%T is not a Unix socket connection", conn)
 	}
 	if a := conn.LocalAddr(); a == nil || a.Network() != "unix" {
-		return PeerCred{}, fmt.Errorf("attest: connection is not over a Unix socket")
+		return PeerCred{}, refuse(ReasonNoPeerCredentials, 0, nil, "the connection is not over a Unix socket")
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return PeerCred{}, fmt.Errorf("attest: %w", err)
+		return PeerCred{}, refuse(ReasonNoPeerCredentials, 0, err, "could not read the peer's credentials")
 	}
 	var (
 		cred   *unix.Ucred
@@ -167,22 +190,29 @@ func ReadPeerCred(conn net.Conn, procRoot string) (PeerCred, error) {
 	if pidfd >= 0 {
 		defer unix.Close(pidfd)
 	}
-	if err != nil {
-		return PeerCred{}, fmt.Errorf("attest: could not read the peer's credentials: %w", err)
-	}
-	if cred.Pid <= 0 {
-		return PeerCred{}, errors.New("attest: the peer's pid is not visible: it runs in another pid namespace than the agent (run the agent with hostPID)")
+	switch {
+	case errors.Is(err, unix.ESRCH) && cred != nil:
+		return PeerCred{}, refuse(ReasonPIDReused, cred.Pid, nil, "process %d exited as it connected", cred.Pid)
+	case err != nil:
+		return PeerCred{}, refuse(ReasonNoPeerCredentials, 0, err, "could not read the peer's credentials")
+	case cred.Pid <= 0:
+		return PeerCred{}, refuse(ReasonNoPeerCredentials, 0, nil, "the peer's pid is not visible: it runs in another pid namespace than the agent (run the agent with hostPID)")
 	}
 	p := PeerCred{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}
-	if p.StartTime, err = StartTime(procRoot, p.PID); err != nil {
-		return PeerCred{}, err
+	st, err := StartTime(procRoot, p.PID)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return PeerCred{}, refuse(ReasonPIDReused, p.PID, nil, "process %d exited as it connected", p.PID)
+	case err != nil:
+		return PeerCred{}, refuse(ReasonProcUnreadable, p.PID, err, "could not read the start time of process %d", p.PID)
 	}
+	p.StartTime = st
 	if pidfd >= 0 {
 		// Signal 0 checks only that the process lives (a zombie included,
 		// whose pid cannot be reused): the start time read is its own.
 		// EPERM also means it lives.
 		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil && !errors.Is(err, unix.EPERM) {
-			return PeerCred{}, fmt.Errorf("attest: process %d exited while its credentials were read: %w", p.PID, err)
+			return PeerCred{}, refuse(ReasonPIDReused, p.PID, err, "process %d exited while its credentials were read", p.PID)
 		}
 	}
 	return p, nil

@@ -2,11 +2,14 @@ package attest_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -15,13 +18,13 @@ import (
 	"github.com/castellan-mesh/castellan/agent/attest"
 )
 
-// serve runs a gRPC health server with attest.Credentials on l; every
-// call's peer credentials are sent to peers.
-func serve(t *testing.T, l net.Listener) <-chan attest.PeerCred {
+// serve runs a gRPC health server with attest.Credentials(opts...) on l;
+// every call's peer credentials are sent to peers.
+func serve(t *testing.T, l net.Listener, opts ...attest.CredentialsOption) <-chan attest.PeerCred {
 	t.Helper()
 	peers := make(chan attest.PeerCred, 10)
 	srv := grpc.NewServer(
-		grpc.Creds(attest.Credentials()),
+		grpc.Creds(attest.Credentials(opts...)),
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			p, ok := attest.PeerFromContext(ctx)
 			if !ok {
@@ -67,13 +70,20 @@ func TestCredentialsOverUnixSocket(t *testing.T) {
 }
 
 // TestCredentialsRefuseTCP checks that a connection that is not over a
-// Unix socket is closed at the handshake: no call gets through.
+// Unix socket is closed at the handshake: no call gets through, and the
+// refusal is counted.
 func TestCredentialsRefuseTCP(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	peers := serve(t, l)
+	reg := prometheus.NewRegistry()
+	a, err := attest.New(attest.Config{Pods: &pods{}, NodeName: node, Registerer: reg,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := serve(t, l, attest.WithAttestor(a))
 	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +96,9 @@ func TestCredentialsRefuseTCP(t *testing.T) {
 	case p := <-peers:
 		t.Fatalf("a call reached the server with %+v", p)
 	default:
+	}
+	if n := counter(t, reg, "castellan_agent_attestation_failures_total", "reason", string(attest.ReasonNoPeerCredentials)); n < 1 {
+		t.Fatalf("refusals at the handshake counted: %v", n)
 	}
 }
 
