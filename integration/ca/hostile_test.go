@@ -94,20 +94,34 @@ func percentile(d []time.Duration, p float64) time.Duration {
 
 // TestJunkTokenFlood: one peer floods the CA with distinct junk tokens
 // (well formed, plausible claims, the cluster's key id, random signature)
-// while workloads with fresh tokens ask for SVIDs. Every workload gets its
-// SVID, the API server sees exactly one TokenReview per workload token and
-// none for junk, the CA's memory and log volume stay bounded. Every token
-// is reviewed here (--offline-bound-tokens=false), so that a junk token
-// reaching the API server would show.
+// at 10,000/s while workloads with fresh tokens ask for SVIDs. Every
+// workload gets its SVID, the API server sees exactly one TokenReview per
+// workload token and none for junk, the CA's memory and log volume stay
+// bounded. Every token is reviewed here (--offline-bound-tokens=false), so
+// that a junk token reaching the API server would show. It runs with the
+// per-peer failure limit, and without it (the offline checks alone, as
+// against junk from many peers).
 func TestJunkTokenFlood(t *testing.T) {
 	api := harness.StartAPIServer(t)
-	ca := harness.StartCAProcess(t, "--kubeconfig", api.Kubeconfig, "--offline-bound-tokens=false")
+	for _, mode := range []struct {
+		name  string
+		flags []string
+	}{
+		{name: "peer-limited"},
+		{name: "offline-checks-alone", flags: []string{"--peer-auth-failure-rate=1e9", "--peer-auth-failure-burst=1000000000"}},
+	} {
+		t.Run(mode.name, func(t *testing.T) { junkTokenFlood(t, api, "flood-"+mode.name, mode.flags) })
+	}
+}
+
+func junkTokenFlood(t *testing.T, api *harness.APIServer, ns string, flags []string) {
+	ca := harness.StartCAProcess(t, append([]string{"--kubeconfig", api.Kubeconfig, "--offline-bound-tokens=false"}, flags...)...)
 	const workloads = 20
 	var tokens []string
 	for i := range workloads {
 		sa := fmt.Sprintf("app-%d", i)
-		api.CreateServiceAccount(t, "flood", sa)
-		tokens = append(tokens, api.Token(t, "flood", sa, []string{"istio-ca"}, time.Hour))
+		api.CreateServiceAccount(t, ns, sa)
+		tokens = append(tokens, api.Token(t, ns, sa, []string{"istio-ca"}, time.Hour))
 	}
 	roots := ca.Roots(t)
 	client, err := caclient.New(caclient.Config{Addr: ca.GRPCAddr, Roots: roots, ServerName: ca.ServerName})
