@@ -293,6 +293,9 @@ func (c *Config) setDefaults() error {
 		if c.MaxIdentities == 0 {
 			c.MaxIdentities = DefaultMaxIdentities
 		}
+		if c.ProcRoot == "" {
+			c.ProcRoot = attest.DefaultProcRoot
+		}
 	}
 	if c.KeyType == "" {
 		c.KeyType = KeyECDSAP256

@@ -48,15 +48,24 @@ type testCA struct {
 	minter *authn.Minter
 	jwks   string
 	stop   func()
+	// impersonation, if set before start, lets callers ask for other
+	// identities.
+	impersonation server.ImpersonationAuthorizer
 }
 
 func startCA(t *testing.T) *testCA {
+	t.Helper()
+	return startCAWith(t, nil)
+}
+
+// startCAWith starts the CA with an impersonation authorizer.
+func startCAWith(t *testing.T, impersonation server.ImpersonationAuthorizer) *testCA {
 	t.Helper()
 	m, err := authn.NewMinter("https://issuer.test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &testCA{dir: t.TempDir(), addr: "127.0.0.1:0", minter: m}
+	c := &testCA{dir: t.TempDir(), addr: "127.0.0.1:0", minter: m, impersonation: impersonation}
 	c.jwks = filepath.Join(t.TempDir(), "jwks.json")
 	if err := m.WriteJWKS(c.jwks); err != nil {
 		t.Fatal(err)
@@ -81,6 +90,7 @@ func (c *testCA) start(t *testing.T) {
 		HTTPAddr:       agent.Disabled,
 		ServerDNSNames: []string{serverName},
 		Authenticator:  auth,
+		Impersonation:  c.impersonation,
 		Logger:         slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
