@@ -27,6 +27,7 @@ import (
 	"maps"
 	"sync"
 
+	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/rest"
@@ -62,7 +63,6 @@ func (s Snapshot) Has(sa ServiceAccount) bool { return s.ServiceAccounts[sa] > 0
 // It is safe for concurrent use.
 type Index struct {
 	node     string
-	lw       cache.ListerWatcher
 	log      *slog.Logger
 	informer cache.Controller
 
@@ -82,7 +82,8 @@ type optionFunc func(*Index)
 
 func (f optionFunc) apply(x *Index) { f(x) }
 
-// WithLogger sets the logger; the default is slog.Default().
+// WithLogger sets the logger of the informer (failed lists and watches);
+// the default is slog.Default().
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(x *Index) { x.log = l })
 }
@@ -109,7 +110,6 @@ func New(cfg *rest.Config, nodeName string, opts ...Option) (*Index, error) {
 func newIndex(lw cache.ListerWatcher, nodeName string, opts ...Option) *Index {
 	x := &Index{
 		node:    nodeName,
-		lw:      lw,
 		log:     slog.Default(),
 		pods:    map[string]attest.Pod{},
 		snap:    Snapshot{ServiceAccounts: map[ServiceAccount]int{}},
@@ -118,7 +118,9 @@ func newIndex(lw cache.ListerWatcher, nodeName string, opts ...Option) *Index {
 	for _, o := range opts {
 		o.apply(x)
 	}
+	logger := logr.FromSlogHandler(x.log.Handler())
 	_, x.informer = cache.NewInformerWithOptions(cache.InformerOptions{
+		Logger:        &logger,
 		ListerWatcher: lw,
 		ObjectType:    &pod{},
 		Handler: cache.ResourceEventHandlerDetailedFuncs{
