@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -125,16 +126,18 @@ func BenchmarkJWTLoginHungJWKS(b *testing.B) {
 	keys.minRefresh = 0
 	h.hang.Store(true)
 	tok, _ := h.minter.Mint("default", "sleep", []string{"istio-ca"}, time.Hour)
-	var worst time.Duration
+	var lat []time.Duration
 	b.ResetTimer()
 	for b.Loop() {
 		start := time.Now()
 		if _, err := j.Authenticate(context.Background(), tok); err != nil {
 			b.Fatal(err)
 		}
-		worst = max(worst, time.Since(start))
+		lat = append(lat, time.Since(start))
 	}
-	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
 	if h.blocked.Load() == 0 {
 		b.Fatal("the JWKS endpoint was not hung during the benchmark")
 	}
