@@ -55,7 +55,7 @@ func (s *Server) impersonate(ctx context.Context, caller authn.Caller, self spif
 	raw := v.GetStringValue()
 	if s.cfg.Impersonation == nil {
 		return spiffeid.ID{}, s.denyImpersonation(ctx, caller, self, raw, reasonNotEnabled,
-			status.Errorf(codes.PermissionDenied, "%s asked to impersonate another identity; impersonation is not enabled on this CA", self))
+			status.Errorf(codes.PermissionDenied, "%s may not impersonate %q (%s): impersonation is not enabled on this CA", self, truncate(raw), reasonNotEnabled))
 	}
 	// A malformed target is passed on as the zero ID, so that a caller
 	// that is not a node agent is told that first, as before.
