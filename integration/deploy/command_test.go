@@ -46,6 +46,9 @@ func containerCommand(t testing.TB, c corev1.Container) (bin, sub string, flags 
 		if len(c.Args) == 0 {
 			t.Fatalf("container %s: runs castellan without a subcommand", c.Name)
 		}
+		if c.Args[0] == "authz" && len(c.Args) > 1 {
+			return harness.Binary(t, "castellan"), "authz " + c.Args[1], c.Args[2:]
+		}
 		return harness.Binary(t, "castellan"), c.Args[0], c.Args[1:]
 	case "/usr/local/bin/castellan-agent":
 		// castellan-agent is built with the build tags of the image.
@@ -275,7 +278,7 @@ func TestManifestFlags(t *testing.T) {
 		}
 		args := []string{"-h"}
 		if sub != "" {
-			args = []string{sub, "-h"}
+			args = append(strings.Fields(sub), "-h")
 		}
 		out, _ := exec.Command(bin, args...).CombinedOutput()
 		f := map[string]bool{}

@@ -33,12 +33,26 @@ components:
 - ../../components/cluster-trust-bundle
 `
 
+// policyServerOverlay is a test overlay: the standalone install plus the
+// policy server ("castellan authz serve").
+const policyServerOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../standalone
+components:
+- ../../components/policy-server
+`
+
 // withTestOverlay returns deploy/ in memory with one more overlay,
-// overlays/<name>, holding kustomization.
+// overlays/<name>, holding kustomization, and the policy-server test
+// overlay.
 func withTestOverlay(t testing.TB, name, kustomization string) filesys.FileSystem {
 	t.Helper()
 	fsys := deployFS(t)
 	if err := fsys.WriteFile("/deploy/overlays/"+name+"/kustomization.yaml", []byte(kustomization)); err != nil {
+		t.Fatal(err)
+	}
+	if err := fsys.WriteFile("/deploy/overlays/policy-server/kustomization.yaml", []byte(policyServerOverlay)); err != nil {
 		t.Fatal(err)
 	}
 	return fsys
@@ -51,6 +65,7 @@ var overlays = []string{
 	"/deploy/overlays/istio",
 	"/deploy/overlays/production",
 	"/deploy/overlays/ctb",
+	"/deploy/overlays/policy-server",
 }
 
 // TestManifests renders every overlay and applies each object server-side
