@@ -53,13 +53,13 @@ type testCA struct {
 	impersonation server.ImpersonationAuthorizer
 }
 
-func startCA(t *testing.T) *testCA {
+func startCA(t testing.TB) *testCA {
 	t.Helper()
 	return startCAWith(t, nil)
 }
 
 // startCAWith starts the CA with an impersonation authorizer.
-func startCAWith(t *testing.T, impersonation server.ImpersonationAuthorizer) *testCA {
+func startCAWith(t testing.TB, impersonation server.ImpersonationAuthorizer) *testCA {
 	t.Helper()
 	m, err := authn.NewMinter("https://issuer.test")
 	if err != nil {
@@ -77,7 +77,7 @@ func startCAWith(t *testing.T, impersonation server.ImpersonationAuthorizer) *te
 
 // start runs the CA on c.addr and c.dir; after the first start the address
 // is fixed, so a restart is found where the agent expects it.
-func (c *testCA) start(t *testing.T) {
+func (c *testCA) start(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	auth, err := authn.NewJWT(ctx, authn.JWTConfig{Issuer: c.minter.Issuer(), Audiences: []string{"istio-ca"}, JWKSFile: c.jwks})
@@ -105,7 +105,7 @@ func (c *testCA) start(t *testing.T) {
 
 func (c *testCA) rootFile() string { return filepath.Join(c.dir, "root-cert.pem") }
 
-func (c *testCA) tokenFile(t *testing.T) string {
+func (c *testCA) tokenFile(t testing.TB) string {
 	t.Helper()
 	tok, err := c.minter.Mint("default", "web", []string{"istio-ca"}, time.Hour)
 	if err != nil {
@@ -124,7 +124,7 @@ type testAgent struct {
 	reg *prometheus.Registry
 }
 
-func startAgent(t *testing.T, ca *testCA, edit func(*agent.Config)) *testAgent {
+func startAgent(t testing.TB, ca *testCA, edit func(*agent.Config)) *testAgent {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "agent")
 	if err != nil {
