@@ -2,6 +2,8 @@ package deploy_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,15 +13,20 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/sds/sdsclient"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 )
 
 // TestAgentFromManifest runs the agent with the command and arguments of
-// the DaemonSet in deploy/, the paths in them pointed at files as the kubelet
-// would mount them: the projected istio-ca token of the agent's service
-// account and the published trust ConfigMap. It gets an SVID for its
-// service account from a replica.
+// the DaemonSet in deploy/ (node mode), the paths in them pointed at files
+// as the kubelet would mount them: the projected istio-ca token of the
+// agent's service account, the published trust ConfigMap, and its API
+// token, with the RBAC of the manifests, for the watch on its node's pods.
+// It serves its socket to attested callers only: this test process is in
+// no pod, and is refused with PermissionDenied saying so.
 func TestAgentFromManifest(t *testing.T) {
 	api := startAPIServer(t, rbacFlags...)
 	installCA(t, api)
@@ -73,8 +80,8 @@ func TestAgentFromManifest(t *testing.T) {
 	if err := os.WriteFile(rootFile, []byte(bundle), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	outDir := filepath.Join(dir, "out")
 	socket := filepath.Join(dir, "socket")
+	kubeconfig := saKubeconfig(t, api, caNamespace, spec.ServiceAccountName)
 
 	bin, sub, flags := containerCommand(t, container)
 	args := []string{}
@@ -96,11 +103,17 @@ func TestAgentFromManifest(t *testing.T) {
 			args = append(args, "--sds-socket="+socket)
 		case "--http-addr":
 			args = append(args, "--http-addr=127.0.0.1:0")
+		case "--node-name":
+			// The kubelet expands $(NODE_NAME) from the downward API.
+			if a != "--node-name=$(NODE_NAME)" {
+				t.Fatalf("the DaemonSet passes %s, want --node-name=$(NODE_NAME)", a)
+			}
+			args = append(args, "--node-name=node-1")
 		default:
 			args = append(args, a)
 		}
 	}
-	args = append(args, "--output-dir="+outDir)
+	args = append(args, "--kubeconfig="+kubeconfig)
 	cmd := exec.Command(bin, args...)
 	// The container's literal environment (GODEBUG) applies too.
 	cmd.Env = os.Environ()
@@ -126,33 +139,26 @@ func TestAgentFromManifest(t *testing.T) {
 		}
 	})
 
-	chainFile := filepath.Join(outDir, "cert-chain.pem")
-	waitFor(t, 30*time.Second, "the agent's SVID", func() bool {
+	var err error
+	waitFor(t, 30*time.Second, "the agent's answer", func() bool {
 		select {
 		case err := <-exited:
 			exited <- err
 			t.Fatalf("%s %v exited: %v\n%s", filepath.Base(bin), args, err, stderr.String())
 		default:
 		}
-		_, err := os.Stat(chainFile)
-		return err == nil
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = sdsclient.Fetch(ctx, socket, "default")
+		return status.Code(errors.Unwrap(err)) == codes.PermissionDenied
 	})
-	pemChain, err := os.ReadFile(chainFile)
-	if err != nil {
-		t.Fatal(err)
+	if !strings.Contains(err.Error(), "runs in no pod") {
+		t.Fatalf("a process in no pod was refused with %v, want the reason", err)
 	}
-	var chain []string
-	for _, block := range strings.SplitAfter(string(pemChain), "-----END CERTIFICATE-----\n") {
-		if strings.TrimSpace(block) != "" {
-			chain = append(chain, block)
-		}
+	if fi, err := os.Stat(socket); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o666 {
+		t.Fatalf("SDS socket: %v, mode %v; want a socket that the pods' containers can reach (attestation protects it)", err, fi.Mode())
 	}
-	b, _ := bundleOf(t, caSecret(t, api))
-	w := workload{id: spiffeIDFor(caNamespace, spec.ServiceAccountName)}
-	if err := verifyChain(chain, w, b); err != nil {
-		t.Fatalf("the agent's SVID: %v", err)
-	}
-	if fi, err := os.Stat(socket); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm()&0o077 != 0 {
-		t.Fatalf("SDS socket: %v, mode %v; want a socket closed to others", err, fi.Mode())
+	if !strings.Contains(stderr.String(), `"attestation":"node"`) {
+		t.Fatalf("the agent does not run in node mode:\n%s", stderr.String())
 	}
 }

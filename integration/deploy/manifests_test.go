@@ -120,6 +120,7 @@ func TestManifests(t *testing.T) {
 	}
 
 	t.Run("rbac", func(t *testing.T) { checkRBAC(t, api) })
+	t.Run("agent rbac", func(t *testing.T) { checkAgentRBAC(t, api) })
 }
 
 // checkRBAC asks the API server (SubjectAccessReview) what the CA's
@@ -230,7 +231,9 @@ func checkPod(t *testing.T, owner string, spec corev1.PodSpec) {
 	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("%s: pod securityContext must set runAsNonRoot and seccomp RuntimeDefault: %+v", owner, psc)
 	}
-	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+	// The node agent alone shares the host's pid namespace, to attest its
+	// callers (deploy/README.md says why).
+	if spec.HostNetwork || spec.HostIPC || (spec.HostPID && owner != "DaemonSet castellan-agent") {
 		t.Errorf("%s: shares a host namespace", owner)
 	}
 	check := func(c corev1.Container, init bool) {
@@ -311,14 +314,16 @@ func checkAgentVolumes(t *testing.T, spec corev1.PodSpec) {
 	if !hostPath || !token {
 		t.Errorf("agent: hostPath socket dir %v, projected token with audience istio-ca %v", hostPath, token)
 	}
-	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
-		t.Error("agent: mounts an API token it does not need")
+	// Node mode: the API token is for the watch on the node's pods, and
+	// the host's pid namespace for attestation.
+	if spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken || !spec.HostPID {
+		t.Error("agent: node mode needs its API token (pod watch) and hostPID (attestation)")
 	}
 	var args string
 	for _, c := range spec.Containers {
-		args += strings.Join(c.Args, " ")
+		args += strings.Join(c.Args, " ") + " "
 	}
-	for _, want := range []string{"--sds-socket=/var/run/secrets/workload-spiffe-uds/socket", "--token-file=/var/run/secrets/tokens/istio-token", "--root-cert=/var/run/secrets/istio/root-cert.pem"} {
+	for _, want := range []string{"--attestation=node", "--node-name=$(NODE_NAME)", "--sds-socket=/var/run/secrets/workload-spiffe-uds/socket", "--token-file=/var/run/secrets/tokens/istio-token", "--root-cert=/var/run/secrets/istio/root-cert.pem"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("agent: args %q lack %q", args, want)
 		}
