@@ -16,6 +16,15 @@
 // Everything the agent obtains goes into one svidstore.Store; the SDS
 // server, the Workload API server and the file writer all follow it, so one
 // rotation reaches all of them.
+//
+// With AttestationNode, one agent serves every pod of its node: each
+// connection is attributed to the pod whose process opened it (package
+// attest), and each caller is served from the store of its service
+// account's SVID, which the agent asks of the CA on the workload's behalf
+// (Istio's ImpersonatedIdentity) with its own token. Each such identity has
+// its own rotation, made on first demand and withdrawn when no running pod
+// of its service account is left on the node. A caller that cannot be
+// attested gets PermissionDenied, never the agent's identity or another's.
 package agent
 
 import (

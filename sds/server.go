@@ -20,6 +20,11 @@
 //     NOT_FOUND saying so, and the stream stays open.
 //
 // Every Secret passes go-control-plane's ValidateAll before it is sent.
+//
+// NewResolving serves each caller from its own Source (a node agent serves
+// each workload its own certificate); streams of one Source share one
+// watcher and one cache of built Secrets. A delta stream may hold at most
+// MaxSubscriptions names.
 package sds
 
 import (

@@ -9,6 +9,10 @@
 // Unimplemented, and FetchJWTBundles streams an empty key set for the trust
 // domain, so that clients watching both kinds of bundle (such as go-spiffe's
 // BundleSource) work.
+//
+// NewResolving serves each caller from its own source (a node agent's
+// per-workload SVID); a FetchX509SVID stream whose SVID is withdrawn ends
+// with PermissionDenied.
 package workloadapi
 
 import (
