@@ -290,16 +290,26 @@ func (c *Cache) put(key [sha256.Size]byte, e cacheEntry) {
 	shard.mu.Unlock()
 }
 
-// evict makes room in a full shard: it drops expired entries, and if that
-// is not enough, arbitrary ones down to 7/8 of the limit, so that the cost
-// is amortized over many inserts. The caller holds the write lock.
+// evict makes room in a full shard: it drops expired entries, then
+// failures, and if that is not enough, arbitrary ones, down to 7/8 of the
+// limit, so that the cost is amortized over many inserts. Failures go
+// before successes so that a flood of distinct junk tokens does not push
+// out the workloads' cached checks. The caller holds the write lock.
 func (s *cacheShard) evict(now int64, limit int) {
+	target := limit - max(1, limit/8)
 	for k, e := range s.m {
 		if e.expires <= now {
 			delete(s.m, k)
 		}
 	}
-	target := limit - max(1, limit/8)
+	for k, e := range s.m {
+		if len(s.m) <= target {
+			return
+		}
+		if e.err != nil {
+			delete(s.m, k)
+		}
+	}
 	for k := range s.m {
 		if len(s.m) <= target {
 			break

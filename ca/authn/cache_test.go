@@ -376,6 +376,32 @@ func TestCacheEvictsExpiredFirst(t *testing.T) {
 	}
 }
 
+// TestCacheKeepsSuccessesUnderJunk: a full cache drops failures before
+// successes, so distinct junk tokens cannot evict workloads' checks.
+func TestCacheKeepsSuccessesUnderJunk(t *testing.T) {
+	next := &countingAuth{caller: Caller{Namespace: "ns", ServiceAccount: "sa"}}
+	c, _ := newTestCache(t, next, CacheConfig{MaxEntries: 8 * numShards})
+	for i := range 2 * numShards {
+		if _, err := c.Authenticate(context.Background(), fmt.Sprintf("good-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next.err = Errorf(ReasonInvalid, "junk")
+	for i := range 100 * numShards {
+		c.Authenticate(context.Background(), fmt.Sprintf("junk-%d", i))
+	}
+	before := next.calls.Load()
+	next.err = nil
+	for i := range 2 * numShards {
+		if _, err := c.Authenticate(context.Background(), fmt.Sprintf("good-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := next.calls.Load() - before; n != 0 {
+		t.Errorf("%d of %d cached successes were pushed out by junk", n, 2*numShards)
+	}
+}
+
 func TestCacheMetrics(t *testing.T) {
 	next := &countingAuth{caller: Caller{Namespace: "ns", ServiceAccount: "sa"}}
 	reg := prometheus.NewPedanticRegistry()
