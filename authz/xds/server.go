@@ -64,7 +64,9 @@ type Server struct {
 
 	mu        sync.Mutex
 	workloads map[workloadKey]*workloadState
-	streams   map[int64]*streamState
+	// streams are keyed by form and ID: the state-of-the-world and delta
+	// servers number their streams independently.
+	streams map[streamKey]*streamState
 	// inflight maps a response sent for a change to the change it carries.
 	inflight map[any]*round
 }
@@ -88,6 +90,11 @@ type watch struct {
 	ch   chan cachev3.Response
 	dreq *cachev3.DeltaRequest
 	dch  chan cachev3.DeltaResponse
+}
+
+type streamKey struct {
+	delta bool
+	id    int64
 }
 
 type streamState struct {
@@ -126,7 +133,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:   cfg.Metrics,
 		max:       cfg.MaxStreams,
 		workloads: map[workloadKey]*workloadState{},
-		streams:   map[int64]*streamState{},
+		streams:   map[streamKey]*streamState{},
 		inflight:  map[any]*round{},
 	}
 	if s.log == nil {
@@ -417,7 +424,7 @@ func peerID(ctx context.Context) (string, error) {
 	return ids[0].String(), nil
 }
 
-func (c *callbacks) open(ctx context.Context, id int64, delta bool) error {
+func (c *callbacks) open(ctx context.Context, id streamKey) error {
 	s := (*Server)(c)
 	pid, err := peerID(ctx)
 	if err != nil {
@@ -430,11 +437,11 @@ func (c *callbacks) open(ctx context.Context, id int64, delta bool) error {
 		s.metrics.refused("limit")
 		return status.Errorf(codes.ResourceExhausted, "xds: %d streams open, the limit", len(s.streams))
 	}
-	s.streams[id] = &streamState{peerID: pid, delta: delta}
+	s.streams[id] = &streamState{peerID: pid, delta: id.delta}
 	return nil
 }
 
-func (c *callbacks) closed(id int64) {
+func (c *callbacks) closed(id streamKey) {
 	s := (*Server)(c)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -457,7 +464,7 @@ func (c *callbacks) closed(id int64) {
 
 // request binds a stream to its proxy on the first request, checking the
 // proxy's identity, and records ACKs and NACKs.
-func (c *callbacks) request(id int64, node *corev3.Node, nonce string, errDetail *status.Status) error {
+func (c *callbacks) request(id streamKey, node *corev3.Node, nonce string, errDetail *status.Status) error {
 	s := (*Server)(c)
 	s.mu.Lock()
 	st, ok := s.streams[id]
@@ -497,7 +504,7 @@ func (c *callbacks) request(id int64, node *corev3.Node, nonce string, errDetail
 }
 
 // bind checks that the client certificate is the pod's service account.
-func (s *Server) bind(id int64, st *streamState, node *corev3.Node) error {
+func (s *Server) bind(id streamKey, st *streamState, node *corev3.Node) error {
 	p, err := ParseNodeID(node.GetId())
 	if err != nil {
 		return status.Error(codes.InvalidArgument, "xds: "+err.Error())
@@ -522,7 +529,7 @@ func (s *Server) bind(id int64, st *streamState, node *corev3.Node) error {
 }
 
 // response records the nonce of a response and the change it carries.
-func (c *callbacks) response(id int64, nonce string, key any) {
+func (c *callbacks) response(id streamKey, nonce string, key any) {
 	s := (*Server)(c)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -549,39 +556,39 @@ func (s *Server) finish(r *round) {
 }
 
 func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, id, false)
+	return c.open(ctx, streamKey{false, id})
 }
 
-func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.closed(id) }
+func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.closed(streamKey{false, id}) }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	var detail *status.Status
 	if req.GetErrorDetail() != nil {
 		detail = status.FromProto(req.GetErrorDetail())
 	}
-	return c.request(id, req.GetNode(), req.GetResponseNonce(), detail)
+	return c.request(streamKey{false, id}, req.GetNode(), req.GetResponseNonce(), detail)
 }
 
 func (c *callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-	c.response(id, resp.GetNonce(), resp)
+	c.response(streamKey{false, id}, resp.GetNonce(), resp)
 }
 
 func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, id, true)
+	return c.open(ctx, streamKey{true, id})
 }
 
-func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(id) }
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(streamKey{true, id}) }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	var detail *status.Status
 	if req.GetErrorDetail() != nil {
 		detail = status.FromProto(req.GetErrorDetail())
 	}
-	return c.request(id, req.GetNode(), req.GetResponseNonce(), detail)
+	return c.request(streamKey{true, id}, req.GetNode(), req.GetResponseNonce(), detail)
 }
 
 func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
-	c.response(id, resp.GetNonce(), resp)
+	c.response(streamKey{true, id}, resp.GetNonce(), resp)
 }
 
 func (c *callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {

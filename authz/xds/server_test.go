@@ -166,7 +166,10 @@ func next(t *testing.T, c *xdsclient.Client) xdsclient.Update {
 func none(t *testing.T, c *xdsclient.Client) {
 	t.Helper()
 	select {
-	case u := <-c.Updates():
+	case u, ok := <-c.Updates():
+		if !ok {
+			t.Fatalf("stream ended: %v", c.Err())
+		}
 		t.Fatalf("unexpected update %v", u.Names)
 	default:
 	}
@@ -211,11 +214,13 @@ func decide(t *testing.T, c *xdsclient.Client, path, principal string) bool {
 }
 
 func TestPushesOnlyToAffectedProxies(t *testing.T) {
-	for _, delta := range []bool{false, true} {
-		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+	// mixed has both stream forms on one server, whose stream IDs overlap.
+	for _, mode := range []string{"sotw", "delta", "mixed"} {
+		t.Run(mode, func(t *testing.T) {
+			delta, mixed := mode == "delta", mode == "mixed"
 			v := newEnv(t)
 			web1 := v.proxy("foo", "web-1", sa("foo", "web"), delta, nil)
-			web2 := v.proxy("foo", "web-2", sa("foo", "web"), delta, nil)
+			web2 := v.proxy("foo", "web-2", sa("foo", "web"), delta || mixed, nil)
 			db := v.proxy("foo", "db-1", sa("foo", "db"), delta, nil)
 			for _, c := range []*xdsclient.Client{web1, web2, db} {
 				if u := next(t, c); !u.Accepted || len(u.Names) != 6 {
@@ -229,7 +234,7 @@ func TestPushesOnlyToAffectedProxies(t *testing.T) {
 			v.apply(denyAdminWeb)
 			for _, c := range []*xdsclient.Client{web1, web2} {
 				u := next(t, c)
-				if !u.Accepted || (delta && (len(u.Names) != 2 || u.Names[0] != xds.HTTPDeny)) {
+				if !u.Accepted || (delta && (len(u.Names) != 2 || u.Names[0] != xds.HTTPDeny)) || (!delta && !mixed && len(u.Names) != 6) {
 					t.Fatalf("update %+v", u)
 				}
 				if decide(t, c, "/admin", "") || !decide(t, c, "/", "") {
