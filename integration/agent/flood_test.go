@@ -171,4 +171,3 @@ func vmHWM(t *testing.T, pid int) int64 {
 	t.Fatal("no VmHWM in /proc/<pid>/status")
 	return 0
 }
-
