@@ -33,6 +33,9 @@ const (
 	impersonationDenied  = "denied"
 	// reasonNotEnabled: the CA has no ImpersonationAuthorizer.
 	reasonNotEnabled = "not_enabled"
+	// reasonOther: the ImpersonationAuthorizer refused without a
+	// nodeauth reason.
+	reasonOther = "other"
 )
 
 func newImpersonationCounter(reg prometheus.Registerer) *prometheus.CounterVec {
@@ -67,7 +70,7 @@ func (s *Server) impersonate(ctx context.Context, caller authn.Caller, self spif
 	if err != nil {
 		reason := string(nodeauth.ReasonOf(err))
 		if reason == "" {
-			reason = string(nodeauth.ReasonInvalidTarget)
+			reason = reasonOther
 		}
 		code := codes.PermissionDenied
 		if reason == string(nodeauth.ReasonPodsUnavailable) {
@@ -87,8 +90,10 @@ func (s *Server) impersonate(ctx context.Context, caller authn.Caller, self spif
 func (s *Server) denyImpersonation(ctx context.Context, caller authn.Caller, self spiffeid.ID, target, reason string, err error) error {
 	s.metrics.rejected.WithLabelValues(string(reasonImpersonation)).Inc()
 	s.metrics.impersonation.WithLabelValues(impersonationDenied, reason).Inc()
-	s.log.InfoContext(ctx, "impersonation refused", "agent", self.String(), "agent_pod", caller.PodName,
-		"node", caller.NodeName, "target", truncate(target), "reason", reason, "error", status.Convert(err).Message())
+	if s.failLogs.allow() {
+		s.log.InfoContext(ctx, "impersonation refused", "agent", self.String(), "agent_pod", caller.PodName,
+			"node", caller.NodeName, "target", truncate(target), "reason", reason, "error", status.Convert(err).Message())
+	}
 	return err
 }
 
