@@ -18,8 +18,9 @@ import (
 const (
 	defaultMaxConcurrentReviews = 32
 	// clusterKeyAge is how long the cluster's service-account keys are
-	// used before they are fetched again (in the background).
-	clusterKeyAge = 5 * time.Minute
+	// used before they are fetched again (in the background): a key the
+	// cluster stops publishing stops verifying tokens within this time.
+	clusterKeyAge = time.Minute
 )
 
 // ObjectIndex answers from a watch cache whether a Kubernetes object
