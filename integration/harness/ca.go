@@ -22,8 +22,6 @@ import (
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -320,20 +318,7 @@ func (c *CA) Dial(t testing.TB, opts ...grpc.DialOption) *grpc.ClientConn {
 // Metrics scrapes the CA's /metrics endpoint over HTTP.
 func (c *CA) Metrics(t testing.TB) Metrics {
 	t.Helper()
-	resp, err := http.Get("http://" + c.HTTPAddr + "/metrics")
-	if err != nil {
-		t.Fatalf("harness: scraping metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("harness: scraping metrics: %s", resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("harness: parsing metrics: %v", err)
-	}
-	return Metrics(families)
+	return ScrapeMetrics(t, "http://"+c.HTTPAddr+"/metrics")
 }
 
 // Metrics are scraped metric families by name.
