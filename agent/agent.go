@@ -62,9 +62,11 @@ const Disabled = "-"
 // Workload API requests are a few hundred bytes.
 const maxSocketRequestBytes = 64 << 10
 
-// maxStreamsPerConn bounds the streams one connection may hold open. A
-// proxy needs a handful (its certificate, its roots, per-cluster secrets).
-const maxStreamsPerConn = 100
+// maxStreamsPerConn is the HTTP/2 limit on the streams one connection may
+// hold open. A proxy needs a handful (its certificate, its roots,
+// per-cluster secrets). It is above connlimit's limit, which refuses the
+// streams in between with a clear error; past it, clients queue.
+const maxStreamsPerConn = 128
 
 // socketBufferBytes is the read and write buffer of one connection on the
 // agent's sockets.

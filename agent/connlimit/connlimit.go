@@ -29,7 +29,7 @@ import (
 // sends a request or two on each per rotation; these leave it a wide
 // margin.
 const (
-	DefaultMaxStreams   = 32
+	DefaultMaxStreams   = 100
 	DefaultRequestRate  = 20
 	DefaultRequestBurst = 200
 )
