@@ -1,25 +1,15 @@
 package ca_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/integration/harness"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,16 +50,16 @@ func BenchmarkPodIndexMemory(b *testing.B) {
 	}
 
 	empty := startCAProcess(b, api)
-	empty.waitPods(b, 0)
-	before := empty.memory(b)
+	waitPods(b, empty, 0)
+	before := memoryOf(b, empty)
 
 	createPods(b, client, nPods, nNodes, nNS, nSA)
-	empty.waitPods(b, nPods)
-	watched := empty.memory(b)
+	waitPods(b, empty, nPods)
+	watched := memoryOf(b, empty)
 
 	listed := startCAProcess(b, api)
-	listed.waitPods(b, nPods)
-	afterList := listed.memory(b)
+	waitPods(b, listed, nPods)
+	afterList := memoryOf(b, listed)
 
 	// The index alone, in this process.
 	runtime.GC()
@@ -176,72 +166,19 @@ func createPod(client kubernetes.Interface, i, nodes, namespaces, sas int) error
 	return nil
 }
 
-// caProcess is a "castellan ca" process against the API server.
-type caProcess struct {
-	cmd      *exec.Cmd
-	httpAddr string
-	stderr   *bytes.Buffer
-}
-
-func startCAProcess(b *testing.B, api *harness.APIServer) *caProcess {
+// startCAProcess starts "castellan ca" against api as its own process.
+func startCAProcess(b *testing.B, api *harness.APIServer) *harness.CAProcess {
 	b.Helper()
-	bin := harness.Binary(b, "castellan")
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(b))
-	cmd := exec.Command(bin, "ca",
-		"--data-dir", filepath.Join(b.TempDir(), "ca"),
-		"--grpc-addr", fmt.Sprintf("127.0.0.1:%d", harness.FreePort(b)),
-		"--http-addr", httpAddr,
-		"--kubeconfig", api.Kubeconfig)
-	p := &caProcess{cmd: cmd, httpAddr: httpAddr, stderr: &bytes.Buffer{}}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	return p
-}
-
-// metrics scrapes the process's /metrics, or returns nil.
-func (p *caProcess) metrics() map[string]float64 {
-	resp, err := http.Get("http://" + p.httpAddr + "/metrics")
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return nil
-	}
-	out := map[string]float64{}
-	for name, f := range fams {
-		if ms := f.GetMetric(); len(ms) == 1 {
-			switch {
-			case ms[0].Gauge != nil:
-				out[name] = ms[0].Gauge.GetValue()
-			case ms[0].Untyped != nil:
-				out[name] = ms[0].Untyped.GetValue()
-			}
-		}
-	}
-	return out
+	return harness.StartCAProcess(b, "--kubeconfig", api.Kubeconfig)
 }
 
 // waitPods waits until the process's pod index holds n pods.
-func (p *caProcess) waitPods(b *testing.B, n int) {
+func waitPods(b *testing.B, ca *harness.CAProcess, n int) {
 	b.Helper()
 	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		if m := p.metrics(); m != nil {
-			if v, ok := m["castellan_ca_pod_index_pods"]; ok && int(v) == n {
-				return
-			}
-		}
-		if p.cmd.ProcessState != nil || time.Now().After(deadline) {
-			b.Fatalf("the CA's pod index did not reach %d pods:\n%s", n, p.stderr)
+	for int(ca.Metrics(b).Value("castellan_ca_pod_index_pods")) != n {
+		if time.Now().After(deadline) {
+			b.Fatalf("the CA's pod index did not reach %d pods:\n%s", n, ca.Logs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -249,40 +186,18 @@ func (p *caProcess) waitPods(b *testing.B, n int) {
 
 type memory struct{ rss, heap int64 }
 
-// memory samples the process for a few seconds, once the watch is quiet,
-// and returns its last RSS (from /proc) and least Go heap in use.
-func (p *caProcess) memory(b *testing.B) memory {
+// memoryOf samples the process for a few seconds, once the watch is
+// quiet, and returns its last RSS and least Go heap in use.
+func memoryOf(b *testing.B, ca *harness.CAProcess) memory {
 	b.Helper()
 	var m memory
 	for i := range 5 {
 		time.Sleep(time.Second)
-		heap := int64(p.metrics()["go_memstats_heap_inuse_bytes"])
+		heap := int64(ca.Metrics(b).Value("go_memstats_heap_inuse_bytes"))
 		if i == 0 || heap < m.heap {
 			m.heap = heap
 		}
-		m.rss = vmRSS(b, p.cmd.Process.Pid)
+		m.rss, _ = ca.Memory(b)
 	}
 	return m
-}
-
-// vmRSS reads a process's resident set size from /proc/<pid>/status.
-func vmRSS(b *testing.B, pid int) int64 {
-	b.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	b.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
 }
