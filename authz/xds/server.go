@@ -609,3 +609,18 @@ func (s *Server) Proxies() int {
 	}
 	return n
 }
+
+// GRPCServerOptions are the gRPC server options the policy server runs
+// with: small per-connection buffers (a proxy's configs are a few KiB, and
+// thousands of proxies stay connected), a shared write buffer, and bounds
+// on what one client can send.
+func GRPCServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(4 << 10),
+		grpc.WriteBufferSize(4 << 10),
+		grpc.MaxRecvMsgSize(1 << 20),
+		grpc.MaxHeaderListSize(32 << 10),
+		grpc.MaxConcurrentStreams(16),
+	}
+}

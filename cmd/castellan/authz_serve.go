@@ -130,14 +130,11 @@ func runAuthzServe(ctx context.Context, args []string, _, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(
+	g := grpc.NewServer(append(xds.GRPCServerOptions(),
 		grpc.Creds(credentials.NewTLS(creds.TLSConfig())),
-		grpc.MaxRecvMsgSize(1<<20),
-		grpc.MaxHeaderListSize(32<<10),
-		grpc.MaxConcurrentStreams(16),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
-	)
+	)...)
 	server.Register(g)
 	lis, err := net.Listen("tcp", f.xdsAddr)
 	if err != nil {
