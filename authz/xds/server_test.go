@@ -267,6 +267,14 @@ func TestPushesOnlyToAffectedProxies(t *testing.T) {
 			if n := counter(t, v.reg, "castellan_authz_xds_pushes_total", "sotw") + counter(t, v.reg, "castellan_authz_xds_pushes_total", "delta"); n != 6 {
 				t.Errorf("pushes = %v, want 6", n)
 			}
+			// The web change ends when both web proxies have answered.
+			deadline := time.Now().Add(30 * time.Second)
+			for histogramCount(t, v.reg, "castellan_authz_xds_change_to_ack_seconds") < 2 {
+				if time.Now().After(deadline) {
+					t.Fatal("change-to-ACK not observed for the two changes")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 			if got := testutil.ToFloat64(v.proxiesGauge()); got != 3 {
 				t.Errorf("connected proxies = %v, want 3", got)
 			}
@@ -300,6 +308,20 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label string) float64
 					return m.GetCounter().GetValue()
 				}
 			}
+		}
+	}
+	return 0
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
 		}
 	}
 	return 0
