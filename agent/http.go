@@ -34,9 +34,12 @@ func (a *Agent) Ready() (bool, string) {
 	switch {
 	case snap.Bundle == nil:
 		return false, "no trust bundle loaded from " + a.cfg.RootCertFile
+	case a.ids != nil && !podsSynced(a.cfg.Pods):
+		return false, "node attestation: the pods of this node are not listed yet"
 	case a.ids != nil:
 		// A node agent obtains SVIDs as workloads ask: it is ready to
-		// serve as soon as it can verify what the CA sends.
+		// serve as soon as it can verify what the CA sends and knows the
+		// node's pods.
 		total, valid := a.ids.count()
 		return true, fmt.Sprintf("node attestation: serving %d identities (%d with a valid SVID)", total, valid)
 	case snap.SVID == nil:
@@ -51,4 +54,14 @@ func (a *Agent) serveReady(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	fmt.Fprintln(w, msg)
+}
+
+// podsSynced reports whether pods has listed the node's pods, for a
+// PodSet that says (an informer does); one that does not is taken as
+// listed.
+func podsSynced(pods PodSet) bool {
+	if p, ok := pods.(interface{ Synced() bool }); ok {
+		return p.Synced()
+	}
+	return true
 }

@@ -62,6 +62,9 @@ type PodSet interface {
 	Changed() <-chan struct{}
 }
 
+// A PodSet that also has a method Synced() bool reports through it whether
+// it has listed the node's pods; the agent is not ready until it has.
+
 // The reasons a caller is refused beyond attestation's own, as the reason
 // label of castellan_agent_callers_refused_total.
 const (

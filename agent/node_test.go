@@ -285,3 +285,23 @@ func TestNodeAttestationWithdrawsWhenThePodsAreGone(t *testing.T) {
 		t.Fatalf("withdrawn = %v, want 1", got)
 	}
 }
+
+// unlistedPods is a PodSet that has not listed the node's pods yet.
+type unlistedPods struct{ *nodeFakes }
+
+func (unlistedPods) Synced() bool { return false }
+
+func TestNodeAttestationNotReadyBeforePodsListed(t *testing.T) {
+	f := newNodeFakes()
+	ca := startCAWith(t, f)
+	a := startAgent(t, ca, func(c *agent.Config) {
+		c.Attestation = agent.AttestationNode
+		c.Attestor = f
+		c.Pods = unlistedPods{f}
+		c.OutputDir = ""
+	})
+	waitFor(t, "the trust bundle", func() bool { snap, _ := a.Store().Load(); return snap.Bundle != nil })
+	if ok, msg := a.Ready(); ok || !strings.Contains(msg, "not listed yet") {
+		t.Fatalf("Ready() = %v, %q before the pods are listed", ok, msg)
+	}
+}

@@ -70,3 +70,9 @@ func (p podSet) Changed() <-chan struct{} {
 	_, changed := p.Load()
 	return changed
 }
+
+// Synced reports whether the index has listed the node's pods.
+func (p podSet) Synced() bool {
+	snap, _ := p.Load()
+	return snap.Synced
+}
