@@ -30,8 +30,8 @@ import (
 // margin.
 const (
 	DefaultMaxStreams   = 100
-	DefaultRequestRate  = 20
-	DefaultRequestBurst = 200
+	DefaultRequestRate  = 100
+	DefaultRequestBurst = 1000
 )
 
 // The reason label of castellan_agent_connection_refusals_total.
