@@ -15,7 +15,6 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
-	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
@@ -72,8 +71,20 @@ func TestEnvoyBootstrap(t *testing.T) {
 			}
 		}
 	}
-	if !slices.Equal(httpNames, xds.HTTPNames) || !slices.Equal(netNames, xds.NetworkNames) {
-		t.Errorf("ECDS names: http %v, network %v; want %v and %v", httpNames, netNames, xds.HTTPNames, xds.NetworkNames)
+	// The network filters are in the listener served over LDS (see
+	// TestListenerCarriesPeerAuthentication).
+	if !slices.Equal(httpNames, xds.HTTPNames) || len(netNames) != 0 {
+		t.Errorf("ECDS names: http %v, network %v; want %v and none", httpNames, netNames, xds.HTTPNames)
+	}
+	if c := b.GetDynamicResources().GetLdsConfig().GetApiConfigSource().GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName(); c != xds.ServerCluster {
+		t.Errorf("LDS from cluster %q, want %q", c, xds.ServerCluster)
+	}
+	found := false
+	for _, c := range b.GetStaticResources().GetClusters() {
+		found = found || c.GetName() == xds.PassthroughCluster
+	}
+	if !found {
+		t.Errorf("no cluster %s for the inbound listener", xds.PassthroughCluster)
 	}
 }
 

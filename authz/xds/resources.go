@@ -48,11 +48,16 @@ func slotOf(a rbacv3.RBAC_Action) (int, bool) {
 	return 0, false
 }
 
-// resource is one encoded TypedExtensionConfig and its version.
+// resource is one encoded resource and its version.
 type resource struct {
 	version string
 	any     *anypb.Any
-	msg     *corev3.TypedExtensionConfig
+}
+
+// versionOf is the version of an encoded resource: a hash of its bytes.
+func versionOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
 
 // resourceSet is the six resources of one workload configuration.
@@ -97,12 +102,7 @@ func buildResources(cfg *authz.WorkloadConfig) (resourceSet, error) {
 		if err != nil {
 			return fmt.Errorf("xds: encoding %s: %w", name, err)
 		}
-		sum := sha256.Sum256(b)
-		out[name] = resource{
-			version: hex.EncodeToString(sum[:8]),
-			any:     &anypb.Any{TypeUrl: typeURL, Value: b},
-			msg:     msg,
-		}
+		out[name] = resource{version: versionOf(b), any: &anypb.Any{TypeUrl: typeURL, Value: b}}
 		return nil
 	}
 	for i := range HTTPNames {
@@ -110,6 +110,11 @@ func buildResources(cfg *authz.WorkloadConfig) (resourceSet, error) {
 			return nil, err
 		}
 		if err := add(NetworkNames[i], network[i]); err != nil {
+			return nil, err
+		}
+	}
+	if cfg != nil {
+		if err := addListener(out, cfg); err != nil {
 			return nil, err
 		}
 	}

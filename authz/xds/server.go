@@ -16,6 +16,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	extensionv3 "github.com/envoyproxy/go-control-plane/envoy/service/extension/v3"
+	listenerservicev3 "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
@@ -76,8 +77,12 @@ type workloadKey struct{ ns, name string }
 func (k workloadKey) String() string { return k.ns + "/" + k.name }
 
 type workloadState struct {
-	gen     uint64
-	known   bool // the engine has a configuration for it
+	gen   uint64
+	known bool // the engine has a configuration for it
+	// round is the last change of the workload's resources, joined by the
+	// responses that carry it, also those sent when a proxy's next request
+	// comes after the change.
+	round   *round
 	res     resourceSet
 	watches map[*watch]struct{}
 	streams int
@@ -113,6 +118,7 @@ type streamState struct {
 type round struct {
 	start   time.Time
 	pending int
+	done    bool
 }
 
 // New returns a Server.
@@ -146,9 +152,10 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Register registers the ECDS service on g.
+// Register registers the ECDS and LDS services on g.
 func (s *Server) Register(g *grpc.Server) {
 	extensionv3.RegisterExtensionConfigDiscoveryServiceServer(g, s.xds)
+	listenerservicev3.RegisterListenerDiscoveryServiceServer(g, s.xds)
 }
 
 // Run pushes every change of the engine's workload configurations to the
@@ -175,8 +182,12 @@ func (s *Server) scan(now time.Time) {
 		if !s.refresh(wk, st) {
 			continue
 		}
+		if r == nil {
+			r = &round{start: now}
+		}
+		st.round = r
 		for w := range st.watches {
-			if s.answer(st, w, now, &r) {
+			if s.answer(st, w, &r) {
 				delete(st.watches, w)
 			}
 		}
@@ -214,14 +225,11 @@ func sameVersions(a, b resourceSet) bool {
 }
 
 // answer sends w the resources it lacks, if any, and reports whether it
-// did. r is the change round responses join; it is created on first use.
-func (s *Server) answer(st *workloadState, w *watch, now time.Time, r **round) bool {
+// did. The response joins the change round *r, if any.
+func (s *Server) answer(st *workloadState, w *watch, r **round) bool {
 	join := func(key any) {
-		if r == nil {
+		if r == nil || *r == nil || (*r).done {
 			return
-		}
-		if *r == nil {
-			*r = &round{start: now}
 		}
 		(*r).pending++
 		s.inflight[key] = *r
@@ -246,14 +254,22 @@ func (s *Server) answer(st *workloadState, w *watch, now time.Time, r **round) b
 	return true
 }
 
-// requested returns the resource names a subscription asks for that
-// exist.
-func requested(st *workloadState, sub cachev3.Subscription) []string {
+// namesOf returns the resource names served for a type.
+func namesOf(typ string) []string {
+	if typ == listenerTypeURL {
+		return []string{InboundListener}
+	}
+	return ResourceNames
+}
+
+// requested returns the resource names of type typ a subscription asks
+// for.
+func requested(typ string, sub cachev3.Subscription) []string {
 	if sub.IsWildcard() {
-		return ResourceNames
+		return namesOf(typ)
 	}
 	var out []string
-	for _, n := range ResourceNames {
+	for _, n := range namesOf(typ) {
 		if _, ok := sub.SubscribedResources()[n]; ok {
 			out = append(out, n)
 		}
@@ -265,7 +281,7 @@ func sotwResponse(st *workloadState, req *cachev3.Request, sub cachev3.Subscript
 	if !st.known {
 		return nil
 	}
-	names := requested(st, sub)
+	names := requested(req.GetTypeUrl(), sub)
 	returned := sub.ReturnedResources()
 	news := false
 	for _, n := range names {
@@ -276,7 +292,7 @@ func sotwResponse(st *workloadState, req *cachev3.Request, sub cachev3.Subscript
 	if !news {
 		return nil
 	}
-	out := &discoveryv3.DiscoveryResponse{TypeUrl: typeURL, Resources: make([]*anypb.Any, 0, len(names))}
+	out := &discoveryv3.DiscoveryResponse{TypeUrl: req.GetTypeUrl(), Resources: make([]*anypb.Any, 0, len(names))}
 	versions := make(map[string]string, len(names))
 	h := sha256.New()
 	for _, n := range names {
@@ -298,8 +314,8 @@ func deltaResponse(st *workloadState, req *cachev3.DeltaRequest, sub cachev3.Sub
 	if next == nil {
 		next = map[string]string{}
 	}
-	out := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: typeURL, SystemVersionInfo: strconv.FormatUint(st.gen, 10)}
-	for _, n := range requested(st, sub) {
+	out := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: req.GetTypeUrl(), SystemVersionInfo: strconv.FormatUint(st.gen, 10)}
+	for _, n := range requested(req.GetTypeUrl(), sub) {
 		r := st.res[n]
 		if v, ok := returned[n]; ok && v == r.version {
 			continue
@@ -347,7 +363,7 @@ func workloadOf(node *corev3.Node) (workloadKey, error) {
 // streams.
 func (c *cacheAdapter) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	s := (*Server)(c)
-	if req.GetTypeUrl() != typeURL {
+	if req.GetTypeUrl() != typeURL && req.GetTypeUrl() != listenerTypeURL {
 		return nil, status.Errorf(codes.InvalidArgument, "type %q is not served", req.GetTypeUrl())
 	}
 	wk, err := workloadOf(req.GetNode())
@@ -361,7 +377,7 @@ func (c *cacheAdapter) CreateWatch(req *cachev3.Request, sub cachev3.Subscriptio
 // CreateDeltaWatch implements cache.ConfigWatcher for delta streams.
 func (c *cacheAdapter) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
 	s := (*Server)(c)
-	if req.GetTypeUrl() != typeURL {
+	if req.GetTypeUrl() != typeURL && req.GetTypeUrl() != listenerTypeURL {
 		return nil, status.Errorf(codes.InvalidArgument, "type %q is not served", req.GetTypeUrl())
 	}
 	wk, err := workloadOf(req.GetNode())
@@ -378,7 +394,7 @@ func (s *Server) open(wk workloadKey, w *watch) func() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.state(wk)
-	if st.known && s.answer(st, w, time.Time{}, nil) {
+	if st.known && s.answer(st, w, &st.round) {
 		return func() {}
 	}
 	st.watches[w] = struct{}{}
@@ -550,7 +566,8 @@ func (c *callbacks) response(id streamKey, nonce string, key any) {
 
 func (s *Server) finish(r *round) {
 	r.pending--
-	if r.pending == 0 {
+	if r.pending == 0 && !r.done {
+		r.done = true
 		s.metrics.changeDone(time.Since(r.start))
 	}
 }

@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -267,11 +269,11 @@ func TestPushesOnlyToAffectedProxies(t *testing.T) {
 			if n := counter(t, v.reg, "castellan_authz_xds_pushes_total", "sotw") + counter(t, v.reg, "castellan_authz_xds_pushes_total", "delta"); n != 6 {
 				t.Errorf("pushes = %v, want 6", n)
 			}
-			// The web change ends when both web proxies have answered.
+			// Each of the two changes ends when its proxies have answered.
 			deadline := time.Now().Add(30 * time.Second)
 			for histogramCount(t, v.reg, "castellan_authz_xds_change_to_ack_seconds") < 2 {
 				if time.Now().After(deadline) {
-					t.Fatal("change-to-ACK not observed for the two changes")
+					t.Fatal("change-to-ACK never observed")
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -438,4 +440,68 @@ func TestDeltaSubscribeUnsubscribe(t *testing.T) {
 	v.apply(allowDB)
 	next(t, db)
 	none(t, c)
+}
+
+// TestListenerCarriesPeerAuthentication checks the LDS half: a
+// PeerAuthentication change reaches the workload's inbound listener, and
+// only it (the ECDS stream of the same proxy receives nothing).
+func TestListenerCarriesPeerAuthentication(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+			v := newEnv(t)
+			var names []string
+			if delta {
+				names = []string{xds.InboundListener}
+			}
+			lds, err := xdsclient.Start(context.Background(), v.dial(sa("foo", "web")), xdsclient.Config{
+				NodeID: nodeID("foo", "web-1"), Delta: delta, TypeURL: xdsclient.ListenerTypeURL, Names: names,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lds.Close()
+			ecds := v.proxy("foo", "web-1", sa("foo", "web"), delta, nil)
+			next(t, ecds)
+			chains := func() []string {
+				t.Helper()
+				if u := next(t, lds); !u.Accepted || len(u.Names) != 1 || u.Names[0] != xds.InboundListener {
+					t.Fatalf("listener update %+v", u)
+				}
+				l := lds.Listeners()[xds.InboundListener]
+				var out []string
+				for _, c := range l.GetFilterChains() {
+					m := c.GetFilterChainMatch()
+					out = append(out, fmt.Sprintf("%d/%s/tls=%v", m.GetDestinationPort().GetValue(), m.GetTransportProtocol(), c.GetTransportSocket() != nil))
+					var fs []string
+					for _, f := range c.GetFilters() {
+						fs = append(fs, f.GetName())
+					}
+					if want := append(append([]string(nil), xds.NetworkNames...), "envoy.filters.network.tcp_proxy"); !slices.Equal(fs, want) {
+						t.Errorf("chain %s has filters %v, want %v", c.GetName(), fs, want)
+					}
+				}
+				return out
+			}
+			if got := strings.Join(chains(), " "); got != "0/tls/tls=true 0/raw_buffer/tls=false" {
+				t.Errorf("default (PERMISSIVE) chains: %s", got)
+			}
+			v.apply(`apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: foo}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    9090: {mode: DISABLE}
+`)
+			if got := strings.Join(chains(), " "); got != "9090//tls=false 0/tls/tls=true" {
+				t.Errorf("STRICT with 9090 DISABLE: %s", got)
+			}
+			// The RBAC filters did not change: nothing on ECDS.
+			v.apply(allowDB)
+			db := v.proxy("foo", "db-1", sa("foo", "db"), delta, nil)
+			next(t, db)
+			none(t, ecds)
+		})
+	}
 }

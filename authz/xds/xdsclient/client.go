@@ -21,6 +21,7 @@ import (
 	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	extensionv3 "github.com/envoyproxy/go-control-plane/envoy/service/extension/v3"
+	listenerservicev3 "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -29,6 +30,9 @@ import (
 
 // TypeURL is the ECDS resource type.
 const TypeURL = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+
+// ListenerTypeURL is the LDS resource type.
+const ListenerTypeURL = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 // Update is one response as the client handled it.
 type Update struct {
@@ -49,6 +53,9 @@ type Config struct {
 	Delta bool
 	// Names are the resources subscribed to at start.
 	Names []string
+	// TypeURL is the resource type; empty means TypeURL (ECDS). With
+	// ListenerTypeURL, listeners are kept (see Listeners).
+	TypeURL string
 	// Reject, when set, is asked about every response after validation; a
 	// non-nil error makes the client NACK it.
 	Reject func(map[string]*corev3.TypedExtensionConfig) error
@@ -58,12 +65,13 @@ type Config struct {
 type Client struct {
 	cfg    Config
 	cancel context.CancelFunc
-	sotw   extensionv3.ExtensionConfigDiscoveryService_StreamExtensionConfigsClient
-	delta  extensionv3.ExtensionConfigDiscoveryService_DeltaExtensionConfigsClient
+	sotw   grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
+	delta  grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 
-	sendMu sync.Mutex
-	mu     sync.Mutex
-	config map[string]*corev3.TypedExtensionConfig // last accepted
+	sendMu    sync.Mutex
+	mu        sync.Mutex
+	config    map[string]*corev3.TypedExtensionConfig // last accepted
+	listeners map[string]*listenerv3.Listener
 	// sotw state
 	version string
 	names   []string
@@ -76,19 +84,29 @@ type Client struct {
 // delivered on Updates until the stream ends (see Err).
 func Start(ctx context.Context, conn grpc.ClientConnInterface, cfg Config) (*Client, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	c := &Client{cfg: cfg, cancel: cancel, config: map[string]*corev3.TypedExtensionConfig{},
+	if cfg.TypeURL == "" {
+		cfg.TypeURL = TypeURL
+	}
+	c := &Client{cfg: cfg, cancel: cancel, config: map[string]*corev3.TypedExtensionConfig{}, listeners: map[string]*listenerv3.Listener{},
 		names: append([]string(nil), cfg.Names...), updates: make(chan Update, 64), done: make(chan struct{})}
 	api := extensionv3.NewExtensionConfigDiscoveryServiceClient(conn)
+	lds := listenerservicev3.NewListenerDiscoveryServiceClient(conn)
 	node := &corev3.Node{Id: cfg.NodeID, Cluster: "castellan-test"}
 	var err error
-	if cfg.Delta {
-		if c.delta, err = api.DeltaExtensionConfigs(ctx); err == nil {
-			err = c.delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: TypeURL, ResourceNamesSubscribe: cfg.Names})
-		}
-	} else {
-		if c.sotw, err = api.StreamExtensionConfigs(ctx); err == nil {
-			err = c.sotw.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: TypeURL, ResourceNames: cfg.Names})
-		}
+	switch {
+	case cfg.Delta && cfg.TypeURL == ListenerTypeURL:
+		c.delta, err = lds.DeltaListeners(ctx)
+	case cfg.Delta:
+		c.delta, err = api.DeltaExtensionConfigs(ctx)
+	case cfg.TypeURL == ListenerTypeURL:
+		c.sotw, err = lds.StreamListeners(ctx)
+	default:
+		c.sotw, err = api.StreamExtensionConfigs(ctx)
+	}
+	if err == nil && cfg.Delta {
+		err = c.delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: cfg.TypeURL, ResourceNamesSubscribe: cfg.Names})
+	} else if err == nil {
+		err = c.sotw.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: cfg.TypeURL, ResourceNames: cfg.Names})
 	}
 	if err != nil {
 		cancel()
@@ -154,6 +172,9 @@ func (c *Client) loop() {
 
 // check validates and decodes resources as Envoy would on load.
 func (c *Client) check(anys []*anypb.Any) (map[string]*corev3.TypedExtensionConfig, []string, error) {
+	if c.cfg.TypeURL == ListenerTypeURL {
+		return c.checkListeners(anys)
+	}
 	got := map[string]*corev3.TypedExtensionConfig{}
 	var names []string
 	for _, a := range anys {
@@ -181,6 +202,38 @@ func (c *Client) check(anys []*anypb.Any) (map[string]*corev3.TypedExtensionConf
 	return got, names, nil
 }
 
+// checkListeners validates listeners and keeps them aside: they are
+// applied with the update, as the other configs are.
+func (c *Client) checkListeners(anys []*anypb.Any) (map[string]*corev3.TypedExtensionConfig, []string, error) {
+	var names []string
+	got := map[string]*listenerv3.Listener{}
+	for _, a := range anys {
+		var l listenerv3.Listener
+		if a.GetTypeUrl() != ListenerTypeURL {
+			return nil, nil, fmt.Errorf("resource of type %q, want %q", a.GetTypeUrl(), ListenerTypeURL)
+		}
+		if err := a.UnmarshalTo(&l); err != nil {
+			return nil, nil, err
+		}
+		if err := l.ValidateAll(); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", l.GetName(), err)
+		}
+		got[l.GetName()] = &l
+		names = append(names, l.GetName())
+	}
+	c.mu.Lock()
+	maps.Copy(c.listeners, got)
+	c.mu.Unlock()
+	return map[string]*corev3.TypedExtensionConfig{}, names, nil
+}
+
+// Listeners returns the last accepted listeners, by name.
+func (c *Client) Listeners() map[string]*listenerv3.Listener {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.listeners)
+}
+
 func validateFilter(a *anypb.Any) error {
 	var m interface {
 		proto.Message
@@ -204,7 +257,7 @@ func (c *Client) handleSotw(resp *discoveryv3.DiscoveryResponse) error {
 	got, names, err := c.check(resp.GetResources())
 	u := Update{Names: names, Accepted: err == nil, Err: err, At: time.Now()}
 	c.mu.Lock()
-	req := &discoveryv3.DiscoveryRequest{TypeUrl: TypeURL, ResponseNonce: resp.GetNonce(), ResourceNames: c.names}
+	req := &discoveryv3.DiscoveryRequest{TypeUrl: c.cfg.TypeURL, ResponseNonce: resp.GetNonce(), ResourceNames: c.names}
 	if err == nil {
 		maps.Copy(c.config, got)
 		c.version = resp.GetVersionInfo()
@@ -227,7 +280,7 @@ func (c *Client) handleDelta(resp *discoveryv3.DeltaDiscoveryResponse) error {
 	}
 	got, names, err := c.check(anys)
 	u := Update{Names: names, Accepted: err == nil, Err: err, At: time.Now()}
-	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResponseNonce: resp.GetNonce()}
+	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: c.cfg.TypeURL, ResponseNonce: resp.GetNonce()}
 	c.mu.Lock()
 	if err == nil {
 		maps.Copy(c.config, got)
@@ -257,7 +310,7 @@ func (c *Client) Subscribe(names ...string) error {
 		return errors.New("xdsclient: Subscribe needs a delta stream")
 	}
 	return c.send(func() error {
-		return c.delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesSubscribe: names})
+		return c.delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: c.cfg.TypeURL, ResourceNamesSubscribe: names})
 	})
 }
 
@@ -272,7 +325,7 @@ func (c *Client) Unsubscribe(names ...string) error {
 	}
 	c.mu.Unlock()
 	return c.send(func() error {
-		return c.delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURL, ResourceNamesUnsubscribe: names})
+		return c.delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: c.cfg.TypeURL, ResourceNamesUnsubscribe: names})
 	})
 }
 
