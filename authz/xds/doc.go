@@ -1,6 +1,8 @@
 // Package xds serves each proxy its workload's authorization filters over
 // xDS: the Extension Config Discovery Service (ECDS), state-of-the-world and
-// delta, on go-control-plane's server.
+// delta, on go-control-plane's server; and, over LDS, its inbound listener
+// (InboundListener), whose filter chains carry the mTLS mode per port of
+// its PeerAuthentications and run the network RBAC filters from ECDS.
 //
 // # Resources
 //
