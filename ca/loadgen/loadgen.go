@@ -30,6 +30,10 @@ import (
 // requestTimeout bounds one request of a run.
 const requestTimeout = 30 * time.Second
 
+// floorBatchSize is the number of verify+sign pairs in one batch of the
+// crypto floor: about 20 ms of CPU.
+const floorBatchSize = 200
+
 // Config configures a run.
 type Config struct {
 	// Addr is the CA's gRPC address; ServerName and Roots verify it.
@@ -60,6 +64,10 @@ type Config struct {
 	// pods does. The run ends after len(Tokens) requests; Duration,
 	// Requests and Warmup are ignored.
 	Once bool
+	// FloorBatches, if positive, measures the crypto floor (MeasureFloor)
+	// in this many batches just before and again just after the measured
+	// run, so that the CA's CPU per SVID can be set against it.
+	FloorBatches int
 }
 
 // Result is what a run measured.
@@ -80,6 +88,9 @@ type Result struct {
 	// process_cpu_seconds_total when MetricsURL is set, or -1.
 	ClientCPU time.Duration
 	ServerCPU time.Duration
+	// Floor is the crypto floor measured before and after the run (both
+	// sets of samples), or nil.
+	Floor *Floor
 }
 
 // Rate is the successful requests per second.
@@ -104,6 +115,15 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 			fmt.Fprintf(w, ", CA %s (CA alone could do %.0f CSR/s per core)", us(r.ServerCPU/time.Duration(n)), float64(n)/r.ServerCPU.Seconds())
 		}
 		fmt.Fprintln(w)
+	}
+	if r.Floor != nil {
+		fmt.Fprintf(w, "crypto floor  %s\n", r.Floor)
+		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 {
+			perSVID := r.ServerCPU / time.Duration(ok)
+			fmt.Fprintf(w, "CA/floor      %.2fx (CA CPU per SVID %s / floor %s; %.2fx to %.2fx over the floor's batches)\n",
+				float64(perSVID)/float64(r.Floor.PerOp), us(perSVID), us(r.Floor.PerOp),
+				float64(perSVID)/float64(r.Floor.Max()), float64(perSVID)/float64(r.Floor.Min()))
+		}
 	}
 }
 
@@ -185,11 +205,30 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		run(ctx, cfg, clients, cfg.Warmup, 0)
 	}
 
+	var floor *Floor
+	if cfg.FloorBatches > 0 {
+		f, err := MeasureFloor(cfg.FloorBatches, floorBatchSize)
+		if err != nil {
+			return nil, err
+		}
+		floor = f
+	}
 	before := scrape(ctx, cfg.MetricsURL)
 	cpu0 := processCPU()
 	res := run(ctx, cfg, clients, duration, requests)
 	res.ClientCPU = processCPU() - cpu0
 	after := scrape(ctx, cfg.MetricsURL)
+	if floor != nil {
+		f, err := MeasureFloor(cfg.FloorBatches, floorBatchSize)
+		if err != nil {
+			return nil, err
+		}
+		floor.Samples = append(floor.Samples, f.Samples...)
+		s := slices.Clone(floor.Samples)
+		slices.Sort(s)
+		floor.PerOp = s[len(s)/2]
+		res.Floor = floor
+	}
 	res.TokenReviews, res.ServerCPU = -1, -1
 	if before != nil && after != nil {
 		res.TokenReviews = after["castellan_tokenreviews_total"] - before["castellan_tokenreviews_total"]

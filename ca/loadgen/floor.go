@@ -1,0 +1,104 @@
+package loadgen
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// Floor is the least CPU one issuance can cost: one ECDSA P-256
+// verification (the CSR's proof of possession) and one P-256 signature (the
+// certificate), measured on this machine as the CPU time of one thread.
+type Floor struct {
+	// PerOp is the median of Samples.
+	PerOp time.Duration
+	// Samples are the CPU times per verify+sign of each measured batch.
+	Samples []time.Duration
+}
+
+// Min and Max return the smallest and largest sample.
+func (f *Floor) Min() time.Duration { return slices.Min(f.Samples) }
+
+// Max returns the largest sample.
+func (f *Floor) Max() time.Duration { return slices.Max(f.Samples) }
+
+func (f *Floor) String() string {
+	return fmt.Sprintf("%s per verify+sign (median of %d batches, %s to %s)", us(f.PerOp), len(f.Samples), us(f.Min()), us(f.Max()))
+}
+
+// MeasureFloor measures the crypto floor in batches of n verify+sign pairs
+// on one OS thread, by that thread's CPU time (so that time the thread
+// spends waiting for a core on a loaded machine does not count).
+func MeasureFloor(batches, n int) (*Floor, error) {
+	if batches <= 0 || n <= 0 {
+		return nil, errors.New("loadgen: floor batches and size must be positive")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	// A message the size of a CSR's and a certificate's signed part.
+	msg := make([]byte, 300)
+	if _, err := rand.Read(msg); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(msg)
+	sig, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
+	if err != nil {
+		return nil, err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	op := func() error {
+		d := sha256.Sum256(msg)
+		if !ecdsa.VerifyASN1(&key.PublicKey, d[:], sig) {
+			return errors.New("loadgen: floor: signature does not verify")
+		}
+		d = sha256.Sum256(msg)
+		_, err := ecdsa.SignASN1(rand.Reader, key, d[:])
+		return err
+	}
+	for range n { // warm up
+		if err := op(); err != nil {
+			return nil, err
+		}
+	}
+	f := &Floor{}
+	for range batches {
+		t0, err := threadCPU()
+		if err != nil {
+			return nil, err
+		}
+		for range n {
+			if err := op(); err != nil {
+				return nil, err
+			}
+		}
+		t1, err := threadCPU()
+		if err != nil {
+			return nil, err
+		}
+		f.Samples = append(f.Samples, (t1-t0)/time.Duration(n))
+	}
+	s := slices.Clone(f.Samples)
+	slices.Sort(s)
+	f.PerOp = s[len(s)/2]
+	return f, nil
+}
+
+// threadCPU returns the CPU time of the calling OS thread.
+func threadCPU() (time.Duration, error) {
+	const rusageThread = 1 // RUSAGE_THREAD
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+		return 0, fmt.Errorf("loadgen: thread CPU time: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
