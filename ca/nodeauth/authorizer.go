@@ -26,7 +26,6 @@ import (
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // DefaultNodeAgent is the service account of Castellan's node agent
@@ -56,13 +55,37 @@ func ParseServiceAccount(s string) (ServiceAccount, error) {
 }
 
 func (s ServiceAccount) validate() error {
-	if errs := validation.IsDNS1123Label(s.Namespace); len(errs) > 0 {
-		return fmt.Errorf("namespace %q: %s", s.Namespace, errs[0])
+	if !isDNSName(s.Namespace, 63, false) {
+		return fmt.Errorf("namespace %q is not a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)", s.Namespace)
 	}
-	if errs := validation.IsDNS1123Subdomain(s.Name); len(errs) > 0 {
-		return fmt.Errorf("name %q: %s", s.Name, errs[0])
+	if !isDNSName(s.Name, 253, true) {
+		return fmt.Errorf("name %q is not a DNS-1123 subdomain (at most 253 lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit)", s.Name)
 	}
 	return nil
+}
+
+// isDNSName reports whether s is a DNS-1123 label (dots false) or
+// subdomain (dots true) of at most limit bytes. It is the rule of
+// k8s.io/apimachinery's validation package without its regular
+// expressions, which would be most of the cost of a decision.
+func isDNSName(s string, limit int, dots bool) bool {
+	if s == "" || len(s) > limit {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' || (dots && c == '.'):
+			// Neither may start or end a part.
+			if i == 0 || i == len(s)-1 || s[i-1] == '.' || s[i+1] == '.' {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // TargetServiceAccount returns the service account named by a SPIFFE ID of
@@ -75,11 +98,17 @@ func TargetServiceAccount(td spiffeid.TrustDomain, id spiffeid.ID) (ServiceAccou
 	if id.TrustDomain() != td {
 		return ServiceAccount{}, fmt.Errorf("%s is not in the trust domain %s", id, td.Name())
 	}
-	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(seg) != 4 || seg[0] != "ns" || seg[2] != "sa" {
+	rest, ok := strings.CutPrefix(id.Path(), "/ns/")
+	var sa ServiceAccount
+	if ok {
+		sa.Namespace, rest, ok = strings.Cut(rest, "/")
+	}
+	if ok {
+		sa.Name, ok = strings.CutPrefix(rest, "sa/")
+	}
+	if !ok || strings.Contains(sa.Name, "/") {
 		return ServiceAccount{}, fmt.Errorf("%s is not of the form spiffe://%s/ns/<namespace>/sa/<service account>", id, td.Name())
 	}
-	sa := ServiceAccount{Namespace: seg[1], Name: seg[3]}
 	if err := sa.validate(); err != nil {
 		return ServiceAccount{}, fmt.Errorf("%s: %w", id, err)
 	}
