@@ -37,7 +37,9 @@ type Authority struct {
 	Roots []*x509.Certificate
 
 	sig       sigAlg
+	sigAlgDER []byte // sig's AlgorithmIdentifier
 	akid      []byte
+	akidExt   []byte   // the leaves' authorityKeyIdentifier extension
 	chainPEM  []string // Cert and Chain in PEM, nearest first
 	notAfter  time.Time
 	rootIndex int
@@ -73,6 +75,8 @@ func NewAuthority(cert *x509.Certificate, signer crypto.Signer, chain, roots []*
 	if len(a.akid) == 0 {
 		a.akid = keyID(cert.RawSubjectPublicKeyInfo)
 	}
+	a.sigAlgDER = algorithmIdentifier(sig)
+	a.akidExt = authorityKeyIDExt(a.akid)
 	for _, c := range append([]*x509.Certificate{cert}, chain...) {
 		a.chainPEM = append(a.chainPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
 		if c.NotAfter.Before(a.notAfter) {
@@ -174,6 +178,14 @@ var (
 	oidSigSHA256WithRSA   = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}
 	oidSigEd25519         = asn1.ObjectIdentifier{1, 3, 101, 112}
 )
+
+// maxSigLen bounds the size of one signature, for buffer sizing.
+func (alg sigAlg) maxSigLen() int {
+	if alg.null { // RSA
+		return 1024 // 8192 bits
+	}
+	return 160 // ECDSA P-521 in DER; Ed25519 is 64
+}
 
 // sigAlgFor picks the signature algorithm crypto/x509 would pick for pub.
 func sigAlgFor(pub crypto.PublicKey) (sigAlg, error) {

@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
-	"encoding/pem"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -131,7 +134,7 @@ func (i *Issuer) IssueParsed(ctx context.Context, csr *x509.CertificateRequest, 
 		return nil, err
 	}
 	chain := make([]string, 0, 1+len(a.chainPEM))
-	chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	chain = append(chain, certificatePEM(der))
 	chain = append(chain, a.chainPEM...)
 	return &SVID{Certificate: der, ChainPEM: chain, NotAfter: notAfter}, nil
 }
@@ -161,29 +164,42 @@ func (i *Issuer) validity(a *Authority, ttl time.Duration) (time.Time, time.Time
 	return notBefore, notAfter, nil
 }
 
-// sign encodes and signs tmpl with a.
+// sign encodes and signs tmpl with a. The TBSCertificate is built in the
+// buffer that then holds the certificate, after room for its header.
 func (i *Issuer) sign(_ context.Context, a *Authority, tmpl *leafTemplate) ([]byte, error) {
-	tbs, err := tmpl.marshalTBS(a)
+	const room = 5 // the largest header appendHeader writes
+	buf := make([]byte, room, room+tmpl.sizeHint(a))
+	buf, err := tmpl.appendTBS(buf, a)
 	if err != nil {
 		return nil, fmt.Errorf("ca: could not encode certificate: %w", err)
 	}
-	digest := tbs
+	tbs := buf[room:]
 	var opts crypto.SignerOpts = crypto.Hash(0)
-	if a.sig.hash != 0 {
+	digest := tbs
+	var sum [sha512.Size]byte
+	switch a.sig.hash {
+	case 0:
+	case crypto.SHA256:
+		s := sha256.Sum256(tbs)
+		digest, opts = append(sum[:0], s[:]...), crypto.SHA256
+	default:
 		h := a.sig.hash.New()
 		h.Write(tbs)
-		digest = h.Sum(nil)
-		opts = a.sig.hash
+		digest, opts = h.Sum(sum[:0]), a.sig.hash
 	}
 	sig, err := a.Signer.Sign(i.cfg.Rand, digest, opts)
 	if err != nil {
 		return nil, fmt.Errorf("ca: signer failed: %w", err)
 	}
-	der, err := marshalCertificate(tbs, a.sig, sig)
-	if err != nil {
-		return nil, fmt.Errorf("ca: could not encode certificate: %w", err)
-	}
-	return der, nil
+	// Certificate ::= SEQUENCE { tbs, signatureAlgorithm, BIT STRING }
+	n := len(tbs) + len(a.sigAlgDER) + tlvLen(1+len(sig))
+	start := room - (tlvLen(n) - n)
+	appendHeader(buf[start:start], tagSequence, n)
+	buf = append(buf, a.sigAlgDER...)
+	buf = appendHeader(buf, tagBitString, 1+len(sig))
+	buf = append(buf, 0) // no unused bits
+	buf = append(buf, sig...)
+	return buf[start:], nil
 }
 
 // randomSerial returns a positive random serial number of 128 bits at most
@@ -196,4 +212,29 @@ func randomSerial(r io.Reader) (*big.Int, error) {
 	b[0] &= 0x7f // positive
 	b[0] |= 0x40 // full length: never shorter than 127 bits
 	return new(big.Int).SetBytes(b[:]), nil
+}
+
+// certificatePEM encodes der as a PEM CERTIFICATE block, as
+// encoding/pem.EncodeToMemory does, in one allocation.
+func certificatePEM(der []byte) string {
+	const (
+		begin = "-----BEGIN CERTIFICATE-----\n"
+		end   = "-----END CERTIFICATE-----\n"
+		line  = 48 // input bytes per 64-character line
+	)
+	enc := base64.StdEncoding
+	lines := (len(der) + line - 1) / line
+	var b strings.Builder
+	b.Grow(len(begin) + enc.EncodedLen(len(der)) + lines + len(end))
+	b.WriteString(begin)
+	var out [64]byte
+	for len(der) > 0 {
+		n := min(line, len(der))
+		enc.Encode(out[:], der[:n])
+		b.Write(out[:enc.EncodedLen(n)])
+		b.WriteByte('\n')
+		der = der[n:]
+	}
+	b.WriteString(end)
+	return b.String()
 }

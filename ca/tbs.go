@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
+	"fmt"
 	"math/big"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -62,61 +64,213 @@ func newLeafTemplate(csr *x509.CertificateRequest, uri string, serial *big.Int, 
 // that signing does not pay for CreateCertificate's verification of its own
 // signature.
 func (t *leafTemplate) marshalTBS(a *Authority) ([]byte, error) {
-	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(tbs *cryptobyte.Builder) {
-		tbs.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(v *cryptobyte.Builder) {
-			v.AddASN1Int64(2) // v3
-		})
-		tbs.AddASN1BigInt(t.serial)
-		addAlgorithmIdentifier(tbs, a.sig)
-		tbs.AddBytes(a.Cert.RawSubject) // issuer
-		tbs.AddASN1(cbasn1.SEQUENCE, func(v *cryptobyte.Builder) {
-			addTime(v, t.notBefore)
-			addTime(v, t.notAfter)
-		})
-		tbs.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {}) // empty subject
-		tbs.AddBytes(t.spki)
-		tbs.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(e *cryptobyte.Builder) {
-			e.AddASN1(cbasn1.SEQUENCE, func(exts *cryptobyte.Builder) {
-				t.addExtensions(exts, a.akid)
-			})
-		})
-	})
-	return b.Bytes()
+	return t.appendTBS(nil, a)
 }
 
-func (t *leafTemplate) addExtensions(exts *cryptobyte.Builder, akid []byte) {
-	// keyUsage: digitalSignature (bit 0), plus keyEncipherment (bit 2) for
-	// RSA. A DER BIT STRING drops trailing zero bits.
-	ku := []byte{0x07, 0x80}
-	if t.rsa {
-		ku = []byte{0x05, 0xa0}
+// appendTBS appends the DER TBSCertificate to dst. Every length is known
+// before a byte is written, so that it allocates nothing but dst's growth.
+func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
+	if t.serial.Sign() < 0 {
+		return nil, errors.New("negative serial number")
 	}
-	addExtension(exts, oidExtKeyUsage, true, func(v *cryptobyte.Builder) {
+	var serialBuf [33]byte // up to 256 bits and a leading zero
+	n := (t.serial.BitLen() + 7) / 8
+	if n == 0 {
+		n = 1 // zero encodes as one zero byte
+	}
+	if n > len(serialBuf)-1 {
+		return nil, errors.New("serial number over 256 bits")
+	}
+	serial := t.serial.FillBytes(serialBuf[1 : 1+n])
+	if serial[0]&0x80 != 0 {
+		serial = serialBuf[:1+n] // a leading zero keeps it positive
+	}
+	nbTag, nbLen := timeTagLen(t.notBefore)
+	naTag, naLen := timeTagLen(t.notAfter)
+	ku := kuExtEC
+	if t.rsa {
+		ku = kuExtRSA
+	}
+	skidExt := tlvLen(len(skidExtPrefix) + tlvLen(tlvLen(len(t.skid))))
+	sanURI := tlvLen(len(t.uri))
+	sanExt := tlvLen(len(sanExtPrefix) + tlvLen(tlvLen(sanURI)))
+	exts := len(ku) + len(ekuExt) + len(bcExt) + skidExt + len(a.akidExt) + sanExt
+	validity := tlvLen(nbLen) + tlvLen(naLen)
+	body := len(versionV3) + tlvLen(len(serial)) + len(a.sigAlgDER) + len(a.Cert.RawSubject) +
+		tlvLen(validity) + len(emptySubject) + len(t.spki) + tlvLen(tlvLen(exts))
+
+	dst = slices.Grow(dst, tlvLen(body))
+	dst = appendHeader(dst, tagSequence, body)
+	dst = append(dst, versionV3...)
+	dst = appendHeader(dst, tagInteger, len(serial))
+	dst = append(dst, serial...)
+	dst = append(dst, a.sigAlgDER...)
+	dst = append(dst, a.Cert.RawSubject...) // issuer
+	dst = appendHeader(dst, tagSequence, validity)
+	var err error
+	if dst, err = appendTime(dst, t.notBefore, nbTag, nbLen); err != nil {
+		return nil, err
+	}
+	if dst, err = appendTime(dst, t.notAfter, naTag, naLen); err != nil {
+		return nil, err
+	}
+	dst = append(dst, emptySubject...)
+	dst = append(dst, t.spki...)
+	dst = appendHeader(dst, tagExplicit3, tlvLen(exts))
+	dst = appendHeader(dst, tagSequence, exts)
+	dst = append(dst, ku...)
+	dst = append(dst, ekuExt...)
+	dst = append(dst, bcExt...)
+	dst = appendHeader(dst, tagSequence, len(skidExtPrefix)+tlvLen(tlvLen(len(t.skid))))
+	dst = append(dst, skidExtPrefix...)
+	dst = appendHeader(dst, tagOctetString, tlvLen(len(t.skid)))
+	dst = appendHeader(dst, tagOctetString, len(t.skid))
+	dst = append(dst, t.skid...)
+	dst = append(dst, a.akidExt...)
+	dst = appendHeader(dst, tagSequence, len(sanExtPrefix)+tlvLen(tlvLen(sanURI)))
+	dst = append(dst, sanExtPrefix...)
+	dst = appendHeader(dst, tagOctetString, tlvLen(sanURI))
+	dst = appendHeader(dst, tagSequence, sanURI)
+	dst = appendHeader(dst, tagURI, len(t.uri))
+	dst = append(dst, t.uri...)
+	return dst, nil
+}
+
+// sizeHint is an upper bound of the certificate's size, for one allocation.
+func (t *leafTemplate) sizeHint(a *Authority) int {
+	return 512 + len(a.Cert.RawSubject) + len(t.spki) + len(t.uri) + len(a.akidExt) + a.sig.maxSigLen()
+}
+
+// DER tags of the TBSCertificate.
+const (
+	tagInteger      = 0x02
+	tagBitString    = 0x03
+	tagOctetString  = 0x04
+	tagUTCTime      = 0x17
+	tagGeneralTime  = 0x18
+	tagSequence     = 0x30
+	tagURI          = 0x86 // [6] IMPLICIT IA5String in GeneralName
+	tagExplicit3    = 0xa3 // [3] EXPLICIT Extensions
+	utcTimeFormat   = "060102150405Z0700"
+	generalTimeForm = "20060102150405Z0700"
+)
+
+// The parts of a leaf's TBSCertificate that never vary, encoded once by
+// the cryptobyte builder.
+var (
+	versionV3 = mustBuild(func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(v *cryptobyte.Builder) { v.AddASN1Int64(2) })
+	})
+	emptySubject  = mustBuild(func(b *cryptobyte.Builder) { b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {}) })
+	kuExtEC       = mustBuild(func(b *cryptobyte.Builder) { addKeyUsage(b, []byte{0x07, 0x80}) })
+	kuExtRSA      = mustBuild(func(b *cryptobyte.Builder) { addKeyUsage(b, []byte{0x05, 0xa0}) })
+	ekuExt        = mustBuild(addEKU)
+	bcExt         = mustBuild(addBasicConstraints)
+	skidExtPrefix = mustBuild(func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidExtSubjectKeyID) })
+	sanExtPrefix  = mustBuild(func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(oidExtSubjectAltName)
+		b.AddASN1Boolean(true)
+	})
+)
+
+func mustBuild(f func(*cryptobyte.Builder)) []byte {
+	var b cryptobyte.Builder
+	f(&b)
+	return b.BytesOrPanic()
+}
+
+// tlvLen is the encoded size of a DER element with n content bytes.
+func tlvLen(n int) int {
+	switch {
+	case n < 0x80:
+		return 2 + n
+	case n < 0x100:
+		return 3 + n
+	case n < 0x10000:
+		return 4 + n
+	default:
+		return 5 + n
+	}
+}
+
+// appendHeader appends the tag and length of a DER element of n content
+// bytes (n < 2^24: every input is far smaller).
+func appendHeader(b []byte, tag byte, n int) []byte {
+	switch {
+	case n < 0x80:
+		return append(b, tag, byte(n))
+	case n < 0x100:
+		return append(b, tag, 0x81, byte(n))
+	case n < 0x10000:
+		return append(b, tag, 0x82, byte(n>>8), byte(n))
+	default:
+		return append(b, tag, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+// timeTagLen returns the tag and content length of t's encoding: UTCTime
+// for the years 1950 through 2049, GeneralizedTime otherwise (RFC 5280
+// 4.1.2.5).
+func timeTagLen(t time.Time) (byte, int) {
+	if y := t.UTC().Year(); y >= 1950 && y < 2050 {
+		return tagUTCTime, len("060102150405Z")
+	}
+	return tagGeneralTime, len("20060102150405Z")
+}
+
+func appendTime(b []byte, t time.Time, tag byte, n int) ([]byte, error) {
+	t = t.UTC()
+	if y := t.Year(); y < 0 || y > 9999 {
+		return nil, fmt.Errorf("cannot encode time %v", t)
+	}
+	b = appendHeader(b, tag, n)
+	start := len(b)
+	if tag == tagUTCTime {
+		b = t.AppendFormat(b, utcTimeFormat)
+	} else {
+		b = t.AppendFormat(b, generalTimeForm)
+	}
+	if len(b)-start != n {
+		return nil, fmt.Errorf("cannot encode time %v", t)
+	}
+	return b, nil
+}
+
+func addKeyUsage(b *cryptobyte.Builder, ku []byte) {
+	addExtension(b, oidExtKeyUsage, true, func(v *cryptobyte.Builder) {
 		v.AddASN1(cbasn1.BIT_STRING, func(bs *cryptobyte.Builder) { bs.AddBytes(ku) })
 	})
-	addExtension(exts, oidExtExtKeyUsage, false, func(v *cryptobyte.Builder) {
+}
+
+func addEKU(b *cryptobyte.Builder) {
+	addExtension(b, oidExtExtKeyUsage, false, func(v *cryptobyte.Builder) {
 		v.AddASN1(cbasn1.SEQUENCE, func(s *cryptobyte.Builder) {
 			s.AddASN1ObjectIdentifier(oidEKUServerAuth)
 			s.AddASN1ObjectIdentifier(oidEKUClientAuth)
 		})
 	})
-	addExtension(exts, oidExtBasicConstraints, true, func(v *cryptobyte.Builder) {
+}
+
+func addBasicConstraints(b *cryptobyte.Builder) {
+	addExtension(b, oidExtBasicConstraints, true, func(v *cryptobyte.Builder) {
 		v.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {}) // CA FALSE
 	})
-	addExtension(exts, oidExtSubjectKeyID, false, func(v *cryptobyte.Builder) {
-		v.AddASN1OctetString(t.skid)
-	})
-	addExtension(exts, oidExtAuthorityKeyID, false, func(v *cryptobyte.Builder) {
-		v.AddASN1(cbasn1.SEQUENCE, func(s *cryptobyte.Builder) {
-			s.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(k *cryptobyte.Builder) { k.AddBytes(akid) })
+}
+
+// authorityKeyIDExt encodes the authorityKeyIdentifier extension naming akid.
+func authorityKeyIDExt(akid []byte) []byte {
+	return mustBuild(func(b *cryptobyte.Builder) {
+		addExtension(b, oidExtAuthorityKeyID, false, func(v *cryptobyte.Builder) {
+			v.AddASN1(cbasn1.SEQUENCE, func(s *cryptobyte.Builder) {
+				s.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(k *cryptobyte.Builder) { k.AddBytes(akid) })
+			})
 		})
 	})
-	addExtension(exts, oidExtSubjectAltName, true, func(v *cryptobyte.Builder) {
-		v.AddASN1(cbasn1.SEQUENCE, func(s *cryptobyte.Builder) {
-			s.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(u *cryptobyte.Builder) { u.AddBytes([]byte(t.uri)) })
-		})
-	})
+}
+
+// algorithmIdentifier encodes alg's AlgorithmIdentifier.
+func algorithmIdentifier(alg sigAlg) []byte {
+	return mustBuild(func(b *cryptobyte.Builder) { addAlgorithmIdentifier(b, alg) })
 }
 
 func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builder)) {
@@ -136,28 +290,6 @@ func addAlgorithmIdentifier(b *cryptobyte.Builder, alg sigAlg) {
 			s.AddASN1NULL()
 		}
 	})
-}
-
-// addTime encodes t as UTCTime for the years 1950 through 2049 and as
-// GeneralizedTime otherwise (RFC 5280 4.1.2.5).
-func addTime(b *cryptobyte.Builder, t time.Time) {
-	t = t.UTC()
-	if y := t.Year(); y >= 1950 && y < 2050 {
-		b.AddASN1UTCTime(t)
-		return
-	}
-	b.AddASN1GeneralizedTime(t)
-}
-
-// marshalCertificate wraps a signed TBSCertificate into a Certificate.
-func marshalCertificate(tbs []byte, alg sigAlg, signature []byte) ([]byte, error) {
-	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(c *cryptobyte.Builder) {
-		c.AddBytes(tbs)
-		addAlgorithmIdentifier(c, alg)
-		c.AddASN1BitString(signature)
-	})
-	return b.Bytes()
 }
 
 // subjectPublicKeyBits returns the subjectPublicKey BIT STRING contents of a
