@@ -141,8 +141,14 @@ func startPolicyServer(t *testing.T, ctx context.Context, api *harness.APIServer
 	return ps
 }
 
-// proxy connects like a sidecar of pod ns/pod presenting cert.
+// proxy connects like a sidecar of pod ns/pod presenting cert, for ECDS.
 func (ps *policyServer) proxy(t *testing.T, ns, pod string, cert tls.Certificate, delta bool) *xdsclient.Client {
+	t.Helper()
+	return ps.start(t, ns, pod, cert, xdsclient.Config{Delta: delta, Names: xds.ResourceNames})
+}
+
+// start connects like a sidecar of pod ns/pod presenting cert.
+func (ps *policyServer) start(t *testing.T, ns, pod string, cert tls.Certificate, cfg xdsclient.Config) *xdsclient.Client {
 	t.Helper()
 	conn, err := grpc.NewClient(ps.xdsAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		MinVersion: tls.VersionTLS13, RootCAs: ps.roots, Certificates: []tls.Certificate{cert},
@@ -166,9 +172,8 @@ func (ps *policyServer) proxy(t *testing.T, ns, pod string, cert tls.Certificate
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c, err := xdsclient.Start(context.Background(), conn, xdsclient.Config{
-		NodeID: "sidecar~10.0.0.9~" + pod + "." + ns + "~" + ns + ".svc.cluster.local", Delta: delta, Names: xds.ResourceNames,
-	})
+	cfg.NodeID = "sidecar~10.0.0.9~" + pod + "." + ns + "~" + ns + ".svc.cluster.local"
+	c, err := xdsclient.Start(context.Background(), conn, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,8 +374,36 @@ func TestPolicyServer(t *testing.T) {
 	}
 	checkAgainstCLI(t, web1, nil, "foo/web-1", "app=web", webReqs, []bool{true, true})
 
+	// PeerAuthentication reaches the web proxy as its LDS listener.
+	lds := ps.start(t, "foo", "web-1", webCert, xdsclient.Config{TypeURL: xdsclient.ListenerTypeURL})
+	chains := func() string {
+		t.Helper()
+		if u := nextUpdate(t, lds); !u.Accepted {
+			t.Fatalf("listener update %+v", u)
+		}
+		var out []string
+		for _, c := range lds.Listeners()[xds.InboundListener].GetFilterChains() {
+			m := c.GetFilterChainMatch()
+			out = append(out, fmt.Sprintf("%d/%s", m.GetDestinationPort().GetValue(), m.GetTransportProtocol()))
+		}
+		return strings.Join(out, " ")
+	}
+	if got := chains(); got != "0/tls 0/raw_buffer" {
+		t.Errorf("listener without PeerAuthentication (PERMISSIVE): %s", got)
+	}
+	apply(t, ctx, dyn, `apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: web-strict, namespace: foo}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+`)
+	if got := chains(); got != "0/tls" {
+		t.Errorf("listener with STRICT: %s", got)
+	}
+
 	m := harness.ScrapeMetrics(t, ps.metricsURL)
-	if got := m.Value("castellan_authz_xds_connected_proxies"); got != 3 {
+	if got := m.Value("castellan_authz_xds_connected_proxies"); got != 4 {
 		t.Errorf("connected proxies %v, want 3", got)
 	}
 	if m.Value("castellan_authz_xds_answers_total", "result", "ack") < 10 {
