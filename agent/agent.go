@@ -202,7 +202,13 @@ func New(cfg Config) (*Agent, error) {
 	if a.ids != nil {
 		// Every connection carries the credentials of the process that
 		// opened it, for attestation.
-		creds = append(creds, grpc.Creds(attest.Credentials(attest.WithProcRoot(cfg.ProcRoot))))
+		opts := []attest.CredentialsOption{attest.WithProcRoot(cfg.ProcRoot)}
+		if at, ok := cfg.Attestor.(*attest.Attestor); ok {
+			// Connections refused at the handshake are counted and logged
+			// with the calls refused later.
+			opts = append(opts, attest.WithAttestor(at))
+		}
+		creds = append(creds, grpc.Creds(attest.Credentials(opts...)))
 	}
 	a.grpc = grpc.NewServer(append(creds,
 		// Each connection has its own budget of streams and requests (see
