@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/agent"
+	"github.com/castellan-mesh/castellan/internal/buildinfo"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
@@ -208,7 +209,7 @@ func Run(ctx context.Context, name string, args []string, stderr io.Writer) erro
 		debug.SetGCPercent(gcPercent)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.NewCollector())
 	cfg.Registerer, cfg.Gatherer = reg, reg
 	if cfg.Attestation == agent.AttestationNode {
 		ctx2, cancel := context.WithCancel(ctx)

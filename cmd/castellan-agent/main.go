@@ -33,6 +33,9 @@ import (
 const name = "castellan-agent"
 
 func main() {
+	if printVersion(os.Args[1:], os.Stdout) {
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stderr)
 	stop()

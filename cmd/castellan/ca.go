@@ -11,6 +11,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/internal/buildinfo"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -109,7 +110,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)}
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.NewCollector())
 	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
 		rootTTL: f.rootTTL, rootRotateBefore: f.rootRotateBefore,
 		policy: material.RotationPolicy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}

@@ -29,6 +29,7 @@ func commands() []command {
 		{"cert", "inspect certificates", runCert},
 		{"bench", "load generators (bench ca)", runBench},
 		{"demo", "run the CA and a workload on this machine, no cluster needed", runDemo},
+		{"version", "print the version, VCS revision and Go version", runVersion},
 	}
 }
 
