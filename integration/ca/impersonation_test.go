@@ -287,9 +287,10 @@ func TestImpersonation(t *testing.T) {
 	})
 }
 
-// TestImpersonationAgentPodDeleted checks that an agent whose pod is
-// deleted, or replaced by a pod of the same name, is refused at once, even
-// though the CA still holds its token's successful check in its cache.
+// TestImpersonationAgentPodDeleted checks that an agent whose pod is being
+// deleted, is deleted, or is replaced by a pod of the same name, is refused
+// at once, even though the CA still holds its token's successful check in
+// its cache.
 func TestImpersonationAgentPodDeleted(t *testing.T) {
 	api := harness.StartAPIServer(t)
 	createNode(t, api, "node-a")
@@ -344,8 +345,19 @@ func TestImpersonationAgentPodDeleted(t *testing.T) {
 		}
 	}
 
+	// A graceful delete leaves the pod in place, with a deletion
+	// timestamp, until its kubelet confirms (none runs here).
+	if err := api.Client.CoreV1().Pods(agentNS).Delete(context.Background(), agent.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPod("the deletion timestamp", func(_ string, ok bool) bool { return !ok })
+	if p, ok := pods.Pod(agentNS, agent.Name); !ok || !p.Deleting {
+		t.Fatalf("agent pod = %+v, %v; want it present and being deleted", p, ok)
+	}
+	t.Run("being deleted", refusedFromCache)
+
 	deletePod(t, api, agent)
-	waitPod("the deletion", func(_ string, ok bool) bool { return !ok })
+	waitPod("the deletion", func(string, bool) bool { _, ok := pods.Pod(agentNS, agent.Name); return !ok })
 	t.Run("deleted", refusedFromCache)
 
 	// A new pod of the same name (as a StatefulSet would make) is not the
