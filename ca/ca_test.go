@@ -224,7 +224,7 @@ func TestTBSMatchesStdlib(t *testing.T) {
 				na = time.Date(2051, 1, 1, 0, 0, 0, 0, time.UTC)
 			}
 			serial, _ := randomSerial(rand.Reader)
-			tmpl := newLeafTemplate(csr, testID.String(), serial, nb, na)
+			tmpl := newLeafTemplate(keyOf(csr), testID.String(), serial, nb, na)
 			got, err := tmpl.marshalTBS(tc.a)
 			if err != nil {
 				t.Fatal(err)

@@ -104,11 +104,21 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (*SVID, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	csr, err := ParseCSR(req.CSR)
+	// The CSR every workload sends is parsed and verified without
+	// crypto/x509's reflection; anything else, and every refusal but a bad
+	// signature, takes crypto/x509's path, which is the reference.
+	key, handled, err := parseCSRFast(req.CSR, req.ID)
+	if !handled {
+		csr, perr := ParseCSR(req.CSR)
+		if perr != nil {
+			return nil, perr
+		}
+		return i.IssueParsed(ctx, csr, req.ID, req.TTL)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return i.IssueParsed(ctx, csr, req.ID, req.TTL)
+	return i.issue(ctx, key, req.ID, req.TTL)
 }
 
 // IssueParsed signs an SVID for a CSR already returned by ParseCSR.
@@ -116,6 +126,11 @@ func (i *Issuer) IssueParsed(ctx context.Context, csr *x509.CertificateRequest, 
 	if err := ValidateCSR(csr, id); err != nil {
 		return nil, err
 	}
+	return i.issue(ctx, keyOf(csr), id, ttl)
+}
+
+// issue signs an SVID for id with key, once the CSR has been validated.
+func (i *Issuer) issue(ctx context.Context, key csrKey, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
 	a := i.src.Authority()
 	if a == nil {
 		return nil, reject(ReasonCAUnavailable, "no signing authority loaded")
@@ -128,7 +143,7 @@ func (i *Issuer) IssueParsed(ctx context.Context, csr *x509.CertificateRequest, 
 	if err != nil {
 		return nil, fmt.Errorf("ca: could not generate serial: %w", err)
 	}
-	tmpl := newLeafTemplate(csr, id.String(), serial, notBefore, notAfter)
+	tmpl := newLeafTemplate(key, id.String(), serial, notBefore, notAfter)
 	der, err := i.sign(ctx, a, tmpl)
 	if err != nil {
 		return nil, err

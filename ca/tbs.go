@@ -36,19 +36,24 @@ var (
 	oidEKUClientAuth       = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
 )
 
-// newLeafTemplate builds the template of an X509-SVID for uri with the key
-// of csr, valid from notBefore to notAfter.
-func newLeafTemplate(csr *x509.CertificateRequest, uri string, serial *big.Int, notBefore, notAfter time.Time) *leafTemplate {
-	_, isRSA := csr.PublicKey.(*rsa.PublicKey)
+// newLeafTemplate builds the template of an X509-SVID for uri with key,
+// valid from notBefore to notAfter.
+func newLeafTemplate(key csrKey, uri string, serial *big.Int, notBefore, notAfter time.Time) *leafTemplate {
 	return &leafTemplate{
 		serial:    serial,
 		notBefore: notBefore,
 		notAfter:  notAfter,
-		spki:      csr.RawSubjectPublicKeyInfo,
-		skid:      keyID(csr.RawSubjectPublicKeyInfo),
+		spki:      key.spki,
+		skid:      keyID(key.spki),
 		uri:       uri,
-		rsa:       isRSA,
+		rsa:       key.rsa,
 	}
+}
+
+// keyOf returns the key of a CSR parsed by crypto/x509.
+func keyOf(csr *x509.CertificateRequest) csrKey {
+	_, isRSA := csr.PublicKey.(*rsa.PublicKey)
+	return csrKey{spki: csr.RawSubjectPublicKeyInfo, rsa: isRSA}
 }
 
 // marshalTBS encodes the TBSCertificate of an X509-SVID issued by a:
