@@ -167,14 +167,9 @@ func (s *ServiceAccountTokens) Authenticate(ctx context.Context, token string) (
 		}
 		return Caller{}, err
 	}
-	k := claims.Kubernetes
-	caller.ServiceAccountUID = k.ServiceAccount.UID
-	if k.Pod != nil {
-		caller.PodName, caller.PodUID = k.Pod.Name, k.Pod.UID
-		if k.Node != nil {
-			caller.NodeName = k.Node.Name
-		}
-	}
+	// caller() already took the pod binding from the claims, all or
+	// nothing (a pod name without its UID is no binding).
+	caller.ServiceAccountUID = claims.Kubernetes.ServiceAccount.UID
 	if s.confirmed(claims, caller) {
 		s.checks.WithLabelValues("accepted_offline").Inc()
 		return caller, nil
