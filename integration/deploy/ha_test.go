@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,10 +127,18 @@ func TestReplicasShareOneRoot(t *testing.T) {
 			t.Fatalf("replica %s signs under another root", r.name)
 		}
 	}
-	if created != 1 {
-		t.Fatalf("roots created across replicas = %v, want 1", created)
+	// A create whose answer was lost (the leader's context ended with its
+	// Lease on a loaded machine, after the API server stored the Secret)
+	// counts nothing: the replica then reads the Secret like the others.
+	// So at most one creation is counted; the one Secret root above is
+	// the invariant.
+	if created > 1 {
+		t.Fatalf("roots created across replicas = %v, want at most 1", created)
 	}
 	creator := sec.Annotations[kubestore.CreatedByAnnotation]
+	if !slices.ContainsFunc(reps, func(r *replica) bool { return r.name == creator }) {
+		t.Fatalf("the CA Secret was created by %q, not by one of the replicas", creator)
+	}
 	t.Logf("root created by %s; serial %s", creator, roots[0].SerialNumber)
 
 	waitFor(t, 10*time.Second, "one leader", func() bool { return len(leaders(reps)) == 1 })
