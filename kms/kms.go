@@ -170,6 +170,11 @@ func get(ctx context.Context, rawURI string, alg Algorithm, cfg Config, mustCrea
 		return nil, false, err
 	}
 	backend := string(u.Scheme)
+	if u.Scheme != SchemeFile {
+		// A key outside the process may sign wrongly (hardware faults,
+		// RSA-CRT faults): check every signature before it is used.
+		signer = newVerifiedSigner(signer)
+	}
 	if cfg.Registerer != nil {
 		m, err := registerMetrics(cfg.Registerer)
 		if err != nil {
