@@ -272,8 +272,9 @@ spec:
 		t.Errorf("debug path: allowed=%v by %q", ok, by)
 	}
 
-	// 4. An invalid policy passes the CRD schema but is rejected and
-	// reported; the others keep being served.
+	// 4. An invalid policy passes the CRD schema; it is reported and
+	// enforced fail-closed: an invalid DENY denies everything it selects
+	// (here the whole namespace). The others keep being served.
 	apply(t, ctx, dyn, `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -289,9 +290,16 @@ spec:
 	if msg := engine.Problems()[brokenKey].Error(); !strings.Contains(msg, `spec.rules[0].from[0].source.ipBlocks[0]: invalid CIDR "10.0.0.0/99"`) {
 		t.Errorf("problem = %q", msg)
 	}
-	if has("broken") || !has("frontend") || !has("deny-debug") {
+	if !has("broken") || !has("frontend") || !has("deny-debug") {
 		t.Errorf("policies after the rejection: %v", config().Policies)
 	}
+	if ok, by := decide(gateway, "/"); ok || by != "ns[shop]-policy[broken]-rule[0]" {
+		t.Errorf("invalid DENY not enforced fail-closed: allowed=%v by %q", ok, by)
+	}
+	if err := dyn.Resource(watch.AuthorizationPolicies).Namespace("shop").Delete(ctx, "broken", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, ctx, "the invalid policy's deletion", engine.Changed, func() bool { return !has("broken") })
 
 	// 5. Delete the ALLOW policy: everything not denied is allowed again.
 	if err := dyn.Resource(watch.AuthorizationPolicies).Namespace("shop").Delete(ctx, "frontend", metav1.DeleteOptions{}); err != nil {
