@@ -95,6 +95,9 @@ type watch struct {
 	ch   chan cachev3.Response
 	dreq *cachev3.DeltaRequest
 	dch  chan cachev3.DeltaResponse
+	// sent is the response given to the watch, if any: the key of its
+	// entry in Server.inflight until the stream sends it.
+	sent any
 }
 
 type streamKey struct {
@@ -240,6 +243,7 @@ func (s *Server) answer(st *workloadState, w *watch, r **round) bool {
 			return false
 		}
 		join(resp.DiscoveryResponse)
+		w.sent = resp.DiscoveryResponse
 		w.ch <- resp
 		s.metrics.pushed("sotw")
 		return true
@@ -249,6 +253,7 @@ func (s *Server) answer(st *workloadState, w *watch, r **round) bool {
 		return false
 	}
 	join(resp.DeltaDiscoveryResponse)
+	w.sent = resp.DeltaDiscoveryResponse
 	w.dch <- resp
 	s.metrics.pushed("delta")
 	return true
@@ -394,14 +399,18 @@ func (s *Server) open(wk workloadKey, w *watch) func() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.state(wk)
-	if st.known && s.answer(st, w, &st.round) {
-		return func() {}
+	if !st.known || !s.answer(st, w, &st.round) {
+		st.watches[w] = struct{}{}
 	}
-	st.watches[w] = struct{}{}
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		delete(st.watches, w)
+		// A response the stream ended before sending leaves its round.
+		if r, ok := s.inflight[w.sent]; ok && w.sent != nil {
+			delete(s.inflight, w.sent)
+			s.finish(r)
+		}
 		s.dropIfUnused(wk, st)
 	}
 }
