@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -489,6 +490,24 @@ func (c *callbacks) closed(id streamKey) {
 
 // request binds a stream to its proxy on the first request, checking the
 // proxy's identity, and records ACKs and NACKs.
+// maxNames bounds the resource names one request may name: only a few
+// exist, so a long list is hostile.
+const maxNames = 16
+
+// checkNames refuses resource names that are not served, so that no
+// subscription can grow without bound.
+func checkNames(typ string, names []string) error {
+	if len(names) > maxNames {
+		return status.Errorf(codes.InvalidArgument, "xds: %d resource names in one request, more than the limit of %d", len(names), maxNames)
+	}
+	for _, n := range names {
+		if n != "*" && !slices.Contains(namesOf(typ), n) {
+			return status.Errorf(codes.InvalidArgument, "xds: resource %q is not served (served: %v)", truncate(n, 128), namesOf(typ))
+		}
+	}
+	return nil
+}
+
 func (c *callbacks) request(id streamKey, node *corev3.Node, nonce string, errDetail *status.Status) error {
 	s := (*Server)(c)
 	s.mu.Lock()
@@ -588,6 +607,9 @@ func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error 
 func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.closed(streamKey{false, id}) }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	if err := checkNames(req.GetTypeUrl(), req.GetResourceNames()); err != nil {
+		return err
+	}
 	var detail *status.Status
 	if req.GetErrorDetail() != nil {
 		detail = status.FromProto(req.GetErrorDetail())
@@ -606,6 +628,12 @@ func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) e
 func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(streamKey{true, id}) }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	if err := checkNames(req.GetTypeUrl(), req.GetResourceNamesSubscribe()); err != nil {
+		return err
+	}
+	if len(req.GetResourceNamesUnsubscribe()) > maxNames {
+		return status.Errorf(codes.InvalidArgument, "xds: %d names to unsubscribe, more than the limit of %d", len(req.GetResourceNamesUnsubscribe()), maxNames)
+	}
 	var detail *status.Status
 	if req.GetErrorDetail() != nil {
 		detail = status.FromProto(req.GetErrorDetail())

@@ -505,3 +505,24 @@ spec:
 		})
 	}
 }
+
+// TestRefusesUnknownNames: a subscription cannot grow with names that are
+// not served.
+func TestRefusesUnknownNames(t *testing.T) {
+	v := newEnv(t)
+	for _, delta := range []bool{false, true} {
+		c, err := xdsclient.Start(context.Background(), v.dial(sa("foo", "web")), xdsclient.Config{
+			NodeID: nodeID("foo", "web-1"), Delta: delta, Names: []string{xds.HTTPAllow, "junk-name"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, ok := <-c.Updates(); ok {
+			t.Fatal("served a subscription with an unknown name")
+		}
+		if code := status.Code(c.Err()); code != codes.InvalidArgument {
+			t.Errorf("delta=%v: %v, want InvalidArgument", delta, c.Err())
+		}
+	}
+}
