@@ -29,15 +29,19 @@ import (
 // sends a request or two on each per rotation; these leave it a wide
 // margin.
 const (
-	DefaultMaxStreams   = 100
-	DefaultRequestRate  = 100
-	DefaultRequestBurst = 1000
+	DefaultMaxStreams = 100
+	// DefaultMaxTotalStreams bounds the streams of all connections
+	// together: ten for each of a thousand proxies.
+	DefaultMaxTotalStreams = 10000
+	DefaultRequestRate     = 100
+	DefaultRequestBurst    = 1000
 )
 
 // The reason label of castellan_agent_connection_refusals_total.
 const (
-	reasonStreams = "streams"
-	reasonRate    = "request_rate"
+	reasonStreams      = "streams"
+	reasonTotalStreams = "total_streams"
+	reasonRate         = "request_rate"
 )
 
 // Limits are the per-connection limits. Zero values select the defaults.
@@ -45,6 +49,10 @@ type Limits struct {
 	// MaxStreams is the most streams one connection may hold open at
 	// once. Default: DefaultMaxStreams.
 	MaxStreams int
+	// MaxTotalStreams is the most streams all connections together may
+	// hold open at once, so that many connections cannot do what one may
+	// not. Default: DefaultMaxTotalStreams.
+	MaxTotalStreams int
 	// RequestRate is the sustained number of requests per second one
 	// connection may send (new calls and messages on streams), and
 	// RequestBurst how many it may send at once. Defaults:
@@ -59,6 +67,9 @@ type Limits struct {
 type Handler struct {
 	limits   Limits
 	refusals *prometheus.CounterVec
+
+	mu    sync.Mutex
+	total int // streams open on all connections
 }
 
 // New returns a Handler enforcing limits. Its refusals are counted in
@@ -66,11 +77,14 @@ type Handler struct {
 // unless reg is nil.
 func New(limits Limits, reg prometheus.Registerer) (*Handler, error) {
 	switch {
-	case limits.MaxStreams < 0 || limits.RequestRate < 0 || limits.RequestBurst < 0:
+	case limits.MaxStreams < 0 || limits.MaxTotalStreams < 0 || limits.RequestRate < 0 || limits.RequestBurst < 0:
 		return nil, errors.New("connlimit: negative limit")
 	}
 	if limits.MaxStreams == 0 {
 		limits.MaxStreams = DefaultMaxStreams
+	}
+	if limits.MaxTotalStreams == 0 {
+		limits.MaxTotalStreams = DefaultMaxTotalStreams
 	}
 	if limits.RequestRate == 0 {
 		limits.RequestRate = DefaultRequestRate
@@ -82,10 +96,10 @@ func New(limits Limits, reg prometheus.Registerer) (*Handler, error) {
 		limits: limits,
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "castellan_agent_connection_refusals_total",
-			Help: "Calls and requests on the agent's sockets refused because their connection was over a limit, by reason (streams or request_rate).",
+			Help: "Calls and requests on the agent's sockets refused because their connection, or all of them, were over a limit, by reason (streams, total_streams or request_rate).",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{reasonStreams, reasonRate} {
+	for _, r := range []string{reasonStreams, reasonTotalStreams, reasonRate} {
 		h.refusals.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -180,7 +194,16 @@ func (c *conn) open() error {
 		return status.Errorf(codes.ResourceExhausted,
 			"agent: this connection already holds %d streams, the limit; close one or share them", c.streams)
 	}
+	h := c.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.total >= h.limits.MaxTotalStreams {
+		h.refusals.WithLabelValues(reasonTotalStreams).Inc()
+		return status.Errorf(codes.ResourceExhausted,
+			"agent: the agent already holds %d streams from all its clients, the limit; retry later", h.total)
+	}
 	c.streams++
+	h.total++
 	return nil
 }
 
@@ -188,4 +211,7 @@ func (c *conn) close() {
 	c.mu.Lock()
 	c.streams--
 	c.mu.Unlock()
+	c.h.mu.Lock()
+	c.h.total--
+	c.h.mu.Unlock()
 }

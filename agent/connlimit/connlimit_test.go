@@ -161,3 +161,31 @@ func TestStreamsPerConnection(t *testing.T) {
 		t.Fatalf("streams refusals = %v, want 1", got)
 	}
 }
+
+func TestTotalStreams(t *testing.T) {
+	const max = 3
+	c1, reg := serve(t, connlimit.Limits{MaxTotalStreams: max})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func() (*sdsclient.Stream, error) {
+		st, err := c1.Stream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Subscribe(sds.DefaultSecretName)
+		_, err = st.Recv()
+		return st, err
+	}
+	for i := range max {
+		if _, err := open(); err != nil {
+			t.Fatalf("stream %d: %v", i+1, err)
+		}
+	}
+	_, err := open()
+	if status.Code(errors.Unwrap(err)) != codes.ResourceExhausted || !strings.Contains(err.Error(), "from all its clients") {
+		t.Fatalf("stream %d: %v, want ResourceExhausted for the total", max+1, err)
+	}
+	if got := refusals(t, reg, "total_streams"); got != 1 {
+		t.Fatalf("total_streams refusals = %v, want 1", got)
+	}
+}
