@@ -234,8 +234,10 @@ func (s *Server) newGRPCServer() *grpc.Server {
 		grpc.ConnectionTimeout(10 * time.Second),
 		// A fixed pool of workers serves the streams: their stacks have
 		// already grown through the signing path, so requests do not pay
-		// for a new goroutine's stack growth.
-		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
+		// for a new goroutine's stack growth. The pool covers two
+		// connections' worth of concurrent calls; past it, a stream gets
+		// its own goroutine.
+		grpc.NumStreamWorkers(uint32(max(4*runtime.GOMAXPROCS(0), 2*int(s.limits.MaxConcurrentStreams)))),
 	}
 	opts = append(opts, s.grpcLimitOptions()...)
 	opts = append(opts, s.cfg.GRPCOptions...)
