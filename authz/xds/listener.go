@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/castellan-mesh/castellan/authz"
+	"github.com/castellan-mesh/castellan/authz/mtls"
 	"github.com/castellan-mesh/castellan/authz/rbac"
 )
 
@@ -98,16 +100,26 @@ func buildListener(cfg *authz.WorkloadConfig) (*listenerv3.Listener, error) {
 	return l, nil
 }
 
-// addListener adds the LDS resource of cfg to set.
-func addListener(set resourceSet, cfg *authz.WorkloadConfig) error {
+// listenerKey identifies what the inbound listener is rendered from: the
+// mode of the workload and of each port.
+func listenerKey(r mtls.Result) string {
+	var b strings.Builder
+	b.WriteString(string(r.Workload.Mode))
+	for _, p := range r.SortedPorts() {
+		fmt.Fprintf(&b, ";%d=%s", p, r.Ports[p].Mode)
+	}
+	return b.String()
+}
+
+// listenerResource encodes the LDS resource of cfg.
+func listenerResource(cfg *authz.WorkloadConfig) (resource, error) {
 	l, err := buildListener(cfg)
 	if err != nil {
-		return err
+		return resource{}, err
 	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(l)
 	if err != nil {
-		return fmt.Errorf("xds: encoding %s: %w", InboundListener, err)
+		return resource{}, fmt.Errorf("xds: encoding %s: %w", InboundListener, err)
 	}
-	set[InboundListener] = resource{version: versionOf(b), any: &anypb.Any{TypeUrl: listenerTypeURL, Value: b}}
-	return nil
+	return resource{version: versionOf(b), any: &anypb.Any{TypeUrl: listenerTypeURL, Value: b}}, nil
 }

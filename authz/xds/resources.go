@@ -78,6 +78,18 @@ func mustAny(m proto.Message) *anypb.Any {
 	return a
 }
 
+// passThroughResources are the six resources of a workload no policy
+// applies to, encoded once.
+var passThroughResources resourceSet
+
+func init() {
+	set, err := buildResources(nil)
+	if err != nil {
+		panic(err)
+	}
+	passThroughResources = set
+}
+
 // buildResources encodes cfg's filters as the six resources.
 func buildResources(cfg *authz.WorkloadConfig) (resourceSet, error) {
 	http := []*anypb.Any{httpPassThrough, httpPassThrough, httpPassThrough}
@@ -95,8 +107,12 @@ func buildResources(cfg *authz.WorkloadConfig) (resourceSet, error) {
 			network[slot] = cfg.NetworkFilters[i].GetTypedConfig()
 		}
 	}
-	out := make(resourceSet, len(ResourceNames))
+	out := make(resourceSet, len(ResourceNames)+1)
 	add := func(name string, cfg *anypb.Any) error {
+		if r, ok := passThroughResources[name]; ok && (cfg == httpPassThrough || cfg == networkPassThrough) {
+			out[name] = r // encoded once
+			return nil
+		}
 		msg := &corev3.TypedExtensionConfig{Name: name, TypedConfig: cfg}
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
 		if err != nil {
@@ -110,11 +126,6 @@ func buildResources(cfg *authz.WorkloadConfig) (resourceSet, error) {
 			return nil, err
 		}
 		if err := add(NetworkNames[i], network[i]); err != nil {
-			return nil, err
-		}
-	}
-	if cfg != nil {
-		if err := addListener(out, cfg); err != nil {
 			return nil, err
 		}
 	}

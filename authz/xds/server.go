@@ -83,10 +83,12 @@ type workloadState struct {
 	// round is the last change of the workload's resources, joined by the
 	// responses that carry it, also those sent when a proxy's next request
 	// comes after the change.
-	round   *round
-	res     resourceSet
-	watches map[*watch]struct{}
-	streams int
+	round *round
+	// listenerKey is what the inbound listener in res was rendered from.
+	listenerKey string
+	res         resourceSet
+	watches     map[*watch]struct{}
+	streams     int
 }
 
 // watch is one open request of a proxy: state of the world or delta.
@@ -207,6 +209,15 @@ func (s *Server) refresh(wk workloadKey, st *workloadState) bool {
 		return false
 	}
 	res, err := buildResources(cfg)
+	if err == nil {
+		// The listener is rendered again only when the modes changed.
+		key := listenerKey(cfg.MTLS)
+		if l, ok := st.res[InboundListener]; ok && st.listenerKey == key {
+			res[InboundListener] = l
+		} else if res[InboundListener], err = listenerResource(cfg); err == nil {
+			st.listenerKey = key
+		}
+	}
 	if err != nil {
 		s.log.Error("xds: building resources; the proxies keep their last config", "workload", wk.String(), "error", err)
 		return false
