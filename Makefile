@@ -7,7 +7,7 @@ FUZZTIME  ?= 5s
 # Cache for built test servers (Vault), keyed by version, outside the repo.
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/castellan
 
-.PHONY: all build demo test test-unit test-integration fuzz-short vet fmt-check bench tools
+.PHONY: all build demo test test-unit test-integration test-monitoring fuzz-short vet fmt-check bench tools
 
 all: build
 
@@ -20,7 +20,7 @@ demo: build
 	$(BIN)/castellan demo
 
 ## test: the whole suite, unit and integration.
-test: fmt-check vet test-unit fuzz-short test-integration
+test: fmt-check vet test-unit fuzz-short test-monitoring test-integration
 
 ## test-unit: the fast inner loop (no external servers).
 test-unit:
@@ -29,6 +29,12 @@ test-unit:
 ## test-integration: end-to-end tests against real servers.
 test-integration:
 	cd integration && $(GO) vet ./... && CASTELLAN_CACHE_DIR=$(CACHE_DIR) $(GO) test -count=1 -timeout 25m ./...
+
+## test-monitoring: deploy/monitoring's alerts and dashboard against
+## Prometheus's parser and rule engine (a module of its own, to keep
+## Prometheus's dependencies out of the others).
+test-monitoring:
+	cd integration/monitoring/rules && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 ## fuzz-short: run every fuzz target briefly.
 fuzz-short:
