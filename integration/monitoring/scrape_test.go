@@ -213,4 +213,3 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
