@@ -20,6 +20,6 @@ ca_pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:25014/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 ./bin/castellan bench ca --addr 127.0.0.1:25012 --root-cert "$work/ca/root-cert.pem" --server-name localhost \
 	--metrics-url http://127.0.0.1:25014/metrics --token-file "$work/tokens.txt" \
-	--concurrency "${CONCURRENCY:-32}" --connections "${CONNECTIONS:-1}" --duration "${DURATION:-10s}" ${BENCH_FLAGS:-}
+	--concurrency "${CONCURRENCY:-32}" --connections "${CONNECTIONS:-1}" --duration "${DURATION:-10s}" --ca-pid "$ca_pid" ${BENCH_FLAGS:-}
 echo "load average  $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 echo "ca rss        $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$ca_pid/status)"

@@ -5,6 +5,7 @@ package loadgen
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,6 +66,10 @@ type Config struct {
 	// pods does. The run ends after len(Tokens) requests; Duration,
 	// Requests and Warmup are ignored.
 	Once bool
+	// ServerPID, if set, is the CA's process id on this machine: its CPU
+	// time is read from /proc/<pid>/stat (user and system apart) rather
+	// than from process_cpu_seconds_total.
+	ServerPID int
 	// FloorBatches, if positive, measures the crypto floor (MeasureFloor)
 	// in this many batches just before and again just after the measured
 	// run, so that the CA's CPU per SVID can be set against it.
@@ -88,6 +94,9 @@ type Result struct {
 	// process_cpu_seconds_total when MetricsURL is set, or -1.
 	ClientCPU time.Duration
 	ServerCPU time.Duration
+	// ServerUser and ServerSys split ServerCPU when it was read from
+	// /proc (Config.ServerPID); otherwise they are -1.
+	ServerUser, ServerSys time.Duration
 	// Floor is the crypto floor measured before and after the run (both
 	// sets of samples), or nil.
 	Floor *Floor
@@ -113,6 +122,9 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 		fmt.Fprintf(w, "cpu per CSR   load generator %s", us(r.ClientCPU/time.Duration(n)))
 		if r.ServerCPU >= 0 {
 			fmt.Fprintf(w, ", CA %s (CA alone could do %.0f CSR/s per core)", us(r.ServerCPU/time.Duration(n)), float64(n)/r.ServerCPU.Seconds())
+			if r.ServerUser >= 0 {
+				fmt.Fprintf(w, "; CA user %s sys %s (/proc)", us(r.ServerUser/time.Duration(n)), us(r.ServerSys/time.Duration(n)))
+			}
 		}
 		fmt.Fprintln(w)
 	}
@@ -214,10 +226,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		floor = f
 	}
 	before := scrape(ctx, cfg.MetricsURL)
+	u0, s0, procErr := procCPU(cfg.ServerPID)
 	cpu0 := processCPU()
 	res := run(ctx, cfg, clients, duration, requests)
 	res.ClientCPU = processCPU() - cpu0
 	after := scrape(ctx, cfg.MetricsURL)
+	u1, s1, procErr1 := procCPU(cfg.ServerPID)
 	if floor != nil {
 		f, err := MeasureFloor(cfg.FloorBatches, floorBatchSize)
 		if err != nil {
@@ -235,6 +249,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if cpu, ok := after["process_cpu_seconds_total"]; ok {
 			res.ServerCPU = time.Duration((cpu - before["process_cpu_seconds_total"]) * float64(time.Second))
 		}
+	}
+	res.ServerUser, res.ServerSys = -1, -1
+	if cfg.ServerPID > 0 {
+		if err := errors.Join(procErr, procErr1); err != nil {
+			return nil, err
+		}
+		res.ServerUser, res.ServerSys = u1-u0, s1-s0
+		res.ServerCPU = res.ServerUser + res.ServerSys
 	}
 	return res, nil
 }
@@ -342,4 +364,30 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU returns the user and system CPU time of process pid from
+// /proc/<pid>/stat, or zeros when pid is 0.
+func procCPU(pid int) (user, sys time.Duration, err error) {
+	if pid <= 0 {
+		return 0, 0, nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("loadgen: CA CPU time: %w", err)
+	}
+	// The command name, in parentheses, may hold spaces: count fields
+	// after its closing parenthesis. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, 0, fmt.Errorf("loadgen: /proc/%d/stat: unexpected format", pid)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, 0, fmt.Errorf("loadgen: /proc/%d/stat: %w", pid, err)
+	}
+	const ticks = 100 // USER_HZ on Linux
+	return time.Duration(u) * time.Second / ticks, time.Duration(st) * time.Second / ticks, nil
 }
