@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -114,7 +115,9 @@ func (c *Client) Fetch(ctx context.Context, names ...string) (map[string]*tlsv3.
 		return nil, err
 	}
 	defer s.Close()
-	if err := s.Subscribe(names...); err != nil {
+	// A send fails with io.EOF when the server has already ended the
+	// stream (a refusal, say); the next Recv then returns its status.
+	if err := s.Subscribe(names...); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	for {
@@ -126,7 +129,7 @@ func (c *Client) Fetch(ctx context.Context, names ...string) (map[string]*tlsv3.
 			_ = s.NACK(resp, resp.Invalid.Error())
 			return nil, resp.Invalid
 		}
-		if err := s.ACK(resp); err != nil {
+		if err := s.ACK(resp); err != nil && !errors.Is(err, io.EOF) {
 			return nil, err
 		}
 		for _, n := range names {
