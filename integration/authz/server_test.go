@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -348,6 +349,25 @@ func TestPolicyServer(t *testing.T) {
 	noUpdate(t, "web-2", web2)
 	checkAgainstCLI(t, db, []string{dbAllowWeb}, "foo/db-1", "app=db", dbReqs, []bool{true, false})
 
+	// A proxy that NACKs keeps its last good config; the NACK is counted.
+	nacker := ps.start(t, "foo", "db-1", dbCert, xdsclient.Config{Delta: true, Names: xds.ResourceNames,
+		Reject: func(cfg map[string]*corev3.TypedExtensionConfig) error {
+			if _, ok := cfg[xds.HTTPDeny]; ok {
+				return errors.New("this proxy refuses DENY filters")
+			}
+			return nil
+		}})
+	if u := nextUpdate(t, nacker); u.Accepted {
+		t.Fatal("initial config accepted, want a NACK")
+	}
+	if len(nacker.Config()) != 0 {
+		t.Error("NACKed config in force")
+	}
+	waitUntil(t, ctx, "the NACK to be counted", nil, func() bool {
+		return harness.ScrapeMetrics(t, ps.metricsURL).Value("castellan_authz_xds_answers_total", "result", "nack") == 1
+	})
+	nacker.Close()
+
 	// Change the DENY: the web proxies get the new filters.
 	changed := strings.Replace(webDenyAdmin, `"/admin"`, `"/"`, 1)
 	apply(t, ctx, dyn, changed)
@@ -403,8 +423,11 @@ spec:
 	}
 
 	m := harness.ScrapeMetrics(t, ps.metricsURL)
+	if got := m.Value("castellan_authz_xds_answers_total", "result", "nack"); got != 1 {
+		t.Errorf("NACKs counted %v, want 1", got)
+	}
 	if got := m.Value("castellan_authz_xds_connected_proxies"); got != 4 {
-		t.Errorf("connected proxies %v, want 3", got)
+		t.Errorf("connected proxies %v, want 4", got)
 	}
 	if m.Value("castellan_authz_xds_answers_total", "result", "ack") < 10 {
 		t.Errorf("ACKs not counted: %s", m)
