@@ -3,6 +3,7 @@ package inspect
 import (
 	"crypto/x509"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -19,11 +20,12 @@ func Analyze(in Input, opts Options) *Report {
 		Notes:         append([]string(nil), in.Notes...),
 	}
 	a.refs = map[*x509.Certificate]string{}
+	a.r.Profile = profileOf(in.Chain)
 	for i, c := range in.Chain {
 		ref := fmt.Sprintf("chain[%d]", i)
 		a.refs[c] = ref
 		d := describe(c, ref, a.now)
-		d.Role = roleOf(i, d.SelfSigned)
+		d.Role = roleOf(i, c.IsCA, d.SelfSigned)
 		a.r.Certificates = append(a.r.Certificates, d)
 	}
 	if len(in.Bundle) > 0 {
@@ -34,7 +36,7 @@ func Analyze(in Input, opts Options) *Report {
 				a.refs[c] = ref
 			}
 			d := describe(c, ref, a.now)
-			d.Role = roleOf(1, d.SelfSigned)
+			d.Role = roleOf(1, c.IsCA, d.SelfSigned)
 			a.r.Bundle.Certificates = append(a.r.Bundle.Certificates, d)
 		}
 	}
@@ -51,6 +53,9 @@ func Analyze(in Input, opts Options) *Report {
 		a.r.Status = statusOf(a.r.Findings)
 		return a.r
 	}
+	if a.r.Profile == ProfileBundle {
+		a.r.Notes = append(a.r.Notes, fmt.Sprintf("%d self-signed CA certificates: inspected as a trust bundle, not a chain", len(in.Chain)))
+	}
 	a.checkLifetimes()
 	a.checkLinks()
 	a.verifyChain()
@@ -58,6 +63,36 @@ func Analyze(in Input, opts Options) *Report {
 	a.checkKey()
 	a.r.Status = statusOf(a.r.Findings)
 	return a.r
+}
+
+// profileOf decides what chain is: a bundle of roots, a CA chain, an
+// X509-SVID (a leaf with a spiffe:// URI SAN) or an ordinary TLS
+// certificate. An empty chain is judged as an SVID, the tool's default.
+func profileOf(chain []*x509.Certificate) Profile {
+	if len(chain) == 0 {
+		return ProfileSVID
+	}
+	if len(chain) > 1 {
+		bundle := true
+		for _, c := range chain {
+			if !c.IsCA || !selfSigned(c) {
+				bundle = false
+				break
+			}
+		}
+		if bundle {
+			return ProfileBundle
+		}
+	}
+	if chain[0].IsCA {
+		return ProfileCA
+	}
+	for _, u := range chain[0].URIs {
+		if u != nil && strings.EqualFold(u.Scheme, "spiffe") {
+			return ProfileSVID
+		}
+	}
+	return ProfileTLS
 }
 
 // analysis carries the state of one Analyze call.

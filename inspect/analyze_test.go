@@ -120,6 +120,11 @@ func TestAnalyzeFindings(t *testing.T) {
 		{
 			name: "a bundle, not a chain",
 			in:   inspect.Input{Chain: chain(root.cert, otherRoot.cert)},
+			want: nil,
+		},
+		{
+			name: "a chain followed by an unrelated root",
+			in:   inspect.Input{Chain: chain(good, inter.cert, root.cert, otherRoot.cert)},
 			want: map[string]inspect.Severity{"unrelated-certificates": inspect.SeverityWarning},
 		},
 		{
@@ -128,13 +133,6 @@ func TestAnalyzeFindings(t *testing.T) {
 				c.URIs = append(c.URIs, mustURL("spiffe://cluster.local/ns/default/sa/other"))
 			}), inter.cert)},
 			want: map[string]inspect.Severity{"multiple-uri-sans": inspect.SeverityError},
-		},
-		{
-			name: "URI SAN that is not a SPIFFE ID",
-			in: inspect.Input{Chain: chain(leaf(func(c *x509.Certificate) {
-				c.URIs = []*url.URL{mustURL("https://example.test/sleep")}
-			}), inter.cert)},
-			want: map[string]inspect.Severity{"svid-invalid-id": inspect.SeverityError},
 		},
 		{
 			name: "leaf SPIFFE ID without a path",
@@ -241,12 +239,35 @@ func TestAnalyzeFindings(t *testing.T) {
 			want: map[string]inspect.Severity{"svid-signing-trust-domain": inspect.SeverityWarning},
 		},
 		{
-			name: "not an SVID",
+			name: "an ordinary TLS certificate",
 			in: inspect.Input{Chain: chain(leaf(func(c *x509.Certificate) {
 				c.URIs = nil
 				c.DNSNames = []string{"sleep.default.svc"}
-			}), inter.cert)},
-			want: map[string]inspect.Severity{"not-svid": inspect.SeverityWarning},
+				c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+			}), inter.cert), Bundle: bundle},
+			want: nil,
+		},
+		{
+			name: "a TLS certificate with a non-SPIFFE URI SAN",
+			in: inspect.Input{Chain: chain(leaf(func(c *x509.Certificate) {
+				c.URIs = []*url.URL{mustURL("https://api.example.test/"), mustURL("urn:example:a")}
+			}), inter.cert), Bundle: bundle},
+			want: nil,
+		},
+		{
+			name: "a TLS certificate without any SAN",
+			in: inspect.Input{Chain: chain(leaf(func(c *x509.Certificate) {
+				c.URIs = nil
+				c.Subject = pkix.Name{CommonName: "api.example.test"}
+			}), inter.cert), Bundle: bundle},
+			want: map[string]inspect.Severity{"tls-no-san": inspect.SeverityWarning},
+		},
+		{
+			name: "a malformed SPIFFE ID is still judged as an SVID",
+			in: inspect.Input{Chain: chain(leaf(func(c *x509.Certificate) {
+				c.URIs = []*url.URL{{Scheme: "spiffe", Host: "Cluster.Local", Path: "/ns/a/sa/b"}}
+			}), inter.cert), Bundle: bundle},
+			want: map[string]inspect.Severity{"svid-invalid-id": inspect.SeverityError},
 		},
 		{
 			name: "key does not match",
@@ -413,4 +434,54 @@ func messages(r *inspect.Report) string {
 		b.WriteString("  " + f.Code + ": " + f.Message + "\n")
 	}
 	return b.String()
+}
+
+// TestProfiles checks what each kind of input is judged as, and the role
+// each certificate gets.
+func TestProfiles(t *testing.T) {
+	day := 24 * time.Hour
+	root := rootCA(t, "root", epoch.AddDate(-1, 0, 0), 10*365*day)
+	otherRoot := rootCA(t, "other-root", epoch.AddDate(-1, 0, 0), 10*365*day)
+	inter := intermediateCA(t, "intermediate", root, epoch.AddDate(0, -1, 0), 365*day)
+	key := ecKey(t, "leaf")
+	svid := sign(t, leafTemplate("spiffe://cluster.local/ns/a/sa/b", epoch, day), key.Public(), inter)
+	tlsTmpl := leafTemplate("spiffe://cluster.local/ns/a/sa/b", epoch, day)
+	tlsTmpl.URIs, tlsTmpl.DNSNames = nil, []string{"api.example.test"}
+	tlsLeaf := sign(t, tlsTmpl, key.Public(), inter)
+	chain := func(certs ...*x509.Certificate) []*x509.Certificate { return certs }
+
+	tests := []struct {
+		name    string
+		chain   []*x509.Certificate
+		profile inspect.Profile
+		roles   []string
+		svid    string // the SVID check's kind, "" when not checked
+	}{
+		{name: "SVID", chain: chain(svid, inter.cert), profile: inspect.ProfileSVID, roles: []string{"leaf", "intermediate"}, svid: "leaf"},
+		{name: "TLS certificate", chain: chain(tlsLeaf, inter.cert), profile: inspect.ProfileTLS, roles: []string{"leaf", "intermediate"}},
+		{name: "self-signed root alone", chain: chain(root.cert), profile: inspect.ProfileCA, roles: []string{"root"}, svid: "signing"},
+		{name: "cacerts chain", chain: chain(inter.cert, root.cert), profile: inspect.ProfileCA, roles: []string{"intermediate", "root"}, svid: "signing"},
+		{name: "bundle of unrelated roots", chain: chain(root.cert, otherRoot.cert), profile: inspect.ProfileBundle, roles: []string{"root", "root"}, svid: "signing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := inspect.Analyze(inspect.Input{Chain: tt.chain}, inspect.Options{Now: epoch.Add(time.Hour)})
+			if r.Profile != tt.profile {
+				t.Errorf("profile = %q, want %q", r.Profile, tt.profile)
+			}
+			var roles []string
+			for _, c := range r.Certificates {
+				roles = append(roles, c.Role)
+			}
+			if !slices.Equal(roles, tt.roles) {
+				t.Errorf("roles = %v, want %v", roles, tt.roles)
+			}
+			if got := r.Verification.SVID; got.Checked != (tt.svid != "") || got.Kind != tt.svid {
+				t.Errorf("SVID check = %+v, want kind %q", got, tt.svid)
+			}
+			if r.Status != inspect.StatusValid {
+				t.Errorf("status = %s, want valid: %s", r.Status, messages(r))
+			}
+		})
+	}
 }

@@ -73,10 +73,12 @@ func spiffeIDFromURI(u *url.URL) (spiffeid.ID, error) {
 }
 
 // roleOf names the role of the certificate at index i of a chain (any i
-// above 0 for a bundle certificate), given whether it is self-signed.
-func roleOf(i int, selfSigned bool) string {
+// above 0 for a bundle certificate), given whether it is a CA and
+// self-signed: a self-signed CA is a root wherever it is, and the first
+// certificate is a leaf only when it is not a CA.
+func roleOf(i int, isCA, selfSigned bool) string {
 	switch {
-	case i == 0:
+	case i == 0 && !isCA:
 		return "leaf"
 	case selfSigned:
 		return "root"

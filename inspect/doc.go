@@ -18,6 +18,20 @@
 //
 // WriteText, WriteShort and WriteJSON render a Report.
 //
+// # Profiles
+//
+// What the chain is decides how it is judged (Report.Profile):
+//
+//   - "svid": a leaf with a spiffe:// URI SAN, checked against every MUST of
+//     the X509-SVID specification and go-spiffe's verification;
+//   - "tls": a leaf without a SPIFFE ID, an ordinary TLS certificate:
+//     lifetime, chain, key and subject alternative names, no X509-SVID rules;
+//   - "ca": a chain that starts with a CA certificate (Istio's cacerts, a
+//     root file), checked as SVID signing certificates; a self-signed CA is
+//     labelled a root, another CA an intermediate;
+//   - "bundle": two or more self-signed CA certificates, a trust bundle:
+//     each root is checked on its own, and no chain is expected between them.
+//
 // # Status and exit codes
 //
 // A Report's Status is "invalid" when any finding is an error, "warning" when
@@ -59,7 +73,8 @@
 //	low-lifetime               under 20% of the lifetime left
 //	expired, not-yet-valid     a bundle certificate (one stale anchor among
 //	                           several need not break anything)
-//	not-svid                   a non-CA leaf without any URI SAN
+//	tls-no-san                 a TLS certificate (no SPIFFE ID) without any
+//	                           subject alternative name
 //	svid-no-ext-key-usage      a leaf SVID without the EKU extension (a SHOULD)
 //	svid-signing-trust-domain  a signing certificate in another trust domain
 //	unrelated-certificates     certificates after a self-signed one

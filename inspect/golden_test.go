@@ -29,6 +29,7 @@ func scenarios(t testing.TB) []scenario {
 	t.Helper()
 	root := rootCA(t, "root", epoch.AddDate(-1, 0, 0), 10*365*24*time.Hour)
 	inter := intermediateCA(t, "intermediate", root, epoch.AddDate(0, -1, 0), 365*24*time.Hour)
+	other := rootCA(t, "other-root", epoch.AddDate(-1, 0, 0), 10*365*24*time.Hour)
 	const id = "spiffe://cluster.local/ns/default/sa/sleep"
 	day := 24 * time.Hour
 
@@ -106,7 +107,20 @@ func scenarios(t testing.TB) []scenario {
 				Notes: []string{"negotiated TLS 1.3 with TLS_AES_128_GCM_SHA256"},
 			},
 			now:  epoch.Add(30 * day),
-			want: inspect.StatusWarning,
+			want: inspect.StatusValid,
+		},
+		{
+			name: "self-signed-root",
+			in:   inspect.Input{Source: "file:root-cert.pem", Chain: []*x509.Certificate{root.cert}},
+			now:  epoch.Add(30 * day),
+			want: inspect.StatusValid,
+		},
+		{
+			name: "bundle",
+			in: inspect.Input{Source: "file:roots.pem", Chain: []*x509.Certificate{root.cert, other.cert},
+				Bundle: []*x509.Certificate{root.cert}, BundleSource: bundle},
+			now:  epoch.Add(30 * day),
+			want: inspect.StatusValid,
 		},
 	}
 }

@@ -20,6 +20,25 @@ const (
 	StatusInvalid Status = "invalid"
 )
 
+// Profile is what the inspected certificates are, which decides how they
+// are judged.
+type Profile string
+
+const (
+	// ProfileSVID is a leaf with a spiffe:// URI SAN, judged as an X509-SVID.
+	ProfileSVID Profile = "svid"
+	// ProfileTLS is a leaf without a SPIFFE ID, judged as an ordinary TLS
+	// certificate: path validation, lifetime and key, no X509-SVID rules.
+	ProfileTLS Profile = "tls"
+	// ProfileCA is a chain that starts with a CA certificate (Istio's
+	// cacerts, an intermediate, a single root), judged as SVID signing
+	// certificates.
+	ProfileCA Profile = "ca"
+	// ProfileBundle is two or more self-signed CA certificates with no
+	// chain between them: a trust bundle, each root judged on its own.
+	ProfileBundle Profile = "bundle"
+)
+
 // Severity says how bad a Finding is.
 type Severity string
 
@@ -46,6 +65,8 @@ type Report struct {
 	InspectedAt time.Time `json:"inspected_at"`
 	// Status is the overall verdict.
 	Status Status `json:"status"`
+	// Profile is what the certificates were judged as.
+	Profile Profile `json:"profile"`
 	// Certificates is the chain as the source presented it, leaf first.
 	Certificates []Certificate `json:"certificates"`
 	// Bundle is the trust bundle the chain was verified against; nil when
@@ -66,8 +87,9 @@ type Certificate struct {
 	// Ref names the certificate within the report: "chain[0]" is the
 	// leaf, "bundle[1]" the second certificate of the trust bundle.
 	Ref string `json:"ref"`
-	// Role is "leaf" for the first certificate of the chain, "root" for a
-	// self-signed certificate and "intermediate" otherwise.
+	// Role is "root" for a self-signed CA certificate, "intermediate" for
+	// another CA certificate, and "leaf" for the first certificate of the
+	// chain when it is not a CA.
 	Role string `json:"role"`
 	// Subject and Issuer are distinguished names in RFC 2253 form; empty
 	// when the certificate has an empty name.
@@ -187,8 +209,8 @@ type ChainCheck struct {
 // SVIDCheck is the X509-SVID conformance check: go-spiffe's validation plus
 // every MUST of the X509-SVID specification.
 type SVIDCheck struct {
-	// Checked is false when the chain is not meant to be an X509-SVID (a
-	// non-CA leaf without any URI SAN); a finding says so.
+	// Checked is false when the chain is not meant to be an X509-SVID: a
+	// leaf without a SPIFFE ID (Profile "tls").
 	Checked bool `json:"checked"`
 	// Kind is "leaf" when the first certificate was checked as a leaf
 	// SVID, or "signing" when it is a CA certificate and the chain was

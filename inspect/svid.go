@@ -12,12 +12,17 @@ import (
 
 // checkSVID checks the chain against the X509-SVID specification. A leaf with
 // a SPIFFE ID that has a path is checked as a leaf SVID; a CA certificate
-// without one (Istio's cacerts, a root file) is checked as a chain of SVID
-// signing certificates; a non-CA leaf without URI SANs is not an SVID at all.
+// without one (Istio's cacerts, a root file) and every root of a bundle are
+// checked as SVID signing certificates; a leaf without a SPIFFE ID is an
+// ordinary TLS certificate, checked by checkTLS instead.
 func (a *analysis) checkSVID() {
 	s := &a.r.Verification.SVID
 	leaf := a.in.Chain[0]
 	leafRef := a.refs[leaf]
+	if a.r.Profile == ProfileTLS {
+		a.checkTLS(leaf)
+		return
+	}
 
 	var leafID spiffeid.ID
 	hasID := false
@@ -31,14 +36,14 @@ func (a *analysis) checkSVID() {
 
 	before := len(a.r.Findings)
 	switch {
-	case !leaf.IsCA && len(leaf.URIs) == 0:
-		a.add("not-svid", SeverityWarning, leafRef,
-			"%s has no URI SAN, so it is not an X509-SVID: peers that authorize by SPIFFE ID will reject it", leafRef)
-		return
-	case leaf.IsCA && (!hasID || leafID.Path() == ""):
+	case a.r.Profile == ProfileBundle || leaf.IsCA && (!hasID || leafID.Path() == ""):
 		s.Checked, s.Kind = true, "signing"
+		signingID := leafID
+		if a.r.Profile == ProfileBundle {
+			signingID = spiffeid.ID{} // roots of several trust domains may share a bundle
+		}
 		for _, c := range a.in.Chain {
-			a.checkSigning(c, leafID)
+			a.checkSigning(c, signingID)
 		}
 	default:
 		s.Checked, s.Kind = true, "leaf"
@@ -64,6 +69,17 @@ func (a *analysis) checkSVID() {
 		a.add("svid-rejected", SeverityError, leafRef, "go-spiffe rejects the X509-SVID: %s", err)
 		s.Violations = append(s.Violations, "svid-rejected")
 		s.Conformant = false
+	}
+}
+
+// checkTLS judges a leaf without a SPIFFE ID as an ordinary TLS
+// certificate: clients match the host name against its subject alternative
+// names only (RFC 6125; the common name is ignored), so it needs one.
+func (a *analysis) checkTLS(leaf *x509.Certificate) {
+	if len(leaf.DNSNames) == 0 && len(leaf.IPAddresses) == 0 && len(leaf.URIs) == 0 && len(leaf.EmailAddresses) == 0 {
+		ref := a.refs[leaf]
+		a.add("tls-no-san", SeverityWarning, ref,
+			"%s has no subject alternative name: TLS clients match host names against SANs only and will reject it", ref)
 	}
 }
 

@@ -32,6 +32,7 @@ func WriteText(w io.Writer, r *Report, opts TextOptions) error {
 	p.field("", "Source", r.Source)
 	p.field("", "Inspected", stamp(r.InspectedAt))
 	p.field("", "Status", p.status(r))
+	p.field("", "Profile", profileText[r.Profile])
 
 	for _, c := range r.Certificates {
 		p.line("")
@@ -55,8 +56,8 @@ func WriteText(w io.Writer, r *Report, opts TextOptions) error {
 
 	p.line("")
 	p.line("%s", p.paint(ansiBold, "Verification"))
-	p.field("  ", "Chain", p.chain(r.Verification.Chain))
-	p.field("  ", "X509-SVID", p.svid(r.Verification.SVID))
+	p.field("  ", "Chain", p.chain(r.Verification.Chain, r.Profile))
+	p.field("  ", "X509-SVID", p.svid(r.Verification.SVID, r.Profile))
 	p.field("  ", "Private key", p.key(r.Verification.Key, r))
 
 	if len(r.Notes) > 0 {
@@ -204,8 +205,18 @@ func remaining(v Validity, now time.Time) string {
 	return fmt.Sprintf("expires in %s, %.1f%% of %s left", humanDuration(v.NotAfter.Sub(now)), v.RemainingPercent, humanDuration(lifetime))
 }
 
-func (p *printer) chain(c ChainCheck) string {
+// profileText says what each profile is judged as.
+var profileText = map[Profile]string{
+	ProfileSVID:   "X509-SVID",
+	ProfileTLS:    "TLS certificate (no SPIFFE ID)",
+	ProfileCA:     "CA certificates",
+	ProfileBundle: "trust bundle (unrelated roots)",
+}
+
+func (p *printer) chain(c ChainCheck, profile Profile) string {
 	switch {
+	case !c.Checked && profile == ProfileBundle:
+		return "not checked: a bundle of roots, not a chain"
 	case !c.Checked:
 		return "not checked: no trust bundle"
 	case c.Verified:
@@ -215,12 +226,14 @@ func (p *printer) chain(c ChainCheck) string {
 	}
 }
 
-func (p *printer) svid(s SVIDCheck) string {
+func (p *printer) svid(s SVIDCheck, profile Profile) string {
 	what := "leaf SVID"
 	if s.Kind == "signing" {
 		what = "signing certificates"
 	}
 	switch {
+	case !s.Checked && profile == ProfileTLS:
+		return "not checked: an ordinary TLS certificate (no SPIFFE ID)"
 	case !s.Checked:
 		return "not checked: not an X509-SVID"
 	case s.Conformant:

@@ -13,6 +13,9 @@ import (
 // issued by (or is) a bundle certificate.
 func (a *analysis) checkLinks() {
 	chain := a.in.Chain
+	if a.r.Profile == ProfileBundle {
+		return // unrelated roots by definition
+	}
 	for i := 0; i+1 < len(chain); i++ {
 		child, parent := chain[i], chain[i+1]
 		childRef, parentRef := a.refs[child], a.refs[parent]
@@ -86,7 +89,7 @@ func (a *analysis) inBundle(cert *x509.Certificate) bool {
 // with the rest of the chain as intermediates.
 func (a *analysis) verifyChain() {
 	v := &a.r.Verification.Chain
-	if len(a.in.Bundle) == 0 {
+	if len(a.in.Bundle) == 0 || a.r.Profile == ProfileBundle {
 		return
 	}
 	v.Checked = true
