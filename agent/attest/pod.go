@@ -29,6 +29,14 @@ type Pod struct {
 // state in which its processes are attested.
 func (p Pod) Running() bool { return p.Phase == PodRunning && !p.Terminating }
 
+// Serving reports whether the pod's processes may still hold its identity:
+// the pod runs, being deleted or not. A pod being deleted drains (its proxy
+// finishes its connections over the certificate it holds) until its
+// containers stop, so its service account's SVID is kept and renewed until
+// the pod leaves phase Running or is gone; new callers from it are
+// refused all the same (see Running).
+func (p Pod) Serving() bool { return p.Phase == PodRunning }
+
 // PodLookup finds a pod of this node by UID. *podindex.Index implements it
 // from an informer on the pods bound to the node.
 type PodLookup interface {

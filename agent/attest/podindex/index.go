@@ -46,8 +46,8 @@ type ServiceAccount struct {
 // and must not be modified.
 type Snapshot struct {
 	// ServiceAccounts holds, for each service account with at least one
-	// running pod on the node (phase Running, not being deleted), the
-	// number of such pods.
+	// pod in phase Running on the node (being deleted or not: see
+	// attest.Pod.Serving), the number of such pods.
 	ServiceAccounts map[ServiceAccount]int
 	// Synced is true once the informer has listed the node's pods.
 	Synced bool
@@ -267,8 +267,8 @@ func (x *Index) delete(obj any) {
 // cur (if has), and notifies when the set of service accounts changes.
 func (x *Index) updateLocked(old attest.Pod, had bool, cur attest.Pod, has bool) {
 	var dec, inc ServiceAccount
-	decOK := had && old.Running()
-	incOK := has && cur.Running()
+	decOK := had && old.Serving()
+	incOK := has && cur.Serving()
 	if decOK {
 		dec = ServiceAccount{old.Namespace, old.ServiceAccount}
 	}

@@ -98,13 +98,17 @@ func TestIndexTracksPodsAndServiceAccounts(t *testing.T) {
 	_, changed = x.Load()
 
 	// Terminating, then deleted (as a tombstone): the account stays while
-	// u2 runs, and goes with it.
+	// u2 runs, and goes with it. A terminating pod is not attested, but
+	// still counts (it drains over the SVID it holds).
 	term := newPod("u1", "shop", "web-0", "web", node, running)
 	now := metav1.Now()
 	term.DeletionTimestamp = &now
 	x.handle(t, term)
-	if p, _ := x.PodByUID("u1"); !p.Terminating || p.Running() {
+	if p, _ := x.PodByUID("u1"); !p.Terminating || p.Running() || !p.Serving() {
 		t.Fatalf("terminating pod: %+v", p)
+	}
+	if snap, _ := x.Load(); snap.ServiceAccounts[web] != 2 {
+		t.Fatalf("count %d with one of two pods terminating, want 2", snap.ServiceAccounts[web])
 	}
 	x.delete(cache.DeletedFinalStateUnknown{Key: "shop/web-0", Obj: term})
 	if _, ok := x.PodByUID("u1"); ok {
