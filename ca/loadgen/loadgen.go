@@ -66,6 +66,11 @@ type Config struct {
 	// pods does. The run ends after len(Tokens) requests; Duration,
 	// Requests and Warmup are ignored.
 	Once bool
+	// Rate, if positive, paces the run at this many requests per second
+	// (open loop, at most Concurrency in flight): request i is due at
+	// start + i/Rate, and its latency counts from then, so that a CA
+	// falling behind shows as latency rather than as a slower pace.
+	Rate int
 	// ServerPID, if set, is the CA's process id on this machine: its CPU
 	// time is read from /proc/<pid>/stat (user and system apart) rather
 	// than from process_cpu_seconds_total.
@@ -113,7 +118,11 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 	for code, n := range r.ErrorsByCode {
 		fmt.Fprintf(w, "  error %-10s %d\n", code, n)
 	}
-	fmt.Fprintf(w, "throughput    %.0f CSR/s at concurrency %d over %d connections\n", r.Rate(), cfg.Concurrency, cfg.Connections)
+	fmt.Fprintf(w, "throughput    %.0f CSR/s at concurrency %d over %d connections", r.Rate(), cfg.Concurrency, cfg.Connections)
+	if cfg.Rate > 0 {
+		fmt.Fprintf(w, ", paced at %d/s (latency from each request's due time)", cfg.Rate)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "latency       p50 %s  p90 %s  p99 %s  max %s\n", us(r.P50), us(r.P90), us(r.P99), us(r.Max))
 	if r.TokenReviews >= 0 {
 		fmt.Fprintf(w, "tokenreviews  %.0f sent by the CA during the run\n", r.TokenReviews)
@@ -296,6 +305,16 @@ func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Dur
 				// (which the server may see first) as the CA's error. The
 				// caller's cancellation still ends it.
 				t0 := time.Now()
+				if cfg.Rate > 0 {
+					t0 = start.Add(time.Duration(i) * time.Second / time.Duration(cfg.Rate))
+					if wait := time.Until(t0); wait > 0 {
+						select {
+						case <-ctx.Done():
+							continue
+						case <-time.After(wait):
+						}
+					}
+				}
 				rctx, rcancel := context.WithTimeout(parent, requestTimeout)
 				_, err := c.CreateCertificate(rctx, cfg.Tokens[int(i)%len(cfg.Tokens)], cfg.CSRs[int(i)%len(cfg.CSRs)], 0)
 				rcancel()

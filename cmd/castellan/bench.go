@@ -53,6 +53,7 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	conns := fs.Int("connections", 4, "gRPC connections")
 	dur := fs.Duration("duration", 10*time.Second, "measured run time")
 	csrs := fs.Int("csrs", 256, "distinct pre-made CSRs")
+	rate := fs.Int("rate", 0, "pace the run at this many requests per second (open loop; latency counts from each request's due time); 0: as fast as the concurrency allows")
 	caPID := fs.Int("ca-pid", 0, "the CA's process id on this machine: read its CPU time (user and system) from /proc/<pid>/stat")
 	floor := fs.Int("floor-batches", 10, "measure the crypto floor (one P-256 verify + one P-256 sign) in this many batches before and after the run, and print the CA's CPU per SVID against it; 0: skip")
 	once := fs.Bool("once", false, "use each token for exactly one request, with no warm-up (fresh tokens, as in a rollout); the run ends when all are used")
@@ -85,7 +86,7 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfg := loadgen.Config{
 		Addr: *addr, ServerName: *serverName, Roots: pool, MetricsURL: *metricsURL,
 		Tokens: tokens, CSRs: pre, Concurrency: *conc, Connections: *conns, Duration: *dur, Once: *once,
-		FloorBatches: *floor, ServerPID: *caPID,
+		FloorBatches: *floor, ServerPID: *caPID, Rate: *rate,
 	}
 	var flood chan *loadgen.FloodResult
 	fctx, stopFlood := context.WithCancel(ctx)
