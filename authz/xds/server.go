@@ -358,7 +358,7 @@ func (s *Server) state(wk workloadKey) *workloadState {
 }
 
 func (s *Server) dropIfUnused(wk workloadKey, st *workloadState) {
-	if st.streams == 0 && len(st.watches) == 0 {
+	if st.streams == 0 && len(st.watches) == 0 && s.workloads[wk] == st {
 		delete(s.workloads, wk)
 	}
 }
