@@ -7,7 +7,7 @@ FUZZTIME  ?= 5s
 # Cache for built test servers (Vault), keyed by version, outside the repo.
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/castellan
 
-.PHONY: all build demo test test-unit test-integration test-monitoring fuzz-short vet fmt-check bench tools
+.PHONY: all build demo test test-unit test-integration test-monitoring fuzz-short vet fmt-check tidy-check bench tools
 
 all: build
 
@@ -19,15 +19,17 @@ build:
 demo: build
 	$(BIN)/castellan demo
 
-## test: the whole suite, unit and integration.
-test: fmt-check vet test-unit fuzz-short test-monitoring test-integration
+## test: the whole suite, unit and integration, against the real servers
+## "tools" builds once (cached). A test whose server is missing fails
+## unless CASTELLAN_ALLOW_SKIP=1.
+test: fmt-check vet tidy-check tools test-unit fuzz-short test-monitoring test-integration
 
 ## test-unit: the fast inner loop (no external servers).
 test-unit:
 	$(GO) test -count=1 ./...
 
 ## test-integration: end-to-end tests against real servers.
-test-integration:
+test-integration: tools
 	cd integration && $(GO) vet ./... && CASTELLAN_CACHE_DIR=$(CACHE_DIR) $(GO) test -count=1 -timeout 25m ./...
 
 ## test-monitoring: deploy/monitoring's alerts and dashboard against
@@ -51,6 +53,14 @@ fmt-check:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
-## tools: build the real servers the integration tests use (cached).
+## tools: build the real servers the integration tests use, once, cached
+## in $(CACHE_DIR) by version: Vault, SoftHSM2 (Debian), Istio's pilot-agent.
 tools:
-	./scripts/tools.sh
+	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/tools.sh
+	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-pilot-agent.sh
+
+## tidy-check: every module's go.mod and go.sum are as "go mod tidy" leaves them.
+tidy-check:
+	$(GO) mod tidy -diff
+	cd integration && $(GO) mod tidy -diff
+	cd integration/monitoring/rules && $(GO) mod tidy -diff
