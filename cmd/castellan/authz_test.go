@@ -252,3 +252,22 @@ func TestAuthzCheckFailsClosed(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthzServeFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, authzExitUsage, "--cert-dir"},
+		{[]string{"--cert", "a.pem"}, authzExitUsage, "--cert-dir"},
+		{[]string{"--cert-dir", dir, "--max-streams", "0"}, authzExitUsage, "--max-streams"},
+		{[]string{"--cert-dir", dir}, 1, "cert-chain.pem"},
+	} {
+		code, _, errOut := runAuthzCLI(t, append([]string{"serve"}, tc.args...)...)
+		if code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("serve %v: exit %d, %q; want exit %d mentioning %q", tc.args, code, errOut, tc.code, tc.want)
+		}
+	}
+}
