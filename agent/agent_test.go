@@ -257,9 +257,12 @@ func TestAgentServesSDSWorkloadAPIAndFiles(t *testing.T) {
 	}
 
 	// The same SVID in the output directory.
+	// certdir links the top-level names after the first version is in
+	// place, so wait for key.pem too.
 	waitFor(t, "output files", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
-		return err == nil && bytes.Contains(f.Chain, pemOf(leaf))
+		_, statErr := os.Stat(filepath.Join(a.cfg.OutputDir, certdir.KeyFile))
+		return err == nil && statErr == nil && bytes.Contains(f.Chain, pemOf(leaf))
 	})
 	f, err := certdir.Read(a.cfg.OutputDir)
 	if err != nil {
@@ -269,8 +272,11 @@ func TestAgentServesSDSWorkloadAPIAndFiles(t *testing.T) {
 		t.Fatalf("output key and chain do not match: %v", err)
 	}
 	fi, err := os.Stat(filepath.Join(a.cfg.OutputDir, certdir.KeyFile))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key.pem mode: %v %v", fi.Mode(), err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key.pem mode: %v", fi.Mode())
 	}
 
 	// The socket is private to its owner.
