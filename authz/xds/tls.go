@@ -8,6 +8,10 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // maxPEMSize bounds the certificate, key and bundle files read.
@@ -125,5 +129,41 @@ func ServerTLSConfig(cert tls.Certificate, bundle *x509.CertPool) *tls.Config {
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    bundle,
+	}
+}
+
+// X509Source gives the current X509-SVID and trust bundles, as go-spiffe's
+// workloadapi.X509Source does from the agent's socket.
+type X509Source interface {
+	x509svid.Source
+	x509bundle.Source
+}
+
+// SourceTLSConfig returns the server's TLS configuration from src: its
+// current SVID as the server certificate, and the bundle of td to verify
+// clients against. Every handshake takes the source's current material,
+// so a rotation applies to the next connection.
+func SourceTLSConfig(src X509Source, td spiffeid.TrustDomain) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			svid, err := src.GetX509SVID()
+			if err != nil {
+				return nil, fmt.Errorf("xds: server SVID: %w", err)
+			}
+			bundle, err := src.GetX509BundleForTrustDomain(td)
+			if err != nil {
+				return nil, fmt.Errorf("xds: trust bundle of %s: %w", td, err)
+			}
+			cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+			for _, c := range svid.Certificates {
+				cert.Certificate = append(cert.Certificate, c.Raw)
+			}
+			pool := x509.NewCertPool()
+			for _, c := range bundle.X509Authorities() {
+				pool.AddCert(c)
+			}
+			return ServerTLSConfig(cert, pool), nil
+		},
 	}
 }

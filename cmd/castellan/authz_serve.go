@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -30,7 +33,7 @@ import (
 // authzServeFlags configure "castellan authz serve", the policy server.
 type authzServeFlags struct {
 	xdsAddr, httpAddr          string
-	certDir                    string
+	certDir, workloadAPI       string
 	certFile, keyFile, bundle  string
 	trustDomain, rootNamespace string
 	trustDomainAliases         *cliflag.StringList
@@ -41,6 +44,7 @@ type authzServeFlags struct {
 func (f *authzServeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.xdsAddr, "xds-addr", ":15010", "listen address of the ECDS service (gRPC over mutual TLS)")
 	fs.StringVar(&f.httpAddr, "http-addr", ":15016", "listen address for /metrics, /healthz and /readyz")
+	fs.StringVar(&f.workloadAPI, "workload-api-socket", "", "take the server certificate and the trust bundle from the agent's SPIFFE Workload API at this `ADDRESS` (unix:///path), instead of files")
 	fs.StringVar(&f.certDir, "cert-dir", "", "directory with cert-chain.pem, key.pem and root-cert.pem, as the agent's --output-dir writes them (re-read on rotation)")
 	fs.StringVar(&f.certFile, "cert", "", "server certificate chain (PEM); overrides --cert-dir")
 	fs.StringVar(&f.keyFile, "key", "", "server private key (PEM); overrides --cert-dir")
@@ -63,7 +67,7 @@ func (f *authzServeFlags) files() (cert, key, bundle string, err error) {
 	}
 	cert, key, bundle = pick(f.certFile, "cert-chain.pem"), pick(f.keyFile, "key.pem"), pick(f.bundle, "root-cert.pem")
 	if cert == "" || key == "" || bundle == "" {
-		return "", "", "", errors.New("the server certificate is required: set --cert-dir, or --cert, --key and --bundle")
+		return "", "", "", errors.New("the server certificate is required: set --cert-dir, or --cert, --key and --bundle, or --workload-api-socket")
 	}
 	return cert, key, bundle, nil
 }
@@ -75,17 +79,37 @@ func runAuthzServe(ctx context.Context, args []string, _, stderr io.Writer) erro
 	if err := parseAuthzFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	certFile, keyFile, bundleFile, err := f.files()
-	if err != nil {
-		return authzUsage(err)
-	}
 	if f.maxStreams < 1 {
 		return authzUsage(fmt.Errorf("--max-streams %d: want at least 1", f.maxStreams))
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, nil))
-	creds, err := xds.NewFileCredentials(certFile, keyFile, bundleFile)
+	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
 	if err != nil {
-		return err
+		return authzUsage(fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err))
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	var serverTLS *tls.Config
+	if f.workloadAPI != "" {
+		if f.certDir != "" || f.certFile != "" || f.keyFile != "" || f.bundle != "" {
+			return authzUsage(errors.New("--workload-api-socket excludes --cert-dir, --cert, --key and --bundle"))
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		source, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(f.workloadAPI)))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("--workload-api-socket %s: %w", f.workloadAPI, err)
+		}
+		defer source.Close()
+		serverTLS = xds.SourceTLSConfig(source, td)
+	} else {
+		certFile, keyFile, bundleFile, err := f.files()
+		if err != nil {
+			return authzUsage(err)
+		}
+		creds, err := xds.NewFileCredentials(certFile, keyFile, bundleFile)
+		if err != nil {
+			return err
+		}
+		serverTLS = creds.TLSConfig()
 	}
 	cfg, err := kubeConfig(f.kubeconfig)
 	if err != nil {
@@ -131,7 +155,7 @@ func runAuthzServe(ctx context.Context, args []string, _, stderr io.Writer) erro
 		return err
 	}
 	g := grpc.NewServer(append(xds.GRPCServerOptions(),
-		grpc.Creds(credentials.NewTLS(creds.TLSConfig())),
+		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)...)
