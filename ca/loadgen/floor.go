@@ -9,8 +9,9 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Floor is the least CPU one issuance can cost: one ECDSA P-256
@@ -93,12 +94,12 @@ func MeasureFloor(batches, n int) (*Floor, error) {
 	return f, nil
 }
 
-// threadCPU returns the CPU time of the calling OS thread.
+// threadCPU returns the CPU time of the calling OS thread, to the
+// nanosecond (getrusage counts in scheduler ticks).
 func threadCPU() (time.Duration, error) {
-	const rusageThread = 1 // RUSAGE_THREAD
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
 		return 0, fmt.Errorf("loadgen: thread CPU time: %w", err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+	return time.Duration(ts.Nano()), nil
 }
