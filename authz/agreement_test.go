@@ -668,6 +668,22 @@ rules:
 		allow(req{principal: spiffe("a", "b")}, rn("p", 0)),
 		deny(req{principal: "spiffe://x.evil/ns/a/sa/b"}, ""),
 	}},
+	// Istio adds "spiffe://" to every principal, so one written with it
+	// matches no peer: the ALLOW allows nothing by it, the DENY denies
+	// nothing by it.
+	{name: "tcp principal written with spiffe:// allows nothing", tcp: true, yaml: ap("foo", "p", `
+rules:
+- from:
+  - source: {principals: ["spiffe://cluster.local/ns/a/sa/b"]}`), checks: []check{
+		deny(req{principal: spiffe("a", "b")}, ""),
+	}},
+	{name: "tcp principal written with spiffe:// denies nothing", tcp: true, yaml: ap("foo", "p", `
+action: DENY
+rules:
+- from:
+  - source: {principals: ["spiffe://cluster.local/ns/a/sa/b"]}`), checks: []check{
+		allow(req{principal: spiffe("a", "b")}, ""),
+	}},
 	{name: "tcp notIpBlocks", tcp: true, yaml: ap("foo", "p", `
 rules:
 - from:

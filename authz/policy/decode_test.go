@@ -51,7 +51,6 @@ func TestDecodeErrors(t *testing.T) {
 		{name: "empty value", in: header + "spec:\n  rules:\n  - to:\n    - operation:\n        methods: [\"\"]", wantField: "methods[0]", wantMsg: "empty value"},
 		{name: "empty source", in: header + "spec:\n  rules:\n  - from:\n    - source: {}", wantField: "spec.rules[0].from[0].source", wantMsg: "must not be empty"},
 		{name: "missing operation", in: header + "spec:\n  rules:\n  - to:\n    - {}", wantField: "spec.rules[0].to[0].operation", wantMsg: "must be set"},
-		{name: "spiffe prefix in principal", in: header + "spec:\n  rules:\n  - from:\n    - source:\n        principals: [\"spiffe://cluster.local/ns/a/sa/b\"]", wantField: "principals[0]", wantMsg: "without the spiffe:// prefix"},
 		{name: "path template not last", in: header + "spec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/{**}/a/{*}\"]", wantField: "paths[0]", wantMsg: "{**} must be the last operator"},
 		{name: "path template mixed segment", in: header + "spec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/a/{*}.txt\"]", wantField: "paths[0]", wantMsg: "mixes an operator"},
 		{name: "path template with star", in: header + "spec:\n  rules:\n  - to:\n    - operation:\n        paths: [\"/*/b/{*}\"]", wantField: "paths[0]", wantMsg: "mixes an operator"},

@@ -300,10 +300,12 @@ func ListValue(v string) (string, bool) {
 	return "", false
 }
 
+// checkPrincipal accepts what Istio accepts. A principal is written
+// without "spiffe://" (<trust-domain>/ns/<namespace>/sa/<service-account>),
+// and the prefix is added when it is matched; a principal written with it
+// is accepted all the same and, as in Istio, matches no peer
+// ("spiffe://spiffe://...").
 func checkPrincipal(v string) error {
-	if strings.HasPrefix(v, "spiffe://") {
-		return fmt.Errorf("principal %q must be written without the spiffe:// prefix, as <trust-domain>/ns/<namespace>/sa/<service-account>", truncate(v, 64))
-	}
 	return checkWildcard(v)
 }
 
