@@ -72,9 +72,29 @@ type Config struct {
 	OnChange func(*ca.Authority)
 	// Signer, if set, is the self-signed root's key, kept elsewhere (an
 	// HSM, a KMS). No key file is written or read; on restart the root in
-	// root-cert.pem must match it.
+	// root-cert.pem must match it. A CA with a Signer and no Keys cannot
+	// rotate its root.
 	Signer crypto.Signer
+	// Keys, if set, holds the self-signed root's keys outside the data
+	// directory: the configured key (name "") and the keys of the roots
+	// that rotations created, by the name rotation.json records. It
+	// replaces Signer.
+	Keys KeyStore
 }
+
+// KeyStore holds a self-signed root's keys outside the data directory (an
+// HSM, Vault Transit), so that a rotation creates the next root's key in
+// the same store; kms.Ring implements it.
+type KeyStore interface {
+	// Open returns the key named name; "" names the configured key.
+	Open(ctx context.Context, name string) (crypto.Signer, error)
+	// Create generates a new key named name; it never replaces a key.
+	Create(ctx context.Context, name string) (crypto.Signer, error)
+}
+
+// keyOpTimeout bounds a key store call made by a reload, which has no
+// caller's context.
+const keyOpTimeout = 30 * time.Second
 
 // Store holds the current Authority. It implements ca.Source.
 type Store struct {
@@ -176,7 +196,9 @@ func (s *Store) Reload() bool {
 	if s.mode == ModePluggedIn {
 		a, h, err = s.loadPluggedIn()
 	} else {
-		a, err = s.loadRoot()
+		ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
+		a, err = s.loadRoot(ctx)
+		cancel()
 	}
 	if err != nil {
 		if s.lastErr == nil || s.lastErr.Error() != err.Error() {
@@ -225,13 +247,17 @@ func (s *Store) hashFiles() ([sha256.Size]byte, error) {
 	files := []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile}
 	if s.mode == ModeSelfSigned {
 		files = []string{RootCertFile, RootKeyFile}
-		if s.cfg.Signer != nil {
-			files = files[:1]
+		if s.external() {
+			// rotation.json names the active key in the key store.
+			files = []string{RootCertFile, RotationFile}
 		}
 	}
 	h := sha256.New()
 	for _, f := range files {
 		b, err := os.ReadFile(s.path(f))
+		if f == RotationFile && errors.Is(err, fs.ErrNotExist) {
+			b, err = nil, nil
+		}
 		if err != nil {
 			return [sha256.Size]byte{}, err
 		}
@@ -279,17 +305,17 @@ func (s *Store) loadPluggedIn() (*ca.Authority, [sha256.Size]byte, error) {
 // loadOrCreateRoot loads the self-signed root, creating it on first start.
 func (s *Store) loadOrCreateRoot(ctx context.Context) (*ca.Authority, error) {
 	certPath, keyPath := s.path(RootCertFile), s.path(RootKeyFile)
-	if s.cfg.Signer != nil {
+	if s.external() {
 		if _, err := os.Stat(certPath); errors.Is(err, fs.ErrNotExist) {
 			return s.createRoot(ctx)
 		}
-		return s.loadRoot()
+		return s.loadRoot(ctx)
 	}
 	_, certErr := os.Stat(certPath)
 	_, keyErr := os.Stat(keyPath)
 	switch {
 	case certErr == nil && keyErr == nil:
-		return s.loadRoot()
+		return s.loadRoot(ctx)
 	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
 		return s.createRoot(ctx)
 	case certErr == nil:
@@ -300,13 +326,57 @@ func (s *Store) loadOrCreateRoot(ctx context.Context) (*ca.Authority, error) {
 	return nil, fmt.Errorf("material: %w", errors.Join(certErr, keyErr))
 }
 
-func (s *Store) loadRoot() (*ca.Authority, error) {
+// external reports whether the self-signed root's key is held outside
+// the data directory.
+func (s *Store) external() bool { return s.cfg.Signer != nil || s.cfg.Keys != nil }
+
+// externalKey returns the active root's key from the key store: the one
+// rotation.json names, else the configured one.
+func (s *Store) externalKey(ctx context.Context) (crypto.Signer, error) {
+	st, err := ReadRotationState(s.cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return openRootKey(ctx, s.cfg.Keys, s.cfg.Signer, st.Key)
+}
+
+// openRootKey returns the key named name in keys, or signer for the
+// configured key when there is no key store.
+func openRootKey(ctx context.Context, keys KeyStore, signer crypto.Signer, name string) (crypto.Signer, error) {
+	if keys != nil {
+		k, err := keys.Open(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("material: the active root's key %s: %w", keyLabel(name), err)
+		}
+		return k, nil
+	}
+	if name != "" {
+		return nil, fmt.Errorf("material: %s names the active root's key %q in the key store, but no key store is configured (give --signer-key-uri)", RotationFile, name)
+	}
+	if signer == nil {
+		return nil, errors.New("material: the root key is held outside the data directory, but no key store is configured (give --signer-key-uri)")
+	}
+	return signer, nil
+}
+
+func keyLabel(name string) string {
+	if name == "" {
+		return "(the configured key)"
+	}
+	return fmt.Sprintf("%q", name)
+}
+
+func (s *Store) loadRoot(ctx context.Context) (*ca.Authority, error) {
 	certs, err := pemfile.ReadCertificates(s.path(RootCertFile))
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	key := s.cfg.Signer
-	if key == nil {
+	var key crypto.Signer
+	if s.external() {
+		if key, err = s.externalKey(ctx); err != nil {
+			return nil, err
+		}
+	} else {
 		if key, err = pemfile.ReadPrivateKey(s.path(RootKeyFile)); err != nil {
 			return nil, fmt.Errorf("material: %w", err)
 		}
@@ -340,8 +410,14 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var key crypto.Signer = s.cfg.Signer
-	if key == nil {
+	var key crypto.Signer
+	if s.external() {
+		k, err := s.externalKey(ctx)
+		if err != nil {
+			return nil, err
+		}
+		key = k
+	} else {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return nil, fmt.Errorf("material: could not generate root key: %w", err)
@@ -354,7 +430,7 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	}
 	// The key is written first, exclusively: if two processes race on one
 	// directory, one of them fails here instead of overwriting the other.
-	if s.cfg.Signer == nil {
+	if !s.external() {
 		if err := pemfile.WritePrivateKey(s.path(RootKeyFile), key); err != nil {
 			return nil, fmt.Errorf("material: %w", err)
 		}

@@ -76,6 +76,12 @@ type RotationState struct {
 	// Retired holds the SHA-256 fingerprints (hex) of roots dropped from
 	// the bundle by a retirement, which are never served again.
 	Retired []string `json:"retired,omitempty"`
+	// Key names the active self-signed root's key in the key store that
+	// holds it outside the data directory (an HSM, Vault Transit), once a
+	// rotation has replaced the configured key; empty is the configured
+	// key. NextKey names the prepared root's key.
+	Key     string `json:"key,omitempty"`
+	NextKey string `json:"next_key,omitempty"`
 }
 
 // ReadRotationState reads dir's rotation.json. A missing file is the
@@ -226,9 +232,13 @@ func (st RotationState) Require(want Phase) error {
 // Activated is the state after activating the rotation st at now: the
 // old root stays until p.RetireAfter(now).
 func (st RotationState) Activated(now time.Time, p RotationPolicy) RotationState {
+	key := st.Key
+	if st.NextKey != "" {
+		key = st.NextKey
+	}
 	return RotationState{
 		Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now,
-		RetireAfter: p.RetireAfter(now), Issuer: st.NextIssuer, Retired: st.Retired,
+		RetireAfter: p.RetireAfter(now), Issuer: st.NextIssuer, Retired: st.Retired, Key: key,
 	}
 }
 
@@ -265,6 +275,10 @@ type Rotator struct {
 	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
 	Logger *slog.Logger
+	// Keys holds a self-signed root's keys when they are outside the data
+	// directory (no root-key.pem): Prepare creates the next root's key
+	// there, never in software. Status works without it.
+	Keys KeyStore
 }
 
 func (r *Rotator) now() time.Time {
@@ -312,7 +326,7 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	active, err := r.activeRoot(mode, bundle)
+	active, err := r.activeRoot(context.Background(), mode, bundle, st)
 	if err != nil {
 		return nil, err
 	}
@@ -330,8 +344,15 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 	return out, nil
 }
 
+// external reports whether a self-signed root's key is held outside the
+// data directory.
+func (r *Rotator) external() bool {
+	_, err := os.Stat(r.path(RootKeyFile))
+	return errors.Is(err, fs.ErrNotExist)
+}
+
 // activeRoot returns the root the CA signs under now.
-func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certificate, error) {
+func (r *Rotator) activeRoot(ctx context.Context, mode Mode, bundle []*x509.Certificate, st RotationState) (*x509.Certificate, error) {
 	if mode == ModePluggedIn {
 		st := &Store{cfg: Config{Dir: r.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
 		a, _, err := st.loadPluggedIn()
@@ -339,6 +360,9 @@ func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certi
 			return nil, err
 		}
 		return a.Root(), nil
+	}
+	if r.external() {
+		return r.activeExternalRoot(ctx, bundle, st)
 	}
 	key, err := pemfile.ReadPrivateKey(r.path(RootKeyFile))
 	if err != nil {
@@ -350,6 +374,46 @@ func (r *Rotator) activeRoot(mode Mode, bundle []*x509.Certificate) (*x509.Certi
 		}
 	}
 	return nil, fmt.Errorf("material: no root in %s matches %s", r.path(RootCertFile), r.path(RootKeyFile))
+}
+
+// activeExternalRoot returns the root the CA signs under now when its key
+// is held outside the data directory: the one matching the key in the key
+// store, or without the key store, the one the rotation phase and the
+// prepared root (next-root-cert.pem, kept until retirement) tell.
+func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certificate, st RotationState) (*x509.Certificate, error) {
+	if r.Keys != nil {
+		key, err := openRootKey(ctx, r.Keys, nil, st.Key)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range bundle {
+			if publicKeyEqual(key.Public(), c.PublicKey) {
+				return c, nil
+			}
+		}
+		return nil, fmt.Errorf("material: no root in %s matches the active key %s in the key store", r.path(RootCertFile), keyLabel(st.Key))
+	}
+	var next *x509.Certificate
+	if st.Phase != PhaseSteady {
+		certs, err := pemfile.ReadCertificates(r.path(NextRootCertFile))
+		if err != nil {
+			return nil, fmt.Errorf("material: phase %s: %w", st.Phase, err)
+		}
+		next = certs[0]
+	}
+	var others []*x509.Certificate
+	for _, c := range bundle {
+		if next == nil || !c.Equal(next) {
+			others = append(others, c)
+		}
+	}
+	switch {
+	case st.Phase == PhaseActivated:
+		return next, nil
+	case len(others) == 1:
+		return others[0], nil
+	}
+	return nil, fmt.Errorf("material: %s holds %d roots in phase %s; which one signs is known only from the key store (give --signer-key-uri)", r.path(RootCertFile), len(bundle), st.Phase)
 }
 
 // begin reads the directory's mode and rotation state for a step that
@@ -377,7 +441,7 @@ func (r *Rotator) begin(ctx context.Context, want Phase) (Mode, RotationState, e
 // generated; for a plugged-in CA, from names a directory holding the new
 // cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
 func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	mode, _, err := r.begin(ctx, PhaseSteady)
+	mode, cur, err := r.begin(ctx, PhaseSteady)
 	if err != nil {
 		return err
 	}
@@ -385,13 +449,19 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 	if err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
+	next := RotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC(), Key: cur.Key}
 	var newRoots []*x509.Certificate
 	switch mode {
 	case ModeSelfSigned:
 		if from != "" {
 			return errors.New("material: a self-signed CA generates its next root; --from is for plugged-in CAs")
 		}
-		root, err := r.prepareSelfSigned(ctx)
+		var root *x509.Certificate
+		if r.external() {
+			root, next.NextKey, err = r.prepareExternal(ctx)
+		} else {
+			root, err = r.prepareSelfSigned(ctx)
+		}
 		if err != nil {
 			return err
 		}
@@ -404,7 +474,7 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 			return err
 		}
 	}
-	if err := WriteRotationState(r.Dir, RotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC()}); err != nil {
+	if err := WriteRotationState(r.Dir, next); err != nil {
 		return err
 	}
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
@@ -435,6 +505,28 @@ func (r *Rotator) prepareSelfSigned(ctx context.Context) (*x509.Certificate, err
 		return nil, fmt.Errorf("material: %w", err)
 	}
 	return root, nil
+}
+
+// prepareExternal creates the next root's key in the key store that holds
+// the active one, and the next root for it. A software key would defeat
+// an HSM, so there is no fallback.
+func (r *Rotator) prepareExternal(ctx context.Context) (*x509.Certificate, string, error) {
+	if r.Keys == nil {
+		return nil, "", errors.New("material: the root key is held outside the data directory (an HSM or KMS), and no key store is configured to create the next root's key in; give --signer-key-uri")
+	}
+	name := "castellan-root-" + r.now().UTC().Format("20060102t150405z")
+	key, err := r.Keys.Create(ctx, name)
+	if err != nil {
+		return nil, "", fmt.Errorf("material: cannot create the next root's key %q in the key store that holds the active one: %w", name, err)
+	}
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: r.TrustDomain, TTL: r.RootTTL, NotBefore: r.now().Add(-time.Minute)})
+	if err != nil {
+		return nil, "", fmt.Errorf("material: the next root, for key %q: %w", name, err)
+	}
+	if err := pemfile.WriteCertificates(r.path(NextRootCertFile), []*x509.Certificate{root}); err != nil {
+		return nil, "", fmt.Errorf("material: %w", err)
+	}
+	return root, name, nil
 }
 
 func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
@@ -469,19 +561,26 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	if err := r.Policy.CheckActivate(st, now, force); err != nil {
 		return err
 	}
+	external := mode == ModeSelfSigned && r.external()
+	if external && st.NextKey == "" {
+		return fmt.Errorf("material: %s names no prepared key; prepare the rotation again", r.path(RotationFile))
+	}
 	next := st.Activated(now, r.Policy)
 	if err := WriteRotationState(r.Dir, next); err != nil {
 		return err
 	}
-	switch mode {
-	case ModeSelfSigned:
+	switch {
+	case external:
+		// rotation.json, written above, names the new key; the prepared
+		// root stays in next-root-cert.pem until retirement, for status.
+	case mode == ModeSelfSigned:
 		// One rename switches the signing key; root-cert.pem already holds
 		// both roots.
 		if err := os.Rename(r.path(NextRootKeyFile), r.path(RootKeyFile)); err != nil {
 			return fmt.Errorf("material: %w", err)
 		}
 		os.Remove(r.path(NextRootCertFile))
-	case ModePluggedIn:
+	case mode == ModePluggedIn:
 		// The key goes first: until the certificate follows, the pair does
 		// not match and a reload keeps the old material.
 		for _, f := range []string{CAKeyFile, CertChainFile, CACertFile} {
@@ -515,7 +614,7 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 			return fmt.Errorf("material: %w", err)
 		}
 	} else {
-		active, err := r.activeRoot(mode, bundle)
+		active, err := r.activeRoot(ctx, mode, bundle, st)
 		if err != nil {
 			return err
 		}
@@ -524,10 +623,11 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), keep); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	if err := WriteRotationState(r.Dir, RotationState{Phase: PhaseSteady}); err != nil {
+	if err := WriteRotationState(r.Dir, RotationState{Phase: PhaseSteady, Key: st.Key}); err != nil {
 		return err
 	}
 	os.RemoveAll(r.path(NextDir))
+	os.Remove(r.path(NextRootCertFile))
 	r.log().Info("retired the old root; the trust bundle holds only the active root", "dir", r.Dir, "roots", len(keep))
 	return nil
 }

@@ -1,6 +1,9 @@
 package server
 
 import (
+	"crypto/x509"
+	"fmt"
+
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
@@ -80,9 +83,20 @@ const (
 )
 
 // rotationCollector exports the trust bundle's roots and the rotation
-// phase, read from the data directory at each scrape.
+// phase, read from the data directory at each scrape. When they cannot be
+// read, it counts the error and still exports the roots the CA serves.
 type rotationCollector struct {
 	status func() (*material.RotationStatus, error)
+	// src is the CA's material, for the roots it serves when status fails.
+	src    ca.Source
+	errors prometheus.Counter
+}
+
+func newRotationCollector(status func() (*material.RotationStatus, error), src ca.Source) *rotationCollector {
+	return &rotationCollector{status: status, src: src, errors: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "castellan_ca_rotation_status_errors_total",
+		Help: "Scrapes at which the root rotation state could not be read; the roots the CA serves are exported with state unknown.",
+	})}
 }
 
 var (
@@ -102,13 +116,25 @@ func (c *rotationCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- bundleRootsDesc
 	ch <- phaseDesc
 	ch <- activateAfterDesc
+	c.errors.Describe(ch)
 }
 
 func (c *rotationCollector) Collect(ch chan<- prometheus.Metric) {
 	st, err := c.status()
 	if err != nil {
+		c.errors.Inc()
+		c.errors.Collect(ch)
+		var roots []*x509.Certificate
+		if a := c.src.Authority(); a != nil {
+			roots = a.Roots
+		}
+		ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(roots)))
+		for _, r := range roots {
+			ch <- prometheus.MustNewConstMetric(rootNotAfterDesc, prometheus.GaugeValue, float64(r.NotAfter.Unix()), fmt.Sprintf("%x", r.SerialNumber), "unknown")
+		}
 		return
 	}
+	c.errors.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(st.Roots)))
 	for _, r := range st.Roots {
 		ch <- prometheus.MustNewConstMetric(rootNotAfterDesc, prometheus.GaugeValue, float64(r.NotAfter.Unix()), r.Serial, string(r.State))

@@ -46,6 +46,10 @@ type Config struct {
 	// Signer, if set, is the key of a self-signed root kept in DataDir
 	// (for example a key in an HSM) instead of a key file.
 	Signer crypto.Signer
+	// RootKeys, if set, holds the self-signed root's keys outside DataDir
+	// (a kms.Ring): the configured key and those that root rotations
+	// create in the same key store. It replaces Signer.
+	RootKeys material.KeyStore
 	// Runners are background jobs (renewal, leader election, trust
 	// distribution) run beside the listeners until Serve returns.
 	Runners []func(context.Context) error
@@ -171,7 +175,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, errors.New("server: no data directory configured")
 		}
 		store, err := material.Open(ctx, material.Config{
-			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger, Signer: cfg.Signer,
+			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger, Signer: cfg.Signer, Keys: cfg.RootKeys,
 			RootTTL: cfg.RootTTL, ReloadInterval: cfg.ReloadInterval,
 		})
 		if err != nil {
@@ -187,12 +191,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics = newMetrics(cfg.Registerer, s.src)
 	if s.store != nil {
 		s.rotator = &material.Rotator{
-			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger,
+			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger, Keys: cfg.RootKeys,
 			Policy: material.RotationPolicy{PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, RetireMargin: cfg.RootRetireMargin},
 		}
-		cfg.Registerer.MustRegister(&rotationCollector{status: s.rotator.Status})
+		cfg.Registerer.MustRegister(newRotationCollector(s.rotator.Status, s.src))
 	} else if r, ok := s.src.(RotationStatuser); ok {
-		cfg.Registerer.MustRegister(&rotationCollector{status: r.RotationStatus})
+		cfg.Registerer.MustRegister(newRotationCollector(r.RotationStatus, s.src))
 	}
 	// Issue the first serving certificate now, so that a broken CA fails
 	// at start-up rather than on the first handshake.

@@ -148,6 +148,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	srv, err := server.New(ctx, server.Config{
 		Source:         src,
 		Signer:         signer,
+		RootKeys:       f.kms.rootKeys(),
 		Runners:        deps.runners,
 		DataDir:        f.dataDir,
 		GRPCAddr:       f.grpcAddr,

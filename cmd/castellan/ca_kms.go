@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/castellan-mesh/castellan/kms/vault"
@@ -38,6 +39,9 @@ type kmsFlags struct {
 	pkiMount, pkiIssuer                    string
 
 	client *vault.Client // made on first use
+	// ring holds a self-signed root's keys when --signer-key-uri names
+	// them: rotations create the next root's key in the same store.
+	ring *kms.Ring
 }
 
 func (k *kmsFlags) register(fs *flag.FlagSet) {
@@ -140,12 +144,36 @@ func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error)
 			return nil, err
 		}
 	}
+	if k.upstream == "" {
+		// A self-signed root: its successors' keys go in the same store.
+		ring, err := kms.NewRing(ctx, uri, alg, cfg)
+		if err != nil {
+			return nil, err
+		}
+		key, created, err := ring.OpenOrCreate(ctx, "")
+		if err != nil {
+			ring.Close()
+			return nil, err
+		}
+		d.log.Info("CA signing key ready", "uri", ring.URI(""), "created", created)
+		k.ring = ring
+		return key, nil
+	}
 	key, created, err := kms.OpenOrCreate(ctx, uri, alg, cfg)
 	if err != nil {
 		return nil, err
 	}
 	d.log.Info("CA signing key ready", "uri", key.URI(), "created", created)
 	return key, nil
+}
+
+// rootKeys returns the key store of a self-signed root whose key
+// --signer-key-uri names, or nil.
+func (k *kmsFlags) rootKeys() material.KeyStore {
+	if k.ring == nil {
+		return nil
+	}
+	return k.ring
 }
 
 // source returns the upstream-backed signing material, or nil when no

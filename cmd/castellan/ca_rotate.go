@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/kms"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -38,6 +39,8 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	format := fs.String("format", "text", "status output: text or json")
 	var k kmsFlags
 	fs.StringVar(&k.upstream, "upstream", "", `"vault" for a CA whose intermediate Vault's PKI engine signs (found from --data-dir when empty)`)
+	fs.StringVar(&k.keyURI, "signer-key-uri", "", "prepare: the self-signed root's key store, as given to \"castellan ca\" (pkcs11:..., vault-transit://...); the next root's key is created there")
+	fs.StringVar(&k.keyAlg, "signer-key-algorithm", "ecdsa-p256", "prepare: algorithm of the next root's key in --signer-key-uri's store")
 	k.registerVault(fs)
 	if err := cliflag.Parse(fs, "CASTELLAN", args[1:], nil); err != nil {
 		return usageError{Err: err}
@@ -53,7 +56,8 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
 	}
 	policy := material.RotationPolicy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
-	var r rotator = &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy}
+	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}
+	var r rotator = mr
 	isUpstream := upstreamDir(*dataDir)
 	switch {
 	case k.upstream != "" && k.upstream != "vault":
@@ -71,6 +75,13 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			ur.Upstream = &upstream.VaultPKI{Client: client, Mount: k.pkiMount}
 		}
 		r = upstreamRotator{ur}
+	case k.keyURI != "" && step == "prepare":
+		ring, err := k.openRing(ctx, &caDeps{log: mr.Logger, reg: prometheus.NewRegistry()})
+		if err != nil {
+			return err
+		}
+		defer ring.Close()
+		mr.Keys = ring
 	}
 	switch step {
 	case "prepare":
@@ -113,6 +124,25 @@ type upstreamRotator struct{ *upstream.Rotator }
 func (u upstreamRotator) Prepare(ctx context.Context, from string) error {
 	_, err := u.Rotator.Prepare(ctx, from)
 	return err
+}
+
+// openRing opens the key store --signer-key-uri names.
+func (k *kmsFlags) openRing(ctx context.Context, d *caDeps) (*kms.Ring, error) {
+	alg, err := kms.ParseAlgorithm(k.keyAlg)
+	if err != nil {
+		return nil, usageError{Err: fmt.Errorf("--signer-key-algorithm: %w", err)}
+	}
+	u, err := kms.ParseURI(k.keyURI)
+	if err != nil {
+		return nil, usageError{Err: fmt.Errorf("--signer-key-uri: %w", err)}
+	}
+	cfg := kms.Config{Logger: d.log}
+	if u.Scheme == kms.SchemeVaultTransit {
+		if cfg.Vault, err = k.vaultClient(d); err != nil {
+			return nil, err
+		}
+	}
+	return kms.NewRing(ctx, k.keyURI, alg, cfg)
 }
 
 // upstreamDir reports whether dir holds an upstream-signed intermediate.
