@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/agent/attest/podindex"
 )
 
@@ -39,11 +40,47 @@ func TestPodIndexServiceAccounts(t *testing.T) {
 	snap = waitChange(t, c.index, changed, func(s podindex.Snapshot) bool { return s.Has(db) })
 	changed = nextChange(c.index, snap)
 
+	// A pod being deleted still counts (its proxy drains over the SVID it
+	// holds) until it leaves phase Running: there is no kubelet here, so
+	// the test ends it as a kubelet would, with status Succeeded.
 	c.api.DeletePod(t, ns, "web-0", false)
-	c.api.DeletePod(t, ns, "web-1", true) // terminating: no longer counts
+	c.api.DeletePod(t, ns, "web-1", true)
+	waitPod := func(cond func(p *corev1.Pod) bool) *corev1.Pod {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for {
+			p, err := c.api.Client.CoreV1().Pods(ns).Get(t.Context(), "web-1", metav1.GetOptions{})
+			if err == nil && cond(p) {
+				return p
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("web-1: %v", err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	terminating := waitPod(func(p *corev1.Pod) bool { return p.DeletionTimestamp != nil })
+	c.waitPod(t, string(terminating.UID), func(p attest.Pod, ok bool) bool { return ok && p.Terminating })
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(20 * time.Millisecond) {
+		if snap, _ := c.index.Load(); snap.ServiceAccounts[web] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			now, _ := c.index.Load()
+			t.Fatalf("web-0 still counted: %v", now.ServiceAccounts)
+		}
+	}
+	if !c.index.HasServiceAccount(ns, "web") {
+		t.Fatal("a terminating pod still in phase Running does not count")
+	}
+	snap, changed = c.index.Load()
+	terminating.Status.Phase = corev1.PodSucceeded
+	if _, err := c.api.Client.CoreV1().Pods(ns).UpdateStatus(t.Context(), terminating, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	snap = waitChange(t, c.index, changed, func(s podindex.Snapshot) bool { return !s.Has(web) })
 	if !snap.Has(db) || c.index.HasServiceAccount(ns, "web") {
-		t.Fatalf("after deleting web's pods: %v", snap.ServiceAccounts)
+		t.Fatalf("after web's pods ended: %v", snap.ServiceAccounts)
 	}
 }
 
