@@ -7,7 +7,7 @@ FUZZTIME  ?= 5s
 # Cache for built test servers (Vault), keyed by version, outside the repo.
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/castellan
 
-.PHONY: all build demo test test-unit test-integration test-monitoring fuzz-short vet fmt-check tidy-check bench tools
+.PHONY: all build demo test test-unit test-integration test-monitoring test-helm fuzz-short vet fmt-check tidy-check bench tools
 
 all: build
 
@@ -22,7 +22,7 @@ demo: build
 ## test: the whole suite, unit and integration, against the real servers
 ## "tools" builds once (cached). A test whose server is missing fails
 ## unless CASTELLAN_ALLOW_SKIP=1.
-test: fmt-check vet tidy-check tools test-unit fuzz-short test-monitoring test-integration
+test: fmt-check vet tidy-check tools test-unit fuzz-short test-monitoring test-helm test-integration
 
 ## test-unit: the fast inner loop (no external servers).
 test-unit:
@@ -37,6 +37,11 @@ test-integration: tools
 ## Prometheus's dependencies out of the others).
 test-monitoring:
 	cd integration/monitoring/rules && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+## test-helm: render deploy/helm/castellan with Helm's Go library against
+## the golden renderings integration/deploy applies (a module of its own).
+test-helm:
+	cd integration/helm && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 ## fuzz-short: run every fuzz target briefly.
 fuzz-short:
@@ -64,3 +69,4 @@ tidy-check:
 	$(GO) mod tidy -diff
 	cd integration && $(GO) mod tidy -diff
 	cd integration/monitoring/rules && $(GO) mod tidy -diff
+	cd integration/helm && $(GO) mod tidy -diff
