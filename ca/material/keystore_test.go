@@ -102,7 +102,7 @@ func TestExternalKeyAutomaticRotation(t *testing.T) {
 		{0, "", PhasePrepared},
 		{time.Minute, "activate", PhaseActivated},
 		{time.Minute, "", PhaseActivated},
-		{5 * time.Minute, "retire", PhaseSteady},
+		{10 * time.Minute, "retire", PhaseSteady},
 		{0, "", PhaseSteady},
 	}
 	for i, st := range steps {

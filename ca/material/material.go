@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -43,16 +44,16 @@ const (
 	RootKeyFile   = "root-key.pem"
 )
 
-// Mode says where the signing material came from.
-type Mode string
+// Mode says where the signing material came from (see rotation.Mode).
+type Mode = rotation.Mode
 
 // The modes a Store runs in.
 const (
-	ModeSelfSigned Mode = "self-signed"
-	ModePluggedIn  Mode = "plugged-in"
+	ModeSelfSigned = rotation.ModeSelfSigned
+	ModePluggedIn  = rotation.ModePluggedIn
 	// ModeUpstream is an intermediate signed by an upstream CA (package
 	// upstream); the material package only reports it.
-	ModeUpstream Mode = "upstream"
+	ModeUpstream = rotation.ModeUpstream
 )
 
 // Config configures a Store.

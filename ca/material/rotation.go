@@ -5,10 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +15,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -25,7 +23,7 @@ import (
 // Files a rotation adds to the data directory.
 const (
 	// RotationFile records the phase of a rotation in progress.
-	RotationFile = "rotation.json"
+	RotationFile = rotation.File
 	// NextRootCertFile and NextRootKeyFile hold a prepared self-signed root.
 	NextRootCertFile = "next-root-cert.pem"
 	NextRootKeyFile  = "next-root-key.pem"
@@ -33,232 +31,35 @@ const (
 	NextDir = "next"
 )
 
-// Phase is where a root rotation stands.
-type Phase string
-
-// The phases of a rotation, in order. After retire the phase is steady.
-const (
-	// PhaseSteady: one root, nothing in progress.
-	PhaseSteady Phase = "steady"
-	// PhasePrepared: a new root is in the bundle; the old one still signs.
-	PhasePrepared Phase = "prepared"
-	// PhaseActivated: the new root signs; the old one stays in the bundle
-	// until no SVID it signed can still be valid.
-	PhaseActivated Phase = "activated"
+// The rotation model of package rotation, under the names this package
+// has always used.
+type (
+	Phase          = rotation.Phase
+	RootState      = rotation.RootState
+	RotationState  = rotation.State
+	RotationPolicy = rotation.Policy
+	RotationStatus = rotation.Status
+	RootStatus     = rotation.RootStatus
 )
 
-// RootState is the role of one root in the trust bundle.
-type RootState string
-
-// The roles a root in the bundle can have.
+// Phases and root states: see package rotation.
 const (
-	RootActive   RootState = "active"
-	RootPrepared RootState = "prepared"
-	RootRetiring RootState = "retiring"
+	PhaseSteady    = rotation.PhaseSteady
+	PhasePrepared  = rotation.PhasePrepared
+	PhaseActivated = rotation.PhaseActivated
+	RootActive     = rotation.RootActive
+	RootPrepared   = rotation.RootPrepared
+	RootRetiring   = rotation.RootRetiring
 )
 
-// RotationState is the content of rotation.json: where a root rotation
-// stands. Every CA mode that keeps its material in a data directory uses
-// it.
-type RotationState struct {
-	Phase       Phase     `json:"phase"`
-	PreparedAt  time.Time `json:"prepared_at,omitzero"`
-	ActivatedAt time.Time `json:"activated_at,omitzero"`
-	// RetireAfter is when the last SVID signed under the old root expires:
-	// the activation time plus the longest SVID lifetime plus clock skew.
-	RetireAfter time.Time `json:"retire_after,omitzero"`
-	// Issuer names the upstream issuer (a Vault PKI issuer) that signs
-	// the intermediate from activation on; it stays after retirement.
-	// Empty means the one the CA is configured with.
-	Issuer string `json:"issuer,omitempty"`
-	// NextIssuer names the upstream issuer of a prepared root.
-	NextIssuer string `json:"next_issuer,omitempty"`
-	// Retired holds the SHA-256 fingerprints (hex) of roots dropped from
-	// the bundle by a retirement, which are never served again.
-	Retired []string `json:"retired,omitempty"`
-	// Key names the active self-signed root's key in the key store that
-	// holds it outside the data directory (an HSM, Vault Transit), once a
-	// rotation has replaced the configured key; empty is the configured
-	// key. NextKey names the prepared root's key.
-	Key     string `json:"key,omitempty"`
-	NextKey string `json:"next_key,omitempty"`
-}
+// ReadRotationState reads dir's rotation.json (see rotation.ReadState).
+func ReadRotationState(dir string) (RotationState, error) { return rotation.ReadState(dir) }
 
-// ReadRotationState reads dir's rotation.json. A missing file is the
-// steady phase.
-func ReadRotationState(dir string) (RotationState, error) {
-	path := filepath.Join(dir, RotationFile)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return RotationState{Phase: PhaseSteady}, nil
-	}
-	if err != nil {
-		return RotationState{}, fmt.Errorf("material: %w", err)
-	}
-	return ParseRotationState(path, b)
-}
+// WriteRotationState replaces dir's rotation.json (see rotation.WriteState).
+func WriteRotationState(dir string, st RotationState) error { return rotation.WriteState(dir, st) }
 
-// ParseRotationState decodes the content b of the rotation.json at path
-// (named in errors).
-func ParseRotationState(path string, b []byte) (RotationState, error) {
-	var st RotationState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return RotationState{}, fmt.Errorf("material: %s: %w", path, err)
-	}
-	switch st.Phase {
-	case PhaseSteady, PhasePrepared, PhaseActivated:
-	default:
-		return RotationState{}, fmt.Errorf("material: %s: unknown phase %q (want steady, prepared or activated)", path, st.Phase)
-	}
-	return st, nil
-}
-
-// WriteRotationState replaces dir's rotation.json atomically.
-func WriteRotationState(dir string, st RotationState) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("material: %w", err)
-	}
-	if err := pemfile.WriteFileAtomic(filepath.Join(dir, RotationFile), append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("material: %w", err)
-	}
-	return nil
-}
-
-// RotationPolicy holds the waits between the phases of a rotation. Zero
-// values select the noted defaults.
-type RotationPolicy struct {
-	// PropagationDelay is how long a prepared root must sit in the bundle
-	// before it may sign: the time the bundle needs to reach every peer.
-	// Default: 1h.
-	PropagationDelay time.Duration
-	// MaxTTL is the CA's longest SVID lifetime; the old root is kept that
-	// long after activation. Default: 24h.
-	MaxTTL time.Duration
-	// RetireMargin is added to MaxTTL before the old root may be retired,
-	// for clock skew between the CA and its peers. Default: 2m.
-	RetireMargin time.Duration
-}
-
-// ActivateAfter is when a root prepared at preparedAt may sign.
-func (p RotationPolicy) ActivateAfter(preparedAt time.Time) time.Time {
-	d := p.PropagationDelay
-	if d <= 0 {
-		d = time.Hour
-	}
-	return preparedAt.Add(d)
-}
-
-// RetireAfter is when no SVID signed under the old root can still be
-// valid, for an activation at activatedAt.
-func (p RotationPolicy) RetireAfter(activatedAt time.Time) time.Time {
-	ttl, margin := p.MaxTTL, p.RetireMargin
-	if ttl <= 0 {
-		ttl = 24 * time.Hour
-	}
-	if margin <= 0 {
-		margin = 2 * time.Minute
-	}
-	return activatedAt.Add(ttl + margin)
-}
-
-// CheckActivate refuses an activation at now of the rotation st before the
-// propagation delay has passed, unless force is set.
-func (p RotationPolicy) CheckActivate(st RotationState, now time.Time, force bool) error {
-	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
-		return fmt.Errorf("material: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
-	}
-	return nil
-}
-
-// CheckRetire refuses a retirement at now of the rotation st while an
-// SVID signed under the old root may still be valid, unless force is set.
-func (p RotationPolicy) CheckRetire(st RotationState, now time.Time, force bool) error {
-	if now.Before(st.RetireAfter) && !force {
-		return fmt.Errorf("material: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
-	}
-	return nil
-}
-
-// Fingerprint is the SHA-256 of a certificate's DER, in hex, as recorded
-// in RotationState.Retired.
-func Fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-// RootStatus describes one root of the trust bundle.
-type RootStatus struct {
-	Subject  string            `json:"subject"`
-	Serial   string            `json:"serial"`
-	NotAfter time.Time         `json:"not_after"`
-	State    RootState         `json:"state"`
-	Cert     *x509.Certificate `json:"-"`
-}
-
-// RotationStatus is the state of the trust bundle and of any rotation.
-type RotationStatus struct {
-	Mode        Mode         `json:"mode"`
-	Phase       Phase        `json:"phase"`
-	Roots       []RootStatus `json:"roots"`
-	PreparedAt  time.Time    `json:"prepared_at,omitzero"`
-	ActivatedAt time.Time    `json:"activated_at,omitzero"`
-	// ActivateAfter is when the prepared root has had the propagation
-	// delay to reach every peer.
-	ActivateAfter time.Time `json:"activate_after,omitzero"`
-	RetireAfter   time.Time `json:"retire_after,omitzero"`
-	// Issuer and NextIssuer name the upstream issuers of an
-	// upstream-signed CA (see RotationState).
-	Issuer     string `json:"issuer,omitempty"`
-	NextIssuer string `json:"next_issuer,omitempty"`
-}
-
-// Require refuses a rotation step that needs phase want while st is in
-// another phase, saying which step would come next.
-func (st RotationState) Require(want Phase) error {
-	if st.Phase == want {
-		return nil
-	}
-	switch want {
-	case PhaseSteady:
-		return fmt.Errorf("material: a rotation is already in progress (phase %s); activate or retire it first", st.Phase)
-	case PhasePrepared:
-		return fmt.Errorf("material: nothing to activate (phase %s); prepare a root first", st.Phase)
-	default:
-		return fmt.Errorf("material: nothing to retire (phase %s)", st.Phase)
-	}
-}
-
-// Activated is the state after activating the rotation st at now: the
-// old root stays until p.RetireAfter(now).
-func (st RotationState) Activated(now time.Time, p RotationPolicy) RotationState {
-	key := st.Key
-	if st.NextKey != "" {
-		key = st.NextKey
-	}
-	return RotationState{
-		Phase: PhaseActivated, PreparedAt: st.PreparedAt, ActivatedAt: now,
-		RetireAfter: p.RetireAfter(now), Issuer: st.NextIssuer, Retired: st.Retired, Key: key,
-	}
-}
-
-// Status returns the status of a CA in mode whose rotation stands at st,
-// with no roots yet (see AddRoot).
-func (p RotationPolicy) Status(mode Mode, st RotationState) *RotationStatus {
-	out := &RotationStatus{
-		Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt,
-		RetireAfter: st.RetireAfter, Issuer: st.Issuer, NextIssuer: st.NextIssuer,
-	}
-	if st.Phase == PhasePrepared {
-		out.ActivateAfter = p.ActivateAfter(st.PreparedAt)
-	}
-	return out
-}
-
-// AddRoot appends root c, in state, to the status.
-func (s *RotationStatus) AddRoot(c *x509.Certificate, state RootState) {
-	s.Roots = append(s.Roots, RootStatus{Subject: c.Subject.String(), Serial: fmt.Sprintf("%x", c.SerialNumber), NotAfter: c.NotAfter, State: state, Cert: c})
-}
+// Fingerprint is rotation.Fingerprint.
+func Fingerprint(c *x509.Certificate) string { return rotation.Fingerprint(c) }
 
 // Rotator prepares, activates and retires roots in a data directory. A
 // running CA on the same directory picks every step up on its next reload.
@@ -331,16 +132,7 @@ func (r *Rotator) Status() (*RotationStatus, error) {
 		return nil, err
 	}
 	out := r.Policy.Status(mode, st)
-	for _, c := range bundle {
-		state := RootActive
-		if !c.Equal(active) {
-			state = RootRetiring
-			if st.Phase == PhasePrepared {
-				state = RootPrepared
-			}
-		}
-		out.AddRoot(c, state)
-	}
+	out.AddRoots(bundle, active, nil)
 	return out, nil
 }
 
@@ -632,54 +424,28 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	return nil
 }
 
-// Step takes one automatic rotation step for a self-signed CA: prepare
-// when the active root has less than rotateBefore left, activate once the
-// propagation delay has passed, retire once the old root's SVIDs have
-// expired. It reports what it did ("" for nothing).
+// Step takes one automatic rotation step for a self-signed CA (see
+// rotation.Due) and reports what it did ("" for nothing).
 func (r *Rotator) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
 	st, err := r.Status()
-	if err != nil {
+	if err != nil || st.Mode != ModeSelfSigned {
 		return "", err
 	}
-	if st.Mode != ModeSelfSigned {
-		return "", nil
-	}
-	now := r.now()
-	switch st.Phase {
-	case PhaseSteady:
-		for _, root := range st.Roots {
-			if root.State == RootActive && root.NotAfter.Sub(now) < rotateBefore {
-				return "prepare", r.Prepare(ctx, "")
-			}
-		}
-	case PhasePrepared:
-		if !now.Before(st.ActivateAfter) {
-			return "activate", r.Activate(ctx, false)
-		}
-	case PhaseActivated:
-		if !now.Before(st.RetireAfter) {
-			return "retire", r.Retire(ctx, false)
-		}
+	switch did := rotation.Due(st, r.now(), rotateBefore); did {
+	case "prepare":
+		return did, r.Prepare(ctx, "")
+	case "activate":
+		return did, r.Activate(ctx, false)
+	case "retire":
+		return did, r.Retire(ctx, false)
 	}
 	return "", nil
 }
 
-// Run calls Step every interval until ctx ends. Errors are logged.
-func (r *Rotator) Run(ctx context.Context, interval, rotateBefore time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if did, err := r.Step(ctx, rotateBefore); err != nil {
-			r.log().Error("automatic root rotation step failed", "error", err)
-		} else if did != "" {
-			r.log().Info("automatic root rotation", "step", did)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+// Run calls Step every interval until ctx ends (see rotation.Run).
+func (r *Rotator) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
+	step := func(ctx context.Context) (string, error) { return r.Step(ctx, rotateBefore) }
+	return rotation.Run(ctx, interval, step, r.log(), observe)
 }
 
 // union returns a followed by the certificates of b not in a.

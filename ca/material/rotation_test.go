@@ -88,7 +88,7 @@ func TestAutomaticRotation(t *testing.T) {
 		{0, ""}, // propagation pending
 		{time.Minute, "activate"},
 		{time.Minute, ""}, // old SVIDs may be valid
-		{5 * time.Minute, "retire"},
+		{10 * time.Minute, "retire"},
 		{0, ""},
 	}
 	for i, st := range steps {

@@ -2,11 +2,10 @@ package server
 
 import (
 	"crypto/x509"
-	"fmt"
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
-	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -19,6 +18,8 @@ type metrics struct {
 	// impersonation is castellan_ca_impersonation_total (impersonation.go).
 	impersonation *prometheus.CounterVec
 	signSeconds   prometheus.Histogram
+	// rotation exports the root rotation, when the CA's mode reports it.
+	rotation *rotation.Collector
 }
 
 func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
@@ -82,73 +83,13 @@ const (
 	reasonImpersonation ca.Reason = "impersonation"
 )
 
-// rotationCollector exports the trust bundle's roots and the rotation
-// phase, read from the data directory at each scrape. When they cannot be
-// read, it counts the error and still exports the roots the CA serves.
-type rotationCollector struct {
-	status func() (*material.RotationStatus, error)
-	// src is the CA's material, for the roots it serves when status fails.
-	src    ca.Source
-	errors prometheus.Counter
-}
-
-func newRotationCollector(status func() (*material.RotationStatus, error), src ca.Source) *rotationCollector {
-	return &rotationCollector{status: status, src: src, errors: prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "castellan_ca_rotation_status_errors_total",
-		Help: "Scrapes at which the root rotation state could not be read; the roots the CA serves are exported with state unknown.",
-	})}
-}
-
-var (
-	rootNotAfterDesc = prometheus.NewDesc("castellan_ca_bundle_root_expiry_timestamp_seconds",
-		"Expiry of each root in the trust bundle, by state (active, prepared, retiring), as a Unix timestamp.",
-		[]string{"serial", "state"}, nil)
-	bundleRootsDesc = prometheus.NewDesc("castellan_ca_bundle_roots",
-		"Roots in the trust bundle.", nil, nil)
-	phaseDesc = prometheus.NewDesc("castellan_ca_rotation_phase",
-		"1 for the current root rotation phase (steady, prepared, activated).", []string{"phase"}, nil)
-	activateAfterDesc = prometheus.NewDesc("castellan_ca_rotation_activate_after_timestamp_seconds",
-		"When a prepared root has had the propagation delay to reach every peer (0 when none is prepared).", nil, nil)
-)
-
-func (c *rotationCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- rootNotAfterDesc
-	ch <- bundleRootsDesc
-	ch <- phaseDesc
-	ch <- activateAfterDesc
-	c.errors.Describe(ch)
-}
-
-func (c *rotationCollector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.status()
-	if err != nil {
-		c.errors.Inc()
-		c.errors.Collect(ch)
-		var roots []*x509.Certificate
-		if a := c.src.Authority(); a != nil {
-			roots = a.Roots
+// newRotationCollector returns the rotation metrics of a CA whose
+// rotation status is status and whose served roots are src's.
+func newRotationCollector(status func() (*rotation.Status, error), src ca.Source) *rotation.Collector {
+	return rotation.NewCollector(status, func() []*x509.Certificate {
+		if a := src.Authority(); a != nil {
+			return a.Roots
 		}
-		ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(roots)))
-		for _, r := range roots {
-			ch <- prometheus.MustNewConstMetric(rootNotAfterDesc, prometheus.GaugeValue, float64(r.NotAfter.Unix()), fmt.Sprintf("%x", r.SerialNumber), "unknown")
-		}
-		return
-	}
-	c.errors.Collect(ch)
-	ch <- prometheus.MustNewConstMetric(bundleRootsDesc, prometheus.GaugeValue, float64(len(st.Roots)))
-	for _, r := range st.Roots {
-		ch <- prometheus.MustNewConstMetric(rootNotAfterDesc, prometheus.GaugeValue, float64(r.NotAfter.Unix()), r.Serial, string(r.State))
-	}
-	for _, p := range []material.Phase{material.PhaseSteady, material.PhasePrepared, material.PhaseActivated} {
-		v := 0.0
-		if st.Phase == p {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(phaseDesc, prometheus.GaugeValue, v, string(p))
-	}
-	var after float64
-	if !st.ActivateAfter.IsZero() {
-		after = float64(st.ActivateAfter.Unix())
-	}
-	ch <- prometheus.MustNewConstMetric(activateAfterDesc, prometheus.GaugeValue, after)
+		return nil
+	})
 }

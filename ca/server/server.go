@@ -194,9 +194,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger, Keys: cfg.RootKeys,
 			Policy: material.RotationPolicy{PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, RetireMargin: cfg.RootRetireMargin},
 		}
-		cfg.Registerer.MustRegister(newRotationCollector(s.rotator.Status, s.src))
+		s.metrics.rotation = newRotationCollector(s.rotator.Status, s.src)
+		cfg.Registerer.MustRegister(s.metrics.rotation)
 	} else if r, ok := s.src.(RotationStatuser); ok {
-		cfg.Registerer.MustRegister(newRotationCollector(r.RotationStatus, s.src))
+		s.metrics.rotation = newRotationCollector(r.RotationStatus, s.src)
+		cfg.Registerer.MustRegister(s.metrics.rotation)
 	}
 	// Issue the first serving certificate now, so that a broken CA fails
 	// at start-up rather than on the first handshake.
@@ -296,7 +298,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		g.Go(func() error { return s.store.Run(ctx) })
 	}
 	if s.rotator != nil && s.cfg.RootRotateBefore > 0 && s.store.Mode() == material.ModeSelfSigned {
-		g.Go(func() error { return s.rotator.Run(ctx, time.Minute, s.cfg.RootRotateBefore) })
+		g.Go(func() error {
+			return s.rotator.Run(ctx, time.Minute, s.cfg.RootRotateBefore, s.metrics.rotation.ObserveStep)
+		})
 	}
 	for _, run := range s.cfg.Runners {
 		g.Go(func() error { return run(ctx) })

@@ -14,6 +14,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -40,7 +41,7 @@ type Rotator struct {
 	// years.
 	RootTTL time.Duration
 	// Policy holds the waits between the phases.
-	Policy material.RotationPolicy
+	Policy rotation.Policy
 	// Now returns the current time. Default: time.Now.
 	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
@@ -65,7 +66,7 @@ func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
 
 // dirState is what an upstream-signed CA's data directory holds.
 type dirState struct {
-	st     material.RotationState
+	st     rotation.State
 	active *x509.Certificate   // root of the kept intermediate
 	bundle []*x509.Certificate // root-cert.pem, as served
 	next   *x509.Certificate   // prepared root, if any
@@ -81,7 +82,7 @@ func (r *Rotator) read() (*dirState, error) {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
 	d := &dirState{active: chain[len(chain)-1]}
-	if d.st, err = material.ReadRotationState(r.Dir); err != nil {
+	if d.st, err = rotation.ReadState(r.Dir); err != nil {
 		return nil, err
 	}
 	if d.bundle, err = pemfile.ReadCertificates(r.path(RootCertFile)); err != nil {
@@ -126,7 +127,7 @@ func readOptional(path string) ([]byte, error) {
 }
 
 // begin loads the directory for a step that needs phase want.
-func (r *Rotator) begin(ctx context.Context, want material.Phase) (*dirState, error) {
+func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (*dirState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
 	if r.Upstream == nil {
 		return nil, errors.New("upstream: preparing a root needs the upstream (Vault) to look up or create its issuer")
 	}
-	d, err := r.begin(ctx, material.PhaseSteady)
+	d, err := r.begin(ctx, rotation.PhaseSteady)
 	if err != nil {
 		return nil, err
 	}
@@ -178,8 +179,8 @@ func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
 	if err := pemfile.WriteCertificates(r.path(NextRootCertFile), []*x509.Certificate{iss.Root()}); err != nil {
 		return nil, fmt.Errorf("upstream: %w", err)
 	}
-	st := material.RotationState{Phase: material.PhasePrepared, PreparedAt: now, Issuer: d.st.Issuer, NextIssuer: iss.ID, Retired: d.st.Retired}
-	if err := material.WriteRotationState(r.Dir, st); err != nil {
+	st := rotation.State{Phase: rotation.PhasePrepared, PreparedAt: now, Issuer: d.st.Issuer, NextIssuer: iss.ID, Retired: d.st.Retired}
+	if err := rotation.WriteState(r.Dir, st); err != nil {
 		return nil, err
 	}
 	r.log().Info("prepared a new root; the CA adds it to the trust bundle and keeps signing under the old one",
@@ -189,7 +190,7 @@ func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
 
 // checkNextRoot refuses an issuer whose root cannot replace active: not a
 // root, the active root itself, expired, or expiring before an SVID could.
-func checkNextRoot(iss *Issuer, active *x509.Certificate, now time.Time, p material.RotationPolicy) error {
+func checkNextRoot(iss *Issuer, active *x509.Certificate, now time.Time, p rotation.Policy) error {
 	root := iss.Root()
 	switch {
 	case !root.IsCA || !ca.IsSelfSigned(root):
@@ -208,7 +209,7 @@ func checkNextRoot(iss *Issuer, active *x509.Certificate, now time.Time, p mater
 // now on. It refuses before the propagation delay has passed, or while the
 // CA has not served the new root yet, unless force is set.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	d, err := r.begin(ctx, material.PhasePrepared)
+	d, err := r.begin(ctx, rotation.PhasePrepared)
 	if err != nil {
 		return err
 	}
@@ -220,12 +221,12 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	case d.next == nil:
 		return fmt.Errorf("upstream: %s is missing; prepare the rotation again", r.path(NextRootCertFile))
 	case d.st.NextIssuer == "":
-		return fmt.Errorf("upstream: %s names no prepared issuer; prepare the rotation again", r.path(material.RotationFile))
+		return fmt.Errorf("upstream: %s names no prepared issuer; prepare the rotation again", r.path(rotation.File))
 	case !containsCert(d.bundle, d.next) && !force:
 		return fmt.Errorf("upstream: the CA has not served the prepared root yet (%s lacks it); is a CA running on %s?", r.path(RootCertFile), r.Dir)
 	}
 	st := d.st.Activated(now, r.Policy)
-	if err := material.WriteRotationState(r.Dir, st); err != nil {
+	if err := rotation.WriteState(r.Dir, st); err != nil {
 		return err
 	}
 	r.log().Info("activated the new root; the CA has its issuer sign a new intermediate, and keeps the old root in the bundle until its SVIDs expire",
@@ -237,7 +238,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 // refuses while an SVID signed under the old root may still be valid, or
 // while the CA still signs under the old root, unless force is set.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	d, err := r.begin(ctx, material.PhaseActivated)
+	d, err := r.begin(ctx, rotation.PhaseActivated)
 	if err != nil {
 		return err
 	}
@@ -252,12 +253,12 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	}
 	retired := slices.Clone(d.st.Retired)
 	for _, c := range d.bundle {
-		if fp := material.Fingerprint(c); !c.Equal(d.next) && !slices.Contains(retired, fp) {
+		if fp := rotation.Fingerprint(c); !c.Equal(d.next) && !slices.Contains(retired, fp) {
 			retired = append(retired, fp)
 		}
 	}
-	st := material.RotationState{Phase: material.PhaseSteady, Issuer: d.st.Issuer, Retired: retired}
-	if err := material.WriteRotationState(r.Dir, st); err != nil {
+	st := rotation.State{Phase: rotation.PhaseSteady, Issuer: d.st.Issuer, Retired: retired}
+	if err := rotation.WriteState(r.Dir, st); err != nil {
 		return err
 	}
 	if err := os.Remove(r.path(NextRootCertFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -269,25 +270,16 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 
 // Status reports the roots of the bundle the CA serves, the prepared root
 // if the CA has not served it yet, and the rotation phase.
-func (r *Rotator) Status() (*material.RotationStatus, error) {
+func (r *Rotator) Status() (*rotation.Status, error) {
 	d, err := r.read()
 	if err != nil {
 		return nil, err
 	}
-	out := r.Policy.Status(material.ModeUpstream, d.st)
+	out := r.Policy.Status(rotation.ModeUpstream, d.st)
 	roots := d.bundle
-	if d.next != nil && d.st.Phase == material.PhasePrepared && !containsCert(roots, d.next) {
+	if d.next != nil && d.st.Phase == rotation.PhasePrepared && !containsCert(roots, d.next) {
 		roots = append(slices.Clone(roots), d.next)
 	}
-	for _, c := range roots {
-		state := material.RootRetiring
-		switch {
-		case c.Equal(d.active):
-			state = material.RootActive
-		case d.next != nil && c.Equal(d.next):
-			state = material.RootPrepared
-		}
-		out.AddRoot(c, state)
-	}
+	out.AddRoots(roots, d.active, d.next)
 	return out, nil
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
@@ -147,12 +147,12 @@ func TestRotationPhases(t *testing.T) {
 	s, stop := startSource(t, mount, dir)
 	clk := &clock{now: time.Now()}
 	r := &Rotator{Dir: dir, Upstream: mount, TrustDomain: td, Now: clk.Now,
-		Policy: material.RotationPolicy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute}}
+		Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute}}
 	ctx := context.Background()
 	root1 := s.Authority().Root()
 
 	st, err := r.Status()
-	if err != nil || st.Phase != material.PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != material.RootActive || st.Mode != material.ModeUpstream {
+	if err != nil || st.Phase != rotation.PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != rotation.RootActive || st.Mode != rotation.ModeUpstream {
 		t.Fatalf("status = %+v, %v", st, err)
 	}
 	wantErr(t, r.Activate(ctx, false), "nothing to activate")
@@ -176,7 +176,7 @@ func TestRotationPhases(t *testing.T) {
 	_, err = r.Prepare(ctx, "")
 	wantErr(t, err, "already in progress")
 	wantErr(t, r.Activate(ctx, false), "wait until")
-	if st, _ := r.Status(); st.Phase != material.PhasePrepared || st.NextIssuer != iss.ID || st.ActivateAfter.IsZero() {
+	if st, _ := r.Status(); st.Phase != rotation.PhasePrepared || st.NextIssuer != iss.ID || st.ActivateAfter.IsZero() {
 		t.Fatalf("status after prepare = %+v", st)
 	}
 
@@ -191,9 +191,9 @@ func TestRotationPhases(t *testing.T) {
 	}
 	st, _ = r.Status()
 	for _, rs := range st.Roots {
-		want := material.RootRetiring
+		want := rotation.RootRetiring
 		if rs.Cert.Equal(root2) {
-			want = material.RootActive
+			want = rotation.RootActive
 		}
 		if rs.State != want {
 			t.Errorf("root %s is %s, want %s", rs.Subject, rs.State, want)
@@ -208,7 +208,7 @@ func TestRotationPhases(t *testing.T) {
 	}
 	waitUntil(t, "the bundle holds only the new root", func() bool { return sameCerts(s.Authority().Roots, root2) })
 	waitUntil(t, "root-cert.pem holds only the new root", func() bool { return sameCerts(bundleFile(t, dir), root2) })
-	if st, _ := r.Status(); st.Phase != material.PhaseSteady || st.Issuer != iss.ID || len(st.Roots) != 1 {
+	if st, _ := r.Status(); st.Phase != rotation.PhaseSteady || st.Issuer != iss.ID || len(st.Roots) != 1 {
 		t.Fatalf("status after retire = %+v", st)
 	}
 	if _, err := os.Stat(filepath.Join(dir, NextRootCertFile)); !os.IsNotExist(err) {
@@ -234,7 +234,7 @@ func TestRotationRefusesUnsafeSteps(t *testing.T) {
 	dir := t.TempDir()
 	s, stop := startSource(t, mount, dir)
 	stop() // the CA is down: nothing it would do happens.
-	r := &Rotator{Dir: dir, Upstream: mount, Policy: material.RotationPolicy{PropagationDelay: time.Millisecond, MaxTTL: time.Minute}}
+	r := &Rotator{Dir: dir, Upstream: mount, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Minute}}
 	ctx := context.Background()
 	if _, err := r.Prepare(ctx, ""); err != nil {
 		t.Fatal(err)
@@ -260,7 +260,7 @@ func TestRotationRefusesUnsafeSteps(t *testing.T) {
 	waitUntil(t, "the old root is retired", func() bool { return len(s.Authority().Roots) == 1 })
 
 	// A damaged rotation.json is refused at start and ignored while running.
-	state := filepath.Join(dir, material.RotationFile)
+	state := filepath.Join(dir, rotation.File)
 	if err := os.WriteFile(state, []byte(`{"phase":"half-done"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}

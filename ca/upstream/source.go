@@ -30,7 +30,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
-	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -85,7 +85,7 @@ type Config struct {
 	ReloadInterval time.Duration
 	// RotationPolicy holds the waits between rotation phases, for
 	// RotationStatus.
-	RotationPolicy material.RotationPolicy
+	RotationPolicy rotation.Policy
 	// Registerer, if set, receives the Source's metrics.
 	Registerer prometheus.Registerer
 	// Now returns the current time. Default: time.Now.
@@ -100,8 +100,8 @@ type Source struct {
 	m   *metrics
 	cur atomic.Pointer[ca.Authority]
 
-	mu          sync.Mutex // serialises renewals and bundle changes
-	rot         rotation   // guarded by mu
+	mu          sync.Mutex  // serialises renewals and bundle changes
+	rot         dirRotation // guarded by mu
 	stateMu     sync.Mutex
 	lastErr     error
 	failingFrom time.Time
@@ -116,9 +116,9 @@ type Source struct {
 	retained []retainedRoot
 }
 
-// rotation is the root rotation state last read from the data directory.
-type rotation struct {
-	st   material.RotationState
+// dirRotation is the root rotation state last read from the data directory.
+type dirRotation struct {
+	st   rotation.State
 	next *x509.Certificate // the prepared root, until retirement
 	seen string            // rotation.json and the prepared root, as read
 	err  string            // the last error reading them, logged once
@@ -513,48 +513,48 @@ func (s *Source) authority() (Authority, error) {
 	}
 	m, ok := s.cfg.Upstream.(interface{ WithIssuer(string) Authority })
 	if !ok {
-		return nil, fmt.Errorf("upstream: %s names issuer %q, but %s has a single issuer", filepath.Join(s.cfg.DataDir, material.RotationFile), ref, s.cfg.Upstream)
+		return nil, fmt.Errorf("upstream: %s names issuer %q, but %s has a single issuer", filepath.Join(s.cfg.DataDir, rotation.File), ref, s.cfg.Upstream)
 	}
 	return m.WithIssuer(ref), nil
 }
 
 // readRotation reads the rotation state and the prepared root from the
 // data directory, and reports whether they changed since s.rot.
-func (s *Source) readRotation() (rotation, bool, error) {
-	statePath := filepath.Join(s.cfg.DataDir, material.RotationFile)
+func (s *Source) readRotation() (dirRotation, bool, error) {
+	statePath := filepath.Join(s.cfg.DataDir, rotation.File)
 	raw, err := readOptional(statePath)
 	if err != nil {
-		return rotation{}, false, err
+		return dirRotation{}, false, err
 	}
 	nextPath := filepath.Join(s.cfg.DataDir, NextRootCertFile)
 	next, err := readOptional(nextPath)
 	if err != nil {
-		return rotation{}, false, err
+		return dirRotation{}, false, err
 	}
 	seen := string(raw) + "\x00" + string(next)
 	if seen == s.rot.seen {
 		return s.rot, false, nil
 	}
-	r := rotation{seen: seen, st: material.RotationState{Phase: material.PhaseSteady}}
+	r := dirRotation{seen: seen, st: rotation.State{Phase: rotation.PhaseSteady}}
 	if raw != nil {
-		if r.st, err = material.ParseRotationState(statePath, raw); err != nil {
-			return rotation{}, false, err
+		if r.st, err = rotation.ParseState(statePath, raw); err != nil {
+			return dirRotation{}, false, err
 		}
 	}
 	if next != nil {
 		if r.next, err = parseNextRoot(nextPath, next); err != nil {
-			return rotation{}, false, err
+			return dirRotation{}, false, err
 		}
 	}
-	if r.st.Phase != material.PhaseSteady && r.next == nil {
-		return rotation{}, false, fmt.Errorf("upstream: %s says %s, but %s is missing", material.RotationFile, r.st.Phase, NextRootCertFile)
+	if r.st.Phase != rotation.PhaseSteady && r.next == nil {
+		return dirRotation{}, false, fmt.Errorf("upstream: %s says %s, but %s is missing", rotation.File, r.st.Phase, NextRootCertFile)
 	}
 	return r, true, nil
 }
 
 // retired reports whether a rotation retired root c.
 func (s *Source) retired(c *x509.Certificate) bool {
-	return slices.Contains(s.rot.st.Retired, material.Fingerprint(c))
+	return slices.Contains(s.rot.st.Retired, rotation.Fingerprint(c))
 }
 
 // switchDue reports whether an activated rotation waits for the
@@ -562,7 +562,7 @@ func (s *Source) retired(c *x509.Certificate) bool {
 // being built.
 func (s *Source) switchDue() bool {
 	a := s.cur.Load()
-	return s.rot.st.Phase == material.PhaseActivated && s.rot.next != nil && a != nil && !a.Root().Equal(s.rot.next)
+	return s.rot.st.Phase == rotation.PhaseActivated && s.rot.next != nil && a != nil && !a.Root().Equal(s.rot.next)
 }
 
 // watchRotation takes the rotation steps recorded in the data directory,
@@ -640,7 +640,7 @@ func (s *Source) rebundle() error {
 
 // RotationStatus reports the roots of the bundle and the root rotation
 // phase, as the data directory records them.
-func (s *Source) RotationStatus() (*material.RotationStatus, error) {
+func (s *Source) RotationStatus() (*rotation.Status, error) {
 	r := &Rotator{Dir: s.cfg.DataDir, Policy: s.cfg.RotationPolicy}
 	return r.Status()
 }

@@ -1,0 +1,87 @@
+package rotation
+
+import (
+	"fmt"
+	"time"
+)
+
+// The defaults of Policy, for every CA mode.
+const (
+	DefaultPropagationDelay = time.Hour
+	DefaultMaxTTL           = 24 * time.Hour
+	DefaultRetireMargin     = 10 * time.Minute
+)
+
+// Policy holds the waits between the phases of a rotation. Zero values
+// select the defaults above.
+type Policy struct {
+	// PropagationDelay is how long a prepared root must sit in the bundle
+	// before it may sign: the time the bundle needs to reach every peer.
+	PropagationDelay time.Duration
+	// MaxTTL is the CA's longest SVID lifetime; the old root is kept that
+	// long after activation.
+	MaxTTL time.Duration
+	// RetireMargin is added to MaxTTL before the old root may be retired,
+	// for clock skew between the CA and its peers.
+	RetireMargin time.Duration
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// ActivateAfter is when a root prepared at preparedAt may sign.
+func (p Policy) ActivateAfter(preparedAt time.Time) time.Time {
+	return preparedAt.Add(orDefault(p.PropagationDelay, DefaultPropagationDelay))
+}
+
+// RetireAfter is when no SVID signed under the old root can still be
+// valid, for an activation at activatedAt.
+func (p Policy) RetireAfter(activatedAt time.Time) time.Time {
+	return activatedAt.Add(orDefault(p.MaxTTL, DefaultMaxTTL) + orDefault(p.RetireMargin, DefaultRetireMargin))
+}
+
+// CheckActivate refuses an activation at now of the rotation st before the
+// propagation delay has passed, unless force is set.
+func (p Policy) CheckActivate(st State, now time.Time, force bool) error {
+	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
+		return fmt.Errorf("rotation: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// CheckRetire refuses a retirement at now of the rotation st while an
+// SVID signed under the old root may still be valid, unless force is set.
+func (p Policy) CheckRetire(st State, now time.Time, force bool) error {
+	if now.Before(st.RetireAfter) && !force {
+		return fmt.Errorf("rotation: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Due says which automatic step st calls for at now, given its status s:
+// "prepare" when the active root has less than rotateBefore left (never
+// when rotateBefore is zero), "activate" once the propagation delay has
+// passed, "retire" once the old root's SVIDs have expired; "" for none.
+func Due(s *Status, now time.Time, rotateBefore time.Duration) string {
+	switch s.Phase {
+	case PhaseSteady:
+		for _, r := range s.Roots {
+			if rotateBefore > 0 && r.State == RootActive && r.NotAfter.Sub(now) < rotateBefore {
+				return "prepare"
+			}
+		}
+	case PhasePrepared:
+		if !now.Before(s.ActivateAfter) {
+			return "activate"
+		}
+	case PhaseActivated:
+		if !now.Before(s.RetireAfter) {
+			return "retire"
+		}
+	}
+	return ""
+}
