@@ -1,16 +1,19 @@
 package kubestore
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -43,41 +46,27 @@ const (
 	RetireAfterAnnotation   = "castellan.io/retire-after"
 )
 
-// Rotation phases, the values of RotationPhaseAnnotation.
+// Rotation phases, the values of RotationPhaseAnnotation (see package
+// rotation); no annotation is the steady phase.
 const (
-	PhasePrepared  = "prepared"
-	PhaseActivated = "activated"
+	PhasePrepared  = string(rotation.PhasePrepared)
+	PhaseActivated = string(rotation.PhaseActivated)
 )
 
-// Defaults of the rotation settings in Config.
-const (
-	DefaultPropagationDelay = time.Hour
-	DefaultMaxLeafTTL       = 24 * time.Hour
-	DefaultRetireMargin     = 10 * time.Minute
-	DefaultRotationInterval = time.Minute
-)
+// DefaultRotationInterval is how often the leader checks for a due step.
+const DefaultRotationInterval = time.Minute
+
+// policy is the rotation policy of the Store's Config.
+func (s *Store) policy() rotation.Policy {
+	return rotation.Policy{PropagationDelay: s.cfg.PropagationDelay, MaxTTL: s.cfg.MaxLeafTTL, RetireMargin: s.cfg.RetireMargin}
+}
 
 // rotate runs rotation steps every RotationInterval until ctx ends. It is
 // a leader job.
 func (s *Store) rotate(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.RotationInterval)
-	defer t.Stop()
-	for {
-		did, err := s.RotationStep(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			s.metrics.rotations.WithLabelValues("error").Inc()
-			s.log.Error("root rotation step failed; will retry", "error", err)
-		case did != "":
-			s.metrics.rotations.WithLabelValues(did).Inc()
-			s.log.Info("root rotation", "step", did)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	return rotation.Run(ctx, s.cfg.RotationInterval, s.RotationStep, s.log, func(step string) {
+		s.metrics.rotations.WithLabelValues(step).Inc()
+	})
 }
 
 // RotationStep takes the next root rotation step if one is due, and says
@@ -109,7 +98,7 @@ func (s *Store) RotationStep(ctx context.Context) (string, error) {
 			return "", err
 		}
 		upd.Annotations[RotationPhaseAnnotation] = PhaseActivated
-		upd.Annotations[RetireAfterAnnotation] = now.Add(s.cfg.MaxLeafTTL + s.cfg.RetireMargin).UTC().Format(time.RFC3339)
+		upd.Annotations[RetireAfterAnnotation] = s.policy().RetireAfter(now).UTC().Format(time.RFC3339)
 		delete(upd.Annotations, ActivateAfterAnnotation)
 		step = "activate"
 	case PhaseActivated:
@@ -168,7 +157,7 @@ func (s *Store) prepare(upd *corev1.Secret, now time.Time) (string, error) {
 	upd.Data[NextCAKeyKey] = keyPEM
 	upd.Data[RootCertKey] = pemfile.EncodeCertificates(append(a.Roots, root))
 	upd.Annotations[RotationPhaseAnnotation] = PhasePrepared
-	upd.Annotations[ActivateAfterAnnotation] = now.Add(s.cfg.PropagationDelay).UTC().Format(time.RFC3339)
+	upd.Annotations[ActivateAfterAnnotation] = s.policy().ActivateAfter(now).UTC().Format(time.RFC3339)
 	return "prepare", nil
 }
 
@@ -201,4 +190,82 @@ func annotationTime(sec *corev1.Secret, name string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("kubestore: rotation: annotation %s=%q is not an RFC 3339 time", name, v)
 	}
 	return t, nil
+}
+
+// RotationStatus reports the roots of the bundle in the CA Secret last
+// seen and the rotation phase, for the CA's metrics.
+func (s *Store) RotationStatus() (*rotation.Status, error) {
+	s.mu.Lock()
+	sec := s.last
+	s.mu.Unlock()
+	if sec == nil {
+		return nil, errors.New("kubestore: the CA Secret has not been read yet")
+	}
+	return SecretStatus(sec)
+}
+
+// SecretStatus reports the roots of the bundle in the CA Secret sec and
+// the rotation phase its annotations record.
+func SecretStatus(sec *corev1.Secret) (*rotation.Status, error) {
+	where := "Secret " + sec.Namespace + "/" + sec.Name
+	out := &rotation.Status{Mode: rotation.ModeKubernetes, Phase: rotation.PhaseSteady}
+	var err error
+	switch phase := sec.Annotations[RotationPhaseAnnotation]; phase {
+	case "":
+	case PhasePrepared:
+		out.Phase = rotation.PhasePrepared
+		out.ActivateAfter, err = annotationTime(sec, ActivateAfterAnnotation)
+	case PhaseActivated:
+		out.Phase = rotation.PhaseActivated
+		out.RetireAfter, err = annotationTime(sec, RetireAfterAnnotation)
+	default:
+		err = fmt.Errorf("kubestore: %s: unknown phase %q in annotation %s", where, phase, RotationPhaseAnnotation)
+	}
+	if err != nil {
+		return nil, err
+	}
+	parse := func(key string, required bool) ([]*x509.Certificate, error) {
+		if len(bytes.TrimSpace(sec.Data[key])) == 0 && !required {
+			return nil, nil
+		}
+		certs, err := pemfile.ParseCertificates(sec.Data[key])
+		if err != nil {
+			return nil, fmt.Errorf("kubestore: %s: %s: %w", where, key, err)
+		}
+		return certs, nil
+	}
+	bundle, err := parse(RootCertKey, true)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := parse(CACertKey, true)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := parse(CertChainKey, false)
+	if err != nil {
+		return nil, err
+	}
+	nexts, err := parse(NextCACertKey, false)
+	if err != nil {
+		return nil, err
+	}
+	// The active root is the top of the signing chain, or the root that
+	// signed it.
+	top := certs[0]
+	if len(chain) > 0 {
+		top = chain[len(chain)-1]
+	}
+	var active, next *x509.Certificate
+	for _, r := range bundle {
+		if r.Equal(top) || (!ca.IsSelfSigned(top) && top.CheckSignatureFrom(r) == nil) {
+			active = r
+			break
+		}
+	}
+	if len(nexts) > 0 {
+		next = nexts[0]
+	}
+	out.AddRoots(bundle, active, next)
+	return out, nil
 }

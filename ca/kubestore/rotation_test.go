@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -41,6 +42,24 @@ func TestRotationSteps(t *testing.T) {
 		}
 		if got != want {
 			t.Fatalf("step at %v = %q, want %q", at, got, want)
+		}
+		// The status of the rotation, as the metrics and "castellan ca
+		// rotate status" report it, follows each step.
+		st, err := s.RotationStatus()
+		if err != nil {
+			t.Fatalf("status at %v: %v", at, err)
+		}
+		wantPhase := map[string]rotation.Phase{"": st.Phase, "prepare": rotation.PhasePrepared, "activate": rotation.PhaseActivated, "retire": rotation.PhaseSteady}[want]
+		if st.Mode != rotation.ModeKubernetes || st.Phase != wantPhase || len(st.Roots) != len(s.Authority().Roots) {
+			t.Fatalf("status after %q: %s/%s with %d roots", want, st.Mode, st.Phase, len(st.Roots))
+		}
+		for _, r := range st.Roots {
+			if (r.State == rotation.RootActive) != r.Cert.Equal(s.Authority().Root()) {
+				t.Fatalf("status after %q: root %s is %s", want, r.Serial, r.State)
+			}
+			if r.State == rotation.RootPrepared && st.Phase != rotation.PhasePrepared {
+				t.Fatalf("status after %q: a prepared root in phase %s", want, st.Phase)
+			}
 		}
 	}
 

@@ -93,14 +93,14 @@ type Config struct {
 	// RotationStep). Zero disables rotation.
 	RotateBefore time.Duration
 	// PropagationDelay is how long a new root sits in the trust bundle
-	// before it signs. Default: DefaultPropagationDelay.
+	// before it signs. Default: rotation.DefaultPropagationDelay.
 	PropagationDelay time.Duration
 	// MaxLeafTTL is the longest SVID lifetime the CA grants; the old root
 	// leaves the bundle that long (plus RetireMargin) after the new one
-	// starts signing. Default: DefaultMaxLeafTTL.
+	// starts signing. Default: rotation.DefaultMaxTTL.
 	MaxLeafTTL time.Duration
 	// RetireMargin is added to MaxLeafTTL before the old root is retired.
-	// Default: DefaultRetireMargin.
+	// Default: rotation.DefaultRetireMargin.
 	RetireMargin time.Duration
 	// RotationInterval is how often the leader checks whether a rotation
 	// step is due. Default: DefaultRotationInterval.
@@ -145,6 +145,7 @@ type Store struct {
 	closing  bool
 
 	mu         sync.Mutex
+	last       *corev1.Secret // the latest content seen
 	hash       [sha256.Size]byte
 	lost       bool  // the Secret was deleted after it was loaded
 	readErr    error // the latest direct read failed
@@ -185,15 +186,6 @@ func New(cfg Config) (*Store, error) {
 	}
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = DefaultRecheckInterval
-	}
-	if cfg.PropagationDelay == 0 {
-		cfg.PropagationDelay = DefaultPropagationDelay
-	}
-	if cfg.MaxLeafTTL == 0 {
-		cfg.MaxLeafTTL = DefaultMaxLeafTTL
-	}
-	if cfg.RetireMargin == 0 {
-		cfg.RetireMargin = DefaultRetireMargin
 	}
 	if cfg.RotationInterval == 0 {
 		cfg.RotationInterval = DefaultRotationInterval
@@ -322,7 +314,7 @@ func (s *Store) observe(sec *corev1.Secret) {
 	h := hashData(sec.Data)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.lost, s.readErr = false, nil
+	s.lost, s.readErr, s.last = false, nil, sec
 	if h == s.hash && s.cur.Load() != nil {
 		return
 	}

@@ -85,7 +85,7 @@ type Config struct {
 	// before it signs. Default: 1h.
 	RootPropagationDelay time.Duration
 	// RootRetireMargin is kept after the longest SVID lifetime before an
-	// old root is retired, for clock skew. Default: 2m.
+	// old root is retired, for clock skew. Default: rotation.DefaultRetireMargin.
 	RootRetireMargin time.Duration
 	// ReloadInterval is how often the data directory is checked for
 	// changes (new cacerts, rotation steps). Default: 5s.
