@@ -5,7 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
-	"encoding/pem"
+	"encoding/base64"
 	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -48,11 +48,11 @@ func parseCSRFast(pemBytes []byte, id spiffeid.ID) (key csrKey, handled bool, er
 	if len(pemBytes) == 0 || len(pemBytes) > MaxCSRSize {
 		return csrKey{}, false, nil
 	}
-	block, rest := pem.Decode(pemBytes)
-	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) != 0 {
+	der, ok := decodeCSRPEM(pemBytes)
+	if !ok {
 		return csrKey{}, false, nil
 	}
-	in := cryptobyte.String(block.Bytes)
+	in := cryptobyte.String(der)
 	var csr, tbsRaw, sigAlg cryptobyte.String
 	var sig cryptobyte.String
 	var unused uint8
@@ -199,4 +199,67 @@ func onlyID(attrs cryptobyte.String, id spiffeid.ID) bool {
 		}
 	}
 	return true
+}
+
+const (
+	csrPEMBegin = "-----BEGIN CERTIFICATE REQUEST-----"
+	csrPEMEnd   = "-----END CERTIFICATE REQUEST-----"
+)
+
+// decodeCSRPEM decodes a CSR in the PEM layout encoders write: the BEGIN
+// line first, lines of base64 ending in LF or CRLF, the END line, then
+// whitespace at most. It is false for any other layout (text before the
+// block, headers, blanks or spaces inside, bad base64), which
+// encoding/pem then judges; on what it accepts, the two agree (a fuzz
+// target holds them together).
+func decodeCSRPEM(in []byte) ([]byte, bool) {
+	body, ok := bytes.CutPrefix(in, []byte(csrPEMBegin))
+	if !ok {
+		return nil, false
+	}
+	if body, ok = bytes.CutPrefix(body, []byte("\n")); !ok {
+		if body, ok = bytes.CutPrefix(body, []byte("\r\n")); !ok {
+			return nil, false
+		}
+	}
+	end := bytes.Index(body, []byte(csrPEMEnd))
+	if end < 0 {
+		return nil, false
+	}
+	// After the END line: nothing, or its line end and whitespace.
+	if after := body[end+len(csrPEMEnd):]; len(after) > 0 {
+		after, ok = bytes.CutPrefix(after, []byte("\n"))
+		if !ok {
+			if after, ok = bytes.CutPrefix(after, []byte("\r\n")); !ok {
+				return nil, false
+			}
+		}
+		if len(bytes.TrimSpace(after)) != 0 {
+			return nil, false
+		}
+	}
+	body = body[:end]
+	b64 := make([]byte, 0, len(body))
+	for len(body) > 0 {
+		// Each line ends with LF or CRLF.
+		var line []byte
+		var found bool
+		line, body, found = bytes.Cut(body, []byte("\n"))
+		if !found {
+			return nil, false
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		for _, c := range line {
+			if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '=') {
+				return nil, false
+			}
+		}
+		b64 = append(b64, line...)
+	}
+	der := make([]byte, base64.StdEncoding.DecodedLen(len(b64)))
+	n, err := base64.StdEncoding.Decode(der, b64)
+	if err != nil || n == 0 {
+		return nil, false
+	}
+	return der[:n], true
 }

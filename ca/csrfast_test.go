@@ -122,3 +122,29 @@ func FuzzParseCSRFast(f *testing.F) {
 		checkFastMatchesReference(t, in, testID)
 	})
 }
+
+// FuzzDecodeCSRPEM holds the CSR's PEM decoding to encoding/pem's on
+// whatever it accepts.
+func FuzzDecodeCSRPEM(f *testing.F) {
+	for _, tc := range fastPathCSRs(f) {
+		f.Add(tc.csr)
+	}
+	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\r\nMAA=\r\n-----END CERTIFICATE REQUEST-----\r\n"))
+	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\n\nMA\nA=\n-----END CERTIFICATE REQUEST-----  \n"))
+	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\nA: b\n\nMAA=\n-----END CERTIFICATE REQUEST-----\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		der, ok := decodeCSRPEM(in)
+		if !ok {
+			return
+		}
+		block, rest := pem.Decode(in)
+		switch {
+		case block == nil:
+			t.Fatalf("decoded %x; encoding/pem finds no block", der)
+		case block.Type != "CERTIFICATE REQUEST" || len(block.Headers) != 0 || len(bytes.TrimSpace(rest)) != 0:
+			t.Fatalf("decoded %x; encoding/pem finds type %q, headers %v, %d trailing bytes", der, block.Type, block.Headers, len(bytes.TrimSpace(rest)))
+		case !bytes.Equal(der, block.Bytes):
+			t.Fatalf("decoded %x; encoding/pem decodes %x", der, block.Bytes)
+		}
+	})
+}
