@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,5 +128,54 @@ func TestRotationLeavesPluggedInMaterialAlone(t *testing.T) {
 	}
 	if got, err := s.RotationStep(context.Background()); err != nil || got != "" {
 		t.Fatalf("RotationStep on plugged-in material = %q, %v; want nothing", got, err)
+	}
+}
+
+// TestManualRotation takes the steps by hand, as "castellan ca rotate
+// --material=kubernetes" does: each refuses out of phase or before it is
+// safe, unless forced, and the Store picks each step up.
+func TestManualRotation(t *testing.T) {
+	client := fake.NewClientset()
+	s, err := New(fastConfig(client, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.ensureSecret(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := s.Authority().Cert
+	r := &Rotator{Client: client, Namespace: testNS, SecretName: DefaultSecretName, TrustDomain: testTD,
+		Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour}}
+	steps := []struct {
+		name    string
+		do      func() error
+		wantErr string
+		phase   rotation.Phase
+	}{
+		{"activate before prepare", func() error { return r.Activate(ctx, true) }, "nothing to activate", rotation.PhaseSteady},
+		{"prepare from a directory", func() error { return r.Prepare(ctx, "/tmp/cacerts") }, "generated", rotation.PhaseSteady},
+		{"prepare", func() error { return r.Prepare(ctx, "") }, "", rotation.PhasePrepared},
+		{"prepare twice", func() error { return r.Prepare(ctx, "") }, "already in progress", rotation.PhasePrepared},
+		{"early activate", func() error { return r.Activate(ctx, false) }, "wait, or force", rotation.PhasePrepared},
+		{"forced activate", func() error { return r.Activate(ctx, true) }, "", rotation.PhaseActivated},
+		{"early retire", func() error { return r.Retire(ctx, false) }, "may be valid until", rotation.PhaseActivated},
+		{"forced retire", func() error { return r.Retire(ctx, true) }, "", rotation.PhaseSteady},
+	}
+	for _, st := range steps {
+		err := st.do()
+		if (st.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), st.wantErr)) {
+			t.Fatalf("%s: %v, want error %q", st.name, err, st.wantErr)
+		}
+		status, err := r.Status(ctx)
+		if err != nil || status.Phase != st.phase {
+			t.Fatalf("%s: status %+v, %v; want phase %s", st.name, status, err, st.phase)
+		}
+		if err := s.readOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := s.Authority(); a.Cert.Equal(old) || len(a.Roots) != 1 {
+		t.Fatal("after the manual rotation the old root still signs or is trusted")
 	}
 }

@@ -13,7 +13,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca/kubestore"
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/kms"
@@ -21,7 +23,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// runCARotate is "castellan ca rotate prepare|activate|retire|status".
+// runCARotate is "castellan ca rotate prepare|activate|retire|status", the
+// same for every CA mode: a data directory (self-signed or plugged-in), an
+// upstream-signed intermediate, or a Kubernetes Secret.
 func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError{Err: errors.New("usage: castellan ca rotate prepare|activate|retire|status [flags]")}
@@ -38,6 +42,11 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	force := fs.Bool("force", false, "activate or retire before it is known to be safe")
 	format := fs.String("format", "text", "status output: text or json")
 	var k kmsFlags
+	var kube kubeFlags
+	fs.StringVar(&kube.material, "material", materialDir, "where the CA material lives: dir (--data-dir) or kubernetes (the CA Secret)")
+	fs.StringVar(&kube.namespace, "namespace", envOr("POD_NAMESPACE", "castellan-system"), "namespace of the CA Secret, with --material=kubernetes")
+	fs.StringVar(&kube.secretName, "secret-name", kubestore.DefaultSecretName, "the CA Secret, with --material=kubernetes")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig, with --material=kubernetes (in-cluster config when empty)")
 	fs.StringVar(&k.upstream, "upstream", "", `"vault" for a CA whose intermediate Vault's PKI engine signs (found from --data-dir when empty)`)
 	fs.StringVar(&k.keyURI, "signer-key-uri", "", "prepare: the self-signed root's key store, as given to \"castellan ca\" (pkcs11:..., vault-transit://...); the next root's key is created there")
 	fs.StringVar(&k.keyAlg, "signer-key-algorithm", "ecdsa-p256", "prepare: algorithm of the next root's key in --signer-key-uri's store")
@@ -55,11 +64,19 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
 	}
-	policy := material.RotationPolicy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
+	policy := rotation.Policy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
 	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}
-	var r rotator = mr
+	var r rotation.Rotator = dirRotator{mr}
 	isUpstream := upstreamDir(*dataDir)
 	switch {
+	case kube.material != materialDir && kube.material != materialKubernetes:
+		return usageError{Err: fmt.Errorf("--material %q: want %s or %s", kube.material, materialDir, materialKubernetes)}
+	case kube.material == materialKubernetes:
+		client, err := (&caDeps{kubeconfig: *kubeconfig}).kubeClient()
+		if err != nil {
+			return fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
+		}
+		r = &kubestore.Rotator{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: *rootTTL, Policy: policy}
 	case k.upstream != "" && k.upstream != "vault":
 		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
 	case k.upstream == "vault" || isUpstream:
@@ -97,7 +114,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	st, err := r.Status()
+	st, err := r.Status(ctx)
 	if err != nil {
 		return err
 	}
@@ -110,21 +127,20 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
-// rotator is a root rotation of one CA mode.
-type rotator interface {
-	Prepare(ctx context.Context, from string) error
-	Activate(ctx context.Context, force bool) error
-	Retire(ctx context.Context, force bool) error
-	Status() (*material.RotationStatus, error)
-}
+// dirRotator adapts material.Rotator to rotation.Rotator.
+type dirRotator struct{ *material.Rotator }
 
-// upstreamRotator adapts upstream.Rotator to rotator.
+func (d dirRotator) Status(context.Context) (*rotation.Status, error) { return d.Rotator.Status() }
+
+// upstreamRotator adapts upstream.Rotator to rotation.Rotator.
 type upstreamRotator struct{ *upstream.Rotator }
 
 func (u upstreamRotator) Prepare(ctx context.Context, from string) error {
 	_, err := u.Rotator.Prepare(ctx, from)
 	return err
 }
+
+func (u upstreamRotator) Status(context.Context) (*rotation.Status, error) { return u.Rotator.Status() }
 
 // openRing opens the key store --signer-key-uri names.
 func (k *kmsFlags) openRing(ctx context.Context, d *caDeps) (*kms.Ring, error) {
@@ -163,7 +179,7 @@ func newCLILogger(w io.Writer) *slog.Logger {
 	}))
 }
 
-func printRotation(w io.Writer, st *material.RotationStatus) {
+func printRotation(w io.Writer, st *rotation.Status) {
 	fmt.Fprintf(w, "mode   %s\nphase  %s\n", st.Mode, st.Phase)
 	if st.Issuer != "" {
 		fmt.Fprintf(w, "issuer          %s\n", st.Issuer)
