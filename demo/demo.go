@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-served }()
+	defer func() { cancel(); _ = <-served }() // the demo's outcome is already decided
 	root := srv.Source().Authority().Root()
 	fmt.Fprintf(out, "== CA\n   gRPC %s (TLS), HTTP %s, data dir %s\n   root %q, expires %s\n\n",
 		srv.GRPCAddr(), srv.HTTPAddr(), filepath.Join(cfg.DataDir, "ca"), root.Subject.String(), root.NotAfter.UTC().Format(time.RFC3339))
@@ -189,7 +189,7 @@ func runAgent(ctx context.Context, cfg Config, out io.Writer, caAddr, rootFile, 
 	actx, cancel := context.WithCancel(ctx)
 	ran := make(chan error, 1)
 	go func() { ran <- a.Run(actx) }()
-	defer func() { cancel(); <-ran }()
+	defer func() { cancel(); _ = <-ran }()
 	fmt.Fprintf(out, "== Agent\n   SDS %s, Workload API %s, files %s\n\n", sdsSock, wlSock, filepath.Join(dir, "certs"))
 
 	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)

@@ -26,7 +26,7 @@ func findSlot(module string, a PKCS11Attributes) (slotInfo, error) {
 		}
 		// Another key of this process holds the module open; leave it so.
 	} else {
-		defer p.Finalize()
+		defer func() { _ = p.Finalize() }() // nothing to do about a module that fails to close
 	}
 	slots, err := p.GetSlotList(true)
 	if err != nil {

@@ -232,7 +232,7 @@ func TestRotationPhases(t *testing.T) {
 func TestRotationRefusesUnsafeSteps(t *testing.T) {
 	mount := newFakeMount(t)
 	dir := t.TempDir()
-	s, stop := startSource(t, mount, dir)
+	_, stop := startSource(t, mount, dir)
 	stop() // the CA is down: nothing it would do happens.
 	r := &Rotator{Dir: dir, Upstream: mount, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Minute}}
 	ctx := context.Background()
@@ -249,7 +249,7 @@ func TestRotationRefusesUnsafeSteps(t *testing.T) {
 	wantErr(t, r.Retire(ctx, false), "still signs under the old root")
 
 	// A CA started now serves both roots and switches to the new issuer.
-	s, _ = startSource(t, mount, dir)
+	s, _ := startSource(t, mount, dir)
 	next, _ := readNextRoot(dir)
 	if !s.Authority().Root().Equal(next) || len(s.Authority().Roots) != 2 {
 		t.Fatalf("a CA started in the activated phase signs under %q with %d roots", s.Authority().Root().Subject, len(s.Authority().Roots))

@@ -73,7 +73,7 @@ func fetch(ctx context.Context, url string, client *http.Client) ([]byte, error)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096)) // drained for reuse; the status is the error
 		return nil, fmt.Errorf("source: fetching bundle %s: HTTP status %s", url, resp.Status)
 	}
 	return readAll(resp.Body, url)
