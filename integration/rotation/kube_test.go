@@ -1,0 +1,82 @@
+package rotation_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestKubernetesRotationCommand rotates the root of a CA whose material is
+// in a Kubernetes Secret with "castellan ca rotate --material=kubernetes",
+// the same steps as for a data directory, against a real API server while
+// the CA runs; the CA exports the rotation phase as every mode does.
+func TestKubernetesRotationCommand(t *testing.T) {
+	api := harness.StartAPIServer(t)
+	if _, err := api.Client.CoreV1().Namespaces().Create(context.Background(),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "castellan-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := harness.StartCAProcess(t, "--kubeconfig", api.Kubeconfig, "--material=kubernetes",
+		"--namespace=castellan-system", "--pod-name=castellan-ca-0", "--offline-bound-tokens=false", "--root-rotate-before=0")
+	bin := harness.Binary(t, "castellan")
+	rotate := func(want int, contains string, args ...string) {
+		t.Helper()
+		args = append([]string{"ca", "rotate"}, append(args, "--material=kubernetes", "--kubeconfig", api.Kubeconfig, "--namespace=castellan-system")...)
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != want || !strings.Contains(string(out), contains) {
+			t.Fatalf("castellan %s: exit %d, want %d and output containing %q:\n%s", strings.Join(args, " "), code, want, contains, out)
+		}
+	}
+	bundle := func() int {
+		resp, err := http.Get("http://" + p.HTTPAddr + "/bundle")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		certs, err := pemfile.ParseCertificates(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(certs)
+	}
+	phase := func(want string, roots int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for p.Metrics(t).Value("castellan_ca_rotation_phase", "phase", want) != 1 || bundle() != roots {
+			if time.Now().After(deadline) {
+				t.Fatalf("the CA does not report phase %s with %d roots:\n%s", want, roots, p.Logs())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	rotate(0, "mode   kubernetes", "status")
+	phase("steady", 1)
+	rotate(0, "phase  prepared", "prepare")
+	phase("prepared", 2)
+	rotate(1, "wait, or force", "activate")
+	rotate(0, "phase  activated", "activate", "--force")
+	phase("activated", 2)
+	rotate(1, "may be valid until", "retire")
+	rotate(0, "phase  steady", "retire", "--force")
+	phase("steady", 1)
+	if got := p.Metrics(t).Value("castellan_ca_rotation_status_errors_total"); got != 0 {
+		t.Fatalf("castellan_ca_rotation_status_errors_total = %v", got)
+	}
+}
