@@ -1,6 +1,8 @@
 package material
 
 import (
+	"github.com/castellan-mesh/castellan/ca/rotation"
+
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -88,22 +90,22 @@ func TestExternalKeyAutomaticRotation(t *testing.T) {
 	}
 	old := s.Authority().Cert
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, Keys: keys, Policy: RotationPolicy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &Rotator{Dir: dir, TrustDomain: td, Keys: keys, Policy: rotation.Policy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
 	// Status needs no key store: "castellan ca rotate status" has none.
 	bare := &Rotator{Dir: dir, Policy: r.Policy, Now: r.Now}
 	ctx := context.Background()
 	steps := []struct {
 		advance time.Duration
 		want    string
-		phase   Phase
+		phase   rotation.Phase
 	}{
-		{0, "", PhaseSteady},
-		{25 * time.Hour, "prepare", PhasePrepared},
-		{0, "", PhasePrepared},
-		{time.Minute, "activate", PhaseActivated},
-		{time.Minute, "", PhaseActivated},
-		{10 * time.Minute, "retire", PhaseSteady},
-		{0, "", PhaseSteady},
+		{0, "", rotation.PhaseSteady},
+		{25 * time.Hour, "prepare", rotation.PhasePrepared},
+		{0, "", rotation.PhasePrepared},
+		{time.Minute, "activate", rotation.PhaseActivated},
+		{time.Minute, "", rotation.PhaseActivated},
+		{10 * time.Minute, "retire", rotation.PhaseSteady},
+		{0, "", rotation.PhaseSteady},
 	}
 	for i, st := range steps {
 		now = now.Add(st.advance)
@@ -125,7 +127,7 @@ func TestExternalKeyAutomaticRotation(t *testing.T) {
 		}
 		active := 0
 		for _, root := range status.Roots {
-			if root.State == RootActive {
+			if root.State == rotation.RootActive {
 				active++
 				if !root.Cert.Equal(s.Authority().Cert) {
 					t.Fatalf("step %d: status says %s is active, the CA signs under %s", i, root.Serial, s.Authority().Cert.SerialNumber)
@@ -185,7 +187,7 @@ func TestExternalKeyRotationRefused(t *testing.T) {
 				}
 			}
 			st, err := r.Status()
-			if err != nil || st.Phase != PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != RootActive {
+			if err != nil || st.Phase != rotation.PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != rotation.RootActive {
 				t.Fatalf("status: %+v, %v", st, err)
 			}
 		})

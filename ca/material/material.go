@@ -334,7 +334,7 @@ func (s *Store) external() bool { return s.cfg.Signer != nil || s.cfg.Keys != ni
 // externalKey returns the active root's key from the key store: the one
 // rotation.json names, else the configured one.
 func (s *Store) externalKey(ctx context.Context) (crypto.Signer, error) {
-	st, err := ReadRotationState(s.cfg.Dir)
+	st, err := rotation.ReadState(s.cfg.Dir)
 	if err != nil {
 		return nil, err
 	}

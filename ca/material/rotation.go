@@ -31,36 +31,6 @@ const (
 	NextDir = "next"
 )
 
-// The rotation model of package rotation, under the names this package
-// has always used.
-type (
-	Phase          = rotation.Phase
-	RootState      = rotation.RootState
-	RotationState  = rotation.State
-	RotationPolicy = rotation.Policy
-	RotationStatus = rotation.Status
-	RootStatus     = rotation.RootStatus
-)
-
-// Phases and root states: see package rotation.
-const (
-	PhaseSteady    = rotation.PhaseSteady
-	PhasePrepared  = rotation.PhasePrepared
-	PhaseActivated = rotation.PhaseActivated
-	RootActive     = rotation.RootActive
-	RootPrepared   = rotation.RootPrepared
-	RootRetiring   = rotation.RootRetiring
-)
-
-// ReadRotationState reads dir's rotation.json (see rotation.ReadState).
-func ReadRotationState(dir string) (RotationState, error) { return rotation.ReadState(dir) }
-
-// WriteRotationState replaces dir's rotation.json (see rotation.WriteState).
-func WriteRotationState(dir string, st RotationState) error { return rotation.WriteState(dir, st) }
-
-// Fingerprint is rotation.Fingerprint.
-func Fingerprint(c *x509.Certificate) string { return rotation.Fingerprint(c) }
-
 // Rotator prepares, activates and retires roots in a data directory. A
 // running CA on the same directory picks every step up on its next reload.
 type Rotator struct {
@@ -71,7 +41,7 @@ type Rotator struct {
 	// RootTTL is the lifetime of a new self-signed root. Default: 10 years.
 	RootTTL time.Duration
 	// Policy holds the waits between the phases.
-	Policy RotationPolicy
+	Policy rotation.Policy
 	// Now returns the current time. Default: time.Now.
 	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
@@ -114,12 +84,12 @@ func (r *Rotator) mode() (Mode, error) {
 }
 
 // Status reports the roots in the bundle and the rotation phase.
-func (r *Rotator) Status() (*RotationStatus, error) {
+func (r *Rotator) Status() (*rotation.Status, error) {
 	mode, err := r.mode()
 	if err != nil {
 		return nil, err
 	}
-	st, err := ReadRotationState(r.Dir)
+	st, err := rotation.ReadState(r.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +114,7 @@ func (r *Rotator) external() bool {
 }
 
 // activeRoot returns the root the CA signs under now.
-func (r *Rotator) activeRoot(ctx context.Context, mode Mode, bundle []*x509.Certificate, st RotationState) (*x509.Certificate, error) {
+func (r *Rotator) activeRoot(ctx context.Context, mode Mode, bundle []*x509.Certificate, st rotation.State) (*x509.Certificate, error) {
 	if mode == ModePluggedIn {
 		st := &Store{cfg: Config{Dir: r.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
 		a, _, err := st.loadPluggedIn()
@@ -172,7 +142,7 @@ func (r *Rotator) activeRoot(ctx context.Context, mode Mode, bundle []*x509.Cert
 // is held outside the data directory: the one matching the key in the key
 // store, or without the key store, the one the rotation phase and the
 // prepared root (next-root-cert.pem, kept until retirement) tell.
-func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certificate, st RotationState) (*x509.Certificate, error) {
+func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certificate, st rotation.State) (*x509.Certificate, error) {
 	if r.Keys != nil {
 		key, err := openRootKey(ctx, r.Keys, nil, st.Key)
 		if err != nil {
@@ -186,7 +156,7 @@ func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certifi
 		return nil, fmt.Errorf("material: no root in %s matches the active key %s in the key store", r.path(RootCertFile), keyLabel(st.Key))
 	}
 	var next *x509.Certificate
-	if st.Phase != PhaseSteady {
+	if st.Phase != rotation.PhaseSteady {
 		certs, err := pemfile.ReadCertificates(r.path(NextRootCertFile))
 		if err != nil {
 			return nil, fmt.Errorf("material: phase %s: %w", st.Phase, err)
@@ -200,7 +170,7 @@ func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certifi
 		}
 	}
 	switch {
-	case st.Phase == PhaseActivated:
+	case st.Phase == rotation.PhaseActivated:
 		return next, nil
 	case len(others) == 1:
 		return others[0], nil
@@ -210,20 +180,20 @@ func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certifi
 
 // begin reads the directory's mode and rotation state for a step that
 // needs phase want.
-func (r *Rotator) begin(ctx context.Context, want Phase) (Mode, RotationState, error) {
+func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (Mode, rotation.State, error) {
 	if err := ctx.Err(); err != nil {
-		return "", RotationState{}, err
+		return "", rotation.State{}, err
 	}
 	mode, err := r.mode()
 	if err != nil {
-		return "", RotationState{}, err
+		return "", rotation.State{}, err
 	}
-	st, err := ReadRotationState(r.Dir)
+	st, err := rotation.ReadState(r.Dir)
 	if err != nil {
-		return "", RotationState{}, err
+		return "", rotation.State{}, err
 	}
 	if err := st.Require(want); err != nil {
-		return "", RotationState{}, err
+		return "", rotation.State{}, err
 	}
 	return mode, st, nil
 }
@@ -233,7 +203,7 @@ func (r *Rotator) begin(ctx context.Context, want Phase) (Mode, RotationState, e
 // generated; for a plugged-in CA, from names a directory holding the new
 // cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
 func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	mode, cur, err := r.begin(ctx, PhaseSteady)
+	mode, cur, err := r.begin(ctx, rotation.PhaseSteady)
 	if err != nil {
 		return err
 	}
@@ -241,7 +211,7 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 	if err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	next := RotationState{Phase: PhasePrepared, PreparedAt: r.now().UTC(), Key: cur.Key}
+	next := rotation.State{Phase: rotation.PhasePrepared, PreparedAt: r.now().UTC(), Key: cur.Key}
 	var newRoots []*x509.Certificate
 	switch mode {
 	case ModeSelfSigned:
@@ -266,7 +236,7 @@ func (r *Rotator) Prepare(ctx context.Context, from string) error {
 			return err
 		}
 	}
-	if err := WriteRotationState(r.Dir, next); err != nil {
+	if err := rotation.WriteState(r.Dir, next); err != nil {
 		return err
 	}
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
@@ -345,7 +315,7 @@ func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
 // Activate makes the prepared root sign. It refuses before the
 // propagation delay has passed, unless force is set.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	mode, st, err := r.begin(ctx, PhasePrepared)
+	mode, st, err := r.begin(ctx, rotation.PhasePrepared)
 	if err != nil {
 		return err
 	}
@@ -358,7 +328,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 		return fmt.Errorf("material: %s names no prepared key; prepare the rotation again", r.path(RotationFile))
 	}
 	next := st.Activated(now, r.Policy)
-	if err := WriteRotationState(r.Dir, next); err != nil {
+	if err := rotation.WriteState(r.Dir, next); err != nil {
 		return err
 	}
 	switch {
@@ -389,7 +359,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 // refuses while an SVID signed under the old root may still be valid,
 // unless force is set.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	mode, st, err := r.begin(ctx, PhaseActivated)
+	mode, st, err := r.begin(ctx, rotation.PhaseActivated)
 	if err != nil {
 		return err
 	}
@@ -415,7 +385,7 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err := pemfile.WriteCertificates(r.path(RootCertFile), keep); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	if err := WriteRotationState(r.Dir, RotationState{Phase: PhaseSteady, Key: st.Key}); err != nil {
+	if err := rotation.WriteState(r.Dir, rotation.State{Phase: rotation.PhaseSteady, Key: st.Key}); err != nil {
 		return err
 	}
 	os.RemoveAll(r.path(NextDir))

@@ -1,6 +1,8 @@
 package material
 
 import (
+	"github.com/castellan-mesh/castellan/ca/rotation"
+
 	"context"
 	"os"
 	"path/filepath"
@@ -17,7 +19,7 @@ func TestSelfSignedRotation(t *testing.T) {
 	}
 	old := s.Authority().Cert
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, Policy: RotationPolicy{PropagationDelay: time.Hour, MaxTTL: time.Hour}, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &Rotator{Dir: dir, TrustDomain: td, Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour}, Now: func() time.Time { return now }, Logger: quiet()}
 	ctx := context.Background()
 
 	if err := r.Activate(ctx, false); err == nil || !strings.Contains(err.Error(), "nothing to activate") {
@@ -36,7 +38,7 @@ func TestSelfSignedRotation(t *testing.T) {
 		t.Fatalf("after prepare: %d roots, signing with %q", len(a.Roots), a.Cert.Subject)
 	}
 	st, _ := r.Status()
-	if st.Phase != PhasePrepared || st.Roots[1].State != RootPrepared || !st.ActivateAfter.Equal(now.UTC().Add(time.Hour)) {
+	if st.Phase != rotation.PhasePrepared || st.Roots[1].State != rotation.RootPrepared || !st.ActivateAfter.Equal(now.UTC().Add(time.Hour)) {
 		t.Fatalf("status after prepare: %+v", st)
 	}
 	// activate: refused before the propagation delay.
@@ -77,7 +79,7 @@ func TestAutomaticRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, Policy: RotationPolicy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &Rotator{Dir: dir, TrustDomain: td, Policy: rotation.Policy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
 	ctx := context.Background()
 	steps := []struct {
 		advance time.Duration
@@ -111,7 +113,7 @@ func TestPluggedInRotation(t *testing.T) {
 	nextDir := t.TempDir()
 	root2, key2 := newRoot(t)
 	inter2 := writeCACerts(t, nextDir, root2, key2, "inter-2")
-	r := &Rotator{Dir: dir, Policy: RotationPolicy{PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond}, Logger: quiet()}
+	r := &Rotator{Dir: dir, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond}, Logger: quiet()}
 	ctx := context.Background()
 	if err := r.Prepare(ctx, ""); err == nil {
 		t.Fatal("plugged-in prepare without a directory was accepted")
@@ -154,7 +156,7 @@ func FuzzReadRotationState(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, RotationFile), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		st, err := ReadRotationState(dir)
+		st, err := rotation.ReadState(dir)
 		if err != nil {
 			if !strings.Contains(err.Error(), RotationFile) && !strings.Contains(err.Error(), "material:") {
 				t.Fatalf("error does not say where: %v", err)
@@ -162,14 +164,14 @@ func FuzzReadRotationState(f *testing.F) {
 			return
 		}
 		switch st.Phase {
-		case PhaseSteady, PhasePrepared, PhaseActivated:
+		case rotation.PhaseSteady, rotation.PhasePrepared, rotation.PhaseActivated:
 		default:
 			t.Fatalf("accepted phase %q", st.Phase)
 		}
-		if err := WriteRotationState(dir, st); err != nil {
+		if err := rotation.WriteState(dir, st); err != nil {
 			t.Fatal(err)
 		}
-		again, err := ReadRotationState(dir)
+		again, err := rotation.ReadState(dir)
 		if err != nil || again.Phase != st.Phase || again.Issuer != st.Issuer || !again.PreparedAt.Equal(st.PreparedAt) || len(again.Retired) != len(st.Retired) {
 			t.Fatalf("state changed across a write: %+v → %+v (%v)", st, again, err)
 		}
@@ -179,18 +181,18 @@ func FuzzReadRotationState(f *testing.F) {
 func TestRotationStateRequire(t *testing.T) {
 	tests := []struct {
 		name    string
-		phase   Phase
-		want    Phase
+		phase   rotation.Phase
+		want    rotation.Phase
 		wantErr string
 	}{
-		{"prepare when steady", PhaseSteady, PhaseSteady, ""},
-		{"prepare during a rotation", PhaseActivated, PhaseSteady, "already in progress (phase activated)"},
-		{"activate before prepare", PhaseSteady, PhasePrepared, "nothing to activate (phase steady)"},
-		{"retire before activate", PhasePrepared, PhaseActivated, "nothing to retire (phase prepared)"},
+		{"prepare when steady", rotation.PhaseSteady, rotation.PhaseSteady, ""},
+		{"prepare during a rotation", rotation.PhaseActivated, rotation.PhaseSteady, "already in progress (phase activated)"},
+		{"activate before prepare", rotation.PhaseSteady, rotation.PhasePrepared, "nothing to activate (phase steady)"},
+		{"retire before activate", rotation.PhasePrepared, rotation.PhaseActivated, "nothing to retire (phase prepared)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := RotationState{Phase: tt.phase}.Require(tt.want)
+			err := rotation.State{Phase: tt.phase}.Require(tt.want)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)

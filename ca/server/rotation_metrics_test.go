@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -24,11 +25,11 @@ func TestRotationCollectorError(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail := true
-	c := newRotationCollector(func() (*material.RotationStatus, error) {
+	c := newRotationCollector(func() (*rotation.Status, error) {
 		if fail {
 			return nil, errors.New("rotation.json: unreadable")
 		}
-		return &material.RotationStatus{Phase: material.PhaseSteady}, nil
+		return &rotation.Status{Phase: rotation.PhaseSteady}, nil
 	}, store)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -111,7 +112,7 @@ type Config struct {
 // its root rotation phase, such as an upstream-signed CA. The Server
 // exports them as metrics.
 type RotationStatuser interface {
-	RotationStatus() (*material.RotationStatus, error)
+	RotationStatus() (*rotation.Status, error)
 }
 
 // Server is a running CA.
@@ -192,7 +193,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.store != nil {
 		s.rotator = &material.Rotator{
 			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger, Keys: cfg.RootKeys,
-			Policy: material.RotationPolicy{PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, RetireMargin: cfg.RootRetireMargin},
+			Policy: rotation.Policy{PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, RetireMargin: cfg.RootRetireMargin},
 		}
 		s.metrics.rotation = newRotationCollector(s.rotator.Status, s.src)
 		cfg.Registerer.MustRegister(s.metrics.rotation)

@@ -8,8 +8,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/buildinfo"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
@@ -48,7 +48,7 @@ type caDeps struct {
 	// root and the time left at which it is rotated (0: no rotation).
 	rootTTL, rootRotateBefore time.Duration
 	// policy holds the waits between root rotation phases.
-	policy material.RotationPolicy
+	policy rotation.Policy
 	// runners are background jobs started with the server.
 	runners []func(context.Context) error
 	// pods is the shared pod index (see podIndex), nil until asked for.
@@ -116,7 +116,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.NewCollector())
 	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
 		rootTTL: f.rootTTL, rootRotateBefore: f.rootRotateBefore,
-		policy: material.RotationPolicy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}
+		policy: rotation.Policy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}
 	auth, err := f.authenticator(ctx, deps)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -52,8 +53,8 @@ func TestCARotateCommands(t *testing.T) {
 	if code := run(ctx, []string{"ca", "rotate", "status", "--format", "json", "--data-dir", dir}, &out, &out); code != 0 {
 		t.Fatalf("json status: %s", out.String())
 	}
-	var st material.RotationStatus
-	if err := json.Unmarshal(out.Bytes(), &st); err != nil || len(st.Roots) != 1 || st.Roots[0].State != material.RootActive {
+	var st rotation.Status
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil || len(st.Roots) != 1 || st.Roots[0].State != rotation.RootActive {
 		t.Fatalf("json status %s: %v", out.String(), err)
 	}
 }

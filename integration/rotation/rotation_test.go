@@ -32,6 +32,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/integration/harness"
@@ -49,7 +50,7 @@ const svidTTL = 10 * time.Second
 // two agents over SDS, handshake continuously. No handshake may fail.
 func TestRootRotationUnderLiveMTLS(t *testing.T) {
 	env := newEnv(t, nil)
-	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, Policy: material.RotationPolicy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}}
+	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, Policy: rotation.Policy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}}
 	ctx := context.Background()
 	old := env.caRoot()
 
@@ -106,7 +107,7 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	v := harness.StartVault(t)
 	old := v.EnablePKI(t)
 	roleID, secretID := v.AppRole(t, time.Hour)
-	policy := material.RotationPolicy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}
+	policy := rotation.Policy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	must(t, err)
 	env := newEnv(t, nil, func(ctx context.Context, cfg *server.Config) {
@@ -150,7 +151,7 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	}
 	st, err := r.Status()
 	must(t, err)
-	if st.Phase != material.PhaseActivated || st.Issuer != iss.ID {
+	if st.Phase != rotation.PhaseActivated || st.Issuer != iss.ID {
 		t.Fatalf("status after activation: phase %s, issuer %q; want activated, %q", st.Phase, st.Issuer, iss.ID)
 	}
 	env.waitMetrics(t, `castellan_ca_rotation_phase{phase="activated"} 1`,
