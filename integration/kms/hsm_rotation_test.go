@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,7 +24,6 @@ import (
 // trusted, and a restart keeps signing under it.
 func TestCommandHSMRootRotation(t *testing.T) {
 	softHSMToken(t, "castellan")
-	bin := harness.Binary(t, "castellan")
 	iss := newOfflineIssuer(t)
 	uri := softHSMURI("root")
 	caArgs := append([]string{"--signer-key-uri", uri, "--root-rotate-before", "175200h"}, iss.flags()...)
@@ -42,20 +40,9 @@ func TestCommandHSMRootRotation(t *testing.T) {
 			}
 		}
 	}
-	rotate := func(want int, contains string, args ...string) string {
+	rotate := func(want int, contains string, args ...string) {
 		t.Helper()
-		args = append([]string{"ca", "rotate"}, append(args, "--data-dir", p.DataDir)...)
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if code != want || !strings.Contains(string(out), contains) {
-			t.Fatalf("castellan %s: exit %d, want %d and output containing %q:\n%s\nCA logs:\n%s", strings.Join(args, " "), code, want, contains, out, p.Logs())
-		}
-		return string(out)
+		harness.RunCastellan(t, want, contains, append([]string{"ca", "rotate"}, append(args, "--data-dir", p.DataDir)...)...)
 	}
 	phase := func(want string) {
 		t.Helper()

@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,20 +25,10 @@ func TestKubernetesRotationCommand(t *testing.T) {
 	}
 	p := harness.StartCAProcess(t, "--kubeconfig", api.Kubeconfig, "--material=kubernetes",
 		"--namespace=castellan-system", "--pod-name=castellan-ca-0", "--offline-bound-tokens=false", "--root-rotate-before=0")
-	bin := harness.Binary(t, "castellan")
 	rotate := func(want int, contains string, args ...string) {
 		t.Helper()
 		args = append([]string{"ca", "rotate"}, append(args, "--material=kubernetes", "--kubeconfig", api.Kubeconfig, "--namespace=castellan-system")...)
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if code != want || !strings.Contains(string(out), contains) {
-			t.Fatalf("castellan %s: exit %d, want %d and output containing %q:\n%s", strings.Join(args, " "), code, want, contains, out)
-		}
+		harness.RunCastellan(t, want, contains, args...)
 	}
 	bundle := func() int {
 		resp, err := http.Get("http://" + p.HTTPAddr + "/bundle")
