@@ -86,19 +86,30 @@ type Rotator interface {
 type StepFunc func(ctx context.Context) (string, error)
 
 // Run calls step now and every interval until ctx ends. A failed step is
-// logged and retried at the next tick; observe, if set, sees every step
-// taken and every failure (step "error").
+// retried at the next tick; it is logged as an error when it first fails
+// (or fails differently), and at debug level while it keeps failing the
+// same way. observe, if set, sees every step taken and every failure
+// (step "error").
 func Run(ctx context.Context, interval time.Duration, step StepFunc, log *slog.Logger, observe func(step string)) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var lastErr string
 	for {
 		did, err := step(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			log.Error("automatic root rotation step failed; will retry", "error", err)
+			level := slog.LevelError
+			if err.Error() == lastErr {
+				level = slog.LevelDebug
+			}
+			lastErr = err.Error()
+			log.Log(ctx, level, "automatic root rotation step failed; will retry", "error", err)
 			did = "error"
 		case did != "":
+			lastErr = ""
 			log.Info("automatic root rotation", "step", did)
+		default:
+			lastErr = ""
 		}
 		if observe != nil && did != "" {
 			observe(did)

@@ -1,6 +1,9 @@
 package rotation
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -89,4 +92,36 @@ func FuzzParseState(f *testing.F) {
 			t.Fatalf("accepted phase %q", st.Phase)
 		}
 	})
+}
+
+// TestRunLogsRepeatedFailureOnce: a step that keeps failing the same way
+// is counted every time and logged as an error once, then again when it
+// fails differently.
+func TestRunLogsRepeatedFailureOnce(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelError}))
+	errs := []string{"a", "a", "a", "b", "b"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	i, observed := 0, 0
+	step := func(context.Context) (string, error) {
+		if i == len(errs) {
+			return "", nil // a tick raced the cancellation
+		}
+		err := errors.New(errs[i])
+		if i++; i == len(errs) {
+			cancel()
+		}
+		return "", err
+	}
+	if err := Run(ctx, time.Nanosecond, step, log, func(s string) {
+		if s == "error" {
+			observed++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(buf.String(), "level=ERROR"); n != 2 || observed != len(errs)-1 {
+		t.Fatalf("%d error lines (want 2), %d failures observed (want %d):\n%s", n, observed, len(errs)-1, buf.String())
+	}
 }
