@@ -68,7 +68,8 @@ func comparable(t *testing.T, objs []*unstructured.Unstructured) map[string]any 
 
 // TestHelmChartMatchesKustomize checks that the chart installs the same
 // objects as the kustomize overlays: its default rendering against
-// overlays/standalone, and its per-pod, istio and NetworkPolicy renderings
+// overlays/standalone, its production values against overlays/production,
+// and its per-pod, istio and NetworkPolicy renderings
 // against the per-pod component, the istio overlay and the networkpolicy
 // component.
 func TestHelmChartMatchesKustomize(t *testing.T) {
@@ -82,6 +83,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 		only []string
 	}{
 		{chart: "default", overlay: "/deploy/overlays/standalone"},
+		{chart: "production", overlay: "/deploy/overlays/production"},
 		{chart: "per-pod", overlay: "/deploy/overlays/perpod"},
 		{chart: "observability", overlay: "/deploy/overlays/netpol", only: []string{"NetworkPolicy"}},
 	}
@@ -164,7 +166,7 @@ spec:
 
 // TestHelmChartApplies applies the chart's default rendering server-side
 // to an API server that enforces RBAC, then every other rendering (the
-// production values, per-pod agents, plugged-in cacerts, Vault, the
+// production values, another trust domain and image, per-pod agents, plugged-in cacerts, Vault, the
 // istio trust ConfigMap, PodMonitors with alerts and NetworkPolicies) as
 // an upgrade: each object must be accepted.
 func TestHelmChartApplies(t *testing.T) {
@@ -182,7 +184,7 @@ func TestHelmChartApplies(t *testing.T) {
 	for obj, err := range ap.applyAll(ctx, crds, false) {
 		t.Fatalf("%s: %v", obj, err)
 	}
-	for _, name := range []string{"default", "production", "per-pod", "cacerts", "vault", "istio", "observability"} {
+	for _, name := range []string{"default", "production", "custom", "per-pod", "cacerts", "vault", "istio", "observability"} {
 		objs := helmRendering(t, name)
 		for obj, err := range ap.applyAll(ctx, objs, false) {
 			t.Errorf("%s: %s refused: %v", name, obj, err)

@@ -31,16 +31,29 @@ var cases = []struct {
 }{
 	// The defaults, with the namespace, as deploy/overlays/standalone.
 	{name: "default", values: `namespace: {create: true}`},
+	// The values of deploy/overlays/production.
 	{name: "production", values: `
 namespace: {create: true}
-trustDomain: prod.example.com
-image: {repository: registry.example.com/castellan, tag: v1.0.0, pullPolicy: Always}
 ca:
   replicas: 3
   priorityClassName: system-cluster-critical
+  topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector: {matchLabels: {app.kubernetes.io/name: castellan-ca}}
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: DoNotSchedule
+    labelSelector: {matchLabels: {app.kubernetes.io/name: castellan-ca}}
   resources: {requests: {cpu: 500m, memory: 256Mi}, limits: {cpu: "2", memory: 1Gi}}
 agent:
   priorityClassName: system-node-critical
+`},
+	{name: "custom", values: `
+trustDomain: prod.example.com
+image: {repository: registry.example.com/castellan, tag: v1.0.0, pullPolicy: Always}
+agent:
   resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: "1", memory: 256Mi}}
 `},
 	{name: "per-pod", values: `agent: {mode: perPod}`},
