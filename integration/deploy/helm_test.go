@@ -1,8 +1,11 @@
 package deploy_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +14,7 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -24,9 +28,17 @@ func helmRendering(t *testing.T, name string) []*unstructured.Unstructured {
 		t.Fatal(err)
 	}
 	var objs []*unstructured.Unstructured
-	for _, doc := range strings.Split(string(data), "\n---\n") {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
 		var obj map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if len(obj) == 0 {
@@ -70,10 +82,13 @@ func comparable(t *testing.T, objs []*unstructured.Unstructured) map[string]any 
 // objects as the kustomize overlays: its default rendering against
 // overlays/standalone, its production values against overlays/production,
 // and its per-pod, istio and NetworkPolicy renderings
-// against the per-pod component, the istio overlay and the networkpolicy
-// component.
+// against the per-pod component, and its monitoring and NetworkPolicy
+// objects against deploy/monitoring and the networkpolicy component.
 func TestHelmChartMatchesKustomize(t *testing.T) {
 	fsys := withTestOverlay(t, "netpol", networkPolicyOverlay)
+	if err := fsys.WriteFile("/deploy/overlays/observability/kustomization.yaml", []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../standalone\n- ../../monitoring\ncomponents:\n- ../../components/networkpolicy\n")); err != nil {
+		t.Fatal(err)
+	}
 	if err := fsys.WriteFile("/deploy/overlays/perpod/kustomization.yaml", []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../standalone\ncomponents:\n- ../../components/per-pod\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +100,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 		{chart: "default", overlay: "/deploy/overlays/standalone"},
 		{chart: "production", overlay: "/deploy/overlays/production"},
 		{chart: "per-pod", overlay: "/deploy/overlays/perpod"},
-		{chart: "observability", overlay: "/deploy/overlays/netpol", only: []string{"NetworkPolicy"}},
+		{chart: "observability", overlay: "/deploy/overlays/observability", only: []string{"NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.chart, func(t *testing.T) {

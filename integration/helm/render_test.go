@@ -63,6 +63,7 @@ agent:
 	{name: "observability", values: `
 serviceMonitor: {enabled: true}
 prometheusRule: {enabled: true}
+grafanaDashboard: {enabled: true}
 networkPolicy: {enabled: true}
 `},
 }
@@ -173,7 +174,7 @@ func TestRenderRefusesBadValues(t *testing.T) {
 }
 
 // TestCopiesMatchDeploy holds the chart's copies of deploy/ files equal to
-// their sources: the CRDs and the alerts.
+// their sources: the CRDs, the alerts and the dashboard.
 func TestCopiesMatchDeploy(t *testing.T) {
 	for _, name := range []string{"authorizationpolicies.security.istio.io.yaml", "peerauthentications.security.istio.io.yaml"} {
 		a, err1 := os.ReadFile(filepath.Join("../../deploy/crds", name))
@@ -181,6 +182,11 @@ func TestCopiesMatchDeploy(t *testing.T) {
 		if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
 			t.Errorf("the chart's crds/%s differs from deploy/crds/%s (%v %v)", name, name, err1, err2)
 		}
+	}
+	a, err1 := os.ReadFile("../../deploy/monitoring/dashboards/castellan.json")
+	b, err2 := os.ReadFile(filepath.Join(chartDir, "files", "castellan-dashboard.json"))
+	if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+		t.Errorf("the chart's files/castellan-dashboard.json differs from deploy/monitoring/dashboards/castellan.json (%v %v)", err1, err2)
 	}
 	var rule struct {
 		Spec any `json:"spec"`
