@@ -114,7 +114,7 @@ func TestExternalKeyAutomaticRotation(t *testing.T) {
 			t.Fatalf("step %d: did %q (%v), want %q", i, did, err, st.want)
 		}
 		noKeyFiles(t, dir)
-		status, err := bare.Status()
+		status, err := bare.Status(context.Background())
 		if err != nil {
 			t.Fatalf("step %d: status without the key store: %v", i, err)
 		}
@@ -186,7 +186,7 @@ func TestExternalKeyRotationRefused(t *testing.T) {
 					t.Fatalf("a failed prepare left %s (%v)", f, err)
 				}
 			}
-			st, err := r.Status()
+			st, err := r.Status(context.Background())
 			if err != nil || st.Phase != rotation.PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != rotation.RootActive {
 				t.Fatalf("status: %+v, %v", st, err)
 			}

@@ -84,7 +84,7 @@ func (r *Rotator) mode() (Mode, error) {
 }
 
 // Status reports the roots in the bundle and the rotation phase.
-func (r *Rotator) Status() (*rotation.Status, error) {
+func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
 	mode, err := r.mode()
 	if err != nil {
 		return nil, err
@@ -97,7 +97,7 @@ func (r *Rotator) Status() (*rotation.Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	active, err := r.activeRoot(context.Background(), mode, bundle, st)
+	active, err := r.activeRoot(ctx, mode, bundle, st)
 	if err != nil {
 		return nil, err
 	}
@@ -397,7 +397,7 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 // Step takes one automatic rotation step for a self-signed CA (see
 // rotation.Due) and reports what it did ("" for nothing).
 func (r *Rotator) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
-	st, err := r.Status()
+	st, err := r.Status(ctx)
 	if err != nil || st.Mode != ModeSelfSigned {
 		return "", err
 	}

@@ -37,7 +37,7 @@ func TestSelfSignedRotation(t *testing.T) {
 	if len(a.Roots) != 2 || !a.Cert.Equal(old) {
 		t.Fatalf("after prepare: %d roots, signing with %q", len(a.Roots), a.Cert.Subject)
 	}
-	st, _ := r.Status()
+	st, _ := r.Status(context.Background())
 	if st.Phase != rotation.PhasePrepared || st.Roots[1].State != rotation.RootPrepared || !st.ActivateAfter.Equal(now.UTC().Add(time.Hour)) {
 		t.Fatalf("status after prepare: %+v", st)
 	}

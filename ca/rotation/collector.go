@@ -1,8 +1,10 @@
 package rotation
 
 import (
+	"context"
 	"crypto/x509"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -19,20 +21,23 @@ var (
 		"When a prepared root has had the propagation delay to reach every peer (0 when none is prepared).", nil, nil)
 )
 
+// ScrapeTimeout bounds the reading of a status at a scrape.
+const ScrapeTimeout = 10 * time.Second
+
 // Collector exports a CA's trust bundle roots and rotation phase, read at
 // each scrape, whatever the CA's mode. When the status cannot be read it
 // counts the error and still exports the roots the CA serves.
 type Collector struct {
-	status func() (*Status, error)
+	status func(context.Context) (*Status, error)
 	bundle func() []*x509.Certificate
 	errors prometheus.Counter
 	steps  *prometheus.CounterVec
 }
 
-// NewCollector returns a Collector that reads status at each scrape;
-// bundle returns the roots the CA serves, for scrapes at which status
-// fails.
-func NewCollector(status func() (*Status, error), bundle func() []*x509.Certificate) *Collector {
+// NewCollector returns a Collector that reads status at each scrape, for
+// at most ScrapeTimeout; bundle returns the roots the CA serves, for
+// scrapes at which status fails.
+func NewCollector(status func(context.Context) (*Status, error), bundle func() []*x509.Certificate) *Collector {
 	return &Collector{
 		status: status, bundle: bundle,
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
@@ -62,7 +67,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	defer c.steps.Collect(ch)
-	st, err := c.status()
+	ctx, cancel := context.WithTimeout(context.Background(), ScrapeTimeout)
+	defer cancel()
+	st, err := c.status(ctx)
 	if err != nil {
 		c.errors.Inc()
 		c.errors.Collect(ch)

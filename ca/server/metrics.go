@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/x509"
 
 	"github.com/castellan-mesh/castellan/ca"
@@ -85,7 +86,7 @@ const (
 
 // newRotationCollector returns the rotation metrics of a CA whose
 // rotation status is status and whose served roots are src's.
-func newRotationCollector(status func() (*rotation.Status, error), src ca.Source) *rotation.Collector {
+func newRotationCollector(status func(context.Context) (*rotation.Status, error), src ca.Source) *rotation.Collector {
 	return rotation.NewCollector(status, func() []*x509.Certificate {
 		if a := src.Authority(); a != nil {
 			return a.Roots

@@ -25,7 +25,7 @@ func TestRotationCollectorError(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail := true
-	c := newRotationCollector(func() (*rotation.Status, error) {
+	c := newRotationCollector(func(context.Context) (*rotation.Status, error) {
 		if fail {
 			return nil, errors.New("rotation.json: unreadable")
 		}

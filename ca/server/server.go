@@ -198,7 +198,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.metrics.rotation = newRotationCollector(s.rotator.Status, s.src)
 		cfg.Registerer.MustRegister(s.metrics.rotation)
 	} else if r, ok := s.src.(RotationStatuser); ok {
-		s.metrics.rotation = newRotationCollector(r.RotationStatus, s.src)
+		s.metrics.rotation = newRotationCollector(func(context.Context) (*rotation.Status, error) { return r.RotationStatus() }, s.src)
 		cfg.Registerer.MustRegister(s.metrics.rotation)
 	}
 	// Issue the first serving certificate now, so that a broken CA fails

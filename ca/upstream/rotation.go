@@ -270,7 +270,10 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 
 // Status reports the roots of the bundle the CA serves, the prepared root
 // if the CA has not served it yet, and the rotation phase.
-func (r *Rotator) Status() (*rotation.Status, error) {
+func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	d, err := r.read()
 	if err != nil {
 		return nil, err

@@ -151,7 +151,7 @@ func TestRotationPhases(t *testing.T) {
 	ctx := context.Background()
 	root1 := s.Authority().Root()
 
-	st, err := r.Status()
+	st, err := r.Status(context.Background())
 	if err != nil || st.Phase != rotation.PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != rotation.RootActive || st.Mode != rotation.ModeUpstream {
 		t.Fatalf("status = %+v, %v", st, err)
 	}
@@ -176,7 +176,7 @@ func TestRotationPhases(t *testing.T) {
 	_, err = r.Prepare(ctx, "")
 	wantErr(t, err, "already in progress")
 	wantErr(t, r.Activate(ctx, false), "wait until")
-	if st, _ := r.Status(); st.Phase != rotation.PhasePrepared || st.NextIssuer != iss.ID || st.ActivateAfter.IsZero() {
+	if st, _ := r.Status(context.Background()); st.Phase != rotation.PhasePrepared || st.NextIssuer != iss.ID || st.ActivateAfter.IsZero() {
 		t.Fatalf("status after prepare = %+v", st)
 	}
 
@@ -189,7 +189,7 @@ func TestRotationPhases(t *testing.T) {
 	if !sameCerts(s.Authority().Roots, root1, root2) {
 		t.Fatal("after activation, the bundle must keep the old root")
 	}
-	st, _ = r.Status()
+	st, _ = r.Status(context.Background())
 	for _, rs := range st.Roots {
 		want := rotation.RootRetiring
 		if rs.Cert.Equal(root2) {
@@ -208,7 +208,7 @@ func TestRotationPhases(t *testing.T) {
 	}
 	waitUntil(t, "the bundle holds only the new root", func() bool { return sameCerts(s.Authority().Roots, root2) })
 	waitUntil(t, "root-cert.pem holds only the new root", func() bool { return sameCerts(bundleFile(t, dir), root2) })
-	if st, _ := r.Status(); st.Phase != rotation.PhaseSteady || st.Issuer != iss.ID || len(st.Roots) != 1 {
+	if st, _ := r.Status(context.Background()); st.Phase != rotation.PhaseSteady || st.Issuer != iss.ID || len(st.Roots) != 1 {
 		t.Fatalf("status after retire = %+v", st)
 	}
 	if _, err := os.Stat(filepath.Join(dir, NextRootCertFile)); !os.IsNotExist(err) {

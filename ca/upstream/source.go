@@ -642,5 +642,5 @@ func (s *Source) rebundle() error {
 // phase, as the data directory records them.
 func (s *Source) RotationStatus() (*rotation.Status, error) {
 	r := &Rotator{Dir: s.cfg.DataDir, Policy: s.cfg.RotationPolicy}
-	return r.Status()
+	return r.Status(context.Background())
 }

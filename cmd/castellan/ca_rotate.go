@@ -66,7 +66,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	policy := rotation.Policy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
 	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}
-	var r rotation.Rotator = dirRotator{mr}
+	var r rotation.Rotator = mr
 	isUpstream := upstreamDir(*dataDir)
 	switch {
 	case kube.material != materialDir && kube.material != materialKubernetes:
@@ -127,11 +127,6 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
-// dirRotator adapts material.Rotator to rotation.Rotator.
-type dirRotator struct{ *material.Rotator }
-
-func (d dirRotator) Status(context.Context) (*rotation.Status, error) { return d.Rotator.Status() }
-
 // upstreamRotator adapts upstream.Rotator to rotation.Rotator.
 type upstreamRotator struct{ *upstream.Rotator }
 
@@ -139,8 +134,6 @@ func (u upstreamRotator) Prepare(ctx context.Context, from string) error {
 	_, err := u.Rotator.Prepare(ctx, from)
 	return err
 }
-
-func (u upstreamRotator) Status(context.Context) (*rotation.Status, error) { return u.Rotator.Status() }
 
 // openRing opens the key store --signer-key-uri names.
 func (k *kmsFlags) openRing(ctx context.Context, d *caDeps) (*kms.Ring, error) {

@@ -58,7 +58,7 @@ func TestRootRotationUnderLiveMTLS(t *testing.T) {
 	if err := r.Prepare(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := r.Status()
+	st, _ := r.Status(context.Background())
 	newRoot := st.Roots[len(st.Roots)-1].Cert
 	env.waitAll(t, "every peer trusts both roots", func(m *endpoint) bool { return m.trusts(old) && m.trusts(newRoot) })
 
@@ -149,7 +149,7 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	if err := inter.CheckSignatureFrom(iss.Cert); err != nil {
 		t.Fatalf("the CA's intermediate is not signed by the new Vault issuer: %v", err)
 	}
-	st, err := r.Status()
+	st, err := r.Status(context.Background())
 	must(t, err)
 	if st.Phase != rotation.PhaseActivated || st.Issuer != iss.ID {
 		t.Fatalf("status after activation: phase %s, issuer %q; want activated, %q", st.Phase, st.Issuer, iss.ID)
