@@ -85,7 +85,7 @@ func comparable(t *testing.T, objs []*unstructured.Unstructured) map[string]any 
 // against the per-pod component, and its monitoring and NetworkPolicy
 // objects against deploy/monitoring and the networkpolicy component.
 func TestHelmChartMatchesKustomize(t *testing.T) {
-	fsys := withTestOverlay(t, "netpol", networkPolicyOverlay)
+	fsys := withTestOverlay(t, "ctb", ctbOverlay)
 	if err := fsys.WriteFile("/deploy/overlays/observability/kustomization.yaml", []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../standalone\n- ../../monitoring\ncomponents:\n- ../../components/networkpolicy\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +99,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 	}{
 		{chart: "default", overlay: "/deploy/overlays/standalone"},
 		{chart: "production", overlay: "/deploy/overlays/production"},
+		{chart: "cluster-trust-bundle", overlay: "/deploy/overlays/ctb"},
 		{chart: "per-pod", overlay: "/deploy/overlays/perpod"},
 		{chart: "observability", overlay: "/deploy/overlays/observability", only: []string{"NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap"}},
 	}
@@ -199,7 +200,7 @@ func TestHelmChartApplies(t *testing.T) {
 	for obj, err := range ap.applyAll(ctx, crds, false) {
 		t.Fatalf("%s: %v", obj, err)
 	}
-	for _, name := range []string{"default", "production", "custom", "per-pod", "cacerts", "vault", "istio", "observability"} {
+	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "per-pod", "cacerts", "vault", "istio", "observability"} {
 		objs := helmRendering(t, name)
 		for obj, err := range ap.applyAll(ctx, objs, false) {
 			t.Errorf("%s: %s refused: %v", name, obj, err)
