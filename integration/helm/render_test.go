@@ -57,6 +57,8 @@ agent:
   resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {cpu: "1", memory: 256Mi}}
 `},
 	{name: "per-pod", values: `agent: {mode: perPod}`},
+	// The values of deploy/components/policy-server.
+	{name: "policy-server", values: `{namespace: {create: true}, policyServer: {enabled: true}}`},
 	// The values of deploy/components/cluster-trust-bundle.
 	{name: "cluster-trust-bundle", values: `{namespace: {create: true}, clusterTrustBundle: {name: castellan-root}}`},
 	{name: "cacerts", values: `material: {mode: cacerts, cacerts: {secretName: istio-cacerts}}`},
