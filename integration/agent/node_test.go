@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	spiffeapi "github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -27,9 +26,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
-	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
@@ -124,49 +121,7 @@ func startNodeCluster(t *testing.T, ns string, sas ...string) *nodeCluster {
 // index.
 func startNodeAgentCA(t *testing.T, api *harness.APIServer) *harness.CA {
 	t.Helper()
-	var (
-		mu   sync.Mutex
-		pods *nodeauth.PodIndex
-	)
-	ca := harness.StartCA(t, api,
-		harness.WithAuthenticator(func(t testing.TB, reg prometheus.Registerer) authn.Authenticator {
-			tr, err := authn.NewTokenReview(authn.TokenReviewConfig{Client: api.Client, Audiences: []string{harness.DefaultAudience}, Registerer: reg})
-			if err != nil {
-				t.Fatal(err)
-			}
-			cache, err := authn.NewCache(tr, authn.CacheConfig{Registerer: reg})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return cache
-		}),
-		harness.WithServerConfig(func(cfg *server.Config) {
-			idx, err := nodeauth.NewPodIndex(nodeauth.PodIndexConfig{Client: api.Client, Registerer: cfg.Registerer})
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := nodeauth.New(nodeauth.Config{
-				TrustDomain: cfg.TrustDomain,
-				NodeAgents:  []nodeauth.ServiceAccount{{Namespace: agentNS, Name: agentSA}},
-				Pods:        idx,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.Impersonation = a
-			cfg.Runners = append(cfg.Runners, idx.Run)
-			mu.Lock()
-			pods = idx
-			mu.Unlock()
-		}))
-	mu.Lock()
-	defer mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	if err := pods.WaitSynced(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return ca
+	return harness.StartCA(t, api, harness.WithNodeAgents(nodeauth.ServiceAccount{Namespace: agentNS, Name: agentSA}))
 }
 
 // podBoundToken is a token of the pod's service account bound to the pod,

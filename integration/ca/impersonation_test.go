@@ -4,15 +4,11 @@ import (
 	"context"
 	"crypto/elliptic"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
-	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/integration/harness"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -39,49 +35,10 @@ const (
 // notice an agent pod that goes away.
 func impersonationCA(t *testing.T, api *harness.APIServer) (*harness.CA, *nodeauth.PodIndex) {
 	t.Helper()
-	var (
-		mu   sync.Mutex
-		pods *nodeauth.PodIndex
-	)
 	c := harness.StartCA(t, api,
-		harness.WithAuthenticator(func(t testing.TB, reg prometheus.Registerer) authn.Authenticator {
-			tr, err := authn.NewTokenReview(authn.TokenReviewConfig{Client: api.Client, Audiences: []string{harness.DefaultAudience}, Registerer: reg})
-			if err != nil {
-				t.Fatal(err)
-			}
-			cache, err := authn.NewCache(tr, authn.CacheConfig{MaxTTL: time.Hour, Registerer: reg})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return cache
-		}),
-		harness.WithServerConfig(func(cfg *server.Config) {
-			idx, err := nodeauth.NewPodIndex(nodeauth.PodIndexConfig{Client: api.Client, Registerer: cfg.Registerer})
-			if err != nil {
-				t.Fatal(err)
-			}
-			a, err := nodeauth.New(nodeauth.Config{
-				TrustDomain: cfg.TrustDomain,
-				NodeAgents:  []nodeauth.ServiceAccount{{Namespace: agentNS, Name: agentSA}},
-				Pods:        idx,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.Impersonation = a
-			cfg.Runners = append(cfg.Runners, idx.Run)
-			mu.Lock()
-			pods = idx
-			mu.Unlock()
-		}))
-	mu.Lock()
-	defer mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := pods.WaitSynced(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return c, pods
+		harness.WithAuthCacheTTL(time.Hour),
+		harness.WithNodeAgents(nodeauth.ServiceAccount{Namespace: agentNS, Name: agentSA}))
+	return c, c.Pods()
 }
 
 // createNode creates a Node object (no kubelet runs).

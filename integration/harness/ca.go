@@ -19,6 +19,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -66,6 +67,7 @@ type CA struct {
 	cancel context.CancelFunc
 	done   chan error
 	logs   *testWriter
+	pods   *nodeauth.PodIndex
 }
 
 // CAOption configures StartCA.
@@ -79,6 +81,8 @@ type caOptions struct {
 	maxTTL      time.Duration
 	auth        func(t testing.TB, reg prometheus.Registerer) authn.Authenticator
 	config      []func(*server.Config)
+	cacheTTL    time.Duration
+	nodeAgents  []nodeauth.ServiceAccount
 }
 
 type optionFunc func(*caOptions)
@@ -111,6 +115,20 @@ func WithTTL(defaultTTL, maxTTL time.Duration) CAOption {
 // called on every start with that run's registry.
 func WithAuthenticator(newAuth func(t testing.TB, reg prometheus.Registerer) authn.Authenticator) CAOption {
 	return optionFunc(func(o *caOptions) { o.auth = newAuth })
+}
+
+// WithAuthCacheTTL sets how long the default authenticator reuses a
+// successful TokenReview (authn.CacheConfig.MaxTTL). Default: authn's.
+func WithAuthCacheTTL(d time.Duration) CAOption {
+	return optionFunc(func(o *caOptions) { o.cacheTTL = d })
+}
+
+// WithNodeAgents lets these service accounts impersonate pods of their
+// node, as "castellan ca --node-agent-service-account" does: the CA runs a
+// pod index on the API server and its node-agent authorizer. Each start
+// waits until the index has listed the pods; CA.Pods returns it.
+func WithNodeAgents(agents ...nodeauth.ServiceAccount) CAOption {
+	return optionFunc(func(o *caOptions) { o.nodeAgents = append(o.nodeAgents, agents...) })
 }
 
 // WithServerConfig edits the server configuration just before each start.
@@ -163,11 +181,34 @@ func (c *CA) authenticator(t testing.TB, reg prometheus.Registerer) authn.Authen
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
-	cache, err := authn.NewCache(tr, authn.CacheConfig{Registerer: reg})
+	cache, err := authn.NewCache(tr, authn.CacheConfig{MaxTTL: c.opts.cacheTTL, Registerer: reg})
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
 	return cache
+}
+
+// nodeAgents wires the pod index and the node-agent authorizer into cfg.
+func (c *CA) nodeAgents(t testing.TB, cfg *server.Config) *nodeauth.PodIndex {
+	t.Helper()
+	idx, err := nodeauth.NewPodIndex(nodeauth.PodIndexConfig{Client: c.api.Client, Registerer: cfg.Registerer})
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	a, err := nodeauth.New(nodeauth.Config{TrustDomain: cfg.TrustDomain, NodeAgents: c.opts.nodeAgents, Pods: idx})
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	cfg.Impersonation = a
+	cfg.Runners = append(cfg.Runners, idx.Run)
+	return idx
+}
+
+// Pods returns the pod index of a CA started WithNodeAgents, or nil.
+func (c *CA) Pods() *nodeauth.PodIndex {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pods
 }
 
 func (c *CA) start(t testing.TB, grpcAddr, httpAddr string) {
@@ -191,6 +232,10 @@ func (c *CA) start(t testing.TB, grpcAddr, httpAddr string) {
 		Registerer:     reg,
 		Gatherer:       reg,
 	}
+	var pods *nodeauth.PodIndex
+	if len(c.opts.nodeAgents) > 0 {
+		pods = c.nodeAgents(t, &cfg)
+	}
 	for _, edit := range c.opts.config {
 		edit(&cfg)
 	}
@@ -204,7 +249,7 @@ func (c *CA) start(t testing.TB, grpcAddr, httpAddr string) {
 	go func() { done <- srv.Serve(ctx) }()
 
 	c.mu.Lock()
-	c.srv, c.cancel, c.done, c.logs, c.Registry = srv, cancel, done, logs, reg
+	c.srv, c.cancel, c.done, c.logs, c.Registry, c.pods = srv, cancel, done, logs, reg, pods
 	c.GRPCAddr, c.HTTPAddr = srv.GRPCAddr(), srv.HTTPAddr()
 	c.mu.Unlock()
 
@@ -213,6 +258,13 @@ func (c *CA) start(t testing.TB, grpcAddr, httpAddr string) {
 		t.Fatalf("harness: reading the CA's trust bundle: %v", err)
 	}
 	c.waitReady(t)
+	if pods != nil {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer wcancel()
+		if err := pods.WaitSynced(wctx); err != nil {
+			t.Fatalf("harness: the CA's pod index did not sync: %v", err)
+		}
+	}
 }
 
 // newServerRetrying starts the server, retrying briefly when a fixed
