@@ -227,7 +227,6 @@ func New(cfg Config) (*Agent, error) {
 		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		grpc.ReadBufferSize(socketBufferBytes),
 		grpc.WriteBufferSize(socketBufferBytes),
-		grpc.SharedWriteBuffer(true),
 		// A proxy opens a stream or two per connection, so an HPACK
 		// dynamic table saves nothing but costs each connection its own
 		// copy of the request headers: clients are told not to index.

@@ -135,7 +135,7 @@ func (s *identities) get(namespace, name string) (*svidstore.Store, error) {
 	a.log.Info("agent: serving a new identity", "spiffe_id", id.String(), "identities", len(s.accounts))
 	go func() {
 		defer close(ident.done)
-		ident.rot.run(ctx)
+		_ = ident.rot.run(ctx) // it returns nil, when ctx ends
 	}()
 	return store, nil
 }

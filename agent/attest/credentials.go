@@ -127,7 +127,7 @@ func (c *peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthIn
 	p, err := ReadPeerCred(conn, c.cfg.procRoot)
 	if err != nil {
 		if a := c.cfg.attestor; a != nil {
-			a.refused(context.Background(), p, err)
+			err = a.refused(context.Background(), p, err)
 		}
 		return nil, nil, err
 	}

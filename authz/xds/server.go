@@ -681,7 +681,6 @@ func (s *Server) Proxies() int {
 // on what one client can send.
 func GRPCServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(4 << 10),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.MaxRecvMsgSize(1 << 20),

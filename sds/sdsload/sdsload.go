@@ -175,7 +175,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	res := Result{Streams: cfg.Streams}
-	_, _, version, err := await(map[string]bool{}, cfg.Timeout)
+	_, _, _, err := await(map[string]bool{}, cfg.Timeout)
 	if err != nil {
 		return res, err
 	}
@@ -202,7 +202,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if err := cfg.Trigger(ctx); err != nil {
 			return res, fmt.Errorf("sdsload: trigger: %w", err)
 		}
-		var err error
+		var (
+			version string
+			err     error
+		)
 		rot.First, rot.Last, version, err = await(seen, cfg.Timeout)
 		if err != nil {
 			return res, err
