@@ -368,6 +368,15 @@ type cacheAdapter Server
 
 var _ cachev3.Cache = (*cacheAdapter)(nil)
 
+// watchedWorkload checks that a watch asks for a served type and returns
+// the workload its node names.
+func watchedWorkload(asked string, node *corev3.Node) (workloadKey, error) {
+	if asked != typeURL && asked != listenerTypeURL {
+		return workloadKey{}, status.Errorf(codes.InvalidArgument, "type %q is not served", asked)
+	}
+	return workloadOf(node)
+}
+
 func workloadOf(node *corev3.Node) (workloadKey, error) {
 	p, err := ParseNodeID(node.GetId())
 	if err != nil {
@@ -380,10 +389,7 @@ func workloadOf(node *corev3.Node) (workloadKey, error) {
 // streams.
 func (c *cacheAdapter) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	s := (*Server)(c)
-	if req.GetTypeUrl() != typeURL && req.GetTypeUrl() != listenerTypeURL {
-		return nil, status.Errorf(codes.InvalidArgument, "type %q is not served", req.GetTypeUrl())
-	}
-	wk, err := workloadOf(req.GetNode())
+	wk, err := watchedWorkload(req.GetTypeUrl(), req.GetNode())
 	if err != nil {
 		return nil, err
 	}
@@ -394,10 +400,7 @@ func (c *cacheAdapter) CreateWatch(req *cachev3.Request, sub cachev3.Subscriptio
 // CreateDeltaWatch implements cache.ConfigWatcher for delta streams.
 func (c *cacheAdapter) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
 	s := (*Server)(c)
-	if req.GetTypeUrl() != typeURL && req.GetTypeUrl() != listenerTypeURL {
-		return nil, status.Errorf(codes.InvalidArgument, "type %q is not served", req.GetTypeUrl())
-	}
-	wk, err := workloadOf(req.GetNode())
+	wk, err := watchedWorkload(req.GetTypeUrl(), req.GetNode())
 	if err != nil {
 		return nil, err
 	}

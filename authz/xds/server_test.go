@@ -526,3 +526,24 @@ func TestRefusesUnknownNames(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusesUnservedTypes: a stream for a type the server does not serve
+// (here clusters) is refused, in both forms.
+func TestRefusesUnservedTypes(t *testing.T) {
+	v := newEnv(t)
+	for _, delta := range []bool{false, true} {
+		c, err := xdsclient.Start(context.Background(), v.dial(sa("foo", "web")), xdsclient.Config{
+			NodeID: nodeID("foo", "web-1"), Delta: delta, TypeURL: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, ok := <-c.Updates(); ok {
+			t.Fatal("served a type the server does not serve")
+		}
+		if code := status.Code(c.Err()); code != codes.InvalidArgument {
+			t.Errorf("delta=%v: %v, want InvalidArgument", delta, c.Err())
+		}
+	}
+}

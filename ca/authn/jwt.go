@@ -65,6 +65,18 @@ type JWT struct {
 	now       func() time.Time
 }
 
+// leewayOf returns the clock skew allowed for a configured Leeway: zero
+// means defaultLeeway, and a negative value none.
+func leewayOf(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return defaultLeeway
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 // NewJWT returns a JWT authenticator for cfg. It loads the key set now, so
 // a bad file or an unreachable issuer is reported at start-up.
 func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
@@ -76,13 +88,7 @@ func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 	case slices.Contains(cfg.Audiences, ""):
 		return nil, errors.New("authn: JWT audience must not be empty")
 	}
-	leeway := cfg.Leeway
-	switch {
-	case leeway == 0:
-		leeway = defaultLeeway
-	case leeway < 0:
-		leeway = 0
-	}
+	leeway := leewayOf(cfg.Leeway)
 	client := cfg.HTTPClient
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}

@@ -98,13 +98,7 @@ func NewServiceAccountTokens(cfg ServiceAccountConfig) (*ServiceAccountTokens, e
 	case slices.Contains(cfg.Audiences, ""):
 		return nil, errors.New("authn: token audience must not be empty")
 	}
-	leeway := cfg.Leeway
-	switch {
-	case leeway == 0:
-		leeway = defaultLeeway
-	case leeway < 0:
-		leeway = 0
-	}
+	leeway := leewayOf(cfg.Leeway)
 	n := cfg.MaxConcurrentReviews
 	if n <= 0 {
 		n = defaultMaxConcurrentReviews
