@@ -145,6 +145,15 @@ type Authorizer struct {
 	pods   Pods
 }
 
+// Ready reports whether the pods are listed, so that node agents can be
+// authorized; the CA's /readyz reports it.
+func (a *Authorizer) Ready() (bool, string) {
+	if !a.pods.Synced() {
+		return false, "the pod list for node-agent authorization is not synced yet"
+	}
+	return true, "ok"
+}
+
 // New returns an Authorizer for cfg.
 func New(cfg Config) (*Authorizer, error) {
 	switch {

@@ -35,7 +35,16 @@ func (s *Server) Ready() (bool, string) {
 		return false, "the signing chain has expired"
 	}
 	if r, ok := s.src.(interface{ Ready() (bool, string) }); ok {
-		return r.Ready()
+		if ok, why := r.Ready(); !ok {
+			return false, why
+		}
+	}
+	// A CA that node agents rely on is not ready before it knows the
+	// pods: until then it would refuse every agent as Unavailable.
+	if r, ok := s.cfg.Impersonation.(interface{ Ready() (bool, string) }); ok {
+		if ok, why := r.Ready(); !ok {
+			return false, why
+		}
 	}
 	return true, "ok"
 }

@@ -142,3 +142,26 @@ func TestImpersonate(t *testing.T) {
 }
 
 var _ ImpersonationAuthorizer = (*nodeauth.Authorizer)(nil)
+
+// TestReadyWaitsForPods: a CA that authorizes node agents is not ready
+// before its pod list is synced, since it would refuse every agent.
+func TestReadyWaitsForPods(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		pods   nodeauth.Pods
+		ready  bool
+		reason string
+	}{
+		{name: "no node agents", pods: nil, ready: true},
+		{name: "pods synced", pods: onePod{synced: true}, ready: true},
+		{name: "pods not synced", pods: onePod{synced: false}, reason: "pod list"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := startImpersonation(t, tt.pods)
+			ok, why := s.Ready()
+			if ok != tt.ready || !strings.Contains(why, tt.reason) {
+				t.Fatalf("Ready() = %v, %q; want %v and %q", ok, why, tt.ready, tt.reason)
+			}
+		})
+	}
+}
