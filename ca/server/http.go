@@ -34,17 +34,17 @@ func (s *Server) Ready() (bool, string) {
 	case time.Now().After(a.NotAfter()):
 		return false, "the signing chain has expired"
 	}
-	if r, ok := s.src.(interface{ Ready() (bool, string) }); ok {
-		if ok, why := r.Ready(); !ok {
-			return false, why
-		}
-	}
 	// A CA that node agents rely on is not ready before it knows the
 	// pods: until then it would refuse every agent as Unavailable.
 	if r, ok := s.cfg.Impersonation.(interface{ Ready() (bool, string) }); ok {
 		if ok, why := r.Ready(); !ok {
 			return false, why
 		}
+	}
+	// The material source may be ready and still name a problem (an
+	// upstream renewal failing while the current chain signs).
+	if r, ok := s.src.(interface{ Ready() (bool, string) }); ok {
+		return r.Ready()
 	}
 	return true, "ok"
 }
