@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -78,7 +77,7 @@ func startNodeCluster(t *testing.T, ns string, sas ...string) *nodeCluster {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	tokenFile := filepath.Join(dir, "istio-token")
-	if err := os.WriteFile(tokenFile, []byte(podBoundToken(t, api, agentPod)), 0o600); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(api.PodToken(t, agentPod)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -122,23 +121,6 @@ func startNodeCluster(t *testing.T, ns string, sas ...string) *nodeCluster {
 func startNodeAgentCA(t *testing.T, api *harness.APIServer) *harness.CA {
 	t.Helper()
 	return harness.StartCA(t, api, harness.WithNodeAgents(nodeauth.ServiceAccount{Namespace: agentNS, Name: agentSA}))
-}
-
-// podBoundToken is a token of the pod's service account bound to the pod,
-// as the kubelet projects one.
-func podBoundToken(t *testing.T, api *harness.APIServer, pod *corev1.Pod) string {
-	t.Helper()
-	secs := int64(3600)
-	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences:         []string{harness.DefaultAudience},
-		ExpirationSeconds: &secs,
-		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-	}}
-	res, err := api.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, req, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest bound to pod %s/%s: %v", pod.Namespace, pod.Name, err)
-	}
-	return res.Status.Token
 }
 
 // grants returns the impersonations the CA granted: one per CSR the agent

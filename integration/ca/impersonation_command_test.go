@@ -57,7 +57,7 @@ func TestImpersonationCommand(t *testing.T) {
 	webID := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
 	target := structpb.NewStringValue(webID.String())
 
-	resp, err := impersonate(t, conn, podToken(t, api, ztunnel), csr, target)
+	resp, err := impersonate(t, conn, api.PodToken(t, ztunnel), csr, target)
 	if err != nil {
 		t.Fatalf("ztunnel on node-a asking for %s: %v", webID, err)
 	}
@@ -67,7 +67,7 @@ func TestImpersonationCommand(t *testing.T) {
 	}
 	verifySVID(t, resp.GetCertChain(), key, rootPEM, webID)
 
-	_, err = impersonate(t, conn, podToken(t, api, agent), csr, target)
+	_, err = impersonate(t, conn, api.PodToken(t, agent), csr, target)
 	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "not_node_agent") {
 		t.Fatalf("castellan-agent without the flag naming it: %v, want PermissionDenied not_node_agent", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -86,23 +85,6 @@ func deletePod(t *testing.T, api *harness.APIServer, pod *corev1.Pod) {
 	}
 }
 
-// podToken returns a token of the pod's service account bound to the pod,
-// as the kubelet projects one.
-func podToken(t *testing.T, api *harness.APIServer, pod *corev1.Pod) string {
-	t.Helper()
-	secs := int64(3600)
-	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
-		Audiences:         []string{harness.DefaultAudience},
-		ExpirationSeconds: &secs,
-		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
-	}}
-	res, err := api.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, req, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest bound to pod %s/%s: %v", pod.Namespace, pod.Name, err)
-	}
-	return res.Status.Token
-}
-
 // impersonate calls the CA as ztunnel does: the agent's token, and the
 // target in the ImpersonatedIdentity metadata (none when target is nil).
 func impersonate(t *testing.T, conn *grpc.ClientConn, token, csr string, target *structpb.Value) (*pb.IstioCertificateResponse, error) {
@@ -135,11 +117,11 @@ func TestImpersonation(t *testing.T) {
 	webPod := runPod(t, api, "shop", "web-1", "web", "node-a")
 	runPod(t, api, "shop", "db-1", "db", "node-b")
 
-	agentToken := podToken(t, api, agentA)
-	goneToken := podToken(t, api, agentGone)
+	agentToken := api.PodToken(t, agentA)
+	goneToken := api.PodToken(t, agentGone)
 	deletePod(t, api, agentGone)
 	unboundToken := api.Token(t, agentNS, agentSA, []string{harness.DefaultAudience}, time.Hour)
-	webToken := podToken(t, api, webPod)
+	webToken := api.PodToken(t, webPod)
 
 	c, _ := impersonationCA(t, api)
 	conn := c.Dial(t)
@@ -255,7 +237,7 @@ func TestImpersonationAgentPodDeleted(t *testing.T) {
 	api.CreateServiceAccount(t, "shop", "web")
 	agent := runPod(t, api, agentNS, "agent-a", agentSA, "node-a")
 	runPod(t, api, "shop", "web-1", "web", "node-a")
-	token := podToken(t, api, agent)
+	token := api.PodToken(t, agent)
 
 	c, pods := impersonationCA(t, api)
 	conn := c.Dial(t)

@@ -13,10 +13,28 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// PodToken returns a one-hour token of pod's service account for
+// DefaultAudience, bound to the pod, as the kubelet projects one.
+func (a *APIServer) PodToken(t testing.TB, pod *corev1.Pod) string {
+	t.Helper()
+	secs := int64(3600)
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences:         []string{DefaultAudience},
+		ExpirationSeconds: &secs,
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+	res, err := a.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, req, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("harness: TokenRequest bound to pod %s/%s: %v", pod.Namespace, pod.Name, err)
+	}
+	return res.Status.Token
+}
 
 // CreatePod creates the pod ns/name bound to node (spec.nodeName set, as
 // the scheduler would), running as service account sa, which must exist,
