@@ -22,7 +22,7 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

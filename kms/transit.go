@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 )
 
 // Defaults of the Transit signer.

@@ -20,7 +20,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 )
 
 // fakeTransit is a stand-in for Vault's Transit engine, for unit tests of

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/pemfile"
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 

@@ -13,8 +13,8 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/upstream"
+	"github.com/castellan-mesh/castellan/internal/vault"
 	"github.com/castellan-mesh/castellan/kms"
-	"github.com/castellan-mesh/castellan/kms/vault"
 )
 
 // upstreamKeyFile is the intermediate's key in the data directory when an

@@ -10,7 +10,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/loadgen"
 	"github.com/castellan-mesh/castellan/integration/harness"
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 )
 
 // BenchmarkCASigners measures the CSRs/s of the whole CA (gRPC over TLS,

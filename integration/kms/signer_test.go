@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/castellan-mesh/castellan/integration/harness"
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 )
 
 // TestSoftHSMRoot keeps the CA's self-signed root key in a SoftHSM2 token:

@@ -15,7 +15,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )

@@ -37,7 +37,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
-	"github.com/castellan-mesh/castellan/kms/vault"
+	"github.com/castellan-mesh/castellan/internal/vault"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
 
