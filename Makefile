@@ -22,7 +22,7 @@ demo: build
 ## test: the whole suite, unit and integration, against the real servers
 ## "tools" builds once (cached). A test whose server is missing fails
 ## unless CASTELLAN_ALLOW_SKIP=1.
-test: fmt-check vet tidy-check tools test-unit fuzz-short test-monitoring test-helm test-integration
+test: fmt-check vet tidy-check lint tools test-unit fuzz-short test-monitoring test-helm test-integration
 
 ## test-unit: the fast inner loop (no external servers).
 test-unit:
@@ -65,7 +65,7 @@ tools:
 	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-pilot-agent.sh
 
 ## lint: golangci-lint with the committed .golangci.yml (installed once from
-## the Go module proxy into $(CACHE_DIR)). Not yet part of "make test".
+## the Go module proxy into $(CACHE_DIR), keyed by version).
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT = $(CACHE_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 lint:
