@@ -205,12 +205,17 @@ func TestTBSMatchesStdlib(t *testing.T) {
 		a    *Authority
 		key  crypto.Signer
 		ttl  time.Duration
+		dns  []string
 	}{
-		{"p256 ca, p256 leaf", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), time.Hour},
-		{"rsa ca, rsa leaf", newTestAuthority(t, mustRSA(t, 2048)), mustRSA(t, 2048), time.Hour},
-		{"p384 intermediate, p384 leaf", newIntermediateAuthority(t), mustECDSA(t, elliptic.P384()), time.Hour},
-		{"generalized time", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), 0},
-		{"ed25519 ca", newTestAuthority(t, ed25519Key(t)), mustECDSA(t, elliptic.P256()), time.Hour},
+		{"p256 ca, p256 leaf", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), time.Hour, nil},
+		{"rsa ca, rsa leaf", newTestAuthority(t, mustRSA(t, 2048)), mustRSA(t, 2048), time.Hour, nil},
+		{"p384 intermediate, p384 leaf", newIntermediateAuthority(t), mustECDSA(t, elliptic.P384()), time.Hour, nil},
+		{"generalized time", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), 0, nil},
+		{"ed25519 ca", newTestAuthority(t, ed25519Key(t)), mustECDSA(t, elliptic.P256()), time.Hour, nil},
+		{"dns profile", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), time.Hour,
+			[]string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local"}},
+		{"dns profile, long names", newIntermediateAuthority(t), mustRSA(t, 2048), time.Hour,
+			[]string{strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -225,6 +230,7 @@ func TestTBSMatchesStdlib(t *testing.T) {
 			}
 			serial, _ := randomSerial(rand.Reader)
 			tmpl := newLeafTemplate(keyOf(csr), testID.String(), serial, nb, na)
+			tmpl.dns = tc.dns
 			got, err := tmpl.marshalTBS(tc.a)
 			if err != nil {
 				t.Fatal(err)
@@ -242,6 +248,7 @@ func TestTBSMatchesStdlib(t *testing.T) {
 				BasicConstraintsValid: true,
 				SubjectKeyId:          tmpl.skid,
 				URIs:                  []*url.URL{testID.URL()},
+				DNSNames:              tc.dns,
 			}
 			// The stdlib sets AKID from the parent's SKID.
 			der, err := x509.CreateCertificate(rand.Reader, std, tc.a.Cert, csr.PublicKey, tc.a.Signer)

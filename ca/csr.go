@@ -78,9 +78,13 @@ func checkKey(csr *x509.CertificateRequest) error {
 // SAN, or any other URI, is refused. The CSR's subject and requested
 // extensions are never copied into the certificate.
 func ValidateCSR(csr *x509.CertificateRequest, id spiffeid.ID) error {
+	return validateCSR(csr, id, nil)
+}
+
+// validateCSR is ValidateCSR, with the DNS SANs dns allows id: a CSR may
+// also ask for some or all of them, and for nothing else.
+func validateCSR(csr *x509.CertificateRequest, id spiffeid.ID, dns *DNSProfile) error {
 	switch {
-	case len(csr.DNSNames) > 0:
-		return reject(ReasonForbiddenSAN, "CSR asks for DNS SAN %q; only the caller's SPIFFE ID %s may be requested", csr.DNSNames[0], id)
 	case len(csr.IPAddresses) > 0:
 		return reject(ReasonForbiddenSAN, "CSR asks for IP SAN %s; only the caller's SPIFFE ID %s may be requested", csr.IPAddresses[0], id)
 	case len(csr.EmailAddresses) > 0:
@@ -89,6 +93,8 @@ func ValidateCSR(csr *x509.CertificateRequest, id spiffeid.ID) error {
 		return reject(ReasonForbiddenSAN, "CSR asks for %d URI SANs; at most one, the caller's SPIFFE ID %s, may be requested", len(csr.URIs), id)
 	case len(csr.URIs) == 1 && csr.URIs[0].String() != id.String():
 		return reject(ReasonIdentityMismatch, "CSR asks for %q but the caller is %s", csr.URIs[0].String(), id)
+	case len(csr.DNSNames) > 0:
+		return dns.checkDNSNames(csr.DNSNames, id)
 	}
 	return nil
 }

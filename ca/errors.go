@@ -18,9 +18,13 @@ const (
 	ReasonBadSignature Reason = "bad_signature"
 	// ReasonUnsupportedKey: the CSR's key type or size is not accepted.
 	ReasonUnsupportedKey Reason = "unsupported_key"
-	// ReasonForbiddenSAN: the CSR asks for a DNS, IP or email SAN, or for
-	// more than one URI.
+	// ReasonForbiddenSAN: the CSR asks for an IP or email SAN, for more
+	// than one URI, or for a DNS SAN when no DNSProfile names the caller.
 	ReasonForbiddenSAN Reason = "forbidden_san"
+	// ReasonDNSNotAllowed: the CSR asks for a DNS SAN its service
+	// account's DNSProfile does not list, or asks for one through
+	// impersonation.
+	ReasonDNSNotAllowed Reason = "dns_san_not_allowed"
 	// ReasonIdentityMismatch: the CSR names a SPIFFE ID other than the
 	// caller's proven identity.
 	ReasonIdentityMismatch Reason = "identity_mismatch"

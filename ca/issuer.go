@@ -34,6 +34,9 @@ type Config struct {
 	// Rand is the source of serial numbers and signing randomness.
 	// Default: crypto/rand.Reader.
 	Rand io.Reader
+	// DNS lists the DNS SANs each service account may have, for serving
+	// certificates such as istiod's. Default (nil): no DNS SAN to anyone.
+	DNS *DNSProfile
 }
 
 func (c Config) withDefaults() Config {
@@ -85,6 +88,10 @@ type Request struct {
 	// TTL is the requested lifetime; zero means the default. It is clamped
 	// to the maximum and to the signing chain's expiry.
 	TTL time.Duration
+	// Impersonated says that ID is not the caller's own but was granted to
+	// a node agent for one of its pods. Such a request may not carry DNS
+	// SANs: a DNS profile is for the service account itself.
+	Impersonated bool
 }
 
 // SVID is an issued X509-SVID.
@@ -113,6 +120,9 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (*SVID, error) {
 		if perr != nil {
 			return nil, perr
 		}
+		if req.Impersonated && len(csr.DNSNames) > 0 {
+			return nil, reject(ReasonDNSNotAllowed, "CSR asks for DNS SAN %q on behalf of %s; DNS SANs are issued only to the service account itself, never through impersonation", truncateName(csr.DNSNames[0]), req.ID)
+		}
 		return i.IssueParsed(ctx, csr, req.ID, req.TTL)
 	}
 	if err != nil {
@@ -121,16 +131,19 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (*SVID, error) {
 	return i.issue(ctx, key, req.ID, req.TTL)
 }
 
-// IssueParsed signs an SVID for a CSR already returned by ParseCSR.
+// IssueParsed signs an SVID for a CSR already returned by ParseCSR. The
+// CSR may ask for DNS SANs that Config.DNS allows id; the certificate then
+// holds them beside the SPIFFE ID.
 func (i *Issuer) IssueParsed(ctx context.Context, csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
-	if err := ValidateCSR(csr, id); err != nil {
+	if err := validateCSR(csr, id, i.cfg.DNS); err != nil {
 		return nil, err
 	}
-	return i.issue(ctx, keyOf(csr), id, ttl)
+	return i.issue(ctx, keyOf(csr), id, ttl, csr.DNSNames...)
 }
 
-// issue signs an SVID for id with key, once the CSR has been validated.
-func (i *Issuer) issue(ctx context.Context, key csrKey, id spiffeid.ID, ttl time.Duration) (*SVID, error) {
+// issue signs an SVID for id with key, once the CSR has been validated;
+// dns are its allowed DNS SANs, if any.
+func (i *Issuer) issue(ctx context.Context, key csrKey, id spiffeid.ID, ttl time.Duration, dns ...string) (*SVID, error) {
 	a := i.src.Authority()
 	if a == nil {
 		return nil, reject(ReasonCAUnavailable, "no signing authority loaded")
@@ -144,6 +157,7 @@ func (i *Issuer) issue(ctx context.Context, key csrKey, id spiffeid.ID, ttl time
 		return nil, fmt.Errorf("ca: could not generate serial: %w", err)
 	}
 	tmpl := newLeafTemplate(key, id.String(), serial, notBefore, notAfter)
+	tmpl.dns = dns
 	der, err := i.sign(ctx, a, tmpl)
 	if err != nil {
 		return nil, err

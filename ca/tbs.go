@@ -22,7 +22,8 @@ type leafTemplate struct {
 	spki      []byte // the CSR's DER SubjectPublicKeyInfo, copied verbatim
 	skid      []byte
 	uri       string
-	rsa       bool // the subject key is RSA: add keyEncipherment
+	dns       []string // DNS SANs allowed by a DNSProfile, before the URI as crypto/x509 orders them
+	rsa       bool     // the subject key is RSA: add keyEncipherment
 }
 
 var (
@@ -58,7 +59,8 @@ func keyOf(csr *x509.CertificateRequest) csrKey {
 
 // marshalTBS encodes the TBSCertificate of an X509-SVID issued by a:
 //
-//   - an empty subject, with the URI SAN marked critical (RFC 5280 4.2.1.6);
+//   - an empty subject, with the SAN marked critical (RFC 5280 4.2.1.6):
+//     the DNS names of a DNSProfile, if any, then the URI;
 //   - keyUsage digitalSignature (and keyEncipherment for RSA), critical;
 //   - extKeyUsage serverAuth and clientAuth;
 //   - basicConstraints CA:FALSE, critical;
@@ -97,8 +99,11 @@ func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
 		ku = kuExtRSA
 	}
 	skidExt := tlvLen(len(skidExtPrefix) + tlvLen(tlvLen(len(t.skid))))
-	sanURI := tlvLen(len(t.uri))
-	sanExt := tlvLen(len(sanExtPrefix) + tlvLen(tlvLen(sanURI)))
+	sanNames := tlvLen(len(t.uri))
+	for _, d := range t.dns {
+		sanNames += tlvLen(len(d))
+	}
+	sanExt := tlvLen(len(sanExtPrefix) + tlvLen(tlvLen(sanNames)))
 	exts := len(ku) + len(ekuExt) + len(bcExt) + skidExt + len(a.akidExt) + sanExt
 	validity := tlvLen(nbLen) + tlvLen(naLen)
 	body := len(versionV3) + tlvLen(len(serial)) + len(a.sigAlgDER) + len(a.Cert.RawSubject) +
@@ -132,10 +137,14 @@ func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
 	dst = appendHeader(dst, tagOctetString, len(t.skid))
 	dst = append(dst, t.skid...)
 	dst = append(dst, a.akidExt...)
-	dst = appendHeader(dst, tagSequence, len(sanExtPrefix)+tlvLen(tlvLen(sanURI)))
+	dst = appendHeader(dst, tagSequence, len(sanExtPrefix)+tlvLen(tlvLen(sanNames)))
 	dst = append(dst, sanExtPrefix...)
-	dst = appendHeader(dst, tagOctetString, tlvLen(sanURI))
-	dst = appendHeader(dst, tagSequence, sanURI)
+	dst = appendHeader(dst, tagOctetString, tlvLen(sanNames))
+	dst = appendHeader(dst, tagSequence, sanNames)
+	for _, d := range t.dns {
+		dst = appendHeader(dst, tagDNSName, len(d))
+		dst = append(dst, d...)
+	}
 	dst = appendHeader(dst, tagURI, len(t.uri))
 	dst = append(dst, t.uri...)
 	return dst, nil
@@ -143,7 +152,11 @@ func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
 
 // sizeHint is an upper bound of the certificate's size, for one allocation.
 func (t *leafTemplate) sizeHint(a *Authority) int {
-	return 512 + len(a.Cert.RawSubject) + len(t.spki) + len(t.uri) + len(a.akidExt) + a.sig.maxSigLen()
+	n := 512 + len(a.Cert.RawSubject) + len(t.spki) + len(t.uri) + len(a.akidExt) + a.sig.maxSigLen()
+	for _, d := range t.dns {
+		n += 4 + len(d)
+	}
+	return n
 }
 
 // DER tags of the TBSCertificate.
@@ -154,6 +167,7 @@ const (
 	tagUTCTime      = 0x17
 	tagGeneralTime  = 0x18
 	tagSequence     = 0x30
+	tagDNSName      = 0x82 // [2] IMPLICIT IA5String in GeneralName
 	tagURI          = 0x86 // [6] IMPLICIT IA5String in GeneralName
 	tagExplicit3    = 0xa3 // [3] EXPLICIT Extensions
 	utcTimeFormat   = "060102150405Z0700"

@@ -72,7 +72,7 @@ func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
 		m.authFailures.WithLabelValues(string(r))
 	}
 	for _, r := range []ca.Reason{ca.ReasonMalformedCSR, ca.ReasonBadSignature, ca.ReasonUnsupportedKey, ca.ReasonForbiddenSAN,
-		ca.ReasonIdentityMismatch, ca.ReasonInvalidTTL, ca.ReasonCAUnavailable, reasonOversized, reasonImpersonation} {
+		ca.ReasonDNSNotAllowed, ca.ReasonIdentityMismatch, ca.ReasonInvalidTTL, ca.ReasonCAUnavailable, reasonOversized, reasonImpersonation} {
 		m.rejected.WithLabelValues(string(r))
 	}
 	return m

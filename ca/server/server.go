@@ -106,6 +106,10 @@ type Config struct {
 	// agents), typically a *nodeauth.Authorizer. Nil: impersonation is
 	// always refused.
 	Impersonation ImpersonationAuthorizer
+	// DNSProfile lists the DNS SANs each service account may have in its
+	// certificate (istiod's serving certificate). Nil: DNS SANs are
+	// refused to every caller.
+	DNSProfile *ca.DNSProfile
 }
 
 // RotationStatuser is a Source that reports its trust bundle's roots and
@@ -184,7 +188,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.store, s.src = store, store
 	}
-	iss, err := ca.NewIssuer(s.src, ca.Config{DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL})
+	iss, err := ca.NewIssuer(s.src, ca.Config{DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, DNS: cfg.DNSProfile})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}

@@ -36,7 +36,8 @@ func (c *certService) CreateCertificate(ctx context.Context, req *pb.IstioCertif
 	if err != nil {
 		return nil, err
 	}
-	if v, ok := req.GetMetadata().GetFields()[impersonationKey]; ok {
+	v, impersonated := req.GetMetadata().GetFields()[impersonationKey]
+	if impersonated {
 		if id, err = s.impersonate(ctx, caller, id, v); err != nil {
 			return nil, err
 		}
@@ -48,7 +49,7 @@ func (c *certService) CreateCertificate(ctx context.Context, req *pb.IstioCertif
 	ttl := time.Duration(min(req.GetValidityDuration(), int64(100*365*24*time.Hour/time.Second))) * time.Second
 
 	start := time.Now()
-	svid, err := s.issuer.Issue(ctx, ca.Request{CSR: []byte(req.GetCsr()), ID: id, TTL: ttl})
+	svid, err := s.issuer.Issue(ctx, ca.Request{CSR: []byte(req.GetCsr()), ID: id, TTL: ttl, Impersonated: impersonated})
 	if err != nil {
 		return nil, s.rejection(ctx, id, err)
 	}
@@ -117,7 +118,7 @@ func (s *Server) rejection(ctx context.Context, id spiffeid.ID, err error) error
 	s.log.InfoContext(ctx, "CSR rejected", "spiffe_id", id.String(), "reason", string(reason), "error", err.Error())
 	code := codes.InvalidArgument
 	switch reason {
-	case ca.ReasonIdentityMismatch:
+	case ca.ReasonIdentityMismatch, ca.ReasonDNSNotAllowed:
 		code = codes.PermissionDenied
 	case ca.ReasonCAUnavailable:
 		code = codes.Unavailable

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
@@ -30,6 +31,8 @@ type caFlags struct {
 	rootTTL, rootRotateBefore, rootPropagation           time.Duration
 	tokenReview, pprof                                   bool
 	gcPercent                                            int
+	// dnsSANAllow are the --dns-san-allow entries (ca.ParseDNSProfile).
+	dnsSANAllow []string
 
 	kms      kmsFlags
 	kube     kubeFlags
@@ -86,6 +89,10 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.rootTTL, "root-ttl", 10*365*24*time.Hour, "lifetime of a new self-signed root")
 	fs.DurationVar(&f.rootRotateBefore, "root-rotate-before", 365*24*time.Hour, "rotate a self-signed root automatically when less than this is left (0 disables)")
 	fs.DurationVar(&f.rootPropagation, "root-propagation-delay", time.Hour, "time a new root sits in the trust bundle before it signs")
+	fs.Func("dns-san-allow", "namespace/serviceaccount=name[,name...]: DNS names that service account may have in its certificate, e.g. istio-system/istiod=istiod.istio-system.svc (repeatable; entries separated by ';' in CASTELLAN_DNS_SAN_ALLOW); every other DNS SAN is refused", func(v string) error {
+		f.dnsSANAllow = append(f.dnsSANAllow, v)
+		return nil
+	})
 	f.kms.register(fs)
 	f.kube.register(fs)
 	f.nodeAuth.register(fs)
@@ -111,6 +118,13 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
 	if err != nil {
 		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)}
+	}
+	dnsProfile, err := ca.ParseDNSProfile(f.dnsSANAllow...)
+	if err != nil {
+		return usageError{Err: fmt.Errorf("--dns-san-allow: %w", err)}
+	}
+	if dnsProfile.Len() > 0 {
+		log.Info("DNS SAN profile", "allow", dnsProfile.String())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.NewCollector())
@@ -164,6 +178,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		PprofAddr:      pprofAddr,
 		Limits:         f.auth.limits(),
 		Impersonation:  impersonation,
+		DNSProfile:     dnsProfile,
 
 		RootTTL:              deps.rootTTL,
 		RootRotateBefore:     deps.rootRotateBefore,
