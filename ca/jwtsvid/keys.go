@@ -1,0 +1,282 @@
+// Package jwtsvid signs JWT-SVIDs for the CA, with a signing key of its
+// own (ECDSA P-256, ES256) kept in a key store of package kms like every
+// CA key, and publishes the keys that verify them (the JWT authorities of
+// the trust domain's SPIFFE bundle).
+//
+// The keys rotate with the X.509 root's three phases (package rotation):
+// prepare creates a key that is published but does not sign yet; activate,
+// once the published keys have reached every agent, makes it sign while
+// the previous key stays published; retire, once no token signed by the
+// previous key can still be valid, drops it. The state lives in the data
+// directory (StateFile); a running KeySet picks every step up on its next
+// reload.
+package jwtsvid
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/go-jose/go-jose/v4"
+)
+
+// KeyStore holds the JWT signing keys; kms.Ring implements it (with
+// algorithm ecdsa-p256).
+type KeyStore interface {
+	// Open returns the key named name.
+	Open(ctx context.Context, name string) (crypto.Signer, error)
+	// Create generates a new key named name; it never replaces a key.
+	Create(ctx context.Context, name string) (crypto.Signer, error)
+}
+
+// keyOpTimeout bounds a key store call made by a reload, which has no
+// caller's context.
+const keyOpTimeout = 30 * time.Second
+
+// Config configures a KeySet. Zero values select the noted defaults.
+type Config struct {
+	// Dir is the CA's data directory, which holds StateFile. Required.
+	Dir string
+	// Keys holds the keys. Required.
+	Keys KeyStore
+	// ReloadInterval is how often Run checks StateFile for rotation
+	// steps. Default: 5s.
+	ReloadInterval time.Duration
+	// Logger receives key events. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Key is one JWT signing key.
+type Key struct {
+	// Name is the key's name in the key store.
+	Name string
+	// ID is the key's "kid": its RFC 7638 JWK thumbprint (SHA-256,
+	// base64url).
+	ID string
+	// Public is the ECDSA P-256 public key.
+	Public *ecdsa.PublicKey
+	signer crypto.Signer
+}
+
+// KeyState is the role of a published key.
+type KeyState string
+
+// The roles of a published key: the rotation's root states.
+const (
+	KeyActive   = KeyState(rotation.RootActive)
+	KeyPrepared = KeyState(rotation.RootPrepared)
+	KeyRetiring = KeyState(rotation.RootRetiring)
+)
+
+// Keys is a consistent view of the keys: the one that signs and every
+// published one.
+type Keys struct {
+	State  State
+	Active *Key
+	// Published holds the active key, and the prepared or retiring one,
+	// with their roles.
+	Published []PublishedKey
+}
+
+// PublishedKey is a key with its role.
+type PublishedKey struct {
+	*Key
+	State KeyState
+}
+
+// Authorities returns the published keys by key ID.
+func (k *Keys) Authorities() map[string]crypto.PublicKey {
+	out := make(map[string]crypto.PublicKey, len(k.Published))
+	for _, p := range k.Published {
+		out[p.ID] = p.Public
+	}
+	return out
+}
+
+// KeySet is the CA's JWT signing keys, kept current with StateFile.
+type KeySet struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex // serializes reloads
+	raw     []byte     // the StateFile last loaded
+	cur     atomic.Pointer[Keys]
+	changed chan struct{} // closed and replaced on each change, under mu
+	chMu    sync.Mutex
+}
+
+// Open loads the keys StateFile names, creating the first key in the key
+// store (and StateFile) on the first start.
+func Open(ctx context.Context, cfg Config) (*KeySet, error) {
+	switch {
+	case cfg.Dir == "":
+		return nil, errors.New("jwtsvid: no data directory configured")
+	case cfg.Keys == nil:
+		return nil, errors.New("jwtsvid: no key store configured")
+	}
+	if cfg.ReloadInterval <= 0 {
+		cfg.ReloadInterval = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &KeySet{cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}
+	exists, err := stateExists(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("jwtsvid: %w", err)
+		}
+		name := NewKeyName()
+		if _, err := cfg.Keys.Create(ctx, name); err != nil {
+			return nil, fmt.Errorf("jwtsvid: creating the first JWT signing key %s: %w", name, err)
+		}
+		if err := WriteState(cfg.Dir, State{Phase: rotation.PhaseSteady, Active: name}); err != nil {
+			return nil, err
+		}
+		s.log.Info("created the JWT-SVID signing key", "key", name)
+	}
+	if _, err := s.reload(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewKeyName returns a fresh name for a JWT signing key.
+func NewKeyName() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "jwt-" + hex.EncodeToString(b[:])
+}
+
+// Keys returns the current keys.
+func (s *KeySet) Keys() *Keys { return s.cur.Load() }
+
+// JWTAuthorities returns the published keys (active, prepared, retiring)
+// by key ID, for the trust domain's SPIFFE bundle.
+func (s *KeySet) JWTAuthorities() map[string]crypto.PublicKey {
+	return s.cur.Load().Authorities()
+}
+
+// Changed returns a channel closed at the next change of the keys.
+func (s *KeySet) Changed() <-chan struct{} {
+	s.chMu.Lock()
+	defer s.chMu.Unlock()
+	return s.changed
+}
+
+// Run reloads StateFile every ReloadInterval until ctx ends. A state that
+// cannot be loaded is logged and the last good keys stay.
+func (s *KeySet) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.ReloadInterval)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, keyOpTimeout)
+		changed, err := s.reload(rctx)
+		cancel()
+		switch {
+		case err != nil && err.Error() != lastErr:
+			s.log.Error("could not reload the JWT signing keys; the last good ones stay", "error", err)
+			lastErr = err.Error()
+		case err == nil:
+			lastErr = ""
+			if changed {
+				k := s.Keys()
+				s.log.Info("JWT signing keys reloaded", "phase", string(k.State.Phase), "active_kid", k.Active.ID, "published", len(k.Published))
+			}
+		}
+	}
+}
+
+// reload loads StateFile when it changed since the last load.
+func (s *KeySet) reload(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, raw, err := ReadState(s.cfg.Dir)
+	if err != nil {
+		return false, err
+	}
+	if s.cur.Load() != nil && bytes.Equal(raw, s.raw) {
+		return false, nil
+	}
+	keys, err := LoadKeys(ctx, s.cfg.Keys, st)
+	if err != nil {
+		return false, err
+	}
+	s.cur.Store(keys)
+	s.raw = raw
+	s.chMu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.chMu.Unlock()
+	return true, nil
+}
+
+// LoadKeys opens the keys st names.
+func LoadKeys(ctx context.Context, store KeyStore, st State) (*Keys, error) {
+	out := &Keys{State: st}
+	for _, p := range []struct {
+		name  string
+		state KeyState
+	}{{st.Active, KeyActive}, {st.Next, KeyPrepared}, {st.Previous, KeyRetiring}} {
+		if p.name == "" {
+			continue
+		}
+		k, err := openKey(ctx, store, p.name)
+		if err != nil {
+			return nil, err
+		}
+		if p.state == KeyActive {
+			out.Active = k
+		}
+		out.Published = append(out.Published, PublishedKey{Key: k, State: p.state})
+	}
+	return out, nil
+}
+
+// openKey opens the key name and checks that it can sign ES256.
+func openKey(ctx context.Context, store KeyStore, name string) (*Key, error) {
+	signer, err := store.Open(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("jwtsvid: JWT signing key %s: %w", name, err)
+	}
+	pub, ok := signer.Public().(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("jwtsvid: JWT signing key %s is a %T, not ECDSA P-256 (ES256)", name, signer.Public())
+	}
+	kid, err := KeyID(pub)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{Name: name, ID: kid, Public: pub, signer: signer}, nil
+}
+
+// KeyID returns the key ID of pub: its RFC 7638 JWK thumbprint (SHA-256),
+// base64url without padding.
+func KeyID(pub crypto.PublicKey) (string, error) {
+	tp, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", fmt.Errorf("jwtsvid: key thumbprint: %w", err)
+	}
+	return b64(tp), nil
+}

@@ -1,0 +1,126 @@
+package jwtsvid
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/cryptosigner"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Limits of a JWT-SVID request.
+const (
+	// MaxAudiences is the most audiences one token names.
+	MaxAudiences = 16
+	// MaxAudienceLen is the longest audience, in bytes.
+	MaxAudienceLen = 256
+)
+
+// Lifetimes of a JWT-SVID.
+const (
+	DefaultTTL = 5 * time.Minute
+	MinTTL     = 10 * time.Second
+	MaxTTL     = time.Hour
+)
+
+// ErrNoKey is returned by Mint when no signing key is loaded.
+var ErrNoKey = errors.New("jwtsvid: no JWT signing key loaded")
+
+// AudienceError is a request's audience list that is refused.
+type AudienceError struct{ msg string }
+
+func (e *AudienceError) Error() string { return "jwtsvid: " + e.msg }
+
+// CheckAudiences refuses an audience list a JWT-SVID may not carry: none,
+// more than MaxAudiences, an empty or duplicate one, one longer than
+// MaxAudienceLen or holding anything but printable ASCII.
+func CheckAudiences(aud []string) error {
+	bad := func(format string, args ...any) error { return &AudienceError{msg: fmt.Sprintf(format, args...)} }
+	switch {
+	case len(aud) == 0:
+		return bad("no audience; a JWT-SVID needs at least one")
+	case len(aud) > MaxAudiences:
+		return bad("%d audiences, more than %d", len(aud), MaxAudiences)
+	}
+	seen := make(map[string]bool, len(aud))
+	for i, a := range aud {
+		switch {
+		case a == "":
+			return bad("audience %d is empty", i)
+		case len(a) > MaxAudienceLen:
+			return bad("audience %d is %d bytes, more than %d", i, len(a), MaxAudienceLen)
+		case seen[a]:
+			return bad("audience %q is named twice", a)
+		}
+		for j := 0; j < len(a); j++ {
+			if a[j] < 0x21 || a[j] > 0x7e {
+				return bad("audience %d holds byte 0x%02x at %d; want printable ASCII without spaces", i, a[j], j)
+			}
+		}
+		seen[a] = true
+	}
+	return nil
+}
+
+// Token is a signed JWT-SVID.
+type Token struct {
+	// Token is the JWS compact serialization.
+	Token string
+	// KeyID is the "kid" of the key that signed it.
+	KeyID    string
+	IssuedAt time.Time
+	Expiry   time.Time
+}
+
+// Mint signs a JWT-SVID for id with the active key: ES256, header kid,
+// claims sub (id), aud, iat and exp (now + ttl; ttl must be within
+// MinTTL and MaxTTL). The audiences must pass CheckAudiences.
+func (s *KeySet) Mint(ctx context.Context, id spiffeid.ID, audiences []string, ttl time.Duration) (*Token, error) {
+	return Mint(ctx, s.Keys().Active, id, audiences, ttl, time.Now())
+}
+
+// Mint signs a JWT-SVID for id with key at now (see KeySet.Mint).
+func Mint(ctx context.Context, key *Key, id spiffeid.ID, audiences []string, ttl time.Duration, now time.Time) (*Token, error) {
+	switch {
+	case key == nil || key.signer == nil:
+		return nil, ErrNoKey
+	case id.IsZero():
+		return nil, errors.New("jwtsvid: no SPIFFE ID to sign for")
+	case ttl < MinTTL || ttl > MaxTTL:
+		return nil, fmt.Errorf("jwtsvid: lifetime %s is outside [%s, %s]", ttl, MinTTL, MaxTTL)
+	}
+	if err := CheckAudiences(audiences); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	signer, err := jose.NewSigner(
+		jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: cryptosigner.Opaque(key.signer), KeyID: key.ID}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return nil, fmt.Errorf("jwtsvid: %w", err)
+	}
+	// The seconds of iat and exp are what the token says; the fractions
+	// are dropped so that Token reports them exactly.
+	iat := now.Truncate(time.Second)
+	exp := iat.Add(ttl)
+	claims := jwt.Claims{
+		Subject:  id.String(),
+		Audience: jwt.Audience(audiences),
+		IssuedAt: jwt.NewNumericDate(iat),
+		Expiry:   jwt.NewNumericDate(exp),
+	}
+	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
+	if err != nil {
+		return nil, fmt.Errorf("jwtsvid: signing with key %s: %w", key.Name, err)
+	}
+	return &Token{Token: tok, KeyID: key.ID, IssuedAt: iat, Expiry: exp}, nil
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

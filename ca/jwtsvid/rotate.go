@@ -1,0 +1,186 @@
+package jwtsvid
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/rotation"
+)
+
+// Rotator takes the steps of a JWT key rotation in a data directory: the
+// X.509 root's phases (package rotation), for the JWT signing key. A
+// running CA on the same directory picks every step up on its next
+// reload.
+type Rotator struct {
+	// Dir is the CA's data directory.
+	Dir string
+	// Keys is the key store the CA's JWT keys are in. Required.
+	Keys KeyStore
+	// PropagationDelay is how long a prepared key must be published
+	// before it may sign. Default: rotation.DefaultPropagationDelay.
+	PropagationDelay time.Duration
+	// TTL is the CA's JWT-SVID lifetime: the previous key stays published
+	// that long after activation, plus RetireMargin. Default: DefaultTTL.
+	TTL time.Duration
+	// RetireMargin is added to TTL, for clock skew. Default:
+	// rotation.DefaultRetireMargin.
+	RetireMargin time.Duration
+	// Now returns the current time. Default: time.Now.
+	Now func() time.Time
+	// Logger receives rotation events. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+func (r *Rotator) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Rotator) log() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.Default()
+}
+
+func (r *Rotator) policy() rotation.Policy {
+	ttl := r.TTL
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	return rotation.Policy{PropagationDelay: r.PropagationDelay, MaxTTL: ttl, RetireMargin: r.RetireMargin}
+}
+
+// begin reads the state and refuses a step that needs phase want.
+func (r *Rotator) begin(want rotation.Phase) (State, error) {
+	if r.Keys == nil {
+		return State{}, errors.New("jwtsvid: no key store configured")
+	}
+	st, _, err := ReadState(r.Dir)
+	if err != nil {
+		return State{}, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
+	}
+	if st.Phase != want {
+		rs := rotation.State{Phase: st.Phase}
+		return State{}, fmt.Errorf("jwtsvid: JWT key %w", rs.Require(want))
+	}
+	return st, nil
+}
+
+// Prepare creates a new key in the key store and publishes it; the active
+// key still signs.
+func (r *Rotator) Prepare(ctx context.Context) error {
+	st, err := r.begin(rotation.PhaseSteady)
+	if err != nil {
+		return err
+	}
+	name := NewKeyName()
+	if _, err := r.Keys.Create(ctx, name); err != nil {
+		return fmt.Errorf("jwtsvid: creating the next JWT signing key %s: %w", name, err)
+	}
+	k, err := openKey(ctx, r.Keys, name)
+	if err != nil {
+		return err
+	}
+	st.Phase, st.Next, st.PreparedAt = rotation.PhasePrepared, name, r.now().UTC()
+	if err := WriteState(r.Dir, st); err != nil {
+		return err
+	}
+	r.log().Info("prepared a JWT signing key: published, not signing yet", "key", name, "kid", k.ID,
+		"activate_after", r.policy().ActivateAfter(st.PreparedAt).Format(time.RFC3339))
+	return nil
+}
+
+// Activate makes the prepared key sign, once it has been published for
+// the propagation delay (or with force); the previous key stays published.
+func (r *Rotator) Activate(ctx context.Context, force bool) error {
+	st, err := r.begin(rotation.PhasePrepared)
+	if err != nil {
+		return err
+	}
+	now := r.now().UTC()
+	p := r.policy()
+	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
+		return fmt.Errorf("jwtsvid: the next JWT key has been published since %s; wait until %s for it to reach every agent, or force",
+			st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
+	}
+	if _, err := openKey(ctx, r.Keys, st.Next); err != nil {
+		return err
+	}
+	st = State{Phase: rotation.PhaseActivated, Active: st.Next, Previous: st.Active, PreparedAt: st.PreparedAt,
+		ActivatedAt: now, RetireAfter: p.RetireAfter(now), Retired: st.Retired}
+	if err := WriteState(r.Dir, st); err != nil {
+		return err
+	}
+	r.log().Info("activated the JWT signing key", "key", st.Active, "retire_after", st.RetireAfter.Format(time.RFC3339))
+	return nil
+}
+
+// Retire stops publishing the previous key, once no token it signed can
+// be valid (or with force): tokens it signed no longer verify.
+func (r *Rotator) Retire(_ context.Context, force bool) error {
+	st, err := r.begin(rotation.PhaseActivated)
+	if err != nil {
+		return err
+	}
+	if now := r.now(); now.Before(st.RetireAfter) && !force {
+		return fmt.Errorf("jwtsvid: JWT-SVIDs signed by the previous key may be valid until %s; retire after that, or force",
+			st.RetireAfter.Format(time.RFC3339))
+	}
+	retired := append(st.Retired, st.Previous)
+	if len(retired) > maxRetired {
+		retired = retired[len(retired)-maxRetired:]
+	}
+	old := st.Previous
+	st = State{Phase: rotation.PhaseSteady, Active: st.Active, Retired: retired}
+	if err := WriteState(r.Dir, st); err != nil {
+		return err
+	}
+	r.log().Info("retired the previous JWT signing key: no longer published", "key", old)
+	return nil
+}
+
+// Status is the state of the JWT keys and of any rotation.
+type Status struct {
+	Phase         rotation.Phase `json:"phase"`
+	PreparedAt    time.Time      `json:"prepared_at,omitzero"`
+	ActivatedAt   time.Time      `json:"activated_at,omitzero"`
+	ActivateAfter time.Time      `json:"activate_after,omitzero"`
+	RetireAfter   time.Time      `json:"retire_after,omitzero"`
+	Keys          []KeyStatus    `json:"keys"`
+}
+
+// KeyStatus describes one published key.
+type KeyStatus struct {
+	KeyID string   `json:"kid"`
+	Name  string   `json:"name"`
+	State KeyState `json:"state"`
+}
+
+// Status reports the published keys and the rotation phase.
+func (r *Rotator) Status(ctx context.Context) (*Status, error) {
+	if r.Keys == nil {
+		return nil, errors.New("jwtsvid: no key store configured")
+	}
+	st, _, err := ReadState(r.Dir)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := LoadKeys(ctx, r.Keys, st)
+	if err != nil {
+		return nil, err
+	}
+	out := &Status{Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
+	if st.Phase == rotation.PhasePrepared {
+		out.ActivateAfter = r.policy().ActivateAfter(st.PreparedAt)
+	}
+	for _, k := range keys.Published {
+		out.Keys = append(out.Keys, KeyStatus{KeyID: k.ID, Name: k.Name, State: k.State})
+	}
+	return out, nil
+}

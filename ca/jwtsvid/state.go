@@ -1,0 +1,136 @@
+package jwtsvid
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
+)
+
+// StateFile records the JWT signing keys in the CA's data directory.
+const StateFile = "jwt-keys.json"
+
+// MaxStateBytes bounds a stored State.
+const MaxStateBytes = 16 << 10
+
+// maxRetired bounds State.Retired: the oldest names are dropped.
+const maxRetired = 32
+
+// keyNameRE is a key name in the key store (kms.Ring's rule).
+var keyNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// State records which keys of the key store sign JWT-SVIDs and which are
+// published, and where a JWT key rotation stands. Its phases are the X.509
+// root's (package rotation): prepared (Next is published, Active signs),
+// activated (Active signs, Previous is still published until no token it
+// signed can be valid), steady (Active alone).
+type State struct {
+	Phase rotation.Phase `json:"phase"`
+	// Active names the key that signs.
+	Active string `json:"active"`
+	// Next names a prepared key: published, not signing yet.
+	Next string `json:"next,omitempty"`
+	// Previous names the key that signed before the last activation:
+	// published until RetireAfter.
+	Previous    string    `json:"previous,omitempty"`
+	PreparedAt  time.Time `json:"prepared_at,omitzero"`
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	RetireAfter time.Time `json:"retire_after,omitzero"`
+	// Retired names keys dropped by a retirement, never published again
+	// (at most the last 32).
+	Retired []string `json:"retired,omitempty"`
+}
+
+// ReadState reads dir's StateFile. A missing file returns an error
+// wrapping fs.ErrNotExist.
+func ReadState(dir string) (State, []byte, error) {
+	path := filepath.Join(dir, StateFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return State{}, nil, fmt.Errorf("jwtsvid: %w", err)
+	}
+	st, err := ParseState(path, b)
+	return st, b, err
+}
+
+// ParseState decodes and checks the content b of the state stored at
+// where (named in errors).
+func ParseState(where string, b []byte) (State, error) {
+	if len(b) > MaxStateBytes {
+		return State{}, fmt.Errorf("jwtsvid: %s: %d bytes, more than %d", where, len(b), MaxStateBytes)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return State{}, fmt.Errorf("jwtsvid: %s: %w", where, err)
+	}
+	if err := st.check(); err != nil {
+		return State{}, fmt.Errorf("jwtsvid: %s: %w", where, err)
+	}
+	return st, nil
+}
+
+// check refuses a state whose key names or phase do not fit together.
+func (st State) check() error {
+	for _, n := range []string{st.Active, st.Next, st.Previous} {
+		if n != "" && !keyNameRE.MatchString(n) {
+			return fmt.Errorf("key name %q: want at most 64 letters, digits, '_', '.' and '-'", n)
+		}
+	}
+	switch {
+	case st.Active == "":
+		return errors.New("no active key")
+	case len(st.Retired) > maxRetired:
+		return fmt.Errorf("%d retired keys, more than %d", len(st.Retired), maxRetired)
+	}
+	switch st.Phase {
+	case rotation.PhaseSteady:
+		if st.Next != "" || st.Previous != "" {
+			return errors.New("phase steady with a next or previous key")
+		}
+	case rotation.PhasePrepared:
+		if st.Next == "" || st.Previous != "" || st.Next == st.Active {
+			return errors.New("phase prepared needs a next key distinct from the active one, and no previous key")
+		}
+	case rotation.PhaseActivated:
+		if st.Previous == "" || st.Next != "" || st.Previous == st.Active {
+			return errors.New("phase activated needs a previous key distinct from the active one, and no next key")
+		}
+	default:
+		return fmt.Errorf("unknown phase %q (want steady, prepared or activated)", st.Phase)
+	}
+	return nil
+}
+
+// WriteState replaces dir's StateFile atomically.
+func WriteState(dir string, st State) error {
+	if err := st.check(); err != nil {
+		return fmt.Errorf("jwtsvid: %w", err)
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("jwtsvid: %w", err)
+	}
+	if err := pemfile.WriteFileAtomic(filepath.Join(dir, StateFile), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("jwtsvid: %w", err)
+	}
+	return nil
+}
+
+// stateExists reports whether dir holds a StateFile.
+func stateExists(dir string) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, StateFile))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("jwtsvid: %w", err)
+}
