@@ -28,6 +28,10 @@ type Caller struct {
 	// NodeName is the node of that pod when the token records it
 	// (authentication.kubernetes.io/node-name), empty otherwise.
 	NodeName string
+	// Cluster is the remote cluster whose API server proved the token
+	// (see Clusters), empty for the local cluster. Pod and node names
+	// are that cluster's.
+	Cluster string
 }
 
 // Authenticator verifies a bearer token and returns the caller it proves.

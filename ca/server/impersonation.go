@@ -36,6 +36,9 @@ const (
 	// reasonOther: the ImpersonationAuthorizer refused without a
 	// nodeauth reason.
 	reasonOther = "other"
+	// reasonRemoteCluster: the caller's token was proven by a remote
+	// cluster, whose pods the CA does not watch.
+	reasonRemoteCluster = "remote_cluster"
 )
 
 func newImpersonationCounter(reg prometheus.Registerer) *prometheus.CounterVec {
@@ -46,6 +49,7 @@ func newImpersonationCounter(reg prometheus.Registerer) *prometheus.CounterVec {
 	reg.MustRegister(c)
 	c.WithLabelValues(impersonationGranted, "")
 	c.WithLabelValues(impersonationDenied, reasonNotEnabled)
+	c.WithLabelValues(impersonationDenied, reasonRemoteCluster)
 	for _, r := range nodeauth.Reasons() {
 		c.WithLabelValues(impersonationDenied, string(r))
 	}
@@ -59,6 +63,12 @@ func (s *Server) impersonate(ctx context.Context, caller authn.Caller, self spif
 	if s.cfg.Impersonation == nil {
 		return spiffeid.ID{}, s.denyImpersonation(ctx, caller, self, raw, reasonNotEnabled,
 			status.Errorf(codes.PermissionDenied, "%s may not impersonate %q (%s): impersonation is not enabled on this CA", self, truncate(raw), reasonNotEnabled))
+	}
+	// Node agents are authorized against the local cluster's pods only:
+	// a remote cluster's pod names mean nothing there.
+	if caller.Cluster != "" {
+		return spiffeid.ID{}, s.denyImpersonation(ctx, caller, self, raw, reasonRemoteCluster,
+			status.Errorf(codes.PermissionDenied, "%s may not impersonate %q (%s): its token is from cluster %q, and node agents may impersonate only in the CA's local cluster", self, truncate(raw), reasonRemoteCluster, caller.Cluster))
 	}
 	// A malformed target is passed on as the zero ID, so that a caller
 	// that is not a node agent is told that first, as before.

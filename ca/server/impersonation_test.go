@@ -133,9 +133,10 @@ func TestImpersonate(t *testing.T) {
 			if n := testutil.ToFloat64(s.metrics.issued); n != 0 {
 				t.Errorf("issued = %v, want 0", n)
 			}
-			// Every reason is exported from the start.
-			if n, err := testutil.GatherAndCount(s.reg, "castellan_ca_impersonation_total"); err != nil || n != len(nodeauth.Reasons())+2 {
-				t.Errorf("castellan_ca_impersonation_total has %d series (%v), want %d", n, err, len(nodeauth.Reasons())+2)
+			// Every reason is exported from the start (granted, not_enabled,
+			// remote_cluster and nodeauth's).
+			if n, err := testutil.GatherAndCount(s.reg, "castellan_ca_impersonation_total"); err != nil || n != len(nodeauth.Reasons())+3 {
+				t.Errorf("castellan_ca_impersonation_total has %d series (%v), want %d", n, err, len(nodeauth.Reasons())+3)
 			}
 		})
 	}

@@ -44,6 +44,15 @@ type Limits struct {
 	// summed up in one line per interval. Defaults: 20 per 10s.
 	FailureLogsPerInterval int
 	FailureLogInterval     time.Duration
+	// MaxConnectionAge is how long a connection to the certificate
+	// service is kept before the server asks its client to go away
+	// (HTTP/2 GOAWAY), and MaxConnectionAgeGrace how long in-flight calls
+	// then have to finish. Clients reconnect, through the Service, to any
+	// replica, so connections spread over replicas added since, as
+	// istiod's do. Defaults: 30m (istiod's keepaliveMaxServerConnectionAge)
+	// and 10s; a random +/-10% is added by gRPC so that clients do not
+	// all reconnect at once.
+	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 }
 
 // Defaults for Limits.
@@ -56,6 +65,8 @@ const (
 	defaultPeerFailureBurst       = 50
 	defaultFailureLogsPerInterval = 20
 	defaultFailureLogInterval     = 10 * time.Second
+	defaultMaxConnectionAge       = 30 * time.Minute
+	defaultMaxConnectionAgeGrace  = 10 * time.Second
 	// maxTrackedPeers bounds the failure buckets kept, one per IP.
 	maxTrackedPeers = 16384
 )
@@ -81,6 +92,12 @@ func (l Limits) withDefaults() Limits {
 	set(&l.FailureLogsPerInterval, defaultFailureLogsPerInterval)
 	if l.FailureLogInterval <= 0 {
 		l.FailureLogInterval = defaultFailureLogInterval
+	}
+	if l.MaxConnectionAge <= 0 {
+		l.MaxConnectionAge = defaultMaxConnectionAge
+	}
+	if l.MaxConnectionAgeGrace <= 0 {
+		l.MaxConnectionAgeGrace = defaultMaxConnectionAgeGrace
 	}
 	return l
 }
@@ -323,7 +340,7 @@ const certServicePrefix = "/istio.v1.auth.IstioCertificateService/"
 // with their token, and counts each Unauthenticated answer against the
 // peer.
 func (s *Server) peerLimitInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if !strings.HasPrefix(info.FullMethod, certServicePrefix) {
+	if !strings.HasPrefix(info.FullMethod, certServicePrefix) && !strings.HasPrefix(info.FullMethod, jwtServicePrefix) {
 		return handler(ctx, req)
 	}
 	var ip netip.Addr
@@ -347,8 +364,12 @@ func (s *Server) grpcLimitOptions() []grpc.ServerOption {
 		grpc.MaxHeaderListSize(s.limits.MaxHeaderListSize),
 		grpc.MaxConcurrentStreams(s.limits.MaxConcurrentStreams),
 		// Idle connections are closed, and dead peers found, so that
-		// connection slots come back.
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute, Time: time.Minute, Timeout: 20 * time.Second}),
+		// connection slots come back; old connections are closed so that
+		// clients rebalance over replicas.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: 5 * time.Minute, Time: time.Minute, Timeout: 20 * time.Second,
+			MaxConnectionAge: s.limits.MaxConnectionAge, MaxConnectionAgeGrace: s.limits.MaxConnectionAgeGrace,
+		}),
 		grpc.ChainUnaryInterceptor(s.peerLimitInterceptor),
 	}
 }

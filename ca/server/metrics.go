@@ -68,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
 	reg.MustRegister(m.received, m.issued, m.authFailures, m.rejected, m.signSeconds, rootExpiry, chainExpiry)
 	m.impersonation = newImpersonationCounter(reg)
 	// Make every reason visible from the start, so alerts can use rate().
-	for _, r := range []authn.Reason{authn.ReasonNoToken, authn.ReasonMalformed, authn.ReasonInvalid, authn.ReasonNotServiceAccount, authn.ReasonUnavailable} {
+	for _, r := range []authn.Reason{authn.ReasonNoToken, authn.ReasonMalformed, authn.ReasonInvalid, authn.ReasonNotServiceAccount, authn.ReasonUnavailable, authn.ReasonUnknownCluster} {
 		m.authFailures.WithLabelValues(string(r))
 	}
 	for _, r := range []ca.Reason{ca.ReasonMalformedCSR, ca.ReasonBadSignature, ca.ReasonUnsupportedKey, ca.ReasonForbiddenSAN,

@@ -65,9 +65,13 @@ func (c *certService) CreateCertificate(ctx context.Context, req *pb.IstioCertif
 // metadata and returns it with its SPIFFE ID.
 func (s *Server) authenticate(ctx context.Context) (authn.Caller, spiffeid.ID, error) {
 	token, err := bearerToken(ctx)
+	var cluster string
+	if err == nil {
+		cluster, err = clusterID(ctx)
+	}
 	if err == nil {
 		var caller authn.Caller
-		if caller, err = s.cfg.Authenticator.Authenticate(ctx, token); err == nil {
+		if caller, err = s.authenticateToken(ctx, cluster, token); err == nil {
 			id, idErr := spiffeid.FromSegments(s.td, "ns", caller.Namespace, "sa", caller.ServiceAccount)
 			if idErr == nil {
 				return caller, id, nil
@@ -85,6 +89,42 @@ func (s *Server) authenticate(ctx context.Context) (authn.Caller, spiffeid.ID, e
 		code = codes.Unavailable
 	}
 	return authn.Caller{}, spiffeid.ID{}, status.Error(code, "authentication failed: "+strings.TrimPrefix(err.Error(), "authn: "))
+}
+
+// clusterIDKey is the metadata field in which Istio's agents name the
+// cluster they run in (gRPC lowercases the "ClusterID" they send).
+const clusterIDKey = "clusterid"
+
+// ClusterAuthenticator is an Authenticator that checks the tokens of
+// several clusters, choosing by the ClusterID metadata of the request ("":
+// none was sent). *authn.Clusters implements it.
+type ClusterAuthenticator interface {
+	authn.Authenticator
+	AuthenticateCluster(ctx context.Context, cluster, token string) (authn.Caller, error)
+}
+
+// authenticateToken checks token with the configured Authenticator, for
+// the cluster the request names when it is a ClusterAuthenticator. Any
+// other Authenticator checks every token the same way, whatever cluster
+// is named.
+func (s *Server) authenticateToken(ctx context.Context, cluster, token string) (authn.Caller, error) {
+	if c, ok := s.cfg.Authenticator.(ClusterAuthenticator); ok {
+		return c.AuthenticateCluster(ctx, cluster, token)
+	}
+	return s.cfg.Authenticator.Authenticate(ctx, token)
+}
+
+// clusterID reads the ClusterID metadata: "" when absent, an error when
+// sent more than once (which cluster was meant is then unclear).
+func clusterID(ctx context.Context) (string, error) {
+	vals := metadata.ValueFromIncomingContext(ctx, clusterIDKey)
+	switch {
+	case len(vals) == 0:
+		return "", nil
+	case len(vals) > 1:
+		return "", authn.Errorf(authn.ReasonUnknownCluster, "%d ClusterID values; send at most one", len(vals))
+	}
+	return vals[0], nil
 }
 
 // bearerToken extracts the token from "authorization: Bearer <token>".
