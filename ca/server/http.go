@@ -76,6 +76,9 @@ func (s *Server) serveBundleSPIFFE(w http.ResponseWriter, _ *http.Request) {
 	}
 	b := spiffebundle.New(s.td)
 	b.SetX509Authorities(a.Roots)
+	if s.cfg.JWT != nil {
+		b.SetJWTAuthorities(s.cfg.JWT.JWTAuthorities())
+	}
 	b.SetRefreshHint(bundleRefreshHint)
 	doc, err := b.Marshal()
 	if err != nil {

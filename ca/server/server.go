@@ -106,6 +106,13 @@ type Config struct {
 	// agents), typically a *nodeauth.Authorizer. Nil: impersonation is
 	// always refused.
 	Impersonation ImpersonationAuthorizer
+	// JWT, if set, signs JWT-SVIDs: the CA then serves
+	// castellan.ca.v1.JWTService (see jwt.go) and publishes its keys in
+	// /bundle.spiffe. Typically a *jwtsvid.KeySet.
+	JWT JWTIssuer
+	// JWTSVIDTTL is the lifetime of a JWT-SVID, within jwtsvid.MinTTL and
+	// jwtsvid.MaxTTL. Default: jwtsvid.DefaultTTL (5m).
+	JWTSVIDTTL time.Duration
 	// DNSProfile lists the DNS SANs each service account may have in its
 	// certificate (istiod's serving certificate). Nil: DNS SANs are
 	// refused to every caller.
@@ -263,6 +270,7 @@ func (s *Server) newGRPCServer() *grpc.Server {
 	opts = append(opts, s.cfg.GRPCOptions...)
 	g := grpc.NewServer(opts...)
 	pb.RegisterIstioCertificateServiceServer(g, &certService{s: s})
+	s.registerJWT(g)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(g, s.health)
 	return g
