@@ -1,0 +1,19 @@
+package federation
+
+import (
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-mesh/castellan/ca"
+)
+
+// NewEndpointBundleForTest returns the bundle an endpoint with this data
+// directory serves for a, without listening.
+func NewEndpointBundleForTest(dir string, td spiffeid.TrustDomain, a *ca.Authority) (*spiffebundle.Bundle, error) {
+	seq, err := newSequencer(dir + "/" + SequenceFileName)
+	if err != nil {
+		return nil, err
+	}
+	e := &Endpoint{cfg: EndpointConfig{TrustDomain: td, Source: ca.StaticSource{A: a}, RefreshHint: DefaultRefreshHint}, seq: seq}
+	return e.Bundle()
+}
