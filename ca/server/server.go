@@ -117,6 +117,10 @@ type Config struct {
 	// certificate (istiod's serving certificate). Nil: DNS SANs are
 	// refused to every caller.
 	DNSProfile *ca.DNSProfile
+	// IstioMetrics also exports istiod's CA metrics (citadel_server_*),
+	// derived from Castellan's at each scrape (see istiometrics.go), so
+	// that Istio's dashboards and alerts work unchanged.
+	IstioMetrics bool
 }
 
 // RotationStatuser is a Source that reports its trust bundle's roots and
@@ -124,10 +128,6 @@ type Config struct {
 // exports them as metrics.
 type RotationStatuser interface {
 	RotationStatus() (*rotation.Status, error)
-	// IstioMetrics also exports istiod's CA metrics (citadel_server_*),
-	// derived from Castellan's at each scrape (see istiometrics.go), so
-	// that Istio's dashboards and alerts work unchanged.
-	IstioMetrics bool
 }
 
 // Server is a running CA.
@@ -205,6 +205,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.issuer = iss
 	s.metrics = newMetrics(cfg.Registerer, s.src)
+	if cfg.IstioMetrics {
+		if err := cfg.Registerer.Register(newIstioCollector(s.metrics, s.src)); err != nil {
+			return nil, fmt.Errorf("server: Istio-compatible metrics: %w", err)
+		}
+	}
 	if s.store != nil {
 		s.rotator = &material.Rotator{
 			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger, Keys: cfg.RootKeys,
@@ -212,11 +217,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		s.metrics.rotation = newRotationCollector(s.rotator.Status, s.src)
 		cfg.Registerer.MustRegister(s.metrics.rotation)
-	if cfg.IstioMetrics {
-		if err := cfg.Registerer.Register(newIstioCollector(s.metrics, s.src)); err != nil {
-			return nil, fmt.Errorf("server: Istio-compatible metrics: %w", err)
-		}
-	}
 	} else if r, ok := s.src.(RotationStatuser); ok {
 		s.metrics.rotation = newRotationCollector(func(context.Context) (*rotation.Status, error) { return r.RotationStatus() }, s.src)
 		cfg.Registerer.MustRegister(s.metrics.rotation)
