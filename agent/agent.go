@@ -35,6 +35,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/castellan-mesh/castellan/agent/attest"
+	"github.com/castellan-mesh/castellan/agent/certdir"
 	"github.com/castellan-mesh/castellan/agent/connlimit"
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
@@ -121,6 +123,15 @@ type Config struct {
 	// OutputDir, if set, receives cert-chain.pem, key.pem and
 	// root-cert.pem on every change (see package certdir).
 	OutputDir string
+	// OutputLayout names the files of OutputDir. Default (zero):
+	// certdir.IstioLayout; certdir.IstiodLayout writes tls.crt, tls.key
+	// and ca.crt, where istiod reads its serving certificate.
+	OutputLayout certdir.Layout
+	// DNSNames are put in the CSR beside the SPIFFE ID, for a serving
+	// certificate such as istiod's; the CA grants them only to a service
+	// account its DNS SAN profile names (castellan ca --dns-san-allow).
+	// At most MaxDNSNames; not with AttestationNode.
+	DNSNames []string
 	// HTTPAddr serves /metrics, /healthz and /readyz. Default:
 	// 127.0.0.1:15020. Disabled turns it off.
 	HTTPAddr string
@@ -280,6 +291,13 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("agent: rotate jitter %v is over 0.5", c.RotateJitter)
 	case c.TTL < 0:
 		return fmt.Errorf("agent: negative TTL %s", c.TTL)
+	case len(c.DNSNames) > MaxDNSNames:
+		return fmt.Errorf("agent: %d DNS names; at most %d", len(c.DNSNames), MaxDNSNames)
+	}
+	for _, n := range c.DNSNames {
+		if n == "" || len(n) > 253 || strings.ContainsAny(n, "*/ ,") {
+			return fmt.Errorf("agent: DNS name %q is not a host name", n)
+		}
 	}
 	if _, err := ParseKeyType(string(c.KeyType)); err != nil {
 		return err
@@ -292,6 +310,8 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Attestation == AttestationNode {
 		switch {
+		case len(c.DNSNames) > 0:
+			return errors.New("agent: node attestation asks for its workloads' SVIDs, which never carry DNS names; run an agent beside the workload (--attestation=none) for a serving certificate")
 		case c.Attestor == nil:
 			return errors.New("agent: node attestation needs an attestor")
 		case c.Pods == nil:

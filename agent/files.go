@@ -26,7 +26,7 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 		stale       bool             // an SVID left by an earlier run has expired
 		leftExpires <-chan time.Time // when it expires
 	)
-	if exp := leafExpiry(a.cfg.OutputDir); !exp.IsZero() {
+	if exp := leafExpiry(a.cfg.OutputDir, a.cfg.OutputLayout); !exp.IsZero() {
 		leftExpires = time.After(time.Until(exp))
 	}
 	snap, changed := a.store.Load()
@@ -40,7 +40,7 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 				v = snap.SVID.Version + "/" + snap.Bundle.Version
 			}
 			if v != written {
-				if err := certdir.Write(a.cfg.OutputDir, files); err != nil {
+				if err := certdir.WriteLayout(a.cfg.OutputDir, a.cfg.OutputLayout, files); err != nil {
 					a.metrics.fileWrites.WithLabelValues("error").Inc()
 					a.log.Error("agent: could not write output directory", "dir", a.cfg.OutputDir, "error", err, "retry_in", writeRetry)
 					retry = time.After(writeRetry)
@@ -50,7 +50,7 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 					if files.HasCertificate() {
 						a.log.Debug("agent: output directory written", "dir", a.cfg.OutputDir)
 					} else {
-						a.log.Warn("agent: no valid SVID; cert-chain.pem and key.pem removed from the output directory until the next one", "dir", a.cfg.OutputDir)
+						a.log.Warn("agent: no valid SVID; certificate and key removed from the output directory until the next one", "dir", a.cfg.OutputDir)
 					}
 				}
 			}
@@ -68,9 +68,9 @@ func (a *Agent) writeFiles(ctx context.Context) error {
 }
 
 // leafExpiry returns the NotAfter of the first certificate of the chain
-// in dir, or the zero time if dir holds none.
-func leafExpiry(dir string) time.Time {
-	f, err := certdir.Read(dir)
+// in dir (laid out as l says), or the zero time if dir holds none.
+func leafExpiry(dir string, l certdir.Layout) time.Time {
+	f, err := certdir.ReadLayout(dir, l)
 	if err != nil || !f.HasCertificate() {
 		return time.Time{}
 	}

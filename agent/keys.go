@@ -50,11 +50,16 @@ func generateKey(t KeyType) (crypto.Signer, error) {
 	return nil, fmt.Errorf("agent: unknown key type %q", t)
 }
 
+// MaxDNSNames is the most DNS names an agent asks for (Config.DNSNames),
+// as many as the CA allows one service account.
+const MaxDNSNames = 16
+
 // newCSR returns a PEM certificate request signed by key. It names id as
 // its only URI SAN when id is set, and nothing otherwise: the CA takes the
-// identity from the caller's token either way.
-func newCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
-	tmpl := &x509.CertificateRequest{}
+// identity from the caller's token either way. dns, if any, are asked for
+// beside it.
+func newCSR(key crypto.Signer, id spiffeid.ID, dns ...string) ([]byte, error) {
+	tmpl := &x509.CertificateRequest{DNSNames: dns}
 	if !id.IsZero() {
 		u, err := url.Parse(id.String())
 		if err != nil {

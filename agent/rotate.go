@@ -201,7 +201,11 @@ func (r *rotator) issue(ctx context.Context) (*svidstore.SVID, time.Time, error)
 	if err != nil {
 		return nil, time.Time{}, fail(reasonKey, "could not generate a %s key: %w", a.cfg.KeyType, err)
 	}
-	csr, err := newCSR(key, r.id)
+	var dns []string
+	if !r.impersonate {
+		dns = a.cfg.DNSNames
+	}
+	csr, err := newCSR(key, r.id, dns...)
 	if err != nil {
 		return nil, time.Time{}, &issueError{reason: reasonKey, err: err}
 	}

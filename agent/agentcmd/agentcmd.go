@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/agent"
+	"github.com/castellan-mesh/castellan/agent/certdir"
 	"github.com/castellan-mesh/castellan/internal/buildinfo"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
@@ -45,6 +46,10 @@ type flags struct {
 	gcPercent, maxIdentities                                     int
 	ttl, initialBackoff, maxBackoff, requestTimeout, rootPoll    time.Duration
 	rotateFraction, rotateJitter                                 float64
+	// outputLayout and dnsNames make a serving certificate, such as
+	// istiod's (--output-layout istiod --dns-name ...).
+	outputLayout string
+	dnsNames     *cliflag.StringList
 }
 
 func (f *flags) register(fs *flag.FlagSet) {
@@ -71,6 +76,9 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "trust domain of the SPIFFE IDs asked for on behalf of workloads (--attestation=node)")
 	fs.IntVar(&f.maxIdentities, "max-identities", agent.DefaultMaxIdentities, "most service accounts served at once (--attestation=node)")
 	fs.StringVar(&f.outputDir, "output-dir", "", "directory to write cert-chain.pem, key.pem and root-cert.pem into on every rotation; an expired SVID is removed from it (default: none)")
+	fs.StringVar(&f.outputLayout, "output-layout", "istio", "file names in --output-dir: istio (cert-chain.pem, key.pem, root-cert.pem) or istiod (tls.crt, tls.key, ca.crt: mount the directory at istiod's /var/run/secrets/istiod/tls)")
+	f.dnsNames = cliflag.NewStringList()
+	fs.Var(f.dnsNames, "dns-name", "DNS name asked for beside the SPIFFE ID, for a serving certificate such as istiod's (repeatable; comma-separated in CASTELLAN_DNS_NAME); the CA grants only the names its --dns-san-allow lists for this service account; not with --attestation=node")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:15020", "listen address for /metrics, /healthz and /readyz (\"-\" disables it)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
@@ -110,6 +118,10 @@ func (f *flags) config() (agent.Config, error) {
 	case mode&0o600 != 0o600:
 		return agent.Config{}, fmt.Errorf("--socket-mode %s: the owner needs read and write", socketMode)
 	}
+	layout, err := certdir.ParseLayout(f.outputLayout)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("--output-layout: %w", err)
+	}
 	if f.gcPercent < 0 {
 		return agent.Config{}, fmt.Errorf("--gc-percent %d: want 0 (Go's default) or a positive percentage", f.gcPercent)
 	}
@@ -147,6 +159,8 @@ func (f *flags) config() (agent.Config, error) {
 		WorkloadAPISocket: f.workloadSocket,
 		SocketMode:        os.FileMode(mode),
 		OutputDir:         f.outputDir,
+		OutputLayout:      layout,
+		DNSNames:          f.dnsNames.Values(),
 		HTTPAddr:          f.httpAddr,
 		Pprof:             f.pprof,
 		Attestation:       attestation,

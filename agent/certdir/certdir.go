@@ -15,6 +15,10 @@
 // a key and a certificate that belong together. The previous version is
 // kept until the next write, so that a reader that resolved "..data" just
 // before a swap can finish reading.
+//
+// Those are the names of IstioLayout. IstiodLayout names the files as
+// istiod reads its serving certificate from /var/run/secrets/istiod/tls:
+// tls.crt, tls.key and ca.crt.
 package certdir
 
 import (
@@ -33,6 +37,45 @@ const (
 	KeyFile   = "key.pem"
 	RootFile  = "root-cert.pem"
 )
+
+// Layout names the three files of a directory.
+type Layout struct {
+	// Chain holds the certificate chain, leaf first.
+	Chain string
+	// Key holds the private key (mode 0600).
+	Key string
+	// Root holds the trust bundle.
+	Root string
+}
+
+// The layouts ParseLayout knows.
+var (
+	// IstioLayout is what Istio's agent writes (OUTPUT_CERTS):
+	// cert-chain.pem, key.pem, root-cert.pem. The zero Layout means it.
+	IstioLayout = Layout{Chain: ChainFile, Key: KeyFile, Root: RootFile}
+	// IstiodLayout is what istiod reads its serving certificate from when
+	// its own CA is off (/var/run/secrets/istiod/tls): tls.crt, tls.key,
+	// ca.crt.
+	IstiodLayout = Layout{Chain: "tls.crt", Key: "tls.key", Root: "ca.crt"}
+)
+
+// ParseLayout returns the layout named "istio" (or "") or "istiod".
+func ParseLayout(name string) (Layout, error) {
+	switch name {
+	case "", "istio":
+		return IstioLayout, nil
+	case "istiod":
+		return IstiodLayout, nil
+	}
+	return Layout{}, fmt.Errorf("certdir: unknown layout %q: want istio (cert-chain.pem, key.pem, root-cert.pem) or istiod (tls.crt, tls.key, ca.crt)", name)
+}
+
+func (l Layout) orDefault() Layout {
+	if l == (Layout{}) {
+		return IstioLayout
+	}
+	return l
+}
 
 // dataLink is the link swapped on each write.
 const dataLink = "..data"
@@ -53,10 +96,14 @@ type Files struct {
 // HasCertificate reports whether f holds a chain and its key.
 func (f Files) HasCertificate() bool { return len(f.Chain) > 0 }
 
-// Write makes files the content of dir, creating dir (mode 0755) if
-// needed. The key file has mode 0600 and the others 0644. Versions older
-// than the previous one are removed.
-func Write(dir string, files Files) error {
+// Write makes files the content of dir in IstioLayout; see WriteLayout.
+func Write(dir string, files Files) error { return WriteLayout(dir, IstioLayout, files) }
+
+// WriteLayout makes files the content of dir, named as l says, creating
+// dir (mode 0755) if needed. The key file has mode 0600 and the others
+// 0644. Versions older than the previous one are removed.
+func WriteLayout(dir string, l Layout, files Files) error {
+	l = l.orDefault()
 	if len(files.Root) == 0 {
 		return errors.New("certdir: root must be present")
 	}
@@ -71,7 +118,7 @@ func Write(dir string, files Files) error {
 	if err != nil {
 		return fmt.Errorf("certdir: could not create a version directory in %s: %w", dir, err)
 	}
-	if err := writeVersion(version, files); err != nil {
+	if err := writeVersion(version, l, files); err != nil {
 		os.RemoveAll(version)
 		return err
 	}
@@ -80,7 +127,7 @@ func Write(dir string, files Files) error {
 		os.RemoveAll(version)
 		return err
 	}
-	for _, name := range []string{ChainFile, KeyFile, RootFile} {
+	for _, name := range []string{l.Chain, l.Key, l.Root} {
 		target := filepath.Join(dataLink, name)
 		if cur, err := os.Readlink(filepath.Join(dir, name)); err == nil && cur == target {
 			continue
@@ -95,22 +142,27 @@ func Write(dir string, files Files) error {
 	return prune(dir, filepath.Base(version), previous)
 }
 
-// Read returns the current content of dir, all from one version; Chain
-// and Key are empty if that version holds no certificate. If the version
-// is removed while it is being read (two writes happened during the
-// read), Read starts again with the new one.
-func Read(dir string) (Files, error) {
+// Read returns the current content of dir in IstioLayout; see ReadLayout.
+func Read(dir string) (Files, error) { return ReadLayout(dir, IstioLayout) }
+
+// ReadLayout returns the current content of dir, named as l says, all from
+// one version; Chain and Key are empty if that version holds no
+// certificate. If the version is removed while it is being read (two
+// writes happened during the read), ReadLayout starts again with the new
+// one.
+func ReadLayout(dir string, l Layout) (Files, error) {
+	l = l.orDefault()
 	var err error
 	for range 5 {
 		var f Files
-		if f, err = readOnce(dir); !errors.Is(err, os.ErrNotExist) {
+		if f, err = readOnce(dir, l); !errors.Is(err, os.ErrNotExist) {
 			return f, err
 		}
 	}
 	return Files{}, err
 }
 
-func readOnce(dir string) (Files, error) {
+func readOnce(dir string, l Layout) (Files, error) {
 	link := filepath.Join(dir, dataLink)
 	version, err := filepath.EvalSymlinks(link)
 	if err != nil {
@@ -123,7 +175,7 @@ func readOnce(dir string) (Files, error) {
 	for _, x := range []struct {
 		name string
 		dst  *[]byte
-	}{{ChainFile, &f.Chain}, {KeyFile, &f.Key}, {RootFile, &f.Root}} {
+	}{{l.Chain, &f.Chain}, {l.Key, &f.Key}, {l.Root, &f.Root}} {
 		b, err := os.ReadFile(filepath.Join(version, x.name))
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -142,13 +194,13 @@ func readOnce(dir string) (Files, error) {
 	if now, err := filepath.EvalSymlinks(link); err != nil || now != version {
 		return Files{}, fmt.Errorf("certdir: %s changed during the read: %w", dir, os.ErrNotExist)
 	}
-	if slices.Contains(missing, RootFile) || len(missing) != 2 {
+	if slices.Contains(missing, l.Root) || len(missing) != 2 {
 		return Files{}, fmt.Errorf("certdir: %s lacks %s", version, strings.Join(missing, " and "))
 	}
 	return f, nil
 }
 
-func writeVersion(version string, files Files) error {
+func writeVersion(version string, l Layout, files Files) error {
 	if err := os.Chmod(version, 0o755); err != nil {
 		return fmt.Errorf("certdir: %w", err)
 	}
@@ -156,7 +208,7 @@ func writeVersion(version string, files Files) error {
 		name string
 		data []byte
 		mode os.FileMode
-	}{{ChainFile, files.Chain, 0o644}, {KeyFile, files.Key, 0o600}, {RootFile, files.Root, 0o644}} {
+	}{{l.Chain, files.Chain, 0o644}, {l.Key, files.Key, 0o600}, {l.Root, files.Root, 0o644}} {
 		if len(x.data) == 0 {
 			continue
 		}

@@ -176,3 +176,69 @@ func TestWriteWithoutCertificate(t *testing.T) {
 		t.Fatalf("after a new certificate: %v", err)
 	}
 }
+
+// TestIstiodLayout writes the files istiod reads its serving certificate
+// from, and nothing under the Istio agent's names.
+func TestIstiodLayout(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	dir := t.TempDir()
+	want := files(ca.Issue(t, id, time.Hour), ca.Bundle(t))
+	if err := certdir.WriteLayout(dir, certdir.IstiodLayout, want); err != nil {
+		t.Fatal(err)
+	}
+	for name, mode := range map[string]os.FileMode{"tls.crt": 0o644, "tls.key": 0o600, "ca.crt": 0o644} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s: mode %v, want %v", name, fi.Mode().Perm(), mode)
+		}
+	}
+	for _, name := range []string{certdir.ChainFile, certdir.KeyFile, certdir.RootFile} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s exists in the istiod layout: %v", name, err)
+		}
+	}
+	// What a TLS server loads from those paths is the pair written.
+	if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := certdir.ReadLayout(dir, certdir.IstiodLayout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Chain, want.Chain) || !bytes.Equal(got.Key, want.Key) || !bytes.Equal(got.Root, want.Root) {
+		t.Fatal("ReadLayout differs from what was written")
+	}
+	// Without a certificate, only ca.crt is left.
+	if err := certdir.WriteLayout(dir, certdir.IstiodLayout, certdir.Files{Root: want.Root}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tls.crt")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("tls.crt still readable after the certificate was removed: %v", err)
+	}
+	if got, err := certdir.ReadLayout(dir, certdir.IstiodLayout); err != nil || got.HasCertificate() {
+		t.Fatalf("ReadLayout = %v, %v; want the root alone", got.HasCertificate(), err)
+	}
+}
+
+func TestParseLayout(t *testing.T) {
+	tests := []struct {
+		name    string
+		want    certdir.Layout
+		wantErr bool
+	}{
+		{"", certdir.IstioLayout, false},
+		{"istio", certdir.IstioLayout, false},
+		{"istiod", certdir.IstiodLayout, false},
+		{"Istiod", certdir.Layout{}, true},
+		{"k8s", certdir.Layout{}, true},
+	}
+	for _, tt := range tests {
+		got, err := certdir.ParseLayout(tt.name)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ParseLayout(%q) = %v, %v", tt.name, got, err)
+		}
+	}
+}
