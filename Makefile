@@ -59,10 +59,12 @@ bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
 ## tools: build the real servers the integration tests use, once, cached
-## in $(CACHE_DIR) by version: Vault, SoftHSM2 (Debian), Istio's pilot-agent.
+## in $(CACHE_DIR) by version: Vault, SoftHSM2 (Debian), Istio's pilot-agent
+## and pilot-discovery (istiod).
 tools:
 	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/tools.sh
 	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-pilot-agent.sh
+	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-pilot-discovery.sh
 
 ## lint: golangci-lint with the committed .golangci.yml (installed once from
 ## the Go module proxy into $(CACHE_DIR), keyed by version).
