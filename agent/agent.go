@@ -85,6 +85,11 @@ type Config struct {
 	// the SVIDs, and are served as the trust bundle. It is re-read every
 	// RootPollInterval. Required.
 	RootCertFile string
+	// FederatedBundlesFile holds the bundles of federated trust domains
+	// (package trust/federated), served beside the local roots. It is
+	// re-read every RootPollInterval; a missing file means none. Default:
+	// federated-bundles.json beside RootCertFile. Disabled turns it off.
+	FederatedBundlesFile string
 	// TokenFile holds the service-account token sent to the CA. It is read
 	// on every CA call. Required.
 	TokenFile string
@@ -457,6 +462,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	defer a.closeCAClient()
 	g.Go(func() error { return bundles.run(ctx) })
+	if fed := a.startFederated(); fed != nil {
+		g.Go(func() error { return fed(ctx) })
+	}
 	if a.ids != nil {
 		a.ids.start(ctx)
 		g.Go(func() error { return a.ids.run(ctx) })

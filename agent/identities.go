@@ -93,6 +93,7 @@ type identities struct {
 	mu       sync.Mutex
 	ctx      context.Context // the agent's run; nil before and after it
 	bundle   *svidstore.Bundle
+	fed      *svidstore.Federated
 	accounts map[serviceAccount]*identity
 }
 
@@ -129,6 +130,7 @@ func (s *identities) get(namespace, name string) (*svidstore.Store, error) {
 	}
 	store := svidstore.New()
 	store.SetBundle(s.bundle)
+	store.SetFederated(s.fed)
 	ctx, cancel := context.WithCancel(s.ctx)
 	ident := &identity{rot: newRotator(a, store, id, true), cancel: cancel, done: make(chan struct{})}
 	s.accounts[sa] = ident
@@ -201,6 +203,16 @@ func (s *identities) setBundle(b *svidstore.Bundle) {
 	s.bundle = b
 	for _, id := range s.accounts {
 		id.rot.store.SetBundle(b)
+	}
+}
+
+// setFederated gives every identity the new federated bundles.
+func (s *identities) setFederated(f *svidstore.Federated) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fed = f
+	for _, id := range s.accounts {
+		id.rot.store.SetFederated(f)
 	}
 }
 

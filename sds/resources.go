@@ -5,11 +5,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 )
@@ -22,13 +25,26 @@ const (
 	// RootCASecretName is the Secret holding the trusted CA bundle (a
 	// validation_context).
 	RootCASecretName = "ROOTCA"
+	// AllBundlesSecretName is the validation_context holding the local
+	// roots and the X.509 authorities of every federated trust domain, as
+	// SPIRE's agent names it (default_all_bundles_name). ROOTCA keeps the
+	// local roots only.
+	AllBundlesSecretName = "ALL"
+	// FederatedSecretPrefix starts the name of a federated trust domain's
+	// validation_context: its trust domain ID, spiffe://<trust domain>, as
+	// SPIRE's agent names it. Istio has no name of its own for them.
+	FederatedSecretPrefix = "spiffe://"
 )
+
+// FederatedSecretName returns the resource name of the validation context
+// of federated trust domain td.
+func FederatedSecretName(td spiffeid.TrustDomain) string { return td.IDString() }
 
 // SecretTypeURL is the xDS type URL of envoy.extensions.transport_sockets.tls.v3.Secret.
 var SecretTypeURL = "type.googleapis.com/" + string((&tlsv3.Secret{}).ProtoReflect().Descriptor().FullName())
 
-// knownNames lists every resource the server can serve, sorted; it is what a
-// wildcard subscription covers.
+// knownNames lists the resources a wildcard subscription covers, sorted.
+// The federated validation contexts and ALL are served by name only.
 var knownNames = []string{RootCASecretName, DefaultSecretName}
 
 // resourceState says whether a subscribed name can be served now.
@@ -74,8 +90,25 @@ func (c *resourceCache) lookup(snap svidstore.Snapshot, name string) (*resource,
 			return nil, stateNotReady, nil
 		}
 		version = snap.Bundle.Version
+	case AllBundlesSecretName:
+		if snap.Bundle == nil {
+			return nil, stateNotReady, nil
+		}
+		version = snap.Bundle.Version
+		if snap.Federated != nil {
+			version += "+" + snap.Federated.Version
+		}
 	default:
-		return nil, stateUnknown, nil
+		fb, known := federatedBundle(snap, name)
+		switch {
+		case !known:
+			return nil, stateUnknown, nil
+		case fb == nil || fb.X509 == nil:
+			// Not (or no longer) federated, or without X.509
+			// authorities: sent once it has some.
+			return nil, stateNotReady, nil
+		}
+		version = fb.X509.Version
 	}
 
 	c.mu.Lock()
@@ -108,12 +141,20 @@ func buildResource(snap svidstore.Snapshot, name, version string) (*resource, er
 			}},
 		}
 	case RootCASecretName:
-		secret = &tlsv3.Secret{
-			Name: name,
-			Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				TrustedCa: inline(snap.Bundle.PEM),
-			}},
+		secret = validationContext(name, snap.Bundle.PEM)
+	case AllBundlesSecretName:
+		pem := append([]byte(nil), snap.Bundle.PEM...)
+		if snap.Federated != nil {
+			for _, fb := range snap.Federated.Bundles {
+				if fb.X509 != nil {
+					pem = append(pem, fb.X509.PEM...)
+				}
+			}
 		}
+		secret = validationContext(name, pem)
+	default:
+		fb, _ := federatedBundle(snap, name)
+		secret = validationContext(name, fb.X509.PEM)
 	}
 	if err := secret.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("sds: secret %q failed validation: %w", name, err)
@@ -123,6 +164,28 @@ func buildResource(snap svidstore.Snapshot, name, version string) (*resource, er
 		return nil, fmt.Errorf("sds: could not encode secret %q: %w", name, err)
 	}
 	return &resource{name: name, version: version, secret: secret, any: a}, nil
+}
+
+func validationContext(name string, pem []byte) *tlsv3.Secret {
+	return &tlsv3.Secret{
+		Name: name,
+		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: inline(pem),
+		}},
+	}
+}
+
+// federatedBundle returns the federated bundle a resource name names. known
+// is false when name is not the name of a trust domain ID at all.
+func federatedBundle(snap svidstore.Snapshot, name string) (fb *svidstore.FederatedBundle, known bool) {
+	if !strings.HasPrefix(name, FederatedSecretPrefix) {
+		return nil, false
+	}
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err != nil || td.IDString() != name {
+		return nil, false
+	}
+	return snap.Federated.Lookup(td), true
 }
 
 func inline(b []byte) *corev3.DataSource {

@@ -3,7 +3,12 @@
 //
 // Two resources are served, named as Istio names them: "default", a
 // tls_certificate holding the workload's chain and private key, and
-// "ROOTCA", a validation_context holding the trusted CA bundle. The server
+// "ROOTCA", a validation_context holding the trusted CA bundle (the local
+// trust domain's roots only). With federation, each federated trust domain
+// is a validation_context of its own named by its trust domain ID
+// ("spiffe://b.example", as SPIRE's agent names them), and "ALL" holds the
+// local roots and every federated domain's; these are served by name, not
+// to a wildcard subscription. The server
 // answers StreamSecrets (state of the world), DeltaSecrets (incremental) and
 // FetchSecrets (unary), and follows the xDS protocol:
 //

@@ -20,12 +20,15 @@ type Snapshot struct {
 	SVID *SVID
 	// Bundle is the current trust bundle, or nil until one is loaded.
 	Bundle *Bundle
+	// Federated holds the bundles of the trust domains the local one
+	// federates with, or nil when there are none.
+	Federated *Federated
 	// Withdrawn, when not empty, says why the store will never hold an
 	// SVID again (see Store.Withdraw). A subscriber that serves one
 	// workload ends its stream with it.
 	Withdrawn string
-	// Generation counts changes: it grows by one whenever SVID, Bundle or
-	// Withdrawn changes, and never otherwise.
+	// Generation counts changes: it grows by one whenever SVID, Bundle,
+	// Federated or Withdrawn changes, and never otherwise.
 	Generation uint64
 }
 
@@ -92,6 +95,22 @@ func (s *Store) SetBundle(b *Bundle) {
 		return
 	}
 	s.snap.Bundle = b
+	s.notifyLocked()
+}
+
+// SetFederated makes f the current set of federated bundles. A set with
+// the version already held changes nothing; nil, or an empty set, removes
+// them.
+func (s *Store) SetFederated(f *Federated) {
+	if f != nil && len(f.Bundles) == 0 {
+		f = nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || (f == nil && s.snap.Federated == nil) || (f != nil && s.snap.Federated != nil && s.snap.Federated.Version == f.Version) {
+		return
+	}
+	s.snap.Federated = f
 	s.notifyLocked()
 }
 
