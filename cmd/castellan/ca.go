@@ -31,6 +31,11 @@ type caFlags struct {
 	rootTTL, rootRotateBefore, rootPropagation           time.Duration
 	tokenReview, pprof                                   bool
 	gcPercent                                            int
+	// istioMetrics also exports istiod's citadel_server_* metrics.
+	istioMetrics bool
+	// maxConnAge and maxConnAgeGrace bound a connection's life, so that
+	// clients rebalance over replicas.
+	maxConnAge, maxConnAgeGrace time.Duration
 	// dnsSANAllow are the --dns-san-allow entries (ca.ParseDNSProfile).
 	dnsSANAllow []string
 
@@ -38,6 +43,7 @@ type caFlags struct {
 	kube     kubeFlags
 	nodeAuth nodeAuthFlags
 	auth     authFlags
+	clusters clusterFlags
 }
 
 // caDeps are what the pluggable parts of "castellan ca" share.
@@ -56,6 +62,9 @@ type caDeps struct {
 	runners []func(context.Context) error
 	// pods is the shared pod index (see podIndex), nil until asked for.
 	pods *nodeauth.PodIndex
+	// remoteCluster is the ID of the remote cluster these deps are for
+	// (--remote-cluster), empty for the CA's own cluster.
+	remoteCluster string
 }
 
 // kubeClient returns a client for the configured cluster.
@@ -97,6 +106,10 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	f.kube.register(fs)
 	f.nodeAuth.register(fs)
 	f.auth.register(fs)
+	f.clusters.register(fs)
+	fs.BoolVar(&f.istioMetrics, "istio-compatible-metrics", false, "also export istiod's CA metrics (citadel_server_*), derived from Castellan's, for Istio's dashboards and alerts")
+	fs.DurationVar(&f.maxConnAge, "max-connection-age", 30*time.Minute, "close a connection to the certificate service after this long (gracefully, +/-10% jitter) so that clients reconnect and spread over replicas, as istiod's keepaliveMaxServerConnectionAge")
+	fs.DurationVar(&f.maxConnAgeGrace, "max-connection-age-grace", 10*time.Second, "time calls in flight have to finish once --max-connection-age has passed")
 }
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -131,10 +144,15 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
 		rootTTL: f.rootTTL, rootRotateBefore: f.rootRotateBefore,
 		policy: rotation.Policy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}
-	auth, err := f.authenticator(ctx, deps)
+	if f.maxConnAge < time.Second || f.maxConnAgeGrace < time.Second {
+		return usageError{Err: fmt.Errorf("--max-connection-age (%s) and --max-connection-age-grace (%s) must be at least 1s", f.maxConnAge, f.maxConnAgeGrace)}
+	}
+	auth, err := f.clusterAuthenticator(ctx, deps)
 	if err != nil {
 		return err
 	}
+	limits := f.auth.limits()
+	limits.MaxConnectionAge, limits.MaxConnectionAgeGrace = f.maxConnAge, f.maxConnAgeGrace
 	pprofAddr := ""
 	if f.pprof {
 		pprofAddr = f.auth.pprofAddr
@@ -176,7 +194,8 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Registerer:     reg,
 		Gatherer:       reg,
 		PprofAddr:      pprofAddr,
-		Limits:         f.auth.limits(),
+		Limits:         limits,
+		IstioMetrics:   f.istioMetrics,
 		Impersonation:  impersonation,
 		DNSProfile:     dnsProfile,
 

@@ -59,7 +59,7 @@ func (f *caFlags) authenticator(ctx context.Context, d *caDeps) (authn.Authentic
 	var fallback authn.Authenticator
 	var stillValid func(authn.Caller) bool
 	if f.tokenReview {
-		cfg, err := kubeConfig(f.kubeconfig)
+		cfg, err := kubeConfig(d.kubeconfig)
 		if err != nil {
 			return nil, fmt.Errorf("TokenReview needs a cluster (set --kubeconfig, run in a pod, or pass --token-review=false): %w", err)
 		}
@@ -85,7 +85,8 @@ func (f *caFlags) authenticator(ctx context.Context, d *caDeps) (authn.Authentic
 		}
 	}
 	issuers := map[string]authn.Authenticator{}
-	if f.jwtIssuer != "" || f.jwksFile != "" {
+	// Offline JWTs belong to no cluster: only the local cluster takes them.
+	if (f.jwtIssuer != "" || f.jwksFile != "") && d.remoteCluster == "" {
 		if f.jwtIssuer == "" {
 			return nil, usageError{Err: errors.New("--jwks-file needs --jwt-issuer")}
 		}
