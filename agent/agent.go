@@ -161,6 +161,10 @@ type Config struct {
 	// MaxIdentities caps the service accounts served at once
 	// (AttestationNode). Default: DefaultMaxIdentities.
 	MaxIdentities int
+	// JWTBundleRefresh is how often the CA's JWT authorities are fetched
+	// for the Workload API's JWT bundle (see jwt.go). Default:
+	// DefaultJWTBundleRefresh.
+	JWTBundleRefresh time.Duration
 	// Logger receives the agent's logs. Default: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the agent's metrics and Gatherer serves them.
@@ -186,6 +190,8 @@ type Agent struct {
 	// of them is set.
 	primary *rotator
 	ids     *identities
+	// jwt mints JWT-SVIDs and holds the JWT bundle (jwt.go).
+	jwt *jwtAgent
 
 	caMu     sync.Mutex
 	ca       *caclient.Client
@@ -258,7 +264,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.WorkloadAPISocket != Disabled {
 		resolve := func(ctx context.Context) (workloadapi.Source, error) { return a.resolve(ctx) }
-		srv, err := workloadapi.NewResolving(resolve, workloadapi.WithLogger(cfg.Logger), workloadapi.WithRegisterer(cfg.Registerer))
+		if a.jwt, err = newJWTAgent(a); err != nil {
+			return nil, err
+		}
+		srv, err := workloadapi.NewResolving(resolve, workloadapi.WithLogger(cfg.Logger), workloadapi.WithRegisterer(cfg.Registerer), workloadapi.WithJWT(a.jwt))
 		if err != nil {
 			return nil, err
 		}
@@ -354,6 +363,7 @@ func (c *Config) setDefaults() error {
 	setDuration(&c.MaxBackoff, 30*time.Second)
 	setDuration(&c.RequestTimeout, 10*time.Second)
 	setDuration(&c.RootPollInterval, 5*time.Second)
+	setDuration(&c.JWTBundleRefresh, DefaultJWTBundleRefresh)
 	if c.MaxBackoff < c.InitialBackoff {
 		return fmt.Errorf("agent: max backoff %s is below the initial backoff %s", c.MaxBackoff, c.InitialBackoff)
 	}
@@ -462,6 +472,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	defer a.closeCAClient()
 	g.Go(func() error { return bundles.run(ctx) })
+	if a.jwt != nil {
+		g.Go(func() error { return a.jwt.run(ctx) })
+	}
 	if fed := a.startFederated(); fed != nil {
 		g.Go(func() error { return fed(ctx) })
 	}

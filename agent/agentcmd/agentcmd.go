@@ -50,6 +50,8 @@ type flags struct {
 	// istiod's (--output-layout istiod --dns-name ...).
 	outputLayout string
 	dnsNames     *cliflag.StringList
+	// jwtBundleRefresh is how often the CA's JWT authorities are fetched.
+	jwtBundleRefresh time.Duration
 }
 
 func (f *flags) register(fs *flag.FlagSet) {
@@ -75,6 +77,7 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.procRoot, "proc-root", "/proc", "the host's /proc, where callers' processes are found (--attestation=node; the agent needs the host's pid namespace)")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "trust domain of the SPIFFE IDs asked for on behalf of workloads (--attestation=node)")
 	fs.IntVar(&f.maxIdentities, "max-identities", agent.DefaultMaxIdentities, "most service accounts served at once (--attestation=node)")
+	fs.DurationVar(&f.jwtBundleRefresh, "jwt-bundle-refresh", agent.DefaultJWTBundleRefresh, "how often the CA's JWT authorities are fetched for the Workload API's JWT bundle")
 	fs.StringVar(&f.outputDir, "output-dir", "", "directory to write cert-chain.pem, key.pem and root-cert.pem into on every rotation; an expired SVID is removed from it (default: none)")
 	fs.StringVar(&f.outputLayout, "output-layout", "istio", "file names in --output-dir: istio (cert-chain.pem, key.pem, root-cert.pem) or istiod (tls.crt, tls.key, ca.crt: mount the directory at istiod's /var/run/secrets/istiod/tls)")
 	f.dnsNames = cliflag.NewStringList()
@@ -167,6 +170,7 @@ func (f *flags) config() (agent.Config, error) {
 		ProcRoot:          f.procRoot,
 		TrustDomain:       td,
 		MaxIdentities:     f.maxIdentities,
+		JWTBundleRefresh:  f.jwtBundleRefresh,
 	}, nil
 }
 

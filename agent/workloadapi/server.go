@@ -5,10 +5,12 @@
 //
 // As the SPIFFE Workload API specification requires, a call without the
 // gRPC metadata "workload.spiffe.io: true" is refused with InvalidArgument.
-// JWT-SVIDs are not issued: FetchJWTSVID and ValidateJWTSVID answer
-// Unimplemented, and FetchJWTBundles streams an empty key set for the trust
-// domain, so that clients watching both kinds of bundle (such as go-spiffe's
-// BundleSource) work.
+// With WithJWT it also serves the JWT half (jwt.go): FetchJWTSVID,
+// FetchJWTBundles and ValidateJWTSVID. Without it, JWT-SVIDs are not
+// issued: FetchJWTSVID and ValidateJWTSVID answer Unimplemented, and
+// FetchJWTBundles streams an empty key set for the trust domain, so that
+// clients watching both kinds of bundle (such as go-spiffe's BundleSource)
+// work.
 //
 // NewResolving serves each caller from its own source (a node agent's
 // per-workload SVID); a FetchX509SVID stream whose SVID is withdrawn ends
@@ -53,6 +55,7 @@ type Server struct {
 	resolve Resolver
 	log     *slog.Logger
 	metrics *metrics
+	jwt     JWTIssuer // nil: no JWT-SVIDs (jwt.go)
 }
 
 // Option configures a Server.
@@ -61,6 +64,7 @@ type Option interface{ apply(*config) }
 type config struct {
 	log *slog.Logger
 	reg prometheus.Registerer
+	jwt JWTIssuer
 }
 
 type optionFunc func(*config)
@@ -100,7 +104,7 @@ func NewResolving(resolve Resolver, opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{resolve: resolve, log: c.log, metrics: m}, nil
+	return &Server{resolve: resolve, log: c.log, metrics: m, jwt: c.jwt}, nil
 }
 
 // Register registers the Workload API service on g.
@@ -180,42 +184,6 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 				}
 				s.metrics.pushes.WithLabelValues(method).Inc()
 				sent = key
-			}
-		}
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-changed:
-			snap, changed = source.Load()
-		}
-	}
-}
-
-// FetchJWTBundles streams an empty JWT key set for the trust domain of the
-// workload's SVID: the agent issues no JWT-SVIDs, so it trusts no JWT
-// authority. It sends again only if the trust domain changes.
-func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
-	const method = "FetchJWTBundles"
-	if err := s.checkHeader(stream.Context(), method); err != nil {
-		return err
-	}
-	source, err := s.resolve(stream.Context())
-	if err != nil {
-		return err
-	}
-	s.metrics.streams.WithLabelValues(method).Inc()
-	defer s.metrics.streams.WithLabelValues(method).Dec()
-
-	var sent string
-	snap, changed := source.Load()
-	for {
-		if snap.SVID != nil {
-			if td := snap.SVID.ID().TrustDomain().Name(); td != sent {
-				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{td: []byte(`{"keys":[]}`)}}); err != nil {
-					return err
-				}
-				s.metrics.pushes.WithLabelValues(method).Inc()
-				sent = td
 			}
 		}
 		select {

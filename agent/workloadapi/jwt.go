@@ -1,0 +1,185 @@
+package workloadapi
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	spiffejwt "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// MaxJWTSVIDBytes bounds the token ValidateJWTSVID reads.
+const MaxJWTSVIDBytes = 16 << 10
+
+// JWTIssuer is the JWT half of what the server serves: JWT-SVIDs for the
+// caller, and the trust domain's JWT bundle. The node agent implements
+// it.
+type JWTIssuer interface {
+	// FetchJWTSVID returns a JWT-SVID for the caller of ctx and
+	// audiences; spiffeID, if not empty, is the identity the caller asked
+	// for. The error it returns ends the call as it is, so it should be a
+	// gRPC status that says why.
+	FetchJWTSVID(ctx context.Context, audiences []string, spiffeID string) (JWTSVID, error)
+	// LoadJWTBundle returns the current JWT bundle (nil until one is
+	// known) and a channel closed when it changes.
+	LoadJWTBundle() (*JWTBundle, <-chan struct{})
+}
+
+// JWTSVID is a token and the SPIFFE ID it names.
+type JWTSVID struct {
+	SPIFFEID string
+	Token    string
+}
+
+// JWTBundle is a trust domain's JWT authorities.
+type JWTBundle struct {
+	// Bundle holds the keys.
+	Bundle *jwtbundle.Bundle
+	// Doc is the bundle as the Workload API sends it (a JWKS document).
+	Doc []byte
+	// Version changes whenever the keys do.
+	Version string
+}
+
+// WithJWT serves JWT-SVIDs and the JWT bundle from j. Without it,
+// FetchJWTSVID and ValidateJWTSVID answer Unimplemented and
+// FetchJWTBundles streams an empty key set.
+func WithJWT(j JWTIssuer) Option {
+	return optionFunc(func(c *config) { c.jwt = j })
+}
+
+// FetchJWTSVID returns a JWT-SVID for the caller and the audiences of the
+// request (at least one), as the SPIFFE Workload API specifies.
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	const method = "FetchJWTSVID"
+	if err := s.checkHeader(ctx, method); err != nil {
+		return nil, err
+	}
+	if s.jwt == nil {
+		return nil, status.Error(codes.Unimplemented, "workloadapi: this agent issues no JWT-SVIDs")
+	}
+	if len(req.GetAudience()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "workloadapi: audience is required")
+	}
+	svid, err := s.jwt.FetchJWTSVID(ctx, req.GetAudience(), req.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.pushes.WithLabelValues(method).Inc()
+	return &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: svid.SPIFFEID, Svid: svid.Token}}}, nil
+}
+
+// FetchJWTBundles streams the JWT bundle of the trust domain: once it is
+// known, and again whenever it changes. Without a JWTIssuer it streams an
+// empty key set for the trust domain of the workload's SVID, so that
+// clients watching both kinds of bundle (go-spiffe's BundleSource) work.
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	const method = "FetchJWTBundles"
+	if err := s.checkHeader(stream.Context(), method); err != nil {
+		return err
+	}
+	source, err := s.resolve(stream.Context())
+	if err != nil {
+		return err
+	}
+	s.metrics.streams.WithLabelValues(method).Inc()
+	defer s.metrics.streams.WithLabelValues(method).Dec()
+	if s.jwt == nil {
+		return s.streamEmptyJWTBundle(stream, source)
+	}
+	var sent string
+	b, changed := s.jwt.LoadJWTBundle()
+	for {
+		if b != nil && b.Version != sent {
+			td := b.Bundle.TrustDomain().Name()
+			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{td: b.Doc}}); err != nil {
+				return err
+			}
+			s.metrics.pushes.WithLabelValues(method).Inc()
+			sent = b.Version
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+			b, changed = s.jwt.LoadJWTBundle()
+		}
+	}
+}
+
+// streamEmptyJWTBundle sends an empty JWT key set for the trust domain of
+// the workload's SVID, again only if the trust domain changes.
+func (s *Server) streamEmptyJWTBundle(stream grpc.ServerStreamingServer[workload.JWTBundlesResponse], source Source) error {
+	var sent string
+	snap, changed := source.Load()
+	for {
+		if snap.SVID != nil {
+			if td := snap.SVID.ID().TrustDomain().Name(); td != sent {
+				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{td: []byte(`{"keys":[]}`)}}); err != nil {
+					return err
+				}
+				s.metrics.pushes.WithLabelValues("FetchJWTBundles").Inc()
+				sent = td
+			}
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+			snap, changed = source.Load()
+		}
+	}
+}
+
+// ValidateJWTSVID checks a JWT-SVID's signature against the trust
+// domain's JWT bundle, its expiry and that it names the audience, and
+// returns its SPIFFE ID and claims.
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	const method = "ValidateJWTSVID"
+	if err := s.checkHeader(ctx, method); err != nil {
+		return nil, err
+	}
+	if s.jwt == nil {
+		return nil, status.Error(codes.Unimplemented, "workloadapi: this agent holds no JWT bundle")
+	}
+	switch {
+	case req.GetAudience() == "":
+		return nil, status.Error(codes.InvalidArgument, "workloadapi: audience is required")
+	case req.GetSvid() == "":
+		return nil, status.Error(codes.InvalidArgument, "workloadapi: svid is required")
+	case len(req.GetSvid()) > MaxJWTSVIDBytes:
+		return nil, status.Errorf(codes.InvalidArgument, "workloadapi: svid is %d bytes, more than %d", len(req.GetSvid()), MaxJWTSVIDBytes)
+	}
+	if _, err := s.resolve(ctx); err != nil {
+		return nil, err
+	}
+	b, _ := s.jwt.LoadJWTBundle()
+	if b == nil {
+		return nil, status.Error(codes.Unavailable, "workloadapi: no JWT bundle received from the CA yet")
+	}
+	svid, err := spiffejwt.ParseAndValidate(req.GetSvid(), b.Bundle, []string{req.GetAudience()})
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, "workloadapi: "+strings.TrimPrefix(err.Error(), "jwtsvid: "))
+	}
+	claims, err := structpb.NewStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "workloadapi: claims of the JWT-SVID cannot be returned: %v", err)
+	}
+	s.metrics.pushes.WithLabelValues(method).Inc()
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}
+
+// NewJWTBundle returns the JWTBundle of b, its Doc marshalled.
+func NewJWTBundle(b *jwtbundle.Bundle, version string) (*JWTBundle, error) {
+	doc, err := b.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: could not encode the JWT bundle of %s: %w", b.TrustDomain(), err)
+	}
+	return &JWTBundle{Bundle: b, Doc: doc, Version: version}, nil
+}
