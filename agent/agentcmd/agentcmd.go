@@ -8,7 +8,6 @@ package agentcmd
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/agent"
@@ -31,7 +31,13 @@ import (
 
 // EnvPrefix is the prefix of the environment variables that set the flags:
 // --ca-addr is also CASTELLAN_CA_ADDR.
-const EnvPrefix = "CASTELLAN"
+const EnvPrefix = cliflag.EnvPrefix
+
+// help is the agent's --help text besides its flags.
+var help = cliflag.Help{Summary: `Run the node agent: keys made on the node, SVIDs from the CA renewed in the
+background, served over Envoy SDS and the SPIFFE Workload API (one socket by
+default) and optionally written to files. SIGHUP asks for a new SVID at once;
+SIGINT and SIGTERM stop the agent.`}
 
 // UsageError is a bad flag or argument; its ExitCode is 2.
 type UsageError = cliflag.UsageError
@@ -40,7 +46,7 @@ type UsageError = cliflag.UsageError
 type flags struct {
 	caAddr, caServerName, rootCert, tokenFile, spiffeID, keyType string
 	sdsSocket, workloadSocket, socketMode, outputDir, httpAddr   string
-	logLevel                                                     string
+	logLevel, logFormat                                          string
 	attestation, nodeName, kubeconfig, procRoot, trustDomain     string
 	pprof                                                        bool
 	gcPercent, maxIdentities                                     int
@@ -54,7 +60,7 @@ type flags struct {
 	jwtBundleRefresh time.Duration
 }
 
-func (f *flags) register(fs *flag.FlagSet) {
+func (f *flags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.caAddr, "ca-addr", "castellan.castellan-system.svc:15012", "CA address (host:port) of the certificate service")
 	fs.StringVar(&f.caServerName, "ca-server-name", "", "name checked in the CA's serving certificate (default: the host of --ca-addr)")
 	fs.StringVar(&f.rootCert, "root-cert", "/var/run/secrets/istio/root-cert.pem", "trusted roots (PEM): verify the CA and the SVIDs, and are served as the trust bundle; re-read when they change")
@@ -73,7 +79,8 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.socketMode, "socket-mode", "", "file mode of the sockets (octal); default 0600, or 0666 with --attestation=node, where every caller is attested and the pods' containers run as users of their own")
 	fs.StringVar(&f.attestation, "attestation", string(agent.AttestationNone), "whom the agent serves: \"none\" serves the agent's own SVID to every caller (an agent beside one workload); \"node\" attests each caller to its pod on this node and serves it its service account's SVID, asked of the CA on its behalf (one agent per node)")
 	fs.StringVar(&f.nodeName, "node-name", "", "this node's name (--attestation=node); usually from the downward API, spec.nodeName")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the watch on this node's pods (--attestation=node; default: in-cluster)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the watch on this node's pods (--attestation=node; default: $KUBECONFIG, else in-cluster)")
+	cliflag.StandardEnv(fs, "kubeconfig", "KUBECONFIG")
 	fs.StringVar(&f.procRoot, "proc-root", "/proc", "the host's /proc, where callers' processes are found (--attestation=node; the agent needs the host's pid namespace)")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "trust domain of the SPIFFE IDs asked for on behalf of workloads (--attestation=node)")
 	fs.IntVar(&f.maxIdentities, "max-identities", agent.DefaultMaxIdentities, "most service accounts served at once (--attestation=node)")
@@ -84,6 +91,7 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.Var(f.dnsNames, "dns-name", "DNS name asked for beside the SPIFFE ID, for a serving certificate such as istiod's (repeatable; comma-separated in CASTELLAN_DNS_NAME); the CA grants only the names its --dns-san-allow lists for this service account; not with --attestation=node")
 	fs.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:15020", "listen address for /metrics, /healthz and /readyz (\"-\" disables it)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", cliflag.LogJSON, "log format: json or text")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
 	fs.IntVar(&f.gcPercent, "gc-percent", 25, "Go GC target (as GOGC) for the agent; a low value keeps it small while it pushes a rotation to many proxies (0: Go's default or $GOGC)")
 }
@@ -175,18 +183,16 @@ func (f *flags) config() (agent.Config, error) {
 }
 
 // parse parses args into the agent's Config, its logger writing to
-// stderr, and the GC percentage to set. name heads the usage message
-// printed on stderr for -h or a bad flag. lookup reads the environment
-// (nil: os.LookupEnv).
-func parse(name string, args []string, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, err error) {
-	cfg, gcPercent, _, err = parseNode(name, args, stderr, lookup)
+// stderr, and the GC percentage to set. name heads the usage printed on
+// stdout for -h. lookup reads the environment (nil: os.LookupEnv).
+func parse(name string, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, err error) {
+	cfg, gcPercent, _, err = parseNode(name, args, stdout, stderr, lookup)
 	return cfg, gcPercent, err
 }
 
 // parseNode is parse that also returns what node attestation needs.
-func parseNode(name string, args []string, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, node nodeOptions, err error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func parseNode(name string, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) (cfg agent.Config, gcPercent int, node nodeOptions, err error) {
+	fs := cliflag.NewFlagSet(name, help, stdout, stderr)
 	var f flags
 	f.register(fs)
 	defer func() { node = nodeOptions{nodeName: f.nodeName, kubeconfig: f.kubeconfig, procRoot: f.procRoot} }()
@@ -196,7 +202,7 @@ func parseNode(name string, args []string, stderr io.Writer, lookup func(string)
 	if fs.NArg() > 0 {
 		return agent.Config{}, 0, nodeOptions{}, UsageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	log, err := cliflag.NewLogger(stderr, f.logLevel)
+	log, err := cliflag.NewLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return agent.Config{}, 0, nodeOptions{}, UsageError{Err: err}
 	}
@@ -208,13 +214,14 @@ func parseNode(name string, args []string, stderr io.Writer, lookup func(string)
 }
 
 // Run parses args as the agent's flags (with their CASTELLAN_ environment
-// variables) and runs the node agent until ctx ends. name heads the usage
-// message, such as "castellan agent". Logs go to stderr as JSON. SIGHUP asks for a new SVID at once.
+// variables) and runs the node agent until ctx ends. name heads the usage,
+// such as "castellan agent"; -h prints it on stdout. Logs go to stderr
+// (--log-format). SIGHUP asks for a new SVID at once.
 //
 // A bad flag or argument returns a UsageError; any other error comes from
 // the agent itself.
-func Run(ctx context.Context, name string, args []string, stderr io.Writer) error {
-	cfg, gcPercent, node, err := parseNode(name, args, stderr, nil)
+func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	cfg, gcPercent, node, err := parseNode(name, args, stdout, stderr, nil)
 	if err != nil {
 		return err
 	}

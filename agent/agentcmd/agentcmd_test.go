@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/castellan-mesh/castellan/agent"
 )
@@ -95,7 +97,8 @@ func TestParse(t *testing.T) {
 		{name: "bad SPIFFE ID", args: []string{"--spiffe-id=https://x"}, wantErr: "--spiffe-id"},
 		{name: "bad log level", args: []string{"--log-level=loud"}, wantErr: "--log-level"},
 		{name: "negative GC percent", args: []string{"--gc-percent=-1"}, wantErr: "--gc-percent"},
-		{name: "unknown flag", args: []string{"--bogus"}, wantErr: "flag provided but not defined"},
+		{name: "unknown flag", args: []string{"--bogus"}, wantErr: "unknown flag: --bogus"},
+		{name: "bad log format", args: []string{"--log-format=xml"}, wantErr: "--log-format"},
 		{name: "positional argument", args: []string{"serve"}, wantErr: `unexpected argument "serve"`},
 		{name: "bad environment value", env: map[string]string{"CASTELLAN_TTL": "soon"}, wantErr: "CASTELLAN_TTL"},
 	}
@@ -103,7 +106,7 @@ func TestParse(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
 			var stderr bytes.Buffer
-			cfg, gc, err := parse("castellan-agent", tt.args, &stderr, lookup)
+			cfg, gc, err := parse("castellan-agent", tt.args, io.Discard, &stderr, lookup)
 			if tt.wantErr != "" {
 				var ue UsageError
 				if !errors.As(err, &ue) || ue.ExitCode() != 2 || !strings.Contains(err.Error(), tt.wantErr) {
@@ -120,15 +123,18 @@ func TestParse(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
-	var stderr bytes.Buffer
-	_, _, err := parse("castellan-agent", []string{"-h"}, &stderr, func(string) (string, bool) { return "", false })
-	if !errors.Is(err, flag.ErrHelp) || err.Error() != "" {
-		t.Fatalf("err = %v, want flag.ErrHelp with an empty message", err)
+	var stdout, stderr bytes.Buffer
+	_, _, err := parse("castellan-agent", []string{"-h"}, &stdout, &stderr, func(string) (string, bool) { return "", false })
+	if !errors.Is(err, pflag.ErrHelp) || err.Error() != "" {
+		t.Fatalf("err = %v, want pflag.ErrHelp with an empty message", err)
 	}
-	for _, want := range []string{"Usage of castellan-agent", "-ca-addr", "-sds-socket", "-gc-percent"} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("help lacks %q:\n%s", want, stderr.String())
+	for _, want := range []string{"Usage:\n  castellan-agent [flags]", "--ca-addr", "--sds-socket", "--gc-percent", "--log-format", "--kubeconfig: KUBECONFIG"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, stdout.String())
 		}
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("help wrote to stderr: %s", stderr.String())
 	}
 }
 
@@ -143,7 +149,7 @@ func TestRunStops(t *testing.T) {
 	err := Run(ctx, "castellan-agent", []string{
 		"--ca-addr=127.0.0.1:1", "--root-cert=" + filepath.Join(dir, "missing.pem"), "--token-file=" + filepath.Join(dir, "token"),
 		"--sds-socket=" + filepath.Join(dir, "socket"), "--http-addr=-", "--gc-percent=0",
-	}, &stderr)
+	}, io.Discard, &stderr)
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, stderr.String())
 	}

@@ -37,13 +37,14 @@ func main() {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stderr)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
 // run runs the agent and returns the process exit code: 0 when it stopped
-// cleanly or printed its help, 2 for a bad flag, 1 for any other failure.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
-	return cliflag.ExitCode(stderr, name, agentcmd.Run(ctx, name, args, stderr))
+// cleanly or printed its help (on stdout), 2 for a bad flag, 1 for any
+// other failure.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cliflag.ExitCode(stderr, name, agentcmd.Run(ctx, name, args, stdout, stderr))
 }

@@ -14,19 +14,25 @@ func TestExitCodes(t *testing.T) {
 		name     string
 		args     []string
 		code     int
-		contains string
+		contains string // in stderr
+		stdout   string
 	}{
-		{name: "help", args: []string{"-h"}, code: 0, contains: "Usage of castellan-agent"},
-		{name: "unknown flag", args: []string{"--bogus"}, code: 2, contains: "castellan-agent: flag provided but not defined: -bogus"},
+		{name: "help", args: []string{"-h"}, code: 0, stdout: "Usage:\n  castellan-agent [flags]"},
+		{name: "long help", args: []string{"--help"}, code: 0, stdout: "--ca-addr"},
+		{name: "unknown flag", args: []string{"--bogus"}, code: 2, contains: "castellan-agent: unknown flag: --bogus\nRun 'castellan-agent --help' for usage.\n"},
+		{name: "single-dash long flag", args: []string{"-socket-mode=0777"}, code: 2, contains: "castellan-agent: --socket-mode 0777 lets any user"},
 		{name: "bad socket mode", args: []string{"--socket-mode=0777"}, code: 2, contains: "castellan-agent: --socket-mode 0777 lets any user"},
 		{name: "positional argument", args: []string{"agent"}, code: 2, contains: `castellan-agent: unexpected argument "agent"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var stderr bytes.Buffer
-			code := run(context.Background(), tt.args, &stderr)
-			if code != tt.code || !strings.Contains(stderr.String(), tt.contains) {
-				t.Fatalf("exit %d, want %d; stderr lacks %q:\n%s", code, tt.code, tt.contains, stderr.String())
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), tt.args, &stdout, &stderr)
+			if code != tt.code || !strings.Contains(stderr.String(), tt.contains) || !strings.Contains(stdout.String(), tt.stdout) {
+				t.Fatalf("exit %d, want %d; stderr lacks %q or stdout %q:\n%s\n%s", code, tt.code, tt.contains, tt.stdout, stderr.String(), stdout.String())
+			}
+			if tt.contains != "" && strings.Count(stderr.String(), tt.contains) != 1 {
+				t.Errorf("the error is printed more than once:\n%s", stderr.String())
 			}
 		})
 	}

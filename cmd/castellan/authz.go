@@ -1,22 +1,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
 	"github.com/castellan-mesh/castellan/authz"
 	"github.com/castellan-mesh/castellan/authz/envoyrbac"
@@ -26,35 +25,8 @@ import (
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
-// Exit codes of "castellan authz".
-const (
-	authzExitOK       = 0
-	authzExitProblems = 1 // translate, mtls: some policies were rejected
-	authzExitUsage    = 2
-	authzExitDeny     = 3 // check: the request is denied
-)
-
-// authzExit carries the exit code of "castellan authz"; an empty message
-// prints nothing.
-type authzExit struct {
-	code int
-	err  error
-}
-
-func (e authzExit) Error() string {
-	if e.err == nil || errors.Is(e.err, flag.ErrHelp) {
-		return ""
-	}
-	return e.err.Error()
-}
-
-func (e authzExit) Unwrap() error { return e.err }
-
-func (e authzExit) ExitCode() int { return e.code }
-
-func authzUsage(err error) error { return authzExit{code: authzExitUsage, err: err} }
-
-const authzUsageText = `usage: castellan authz <subcommand> [flags]
+const authzUsageText = `Usage:
+  castellan authz <subcommand> [flags]
 
   translate  print the Envoy RBAC filters for a workload
   check      decide a request by evaluating the generated Envoy RBAC filters
@@ -62,14 +34,35 @@ const authzUsageText = `usage: castellan authz <subcommand> [flags]
   serve      run the policy server: watch the cluster's policies and pods and
              serve each proxy its RBAC filters over ECDS (xDS)
 
-Run castellan authz <subcommand> -h for its flags.`
+Run "castellan authz <subcommand> --help" for its flags.
+`
+
+// authzHelp are the --help texts of the authz subcommands.
+var authzHelp = map[string]cliflag.Help{
+	"translate": {
+		Summary: "Print the Envoy RBAC filters (HTTP and network) that Istio's policies give a\nworkload. --policies - reads the policies from stdin.",
+		Exit:    "4  some policies were rejected; the others were used (an invalid policy is enforced fail-closed)",
+	},
+	"check": {
+		Summary: "Decide a request (or, with --tcp, a connection) by evaluating the Envoy RBAC\nfilters generated for the workload. --policies - reads the policies from stdin.",
+		Exit:    "3  the request is denied",
+	},
+	"mtls": {
+		Summary: "Print the effective mTLS mode per port for a workload, from its\nPeerAuthentication policies. --policies - reads the policies from stdin.",
+		Exit:    "4  some policies were rejected; the others were used",
+	},
+	"serve": {
+		Summary: "Run the policy server: watch the cluster's policies and pods, and serve each\nproxy its RBAC filters over ECDS and its mTLS listener over LDS (xDS, mutual TLS).",
+	},
+}
 
 func runAuthz(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, authzUsageText)
-		if len(args) == 0 {
-			return authzUsage(nil)
-		}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, authzUsageText)
+		return usageError{Err: errors.New("a subcommand is required: translate, check, mtls or serve")}
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, authzUsageText)
 		return nil
 	}
 	switch args[0] {
@@ -82,7 +75,7 @@ func runAuthz(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "serve":
 		return runAuthzServe(ctx, args[1:], stdout, stderr)
 	}
-	return authzUsage(fmt.Errorf("unknown subcommand %q (want translate, check, mtls or serve)", args[0]))
+	return usageError{Err: fmt.Errorf("unknown subcommand %q (want translate, check, mtls or serve)", args[0])}
 }
 
 // authzCommon are the flags every authz subcommand shares: where the
@@ -95,12 +88,16 @@ type authzCommon struct {
 	trustDomain        string
 	trustDomainAliases *cliflag.StringList
 	sdsCluster         string
-	format             string
+	output             *cliflag.Output
+	// stdin is read by --policies -.
+	stdin io.Reader
 }
 
-func (c *authzCommon) register(fs *flag.FlagSet, formats string) {
+// register registers the shared flags; formats are the -o values, the
+// default first.
+func (c *authzCommon) register(fs *pflag.FlagSet, formats ...string) {
 	c.policies = cliflag.NewStringList()
-	fs.Var(c.policies, "policies", "`PATH` of a YAML/JSON file or a directory of them (repeatable)")
+	fs.Var(c.policies, "policies", "`PATH` of a YAML/JSON file or a directory of them, or - for stdin (repeatable)")
 	fs.StringVar(&c.workload, "workload", "", "the workload, as `NAMESPACE/NAME`")
 	fs.StringVar(&c.labels, "labels", "", "the workload's labels, as `k=v,k2=v2`")
 	c.services = cliflag.NewStringList()
@@ -110,7 +107,8 @@ func (c *authzCommon) register(fs *flag.FlagSet, formats string) {
 	c.trustDomainAliases = cliflag.NewStringList()
 	fs.Var(c.trustDomainAliases, "trust-domain-alias", "a trust domain treated as the same as --trust-domain (repeatable)")
 	fs.StringVar(&c.sdsCluster, "sds-cluster", mtls.DefaultSDSCluster, "Envoy cluster of the SDS server, in rendered TLS settings")
-	fs.StringVar(&c.format, "format", strings.Split(formats, "|")[0], "output format: "+formats)
+	c.output = cliflag.AddOutput(fs, formats[0], formats...)
+	c.stdin = os.Stdin
 }
 
 // load reads the policies and computes the workload's configuration. Policy
@@ -119,14 +117,17 @@ func (c *authzCommon) register(fs *flag.FlagSet, formats string) {
 // notes (rules changed for TCP) are printed too.
 func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig, int, error) {
 	if len(c.policies.Values()) == 0 {
-		return nil, 0, authzUsage(errors.New("--policies is required"))
+		return nil, 0, usageError{Err: errors.New("--policies is required")}
 	}
 	if c.workload == "" {
-		return nil, 0, authzUsage(errors.New("--workload is required"))
+		return nil, 0, usageError{Err: errors.New("--workload is required")}
+	}
+	if n := slices.Index(c.policies.Values(), "-"); n >= 0 && slices.Index(c.policies.Values()[n+1:], "-") >= 0 {
+		return nil, 0, usageError{Err: errors.New("--policies - (stdin) may be given once")}
 	}
 	w, err := policy.ParseWorkload(c.workload, c.labels)
 	if err != nil {
-		return nil, 0, authzUsage(err)
+		return nil, 0, usageError{Err: err}
 	}
 	w.Services = c.services.Values()
 	e, err := authz.New(authz.Config{
@@ -155,7 +156,7 @@ func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig,
 		}
 	}
 	for _, p := range c.policies.Values() {
-		rs, err := policy.Load(p)
+		rs, err := c.loadPolicies(p)
 		if err != nil && rs == nil && len(policy.Errors(err)) == 0 {
 			return nil, 0, err // the path itself is unreadable
 		}
@@ -183,16 +184,27 @@ func (c *authzCommon) load(stderr io.Writer, notes bool) (*authz.WorkloadConfig,
 	return cfg, problems, nil
 }
 
-func parseAuthzFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
-	fs.SetOutput(stderr)
-	if err := cliflag.Parse(fs, "CASTELLAN", args, nil); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return authzExit{code: authzExitOK, err: err}
-		}
-		return authzUsage(err)
+// loadPolicies reads the policies at path, or on stdin for "-".
+func (c *authzCommon) loadPolicies(path string) ([]*policy.Resource, error) {
+	if path != "-" {
+		return policy.Load(path)
+	}
+	data, err := io.ReadAll(io.LimitReader(c.stdin, policy.MaxInputSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("--policies -: reading stdin: %w", err)
+	}
+	if len(data) > policy.MaxInputSize {
+		return nil, fmt.Errorf("--policies -: stdin is larger than the limit of %d bytes", policy.MaxInputSize)
+	}
+	return policy.Decode(data, "stdin")
+}
+
+func parseAuthzFlags(fs *pflag.FlagSet, args []string) error {
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args, nil); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
-		return authzUsage(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	return nil
 }
@@ -201,18 +213,16 @@ func problemsExit(n int) error {
 	if n == 0 {
 		return nil
 	}
-	return authzExit{code: authzExitProblems, err: fmt.Errorf("%d policy problem(s); the other policies were used", n)}
+	return status(exitPolicyProblems, fmt.Errorf("%d policy problem(s); the other policies were used", n))
 }
 
-func runAuthzTranslate(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan authz translate", flag.ContinueOnError)
+func runAuthzTranslate(_ context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan authz translate", authzHelp["translate"], stdout, stderr)
 	var c authzCommon
-	c.register(fs, "json|yaml")
-	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+	c.register(fs, cliflag.OutputJSON, cliflag.OutputYAML)
+	defer func() { err = c.output.Errors(err) }()
+	if err := parseAuthzFlags(fs, args); err != nil {
 		return err
-	}
-	if c.format != "json" && c.format != "yaml" {
-		return authzUsage(fmt.Errorf("--format %q: want json or yaml", c.format))
 	}
 	cfg, problems, err := c.load(stderr, true)
 	if err != nil {
@@ -222,7 +232,7 @@ func runAuthzTranslate(_ context.Context, args []string, stdout, stderr io.Write
 		"httpFilters":    protoList(cfg.HTTPFilters),
 		"networkFilters": protoList(cfg.NetworkFilters),
 	}
-	if err := writeDocument(stdout, out, c.format); err != nil {
+	if err := cliflag.WriteDocument(stdout, out, c.output.Format()); err != nil {
 		return err
 	}
 	return problemsExit(problems)
@@ -242,29 +252,6 @@ func protoList[M proto.Message](ms []M) []json.RawMessage {
 	return out
 }
 
-// writeDocument prints v as indented JSON, or as YAML.
-func writeDocument(w io.Writer, v any, format string) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if format == "yaml" {
-		y, err := yaml.JSONToYAML(b)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(y)
-		return err
-	}
-	var buf bytes.Buffer
-	if err := json.Indent(&buf, b, "", "  "); err != nil {
-		return err
-	}
-	buf.WriteByte('\n')
-	_, err = w.Write(buf.Bytes())
-	return err
-}
-
 // authzCheckFlags describe the request of "castellan authz check".
 type authzCheckFlags struct {
 	principal, dnsSAN, sourceIP, remoteIP, destIP string
@@ -275,7 +262,7 @@ type authzCheckFlags struct {
 	tcp                                           bool
 }
 
-func (f *authzCheckFlags) register(fs *flag.FlagSet) {
+func (f *authzCheckFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.principal, "source-principal", "", "the peer's SPIFFE ID (`spiffe://...`); empty means a plaintext connection")
 	fs.StringVar(&f.dnsSAN, "source-dns-san", "", "a DNS SAN of the peer certificate")
 	fs.StringVar(&f.sourceIP, "source-ip", "10.0.0.1", "the peer address (source.ip, ipBlocks)")
@@ -392,19 +379,17 @@ func addClaim(m map[string]any, path []string, value string) error {
 	return addClaim(sub, path[1:], value)
 }
 
-func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan authz check", flag.ContinueOnError)
+func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan authz check", authzHelp["check"], stdout, stderr)
 	var (
 		c authzCommon
 		f authzCheckFlags
 	)
-	c.register(fs, "text|json")
+	c.register(fs, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
 	f.register(fs)
-	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+	defer func() { err = c.output.Errors(err) }()
+	if err := parseAuthzFlags(fs, args); err != nil {
 		return err
-	}
-	if c.format != "text" && c.format != "json" {
-		return authzUsage(fmt.Errorf("--format %q: want text or json", c.format))
 	}
 	cfg, _, err := c.load(stderr, f.tcp)
 	if err != nil {
@@ -412,7 +397,7 @@ func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	r, err := f.request(cfg.Workload)
 	if err != nil {
-		return authzUsage(err)
+		return usageError{Err: err}
 	}
 	// The decision comes from evaluating the generated Envoy filters, not
 	// the policies: the check tests the translation too.
@@ -426,11 +411,11 @@ func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	if err := writeDecision(stdout, d, c.format); err != nil {
+	if err := writeDecision(stdout, d, c.output.Format()); err != nil {
 		return err
 	}
 	if !d.Allowed {
-		return authzExit{code: authzExitDeny}
+		return status(exitDenied, nil)
 	}
 	return nil
 }
@@ -449,7 +434,7 @@ func writeDecision(w io.Writer, d envoyrbac.Decision, format string) error {
 	if d.Allowed {
 		verdict = "ALLOW"
 	}
-	if format == "json" {
+	if format != cliflag.OutputText {
 		type shadow struct {
 			Filter  int    `json:"filter"`
 			Action  string `json:"action"`
@@ -472,7 +457,7 @@ func writeDecision(w io.Writer, d envoyrbac.Decision, format string) error {
 				out.Shadow = append(out.Shadow, shadow{Filter: f.Index, Action: f.Shadow.Action.String(), Allowed: f.Shadow.Allowed, Policy: f.Shadow.Policy})
 			}
 		}
-		return writeDocument(w, out, "json")
+		return cliflag.WriteDocument(w, out, format)
 	}
 	fmt.Fprintln(w, verdict)
 	if d.Policy != "" {
@@ -498,17 +483,18 @@ func writeDecision(w io.Writer, d envoyrbac.Decision, format string) error {
 	return nil
 }
 
-func runAuthzMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan authz mtls", flag.ContinueOnError)
+func runAuthzMTLS(_ context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan authz mtls", authzHelp["mtls"], stdout, stderr)
 	var c authzCommon
 	var listener bool
-	c.register(fs, "text|json|yaml")
-	fs.BoolVar(&listener, "listener", false, "print the Envoy listener settings (filter chains with the DownstreamTlsContext) instead; needs --format json or yaml")
-	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+	c.register(fs, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
+	fs.BoolVar(&listener, "listener", false, "print the Envoy listener settings (filter chains with the DownstreamTlsContext) instead; needs -o json or yaml")
+	defer func() { err = c.output.Errors(err) }()
+	if err := parseAuthzFlags(fs, args); err != nil {
 		return err
 	}
-	if !slices.Contains([]string{"text", "json", "yaml"}, c.format) || (listener && c.format == "text") {
-		return authzUsage(fmt.Errorf("--format %q: want text, json or yaml (json or yaml with --listener)", c.format))
+	if listener && c.output.Format() == cliflag.OutputText {
+		return usageError{Err: errors.New("--listener needs -o json or -o yaml")}
 	}
 	cfg, problems, err := c.load(stderr, false)
 	if err != nil {
@@ -527,8 +513,8 @@ func runAuthzMTLS(_ context.Context, args []string, stdout, stderr io.Writer) er
 			"listenerFilters": protoList(cfg.Listener.ListenerFilters),
 			"filterChains":    protoList(cfg.Listener.FilterChains),
 		}
-		err = writeDocument(stdout, out, c.format)
-	case c.format == "text":
+		err = cliflag.WriteDocument(stdout, out, c.output.Format())
+	case c.output.Format() == cliflag.OutputText:
 		fmt.Fprintf(stdout, "workload %s\n", cfg.Workload)
 		fmt.Fprintf(stdout, "  all ports: %-10s (%s)\n", res.Workload.Mode, source(res.Workload))
 		for _, p := range res.SortedPorts() {
@@ -544,11 +530,11 @@ func runAuthzMTLS(_ context.Context, args []string, stdout, stderr io.Writer) er
 		for p, s := range res.Ports {
 			ports[strconv.FormatUint(uint64(p), 10)] = setting{s.Mode, source(s)}
 		}
-		err = writeDocument(stdout, map[string]any{
+		err = cliflag.WriteDocument(stdout, map[string]any{
 			"workload": cfg.Workload.String(),
 			"mode":     setting{res.Workload.Mode, source(res.Workload)},
 			"ports":    ports,
-		}, c.format)
+		}, c.output.Format())
 	}
 	if err != nil {
 		return err

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -16,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
@@ -39,13 +38,15 @@ type authzServeFlags struct {
 	trustDomain, rootNamespace string
 	trustDomainAliases         *cliflag.StringList
 	kubeconfig, namespace      string
+	logLevel, logFormat        string
 	maxStreams                 int
 }
 
-func (f *authzServeFlags) register(fs *flag.FlagSet) {
+func (f *authzServeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.xdsAddr, "xds-addr", ":15010", "listen address of the ECDS service (gRPC over mutual TLS)")
 	fs.StringVar(&f.httpAddr, "http-addr", ":15016", "listen address for /metrics, /healthz and /readyz")
-	fs.StringVar(&f.workloadAPI, "workload-api-socket", "", "take the server certificate and the trust bundle from the agent's SPIFFE Workload API at this `ADDRESS` (unix:///path), instead of files")
+	fs.StringVar(&f.workloadAPI, "workload-api-socket", "", "take the server certificate and the trust bundle from the agent's SPIFFE Workload API at this `ADDRESS` (unix:///path), instead of files (default: $SPIFFE_ENDPOINT_SOCKET)")
+	cliflag.StandardEnv(fs, "workload-api-socket", "SPIFFE_ENDPOINT_SOCKET")
 	fs.StringVar(&f.certDir, "cert-dir", "", "directory with cert-chain.pem, key.pem and root-cert.pem, as the agent's --output-dir writes them (re-read on rotation)")
 	fs.StringVar(&f.certFile, "cert", "", "server certificate chain (PEM); overrides --cert-dir")
 	fs.StringVar(&f.keyFile, "key", "", "server private key (PEM); overrides --cert-dir")
@@ -54,9 +55,12 @@ func (f *authzServeFlags) register(fs *flag.FlagSet) {
 	f.trustDomainAliases = cliflag.NewStringList()
 	fs.Var(f.trustDomainAliases, "trust-domain-alias", "a trust domain treated as the same as --trust-domain in policies (repeatable)")
 	fs.StringVar(&f.rootNamespace, "root-namespace", authz.DefaultRootNamespace, "namespace whose policies apply mesh-wide")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (in-cluster config when empty)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, else the in-cluster config)")
+	cliflag.StandardEnv(fs, "kubeconfig", "KUBECONFIG")
 	fs.StringVar(&f.namespace, "namespace", "", "watch policies and pods of this namespace only (default all)")
 	fs.IntVar(&f.maxStreams, "max-streams", 100000, "most xDS streams served at once")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", cliflag.LogJSON, "log format: json or text")
 }
 
 func (f *authzServeFlags) files() (cert, key, bundle string, err error) {
@@ -73,25 +77,28 @@ func (f *authzServeFlags) files() (cert, key, bundle string, err error) {
 	return cert, key, bundle, nil
 }
 
-func runAuthzServe(ctx context.Context, args []string, _, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan authz serve", flag.ContinueOnError)
+func runAuthzServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := cliflag.NewFlagSet("castellan authz serve", authzHelp["serve"], stdout, stderr)
 	var f authzServeFlags
 	f.register(fs)
-	if err := parseAuthzFlags(fs, args, stderr); err != nil {
+	if err := parseAuthzFlags(fs, args); err != nil {
 		return err
 	}
 	if f.maxStreams < 1 {
-		return authzUsage(fmt.Errorf("--max-streams %d: want at least 1", f.maxStreams))
+		return usageError{Err: fmt.Errorf("--max-streams %d: want at least 1", f.maxStreams)}
 	}
 	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
 	if err != nil {
-		return authzUsage(fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err))
+		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", f.trustDomain, err)}
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	log, err := cliflag.NewLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		return usageError{Err: err}
+	}
 	var serverTLS *tls.Config
 	if f.workloadAPI != "" {
 		if f.certDir != "" || f.certFile != "" || f.keyFile != "" || f.bundle != "" {
-			return authzUsage(errors.New("--workload-api-socket excludes --cert-dir, --cert, --key and --bundle"))
+			return usageError{Err: errors.New("--workload-api-socket excludes --cert-dir, --cert, --key and --bundle")}
 		}
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
 		source, err := workloadapi.NewX509Source(wctx, workloadapi.WithClientOptions(workloadapi.WithAddr(f.workloadAPI)))
@@ -104,7 +111,7 @@ func runAuthzServe(ctx context.Context, args []string, _, stderr io.Writer) erro
 	} else {
 		certFile, keyFile, bundleFile, err := f.files()
 		if err != nil {
-			return authzUsage(err)
+			return usageError{Err: err}
 		}
 		creds, err := xds.NewFileCredentials(certFile, keyFile, bundleFile)
 		if err != nil {

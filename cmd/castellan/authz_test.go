@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/castellan-mesh/castellan/authz/envoyrbac"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite the golden files")
@@ -121,23 +122,23 @@ func TestAuthzCheck(t *testing.T) {
 			[]string{"ALLOW", "decided by: ns[shop]-policy[frontend]-rule[0] (AuthorizationPolicy shop/frontend, rule 0)"}},
 		{"host match ignores case", []string{"--source-principal", gw, "--host", "WWW.Shop.Example.COM"}, 0, []string{"ALLOW"}},
 		{"path template", []string{"--source-principal", gw, "--host", "shop.example.com", "--path", "/api/v2/items"}, 0, []string{"ALLOW"}},
-		{"path template too deep", []string{"--source-principal", gw, "--host", "shop.example.com", "--path", "/api/v2/x/items"}, authzExitDeny,
+		{"path template too deep", []string{"--source-principal", gw, "--host", "shop.example.com", "--path", "/api/v2/x/items"}, exitDenied,
 			[]string{"DENY", "reason:     denied: ALLOW policies exist and none matched"}},
-		{"gateway POST is denied", []string{"--source-principal", gw, "--method", "POST", "--host", "shop.example.com"}, authzExitDeny,
+		{"gateway POST is denied", []string{"--source-principal", gw, "--method", "POST", "--host", "shop.example.com"}, exitDenied,
 			[]string{"DENY", "audited by: ns[shop]-policy[audit-writes]-rule[0]"}},
-		{"plaintext is denied", []string{"--host", "shop.example.com"}, authzExitDeny, []string{"DENY"}},
-		{"mesh-wide deny wins", []string{"--source-principal", gw, "--host", "shop.example.com", "--path", "/debug/vars"}, authzExitDeny,
+		{"plaintext is denied", []string{"--host", "shop.example.com"}, exitDenied, []string{"DENY"}},
+		{"mesh-wide deny wins", []string{"--source-principal", gw, "--host", "shop.example.com", "--path", "/debug/vars"}, exitDenied,
 			[]string{"decided by: ns[istio-system]-policy[deny-debug]-rule[0] (AuthorizationPolicy istio-system/deny-debug, rule 0)"}},
 		{"monitoring scrapes metrics", []string{"--source-principal", "spiffe://cluster.local/ns/monitoring/sa/prometheus", "--port", "15090"}, 0,
 			[]string{"decided by: ns[shop]-policy[frontend]-rule[1]"}},
 		// Over TCP the mesh-wide DENY on /debug paths loses its HTTP-only
 		// paths and so denies every connection, as in Istio.
-		{"an HTTP deny broadened for TCP denies every connection", []string{"--tcp", "--source-principal", "spiffe://cluster.local/ns/monitoring/sa/prometheus", "--port", "15090"}, authzExitDeny,
+		{"an HTTP deny broadened for TCP denies every connection", []string{"--tcp", "--source-principal", "spiffe://cluster.local/ns/monitoring/sa/prometheus", "--port", "15090"}, exitDenied,
 			[]string{"DENY", "decided by: ns[istio-system]-policy[deny-debug]-rule[0]"}},
 		{"ops with a JWT claim and tenant header", []string{"--source-ip", "10.1.2.3", "--claim", "groups=dev", "--claim", "groups=ops", "--header", "X-Shop-Tenant=corp-9"}, 0,
 			[]string{"decided by: ns[shop]-policy[frontend]-rule[2]"}},
-		{"ops from an excluded block", []string{"--source-ip", "10.66.2.3", "--claim", "groups=ops", "--header", "x-shop-tenant=acme"}, authzExitDeny, []string{"DENY"}},
-		{"dry-run deny is reported, not enforced", []string{"--source-principal", "spiffe://other.td/ns/x/sa/y", "--sni", "evil.example", "--port", "15090"}, authzExitDeny,
+		{"ops from an excluded block", []string{"--source-ip", "10.66.2.3", "--claim", "groups=ops", "--header", "x-shop-tenant=acme"}, exitDenied, []string{"DENY"}},
+		{"dry-run deny is reported, not enforced", []string{"--source-principal", "spiffe://other.td/ns/x/sa/y", "--sni", "evil.example", "--port", "15090"}, exitDenied,
 			[]string{"dry-run:    DENY rules would deny (ns[shop]-policy[block-legacy]-rule[0]"}},
 		{"json output", []string{"--format", "json", "--source-principal", gw, "--host", "shop.example.com"}, 0,
 			[]string{`"decision": "ALLOW"`, `"policy": "ns[shop]-policy[frontend]-rule[0]"`, `"action": "ALLOW"`}},
@@ -181,8 +182,8 @@ func TestAuthzMTLS(t *testing.T) {
 func TestAuthzErrors(t *testing.T) {
 	bad := filepath.Join(authzTestdata, "bad.yaml")
 	code, _, errOut := runAuthzCLI(t, "translate", "--policies", bad, "--policies", filepath.Join(authzTestdata, "mesh.yaml"), "--workload", "shop/fe")
-	if code != authzExitProblems {
-		t.Errorf("bad policies: exit %d, want %d", code, authzExitProblems)
+	if code != exitPolicyProblems {
+		t.Errorf("bad policies: exit %d, want %d", code, exitPolicyProblems)
 	}
 	for _, w := range []string{
 		`bad.yaml: document 1 (line 2): AuthorizationPolicy shop/unknown-field: spec.rules[0].from[0].source.principal: unknown field "principal"`,
@@ -207,8 +208,8 @@ func TestAuthzErrors(t *testing.T) {
 		{},
 	}
 	for _, args := range usage {
-		if code, _, _ := runAuthzCLI(t, args...); code != authzExitUsage {
-			t.Errorf("%v: exit %d, want %d", args, code, authzExitUsage)
+		if code, _, _ := runAuthzCLI(t, args...); code != cliflag.ExitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, cliflag.ExitUsage)
 		}
 	}
 	if code, _, _ := runAuthzCLI(t, "translate", "--policies", "/does/not/exist", "--workload", "a/b"); code != 1 {
@@ -243,7 +244,7 @@ func TestAuthzCheckFailsClosed(t *testing.T) {
 		t.Errorf("RequestAuthentication not reported: %s", errOut)
 	}
 	code, out, errOut = runAuthzCLI(t, append(args, "--policies", write("typo.yaml", "principal"))...)
-	if code != authzExitDeny || !strings.HasPrefix(out, "DENY") {
+	if code != exitDenied || !strings.HasPrefix(out, "DENY") {
 		t.Fatalf("policy with a typo: exit %d, %s %s", code, out, errOut)
 	}
 	for _, want := range []string{"typo.yaml: document 1", "spec.rules[0].from[0].source.principal", "fail-closed:", "ALLOW policy that matches nothing"} {
@@ -260,9 +261,9 @@ func TestAuthzServeFlags(t *testing.T) {
 		code int
 		want string
 	}{
-		{nil, authzExitUsage, "--cert-dir"},
-		{[]string{"--cert", "a.pem"}, authzExitUsage, "--cert-dir"},
-		{[]string{"--cert-dir", dir, "--max-streams", "0"}, authzExitUsage, "--max-streams"},
+		{nil, cliflag.ExitUsage, "--cert-dir"},
+		{[]string{"--cert", "a.pem"}, cliflag.ExitUsage, "--cert-dir"},
+		{[]string{"--cert-dir", dir, "--max-streams", "0"}, cliflag.ExitUsage, "--max-streams"},
 		{[]string{"--cert-dir", dir}, 1, "cert-chain.pem"},
 	} {
 		code, _, errOut := runAuthzCLI(t, append([]string{"serve"}, tc.args...)...)

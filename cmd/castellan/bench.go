@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,22 +27,44 @@ func benchCommands() map[string]func(context.Context, []string, io.Writer, io.Wr
 	}
 }
 
+// benchUsage is the usage of "castellan bench" without a subcommand.
+const benchUsage = `Usage:
+  castellan bench ca|sds|token [flags]
+
+Load generators, each printing its figures (-o json or yaml for a document).
+
+  ca     drive a running CA with pre-made CSRs and tokens: throughput, latency,
+         the CA's CPU per SVID against the crypto floor
+  sds    open many SDS streams on a running agent and time its rotations
+  token  write a JWKS and tokens for a CA run with --jwt-issuer
+
+Run "castellan bench ca|sds|token --help" for the flags.
+`
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmds := benchCommands()
 	if len(args) == 0 {
-		return usageError{Err: errors.New("usage: castellan bench ca|sds|token [flags]")}
+		fmt.Fprint(stderr, benchUsage)
+		return usageError{Err: errors.New("a load generator is required: ca, sds or token")}
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, benchUsage)
+		return nil
 	}
 	run, ok := cmds[args[0]]
 	if !ok {
-		return usageError{Err: fmt.Errorf("unknown bench %q", args[0])}
+		return usageError{Err: fmt.Errorf("unknown bench %q: want ca, sds or token", args[0])}
 	}
 	return run(ctx, args[1:], stdout, stderr)
 }
 
 // runBenchCA drives a running CA with pre-made CSRs and tokens.
-func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan bench ca", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan bench ca", cliflag.Help{
+		Summary: "Drive a running CA with pre-made CSRs and tokens, and print the throughput,\nthe latency and the CA's CPU per SVID against the crypto floor.",
+	}, stdout, stderr)
+	out := cliflag.AddOutput(fs, cliflag.OutputText, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
+	defer func() { err = out.Errors(err) }()
 	addr := fs.String("addr", "127.0.0.1:15012", "CA gRPC address")
 	rootFile := fs.String("root-cert", "", "PEM roots that verify the CA's serving certificate (required)")
 	serverName := fs.String("server-name", "localhost", "name to check in the CA's serving certificate")
@@ -61,8 +82,11 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	junkSource := fs.String("junk-source", "127.0.0.2", "local IP address the junk flood connects from")
 	junkIssuer := fs.String("junk-issuer", "", "issuer claim of the junk tokens")
 	junkKID := fs.String("junk-kid", "", "key id of the junk tokens")
-	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
-		return usageError{Err: err}
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args, nil); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *rootFile == "" || *tokenFile == "" {
 		return usageError{Err: errors.New("--root-cert and --token-file are required")}
@@ -110,27 +134,37 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	res.Print(stdout, cfg)
+	var fr *loadgen.FloodResult
 	if flood != nil {
-		if fr := <-flood; fr != nil {
-			fmt.Fprintf(stdout, "junk flood    %s\n", fr)
-		}
+		fr = <-flood
 	}
-	return nil
+	return out.Write(stdout, newBenchCAResult(res, cfg, fr), func(w io.Writer) error {
+		res.Print(w, cfg)
+		if fr != nil {
+			fmt.Fprintf(w, "junk flood    %s\n", fr)
+		}
+		return nil
+	})
 }
 
 // runBenchToken writes a JWKS and tokens for a CA started with
 // --token-review=false --jwt-issuer ISSUER --jwks-file DIR/jwks.json.
-func runBenchToken(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan bench token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func runBenchToken(_ context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan bench token", cliflag.Help{
+		Summary: "Write a JWKS and tokens for a CA started with --token-review=false\n--jwt-issuer ISSUER --jwks-file DIR/jwks.json.",
+	}, stdout, stderr)
+	out := cliflag.AddOutput(fs, cliflag.OutputText, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
+	defer func() { err = out.Errors(err) }()
 	dir := fs.String("out-dir", "", "directory for jwks.json and tokens.txt (required)")
 	issuer := fs.String("issuer", "https://bench.castellan.invalid", "token issuer")
 	audience := fs.String("audience", "istio-ca", "token audience")
 	count := fs.Int("count", 100, "tokens, each for its own service account bench/sa-<i>")
 	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
-	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
-		return usageError{Err: err}
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args, nil); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *dir == "" {
 		return usageError{Err: errors.New("--out-dir is required")}
@@ -156,8 +190,11 @@ func runBenchToken(_ context.Context, args []string, stdout, stderr io.Writer) e
 	if err := pemfile.WriteFileAtomic(filepath.Join(*dir, "tokens.txt"), []byte(b.String()), 0o600); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s and %d tokens to %s\n", filepath.Join(*dir, "jwks.json"), *count, filepath.Join(*dir, "tokens.txt"))
-	return nil
+	res := benchTokenResult{JWKS: filepath.Join(*dir, "jwks.json"), Tokens: filepath.Join(*dir, "tokens.txt"), Count: *count}
+	return out.Write(stdout, res, func(w io.Writer) error {
+		_, err := fmt.Fprintf(w, "wrote %s and %d tokens to %s\n", res.JWKS, res.Count, res.Tokens)
+		return err
+	})
 }
 
 func readLines(path string) ([]string, error) {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,9 +20,12 @@ import (
 // it rotate (SIGHUP to --agent-pid, or its own schedule), and reports how
 // long each rotation took to reach the last stream, with the agent's RSS
 // and CPU per rotation read from its /metrics.
-func runBenchSDS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan bench sds", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func runBenchSDS(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan bench sds", cliflag.Help{
+		Summary: "Open many Envoy-like SDS streams on a running agent, make it rotate, and print\nhow long each rotation took to reach the last stream, with the agent's RSS and\nCPU per rotation.",
+	}, stdout, stderr)
+	out := cliflag.AddOutput(fs, cliflag.OutputText, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
+	defer func() { err = out.Errors(err) }()
 	socket := fs.String("sds-socket", "", "the agent's SDS socket (required)")
 	metricsURL := fs.String("metrics-url", "", "the agent's /metrics URL, for the rotation time, RSS and CPU (e.g. http://127.0.0.1:15020/metrics)")
 	pid := fs.Int("agent-pid", 0, "the agent's process ID: each rotation is triggered with SIGHUP (default: wait for the agent's own rotations)")
@@ -32,8 +34,11 @@ func runBenchSDS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	delta := fs.Bool("delta", false, "use DeltaSecrets instead of StreamSecrets")
 	rotations := fs.Int("rotations", 5, "rotations to time")
 	timeout := fs.Duration("timeout", 2*time.Minute, "longest wait for one rotation to reach every stream")
-	if err := cliflag.Parse(fs, "CASTELLAN_BENCH", args, nil); err != nil {
-		return usageError{Err: err}
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args, nil); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *socket == "" {
 		return usageError{Err: errors.New("--sds-socket is required")}
@@ -72,11 +77,21 @@ func runBenchSDS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	}
 
-	fmt.Fprintf(stdout, "opening %d streams (%s) on %s\n", *streams, map[bool]string{false: "StreamSecrets", true: "DeltaSecrets"}[*delta], *socket)
+	if out.Format() == cliflag.OutputText {
+		fmt.Fprintf(stdout, "opening %d streams (%s) on %s\n", *streams, map[bool]string{false: "StreamSecrets", true: "DeltaSecrets"}[*delta], *socket)
+	}
 	res, err := sdsload.Run(ctx, cfg)
 	if err != nil {
 		return err
 	}
+	return out.Write(stdout, newBenchSDSResult(res, *delta, cfg.Usage != nil), func(stdout io.Writer) error {
+		printBenchSDS(stdout, res, cfg)
+		return nil
+	})
+}
+
+// printBenchSDS writes the text form of a "castellan bench sds" result.
+func printBenchSDS(stdout io.Writer, res sdsload.Result, cfg sdsload.Config) {
 	fmt.Fprintf(stdout, "streams          %d, all holding the certificate after %s\n", res.Streams, res.Connect.Round(time.Millisecond))
 	for i, r := range res.Rotations {
 		fmt.Fprintf(stdout, "rotation %d       trigger->installed %7s   installed->first stream %7s   installed->last stream %7s\n", i+1,
@@ -89,7 +104,6 @@ func runBenchSDS(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(stdout, "agent rss        %.1f MiB before, %.1f MiB after\n", res.RSSBefore/(1<<20), res.RSSAfter/(1<<20))
 		fmt.Fprintf(stdout, "agent cpu        %s per rotation (CA call, key, and pushes to %d streams)\n", res.CPUPerRotation.Round(100*time.Microsecond), res.Streams)
 	}
-	return nil
 }
 
 // scrape reads the unlabelled samples of a Prometheus text endpoint.

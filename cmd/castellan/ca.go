@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -25,7 +25,7 @@ import (
 // caFlags are the flags of "castellan ca".
 type caFlags struct {
 	dataDir, grpcAddr, httpAddr, trustDomain, kubeconfig string
-	jwtIssuer, jwksFile, logLevel                        string
+	jwtIssuer, jwksFile, logLevel, logFormat             string
 	audiences, dnsNames                                  *cliflag.StringList
 	defaultTTL, maxTTL, authCacheTTL                     time.Duration
 	rootTTL, rootRotateBefore, rootPropagation           time.Duration
@@ -76,12 +76,13 @@ func (d *caDeps) kubeClient() (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-func (f *caFlags) register(fs *flag.FlagSet) {
+func (f *caFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/castellan", "directory holding the CA material (a self-signed root is created here on first start, or Istio's cacerts layout is used)")
 	fs.StringVar(&f.grpcAddr, "grpc-addr", ":15012", "listen address of the certificate service (gRPC over TLS)")
 	fs.StringVar(&f.httpAddr, "http-addr", ":15014", "listen address for /metrics, /healthz, /readyz, /bundle and /bundle.spiffe")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of issued SVIDs")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for TokenReview (in-cluster config when empty)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for TokenReview and the watches (default: $KUBECONFIG, else the in-cluster config)")
+	cliflag.StandardEnv(fs, "kubeconfig", "KUBECONFIG")
 	fs.BoolVar(&f.tokenReview, "token-review", true, "authenticate Kubernetes service-account tokens with TokenReview")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "issuer of JWTs checked offline (with --jwks-file, or by OIDC discovery when it is an https URL)")
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "JWKS file with the keys of --jwt-issuer")
@@ -93,6 +94,7 @@ func (f *caFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest SVID lifetime granted")
 	fs.DurationVar(&f.authCacheTTL, "auth-cache-ttl", 5*time.Minute, "longest time a successful token check is reused (never past the token's exp)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", cliflag.LogJSON, "log format: json or text")
 	fs.IntVar(&f.gcPercent, "gc-percent", defaultCAGCPercent, "Go garbage collector target percentage (as GOGC, which wins when set): the CA's live heap is small, so a higher target spends less CPU per SVID on collection for a few tens of MiB")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof/ on --pprof-addr (a loopback address; never on --http-addr)")
 	fs.DurationVar(&f.rootTTL, "root-ttl", 10*365*24*time.Hour, "lifetime of a new self-signed root")
@@ -116,16 +118,22 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "rotate" {
 		return runCARotate(ctx, args[1:], stdout, stderr)
 	}
-	fs := flag.NewFlagSet("castellan ca", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cliflag.NewFlagSet("castellan ca", caHelp, stdout, stderr)
 	var f caFlags
 	f.register(fs)
-	if err := cliflag.Parse(fs, "CASTELLAN", args, nil); err != nil {
-		return usageError{Err: err}
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args, nil); err != nil {
+		return err
 	}
-	log, err := cliflag.NewLogger(stderr, f.logLevel)
+	if fs.NArg() > 0 {
+		return usageError{Err: fmt.Errorf("unexpected argument %q (subcommand: rotate)", fs.Arg(0))}
+	}
+	log, err := cliflag.NewLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return usageError{Err: err}
+	}
+	// Every flag is checked before anything is created or written.
+	if err := f.validate(); err != nil {
+		return err
 	}
 	setGCPercent(f.gcPercent)
 	td, err := spiffeid.TrustDomainFromString(f.trustDomain)
@@ -219,3 +227,35 @@ func kubeConfig(path string) (*rest.Config, error) {
 
 // usageError is a bad flag or argument: exit code 2.
 type usageError = cliflag.UsageError
+
+// caHelp is the --help of "castellan ca".
+var caHelp = cliflag.Help{
+	Usage: "castellan ca [flags]\n  castellan ca rotate prepare|activate|retire|status [flags]",
+	Summary: `Run the certificate authority: it checks each caller's token, signs its CSR
+into an X.509 SVID, and serves the trust bundle. "castellan ca rotate STEP
+--help" describes the root rotation steps.`,
+}
+
+// validate checks the flags of "castellan ca" that can be checked without
+// a cluster or a key store, so that a bad combination fails before any key
+// or file is created.
+func (f *caFlags) validate() error {
+	if err := f.kms.validate(); err != nil {
+		return err
+	}
+	switch f.kube.material {
+	case materialDir:
+	case materialKubernetes:
+		if f.kms.upstream != "" {
+			return usageError{Err: fmt.Errorf("--material=%s and --upstream both supply the CA material; choose one", f.kube.material)}
+		}
+	default:
+		return usageError{Err: fmt.Errorf("--material %q: want %s or %s", f.kube.material, materialDir, materialKubernetes)}
+	}
+	for _, v := range f.nodeAuth.agents.Values() {
+		if _, err := nodeauth.ParseServiceAccount(v); err != nil {
+			return usageError{Err: fmt.Errorf("--node-agent-service-account: %w", err)}
+		}
+	}
+	return nil
+}

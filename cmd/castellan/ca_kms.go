@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,8 +12,10 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/upstream"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/internal/vault"
 	"github.com/castellan-mesh/castellan/kms"
+	"github.com/spf13/pflag"
 )
 
 // upstreamKeyFile is the intermediate's key in the data directory when an
@@ -44,7 +45,7 @@ type kmsFlags struct {
 	ring *kms.Ring
 }
 
-func (k *kmsFlags) register(fs *flag.FlagSet) {
+func (k *kmsFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&k.keyURI, "signer-key-uri", "", "CA signing key: file:///path, pkcs11:token=<label>;object=<label>?module-path=<lib>&pin-source=<file>, or vault-transit://<mount>/<key>; created on first start if missing (default: a key file in --data-dir)")
 	fs.StringVar(&k.keyAlg, "signer-key-algorithm", string(kms.ECDSAP256), "algorithm of a CA key created on first start: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
 	fs.IntVar(&k.transitBatch, "vault-transit-max-batch", 32, "most signatures sent in one Vault Transit call when signing concurrently (1 disables batching)")
@@ -58,9 +59,11 @@ func (k *kmsFlags) register(fs *flag.FlagSet) {
 }
 
 // registerVault registers the flags that reach Vault.
-func (k *kmsFlags) registerVault(fs *flag.FlagSet) {
-	fs.StringVar(&k.vaultAddr, "vault-addr", "", "Vault address, e.g. https://vault.vault.svc:8200")
-	fs.StringVar(&k.vaultCACert, "vault-ca-cert", "", "PEM file of roots that verify Vault's TLS certificate (system roots when empty)")
+func (k *kmsFlags) registerVault(fs *pflag.FlagSet) {
+	fs.StringVar(&k.vaultAddr, "vault-addr", "", "Vault address, e.g. https://vault.vault.svc:8200 (default: $VAULT_ADDR)")
+	fs.StringVar(&k.vaultCACert, "vault-ca-cert", "", "PEM file of roots that verify Vault's TLS certificate (default: $VAULT_CACERT, else the system roots)")
+	cliflag.StandardEnv(fs, "vault-addr", "VAULT_ADDR")
+	cliflag.StandardEnv(fs, "vault-ca-cert", "VAULT_CACERT")
 	fs.StringVar(&k.vaultNamespace, "vault-namespace", "", "Vault Enterprise namespace")
 	fs.StringVar(&k.vaultAuth, "vault-auth", "token", "Vault auth method: token, approle or kubernetes")
 	fs.StringVar(&k.vaultAuthMount, "vault-auth-mount", "", "mount path of the Vault auth method (default: approle or kubernetes)")
@@ -77,8 +80,26 @@ func (k *kmsFlags) vaultClient(d *caDeps) (*vault.Client, error) {
 	if k.client != nil {
 		return k.client, nil
 	}
+	auth, err := k.vaultAuthMethod()
+	if err != nil {
+		return nil, err
+	}
+	c, err := vault.New(vault.Config{
+		Address: k.vaultAddr, CACertFile: k.vaultCACert, Namespace: k.vaultNamespace,
+		Auth: auth, Logger: d.log, Registerer: d.reg,
+	})
+	if err != nil {
+		return nil, usageError{Err: err}
+	}
+	k.client = c
+	return c, nil
+}
+
+// vaultAuthMethod checks the Vault flags, without reaching Vault, and
+// returns the auth method they name.
+func (k *kmsFlags) vaultAuthMethod() (vault.Auth, error) {
 	if k.vaultAddr == "" {
-		return nil, usageError{Err: errors.New("--vault-addr is required for --upstream=vault and vault-transit keys")}
+		return nil, usageError{Err: errors.New("--vault-addr is required for --upstream=vault and vault-transit keys (or VAULT_ADDR)")}
 	}
 	var auth vault.Auth
 	switch k.vaultAuth {
@@ -104,15 +125,42 @@ func (k *kmsFlags) vaultClient(d *caDeps) (*vault.Client, error) {
 	default:
 		return nil, usageError{Err: fmt.Errorf("--vault-auth %q: want token, approle or kubernetes", k.vaultAuth)}
 	}
-	c, err := vault.New(vault.Config{
-		Address: k.vaultAddr, CACertFile: k.vaultCACert, Namespace: k.vaultNamespace,
-		Auth: auth, Logger: d.log, Registerer: d.reg,
-	})
-	if err != nil {
-		return nil, usageError{Err: err}
+	return auth, nil
+}
+
+// validate checks the key and upstream flags of "castellan ca" before
+// anything is created: a key, a file in the data directory, a Vault call.
+func (k *kmsFlags) validate() error {
+	switch k.upstream {
+	case "", "vault":
+	default:
+		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty for a self-signed root", k.upstream)}
 	}
-	k.client = c
-	return c, nil
+	if _, err := kms.ParseAlgorithm(k.keyAlg); err != nil {
+		return usageError{Err: fmt.Errorf("--signer-key-algorithm: %w", err)}
+	}
+	needVault := k.upstream == "vault"
+	if k.keyURI != "" {
+		u, err := kms.ParseURI(k.keyURI)
+		if err != nil {
+			return usageError{Err: fmt.Errorf("--signer-key-uri: %w", err)}
+		}
+		needVault = needVault || u.Scheme == kms.SchemeVaultTransit
+	}
+	if k.upstream != "" {
+		if k.renewFraction <= 0 || k.renewFraction >= 1 {
+			return usageError{Err: fmt.Errorf("--upstream-renew-fraction %g: want a number between 0 and 1, exclusive", k.renewFraction)}
+		}
+		if k.upstreamTTL <= 0 {
+			return usageError{Err: fmt.Errorf("--upstream-ttl %s: want a positive duration", k.upstreamTTL)}
+		}
+	}
+	if needVault {
+		if _, err := k.vaultAuthMethod(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // signer returns the CA key named by the flags, or nil for the default

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/kubestore"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/trust"
+	"github.com/spf13/pflag"
 )
 
 // Values of --material.
@@ -31,7 +31,7 @@ type kubeFlags struct {
 	leaseDuration, renewDeadline, retryPeriod           time.Duration
 }
 
-func (k *kubeFlags) register(fs *flag.FlagSet) {
+func (k *kubeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&k.material, "material", materialDir, "where the CA material lives: dir (--data-dir) or kubernetes (a Secret shared by all replicas)")
 	fs.StringVar(&k.namespace, "namespace", envOr("POD_NAMESPACE", "castellan-system"), "namespace of the CA Secret and Lease, with --material=kubernetes ($POD_NAMESPACE when set)")
 	fs.StringVar(&k.secretName, "secret-name", kubestore.DefaultSecretName, "Secret holding the CA material (Istio's cacerts keys: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem)")

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/spf13/pflag"
 )
 
 // nodeAuthFlags select the node agents that may ask for the SVIDs of the
@@ -15,7 +15,7 @@ type nodeAuthFlags struct {
 	agents *cliflag.StringList
 }
 
-func (n *nodeAuthFlags) register(fs *flag.FlagSet) {
+func (n *nodeAuthFlags) register(fs *pflag.FlagSet) {
 	n.agents = cliflag.NewStringList(nodeauth.DefaultNodeAgent)
 	fs.Var(n.agents, "node-agent-service-account", "service account namespace/name of a node agent, which may obtain the SVIDs of pods on its own node (repeatable; needs get, list and watch on pods)")
 }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,49 +21,92 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
+// rotateSteps are the steps of "castellan ca rotate", with what each says
+// in its --help.
+var rotateSteps = map[string]string{
+	"prepare":  "Create the next root (or take it with --from) and add it to the trust bundle;\nnothing is signed with it yet.",
+	"activate": "Sign with the prepared root, once --root-propagation-delay has passed since\nprepare (or with --force).",
+	"retire":   "Drop the old root from the trust bundle, once the SVIDs it signed have\nexpired (--max-ttl after activate, plus a margin; or with --force).",
+	"status":   "Print the rotation phase and the roots in the trust bundle.",
+}
+
+// rotateUsage is the usage of "castellan ca rotate" without a step.
+const rotateUsage = `Usage:
+  castellan ca rotate prepare|activate|retire|status [flags]
+
+Rotate the CA's root in three steps, whatever the CA mode: a data directory
+(self-signed or plugged-in), an upstream-signed intermediate, or a
+Kubernetes Secret. Each step prints the status after it.
+
+  prepare   a new root joins the trust bundle
+  activate  new SVIDs chain to the new root
+  retire    the old root leaves the trust bundle
+  status    print the phase and the roots
+
+Run "castellan ca rotate STEP --help" for a step's flags.
+`
+
 // runCARotate is "castellan ca rotate prepare|activate|retire|status", the
 // same for every CA mode: a data directory (self-signed or plugged-in), an
 // upstream-signed intermediate, or a Kubernetes Secret.
-func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	if len(args) == 0 {
-		return usageError{Err: errors.New("usage: castellan ca rotate prepare|activate|retire|status [flags]")}
+		fmt.Fprint(stderr, rotateUsage)
+		return usageError{Err: errors.New("a step is required: prepare, activate, retire or status")}
 	}
 	step := args[0]
-	fs := flag.NewFlagSet("castellan ca rotate "+step, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	if step == "-h" || step == "--help" || step == "help" {
+		fmt.Fprint(stdout, rotateUsage)
+		return nil
+	}
+	summary, ok := rotateSteps[step]
+	if !ok {
+		return usageError{Err: fmt.Errorf("unknown rotate step %q: want prepare, activate, retire or status", step)}
+	}
+	fs := cliflag.NewFlagSet("castellan ca rotate "+step, cliflag.Help{Summary: summary}, stdout, stderr)
+	out := cliflag.AddOutput(fs, cliflag.OutputText, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
+	defer func() { err = out.Errors(err) }()
 	dataDir := fs.String("data-dir", "/var/lib/castellan", "the CA's data directory")
-	trustDomain := fs.String("trust-domain", "cluster.local", "trust domain named in a new root")
-	rootTTL := fs.Duration("root-ttl", 10*365*24*time.Hour, "lifetime of a new root (self-signed, or created in Vault)")
 	propagation := fs.Duration("root-propagation-delay", time.Hour, "time a prepared root must sit in the bundle before it may sign")
 	maxTTL := fs.Duration("max-ttl", 24*time.Hour, "the CA's longest SVID lifetime (the old root is kept that long after activation)")
-	from := fs.String("from", "", "prepare: for a plugged-in CA, the directory holding the next cacerts; for an upstream-signed CA, the Vault issuer (name or ID) of the next root (default: a new root created in the PKI mount)")
-	force := fs.Bool("force", false, "activate or retire before it is known to be safe")
-	format := fs.String("format", "text", "status output: text or json")
 	var k kmsFlags
 	var kube kubeFlags
 	fs.StringVar(&kube.material, "material", materialDir, "where the CA material lives: dir (--data-dir) or kubernetes (the CA Secret)")
 	fs.StringVar(&kube.namespace, "namespace", envOr("POD_NAMESPACE", "castellan-system"), "namespace of the CA Secret, with --material=kubernetes")
 	fs.StringVar(&kube.secretName, "secret-name", kubestore.DefaultSecretName, "the CA Secret, with --material=kubernetes")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig, with --material=kubernetes (in-cluster config when empty)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig, with --material=kubernetes (default: $KUBECONFIG, else the in-cluster config)")
+	cliflag.StandardEnv(fs, "kubeconfig", "KUBECONFIG")
 	fs.StringVar(&k.upstream, "upstream", "", `"vault" for a CA whose intermediate Vault's PKI engine signs (found from --data-dir when empty)`)
-	fs.StringVar(&k.keyURI, "signer-key-uri", "", "prepare: the self-signed root's key store, as given to \"castellan ca\" (pkcs11:..., vault-transit://...); the next root's key is created there")
-	fs.StringVar(&k.keyAlg, "signer-key-algorithm", "ecdsa-p256", "prepare: algorithm of the next root's key in --signer-key-uri's store")
-	k.registerVault(fs)
-	if err := cliflag.Parse(fs, "CASTELLAN", args[1:], nil); err != nil {
-		return usageError{Err: err}
+	var (
+		trustDomain = "cluster.local"
+		rootTTL     = 10 * 365 * 24 * time.Hour
+		from        string
+		force       bool
+	)
+	k.keyAlg = "ecdsa-p256"
+	switch step {
+	case "prepare":
+		fs.StringVar(&trustDomain, "trust-domain", trustDomain, "trust domain named in the new root")
+		fs.DurationVar(&rootTTL, "root-ttl", rootTTL, "lifetime of the new root (self-signed, or created in Vault)")
+		fs.StringVar(&from, "from", "", "for a plugged-in CA, the directory holding the next cacerts; for an upstream-signed CA, the Vault issuer (name or ID) of the next root (default: a new root created in the PKI mount)")
+		fs.StringVar(&k.keyURI, "signer-key-uri", "", "the self-signed root's key store, as given to \"castellan ca\" (pkcs11:..., vault-transit://...); the next root's key is created there")
+		fs.StringVar(&k.keyAlg, "signer-key-algorithm", k.keyAlg, "algorithm of the next root's key in --signer-key-uri's store")
+		k.registerVault(fs)
+	case "activate", "retire":
+		fs.BoolVar(&force, "force", false, step+" before it is known to be safe")
+	}
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args[1:], nil); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	if *format != "text" && *format != "json" {
-		return usageError{Err: fmt.Errorf("--format %q: want text or json", *format)}
-	}
-	td, err := spiffeid.TrustDomainFromString(*trustDomain)
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
-		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", *trustDomain, err)}
+		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", trustDomain, err)}
 	}
 	policy := rotation.Policy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
-	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}
+	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Policy: policy, Logger: cliflag.NewCLILogger(stderr)}
 	var r rotation.Rotator = mr
 	isUpstream := upstreamDir(*dataDir)
 	switch {
@@ -76,14 +117,14 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if err != nil {
 			return fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
 		}
-		r = &kubestore.Rotator{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: *rootTTL, Policy: policy}
+		r = &kubestore.Rotator{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: rootTTL, Policy: policy}
 	case k.upstream != "" && k.upstream != "vault":
 		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
 	case k.upstream == "vault" || isUpstream:
 		if !isUpstream {
 			return fmt.Errorf("%s holds no upstream-signed intermediate (%s); start the CA with --upstream=vault first", *dataDir, upstream.ChainFile)
 		}
-		ur := &upstream.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: *rootTTL, Policy: policy, Logger: newCLILogger(stderr)}
+		ur := &upstream.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Policy: policy, Logger: cliflag.NewCLILogger(stderr)}
 		if step == "prepare" {
 			client, err := k.vaultClient(&caDeps{log: ur.Logger, reg: prometheus.NewRegistry()})
 			if err != nil {
@@ -102,11 +143,11 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	switch step {
 	case "prepare":
-		err = r.Prepare(ctx, *from)
+		err = r.Prepare(ctx, from)
 	case "activate":
-		err = r.Activate(ctx, *force)
+		err = r.Activate(ctx, force)
 	case "retire":
-		err = r.Retire(ctx, *force)
+		err = r.Retire(ctx, force)
 	case "status":
 	default:
 		return usageError{Err: fmt.Errorf("unknown rotate step %q: want prepare, activate, retire or status", step)}
@@ -118,13 +159,10 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	if *format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	}
-	printRotation(stdout, st)
-	return nil
+	return out.Write(stdout, st, func(w io.Writer) error {
+		printRotation(w, st)
+		return nil
+	})
 }
 
 // upstreamRotator adapts upstream.Rotator to rotation.Rotator.
@@ -161,16 +199,7 @@ func upstreamDir(dir string) bool {
 }
 
 // newCLILogger logs a command's progress to w, without timestamps.
-func newCLILogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
-		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
-			if a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		},
-	}))
-}
+func newCLILogger(w io.Writer) *slog.Logger { return cliflag.NewCLILogger(w) }
 
 func printRotation(w io.Writer, st *rotation.Status) {
 	fmt.Fprintf(w, "mode   %s\nphase  %s\n", st.Mode, st.Phase)

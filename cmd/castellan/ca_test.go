@@ -33,7 +33,8 @@ func TestCARotateCommands(t *testing.T) {
 		{"retire before old SVIDs expire", []string{"retire"}, 1, "may be valid until"},
 		{"retire forced", []string{"retire", "--force"}, 0, "phase  steady"},
 		{"unknown step", []string{"spin"}, 2, "unknown rotate step"},
-		{"bad flag", []string{"status", "--bogus"}, 2, "flag provided but not defined"},
+		{"bad flag", []string{"status", "--bogus"}, 2, "unknown flag: --bogus"},
+		{"flag of another step", []string{"status", "--force"}, 2, "unknown flag: --force"},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
@@ -50,7 +51,7 @@ func TestCARotateCommands(t *testing.T) {
 		})
 	}
 	var out bytes.Buffer
-	if code := run(ctx, []string{"ca", "rotate", "status", "--format", "json", "--data-dir", dir}, &out, &out); code != 0 {
+	if code := run(ctx, []string{"ca", "rotate", "status", "-o", "json", "--data-dir", dir}, &out, &out); code != 0 {
 		t.Fatalf("json status: %s", out.String())
 	}
 	var st rotation.Status
@@ -69,7 +70,7 @@ func TestCARotateUpstreamErrors(t *testing.T) {
 	}{
 		{"unknown upstream", []string{"status", "--upstream", "acme"}, 2, `--upstream "acme"`},
 		{"no upstream material", []string{"status", "--upstream", "vault"}, 1, "holds no upstream-signed intermediate"},
-		{"bad format", []string{"status", "--format", "yaml"}, 2, `--format "yaml"`},
+		{"bad format", []string{"status", "-o", "xml"}, 2, `invalid argument "xml" for "-o, --output" flag`},
 		{"stray argument", []string{"status", "now"}, 2, `unexpected argument "now"`},
 	}
 	for _, tt := range tests {
@@ -94,7 +95,9 @@ func TestCAFlagErrors(t *testing.T) {
 		{"no authenticator", []string{"--token-review=false"}, "", "no authenticator"},
 		{"jwks without issuer", []string{"--token-review=false", "--jwks-file", "x.json"}, "", "--jwks-file needs --jwt-issuer"},
 		{"bad log level", []string{"--log-level", "loud"}, "", "--log-level"},
-		{"bad duration", []string{"--max-ttl", "forever"}, "", "invalid value"},
+		{"bad duration", []string{"--max-ttl", "forever"}, "", `invalid argument "forever" for "--max-ttl" flag`},
+		{"bad log format", []string{"--log-format", "xml"}, "", "--log-format"},
+		{"unknown flag", []string{"--bogus"}, "", "castellan ca: unknown flag: --bogus\nRun 'castellan ca --help' for usage.\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/saindex"
 	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -31,7 +31,7 @@ type authFlags struct {
 	failBurst                 int
 }
 
-func (f *authFlags) register(fs *flag.FlagSet) {
+func (f *authFlags) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&f.kubeQPS, "kube-api-qps", 200, "requests per second the CA's Kubernetes client may send (TokenReviews, key and watch requests)")
 	fs.IntVar(&f.kubeBurst, "kube-api-burst", 400, "burst of requests above --kube-api-qps")
 	fs.IntVar(&f.maxConcurrentReviews, "max-concurrent-reviews", 32, "TokenReviews in flight at once; more wait")

@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/castellan-mesh/castellan/inspect"
@@ -18,44 +18,24 @@ import (
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 )
 
-// Exit codes of "castellan cert inspect".
-const (
-	certExitValid   = 0
-	certExitWarning = 1
-	certExitInvalid = 2
-	certExitUsage   = 3
-)
+// certUsage is the usage of "castellan cert" without a subcommand.
+const certUsage = `Usage:
+  castellan cert inspect [FILE|-] [flags]
 
-// certExit carries the exit code of "castellan cert"; an empty message
-// prints nothing.
-type certExit struct {
-	code int
-	err  error
-}
-
-func (e certExit) Error() string {
-	if e.err == nil || errors.Is(e.err, flag.ErrHelp) {
-		return ""
-	}
-	return e.err.Error()
-}
-
-func (e certExit) Unwrap() error { return e.err }
-
-func (e certExit) ExitCode() int { return e.code }
-
-func certUsage(err error) error { return certExit{code: certExitUsage, err: err} }
+Run "castellan cert inspect --help" for the flags.
+`
 
 func runCert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintln(stderr, "usage: castellan cert inspect [FILE|-] [flags]   (castellan cert inspect -h for the flags)")
-		if len(args) == 0 {
-			return certUsage(nil)
-		}
+	if len(args) == 0 {
+		fmt.Fprint(stderr, certUsage)
+		return usageError{Err: errors.New("a subcommand is required: inspect")}
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, certUsage)
 		return nil
 	}
 	if args[0] != "inspect" {
-		return certUsage(fmt.Errorf("unknown subcommand %q (want inspect)", args[0]))
+		return usageError{Err: fmt.Errorf("unknown subcommand %q (want inspect)", args[0])}
 	}
 	return runCertInspect(ctx, args[1:], os.Stdin, stdout, stderr)
 }
@@ -65,14 +45,16 @@ type certInspectFlags struct {
 	secret, kubeconfig, kubeContext     string
 	sds, workloadAPI                    string
 	tlsAddr, clientCert, clientKey, sni string
-	bundle, key, format                 string
+	bundle, key                         string
+	output                              *cliflag.Output
 	short                               bool
 	timeout                             time.Duration
 }
 
-func (f *certInspectFlags) register(fs *flag.FlagSet) {
+func (f *certInspectFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.secret, "secret", "", "inspect the Kubernetes Secret `NS/NAME` (tls.crt/ca.crt/tls.key or Istio's cacerts keys)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for --secret (default $KUBECONFIG, then ~/.kube/config)")
+	cliflag.StandardEnv(fs, "kubeconfig", "KUBECONFIG")
 	fs.StringVar(&f.kubeContext, "context", "", "kubeconfig context for --secret (default the current one)")
 	fs.StringVar(&f.sds, "sds", "", "fetch the default and ROOTCA secrets from the SDS socket `unix:///path`, as Envoy does")
 	fs.StringVar(&f.workloadAPI, "workload-api", "", "fetch the X509-SVID from the SPIFFE Workload API socket `unix:///path`")
@@ -82,50 +64,53 @@ func (f *certInspectFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.sni, "server-name", "", "server name (SNI) to send with --tls (default the host)")
 	fs.StringVar(&f.bundle, "bundle", "", "trust bundle `FILE|URL` to verify against (PEM, DER or SPIFFE bundle JSON); replaces the one the source delivers")
 	fs.StringVar(&f.key, "key", "", "private key `FILE` that should match the leaf")
-	fs.StringVar(&f.format, "format", "text", "output format: text or json")
+	f.output = cliflag.AddOutput(fs, cliflag.OutputText, cliflag.OutputText, cliflag.OutputJSON, cliflag.OutputYAML)
 	fs.BoolVar(&f.short, "short", false, "one line per certificate")
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "time limit for fetching from a socket, URL or TLS endpoint")
 }
 
-func runCertInspect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("castellan cert inspect", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// certInspectHelp is the --help of "castellan cert inspect".
+var certInspectHelp = cliflag.Help{
+	Usage: `castellan cert inspect [FILE|-] [--secret NS/NAME] [--sds unix:///path] [--workload-api unix:///path]
+      [--tls host:port [--client-cert F --client-key F] [--server-name N]]
+      [--bundle FILE|URL] [--key FILE] [-o text|json|yaml] [--short]`,
+	Summary: `Inspect certificates from one source (a PEM or DER file, - for stdin, a
+Kubernetes Secret, an SDS or Workload API socket, a TLS endpoint) and judge
+them by profile: SPIFFE SVID, TLS certificate, CA, or trust bundle.`,
+	Exit: `5  warnings
+6  invalid`,
+}
+
+func runCertInspect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) (err error) {
+	fs := cliflag.NewFlagSet("castellan cert inspect", certInspectHelp, stdout, stderr)
 	var f certInspectFlags
 	f.register(fs)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: castellan cert inspect [FILE|-] [--secret NS/NAME] [--sds unix:///path] [--workload-api unix:///path]")
-		fmt.Fprintln(fs.Output(), "         [--tls host:port [--client-cert F --client-key F] [--server-name N]]")
-		fmt.Fprintln(fs.Output(), "         [--bundle FILE|URL] [--key FILE] [--format text|json] [--short]")
-		fmt.Fprintln(fs.Output())
-		fmt.Fprintln(fs.Output(), "Exit status: 0 valid, 1 warning, 2 invalid, 3 usage or I/O error.")
-		fmt.Fprintln(fs.Output())
-		fs.PrintDefaults()
+	defer func() { err = f.output.Errors(err) }()
+	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args, nil); err != nil {
+		return err
 	}
-	positional, err := parseInterspersed(fs, args)
-	if err != nil {
-		return certUsage(err)
-	}
+	positional := fs.Args()
 	if err := f.check(positional); err != nil {
-		return certUsage(err)
+		return usageError{Err: err}
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	in, err := f.load(ctx, positional, stdin)
 	if err != nil {
-		return certExit{code: certExitUsage, err: err}
+		return err
 	}
 	if f.bundle != "" {
 		certs, name, err := source.Bundle(ctx, f.bundle, nil)
 		if err != nil {
-			return certExit{code: certExitUsage, err: err}
+			return err
 		}
 		in.Bundle, in.BundleSource = certs, name
 	}
 	if f.key != "" {
 		k, err := source.Key(f.key)
 		if err != nil {
-			return certExit{code: certExitUsage, err: err}
+			return err
 		}
 		in.PublicKey, in.KeySource = k.PublicKey, k.KeySource
 	}
@@ -133,51 +118,25 @@ func runCertInspect(ctx context.Context, args []string, stdin io.Reader, stdout,
 	report := inspect.Analyze(in, inspect.Options{})
 	opts := inspect.TextOptions{Color: colorFor(stdout)}
 	switch {
-	case f.format == "json":
+	case f.output.Format() == cliflag.OutputJSON:
 		err = inspect.WriteJSON(stdout, report)
+	case f.output.Format() == cliflag.OutputYAML:
+		err = cliflag.WriteDocument(stdout, report, cliflag.OutputYAML)
 	case f.short:
 		err = inspect.WriteShort(stdout, report, opts)
 	default:
 		err = inspect.WriteText(stdout, report, opts)
 	}
 	if err != nil {
-		return certExit{code: certExitUsage, err: err}
+		return err
 	}
 	switch report.Status {
 	case inspect.StatusInvalid:
-		return certExit{code: certExitInvalid}
+		return status(exitCertInvalid, nil)
 	case inspect.StatusWarning:
-		return certExit{code: certExitWarning}
+		return status(exitCertWarning, nil)
 	}
 	return nil
-}
-
-// parseInterspersed parses flags that may come before or after the
-// positional arguments ("inspect cert.pem --format json"), then applies the
-// CASTELLAN_* environment to the flags not given. It returns the positional
-// arguments.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		// "--" ends the flags: everything after it is positional.
-		if len(args)-len(rest) > 0 && args[len(args)-len(rest)-1] == "--" {
-			positional = append(positional, rest...)
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
-	}
-	if err := cliflag.Parse(fs, "CASTELLAN", []string{}, nil); err != nil {
-		return nil, err
-	}
-	return positional, nil
 }
 
 // check rejects contradictory flags before anything is read.
@@ -201,10 +160,8 @@ func (f *certInspectFlags) check(positional []string) error {
 		return errors.New("nothing to inspect: give a FILE (- for stdin), --secret, --sds, --workload-api or --tls")
 	case len(sources) > 1:
 		return fmt.Errorf("choose one source, not %s", strings.Join(sources, " and "))
-	case f.format != "text" && f.format != "json":
-		return fmt.Errorf("--format %q: want text or json", f.format)
-	case f.short && f.format == "json":
-		return errors.New("--short is a text format; it cannot be combined with --format json")
+	case f.short && f.output.Format() != cliflag.OutputText:
+		return fmt.Errorf("--short is a text format; it cannot be combined with -o %s", f.output.Format())
 	case (f.clientCert == "") != (f.clientKey == ""):
 		return errors.New("--client-cert and --client-key go together")
 	case f.tlsAddr == "" && (f.clientCert != "" || f.sni != ""):

@@ -83,28 +83,32 @@ func TestCertInspectExitCodes(t *testing.T) {
 		{name: "valid", args: []string{f.valid, "--bundle", f.root, "--key", f.validKey}, wantCode: 0,
 			wantOut: []string{"Status               VALID", "verified: chain[0] -> bundle[0]", "matches chain[0]"}},
 		{name: "flags before the file", args: []string{"--bundle", f.root, f.valid}, wantCode: 0},
-		{name: "warning", args: []string{f.warning, "--bundle", f.root}, wantCode: 1, wantOut: []string{"low-lifetime"}},
-		{name: "expired", args: []string{f.expired, "--bundle", f.root}, wantCode: 2, wantOut: []string{"expired"}},
-		{name: "key does not match", args: []string{f.valid, "--key", f.rootKey}, wantCode: 2, wantOut: []string{"DOES NOT MATCH"}},
-		{name: "wrong bundle", args: []string{f.valid, "--bundle", f.warning}, wantCode: 2, wantOut: []string{"verify-failed", "missing-intermediate"}},
+		{name: "warning", args: []string{f.warning, "--bundle", f.root}, wantCode: exitCertWarning, wantOut: []string{"low-lifetime"}},
+		{name: "expired", args: []string{f.expired, "--bundle", f.root}, wantCode: exitCertInvalid, wantOut: []string{"expired"}},
+		{name: "key does not match", args: []string{f.valid, "--key", f.rootKey}, wantCode: exitCertInvalid, wantOut: []string{"DOES NOT MATCH"}},
+		{name: "wrong bundle", args: []string{f.valid, "--bundle", f.warning}, wantCode: exitCertInvalid, wantOut: []string{"verify-failed", "missing-intermediate"}},
 		{name: "short", args: []string{f.valid, "--short"}, wantCode: 0, wantOut: []string{"chain[0]  leaf  VALID  spiffe://example.test/ns/default/sa/valid"}},
-		{name: "json from the environment", args: []string{f.valid}, env: map[string]string{"CASTELLAN_FORMAT": "json"}, wantCode: 0, wantOut: []string{`"schema_version": 1`}},
-		{name: "garbage", args: []string{f.garbage}, wantCode: 3, wantStderr: "PEM block 1 at line 1 is malformed"},
-		{name: "missing file", args: []string{filepath.Join(f.dir, "none.pem")}, wantCode: 3, wantStderr: "no such file"},
-		{name: "missing bundle", args: []string{f.valid, "--bundle", filepath.Join(f.dir, "none.pem")}, wantCode: 3, wantStderr: "no such file"},
-		{name: "no source", args: nil, wantCode: 3, wantStderr: "nothing to inspect"},
-		{name: "two sources", args: []string{f.valid, "--tls", "127.0.0.1:1"}, wantCode: 3, wantStderr: "choose one source, not FILE and --tls"},
-		{name: "two files", args: []string{f.valid, f.root}, wantCode: 3, wantStderr: "one FILE at most"},
-		{name: "bad format", args: []string{f.valid, "--format", "yaml"}, wantCode: 3, wantStderr: `--format "yaml"`},
-		{name: "short with json", args: []string{f.valid, "--short", "--format", "json"}, wantCode: 3, wantStderr: "--short is a text format"},
-		{name: "client cert without key", args: []string{"--tls", "127.0.0.1:1", "--client-cert", f.valid}, wantCode: 3, wantStderr: "go together"},
-		{name: "client cert without --tls", args: []string{f.valid, "--client-cert", f.valid, "--client-key", f.validKey}, wantCode: 3, wantStderr: "apply only to --tls"},
-		{name: "bad secret name", args: []string{"--secret", "justaname"}, wantCode: 3, wantStderr: "want NAMESPACE/NAME"},
-		{name: "sds without unix scheme", args: []string{"--sds", "/tmp/sock"}, wantCode: 3, wantStderr: "want unix:///path/to/socket"},
-		{name: "unknown flag", args: []string{f.valid, "--frobnicate"}, wantCode: 3, wantStderr: "flag provided but not defined"},
-		{name: "help", args: []string{"-h"}, wantCode: 0, wantStderr: "Exit status: 0 valid, 1 warning, 2 invalid, 3 usage or I/O error."},
-		{name: "nothing on the socket", args: []string{"--sds", "unix://" + filepath.Join(f.dir, "none.sock"), "--timeout", "2s"}, wantCode: 3, wantStderr: "source: SDS"},
-		{name: "nothing on the Workload API socket", args: []string{"--workload-api", "unix://" + filepath.Join(f.dir, "none.sock"), "--timeout", "2s"}, wantCode: 3, wantStderr: "source: fetching X.509 context"},
+		{name: "json from the environment", args: []string{f.valid}, env: map[string]string{"CASTELLAN_OUTPUT": "json"}, wantCode: 0, wantOut: []string{`"schema_version": 1`}},
+		{name: "yaml", args: []string{f.valid, "-o", "yaml"}, wantCode: 0, wantOut: []string{"schema_version: 1"}},
+		{name: "deprecated --format", args: []string{f.valid, "--format", "json"}, wantCode: 0, wantOut: []string{`"schema_version": 1`}, wantStderr: "Flag --format has been deprecated, use -o/--output"},
+		{name: "file after --", args: []string{"--bundle", f.root, "--", f.valid}, wantCode: 0},
+		{name: "garbage", args: []string{f.garbage}, wantCode: 1, wantStderr: "PEM block 1 at line 1 is malformed"},
+		{name: "missing file", args: []string{filepath.Join(f.dir, "none.pem")}, wantCode: 1, wantStderr: "no such file"},
+		{name: "missing bundle", args: []string{f.valid, "--bundle", filepath.Join(f.dir, "none.pem")}, wantCode: 1, wantStderr: "no such file"},
+		{name: "no source", args: nil, wantCode: 2, wantStderr: "nothing to inspect"},
+		{name: "two sources", args: []string{f.valid, "--tls", "127.0.0.1:1"}, wantCode: 2, wantStderr: "choose one source, not FILE and --tls"},
+		{name: "two files", args: []string{f.valid, f.root}, wantCode: 2, wantStderr: "one FILE at most"},
+		{name: "bad format", args: []string{f.valid, "-o", "xml"}, wantCode: 2, wantStderr: `invalid argument "xml" for "-o, --output" flag: want text, json or yaml`},
+		{name: "short with json", args: []string{f.valid, "--short", "-o", "json"}, wantCode: 2, wantStderr: `{"error":"castellan cert: --short is a text format; it cannot be combined with -o json","code":2}`},
+		{name: "error as JSON", args: []string{filepath.Join(f.dir, "none.pem"), "-o", "json"}, wantCode: 1, wantStderr: `{"error":"castellan cert: `},
+		{name: "client cert without key", args: []string{"--tls", "127.0.0.1:1", "--client-cert", f.valid}, wantCode: 2, wantStderr: "go together"},
+		{name: "client cert without --tls", args: []string{f.valid, "--client-cert", f.valid, "--client-key", f.validKey}, wantCode: 2, wantStderr: "apply only to --tls"},
+		{name: "bad secret name", args: []string{"--secret", "justaname"}, wantCode: 2, wantStderr: "want NAMESPACE/NAME"},
+		{name: "sds without unix scheme", args: []string{"--sds", "/tmp/sock"}, wantCode: 2, wantStderr: "want unix:///path/to/socket"},
+		{name: "unknown flag", args: []string{f.valid, "--frobnicate"}, wantCode: 2, wantStderr: "castellan cert: unknown flag: --frobnicate\nRun 'castellan cert --help' for usage.\n"},
+		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"Exit status:\n  0  success\n  1  error\n  2  usage: a bad flag or argument\n  5  warnings\n  6  invalid\n"}},
+		{name: "nothing on the socket", args: []string{"--sds", "unix://" + filepath.Join(f.dir, "none.sock"), "--timeout", "2s"}, wantCode: 1, wantStderr: "source: SDS"},
+		{name: "nothing on the Workload API socket", args: []string{"--workload-api", "unix://" + filepath.Join(f.dir, "none.sock"), "--timeout", "2s"}, wantCode: 1, wantStderr: "source: fetching X.509 context"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -141,7 +145,7 @@ func TestCertInspectStdinJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	err = runCertInspect(context.Background(), []string{"-", "--format", "json", "--bundle", f.root}, bytes.NewReader(data), &stdout, &stderr)
+	err = runCertInspect(context.Background(), []string{"-", "-o", "json", "--bundle", f.root}, bytes.NewReader(data), &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("err = %v, stderr %s", err, stderr.String())
 	}
@@ -183,8 +187,8 @@ func TestCertSubcommands(t *testing.T) {
 		args []string
 		want int
 	}{
-		{"no subcommand", []string{"cert"}, 3},
-		{"unknown subcommand", []string{"cert", "frob"}, 3},
+		{"no subcommand", []string{"cert"}, 2},
+		{"unknown subcommand", []string{"cert", "frob"}, 2},
 		{"help", []string{"cert", "help"}, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

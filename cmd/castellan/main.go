@@ -41,12 +41,13 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
+		return cliflag.ExitUsage
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stdout)
+		return cliflag.ExitOK
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
@@ -54,9 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return cliflag.ExitCode(stderr, "castellan "+c.name, c.run(ctx, args[1:], stdout, stderr))
 	}
-	fmt.Fprintf(stderr, "castellan: unknown command %q\n", args[0])
-	usage(stderr)
-	return 2
+	fmt.Fprintf(stderr, "castellan: unknown command %q\nRun 'castellan --help' for usage.\n", args[0])
+	return cliflag.ExitUsage
 }
 
 func usage(w io.Writer) {
@@ -66,5 +66,19 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-7s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Every flag can also be set as CASTELLAN_<FLAG>, for example CASTELLAN_DATA_DIR.")
+	fmt.Fprintln(w, `Run "castellan <command> --help" for a command's flags.
+
+Flags are POSIX-style: --data-dir DIR or --data-dir=DIR, -o json. Commands
+with structured output take -o/--output text|json|yaml; under -o json an
+error is one JSON object on stderr: {"error": "...", "code": N}.
+
+Environment:
+  Every flag of every command is also a CASTELLAN_ variable: --data-dir is
+  CASTELLAN_DATA_DIR. Standard variables are read for the flags they name:
+  KUBECONFIG (--kubeconfig), VAULT_ADDR (--vault-addr), VAULT_CACERT
+  (--vault-ca-cert), SPIFFE_ENDPOINT_SOCKET (authz serve
+  --workload-api-socket). Precedence: the flag, then its CASTELLAN_
+  variable, then the standard variable, then the default.`)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, exitStatusHelp)
 }

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"time"
+
+	"github.com/castellan-mesh/castellan/ca/loadgen"
+	"github.com/castellan-mesh/castellan/sds/sdsload"
+)
+
+// The structured results of "castellan bench ... -o json|yaml". Times are
+// in seconds, as Prometheus writes them; a figure that was not measured is
+// left out.
+
+// benchCAResult is the result of "castellan bench ca".
+type benchCAResult struct {
+	Requests     int            `json:"requests"`
+	Errors       int            `json:"errors"`
+	ErrorsByCode map[string]int `json:"errorsByCode,omitempty"`
+	Seconds      float64        `json:"seconds"`
+	PerSecond    float64        `json:"perSecond"`
+	Concurrency  int            `json:"concurrency"`
+	Connections  int            `json:"connections"`
+	PacedRate    int            `json:"pacedRate,omitempty"`
+	Latency      latencyResult  `json:"latencySeconds"`
+	TokenReviews *float64       `json:"tokenReviews,omitempty"`
+	// Per CSR, in seconds of CPU.
+	ClientCPUPerCSR float64  `json:"clientCPUPerCSRSeconds"`
+	CACPUPerCSR     *float64 `json:"caCPUPerCSRSeconds,omitempty"`
+	// The crypto floor (one P-256 verify and one sign) and the CA's CPU
+	// per SVID over it.
+	FloorSeconds *float64             `json:"floorSeconds,omitempty"`
+	CAOverFloor  *float64             `json:"caOverFloor,omitempty"`
+	JunkFlood    *loadgen.FloodResult `json:"junkFlood,omitempty"`
+}
+
+type latencyResult struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.FloodResult) benchCAResult {
+	out := benchCAResult{
+		Requests: r.Requests, Errors: r.Errors, ErrorsByCode: r.ErrorsByCode,
+		Seconds: r.Elapsed.Seconds(), PerSecond: r.Rate(),
+		Concurrency: cfg.Concurrency, Connections: cfg.Connections, PacedRate: cfg.Rate,
+		Latency:   latencyResult{r.P50.Seconds(), r.P90.Seconds(), r.P99.Seconds(), r.Max.Seconds()},
+		JunkFlood: flood,
+	}
+	if r.TokenReviews >= 0 {
+		out.TokenReviews = ptr(r.TokenReviews)
+	}
+	if r.Requests > 0 {
+		out.ClientCPUPerCSR = (r.ClientCPU / time.Duration(r.Requests)).Seconds()
+		if r.ServerCPU >= 0 {
+			out.CACPUPerCSR = ptr((r.ServerCPU / time.Duration(r.Requests)).Seconds())
+		}
+	}
+	if r.Floor != nil {
+		out.FloorSeconds = ptr(r.Floor.PerOp.Seconds())
+		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 && r.Floor.PerOp > 0 {
+			out.CAOverFloor = ptr(float64(r.ServerCPU/time.Duration(ok)) / float64(r.Floor.PerOp))
+		}
+	}
+	return out
+}
+
+// benchSDSResult is the result of "castellan bench sds".
+type benchSDSResult struct {
+	Streams        int                `json:"streams"`
+	Delta          bool               `json:"delta"`
+	ConnectSeconds float64            `json:"connectSeconds"`
+	Rotations      []benchSDSRotation `json:"rotations"`
+	// FanOutMedian and FanOutMax are the times from a rotation's
+	// installation to its last stream.
+	FanOutMedian float64 `json:"fanOutMedianSeconds"`
+	FanOutMax    float64 `json:"fanOutMaxSeconds"`
+	// Read from the agent's /metrics (--metrics-url).
+	RSSBeforeBytes        *float64 `json:"rssBeforeBytes,omitempty"`
+	RSSAfterBytes         *float64 `json:"rssAfterBytes,omitempty"`
+	CPUPerRotationSeconds *float64 `json:"cpuPerRotationSeconds,omitempty"`
+}
+
+// benchSDSRotation is one rotation, timed from its trigger.
+type benchSDSRotation struct {
+	TriggerToInstalled float64 `json:"triggerToInstalledSeconds"`
+	InstalledToFirst   float64 `json:"installedToFirstStreamSeconds"`
+	InstalledToLast    float64 `json:"installedToLastStreamSeconds"`
+}
+
+func newBenchSDSResult(res sdsload.Result, delta, usage bool) benchSDSResult {
+	out := benchSDSResult{Streams: res.Streams, Delta: delta, ConnectSeconds: res.Connect.Seconds()}
+	for _, r := range res.Rotations {
+		out.Rotations = append(out.Rotations, benchSDSRotation{
+			TriggerToInstalled: r.Installed.Sub(r.Triggered).Seconds(),
+			InstalledToFirst:   r.First.Sub(r.Installed).Seconds(),
+			InstalledToLast:    r.FanOut().Seconds(),
+		})
+	}
+	if fo := res.FanOuts(); len(fo) > 0 {
+		out.FanOutMedian, out.FanOutMax = fo[len(fo)/2].Seconds(), fo[len(fo)-1].Seconds()
+	}
+	if usage {
+		out.RSSBeforeBytes, out.RSSAfterBytes = ptr(res.RSSBefore), ptr(res.RSSAfter)
+		out.CPUPerRotationSeconds = ptr(res.CPUPerRotation.Seconds())
+	}
+	return out
+}
+
+// benchTokenResult is the result of "castellan bench token".
+type benchTokenResult struct {
+	JWKS   string `json:"jwks"`
+	Tokens string `json:"tokens"`
+	Count  int    `json:"count"`
+}
+
+func ptr[T any](v T) *T { return &v }
