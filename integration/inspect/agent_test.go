@@ -116,7 +116,7 @@ func checkAgent(t *testing.T, ca *harness.CA, sdsAddr, wlAddr string, keyType ag
 			}
 		})
 	}
-	res := runCLI(t, nil, nil, "cert", "inspect", "--sds", sdsAddr, "--format", "json")
+	res := runCLI(t, nil, nil, "cert", "inspect", "--sds", sdsAddr, "-o", "json")
 	var r inspect.Report
 	if err := json.Unmarshal([]byte(res.stdout), &r); err != nil || res.code != 0 {
 		t.Fatalf("exit %d, %v\n%s\n%s", res.code, err, res.stdout, res.stderr)

@@ -141,10 +141,10 @@ func TestSecret(t *testing.T) {
 	}{
 		{"apps/web-tls", nil, 0, "spiffe://cluster.local/ns/apps/sa/web"},
 		{"istio-system/cacerts", []string{"--short"}, 0, "chain[1]  root"},
-		{"apps/stale", nil, 1, "low-lifetime"},
-		{"apps/wrong-key", nil, 2, "DOES NOT MATCH"},
-		{"apps/garbage", nil, 3, ""},
-		{"apps/nope", nil, 3, ""},
+		{"apps/stale", nil, 5, "low-lifetime"},       // warnings
+		{"apps/wrong-key", nil, 6, "DOES NOT MATCH"}, // invalid
+		{"apps/garbage", nil, 1, ""},                 // error
+		{"apps/nope", nil, 1, ""},
 	} {
 		t.Run("cli "+tt.secret, func(t *testing.T) {
 			res := runCLI(t, env, nil, append([]string{"cert", "inspect", "--secret", tt.secret}, tt.args...)...)
@@ -154,7 +154,7 @@ func TestSecret(t *testing.T) {
 		})
 	}
 	t.Run("cli --kubeconfig and JSON", func(t *testing.T) {
-		res := runCLI(t, nil, nil, "cert", "inspect", "--secret", "apps/web-tls", "--kubeconfig", api.Kubeconfig, "--format", "json")
+		res := runCLI(t, nil, nil, "cert", "inspect", "--secret", "apps/web-tls", "--kubeconfig", api.Kubeconfig, "-o", "json")
 		var r inspect.Report
 		if err := json.Unmarshal([]byte(res.stdout), &r); err != nil {
 			t.Fatalf("exit %d, output is not JSON: %v\n%s\n%s", res.code, err, res.stdout, res.stderr)

@@ -90,9 +90,9 @@ func TestTLS(t *testing.T) {
 		{"mTLS without client cert", []string{"--tls", mtls13, "--bundle", bundle}, 0, []string{"none was given"}},
 		{"mTLS with client cert", []string{"--tls", mtls13, "--bundle", bundle, "--client-cert", clientCert, "--client-key", clientKey, "--short"}, 0,
 			[]string{"chain[0]  leaf          VALID"}},
-		{"wrong bundle", []string{"--tls", plain, "--bundle", clientCert}, 2, []string{"verify-failed"}},
+		{"wrong bundle", []string{"--tls", plain, "--bundle", clientCert}, 6, []string{"verify-failed"}},
 		{"server name", []string{"--tls", plain, "--server-name", "web.apps.svc", "--bundle", bundle}, 0, []string{"SNI server name web.apps.svc"}},
-		{"nothing listening", []string{"--tls", "127.0.0.1:1"}, 3, nil},
+		{"nothing listening", []string{"--tls", "127.0.0.1:1"}, 1, nil},
 	} {
 		t.Run("cli "+tt.name, func(t *testing.T) {
 			res := runCLI(t, nil, nil, append([]string{"cert", "inspect"}, tt.args...)...)
@@ -137,7 +137,7 @@ func TestTLSCAEndpoint(t *testing.T) {
 	}
 
 	res := runCLI(t, nil, nil, "cert", "inspect", "--tls", ca.GRPCAddr, "--server-name", ca.ServerName, "--bundle", bundleURL)
-	if res.code == 2 || res.code == 3 || !strings.Contains(res.stdout, "verified: chain[0]") || !strings.Contains(res.stdout, "Bundle  "+bundleURL) {
+	if res.code == 1 || res.code == 2 || res.code == 6 || !strings.Contains(res.stdout, "verified: chain[0]") || !strings.Contains(res.stdout, "Bundle  "+bundleURL) {
 		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", res.code, res.stdout, res.stderr)
 	}
 }

@@ -257,7 +257,7 @@ func TestCommandUpstreamVault(t *testing.T) {
 		b, err := pemfile.ParseCertificates(fetchBundle(t, httpAddr))
 		return err == nil && len(b) == 1 && b[0].Equal(next)
 	})
-	out := rotate(0, `"phase": "steady"`, "status", "--format", "json")
+	out := rotate(0, `"phase": "steady"`, "status", "-o", "json")
 	if !strings.Contains(out, `"issuer": "`) || strings.Count(out, `"serial"`) != 1 {
 		t.Fatalf("status after retirement:\n%s", out)
 	}
