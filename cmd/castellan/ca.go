@@ -40,6 +40,7 @@ type caFlags struct {
 	dnsSANAllow []string
 
 	kms      kmsFlags
+	jwt      jwtFlags
 	kube     kubeFlags
 	nodeAuth nodeAuthFlags
 	auth     authFlags
@@ -105,6 +106,7 @@ func (f *caFlags) register(fs *pflag.FlagSet) {
 		return nil
 	})
 	f.kms.register(fs)
+	f.jwt.register(fs)
 	f.kube.register(fs)
 	f.nodeAuth.register(fs)
 	f.auth.register(fs)
@@ -185,7 +187,13 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	jwtKeys, err := f.jwt.keySet(ctx, &f.kms, deps)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(ctx, server.Config{
+		JWT:            jwtKeys,
+		JWTSVIDTTL:     f.jwt.ttl,
 		Source:         src,
 		Signer:         signer,
 		RootKeys:       f.kms.rootKeys(),
@@ -240,6 +248,9 @@ into an X.509 SVID, and serves the trust bundle. "castellan ca rotate STEP
 // a cluster or a key store, so that a bad combination fails before any key
 // or file is created.
 func (f *caFlags) validate() error {
+	if err := f.jwt.validate(); err != nil {
+		return err
+	}
 	if err := f.kms.validate(); err != nil {
 		return err
 	}

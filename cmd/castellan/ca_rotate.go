@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/kubestore"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/rotation"
@@ -95,11 +96,20 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 	case "activate", "retire":
 		fs.BoolVar(&force, "force", false, step+" before it is known to be safe")
 	}
+	jwtRotate := fs.Bool("jwt", false, "rotate the JWT-SVID signing key instead of the root, with the same steps")
+	jwtTTL := fs.Duration("jwt-svid-ttl", jwtsvid.DefaultTTL, "with --jwt: the CA's JWT-SVID lifetime (the previous JWT key stays published that long after activation)")
+	if step != "prepare" {
+		fs.StringVar(&k.keyURI, "signer-key-uri", "", "with --jwt: the key store of the CA's JWT keys, as given to \"castellan ca\" (default: files in --data-dir)")
+		k.registerVault(fs)
+	}
 	if err := cliflag.Parse(fs, cliflag.EnvPrefix, args[1:], nil); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if *jwtRotate {
+		return runJWTRotate(ctx, jwtRotateArgs{step: step, dataDir: *dataDir, propagation: *propagation, ttl: *jwtTTL, force: force, kms: &k}, out, stdout, stderr)
 	}
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
