@@ -35,7 +35,7 @@ type clusterFlags struct {
 type remoteCluster struct{ id, kubeconfig string }
 
 func (c *clusterFlags) register(fs flagSet) {
-	fs.StringVar(&c.localID, "cluster-id", defaultClusterID, "ID of the CA's own cluster, as Istio's agents send it in the ClusterID metadata (their CLUSTER_ID); a request naming no cluster is checked here too")
+	fs.StringVar(&c.localID, "cluster-id", defaultClusterID, "ID of the CA's own cluster, as Istio's agents send it in the ClusterID metadata (pilot-agent's ISTIO_META_CLUSTER_ID); a request naming no cluster is checked here too")
 	fs.Func("remote-cluster", "ID=KUBECONFIG: also check the tokens of requests whose ClusterID is ID, against that cluster's API server, with their own keys, caches and watches (repeatable); a request naming any other cluster is refused", c.addRemote)
 }
 

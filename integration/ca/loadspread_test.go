@@ -62,7 +62,7 @@ func TestLoadSpreadsAfterScaleOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	flags := []string{"--token-review=false", "--jwt-issuer", minter.Issuer(), "--jwks-file", jwks,
-		"--max-connection-age", "2s", "--max-connection-age-grace", "1s", "--log-level", "warn"}
+		"--max-connection-age", "2s", "--log-level", "warn"}
 	first := harness.StartCAProcess(t, flags...)
 	roots := first.Roots(t)
 
