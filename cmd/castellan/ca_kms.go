@@ -171,6 +171,13 @@ func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error)
 	default:
 		return nil, usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty for a self-signed root", k.upstream)}
 	}
+	if k.upstream == "vault" {
+		// The Vault settings (address, CA file, auth) are checked before
+		// a key is created in the data directory.
+		if _, err := k.vaultClient(d); err != nil {
+			return nil, err
+		}
+	}
 	uri := k.keyURI
 	if uri == "" {
 		if k.upstream == "" {
