@@ -275,6 +275,9 @@ func (j *jwtAgent) mint(ctx context.Context, id spiffeid.ID, aud []string) (work
 	}
 	callCtx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
+	if err := j.awaitBundle(callCtx); err != nil {
+		return workloadapi.JWTSVID{}, jwtEntry{}, err
+	}
 	sent := time.Now()
 	resp, err := client.MintJWTSVID(metadata.AppendToOutgoingContext(callCtx, "authorization", "Bearer "+token), req)
 	if err != nil {
@@ -292,6 +295,23 @@ func (j *jwtAgent) mint(ctx context.Context, id spiffeid.ID, aud []string) (work
 		return workloadapi.JWTSVID{}, jwtEntry{}, status.Error(codes.Unavailable, err.Error())
 	}
 	return svid, entry, nil
+}
+
+// awaitBundle waits until a JWT bundle is known (the first fetch may
+// still be under way), asking for a fetch now, or until ctx ends.
+func (j *jwtAgent) awaitBundle(ctx context.Context) error {
+	for {
+		b, changed := j.LoadJWTBundle()
+		if b != nil {
+			return nil
+		}
+		j.refreshNow()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return status.Errorf(codes.Unavailable, "agent: no JWT bundle from the CA at %s yet to check its JWT-SVIDs with", j.a.cfg.CAAddr)
+		}
+	}
 }
 
 // check verifies the CA's token against the bundle: signature, audiences,

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -23,7 +24,7 @@ import (
 
 // startJWTCA starts the real CA server with a JWT-SVID key set in its
 // data directory.
-func startJWTCA(t *testing.T) (*testCA, *jwtsvid.KeySet) {
+func startJWTCA(t *testing.T, impersonation server.ImpersonationAuthorizer) (*testCA, *jwtsvid.KeySet) {
 	t.Helper()
 	m, err := authn.NewMinter("https://issuer.test")
 	if err != nil {
@@ -48,7 +49,7 @@ func startJWTCA(t *testing.T) (*testCA, *jwtsvid.KeySet) {
 	}
 	s, err := server.New(ctx, server.Config{
 		DataDir: c.dir, GRPCAddr: "127.0.0.1:0", HTTPAddr: agent.Disabled, ServerDNSNames: []string{serverName},
-		Authenticator: auth, Logger: slog.New(slog.DiscardHandler), JWT: keys, JWTSVIDTTL: time.Minute,
+		Authenticator: auth, Logger: slog.New(slog.DiscardHandler), JWT: keys, JWTSVIDTTL: time.Minute, Impersonation: impersonation,
 	})
 	if err != nil {
 		cancel()
@@ -67,7 +68,7 @@ func startJWTCA(t *testing.T) (*testCA, *jwtsvid.KeySet) {
 // against the streamed JWT bundle for its audiences only, cached, and
 // validated by the agent.
 func TestJWTSVIDWorkloadAPI(t *testing.T) {
-	ca, keys := startJWTCA(t)
+	ca, keys := startJWTCA(t, nil)
 	a := startAgent(t, ca, func(c *agent.Config) { c.JWTBundleRefresh = 50 * time.Millisecond })
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -137,5 +138,63 @@ func TestJWTSVIDWorkloadAPI(t *testing.T) {
 				t.Fatalf("FetchJWTSVID: %v, want %s", err, tc.code)
 			}
 		})
+	}
+}
+
+// TestJWTSVIDNodeMode: a node agent mints JWT-SVIDs for the attested
+// caller's own service account only, and for nobody whose pod is not
+// running on the node or who cannot be attested, cached token or not.
+func TestJWTSVIDNodeMode(t *testing.T) {
+	f := newNodeFakes()
+	ca, _ := startJWTCA(t, f)
+	a := startAgent(t, ca, func(c *agent.Config) {
+		c.Attestation = agent.AttestationNode
+		c.Attestor = f
+		c.Pods = f
+		c.OutputDir = ""
+		c.JWTBundleRefresh = 50 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	client, err := spiffeapi.New(ctx, spiffeapi.WithAddr("unix://"+a.cfg.SDSSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	const dbID = "spiffe://cluster.local/ns/default/sa/db"
+
+	f.setRunning("default", "db", true)
+	f.be("default", "db")
+	svid, err := client.FetchJWTSVID(ctx, spiffejwt.Params{Audience: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svid.ID.String() != dbID || f.grantsFor(dbID) != 1 {
+		t.Fatalf("JWT-SVID for %s with %d grants, want %s with 1", svid.ID, f.grantsFor(dbID), dbID)
+	}
+	for _, tc := range []struct {
+		name  string
+		setup func()
+		sub   string
+	}{
+		{"another identity", func() { f.be("default", "db") }, wantID},
+		{"no running pod", func() { f.be("default", "web") }, ""},
+		{"not attested", func() { f.mu.Lock(); f.refusal = errors.New("pid reused"); f.mu.Unlock() }, ""},
+		{"pod stopped, cached token", func() { f.be("default", "db"); f.setRunning("default", "db", false) }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.setup()
+			params := spiffejwt.Params{Audience: "x"}
+			if tc.sub != "" {
+				params.Subject = spiffeid.RequireFromString(tc.sub)
+			}
+			_, err := client.FetchJWTSVID(ctx, params)
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("FetchJWTSVID: %v, want PermissionDenied", err)
+			}
+		})
+	}
+	if n := f.grantsFor(wantID); n != 0 {
+		t.Fatalf("the CA was asked for %s %d times", wantID, n)
 	}
 }
