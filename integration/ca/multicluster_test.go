@@ -2,6 +2,9 @@ package ca_test
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +140,64 @@ func TestMultiCluster(t *testing.T) {
 	}
 	if _, err := call(alpha); err != nil {
 		t.Fatalf("local token after a remote deletion: %v", err)
+	}
+}
+
+// TestMultiClusterRemoteDown: a remote cluster whose API server cannot be
+// reached holds up neither the CA's start nor the other clusters' tokens;
+// its own requests are refused as Unavailable (retry later), not as
+// unauthenticated.
+func TestMultiClusterRemoteDown(t *testing.T) {
+	local := harness.StartAPIServer(t)
+	local.CreateServiceAccount(t, "alpha", "app")
+	dead := filepath.Join(t.TempDir(), "dead.kubeconfig")
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: dead
+  cluster:
+    server: https://127.0.0.1:%d
+    insecure-skip-tls-verify: true
+users:
+- name: dead
+  user:
+    token: nobody
+contexts:
+- name: dead
+  context: {cluster: dead, user: dead}
+current-context: dead
+`, harness.FreePort(t))
+	if err := os.WriteFile(dead, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca := harness.StartCAProcess(t, "--kubeconfig", local.Kubeconfig, "--remote-cluster", "dead="+dead)
+	client, err := caclient.New(caclient.Config{Addr: ca.GRPCAddr, Roots: ca.Roots(t), ServerName: ca.ServerName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	csrs, err := loadgen.MakeCSRs(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := local.Token(t, "alpha", "app", []string{"istio-ca"}, time.Hour)
+	for _, tt := range []struct {
+		cluster string
+		code    codes.Code
+	}{
+		{cluster: "Kubernetes", code: codes.OK},
+		{cluster: "dead", code: codes.Unavailable},
+		{cluster: "Kubernetes", code: codes.OK},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx = metadata.AppendToOutgoingContext(ctx, "ClusterID", tt.cluster)
+		_, err := client.CreateCertificateRequest(ctx, alpha, &pb.IstioCertificateRequest{Csr: string(csrs[0])})
+		cancel()
+		if status.Code(err) != tt.code {
+			t.Fatalf("ClusterID %s: %v, want %s", tt.cluster, err, tt.code)
+		}
+		if err != nil {
+			t.Logf("ClusterID %s: %v", tt.cluster, err)
+		}
 	}
 }
