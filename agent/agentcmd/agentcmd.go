@@ -45,6 +45,7 @@ type UsageError = cliflag.UsageError
 // flags are the node agent's flags.
 type flags struct {
 	caAddr, caServerName, rootCert, tokenFile, spiffeID, keyType string
+	federatedBundles                                             string
 	sdsSocket, workloadSocket, socketMode, outputDir, httpAddr   string
 	logLevel, logFormat                                          string
 	attestation, nodeName, kubeconfig, procRoot, trustDomain     string
@@ -73,6 +74,7 @@ func (f *flags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.initialBackoff, "initial-backoff", time.Second, "first wait after a failed CA call; doubled on each failure")
 	fs.DurationVar(&f.maxBackoff, "max-backoff", 30*time.Second, "longest wait between failed CA calls")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 10*time.Second, "time limit of one CA call")
+	fs.StringVar(&f.federatedBundles, "federated-bundles-file", "", "bundles of the federated trust domains, as the CA publishes them (default: federated-bundles.json beside --root-cert; \"-\": none); served in SDS and the Workload API, re-read when they change")
 	fs.DurationVar(&f.rootPoll, "root-poll-interval", 5*time.Second, "how often --root-cert is checked for changes")
 	fs.StringVar(&f.sdsSocket, "sds-socket", agent.DefaultSDSSocket, "Unix socket of the SDS server (\"-\" disables SDS)")
 	fs.StringVar(&f.workloadSocket, "workload-api-socket", "", "Unix socket of the SPIFFE Workload API (default: the SDS socket; \"-\" disables it)")
@@ -153,32 +155,33 @@ func (f *flags) config() (agent.Config, error) {
 		jitter = -1 // agent.Config: negative means none.
 	}
 	return agent.Config{
-		CAAddr:            f.caAddr,
-		CAServerName:      f.caServerName,
-		RootCertFile:      f.rootCert,
-		TokenFile:         f.tokenFile,
-		SPIFFEID:          id,
-		KeyType:           keyType,
-		TTL:               f.ttl,
-		RotateFraction:    f.rotateFraction,
-		RotateJitter:      jitter,
-		InitialBackoff:    f.initialBackoff,
-		MaxBackoff:        f.maxBackoff,
-		RequestTimeout:    f.requestTimeout,
-		RootPollInterval:  f.rootPoll,
-		SDSSocket:         f.sdsSocket,
-		WorkloadAPISocket: f.workloadSocket,
-		SocketMode:        os.FileMode(mode),
-		OutputDir:         f.outputDir,
-		OutputLayout:      layout,
-		DNSNames:          f.dnsNames.Values(),
-		HTTPAddr:          f.httpAddr,
-		Pprof:             f.pprof,
-		Attestation:       attestation,
-		ProcRoot:          f.procRoot,
-		TrustDomain:       td,
-		MaxIdentities:     f.maxIdentities,
-		JWTBundleRefresh:  f.jwtBundleRefresh,
+		CAAddr:               f.caAddr,
+		CAServerName:         f.caServerName,
+		RootCertFile:         f.rootCert,
+		FederatedBundlesFile: f.federatedBundles,
+		TokenFile:            f.tokenFile,
+		SPIFFEID:             id,
+		KeyType:              keyType,
+		TTL:                  f.ttl,
+		RotateFraction:       f.rotateFraction,
+		RotateJitter:         jitter,
+		InitialBackoff:       f.initialBackoff,
+		MaxBackoff:           f.maxBackoff,
+		RequestTimeout:       f.requestTimeout,
+		RootPollInterval:     f.rootPoll,
+		SDSSocket:            f.sdsSocket,
+		WorkloadAPISocket:    f.workloadSocket,
+		SocketMode:           os.FileMode(mode),
+		OutputDir:            f.outputDir,
+		OutputLayout:         layout,
+		DNSNames:             f.dnsNames.Values(),
+		HTTPAddr:             f.httpAddr,
+		Pprof:                f.pprof,
+		Attestation:          attestation,
+		ProcRoot:             f.procRoot,
+		TrustDomain:          td,
+		MaxIdentities:        f.maxIdentities,
+		JWTBundleRefresh:     f.jwtBundleRefresh,
 	}, nil
 }
 

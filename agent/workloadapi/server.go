@@ -127,7 +127,7 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	s.metrics.streams.WithLabelValues(method).Inc()
 	defer s.metrics.streams.WithLabelValues(method).Dec()
 
-	var sentSVID, sentBundle string
+	var sentSVID, sentBundle, sentFed string
 	snap, changed := source.Load()
 	for {
 		if snap.Withdrawn != "" {
@@ -135,18 +135,18 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 			// stream, so that its client stops using what it was sent.
 			return status.Error(codes.PermissionDenied, "workloadapi: the SVID of this workload was withdrawn: "+snap.Withdrawn)
 		}
-		if snap.SVID != nil && snap.Bundle != nil && (snap.SVID.Version != sentSVID || snap.Bundle.Version != sentBundle) {
+		if snap.SVID != nil && snap.Bundle != nil && (snap.SVID.Version != sentSVID || snap.Bundle.Version != sentBundle || federatedVersion(snap) != sentFed) {
 			resp := &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
 				SpiffeId:    snap.SVID.ID().String(),
 				X509Svid:    snap.SVID.ChainDER,
 				X509SvidKey: snap.SVID.KeyDER,
 				Bundle:      snap.Bundle.DER,
-			}}}
+			}}, FederatedBundles: federatedX509(snap, nil)}
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
 			s.metrics.pushes.WithLabelValues(method).Inc()
-			sentSVID, sentBundle = snap.SVID.Version, snap.Bundle.Version
+			sentSVID, sentBundle, sentFed = snap.SVID.Version, snap.Bundle.Version, federatedVersion(snap)
 		}
 		select {
 		case <-stream.Context().Done():
@@ -157,9 +157,37 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	}
 }
 
+// federatedVersion names the federated bundles of snap ("" for none).
+func federatedVersion(snap svidstore.Snapshot) string {
+	if snap.Federated == nil {
+		return ""
+	}
+	return snap.Federated.Version
+}
+
+// federatedX509 adds to m (a new map when nil) the X.509 authorities of
+// every federated trust domain of snap, in DER, keyed by trust domain ID
+// (spiffe://<trust domain>), as federated_bundles and the bundles of
+// X509BundlesResponse hold them. A trust domain without X.509 authorities
+// is left out.
+func federatedX509(snap svidstore.Snapshot, m map[string][]byte) map[string][]byte {
+	if snap.Federated == nil {
+		return m
+	}
+	if m == nil {
+		m = make(map[string][]byte, len(snap.Federated.Bundles))
+	}
+	for _, fb := range snap.Federated.Bundles {
+		if fb.X509 != nil {
+			m[fb.TrustDomain.IDString()] = fb.X509.DER
+		}
+	}
+	return m
+}
+
 // FetchX509Bundles streams the trust bundle, keyed by the trust domain of
-// the workload's SVID: once both are known, and again whenever the bundle
-// changes.
+// the workload's SVID, and those of the federated trust domains: once the
+// SVID and the bundle are known, and again whenever a bundle changes.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	const method = "FetchX509Bundles"
 	if err := s.checkHeader(stream.Context(), method); err != nil {
@@ -177,8 +205,8 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 	for {
 		if snap.SVID != nil && snap.Bundle != nil {
 			td := snap.SVID.ID().TrustDomain().Name()
-			if key := td + "/" + snap.Bundle.Version; key != sent {
-				resp := &workload.X509BundlesResponse{Bundles: map[string][]byte{td: snap.Bundle.DER}}
+			if key := td + "/" + snap.Bundle.Version + "/" + federatedVersion(snap); key != sent {
+				resp := &workload.X509BundlesResponse{Bundles: federatedX509(snap, map[string][]byte{td: snap.Bundle.DER})}
 				if err := stream.Send(resp); err != nil {
 					return err
 				}

@@ -45,6 +45,7 @@ type caFlags struct {
 	nodeAuth nodeAuthFlags
 	auth     authFlags
 	clusters clusterFlags
+	fed      federationFlags
 }
 
 // caDeps are what the pluggable parts of "castellan ca" share.
@@ -111,6 +112,7 @@ func (f *caFlags) register(fs *pflag.FlagSet) {
 	f.nodeAuth.register(fs)
 	f.auth.register(fs)
 	f.clusters.register(fs)
+	f.fed.register(fs)
 	fs.BoolVar(&f.istioMetrics, "istio-compatible-metrics", false, "also export istiod's CA metrics (citadel_server_*), derived from Castellan's, for Istio's dashboards and alerts")
 	fs.DurationVar(&f.maxConnAge, "max-connection-age", 30*time.Minute, "close a connection to the certificate service after this long (gracefully, +/-10% jitter) so that clients reconnect and spread over replicas, as istiod's keepaliveMaxServerConnectionAge")
 	fs.DurationVar(&f.maxConnAgeGrace, "max-connection-age-grace", 10*time.Second, "time calls in flight have to finish once --max-connection-age has passed")
@@ -187,7 +189,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	jwtKeys, err := f.jwt.keySet(ctx, &f.kms, deps)
+	jwtKeys, err := f.jwt.keySet(ctx, &f.kms, &f.kube, deps)
 	if err != nil {
 		return err
 	}
@@ -222,7 +224,11 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return srv.Serve(ctx)
+	fedJobs, err := f.fed.start(deps, srv.Source(), jwtKeys)
+	if err != nil {
+		return err
+	}
+	return serveWith(ctx, srv.Serve, fedJobs...)
 }
 
 // kubeConfig loads path, or the in-cluster config when path is empty.
@@ -249,6 +255,9 @@ into an X.509 SVID, and serves the trust bundle. "castellan ca rotate STEP
 // or file is created.
 func (f *caFlags) validate() error {
 	if err := f.jwt.validate(); err != nil {
+		return err
+	}
+	if _, err := f.fed.relationships(spiffeid.TrustDomain{}); err != nil {
 		return err
 	}
 	if err := f.kms.validate(); err != nil {

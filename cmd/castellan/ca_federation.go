@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/federation"
+	"github.com/castellan-mesh/castellan/internal/cliflag"
+)
+
+// federationFlags are the SPIFFE federation flags of "castellan ca": the
+// bundle endpoint of the local trust domain and the foreign trust domains
+// polled.
+type federationFlags struct {
+	endpointAddr, endpointProfile, endpointID string
+	endpointCert, endpointKey                 string
+	refreshHint                               time.Duration
+	federateWith                              *cliflag.StringList
+	minRefresh, maxRefresh                    time.Duration
+}
+
+func (f *federationFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.endpointAddr, "bundle-endpoint-addr", "", "listen address of the SPIFFE bundle endpoint (TLS; empty: not served), e.g. :8443")
+	fs.StringVar(&f.endpointProfile, "bundle-endpoint-profile", string(federation.ProfileSPIFFE), "how the bundle endpoint authenticates itself: https_spiffe (an SVID the CA issues itself) or https_web (--bundle-endpoint-cert and --bundle-endpoint-key)")
+	fs.StringVar(&f.endpointID, "bundle-endpoint-spiffe-id", "", "SPIFFE ID of the https_spiffe bundle endpoint (default: spiffe://<trust domain>"+federation.DefaultEndpointPath+")")
+	fs.StringVar(&f.endpointCert, "bundle-endpoint-cert", "", "PEM certificate chain of the https_web bundle endpoint (re-read when it changes)")
+	fs.StringVar(&f.endpointKey, "bundle-endpoint-key", "", "PEM private key of the https_web bundle endpoint (re-read when it changes)")
+	fs.DurationVar(&f.refreshHint, "bundle-endpoint-refresh-hint", federation.DefaultRefreshHint, "spiffe_refresh_hint of the served bundle: how often federated peers should fetch it")
+	f.federateWith = cliflag.NewStringList()
+	fs.Var(f.federateWith, "federate-with", "a foreign trust domain to federate with (repeatable): TD=URL,https_spiffe,ENDPOINT_SPIFFE_ID,bundle=FILE or TD=URL,https_web[,roots=FILE]")
+	fs.DurationVar(&f.minRefresh, "federation-min-refresh", federation.DefaultMinRefresh, "shortest interval between two fetches of a foreign bundle, whatever its refresh hint")
+	fs.DurationVar(&f.maxRefresh, "federation-max-refresh", federation.DefaultMaxRefresh, "longest interval between two fetches of a foreign bundle, whatever its refresh hint")
+}
+
+// relationships parses --federate-with.
+func (f *federationFlags) relationships(local spiffeid.TrustDomain) ([]federation.Relationship, error) {
+	var rels []federation.Relationship
+	for _, spec := range f.federateWith.Values() {
+		r, err := federation.ParseRelationship(spec)
+		if err != nil {
+			return nil, usageError{Err: fmt.Errorf("--federate-with: %w", err)}
+		}
+		if r.TrustDomain == local {
+			return nil, usageError{Err: fmt.Errorf("--federate-with: %s is the local trust domain", local.Name())}
+		}
+		rels = append(rels, r)
+	}
+	return rels, nil
+}
+
+// start creates the bundle endpoint and the federator that the flags ask
+// for, and returns their jobs. src is the CA's material; jwt, if not nil,
+// supplies the JWT authorities.
+func (f *federationFlags) start(d *caDeps, src ca.Source, jwt federation.JWTAuthoritySource) ([]func(context.Context) error, error) {
+	var jobs []func(context.Context) error
+	rels, err := f.relationships(d.trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	if len(rels) > 0 {
+		fed, err := federation.New(federation.Config{
+			TrustDomain: d.trustDomain, Relationships: rels, DataDir: d.dataDir,
+			MinRefresh: f.minRefresh, MaxRefresh: f.maxRefresh,
+			Logger: d.log.With("component", "federation"), Registerer: d.reg,
+		})
+		if err != nil {
+			return nil, usageError{Err: err}
+		}
+		jobs = append(jobs, fed.Run)
+	}
+	if f.endpointAddr != "" {
+		cfg := federation.EndpointConfig{
+			Addr: f.endpointAddr, TrustDomain: d.trustDomain, Source: src, JWT: jwt,
+			RefreshHint: f.refreshHint, Profile: federation.Profile(f.endpointProfile),
+			CertFile: f.endpointCert, KeyFile: f.endpointKey, DataDir: d.dataDir,
+			Logger: d.log.With("component", "bundle-endpoint"), Registerer: d.reg,
+		}
+		if f.endpointID != "" {
+			id, err := spiffeid.FromString(f.endpointID)
+			if err != nil {
+				return nil, usageError{Err: fmt.Errorf("--bundle-endpoint-spiffe-id %q: %w", f.endpointID, err)}
+			}
+			cfg.ID = id
+		}
+		e, err := federation.NewEndpoint(cfg)
+		if err != nil {
+			return nil, usageError{Err: err}
+		}
+		jobs = append(jobs, e.Serve)
+	}
+	return jobs, nil
+}
+
+// serveWith runs serve and jobs until ctx ends or one of them fails.
+func serveWith(ctx context.Context, serve func(context.Context) error, jobs ...func(context.Context) error) error {
+	if len(jobs) == 0 {
+		return serve(ctx)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(ctx) })
+	for _, job := range jobs {
+		g.Go(func() error { return job(ctx) })
+	}
+	return g.Wait()
+}
