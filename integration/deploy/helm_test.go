@@ -214,7 +214,8 @@ spec:
 // TestHelmChartApplies applies the chart's default rendering server-side
 // to an API server that enforces RBAC, then every other rendering (the
 // production values, another trust domain and image, per-pod agents, plugged-in cacerts, Vault, the
-// istio trust ConfigMap, PodMonitors with alerts and NetworkPolicies) as
+// istio trust ConfigMap, PodMonitors with alerts and NetworkPolicies,
+// remote clusters' kubeconfigs) as
 // an upgrade: each object must be accepted.
 func TestHelmChartApplies(t *testing.T) {
 	api := startAPIServer(t, rbacFlags...)
@@ -231,7 +232,7 @@ func TestHelmChartApplies(t *testing.T) {
 	for obj, err := range ap.applyAll(ctx, crds, false) {
 		t.Fatalf("%s: %v", obj, err)
 	}
-	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "policy-server", "per-pod", "cacerts", "vault", "istio", "observability"} {
+	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "policy-server", "per-pod", "cacerts", "vault", "istio", "observability", "multicluster"} {
 		objs := helmRendering(t, name)
 		for obj, err := range ap.applyAll(ctx, objs, false) {
 			t.Errorf("%s: %s refused: %v", name, obj, err)

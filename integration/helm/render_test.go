@@ -64,6 +64,15 @@ agent:
 	{name: "cacerts", values: `material: {mode: cacerts, cacerts: {secretName: istio-cacerts}}`},
 	{name: "vault", values: `material: {mode: vault, vault: {addr: "https://vault.vault.svc:8200", role: castellan}}`},
 	{name: "istio", values: `ca: {trustConfigMap: castellan-ca-root-cert}`},
+	// A CA that checks the tokens of two clusters besides its own.
+	{name: "multicluster", values: `
+ca:
+  clusterID: cluster1
+  istioCompatibleMetrics: true
+  remoteClusters:
+  - {id: cluster2, secretName: castellan-remote-cluster2}
+  - {id: cluster3, secretName: castellan-remote-cluster3}
+`},
 	{name: "observability", values: `
 serviceMonitor: {enabled: true}
 prometheusRule: {enabled: true}
@@ -167,6 +176,7 @@ func TestRenderRefusesBadValues(t *testing.T) {
 		{name: "vault without an address", values: `material: {mode: vault}`, want: "material.vault.addr"},
 		{name: "unknown material", values: `material: {mode: etcd}`, want: "material.mode must be"},
 		{name: "unknown agent mode", values: `agent: {mode: sidecar}`, want: "agent.mode must be"},
+		{name: "remote cluster without a Secret", values: `ca: {remoteClusters: [{id: east}]}`, want: "ca.remoteClusters needs an id and a secretName"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,4 +27,5 @@ app.kubernetes.io/component: agent
 {{- if not (has .Values.material.mode (list "secret" "cacerts" "vault")) }}{{ fail "material.mode must be secret, cacerts or vault" }}{{ end }}
 {{- if not (has .Values.agent.mode (list "node" "perPod")) }}{{ fail "agent.mode must be node or perPod" }}{{ end }}
 {{- if and (eq .Values.material.mode "vault") (not .Values.material.vault.addr) }}{{ fail "material.mode=vault needs material.vault.addr" }}{{ end }}
+{{- range .Values.ca.remoteClusters }}{{ if not (and .id .secretName) }}{{ fail "each of ca.remoteClusters needs an id and a secretName" }}{{ end }}{{ end }}
 {{- end }}
