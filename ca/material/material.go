@@ -7,6 +7,11 @@
 //   - Self-signed (the embedded default): root-cert.pem and root-key.pem,
 //     created on first start and reused on every start after.
 //
+// Every key file (root-key.pem, next-root-key.pem, ca-key.pem) is created
+// and opened through kms, with its one key-file policy: a key is created
+// with mode 0600 and never overwritten, and a key file that its group or
+// others may read is refused, with an error that says to chmod 600 it.
+//
 // Nothing is ever regenerated silently: a data directory that holds part of
 // a layout is an error that names what is missing.
 package material
@@ -14,9 +19,6 @@ package material
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
@@ -86,12 +88,7 @@ type Config struct {
 // KeyStore holds a self-signed root's keys outside the data directory (an
 // HSM, Vault Transit), so that a rotation creates the next root's key in
 // the same store; kms.Ring implements it.
-type KeyStore interface {
-	// Open returns the key named name; "" names the configured key.
-	Open(ctx context.Context, name string) (crypto.Signer, error)
-	// Create generates a new key named name; it never replaces a key.
-	Create(ctx context.Context, name string) (crypto.Signer, error)
-}
+type KeyStore = rotation.KeyStore
 
 // keyOpTimeout bounds a key store call made by a reload, which has no
 // caller's context.
@@ -133,7 +130,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if plugged {
 		s.mode = ModePluggedIn
-		a, h, err := s.loadPluggedIn()
+		a, h, err := s.loadPluggedIn(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -194,13 +191,13 @@ func (s *Store) Reload() bool {
 		return false
 	}
 	var a *ca.Authority
+	ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
 	if s.mode == ModePluggedIn {
-		a, h, err = s.loadPluggedIn()
+		a, h, err = s.loadPluggedIn(ctx)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
 		a, err = s.loadRoot(ctx)
-		cancel()
 	}
+	cancel()
 	if err != nil {
 		if s.lastErr == nil || s.lastErr.Error() != err.Error() {
 			s.cfg.Logger.Error("CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
@@ -271,7 +268,7 @@ func (s *Store) hashFiles() ([sha256.Size]byte, error) {
 }
 
 // loadPluggedIn reads and validates Istio's cacerts layout.
-func (s *Store) loadPluggedIn() (*ca.Authority, [sha256.Size]byte, error) {
+func (s *Store) loadPluggedIn(ctx context.Context) (*ca.Authority, [sha256.Size]byte, error) {
 	var zero [sha256.Size]byte
 	h, err := s.hashFiles()
 	if err != nil {
@@ -281,7 +278,7 @@ func (s *Store) loadPluggedIn() (*ca.Authority, [sha256.Size]byte, error) {
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: %w", err)
 	}
-	key, err := pemfile.ReadPrivateKey(s.path(CAKeyFile))
+	key, err := dirKeys(s.cfg.Dir).Open(ctx, "ca-key")
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: %w", err)
 	}
@@ -299,7 +296,6 @@ func (s *Store) loadPluggedIn() (*ca.Authority, [sha256.Size]byte, error) {
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
 	}
-	warnIfReadable(s.cfg.Logger, s.path(CAKeyFile))
 	return a, h, nil
 }
 
@@ -377,21 +373,12 @@ func (s *Store) loadRoot(ctx context.Context) (*ca.Authority, error) {
 		if key, err = s.externalKey(ctx); err != nil {
 			return nil, err
 		}
-	} else {
-		if key, err = pemfile.ReadPrivateKey(s.path(RootKeyFile)); err != nil {
-			return nil, fmt.Errorf("material: %w", err)
-		}
-		warnIfReadable(s.cfg.Logger, s.path(RootKeyFile))
+	} else if key, err = dirKeys(s.cfg.Dir).Open(ctx, ""); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
 	}
 	// root-cert.pem is the trust bundle; the active root is the one whose
 	// key is root-key.pem. Other roots are being prepared or retired.
-	var active *x509.Certificate
-	for _, c := range certs {
-		if publicKeyEqual(key.Public(), c.PublicKey) {
-			active = c
-			break
-		}
-	}
+	active := matchingRoot(certs, key)
 	if active == nil {
 		return nil, fmt.Errorf("material: no root in %s matches the key in %s", s.path(RootCertFile), s.path(RootKeyFile))
 	}
@@ -402,9 +389,16 @@ func (s *Store) loadRoot(ctx context.Context) (*ca.Authority, error) {
 	return a, nil
 }
 
-func publicKeyEqual(a, b crypto.PublicKey) bool {
-	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && e.Equal(b)
+// matchingRoot returns the root of bundle whose public key is key's, or
+// nil.
+func matchingRoot(bundle []*x509.Certificate, key crypto.Signer) *x509.Certificate {
+	e, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	for _, c := range bundle {
+		if ok && e.Equal(c.PublicKey) {
+			return c
+		}
+	}
+	return nil
 }
 
 func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
@@ -419,9 +413,12 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 		}
 		key = k
 	} else {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		// The key is created first, exclusively: if two processes race on
+		// one directory, one of them fails here instead of overwriting the
+		// other's.
+		k, err := dirKeys(s.cfg.Dir).Create(ctx, "")
 		if err != nil {
-			return nil, fmt.Errorf("material: could not generate root key: %w", err)
+			return nil, fmt.Errorf("material: could not create the root key: %w", err)
 		}
 		key = k
 	}
@@ -429,24 +426,11 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	// The key is written first, exclusively: if two processes race on one
-	// directory, one of them fails here instead of overwriting the other.
-	if !s.external() {
-		if err := pemfile.WritePrivateKey(s.path(RootKeyFile), key); err != nil {
-			return nil, fmt.Errorf("material: %w", err)
-		}
-	}
 	if err := pemfile.WriteCertificates(s.path(RootCertFile), []*x509.Certificate{root}); err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
 	s.cfg.Logger.Info("created a self-signed root", "dir", s.cfg.Dir, "subject", root.Subject.String(), "not_after", root.NotAfter)
 	return ca.NewAuthority(root, key, nil, []*x509.Certificate{root})
-}
-
-func warnIfReadable(log *slog.Logger, path string) {
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("CA key file is readable by group or others; it should be 0600", "path", path, "mode", fi.Mode().Perm().String())
-	}
 }
 
 func contains(s []string, v string) bool {

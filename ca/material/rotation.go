@@ -2,14 +2,13 @@ package material
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/kms"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -31,8 +31,13 @@ const (
 	NextDir = "next"
 )
 
-// Rotator prepares, activates and retires roots in a data directory. A
-// running CA on the same directory picks every step up on its next reload.
+// nextRootKeyName is NextRootKeyFile's name in the data directory's key
+// store (see dirKeys).
+const nextRootKeyName = "next-root-key"
+
+// Rotator prepares, activates and retires roots in a data directory: the
+// rotation.Engine over the data directory's backend. A running CA on the
+// same directory picks every step up on its next reload.
 type Rotator struct {
 	// Dir is the CA's data directory.
 	Dir string
@@ -52,24 +57,58 @@ type Rotator struct {
 	Keys KeyStore
 }
 
-func (r *Rotator) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
+func (r *Rotator) engine() *rotation.Engine {
+	return &rotation.Engine{Backend: (*dirBackend)(r), Policy: r.Policy, Now: r.Now, Logger: r.Logger}
 }
 
-func (r *Rotator) log() *slog.Logger {
-	if r.Logger != nil {
-		return r.Logger
-	}
-	return slog.Default()
+// Prepare adds a new root to the trust bundle. Nothing is signed with it
+// until Activate. For a self-signed CA the new root and its key are
+// generated, the key in the store of the active one; for a plugged-in CA,
+// from names a directory holding the new cacerts (ca-cert.pem,
+// ca-key.pem, cert-chain.pem, root-cert.pem).
+func (r *Rotator) Prepare(ctx context.Context, from string) error {
+	return r.engine().Prepare(ctx, from)
 }
 
-func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
+// Activate makes the prepared root sign. It refuses before the
+// propagation delay has passed, unless force is set.
+func (r *Rotator) Activate(ctx context.Context, force bool) error {
+	return r.engine().Activate(ctx, force)
+}
 
-func (r *Rotator) mode() (Mode, error) {
-	st := &Store{cfg: Config{Dir: r.Dir}}
+// Retire drops every root but the active one from the trust bundle. It
+// refuses while an SVID signed under the old root may still be valid,
+// unless force is set.
+func (r *Rotator) Retire(ctx context.Context, force bool) error {
+	return r.engine().Retire(ctx, force)
+}
+
+// Status reports the roots in the bundle and the rotation phase.
+func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
+	return r.engine().Status(ctx)
+}
+
+// Step takes one automatic rotation step for a self-signed CA (see
+// rotation.Engine.Step) and reports what it did ("" for nothing).
+func (r *Rotator) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
+	return r.engine().Step(ctx, rotateBefore)
+}
+
+// Run calls Step every interval until ctx ends (see rotation.Run).
+func (r *Rotator) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
+	return r.engine().Run(ctx, interval, rotateBefore, observe)
+}
+
+// dirBackend keeps a rotation in a data directory: rotation.json, the
+// trust bundle in root-cert.pem, a prepared self-signed root in
+// next-root-cert.pem (its key in next-root-key.pem, or in the key store),
+// prepared cacerts in next/.
+type dirBackend Rotator
+
+func (b *dirBackend) path(name string) string { return filepath.Join(b.Dir, name) }
+
+func (b *dirBackend) mode() (Mode, error) {
+	st := &Store{cfg: Config{Dir: b.Dir}}
 	plugged, err := st.detect()
 	if err != nil {
 		return "", err
@@ -77,230 +116,156 @@ func (r *Rotator) mode() (Mode, error) {
 	if plugged {
 		return ModePluggedIn, nil
 	}
-	if _, err := os.Stat(r.path(RootCertFile)); err != nil {
-		return "", fmt.Errorf("material: %s holds no CA material: %w", r.Dir, err)
+	if _, err := os.Stat(b.path(RootCertFile)); err != nil {
+		return "", fmt.Errorf("material: %s holds no CA material: %w", b.Dir, err)
 	}
 	return ModeSelfSigned, nil
 }
 
-// Status reports the roots in the bundle and the rotation phase.
-func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
-	mode, err := r.mode()
-	if err != nil {
-		return nil, err
-	}
-	st, err := rotation.ReadState(r.Dir)
-	if err != nil {
-		return nil, err
-	}
-	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
-	if err != nil {
-		return nil, fmt.Errorf("material: %w", err)
-	}
-	active, err := r.activeRoot(ctx, mode, bundle, st)
-	if err != nil {
-		return nil, err
-	}
-	out := r.Policy.Status(mode, st)
-	out.AddRoots(bundle, active, nil)
-	return out, nil
-}
-
 // external reports whether a self-signed root's key is held outside the
 // data directory.
-func (r *Rotator) external() bool {
-	_, err := os.Stat(r.path(RootKeyFile))
+func (b *dirBackend) external() bool {
+	_, err := os.Stat(b.path(RootKeyFile))
 	return errors.Is(err, fs.ErrNotExist)
 }
 
-// activeRoot returns the root the CA signs under now.
-func (r *Rotator) activeRoot(ctx context.Context, mode Mode, bundle []*x509.Certificate, st rotation.State) (*x509.Certificate, error) {
+// Load reads the data directory.
+func (b *dirBackend) Load(ctx context.Context) (*rotation.Material, error) {
+	mode, err := b.mode()
+	if err != nil {
+		return nil, err
+	}
+	m := &rotation.Material{Mode: mode}
+	if m.State, err = rotation.ReadState(b.Dir); err != nil {
+		return nil, err
+	}
+	if m.Bundle, err = pemfile.ReadCertificates(b.path(RootCertFile)); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
 	if mode == ModePluggedIn {
-		st := &Store{cfg: Config{Dir: r.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
-		a, _, err := st.loadPluggedIn()
+		m.Manual = errors.New("material: plugged-in cacerts are rotated by hand")
+		st := &Store{cfg: Config{Dir: b.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
+		a, _, err := st.loadPluggedIn(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return a.Root(), nil
+		m.Active = a.Root()
+		if m.State.Phase != rotation.PhaseSteady {
+			if m.Next, err = readOptionalCerts(filepath.Join(b.path(NextDir), RootCertFile)); err != nil {
+				return nil, err
+			}
+		}
+		return m, nil
 	}
-	if r.external() {
-		return r.activeExternalRoot(ctx, bundle, st)
+	if m.State.Phase != rotation.PhaseSteady {
+		if m.Next, err = readOptionalCerts(b.path(NextRootCertFile)); err != nil {
+			return nil, err
+		}
 	}
-	key, err := pemfile.ReadPrivateKey(r.path(RootKeyFile))
+	if m.Active, err = b.activeRoot(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// readOptionalCerts reads the certificates at path; none if there is no
+// such file.
+func readOptionalCerts(path string) ([]*x509.Certificate, error) {
+	certs, err := pemfile.ReadCertificates(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	for _, c := range bundle {
-		if publicKeyEqual(key.Public(), c.PublicKey) {
-			return c, nil
-		}
-	}
-	return nil, fmt.Errorf("material: no root in %s matches %s", r.path(RootCertFile), r.path(RootKeyFile))
+	return certs, nil
 }
 
-// activeExternalRoot returns the root the CA signs under now when its key
-// is held outside the data directory: the one matching the key in the key
-// store, or without the key store, the one the rotation phase and the
-// prepared root (next-root-cert.pem, kept until retirement) tell.
-func (r *Rotator) activeExternalRoot(ctx context.Context, bundle []*x509.Certificate, st rotation.State) (*x509.Certificate, error) {
-	if r.Keys != nil {
-		key, err := openRootKey(ctx, r.Keys, nil, st.Key)
+// activeRoot returns the self-signed root the CA signs under now: the one
+// matching the active key, or when the key is outside the data directory
+// and no key store is given, the one the rotation phase and the prepared
+// root (next-root-cert.pem, kept until retirement) tell.
+func (b *dirBackend) activeRoot(ctx context.Context, m *rotation.Material) (*x509.Certificate, error) {
+	keys, name := b.Keys, m.State.Key
+	if !b.external() {
+		keys, name = dirKeys(b.Dir), ""
+	}
+	if keys != nil {
+		key, err := openRootKey(ctx, keys, nil, name)
 		if err != nil {
 			return nil, err
 		}
-		for _, c := range bundle {
-			if publicKeyEqual(key.Public(), c.PublicKey) {
-				return c, nil
-			}
+		if c := matchingRoot(m.Bundle, key); c != nil {
+			return c, nil
 		}
-		return nil, fmt.Errorf("material: no root in %s matches the active key %s in the key store", r.path(RootCertFile), keyLabel(st.Key))
+		return nil, fmt.Errorf("material: no root in %s matches the active key %s", b.path(RootCertFile), keyLabel(name))
 	}
 	var next *x509.Certificate
-	if st.Phase != rotation.PhaseSteady {
-		certs, err := pemfile.ReadCertificates(r.path(NextRootCertFile))
-		if err != nil {
-			return nil, fmt.Errorf("material: phase %s: %w", st.Phase, err)
-		}
-		next = certs[0]
+	if len(m.Next) > 0 {
+		next = m.Next[0]
+	} else if m.State.Phase != rotation.PhaseSteady {
+		return nil, fmt.Errorf("material: phase %s, but %s is missing", m.State.Phase, b.path(NextRootCertFile))
 	}
 	var others []*x509.Certificate
-	for _, c := range bundle {
+	for _, c := range m.Bundle {
 		if next == nil || !c.Equal(next) {
 			others = append(others, c)
 		}
 	}
 	switch {
-	case st.Phase == rotation.PhaseActivated:
+	case m.State.Phase == rotation.PhaseActivated:
 		return next, nil
 	case len(others) == 1:
 		return others[0], nil
 	}
-	return nil, fmt.Errorf("material: %s holds %d roots in phase %s; which one signs is known only from the key store (give --signer-key-uri)", r.path(RootCertFile), len(bundle), st.Phase)
+	return nil, fmt.Errorf("material: %s holds %d roots in phase %s; which one signs is known only from the key store (give --signer-key-uri)", b.path(RootCertFile), len(m.Bundle), m.State.Phase)
 }
 
-// begin reads the directory's mode and rotation state for a step that
-// needs phase want.
-func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (Mode, rotation.State, error) {
-	if err := ctx.Err(); err != nil {
-		return "", rotation.State{}, err
-	}
-	mode, err := r.mode()
-	if err != nil {
-		return "", rotation.State{}, err
-	}
-	st, err := rotation.ReadState(r.Dir)
-	if err != nil {
-		return "", rotation.State{}, err
-	}
-	if err := st.Require(want); err != nil {
-		return "", rotation.State{}, err
-	}
-	return mode, st, nil
-}
-
-// Prepare adds a new root to the trust bundle. Nothing is signed with it
-// until Activate. For a self-signed CA the new root and its key are
-// generated; for a plugged-in CA, from names a directory holding the new
-// cacerts (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
-func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	mode, cur, err := r.begin(ctx, rotation.PhaseSteady)
-	if err != nil {
-		return err
-	}
-	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
-	if err != nil {
-		return fmt.Errorf("material: %w", err)
-	}
-	next := rotation.State{Phase: rotation.PhasePrepared, PreparedAt: r.now().UTC(), Key: cur.Key}
-	var newRoots []*x509.Certificate
-	switch mode {
-	case ModeSelfSigned:
-		if from != "" {
-			return errors.New("material: a self-signed CA generates its next root; --from is for plugged-in CAs")
-		}
-		var root *x509.Certificate
-		if r.external() {
-			root, next.NextKey, err = r.prepareExternal(ctx)
-		} else {
-			root, err = r.prepareSelfSigned(ctx)
-		}
-		if err != nil {
-			return err
-		}
-		newRoots = []*x509.Certificate{root}
-	case ModePluggedIn:
+// Mint makes the next self-signed root, its key created in the store of
+// the active key, or takes the next cacerts from the directory from.
+func (b *dirBackend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
+	if m.Mode == ModePluggedIn {
 		if from == "" {
-			return errors.New("material: a plugged-in CA needs the directory of its next cacerts")
+			return nil, errors.New("material: a plugged-in CA needs the directory of its next cacerts")
 		}
-		if newRoots, err = r.preparePluggedIn(from); err != nil {
-			return err
-		}
+		return b.preparePluggedIn(ctx, from)
 	}
-	if err := rotation.WriteState(r.Dir, next); err != nil {
-		return err
+	if from != "" {
+		return nil, errors.New("material: a self-signed CA generates its next root; --from is for plugged-in CAs")
 	}
-	if err := pemfile.WriteCertificates(r.path(RootCertFile), union(bundle, newRoots)); err != nil {
-		return fmt.Errorf("material: %w", err)
+	keys, name := b.Keys, "castellan-root-"+now.Format("20060102t150405z")
+	if !b.external() {
+		keys, name = dirKeys(b.Dir), nextRootKeyName
+		// A leftover from an interrupted prepare is replaced.
+		os.Remove(b.path(NextRootKeyFile))
+	} else if keys == nil {
+		return nil, errors.New("material: the root key is held outside the data directory (an HSM or KMS), and no key store is configured to create the next root's key in; give --signer-key-uri")
 	}
-	r.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "dir", r.Dir, "subject", newRoots[0].Subject.String(), "serial", fmt.Sprintf("%x", newRoots[0].SerialNumber), "activate_after", r.Policy.ActivateAfter(r.now()))
-	return nil
+	// A software key would defeat an HSM, so there is no fallback.
+	key, err := keys.Create(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("material: cannot create the next root's key %q in the key store that holds the active one: %w", name, err)
+	}
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: b.TrustDomain, TTL: b.RootTTL, NotBefore: now.Add(-time.Minute)})
+	if err != nil {
+		return nil, fmt.Errorf("material: the next root, for key %q: %w", name, err)
+	}
+	if err := pemfile.WriteCertificates(b.path(NextRootCertFile), []*x509.Certificate{root}); err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
+	return &rotation.Minted{Roots: []*x509.Certificate{root}, Key: name}, nil
 }
 
-func (r *Rotator) prepareSelfSigned(ctx context.Context) (*x509.Certificate, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	// A leftover from an interrupted prepare is replaced.
-	os.Remove(r.path(NextRootKeyFile))
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("material: %w", err)
-	}
-	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: r.TrustDomain, TTL: r.RootTTL, NotBefore: r.now().Add(-time.Minute)})
-	if err != nil {
-		return nil, fmt.Errorf("material: %w", err)
-	}
-	if err := pemfile.WritePrivateKey(r.path(NextRootKeyFile), key); err != nil {
-		return nil, fmt.Errorf("material: %w", err)
-	}
-	if err := pemfile.WriteCertificates(r.path(NextRootCertFile), []*x509.Certificate{root}); err != nil {
-		return nil, fmt.Errorf("material: %w", err)
-	}
-	return root, nil
-}
-
-// prepareExternal creates the next root's key in the key store that holds
-// the active one, and the next root for it. A software key would defeat
-// an HSM, so there is no fallback.
-func (r *Rotator) prepareExternal(ctx context.Context) (*x509.Certificate, string, error) {
-	if r.Keys == nil {
-		return nil, "", errors.New("material: the root key is held outside the data directory (an HSM or KMS), and no key store is configured to create the next root's key in; give --signer-key-uri")
-	}
-	name := "castellan-root-" + r.now().UTC().Format("20060102t150405z")
-	key, err := r.Keys.Create(ctx, name)
-	if err != nil {
-		return nil, "", fmt.Errorf("material: cannot create the next root's key %q in the key store that holds the active one: %w", name, err)
-	}
-	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: r.TrustDomain, TTL: r.RootTTL, NotBefore: r.now().Add(-time.Minute)})
-	if err != nil {
-		return nil, "", fmt.Errorf("material: the next root, for key %q: %w", name, err)
-	}
-	if err := pemfile.WriteCertificates(r.path(NextRootCertFile), []*x509.Certificate{root}); err != nil {
-		return nil, "", fmt.Errorf("material: %w", err)
-	}
-	return root, name, nil
-}
-
-func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
+func (b *dirBackend) preparePluggedIn(ctx context.Context, from string) (*rotation.Minted, error) {
 	next := &Store{cfg: Config{Dir: from, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
 	if ok, err := next.detect(); err != nil || !ok {
 		return nil, fmt.Errorf("material: %s is not a complete cacerts directory: %v", from, err)
 	}
-	a, _, err := next.loadPluggedIn()
+	a, _, err := next.loadPluggedIn(ctx)
 	if err != nil {
 		return nil, err
 	}
-	dir := r.path(NextDir)
+	dir := b.path(NextDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
@@ -309,128 +274,112 @@ func (r *Rotator) preparePluggedIn(from string) ([]*x509.Certificate, error) {
 			return nil, fmt.Errorf("material: %w", err)
 		}
 	}
-	return a.Roots, nil
+	roots := []*x509.Certificate{a.Root()}
+	for _, c := range a.Roots {
+		if !c.Equal(a.Root()) {
+			roots = append(roots, c)
+		}
+	}
+	return &rotation.Minted{Roots: roots}, nil
 }
 
-// Activate makes the prepared root sign. It refuses before the
-// propagation delay has passed, unless force is set.
-func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	mode, st, err := r.begin(ctx, rotation.PhasePrepared)
-	if err != nil {
-		return err
-	}
-	now := r.now().UTC()
-	if err := r.Policy.CheckActivate(st, now, force); err != nil {
-		return err
-	}
-	external := mode == ModeSelfSigned && r.external()
-	if external && st.NextKey == "" {
-		return fmt.Errorf("material: %s names no prepared key; prepare the rotation again", r.path(RotationFile))
-	}
-	next := st.Activated(now, r.Policy)
-	if err := rotation.WriteState(r.Dir, next); err != nil {
-		return err
-	}
-	switch {
-	case external:
-		// rotation.json, written above, names the new key; the prepared
-		// root stays in next-root-cert.pem until retirement, for status.
-	case mode == ModeSelfSigned:
-		// One rename switches the signing key; root-cert.pem already holds
-		// both roots.
-		if err := os.Rename(r.path(NextRootKeyFile), r.path(RootKeyFile)); err != nil {
-			return fmt.Errorf("material: %w", err)
-		}
-		os.Remove(r.path(NextRootCertFile))
-	case mode == ModePluggedIn:
-		// The key goes first: until the certificate follows, the pair does
-		// not match and a reload keeps the old material.
-		for _, f := range []string{CAKeyFile, CertChainFile, CACertFile} {
-			if err := copyFile(filepath.Join(r.path(NextDir), f), r.path(f)); err != nil {
-				return fmt.Errorf("material: %w", err)
-			}
-		}
-	}
-	r.log().Info("activated the new root; the old one stays in the bundle until its SVIDs expire", "dir", r.Dir, "retire_after", next.RetireAfter)
-	return nil
-}
-
-// Retire drops every root but the active one from the trust bundle. It
-// refuses while an SVID signed under the old root may still be valid,
-// unless force is set.
-func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	mode, st, err := r.begin(ctx, rotation.PhaseActivated)
-	if err != nil {
-		return err
-	}
-	if err := r.Policy.CheckRetire(st, r.now(), force); err != nil {
-		return err
-	}
-	bundle, err := pemfile.ReadCertificates(r.path(RootCertFile))
-	if err != nil {
-		return fmt.Errorf("material: %w", err)
-	}
-	keep := []*x509.Certificate{}
-	if mode == ModePluggedIn {
-		if keep, err = pemfile.ReadCertificates(filepath.Join(r.path(NextDir), RootCertFile)); err != nil {
-			return fmt.Errorf("material: %w", err)
-		}
-	} else {
-		active, err := r.activeRoot(ctx, mode, bundle, st)
-		if err != nil {
+// Save writes the outcome of a step to the data directory.
+func (b *dirBackend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
+	inDir := m.Mode == ModeSelfSigned && !b.external()
+	switch c.Step {
+	case rotation.StepPrepare:
+		if err := rotation.WriteState(b.Dir, c.State); err != nil {
 			return err
 		}
-		keep = append(keep, active)
+		return b.writeBundle(c.Bundle)
+	case rotation.StepActivate:
+		if m.Mode == ModeSelfSigned && !inDir && m.State.NextKey == "" {
+			return fmt.Errorf("material: %s names no prepared key; prepare the rotation again", b.path(RotationFile))
+		}
+		if inDir {
+			// next-root-key.pem becomes root-key.pem, the configured key.
+			c.State.Key = ""
+		}
+		if err := rotation.WriteState(b.Dir, c.State); err != nil {
+			return err
+		}
+		switch {
+		case inDir:
+			// One rename switches the signing key; root-cert.pem already
+			// holds both roots.
+			if err := os.Rename(b.path(NextRootKeyFile), b.path(RootKeyFile)); err != nil {
+				return fmt.Errorf("material: %w", err)
+			}
+			os.Remove(b.path(NextRootCertFile))
+		case m.Mode == ModeSelfSigned:
+			// rotation.json, written above, names the new key; the prepared
+			// root stays in next-root-cert.pem until retirement, for status.
+		case m.Mode == ModePluggedIn:
+			// The key goes first: until the certificate follows, the pair
+			// does not match and a reload keeps the old material.
+			for _, f := range []string{CAKeyFile, CertChainFile, CACertFile} {
+				if err := copyFile(filepath.Join(b.path(NextDir), f), b.path(f)); err != nil {
+					return fmt.Errorf("material: %w", err)
+				}
+			}
+		}
+		return nil
+	case rotation.StepRetire:
+		if err := b.writeBundle(c.Bundle); err != nil {
+			return err
+		}
+		if err := rotation.WriteState(b.Dir, c.State); err != nil {
+			return err
+		}
+		os.RemoveAll(b.path(NextDir))
+		os.Remove(b.path(NextRootCertFile))
+		return nil
 	}
-	if err := pemfile.WriteCertificates(r.path(RootCertFile), keep); err != nil {
+	return fmt.Errorf("material: unknown rotation step %q", c.Step)
+}
+
+func (b *dirBackend) writeBundle(certs []*x509.Certificate) error {
+	if err := pemfile.WriteCertificates(b.path(RootCertFile), certs); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}
-	if err := rotation.WriteState(r.Dir, rotation.State{Phase: rotation.PhaseSteady, Key: st.Key}); err != nil {
-		return err
-	}
-	os.RemoveAll(r.path(NextDir))
-	os.Remove(r.path(NextRootCertFile))
-	r.log().Info("retired the old root; the trust bundle holds only the active root", "dir", r.Dir, "roots", len(keep))
 	return nil
 }
 
-// Step takes one automatic rotation step for a self-signed CA (see
-// rotation.Due) and reports what it did ("" for nothing).
-func (r *Rotator) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
-	st, err := r.Status(ctx)
-	if err != nil || st.Mode != ModeSelfSigned {
-		return "", err
+// dirKeys is the key store of a self-signed root whose key is a file in
+// the data directory dir: the configured key (name "") is root-key.pem,
+// a key named n is n.pem. Keys are opened and created through kms, with
+// its key-file policy (mode 0600, never overwritten), and never cached:
+// an activation renames next-root-key.pem over root-key.pem.
+type dirKeys string
+
+func (d dirKeys) uri(name string) string {
+	file := RootKeyFile
+	if name != "" {
+		file = name + ".pem"
 	}
-	switch did := rotation.Due(st, r.now(), rotateBefore); did {
-	case "prepare":
-		return did, r.Prepare(ctx, "")
-	case "activate":
-		return did, r.Activate(ctx, false)
-	case "retire":
-		return did, r.Retire(ctx, false)
+	p := filepath.Join(string(d), file)
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
 	}
-	return "", nil
+	return (&url.URL{Scheme: "file", Path: p}).String()
 }
 
-// Run calls Step every interval until ctx ends (see rotation.Run).
-func (r *Rotator) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
-	step := func(ctx context.Context) (string, error) { return r.Step(ctx, rotateBefore) }
-	return rotation.Run(ctx, interval, step, r.log(), observe)
+// Open returns the key named name.
+func (d dirKeys) Open(ctx context.Context, name string) (crypto.Signer, error) {
+	k, err := kms.Open(ctx, d.uri(name), kms.Config{})
+	if err != nil {
+		return nil, err
+	}
+	return k.Signer, nil
 }
 
-// union returns a followed by the certificates of b not in a.
-func union(a, b []*x509.Certificate) []*x509.Certificate {
-	out := append([]*x509.Certificate(nil), a...)
-	for _, c := range b {
-		dup := false
-		for _, o := range out {
-			dup = dup || o.Equal(c)
-		}
-		if !dup {
-			out = append(out, c)
-		}
+// Create generates a new ECDSA P-256 key named name.
+func (d dirKeys) Create(ctx context.Context, name string) (crypto.Signer, error) {
+	k, err := kms.Create(ctx, d.uri(name), kms.ECDSAP256, kms.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return nil, err
 	}
-	return out
+	return k.Signer, nil
 }
 
 // copyFile copies src to dst atomically; a CA key stays 0600.

@@ -47,10 +47,18 @@ func (p Policy) RetireAfter(activatedAt time.Time) time.Time {
 // CheckActivate refuses an activation at now of the rotation st before the
 // propagation delay has passed, unless force is set.
 func (p Policy) CheckActivate(st State, now time.Time, force bool) error {
-	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
+	if ready := p.activateAfter(st); now.Before(ready) && !force {
 		return fmt.Errorf("rotation: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
 	}
 	return nil
+}
+
+// activateAfter is when the root prepared in st may sign.
+func (p Policy) activateAfter(st State) time.Time {
+	if !st.ActivateAfter.IsZero() {
+		return st.ActivateAfter
+	}
+	return p.ActivateAfter(st.PreparedAt)
 }
 
 // CheckRetire refuses a retirement at now of the rotation st while an

@@ -24,9 +24,14 @@ const MaxStateBytes = 64 << 10
 // State records where a root rotation stands. A data directory keeps it
 // in File; a Kubernetes Secret in an annotation.
 type State struct {
-	Phase       Phase     `json:"phase"`
-	PreparedAt  time.Time `json:"prepared_at,omitzero"`
-	ActivatedAt time.Time `json:"activated_at,omitzero"`
+	Phase      Phase     `json:"phase"`
+	PreparedAt time.Time `json:"prepared_at,omitzero"`
+	// ActivateAfter is when a prepared root has had the propagation delay
+	// to reach every peer, recorded at prepare so that a later step taken
+	// with another policy keeps the wait the CA started with. Zero:
+	// PreparedAt plus the policy's delay.
+	ActivateAfter time.Time `json:"activate_after,omitzero"`
+	ActivatedAt   time.Time `json:"activated_at,omitzero"`
 	// RetireAfter is when the last SVID signed under the old root expires:
 	// the activation time plus the longest SVID lifetime plus clock skew.
 	RetireAfter time.Time `json:"retire_after,omitzero"`

@@ -40,7 +40,7 @@ func (p Policy) Status(mode Mode, st State) *Status {
 		RetireAfter: st.RetireAfter, Issuer: st.Issuer, NextIssuer: st.NextIssuer,
 	}
 	if st.Phase == PhasePrepared {
-		out.ActivateAfter = p.ActivateAfter(st.PreparedAt)
+		out.ActivateAfter = p.activateAfter(st)
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -12,7 +13,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
@@ -126,19 +126,9 @@ func readOptional(path string) ([]byte, error) {
 	return b, nil
 }
 
-// begin loads the directory for a step that needs phase want.
-func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (*dirState, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	d, err := r.read()
-	if err != nil {
-		return nil, err
-	}
-	if err := d.st.Require(want); err != nil {
-		return nil, err
-	}
-	return d, nil
+// Rotator's steps are those of rotation.Engine over backend.
+func (r *Rotator) engine(b *backend) *rotation.Engine {
+	return &rotation.Engine{Backend: b, Policy: r.Policy, Now: r.Now, Logger: r.Logger}
 }
 
 // Prepare makes an upstream issuer's root the next root: it joins the
@@ -149,22 +139,70 @@ func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
 	if r.Upstream == nil {
 		return nil, errors.New("upstream: preparing a root needs the upstream (Vault) to look up or create its issuer")
 	}
-	d, err := r.begin(ctx, rotation.PhaseSteady)
+	b := &backend{r: r}
+	if err := r.engine(b).Prepare(ctx, ref); err != nil {
+		return nil, err
+	}
+	return b.minted, nil
+}
+
+// Activate has the prepared root's issuer sign the CA's intermediate from
+// now on. It refuses before the propagation delay has passed, or while the
+// CA has not served the new root yet, unless force is set.
+func (r *Rotator) Activate(ctx context.Context, force bool) error {
+	return r.engine(&backend{r: r}).Activate(ctx, force)
+}
+
+// Retire drops every root but the new one from the trust bundle. It
+// refuses while an SVID signed under the old root may still be valid, or
+// while the CA still signs under the old root, unless force is set.
+func (r *Rotator) Retire(ctx context.Context, force bool) error {
+	return r.engine(&backend{r: r}).Retire(ctx, force)
+}
+
+// Status reports the roots of the bundle the CA serves, the prepared root
+// if the CA has not served it yet, and the rotation phase.
+func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
+	return r.engine(&backend{r: r}).Status(ctx)
+}
+
+// backend keeps the rotation of an upstream-signed CA in its data
+// directory: rotation.json and the prepared root in next-root-cert.pem.
+// The running Source serves the bundle and renews the intermediate.
+type backend struct {
+	r      *Rotator
+	minted *Issuer // the issuer of the root Mint made
+}
+
+// Load reads the data directory.
+func (b *backend) Load(context.Context) (*rotation.Material, error) {
+	d, err := b.r.read()
 	if err != nil {
 		return nil, err
 	}
-	now := r.now().UTC()
-	var iss *Issuer
+	m := &rotation.Material{
+		Mode: rotation.ModeUpstream, State: d.st, Bundle: d.bundle, Active: d.active,
+		Manual: errors.New("upstream: the root of an upstream-signed CA is rotated by hand"),
+	}
+	if d.next != nil {
+		m.Next = []*x509.Certificate{d.next}
+	}
+	return m, nil
+}
+
+// Mint looks up the issuer ref, or has the upstream create a new root.
+func (b *backend) Mint(ctx context.Context, _ *rotation.Material, ref string, now time.Time) (*rotation.Minted, error) {
+	r := b.r
+	var (
+		iss *Issuer
+		err error
+	)
 	if ref == "" {
-		ttl := r.RootTTL
-		if ttl <= 0 {
-			ttl = 10 * 365 * 24 * time.Hour
-		}
 		req := RootRequest{
 			Name:        "castellan-root-" + now.Format("20060102-150405"),
 			CommonName:  "Castellan Root CA " + now.Format("2006-01-02"),
 			TrustDomain: r.TrustDomain,
-			TTL:         ttl,
+			TTL:         cmp.Or(r.RootTTL, 10*365*24*time.Hour),
 		}
 		if iss, err = r.Upstream.NewRoot(ctx, req); err != nil {
 			return nil, err
@@ -173,116 +211,47 @@ func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
 	} else if iss, err = r.Upstream.LookupIssuer(ctx, ref); err != nil {
 		return nil, err
 	}
-	if err := checkNextRoot(iss, d.active, now, r.Policy); err != nil {
-		return nil, err
-	}
-	if err := pemfile.WriteCertificates(r.path(NextRootCertFile), []*x509.Certificate{iss.Root()}); err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
-	}
-	st := rotation.State{Phase: rotation.PhasePrepared, PreparedAt: now, Issuer: d.st.Issuer, NextIssuer: iss.ID, Retired: d.st.Retired}
-	if err := rotation.WriteState(r.Dir, st); err != nil {
-		return nil, err
-	}
-	r.log().Info("prepared a new root; the CA adds it to the trust bundle and keeps signing under the old one",
-		"dir", r.Dir, "issuer", iss.String(), "subject", iss.Root().Subject.String(), "activate_after", r.Policy.ActivateAfter(now))
-	return iss, nil
+	b.minted = iss
+	return &rotation.Minted{Roots: []*x509.Certificate{iss.Root()}, Issuer: iss.ID}, nil
 }
 
-// checkNextRoot refuses an issuer whose root cannot replace active: not a
-// root, the active root itself, expired, or expiring before an SVID could.
-func checkNextRoot(iss *Issuer, active *x509.Certificate, now time.Time, p rotation.Policy) error {
-	root := iss.Root()
-	switch {
-	case !root.IsCA || !ca.IsSelfSigned(root):
-		return fmt.Errorf("upstream: issuer %s chains to %q, which is not a self-signed CA certificate", iss, root.Subject)
-	case root.Equal(active):
-		return fmt.Errorf("upstream: issuer %s chains to the active root %q; there is nothing to rotate to", iss, root.Subject)
-	case now.Before(root.NotBefore) || !now.Before(root.NotAfter):
-		return fmt.Errorf("upstream: the root of issuer %s is valid from %s to %s, not now", iss, root.NotBefore.UTC().Format(time.RFC3339), root.NotAfter.UTC().Format(time.RFC3339))
-	case root.NotAfter.Before(p.RetireAfter(p.ActivateAfter(now))):
-		return fmt.Errorf("upstream: the root of issuer %s expires at %s, before a rotation to it could finish", iss, root.NotAfter.UTC().Format(time.RFC3339))
+// Save writes rotation.json and the prepared root; the running Source
+// takes each step within its reload interval.
+func (b *backend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
+	r := b.r
+	var next *x509.Certificate
+	if len(m.Next) > 0 {
+		next = m.Next[0]
 	}
-	return nil
-}
-
-// Activate has the prepared root's issuer sign the CA's intermediate from
-// now on. It refuses before the propagation delay has passed, or while the
-// CA has not served the new root yet, unless force is set.
-func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	d, err := r.begin(ctx, rotation.PhasePrepared)
-	if err != nil {
-		return err
-	}
-	now := r.now().UTC()
-	if err := r.Policy.CheckActivate(d.st, now, force); err != nil {
-		return err
-	}
-	switch {
-	case d.next == nil:
-		return fmt.Errorf("upstream: %s is missing; prepare the rotation again", r.path(NextRootCertFile))
-	case d.st.NextIssuer == "":
-		return fmt.Errorf("upstream: %s names no prepared issuer; prepare the rotation again", r.path(rotation.File))
-	case !containsCert(d.bundle, d.next) && !force:
-		return fmt.Errorf("upstream: the CA has not served the prepared root yet (%s lacks it); is a CA running on %s?", r.path(RootCertFile), r.Dir)
-	}
-	st := d.st.Activated(now, r.Policy)
-	if err := rotation.WriteState(r.Dir, st); err != nil {
-		return err
-	}
-	r.log().Info("activated the new root; the CA has its issuer sign a new intermediate, and keeps the old root in the bundle until its SVIDs expire",
-		"dir", r.Dir, "issuer", st.Issuer, "retire_after", st.RetireAfter)
-	return nil
-}
-
-// Retire drops every root but the new one from the trust bundle. It
-// refuses while an SVID signed under the old root may still be valid, or
-// while the CA still signs under the old root, unless force is set.
-func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	d, err := r.begin(ctx, rotation.PhaseActivated)
-	if err != nil {
-		return err
-	}
-	if err := r.Policy.CheckRetire(d.st, r.now(), force); err != nil {
-		return err
-	}
-	if d.next == nil {
-		return fmt.Errorf("upstream: %s is missing; cannot tell the new root from the old", r.path(NextRootCertFile))
-	}
-	if !d.active.Equal(d.next) && !force {
-		return fmt.Errorf("upstream: the CA still signs under the old root %q (its intermediate in %s has not been renewed by issuer %s); see the CA's log", d.active.Subject, r.Dir, d.st.Issuer)
-	}
-	retired := slices.Clone(d.st.Retired)
-	for _, c := range d.bundle {
-		if fp := rotation.Fingerprint(c); !c.Equal(d.next) && !slices.Contains(retired, fp) {
-			retired = append(retired, fp)
+	switch c.Step {
+	case rotation.StepPrepare:
+		if err := pemfile.WriteCertificates(r.path(NextRootCertFile), c.Minted.Roots[:1]); err != nil {
+			return fmt.Errorf("upstream: %w", err)
+		}
+	case rotation.StepActivate:
+		switch {
+		case next == nil:
+			return fmt.Errorf("upstream: %s is missing; prepare the rotation again", r.path(NextRootCertFile))
+		case m.State.NextIssuer == "":
+			return fmt.Errorf("upstream: %s names no prepared issuer; prepare the rotation again", r.path(rotation.File))
+		case !slices.ContainsFunc(m.Bundle, next.Equal) && !c.Force:
+			return fmt.Errorf("upstream: the CA has not served the prepared root yet (%s lacks it); is a CA running on %s?", r.path(RootCertFile), r.Dir)
+		}
+	case rotation.StepRetire:
+		if next == nil {
+			return fmt.Errorf("upstream: %s is missing; cannot tell the new root from the old", r.path(NextRootCertFile))
+		}
+		if !m.Active.Equal(next) && !c.Force {
+			return fmt.Errorf("upstream: the CA still signs under the old root %q (its intermediate in %s has not been renewed by issuer %s); see the CA's log", m.Active.Subject, r.Dir, m.State.Issuer)
 		}
 	}
-	st := rotation.State{Phase: rotation.PhaseSteady, Issuer: d.st.Issuer, Retired: retired}
-	if err := rotation.WriteState(r.Dir, st); err != nil {
+	if err := rotation.WriteState(r.Dir, c.State); err != nil {
 		return err
 	}
-	if err := os.Remove(r.path(NextRootCertFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("upstream: %w", err)
+	if c.Step == rotation.StepRetire {
+		if err := os.Remove(r.path(NextRootCertFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("upstream: %w", err)
+		}
 	}
-	r.log().Info("retired the old root; the CA drops it from the trust bundle", "dir", r.Dir, "issuer", st.Issuer)
 	return nil
-}
-
-// Status reports the roots of the bundle the CA serves, the prepared root
-// if the CA has not served it yet, and the rotation phase.
-func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	d, err := r.read()
-	if err != nil {
-		return nil, err
-	}
-	out := r.Policy.Status(rotation.ModeUpstream, d.st)
-	roots := d.bundle
-	if d.next != nil && d.st.Phase == rotation.PhasePrepared && !containsCert(roots, d.next) {
-		roots = append(slices.Clone(roots), d.next)
-	}
-	out.AddRoots(roots, d.active, d.next)
-	return out, nil
 }
