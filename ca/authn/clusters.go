@@ -69,7 +69,7 @@ func checkClusterID(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		if c := id[i]; c < 0x21 || c > 0x7e {
-			return fmt.Errorf("cluster ID %q has a character that is not printable ASCII", id)
+			return fmt.Errorf("cluster ID has byte 0x%02x at offset %d, which is not printable ASCII", c, i)
 		}
 	}
 	return nil

@@ -115,3 +115,38 @@ func TestClustersCachesAreSeparate(t *testing.T) {
 		t.Fatalf("cluster b's authenticator asked %d times, want 1", remote.calls.Load())
 	}
 }
+
+// FuzzClusters: whatever ClusterID a caller sends, it reaches the
+// authenticator of that cluster and no other, or none at all and is
+// refused as an unknown cluster; the message stays bounded.
+func FuzzClusters(f *testing.F) {
+	for _, s := range []string{"", "Kubernetes", "east", "kubernetes", "east\x00", strings.Repeat("e", 300), strings.Repeat("\x00", 250), strings.Repeat(`"`, 250), "ümlaut"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, cluster string) {
+		local := &countingAuth{caller: Caller{Namespace: "local", ServiceAccount: "sa"}}
+		east := &countingAuth{caller: Caller{Namespace: "east", ServiceAccount: "sa"}}
+		c, err := NewClusters("Kubernetes", local, map[string]Authenticator{"east": east})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.AuthenticateCluster(context.Background(), cluster, "token")
+		switch cluster {
+		case "", "Kubernetes":
+			if err != nil || got.Namespace != "local" || got.Cluster != "" || east.calls.Load() != 0 {
+				t.Fatalf("cluster %q: %+v, %v; want the local caller", cluster, got, err)
+			}
+		case "east":
+			if err != nil || got.Namespace != "east" || got.Cluster != "east" || local.calls.Load() != 0 {
+				t.Fatalf("cluster %q: %+v, %v; want the east caller", cluster, got, err)
+			}
+		default:
+			if ReasonOf(err) != ReasonUnknownCluster || local.calls.Load()+east.calls.Load() != 0 {
+				t.Fatalf("cluster %q: %+v, %v; want unknown_cluster and no check", cluster, got, err)
+			}
+			if len(err.Error()) > 2*MaxClusterIDLen+200 {
+				t.Fatalf("cluster %q: message of %d bytes", cluster, len(err.Error()))
+			}
+		}
+	})
+}
