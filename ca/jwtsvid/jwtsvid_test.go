@@ -147,7 +147,7 @@ func TestRotation(t *testing.T) {
 	ks, r := newKeySet(t)
 	reload := func() {
 		t.Helper()
-		if _, err := jwtsvid.ReloadForTest(ks, ctx); err != nil {
+		if _, err := ks.Reload(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}

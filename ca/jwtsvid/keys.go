@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,8 +46,12 @@ const keyOpTimeout = 30 * time.Second
 
 // Config configures a KeySet. Zero values select the noted defaults.
 type Config struct {
-	// Dir is the CA's data directory, which holds StateFile. Required.
+	// Dir is the CA's data directory, which holds StateFile. Required
+	// unless State is set.
 	Dir string
+	// State, if set, keeps the State instead of Dir (the CA's Kubernetes
+	// Secret).
+	State StateStore
 	// Keys holds the keys. Required.
 	Keys KeyStore
 	// ReloadInterval is how often Run checks StateFile for rotation
@@ -120,8 +123,11 @@ type KeySet struct {
 // Open loads the keys StateFile names, creating the first key in the key
 // store (and StateFile) on the first start.
 func Open(ctx context.Context, cfg Config) (*KeySet, error) {
+	if cfg.State == nil && cfg.Dir != "" {
+		cfg.State = DirState(cfg.Dir)
+	}
 	switch {
-	case cfg.Dir == "":
+	case cfg.State == nil:
 		return nil, errors.New("jwtsvid: no data directory configured")
 	case cfg.Keys == nil:
 		return nil, errors.New("jwtsvid: no key store configured")
@@ -133,22 +139,23 @@ func Open(ctx context.Context, cfg Config) (*KeySet, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &KeySet{cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}
-	exists, err := stateExists(cfg.Dir)
-	if err != nil {
-		return nil, err
-	}
-	if !exists {
-		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-			return nil, fmt.Errorf("jwtsvid: %w", err)
-		}
+	_, _, err := cfg.State.Load(ctx)
+	if errors.Is(err, ErrNoState) {
 		name := NewKeyName()
 		if _, err := cfg.Keys.Create(ctx, name); err != nil {
 			return nil, fmt.Errorf("jwtsvid: creating the first JWT signing key %s: %w", name, err)
 		}
-		if err := WriteState(cfg.Dir, State{Phase: rotation.PhaseSteady, Active: name}); err != nil {
+		switch err := cfg.State.Save(ctx, State{Phase: rotation.PhaseSteady, Active: name}, nil); {
+		case errors.Is(err, ErrConflict):
+			// Another replica created the first key at the same time:
+			// its state is the one loaded below.
+		case err != nil:
 			return nil, err
+		default:
+			s.log.Info("created the JWT-SVID signing key", "key", name)
 		}
-		s.log.Info("created the JWT-SVID signing key", "key", name)
+	} else if err != nil {
+		return nil, err
 	}
 	if _, err := s.reload(ctx); err != nil {
 		return nil, err
@@ -208,11 +215,15 @@ func (s *KeySet) Run(ctx context.Context) error {
 	}
 }
 
-// reload loads StateFile when it changed since the last load.
+// Reload loads the state now if it changed since the last load (as Run
+// does every ReloadInterval), and reports whether it did.
+func (s *KeySet) Reload(ctx context.Context) (bool, error) { return s.reload(ctx) }
+
+// reload loads the state when it changed since the last load.
 func (s *KeySet) reload(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st, raw, err := ReadState(s.cfg.Dir)
+	st, raw, err := s.cfg.State.Load(ctx)
 	if err != nil {
 		return false, err
 	}

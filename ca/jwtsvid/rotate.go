@@ -15,8 +15,12 @@ import (
 // running CA on the same directory picks every step up on its next
 // reload.
 type Rotator struct {
-	// Dir is the CA's data directory.
+	// Dir is the CA's data directory, which holds StateFile, unless
+	// State is set.
 	Dir string
+	// State, if set, keeps the State instead of Dir (the CA's Kubernetes
+	// Secret).
+	State StateStore
 	// Keys is the key store the CA's JWT keys are in. Required.
 	Keys KeyStore
 	// PropagationDelay is how long a prepared key must be published
@@ -56,26 +60,34 @@ func (r *Rotator) policy() rotation.Policy {
 	return rotation.Policy{PropagationDelay: r.PropagationDelay, MaxTTL: ttl, RetireMargin: r.RetireMargin}
 }
 
-// begin reads the state and refuses a step that needs phase want.
-func (r *Rotator) begin(want rotation.Phase) (State, error) {
-	if r.Keys == nil {
-		return State{}, errors.New("jwtsvid: no key store configured")
+func (r *Rotator) store() StateStore {
+	if r.State != nil {
+		return r.State
 	}
-	st, _, err := ReadState(r.Dir)
+	return DirState(r.Dir)
+}
+
+// begin reads the state and refuses a step that needs phase want. It
+// returns the state's stored encoding for the Save that ends the step.
+func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (State, []byte, error) {
+	if r.Keys == nil {
+		return State{}, nil, errors.New("jwtsvid: no key store configured")
+	}
+	st, raw, err := r.store().Load(ctx)
 	if err != nil {
-		return State{}, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
+		return State{}, nil, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
 	}
 	if st.Phase != want {
 		rs := rotation.State{Phase: st.Phase}
-		return State{}, fmt.Errorf("jwtsvid: JWT key %w", rs.Require(want))
+		return State{}, nil, fmt.Errorf("jwtsvid: JWT key %w", rs.Require(want))
 	}
-	return st, nil
+	return st, raw, nil
 }
 
 // Prepare creates a new key in the key store and publishes it; the active
 // key still signs.
 func (r *Rotator) Prepare(ctx context.Context) error {
-	st, err := r.begin(rotation.PhaseSteady)
+	st, raw, err := r.begin(ctx, rotation.PhaseSteady)
 	if err != nil {
 		return err
 	}
@@ -88,7 +100,7 @@ func (r *Rotator) Prepare(ctx context.Context) error {
 		return err
 	}
 	st.Phase, st.Next, st.PreparedAt = rotation.PhasePrepared, name, r.now().UTC()
-	if err := WriteState(r.Dir, st); err != nil {
+	if err := r.store().Save(ctx, st, raw); err != nil {
 		return err
 	}
 	r.log().Info("prepared a JWT signing key: published, not signing yet", "key", name, "kid", k.ID,
@@ -99,7 +111,7 @@ func (r *Rotator) Prepare(ctx context.Context) error {
 // Activate makes the prepared key sign, once it has been published for
 // the propagation delay (or with force); the previous key stays published.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	st, err := r.begin(rotation.PhasePrepared)
+	st, raw, err := r.begin(ctx, rotation.PhasePrepared)
 	if err != nil {
 		return err
 	}
@@ -114,7 +126,7 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	}
 	st = State{Phase: rotation.PhaseActivated, Active: st.Next, Previous: st.Active, PreparedAt: st.PreparedAt,
 		ActivatedAt: now, RetireAfter: p.RetireAfter(now), Retired: st.Retired}
-	if err := WriteState(r.Dir, st); err != nil {
+	if err := r.store().Save(ctx, st, raw); err != nil {
 		return err
 	}
 	r.log().Info("activated the JWT signing key", "key", st.Active, "retire_after", st.RetireAfter.Format(time.RFC3339))
@@ -123,8 +135,8 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 
 // Retire stops publishing the previous key, once no token it signed can
 // be valid (or with force): tokens it signed no longer verify.
-func (r *Rotator) Retire(_ context.Context, force bool) error {
-	st, err := r.begin(rotation.PhaseActivated)
+func (r *Rotator) Retire(ctx context.Context, force bool) error {
+	st, raw, err := r.begin(ctx, rotation.PhaseActivated)
 	if err != nil {
 		return err
 	}
@@ -138,7 +150,7 @@ func (r *Rotator) Retire(_ context.Context, force bool) error {
 	}
 	old := st.Previous
 	st = State{Phase: rotation.PhaseSteady, Active: st.Active, Retired: retired}
-	if err := WriteState(r.Dir, st); err != nil {
+	if err := r.store().Save(ctx, st, raw); err != nil {
 		return err
 	}
 	r.log().Info("retired the previous JWT signing key: no longer published", "key", old)
@@ -167,7 +179,7 @@ func (r *Rotator) Status(ctx context.Context) (*Status, error) {
 	if r.Keys == nil {
 		return nil, errors.New("jwtsvid: no key store configured")
 	}
-	st, _, err := ReadState(r.Dir)
+	st, _, err := r.store().Load(ctx)
 	if err != nil {
 		return nil, err
 	}

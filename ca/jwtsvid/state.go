@@ -1,6 +1,8 @@
 package jwtsvid
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -110,27 +112,74 @@ func (st State) check() error {
 
 // WriteState replaces dir's StateFile atomically.
 func WriteState(dir string, st State) error {
-	if err := st.check(); err != nil {
-		return fmt.Errorf("jwtsvid: %w", err)
-	}
-	b, err := json.MarshalIndent(st, "", "  ")
+	b, err := Encode(st)
 	if err != nil {
-		return fmt.Errorf("jwtsvid: %w", err)
+		return err
 	}
-	if err := pemfile.WriteFileAtomic(filepath.Join(dir, StateFile), append(b, '\n'), 0o644); err != nil {
+	if err := pemfile.WriteFileAtomic(filepath.Join(dir, StateFile), b, 0o644); err != nil {
 		return fmt.Errorf("jwtsvid: %w", err)
 	}
 	return nil
 }
 
-// stateExists reports whether dir holds a StateFile.
-func stateExists(dir string) (bool, error) {
-	_, err := os.Stat(filepath.Join(dir, StateFile))
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
+// ErrNoState is returned by StateStore.Load when no state is stored yet.
+var ErrNoState = errors.New("jwtsvid: no JWT key state stored yet")
+
+// ErrConflict is returned by StateStore.Save when the stored state is no
+// longer the one the caller read.
+var ErrConflict = errors.New("jwtsvid: the JWT key state changed meanwhile; read it again")
+
+// StateStore keeps the State: a data directory (DirState), or the CA's
+// Kubernetes Secret shared by replicas (package jwtsvid/secretstore).
+type StateStore interface {
+	// Load returns the state and its stored encoding, or an error
+	// wrapping ErrNoState.
+	Load(ctx context.Context) (State, []byte, error)
+	// Save replaces the state whose encoding Load returned as prev (nil:
+	// none) with st, or fails with an error wrapping ErrConflict.
+	Save(ctx context.Context, st State, prev []byte) error
+}
+
+// DirState keeps the State in StateFile of a data directory.
+type DirState string
+
+// Load implements StateStore.
+func (d DirState) Load(context.Context) (State, []byte, error) {
+	st, raw, err := ReadState(string(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return State{}, nil, fmt.Errorf("%w: %v", ErrNoState, err)
 	}
-	return false, fmt.Errorf("jwtsvid: %w", err)
+	return st, raw, err
+}
+
+// Save implements StateStore. The check against prev guards against
+// another writer of the same directory between Load and Save, not during
+// the write itself.
+func (d DirState) Save(_ context.Context, st State, prev []byte) error {
+	cur, err := os.ReadFile(filepath.Join(string(d), StateFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		cur = nil
+	case err != nil:
+		return fmt.Errorf("jwtsvid: %w", err)
+	}
+	if !bytes.Equal(cur, prev) {
+		return ErrConflict
+	}
+	if err := os.MkdirAll(string(d), 0o700); err != nil {
+		return fmt.Errorf("jwtsvid: %w", err)
+	}
+	return WriteState(string(d), st)
+}
+
+// Encode returns st as StateStore implementations store it.
+func Encode(st State) ([]byte, error) {
+	if err := st.check(); err != nil {
+		return nil, fmt.Errorf("jwtsvid: %w", err)
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("jwtsvid: %w", err)
+	}
+	return append(b, '\n'), nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
+	"github.com/castellan-mesh/castellan/ca/jwtsvid/secretstore"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,8 +33,23 @@ func (j *jwtFlags) validate() error {
 }
 
 // keySet opens the CA's JWT signing keys (creating the first on the first
-// start) and adds their reload to the CA's background jobs.
-func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, d *caDeps) (*jwtsvid.KeySet, error) {
+// start) and adds their reload to the CA's background jobs. With
+// --material=kubernetes they live in the CA Secret, shared by the
+// replicas; otherwise in the data directory or --signer-key-uri's store.
+func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *caDeps) (*jwtsvid.KeySet, error) {
+	if kube.material == materialKubernetes {
+		client, err := d.kubeClient()
+		if err != nil {
+			return nil, fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
+		}
+		st := &secretstore.Store{Client: client, Namespace: kube.namespace, Name: kube.secretName}
+		ks, err := jwtsvid.Open(ctx, jwtsvid.Config{State: st, Keys: st, Logger: d.log})
+		if err != nil {
+			return nil, err
+		}
+		d.runners = append(d.runners, ks.Run)
+		return ks, nil
+	}
 	ring, err := jwtKeyStore(ctx, k, d, d.dataDir)
 	if err != nil {
 		return nil, err
@@ -81,18 +97,32 @@ type jwtRotateArgs struct {
 	propagation, ttl time.Duration
 	force            bool
 	kms              *kmsFlags
+	// kube and kubeconfig select the CA Secret (--material=kubernetes).
+	kube       *kubeFlags
+	kubeconfig string
 }
 
 // runJWTRotate takes a step of a JWT signing key rotation: the same
 // prepare, activate and retire as the root's, for the JWT key.
 func runJWTRotate(ctx context.Context, a jwtRotateArgs, out *cliflag.Output, stdout, stderr io.Writer) error {
 	log := cliflag.NewCLILogger(stderr)
-	ring, err := jwtKeyStore(ctx, a.kms, &caDeps{log: log, reg: prometheus.NewRegistry()}, a.dataDir)
-	if err != nil {
-		return err
+	r := &jwtsvid.Rotator{Dir: a.dataDir, PropagationDelay: a.propagation, TTL: a.ttl, Logger: log}
+	if a.kube != nil && a.kube.material == materialKubernetes {
+		client, err := (&caDeps{kubeconfig: a.kubeconfig}).kubeClient()
+		if err != nil {
+			return fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
+		}
+		st := &secretstore.Store{Client: client, Namespace: a.kube.namespace, Name: a.kube.secretName}
+		r.State, r.Keys = st, st
+	} else {
+		ring, err := jwtKeyStore(ctx, a.kms, &caDeps{log: log, reg: prometheus.NewRegistry()}, a.dataDir)
+		if err != nil {
+			return err
+		}
+		defer ring.Close()
+		r.Keys = ring
 	}
-	defer ring.Close()
-	r := &jwtsvid.Rotator{Dir: a.dataDir, Keys: ring, PropagationDelay: a.propagation, TTL: a.ttl, Logger: log}
+	var err error
 	switch a.step {
 	case "prepare":
 		err = r.Prepare(ctx)

@@ -109,7 +109,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		return usageError{Err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if *jwtRotate {
-		return runJWTRotate(ctx, jwtRotateArgs{step: step, dataDir: *dataDir, propagation: *propagation, ttl: *jwtTTL, force: force, kms: &k}, out, stdout, stderr)
+		return runJWTRotate(ctx, jwtRotateArgs{step: step, dataDir: *dataDir, propagation: *propagation, ttl: *jwtTTL, force: force, kms: &k, kube: &kube, kubeconfig: *kubeconfig}, out, stdout, stderr)
 	}
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
