@@ -16,7 +16,11 @@ import (
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
-// fileStore keeps software keys in PEM files, mode 0600.
+// fileStore keeps software keys in PEM files. Its policy is the one for
+// every CA key file: a key is created with mode 0600 and never
+// overwritten, and a key file its group or others may read is refused,
+// with an error that says how to fix it; a key someone else could have
+// read is not trusted to sign.
 type fileStore struct{}
 
 func (fileStore) open(_ context.Context, u *URI) (crypto.Signer, error) {
@@ -58,6 +62,11 @@ func (fileStore) create(_ context.Context, u *URI, alg Algorithm) (crypto.Signer
 }
 
 func (fileStore) Close() error { return nil }
+
+// GenerateKey makes a software key of algorithm alg, for a store that
+// keeps key material itself (a Kubernetes Secret): the one place, with the
+// file store, where Castellan makes software CA keys.
+func GenerateKey(alg Algorithm) (crypto.Signer, error) { return generateSoftware(alg) }
 
 // generateSoftware makes an in-memory key of algorithm alg.
 func generateSoftware(alg Algorithm) (crypto.Signer, error) {

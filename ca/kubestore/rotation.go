@@ -4,45 +4,49 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/kms"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
-// A self-signed root that the Store created is rotated by the leader in
-// three steps, each one update of the Secret that every replica picks up:
+// A self-signed root that the Store created is rotated by the leader with
+// rotation.Engine, each step one update of the Secret that every replica
+// picks up:
 //
-//  1. prepare: a new root and key are stored under NextCACertKey and
-//     NextCAKeyKey, and the new root joins root-cert.pem. Replicas still
-//     sign with the old root; the trust bundle, published everywhere, now
-//     holds both.
+//  1. prepare: a new root is stored under NextCACertKey, with its key under
+//     NextCAKeyKey (or, when the root key is in a key store, the key is
+//     created there and the state names it), and the new root joins
+//     root-cert.pem. Replicas still sign with the old root.
 //  2. activate, PropagationDelay later: the new root becomes ca-cert.pem
-//     and signs. The old root stays in the bundle, so SVIDs it signed still
-//     verify.
-//  3. retire, once every SVID the old root signed has expired (MaxLeafTTL
-//     and RetireMargin after activation): root-cert.pem holds only the new
-//     root.
+//     and signs. The old root stays in the bundle.
+//  3. retire, once every SVID the old root signed has expired: root-cert.pem
+//     holds only the new root.
 //
-// The phase and its deadline are annotations on the Secret, so a new
-// leader takes over a rotation where the old one left it.
+// The state is an annotation on the Secret, so a new leader takes over a
+// rotation where the old one left it; a resourceVersion conflict stops a
+// stale leader.
 
-// Keys and annotations of a rotation in progress.
+// Keys and annotations of a rotation.
 const (
 	NextCACertKey = "next-ca-cert.pem"
 	NextCAKeyKey  = "next-ca-key.pem"
 
+	// RotationStateAnnotation holds the rotation.State, in JSON: the
+	// record every step reads. The three annotations below mirror it for
+	// people and tools.
+	RotationStateAnnotation = "castellan.io/rotation"
 	RotationPhaseAnnotation = "castellan.io/rotation-phase"
 	ActivateAfterAnnotation = "castellan.io/activate-after"
 	RetireAfterAnnotation   = "castellan.io/retire-after"
@@ -75,147 +79,10 @@ func (s *Store) rotate(ctx context.Context) error {
 // which ("prepare", "activate", "retire", or "" for none). Only the leader
 // calls it; the Secret's resourceVersion guards against a stale leader.
 func (s *Store) RotationStep(ctx context.Context) (string, error) {
-	did, written, err := s.stepper().step(ctx, "", false, s.now(), s.cfg.RotateBefore)
-	if written != nil {
-		s.observe(written)
-	}
-	return did, err
-}
-
-func (s *Store) stepper() *secretStepper {
-	return &secretStepper{client: s.cfg.Client, namespace: s.cfg.Namespace, name: s.cfg.SecretName,
-		signer: s.cfg.Signer, td: s.cfg.TrustDomain, rootTTL: s.cfg.RootTTL, policy: s.policy()}
-}
-
-// secretStepper takes rotation steps on a CA Secret, each one update.
-type secretStepper struct {
-	client          kubernetes.Interface
-	namespace, name string
-	signer          crypto.Signer
-	td              spiffeid.TrustDomain
-	rootTTL         time.Duration
-	policy          rotation.Policy
-}
-
-// step takes step want at now, or with want "" the step that is due (a
-// prepare when the root has less than rotateBefore left). force skips
-// the waits of the policy. It returns the step taken and the Secret
-// written.
-func (r *secretStepper) step(ctx context.Context, want string, force bool, now time.Time, rotateBefore time.Duration) (string, *corev1.Secret, error) {
-	secrets := r.client.CoreV1().Secrets(r.namespace)
-	sec, err := secrets.Get(ctx, r.name, metav1.GetOptions{})
-	if err != nil {
-		return "", nil, fmt.Errorf("kubestore: rotation: read Secret: %w", err)
-	}
-	st, err := SecretStatus(sec)
-	if err != nil {
-		return "", nil, fmt.Errorf("kubestore: rotation: %w", err)
-	}
-	did := want
-	if want == "" {
-		if did = rotation.Due(st, now, rotateBefore); did == "" || (did == "prepare" && r.rotatable(sec) != nil) {
-			return "", nil, nil
-		}
-	}
-	upd := sec.DeepCopy()
-	if upd.Annotations == nil {
-		upd.Annotations = map[string]string{}
-	}
-	state := rotation.State{Phase: st.Phase}
-	switch did {
-	case "prepare":
-		if err := state.Require(rotation.PhaseSteady); err != nil {
-			return "", nil, err
-		}
-		if err := r.prepare(upd, now); err != nil {
-			return "", nil, err
-		}
-	case "activate":
-		if err := state.Require(rotation.PhasePrepared); err != nil {
-			return "", nil, err
-		}
-		if now.Before(st.ActivateAfter) && !force {
-			return "", nil, fmt.Errorf("kubestore: rotation: the new root may sign from %s, once it has reached every peer; wait, or force", st.ActivateAfter.Format(time.RFC3339))
-		}
-		if err := activate(upd); err != nil {
-			return "", nil, err
-		}
-		upd.Annotations[RotationPhaseAnnotation] = PhaseActivated
-		upd.Annotations[RetireAfterAnnotation] = r.policy.RetireAfter(now).UTC().Format(time.RFC3339)
-		delete(upd.Annotations, ActivateAfterAnnotation)
-	case "retire":
-		if err := state.Require(rotation.PhaseActivated); err != nil {
-			return "", nil, err
-		}
-		if err := r.policy.CheckRetire(rotation.State{RetireAfter: st.RetireAfter}, now, force); err != nil {
-			return "", nil, err
-		}
-		if err := retire(upd); err != nil {
-			return "", nil, err
-		}
-		delete(upd.Annotations, RotationPhaseAnnotation)
-		delete(upd.Annotations, RetireAfterAnnotation)
-	default:
-		return "", nil, fmt.Errorf("kubestore: rotation: unknown step %q", did)
-	}
-	// The new content must load before it is written.
-	if _, err := decodeAuthority(upd.Data, r.signer); err != nil {
-		return "", nil, fmt.Errorf("kubestore: rotation %s: the new material does not load: %w", did, err)
-	}
-	written, err := secrets.Update(ctx, upd, metav1.UpdateOptions{})
-	if err != nil {
-		return "", nil, fmt.Errorf("kubestore: rotation %s: update Secret: %w", did, err)
-	}
-	return did, written, nil
-}
-
-// rotatable refuses a Secret whose root this package does not rotate: only
-// a self-signed root the Store created, with its key in the Secret;
-// plugged-in material is the operator's to replace.
-func (r *secretStepper) rotatable(sec *corev1.Secret) error {
-	switch {
-	case r.signer != nil:
-		return errors.New("kubestore: rotation: the root key is held outside the Secret (--signer-key-uri); Kubernetes mode does not rotate it")
-	case sec.Labels[ManagedByLabel] != ManagedByValue:
-		return fmt.Errorf("kubestore: rotation: Secret %s/%s was not created by castellan (label %s=%s); replace plugged-in material by hand", sec.Namespace, sec.Name, ManagedByLabel, ManagedByValue)
-	}
-	a, err := decodeAuthority(sec.Data, nil)
-	if err != nil {
-		return fmt.Errorf("kubestore: rotation: %w", err)
-	}
-	if len(a.Chain) != 0 || !ca.IsSelfSigned(a.Cert) {
-		return errors.New("kubestore: rotation: the Secret holds no self-signed root")
-	}
-	return nil
-}
-
-// prepare adds a new root and its key to upd.
-func (r *secretStepper) prepare(upd *corev1.Secret, now time.Time) error {
-	if err := r.rotatable(upd); err != nil {
-		return err
-	}
-	a, err := decodeAuthority(upd.Data, nil)
-	if err != nil {
-		return fmt.Errorf("kubestore: rotation: %w", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("kubestore: rotation: generate root key: %w", err)
-	}
-	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: r.td, TTL: r.rootTTL, NotBefore: now.Add(-time.Minute)})
-	if err != nil {
-		return fmt.Errorf("kubestore: rotation: %w", err)
-	}
-	keyPEM, err := pemfile.EncodePrivateKey(crypto.Signer(key))
-	if err != nil {
-		return fmt.Errorf("kubestore: rotation: %w", err)
-	}
-	upd.Data[NextCACertKey] = pemfile.EncodeCertificates([]*x509.Certificate{root})
-	upd.Data[NextCAKeyKey] = keyPEM
-	upd.Data[RootCertKey] = pemfile.EncodeCertificates(append(a.Roots, root))
-	upd.Annotations[RotationPhaseAnnotation] = PhasePrepared
-	upd.Annotations[ActivateAfterAnnotation] = r.policy.ActivateAfter(now).UTC().Format(time.RFC3339)
-	return nil
+	b := &secretBackend{client: s.cfg.Client, namespace: s.cfg.Namespace, name: s.cfg.SecretName,
+		signer: s.cfg.Signer, keys: s.cfg.Keys, td: s.cfg.TrustDomain, rootTTL: s.cfg.RootTTL, written: s.observe}
+	e := &rotation.Engine{Backend: b, Policy: s.policy(), Now: func() time.Time { return s.now() }, Logger: s.log}
+	return e.Step(ctx, s.cfg.RotateBefore)
 }
 
 // Rotator takes the root rotation steps of a CA Secret by hand ("castellan
@@ -229,70 +96,240 @@ type Rotator struct {
 	// TrustDomain and RootTTL describe a root Prepare creates.
 	TrustDomain spiffeid.TrustDomain
 	RootTTL     time.Duration
+	// Keys, when the root key is outside the Secret (the CA's
+	// --signer-key-uri), is its key store: Prepare creates the next root's
+	// key there. Required to prepare such a rotation.
+	Keys rotation.KeyStore
 	// Policy holds the waits between the phases.
 	Policy rotation.Policy
 	// Now returns the current time. Default: time.Now.
 	Now func() time.Time
+	// Logger receives rotation events. Default: slog.Default().
+	Logger *slog.Logger
 }
 
-func (r *Rotator) step(ctx context.Context, step string, force bool) error {
-	now := time.Now()
-	if r.Now != nil {
-		now = r.Now()
-	}
-	s := &secretStepper{client: r.Client, namespace: r.Namespace, name: r.SecretName, td: r.TrustDomain, rootTTL: r.RootTTL, policy: r.Policy}
-	_, _, err := s.step(ctx, step, force, now, 0)
-	return err
+func (r *Rotator) engine() *rotation.Engine {
+	b := &secretBackend{client: r.Client, namespace: r.Namespace, name: r.SecretName, keys: r.Keys, td: r.TrustDomain, rootTTL: r.RootTTL}
+	return &rotation.Engine{Backend: b, Policy: r.Policy, Now: r.Now, Logger: r.Logger}
 }
 
 // Prepare adds a new root, with its key, to the Secret's trust bundle.
 // from must be empty: the new root is generated.
 func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	if from != "" {
-		return errors.New("kubestore: a root kept in a Secret is generated; --from is for plugged-in and upstream CAs")
-	}
-	return r.step(ctx, "prepare", false)
+	return r.engine().Prepare(ctx, from)
 }
 
 // Activate makes the prepared root sign.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	return r.step(ctx, "activate", force)
+	return r.engine().Activate(ctx, force)
 }
 
 // Retire drops the old root from the trust bundle.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	return r.step(ctx, "retire", force)
+	return r.engine().Retire(ctx, force)
 }
 
 // Status reports the Secret's roots and rotation phase.
 func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
-	sec, err := r.Client.CoreV1().Secrets(r.Namespace).Get(ctx, r.SecretName, metav1.GetOptions{})
+	return r.engine().Status(ctx)
+}
+
+// secretBackend keeps a rotation in the CA Secret.
+type secretBackend struct {
+	client          kubernetes.Interface
+	namespace, name string
+	// signer is the configured root key when it is outside the Secret;
+	// keys its key store, which a rotation creates the next key in.
+	signer  crypto.Signer
+	keys    rotation.KeyStore
+	td      spiffeid.TrustDomain
+	rootTTL time.Duration
+	// written, if set, sees each Secret written.
+	written func(*corev1.Secret)
+}
+
+// Load reads the Secret.
+func (b *secretBackend) Load(ctx context.Context) (*rotation.Material, error) {
+	sec, err := b.client.CoreV1().Secrets(b.namespace).Get(ctx, b.name, metav1.GetOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("kubestore: read Secret %s/%s: %w", r.Namespace, r.SecretName, err)
+		return nil, fmt.Errorf("kubestore: read Secret %s/%s: %w", b.namespace, b.name, err)
 	}
-	return SecretStatus(sec)
+	m, err := secretMaterial(sec)
+	if err != nil {
+		return nil, err
+	}
+	m.Manual = b.rotatable(sec)
+	m.Raw = sec.DeepCopy()
+	return m, nil
 }
 
-// activate makes the prepared root the signing one.
-func activate(upd *corev1.Secret) error {
-	cert, key := upd.Data[NextCACertKey], upd.Data[NextCAKeyKey]
-	if len(cert) == 0 || len(key) == 0 {
-		return fmt.Errorf("kubestore: rotation: phase %s but no %s and %s", PhasePrepared, NextCACertKey, NextCAKeyKey)
+// rotatable refuses a Secret whose root this package does not rotate: only
+// a self-signed root the Store created, with its key in the Secret or in
+// a key store; plugged-in material is the operator's to replace.
+func (b *secretBackend) rotatable(sec *corev1.Secret) error {
+	switch {
+	case b.signer != nil && b.keys == nil:
+		return errors.New("kubestore: rotation: the root key is held outside the Secret, and no key store is configured to create the next root's key in; give --signer-key-uri")
+	case sec.Labels[ManagedByLabel] != ManagedByValue:
+		return fmt.Errorf("kubestore: rotation: Secret %s/%s was not created by castellan (label %s=%s); replace plugged-in material by hand", sec.Namespace, sec.Name, ManagedByLabel, ManagedByValue)
+	case len(bytes.TrimSpace(sec.Data[CertChainKey])) != 0:
+		return errors.New("kubestore: rotation: the Secret holds an intermediate, not a self-signed root")
 	}
-	upd.Data[CACertKey], upd.Data[CAKeyKey] = cert, key
-	delete(upd.Data, NextCACertKey)
-	delete(upd.Data, NextCAKeyKey)
-	return nil
-}
-
-// retire leaves only the active root in the bundle.
-func retire(upd *corev1.Secret) error {
-	certs, err := pemfile.ParseCertificates(upd.Data[CACertKey])
+	certs, err := pemfile.ParseCertificates(sec.Data[CACertKey])
 	if err != nil {
 		return fmt.Errorf("kubestore: rotation: %s: %w", CACertKey, err)
 	}
-	upd.Data[RootCertKey] = pemfile.EncodeCertificates(certs[:1])
+	if !ca.IsSelfSigned(certs[0]) {
+		return errors.New("kubestore: rotation: the Secret holds no self-signed root")
+	}
 	return nil
+}
+
+// Mint makes the next root: its key in the key store of the active one,
+// or a software key kept in the Secret.
+func (b *secretBackend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
+	if from != "" {
+		return nil, errors.New("kubestore: a root kept in a Secret is generated; --from is for plugged-in and upstream CAs")
+	}
+	if m.Manual != nil {
+		return nil, m.Manual
+	}
+	upd := m.Raw.(*corev1.Secret)
+	var (
+		key  crypto.Signer
+		name string
+		err  error
+	)
+	if b.keys != nil {
+		// A software key would defeat an HSM: the next key goes in the
+		// same store, and the Secret names it.
+		name = "castellan-root-" + now.Format("20060102t150405z")
+		if key, err = b.keys.Create(ctx, name); err != nil {
+			return nil, fmt.Errorf("kubestore: rotation: cannot create the next root's key %q in the key store that holds the active one: %w", name, err)
+		}
+	} else if key, err = kms.GenerateKey(kms.ECDSAP256); err != nil {
+		return nil, fmt.Errorf("kubestore: rotation: %w", err)
+	}
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: b.td, TTL: b.rootTTL, NotBefore: now.Add(-time.Minute)})
+	if err != nil {
+		return nil, fmt.Errorf("kubestore: rotation: %w", err)
+	}
+	upd.Data[NextCACertKey] = pemfile.EncodeCertificates([]*x509.Certificate{root})
+	if b.keys == nil {
+		keyPEM, err := pemfile.EncodePrivateKey(key)
+		if err != nil {
+			return nil, fmt.Errorf("kubestore: rotation: %w", err)
+		}
+		upd.Data[NextCAKeyKey] = keyPEM
+	}
+	return &rotation.Minted{Roots: []*x509.Certificate{root}, Key: name}, nil
+}
+
+// Save writes the step's outcome in one update of the Secret, once it
+// loads.
+func (b *secretBackend) Save(ctx context.Context, m *rotation.Material, c rotation.Change) error {
+	upd := m.Raw.(*corev1.Secret)
+	switch c.Step {
+	case rotation.StepPrepare, rotation.StepRetire:
+		upd.Data[RootCertKey] = pemfile.EncodeCertificates(c.Bundle)
+	case rotation.StepActivate:
+		cert, key := upd.Data[NextCACertKey], upd.Data[NextCAKeyKey]
+		keyInSecret := m.State.NextKey == ""
+		if len(cert) == 0 || (keyInSecret && len(key) == 0) {
+			return fmt.Errorf("kubestore: rotation: phase %s but no %s and %s", PhasePrepared, NextCACertKey, NextCAKeyKey)
+		}
+		upd.Data[CACertKey] = cert
+		if keyInSecret {
+			upd.Data[CAKeyKey] = key
+		} else {
+			delete(upd.Data, CAKeyKey)
+		}
+		delete(upd.Data, NextCACertKey)
+		delete(upd.Data, NextCAKeyKey)
+	}
+	if err := setState(upd, c.State); err != nil {
+		return err
+	}
+	// The new content must load before it is written.
+	if err := b.check(ctx, upd, c.State); err != nil {
+		return fmt.Errorf("kubestore: rotation %s: the new material does not load: %w", c.Step, err)
+	}
+	written, err := b.client.CoreV1().Secrets(b.namespace).Update(ctx, upd, metav1.UpdateOptions{})
+	if err != nil {
+		return fmt.Errorf("kubestore: rotation %s: update Secret: %w", c.Step, err)
+	}
+	if b.written != nil {
+		b.written(written)
+	}
+	return nil
+}
+
+// check loads the Secret's new content with the key that will sign. A
+// key outside the Secret that is not at hand (a step taken by hand
+// without the key store) is checked by every replica as it loads.
+func (b *secretBackend) check(ctx context.Context, upd *corev1.Secret, st rotation.State) error {
+	signer := b.signer
+	if b.keys != nil {
+		k, err := b.keys.Open(ctx, st.Key)
+		if err != nil {
+			return err
+		}
+		signer = k
+	}
+	if signer == nil && len(bytes.TrimSpace(upd.Data[CAKeyKey])) == 0 && st.Key != "" {
+		return nil
+	}
+	_, err := decodeAuthority(upd.Data, signer)
+	return err
+}
+
+// setState records st on sec: the state annotation, and its mirrors.
+func setState(sec *corev1.Secret, st rotation.State) error {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("kubestore: rotation: %w", err)
+	}
+	if sec.Annotations == nil {
+		sec.Annotations = map[string]string{}
+	}
+	a := sec.Annotations
+	a[RotationStateAnnotation] = string(raw)
+	delete(a, RotationPhaseAnnotation)
+	delete(a, ActivateAfterAnnotation)
+	delete(a, RetireAfterAnnotation)
+	switch st.Phase {
+	case rotation.PhasePrepared:
+		a[RotationPhaseAnnotation] = PhasePrepared
+		a[ActivateAfterAnnotation] = st.ActivateAfter.UTC().Format(time.RFC3339)
+	case rotation.PhaseActivated:
+		a[RotationPhaseAnnotation] = PhaseActivated
+		a[RetireAfterAnnotation] = st.RetireAfter.UTC().Format(time.RFC3339)
+	}
+	return nil
+}
+
+// secretState reads the rotation state recorded on sec: the state
+// annotation, or for a Secret a release before it rotated, the phase
+// annotations alone.
+func secretState(sec *corev1.Secret) (rotation.State, error) {
+	where := "Secret " + sec.Namespace + "/" + sec.Name
+	if raw, ok := sec.Annotations[RotationStateAnnotation]; ok {
+		return rotation.ParseState(where+" annotation "+RotationStateAnnotation, []byte(raw))
+	}
+	st := rotation.State{Phase: rotation.PhaseSteady}
+	var err error
+	switch phase := sec.Annotations[RotationPhaseAnnotation]; phase {
+	case "":
+	case PhasePrepared:
+		st.Phase = rotation.PhasePrepared
+		st.ActivateAfter, err = annotationTime(sec, ActivateAfterAnnotation)
+	case PhaseActivated:
+		st.Phase = rotation.PhaseActivated
+		st.RetireAfter, err = annotationTime(sec, RetireAfterAnnotation)
+	default:
+		err = fmt.Errorf("kubestore: %s: unknown phase %q in annotation %s", where, phase, RotationPhaseAnnotation)
+	}
+	return st, err
 }
 
 func annotationTime(sec *corev1.Secret, name string) (time.Time, error) {
@@ -319,20 +356,17 @@ func (s *Store) RotationStatus() (*rotation.Status, error) {
 // SecretStatus reports the roots of the bundle in the CA Secret sec and
 // the rotation phase its annotations record.
 func SecretStatus(sec *corev1.Secret) (*rotation.Status, error) {
-	where := "Secret " + sec.Namespace + "/" + sec.Name
-	out := &rotation.Status{Mode: rotation.ModeKubernetes, Phase: rotation.PhaseSteady}
-	var err error
-	switch phase := sec.Annotations[RotationPhaseAnnotation]; phase {
-	case "":
-	case PhasePrepared:
-		out.Phase = rotation.PhasePrepared
-		out.ActivateAfter, err = annotationTime(sec, ActivateAfterAnnotation)
-	case PhaseActivated:
-		out.Phase = rotation.PhaseActivated
-		out.RetireAfter, err = annotationTime(sec, RetireAfterAnnotation)
-	default:
-		err = fmt.Errorf("kubestore: %s: unknown phase %q in annotation %s", where, phase, RotationPhaseAnnotation)
+	m, err := secretMaterial(sec)
+	if err != nil {
+		return nil, err
 	}
+	return rotation.Policy{}.StatusOf(m), nil
+}
+
+// secretMaterial reads the rotation state and roots of the CA Secret sec.
+func secretMaterial(sec *corev1.Secret) (*rotation.Material, error) {
+	where := "Secret " + sec.Namespace + "/" + sec.Name
+	st, err := secretState(sec)
 	if err != nil {
 		return nil, err
 	}
@@ -362,8 +396,8 @@ func SecretStatus(sec *corev1.Secret) (*rotation.Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	nexts, err := parse(NextCACertKey, false)
-	if err != nil {
+	m := &rotation.Material{Mode: rotation.ModeKubernetes, State: st, Bundle: bundle}
+	if m.Next, err = parse(NextCACertKey, false); err != nil {
 		return nil, err
 	}
 	// The active root is the top of the signing chain, or the root that
@@ -372,16 +406,11 @@ func SecretStatus(sec *corev1.Secret) (*rotation.Status, error) {
 	if len(chain) > 0 {
 		top = chain[len(chain)-1]
 	}
-	var active, next *x509.Certificate
 	for _, r := range bundle {
 		if r.Equal(top) || (!ca.IsSelfSigned(top) && top.CheckSignatureFrom(r) == nil) {
-			active = r
+			m.Active = r
 			break
 		}
 	}
-	if len(nexts) > 0 {
-		next = nexts[0]
-	}
-	out.AddRoots(bundle, active, next)
-	return out, nil
+	return m, nil
 }

@@ -157,7 +157,7 @@ func TestManualRotation(t *testing.T) {
 		{"prepare from a directory", func() error { return r.Prepare(ctx, "/tmp/cacerts") }, "generated", rotation.PhaseSteady},
 		{"prepare", func() error { return r.Prepare(ctx, "") }, "", rotation.PhasePrepared},
 		{"prepare twice", func() error { return r.Prepare(ctx, "") }, "already in progress", rotation.PhasePrepared},
-		{"early activate", func() error { return r.Activate(ctx, false) }, "wait, or force", rotation.PhasePrepared},
+		{"early activate", func() error { return r.Activate(ctx, false) }, "wait until", rotation.PhasePrepared},
 		{"forced activate", func() error { return r.Activate(ctx, true) }, "", rotation.PhaseActivated},
 		{"early retire", func() error { return r.Retire(ctx, false) }, "may be valid until", rotation.PhaseActivated},
 		{"forced retire", func() error { return r.Retire(ctx, true) }, "", rotation.PhaseSteady},

@@ -21,9 +21,6 @@ import (
 	"cmp"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -35,6 +32,8 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/kms"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
@@ -88,6 +87,10 @@ type Config struct {
 	// KMS). The Secret then holds no key, and the certificate in it must
 	// match Signer.
 	Signer crypto.Signer
+	// Keys, if set, is the key store of Signer (kms.Ring): the Secret then
+	// names the active root's key in its rotation state, and a rotation
+	// creates the next root's key in the same store, never in software.
+	Keys rotation.KeyStore
 	// RotateBefore, if positive, makes the leader rotate a self-signed root
 	// the Store created when less than this is left of it (see
 	// RotationStep). Zero disables rotation.
@@ -161,6 +164,8 @@ func New(cfg Config) (*Store, error) {
 		return nil, errors.New("kubestore: no namespace")
 	case cfg.TrustDomain.IsZero():
 		return nil, errors.New("kubestore: no trust domain")
+	case cfg.Keys != nil && cfg.Signer == nil:
+		return nil, errors.New("kubestore: a key store without its configured key (Signer)")
 	}
 	if cfg.SecretName == "" {
 		cfg.SecretName = DefaultSecretName
@@ -318,7 +323,7 @@ func (s *Store) observe(sec *corev1.Secret) {
 	if h == s.hash && s.cur.Load() != nil {
 		return
 	}
-	a, err := decodeAuthority(sec.Data, s.cfg.Signer)
+	a, err := s.decode(sec)
 	if err != nil {
 		if s.invalidErr == nil || s.invalidErr.Error() != err.Error() {
 			s.log.Error("CA Secret does not hold usable material; keeping the current material", "error", err, "resource_version", sec.ResourceVersion)
@@ -343,6 +348,29 @@ func (s *Store) observe(sec *corev1.Secret) {
 	if s.cfg.OnChange != nil {
 		s.cfg.OnChange(a)
 	}
+}
+
+// keyOpTimeout bounds the opening of a key in the key store when a
+// Secret is loaded.
+const keyOpTimeout = 30 * time.Second
+
+// decode builds the Authority of the CA Secret sec, with the key its
+// rotation state names when the root keys are in a key store.
+func (s *Store) decode(sec *corev1.Secret) (*ca.Authority, error) {
+	if s.cfg.Keys == nil {
+		return decodeAuthority(sec.Data, s.cfg.Signer)
+	}
+	st, err := secretState(sec)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
+	defer cancel()
+	key, err := s.cfg.Keys.Open(ctx, st.Key)
+	if err != nil {
+		return nil, fmt.Errorf("the active root's key %q in the key store: %w", st.Key, err)
+	}
+	return decodeAuthority(sec.Data, key)
 }
 
 func hashData(data map[string][]byte) [sha256.Size]byte {
@@ -581,7 +609,7 @@ func (s *Store) ensureSecret(ctx context.Context) error {
 func (s *Store) newSecret() (*corev1.Secret, error) {
 	key := s.cfg.Signer
 	if key == nil {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		k, err := kms.GenerateKey(kms.ECDSAP256)
 		if err != nil {
 			return nil, fmt.Errorf("kubestore: generate root key: %w", err)
 		}
