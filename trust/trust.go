@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -61,6 +62,11 @@ type Config struct {
 	ConfigMapName string
 	// Key is the ConfigMap key holding the bundle. Default: DefaultKey.
 	Key string
+	// Extra, if set, returns more keys published beside Key in every
+	// ConfigMap (such as federated-bundles.json, the bundles of the
+	// federated trust domains); a key equal to Key is ignored. Call
+	// BundleChanged when its result changes.
+	Extra func() map[string]string
 	// ExcludeNamespaces are namespaces that get no ConfigMap. Default:
 	// none; every namespace gets one.
 	ExcludeNamespaces []string
@@ -316,7 +322,7 @@ func (c *Controller) syncNamespace(ctx context.Context, name string) error {
 	if ns.Status.Phase == corev1.NamespaceTerminating || ns.DeletionTimestamp != nil {
 		return nil
 	}
-	want := string(bundle)
+	want := c.data(bundle)
 	cms := c.cfg.Client.CoreV1().ConfigMaps(name)
 	cur, err := cmLister.ConfigMaps(name).Get(c.cfg.ConfigMapName)
 	switch {
@@ -327,7 +333,7 @@ func (c *Controller) syncNamespace(ctx context.Context, name string) error {
 				Namespace: name,
 				Labels:    map[string]string{ManagedByLabel: ManagedByValue},
 			},
-			Data: map[string]string{c.cfg.Key: want},
+			Data: want,
 		}, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("trust: ConfigMap %s/%s appeared meanwhile", name, c.cfg.ConfigMapName)
@@ -348,7 +354,7 @@ func (c *Controller) syncNamespace(ctx context.Context, name string) error {
 		return nil
 	}
 	upd := cur.DeepCopy()
-	upd.Data = map[string]string{c.cfg.Key: want}
+	upd.Data = want
 	upd.BinaryData = nil
 	if upd.Labels == nil {
 		upd.Labels = map[string]string{}
@@ -365,9 +371,23 @@ func (c *Controller) syncNamespace(ctx context.Context, name string) error {
 	return nil
 }
 
-// upToDate reports whether cm holds exactly the bundle and our label.
-func (c *Controller) upToDate(cm *corev1.ConfigMap, want string) bool {
-	return len(cm.Data) == 1 && cm.Data[c.cfg.Key] == want && len(cm.BinaryData) == 0 &&
+// data returns the content of every ConfigMap: the bundle under Key, and
+// the Extra keys.
+func (c *Controller) data(bundle []byte) map[string]string {
+	want := map[string]string{c.cfg.Key: string(bundle)}
+	if c.cfg.Extra != nil {
+		for k, v := range c.cfg.Extra() {
+			if k != c.cfg.Key {
+				want[k] = v
+			}
+		}
+	}
+	return want
+}
+
+// upToDate reports whether cm holds exactly the data and our label.
+func (c *Controller) upToDate(cm *corev1.ConfigMap, want map[string]string) bool {
+	return maps.Equal(cm.Data, want) && len(cm.BinaryData) == 0 &&
 		cm.Labels[ManagedByLabel] == ManagedByValue
 }
 

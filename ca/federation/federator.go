@@ -166,6 +166,9 @@ func New(cfg Config) (*Federator, error) {
 		return nil, err
 	}
 	f.metrics = m
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("federation: data directory: %w", err)
+	}
 	if err := f.publish(); err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/federation"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
@@ -64,6 +65,9 @@ type caDeps struct {
 	runners []func(context.Context) error
 	// pods is the shared pod index (see podIndex), nil until asked for.
 	pods *nodeauth.PodIndex
+	// federated, when --federate-with is given, keeps the bundles of the
+	// foreign trust domains; the trust ConfigMap publishes them too.
+	federated *federation.Federator
 	// remoteCluster is the ID of the remote cluster these deps are for
 	// (--remote-cluster), empty for the CA's own cluster.
 	remoteCluster string
@@ -175,6 +179,9 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	src, err := f.kms.source(ctx, deps, signer)
 	if err != nil {
+		return err
+	}
+	if err := f.fed.prepare(deps); err != nil {
 		return err
 	}
 	switch {

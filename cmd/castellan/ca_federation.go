@@ -12,6 +12,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/federation"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
 // federationFlags are the SPIFFE federation flags of "castellan ca": the
@@ -54,25 +55,33 @@ func (f *federationFlags) relationships(local spiffeid.TrustDomain) ([]federatio
 	return rels, nil
 }
 
-// start creates the bundle endpoint and the federator that the flags ask
-// for, and returns their jobs. src is the CA's material; jwt, if not nil,
+// prepare creates the federator when --federate-with is given, and
+// records it in d, before the CA material source (whose trust ConfigMap
+// publishes the federated bundles) is made.
+func (f *federationFlags) prepare(d *caDeps) error {
+	rels, err := f.relationships(d.trustDomain)
+	if err != nil || len(rels) == 0 {
+		return err
+	}
+	fed, err := federation.New(federation.Config{
+		TrustDomain: d.trustDomain, Relationships: rels, DataDir: d.dataDir,
+		MinRefresh: f.minRefresh, MaxRefresh: f.maxRefresh,
+		Logger: d.log.With("component", "federation"), Registerer: d.reg,
+	})
+	if err != nil {
+		return usageError{Err: err}
+	}
+	d.federated = fed
+	return nil
+}
+
+// start creates the bundle endpoint that the flags ask for, and returns
+// its job and the federator's. src is the CA's material; jwt, if not nil,
 // supplies the JWT authorities.
 func (f *federationFlags) start(d *caDeps, src ca.Source, jwt federation.JWTAuthoritySource) ([]func(context.Context) error, error) {
 	var jobs []func(context.Context) error
-	rels, err := f.relationships(d.trustDomain)
-	if err != nil {
-		return nil, err
-	}
-	if len(rels) > 0 {
-		fed, err := federation.New(federation.Config{
-			TrustDomain: d.trustDomain, Relationships: rels, DataDir: d.dataDir,
-			MinRefresh: f.minRefresh, MaxRefresh: f.maxRefresh,
-			Logger: d.log.With("component", "federation"), Registerer: d.reg,
-		})
-		if err != nil {
-			return nil, usageError{Err: err}
-		}
-		jobs = append(jobs, fed.Run)
+	if d.federated != nil {
+		jobs = append(jobs, d.federated.Run)
 	}
 	if f.endpointAddr != "" {
 		cfg := federation.EndpointConfig{
@@ -95,6 +104,38 @@ func (f *federationFlags) start(d *caDeps, src ca.Source, jwt federation.JWTAuth
 		jobs = append(jobs, e.Serve)
 	}
 	return jobs, nil
+}
+
+// federatedConfigMapData returns the extra keys of the trust ConfigMap:
+// federated-bundles.json, once the federator has a document; nil without
+// federation.
+func federatedConfigMapData(d *caDeps) func() map[string]string {
+	fed := d.federated
+	if fed == nil {
+		return nil
+	}
+	return func() map[string]string {
+		doc, _ := fed.Document()
+		if doc == nil {
+			return nil
+		}
+		return map[string]string{federated.FileName: string(doc)}
+	}
+}
+
+// followFederated calls changed whenever the federated bundles change,
+// until ctx ends.
+func followFederated(ctx context.Context, fed *federation.Federator, changed func()) error {
+	_, ch := fed.Document()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+			_, ch = fed.Document()
+			changed()
+		}
+	}
 }
 
 // serveWith runs serve and jobs until ctx ends or one of them fails.

@@ -109,6 +109,7 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 			},
 			ConfigMapName:          k.trustConfigMap,
 			Key:                    k.trustKey,
+			Extra:                  federatedConfigMapData(d),
 			ExcludeNamespaces:      k.trustExclude.Values(),
 			ClusterTrustBundleName: k.clusterTrustBundle,
 			Logger:                 d.log.With("component", "trust"),
@@ -118,6 +119,11 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 			return nil, usageError{Err: err}
 		}
 		cfg.LeaderJobs = append(cfg.LeaderJobs, ctrl.Run)
+		if d.federated != nil {
+			cfg.LeaderJobs = append(cfg.LeaderJobs, func(ctx context.Context) error {
+				return followFederated(ctx, d.federated, ctrl.BundleChanged)
+			})
+		}
 		cfg.OnChange = func(*ca.Authority) { ctrl.BundleChanged() }
 	}
 	store, err = kubestore.New(cfg)
