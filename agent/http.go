@@ -44,6 +44,10 @@ func (a *Agent) Ready() (bool, string) {
 		return true, fmt.Sprintf("node attestation: serving %d identities (%d with a valid SVID)", total, valid)
 	case snap.SVID == nil:
 		return false, "no valid SVID yet (see castellan_agent_ca_request_failures_total)"
+	case a.cfg.OutputDir != "" && leafExpiry(a.cfg.OutputDir, a.cfg.OutputLayout).IsZero():
+		// What reads the files (istiod, with --output-layout istiod) may
+		// start only once they are there.
+		return false, "no certificate written to " + a.cfg.OutputDir + " yet"
 	}
 	return true, fmt.Sprintf("serving %s until %s", snap.SVID.ID(), snap.SVID.NotAfter.Format(time.RFC3339))
 }
