@@ -71,7 +71,9 @@ func TestFederatedBundlesFile(t *testing.T) {
 	for i, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
 			write(tt.data)
-			waitFor(t, "the refusal", func() bool { return a.metric(t, "castellan_agent_trust_bundle_loads_total", "federated_error") >= float64(i+1) })
+			waitFor(t, "the refusal", func() bool {
+				return a.metric(t, "castellan_agent_trust_bundle_loads_total", "federated_error") >= float64(i+1)
+			})
 			if held(a) != 2 {
 				t.Fatal("the last good set was not kept")
 			}
@@ -82,7 +84,9 @@ func TestFederatedBundlesFile(t *testing.T) {
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the refusal", func() bool { return a.metric(t, "castellan_agent_trust_bundle_loads_total", "federated_error") > before })
+		waitFor(t, "the refusal", func() bool {
+			return a.metric(t, "castellan_agent_trust_bundle_loads_total", "federated_error") > before
+		})
 		if held(a) != 2 {
 			t.Fatal("the last good set was not kept")
 		}
