@@ -167,9 +167,12 @@ func (b *secretBackend) Load(ctx context.Context) (*rotation.Material, error) {
 // a self-signed root the Store created, with its key in the Secret or in
 // a key store; plugged-in material is the operator's to replace.
 func (b *secretBackend) rotatable(sec *corev1.Secret) error {
+	keyInSecret := len(bytes.TrimSpace(sec.Data[CAKeyKey])) != 0
 	switch {
-	case b.signer != nil && b.keys == nil:
+	case !keyInSecret && b.keys == nil:
 		return errors.New("kubestore: rotation: the root key is held outside the Secret, and no key store is configured to create the next root's key in; give --signer-key-uri")
+	case keyInSecret && b.keys != nil:
+		return fmt.Errorf("kubestore: rotation: Secret %s/%s holds its root key, but a key store is configured (--signer-key-uri); the next key would not be where the CA looks for it", sec.Namespace, sec.Name)
 	case sec.Labels[ManagedByLabel] != ManagedByValue:
 		return fmt.Errorf("kubestore: rotation: Secret %s/%s was not created by castellan (label %s=%s); replace plugged-in material by hand", sec.Namespace, sec.Name, ManagedByLabel, ManagedByValue)
 	case len(bytes.TrimSpace(sec.Data[CertChainKey])) != 0:
