@@ -36,10 +36,11 @@ const (
 	// endpointSVIDTTL is the lifetime of the https_spiffe serving SVID; it
 	// is renewed at half.
 	endpointSVIDTTL = 24 * time.Hour
-	// webCertCheck is how often the https_web certificate files are
-	// checked for a change.
-	webCertCheck = 5 * time.Second
 )
+
+// webCertCheck is how often the https_web certificate files are checked
+// for a change.
+var webCertCheck = 5 * time.Second
 
 // JWTAuthoritySource gives the local trust domain's JWT authorities, by
 // key ID. The CA's JWT key ring implements it; the bundle endpoint

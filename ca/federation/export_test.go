@@ -1,6 +1,8 @@
 package federation
 
 import (
+	"time"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -16,4 +18,12 @@ func NewEndpointBundleForTest(dir string, td spiffeid.TrustDomain, a *ca.Authori
 	}
 	e := &Endpoint{cfg: EndpointConfig{TrustDomain: td, Source: ca.StaticSource{A: a}, RefreshHint: DefaultRefreshHint}, seq: seq}
 	return e.Bundle()
+}
+
+// SetWebCertCheck sets how often the https_web files are checked, for the
+// duration of a test.
+func SetWebCertCheck(d time.Duration) func() {
+	old := webCertCheck
+	webCertCheck = d
+	return func() { webCertCheck = old }
 }

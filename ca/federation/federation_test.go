@@ -6,8 +6,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/federation"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
@@ -330,5 +333,64 @@ func TestSequenceSurvivesRestart(t *testing.T) {
 	b3, _ := federation.NewEndpointBundleForTest(dir, tdB, newAuthority(t, tdB))
 	if s3, _ := b3.SequenceNumber(); s3 <= s1 {
 		t.Fatalf("new content, sequence %d after %d", s3, s1)
+	}
+}
+
+// TestWebProfileReloadsCertificate: an https_web endpoint serves the
+// operator's certificate, picks up a new pair written over it, and keeps
+// the last good pair when a new one does not load.
+func TestWebProfileReloadsCertificate(t *testing.T) {
+	t.Cleanup(federation.SetWebCertCheck(10 * time.Millisecond)) // restored after the endpoint stops
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	install := func(p *testpki.PKI) {
+		t.Helper()
+		if err := os.WriteFile(keyFile, testpki.KeyPEM(t, p.LeafKey), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(certFile, p.ChainPEM(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, second := testpki.New(t), testpki.New(t)
+	install(first)
+	e := startEndpoint(t, federation.EndpointConfig{TrustDomain: tdB, Source: &source{a: newAuthority(t, tdB)},
+		Profile: federation.ProfileWeb, CertFile: certFile, KeyFile: keyFile})
+	served := func() *x509.Certificate {
+		conn, err := tls.Dial("tcp", e.Addr(), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // reads the served certificate only
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0]
+	}
+	if !served().Equal(first.Leaf) {
+		t.Fatal("the first certificate is not served")
+	}
+	// The endpoint answers a client that trusts the first root.
+	pool := x509.NewCertPool()
+	pool.AddCert(first.Root)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := client.Get("https://localhost:" + e.Addr()[strings.LastIndexByte(e.Addr(), ':')+1:] + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if _, err := spiffebundle.Parse(tdB, body); err != nil {
+		t.Fatalf("served bundle: %v", err)
+	}
+
+	install(second)
+	waitFor(t, "the new certificate", func() bool { return served().Equal(second.Leaf) })
+	// A key that does not match: the last good pair stays.
+	if err := os.WriteFile(keyFile, testpki.KeyPEM(t, first.LeafKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	for range 5 {
+		if !served().Equal(second.Leaf) {
+			t.Fatal("a broken pair replaced the last good one")
+		}
 	}
 }
