@@ -101,6 +101,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"b.test": {"keys": []}}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 64<<10 {
+			return // re-encoding may grow a document past the size limit
+		}
 		got, err := federated.Parse(in)
 		if err != nil {
 			return
