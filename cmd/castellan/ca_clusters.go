@@ -5,24 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
 )
 
 // defaultClusterID is the cluster ID Istio's agents send when CLUSTER_ID is
 // not set.
 const defaultClusterID = "Kubernetes"
-
-// flagSet is the part of a flag set the cluster flags need; both the
-// standard library's and pflag's FlagSet have it.
-type flagSet interface {
-	StringVar(p *string, name, value, usage string)
-	BoolVar(p *bool, name string, value bool, usage string)
-	DurationVar(p *time.Duration, name string, value time.Duration, usage string)
-	Func(name, usage string, fn func(string) error)
-}
 
 // clusterFlags name the clusters whose tokens the CA checks: its own, and
 // remote ones that requests choose with Istio's ClusterID metadata.
@@ -34,9 +25,9 @@ type clusterFlags struct {
 // remoteCluster is one --remote-cluster.
 type remoteCluster struct{ id, kubeconfig string }
 
-func (c *clusterFlags) register(fs flagSet) {
+func (c *clusterFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.localID, "cluster-id", defaultClusterID, "ID of the CA's own cluster, as Istio's agents send it in the ClusterID metadata (pilot-agent's ISTIO_META_CLUSTER_ID); a request naming no cluster is checked here too")
-	fs.Func("remote-cluster", "ID=KUBECONFIG: also check the tokens of requests whose ClusterID is ID, against that cluster's API server, with their own keys, caches and watches (repeatable); a request naming any other cluster is refused", c.addRemote)
+	fs.Func("remote-cluster", "`ID=KUBECONFIG`: also check the tokens of requests whose ClusterID is ID, against that cluster's API server, with their own keys, caches and watches (repeatable); a request naming any other cluster is refused", c.addRemote)
 }
 
 func (c *clusterFlags) addRemote(v string) error {
