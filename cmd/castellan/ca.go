@@ -188,7 +188,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case src != nil && f.kube.material != materialDir:
 		return usageError{Err: fmt.Errorf("--material=%s and --upstream both supply the CA material; choose one", f.kube.material)}
 	case src == nil:
-		if src, err = f.kube.source(ctx, deps, signer); err != nil {
+		if src, err = f.kube.source(ctx, deps, signer, f.kms.rootKeys()); err != nil {
 			return err
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
-	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/internal/vault"
@@ -224,7 +224,7 @@ func (k *kmsFlags) signer(ctx context.Context, d *caDeps) (crypto.Signer, error)
 
 // rootKeys returns the key store of a self-signed root whose key
 // --signer-key-uri names, or nil.
-func (k *kmsFlags) rootKeys() material.KeyStore {
+func (k *kmsFlags) rootKeys() rotation.KeyStore {
 	if k.ring == nil {
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/kubestore"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/trust"
 	"github.com/spf13/pflag"
@@ -59,9 +60,12 @@ func envOr(name, def string) string {
 // keep the material in the data directory. Background jobs (leader
 // election, trust distribution) go in d.runners.
 //
+// keys, when --signer-key-uri names the root key, is its key store: the
+// leader creates the next root's key there.
+//
 // It returns once the material is loaded from the Secret (created by the
 // leader on first install), so that the server starts with it.
-func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer) (ca.Source, error) {
+func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer, keys rotation.KeyStore) (ca.Source, error) {
 	switch k.material {
 	case materialDir:
 		return nil, nil
@@ -92,6 +96,7 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer)
 		PropagationDelay: d.policy.PropagationDelay,
 		MaxLeafTTL:       d.policy.MaxTTL,
 		Signer:           signer,
+		Keys:             keys,
 		LeaseDuration:    k.leaseDuration,
 		RenewDeadline:    k.renewDeadline,
 		RetryPeriod:      k.retryPeriod,

@@ -90,7 +90,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		fs.StringVar(&trustDomain, "trust-domain", trustDomain, "trust domain named in the new root")
 		fs.DurationVar(&rootTTL, "root-ttl", rootTTL, "lifetime of the new root (self-signed, or created in Vault)")
 		fs.StringVar(&from, "from", "", "for a plugged-in CA, the directory holding the next cacerts; for an upstream-signed CA, the Vault issuer (name or ID) of the next root (default: a new root created in the PKI mount)")
-		fs.StringVar(&k.keyURI, "signer-key-uri", "", "the self-signed root's key store, as given to \"castellan ca\" (pkcs11:..., vault-transit://...); the next root's key is created there")
+		fs.StringVar(&k.keyURI, "signer-key-uri", "", "the self-signed root's key store, as given to \"castellan ca\" (pkcs11:..., vault-transit://...), with --data-dir or --material=kubernetes; the next root's key is created there")
 		fs.StringVar(&k.keyAlg, "signer-key-algorithm", k.keyAlg, "algorithm of the next root's key in --signer-key-uri's store")
 		k.registerVault(fs)
 	case "activate", "retire":
@@ -119,6 +119,17 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Policy: policy, Logger: cliflag.NewCLILogger(stderr)}
 	var r rotation.Rotator = mr
 	isUpstream := upstreamDir(*dataDir)
+	var keys rotation.KeyStore
+	if k.keyURI != "" && step == "prepare" && k.upstream == "" && !isUpstream {
+		// The self-signed root's key store, whatever holds the
+		// certificates: the next root's key is created there.
+		ring, err := k.openRing(ctx, &caDeps{log: mr.Logger, reg: prometheus.NewRegistry()})
+		if err != nil {
+			return err
+		}
+		defer ring.Close()
+		keys, mr.Keys = ring, ring
+	}
 	switch {
 	case kube.material != materialDir && kube.material != materialKubernetes:
 		return usageError{Err: fmt.Errorf("--material %q: want %s or %s", kube.material, materialDir, materialKubernetes)}
@@ -127,7 +138,7 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		if err != nil {
 			return fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
 		}
-		r = &kubestore.Rotator{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: rootTTL, Policy: policy}
+		r = &kubestore.Rotator{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: rootTTL, Keys: keys, Policy: policy, Logger: mr.Logger}
 	case k.upstream != "" && k.upstream != "vault":
 		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
 	case k.upstream == "vault" || isUpstream:
@@ -143,13 +154,6 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 			ur.Upstream = &upstream.VaultPKI{Client: client, Mount: k.pkiMount}
 		}
 		r = upstreamRotator{ur}
-	case k.keyURI != "" && step == "prepare":
-		ring, err := k.openRing(ctx, &caDeps{log: mr.Logger, reg: prometheus.NewRegistry()})
-		if err != nil {
-			return err
-		}
-		defer ring.Close()
-		mr.Keys = ring
 	}
 	switch step {
 	case "prepare":
