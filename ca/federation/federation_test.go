@@ -394,3 +394,46 @@ func TestWebProfileReloadsCertificate(t *testing.T) {
 		}
 	}
 }
+
+// TestFederatorStartsFromLastPublished: a restarted federator serves the
+// bundles it last published, before any fetch; a document that does not
+// parse is ignored and the bundle file used.
+func TestFederatorStartsFromLastPublished(t *testing.T) {
+	dir := t.TempDir()
+	published := newAuthority(t, tdB)
+	b := spiffebundle.FromX509Authorities(tdB, published.Roots)
+	b.SetSequenceNumber(42)
+	doc, err := federated.Marshal([]*spiffebundle.Bundle{b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, federated.FileName)
+	if err := os.WriteFile(path, doc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fromFile := spiffebundle.FromX509Authorities(tdB, newAuthority(t, tdB).Roots)
+	rel := federation.Relationship{TrustDomain: tdB, URL: "https://127.0.0.1:1/", Profile: federation.ProfileSPIFFE,
+		EndpointID: spiffeid.RequireFromPath(tdB, "/e"), BundleFile: writeBundle(t, fromFile)}
+	newFederator := func() *federation.Federator {
+		f, err := federation.New(federation.Config{TrustDomain: tdA, Relationships: []federation.Relationship{rel}, DataDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if got := newFederator().Bundles(); len(got) != 1 || !got[0].Equal(b) {
+		t.Fatal("the last published bundle was not loaded")
+	}
+	if err := os.WriteFile(path, []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := newFederator().Bundles(); len(got) != 1 || !got[0].Equal(fromFile) {
+		t.Fatal("the bundle file was not used in place of a broken document")
+	}
+	if _, err := federation.New(federation.Config{TrustDomain: tdB, Relationships: []federation.Relationship{rel}, DataDir: dir}); err == nil {
+		t.Fatal("federating with the local trust domain was accepted")
+	}
+	if _, err := federation.New(federation.Config{TrustDomain: tdA, Relationships: []federation.Relationship{rel, rel}, DataDir: dir}); err == nil {
+		t.Fatal("a trust domain named twice was accepted")
+	}
+}
