@@ -36,6 +36,9 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"sigs.k8s.io/yaml"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/castellan-mesh/castellan/ca/caclient"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
@@ -226,6 +229,26 @@ func inDir(arg string) string {
 	return strings.ReplaceAll(arg, "=/var/run/secrets/", "=var/run/secrets/")
 }
 
+// trustConfigMap waits for Castellan's istio-ca-root-cert in ns and
+// returns its root-cert.pem; with want set, it checks that the ConfigMap
+// holds want and is still labelled as Castellan's.
+func trustConfigMap(t *testing.T, api *harness.APIServer, ns string, want []byte) []byte {
+	t.Helper()
+	var cm *corev1.ConfigMap
+	waitFor(t, "istio-ca-root-cert in "+ns, 60*time.Second, func() bool {
+		var err error
+		cm, err = api.Client.CoreV1().ConfigMaps(ns).Get(context.Background(), "istio-ca-root-cert", metav1.GetOptions{})
+		return err == nil && cm.Data["root-cert.pem"] != ""
+	})
+	got := []byte(cm.Data["root-cert.pem"])
+	if want != nil {
+		if string(got) != string(want) || cm.Labels["app.kubernetes.io/managed-by"] != "castellan" {
+			t.Errorf("%s/istio-ca-root-cert was changed (labels %v)", ns, cm.Labels)
+		}
+	}
+	return got
+}
+
 func loopback(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(harness.FreePort(t)) }
 
 // TestIstiod runs Istio's control plane with its CA off and Castellan as
@@ -245,10 +268,17 @@ func TestIstiod(t *testing.T) {
 	// name (Istio's pilot/pkg/grpc/tls.go), so the CA's serving
 	// certificate names it too; in a cluster, CA_ADDR names Castellan's
 	// Service and its certificate that name.
-	ca := harness.StartCAProcess(t, "--kubeconfig", api.Kubeconfig, "--dns-san-allow", istiodProfile, "--server-dns-name", istiodSAN)
-	root, err := os.ReadFile(ca.RootFile)
-	if err != nil {
-		t.Fatal(err)
+	// The CA keeps its material in a Secret and, as the istio-ca overlay
+	// runs it, publishes istio-ca-root-cert in every namespace: istiod's
+	// agent and the sidecar take Castellan's root from there, as their
+	// pods mount it.
+	api.CreateServiceAccount(t, "castellan-system", "castellan-ca")
+	ca := harness.StartCAProcess(t, "--kubeconfig", api.Kubeconfig, "--material=kubernetes",
+		"--namespace=castellan-system", "--pod-name=castellan-ca-0",
+		"--dns-san-allow", istiodProfile, "--server-dns-name", istiodSAN)
+	root := trustConfigMap(t, api, "istio-system", nil)
+	if sidecarRoot := trustConfigMap(t, api, "shop", nil); string(sidecarRoot) != string(root) {
+		t.Fatal("istio-ca-root-cert differs between namespaces")
 	}
 	caRoots, err := pemfile.ParseCertificates(root)
 	if err != nil {
@@ -413,6 +443,11 @@ func TestIstiod(t *testing.T) {
 	}
 	// ACK, as Envoy does.
 	_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: clusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+
+	// istiod, its CA off, left istio-ca-root-cert to Castellan.
+	for _, ns := range []string{"istio-system", "shop"} {
+		trustConfigMap(t, api, ns, root)
+	}
 
 	m := ca.Metrics(t)
 	if n := m.Value("castellan_ca_certificates_issued_total"); n < 2 {
