@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -211,9 +210,6 @@ func upstreamDir(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, upstream.ChainFile))
 	return err == nil
 }
-
-// newCLILogger logs a command's progress to w, without timestamps.
-func newCLILogger(w io.Writer) *slog.Logger { return cliflag.NewCLILogger(w) }
 
 func printRotation(w io.Writer, st *rotation.Status) {
 	fmt.Fprintf(w, "mode   %s\nphase  %s\n", st.Mode, st.Phase)
