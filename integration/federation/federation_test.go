@@ -473,3 +473,9 @@ func TestBadFederatedEndpoint(t *testing.T) {
 	m := s.a.Metrics(t)
 	t.Logf("c.test: age of the last good bundle %.1fs; b.test: %.1fs", m.Value("castellan_federation_bundle_age_seconds", "trust_domain", "c.test"), m.Value("castellan_federation_bundle_age_seconds", "trust_domain", "b.test"))
 }
+
+// newCARoot returns a new CA certificate that names the trust domain of id.
+func newCARoot(t *testing.T, id string) *x509.Certificate {
+	t.Helper()
+	return testpki.New(t, testpki.WithID(id)).Root
+}
