@@ -27,7 +27,7 @@ func commands() []command {
 		{"agent", "run the node agent (SDS, Workload API, files)", runAgent},
 		{"authz", "translate and check AuthorizationPolicy and PeerAuthentication", runAuthz},
 		{"cert", "inspect certificates", runCert},
-		{"bench", "load generators (bench ca)", runBench},
+		{"bench", "load generators (bench ca|sds|token)", runBench},
 		{"demo", "run the CA and a workload on this machine, no cluster needed", runDemo},
 		{"version", "print the version, VCS revision and Go version", runVersion},
 	}

@@ -74,7 +74,7 @@ func PrintUsage(w io.Writer, fs *pflag.FlagSet, h Help) {
 			std = append(std, fmt.Sprintf("--%s: %s", f.Name, strings.Join(vars, ", ")))
 		}
 	})
-	fmt.Fprintf(w, "\nEnvironment:\n  Every flag is also a %s_ variable: --some-flag is %s. A flag on the\n  command line wins over its variable.\n",
+	fmt.Fprintf(w, "\nEnvironment:\n  Every flag is also a %s_ variable: --some-flag is %s.\n  A flag on the command line wins over its variable.\n",
 		EnvPrefix, EnvName(EnvPrefix, "some-flag"))
 	if len(std) > 0 {
 		fmt.Fprintf(w, "  Standard variables, read when neither the flag nor its %s_ variable is set:\n", EnvPrefix)
