@@ -7,7 +7,7 @@ FUZZTIME  ?= 5s
 # Cache for built test servers (Vault), keyed by version, outside the repo.
 CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/castellan
 
-.PHONY: all build demo test test-unit test-integration test-monitoring test-helm fuzz-short vet fmt-check tidy-check lint bench tools
+.PHONY: all build demo test test-unit test-integration test-monitoring test-helm fuzz-short proto vet fmt-check tidy-check lint bench tools
 
 all: build
 
@@ -46,6 +46,11 @@ test-helm:
 ## fuzz-short: run every fuzz target briefly.
 fuzz-short:
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz-short.sh
+
+## proto: regenerate the checked-in Go code of proto/ (needs protoc; the
+## build and the tests do not).
+proto:
+	./scripts/gen-proto.sh
 
 vet:
 	$(GO) vet ./...

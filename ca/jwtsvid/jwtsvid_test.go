@@ -21,7 +21,9 @@ var (
 	id = spiffeid.RequireFromPath(td, "/ns/default/sa/web")
 )
 
-func newKeySet(t *testing.T) (*jwtsvid.KeySet, *jwtsvid.Rotator) {
+func newKeySet(t *testing.T) (*jwtsvid.KeySet, *jwtsvid.Rotator) { return newKeySetB(t) }
+
+func newKeySetB(t testing.TB) (*jwtsvid.KeySet, *jwtsvid.Rotator) {
 	t.Helper()
 	dir := t.TempDir()
 	ring, err := kms.NewRing(context.Background(), "file://"+filepath.Join(dir, "jwt-key.pem"), kms.ECDSAP256, kms.Config{})
