@@ -310,8 +310,12 @@ func TestFederation(t *testing.T) {
 	}
 
 	// Rotation of b.test: prepare, then activate.
+	prepared := time.Now()
 	harness.RunCastellan(t, 0, "", "ca", "rotate", "prepare", "--trust-domain", "b.test", "--data-dir", s.b.DataDir)
 	waitFor(t, "b.test's new root at the workload", func() bool { return authorities(s.workloadBundles(t), tdB) == 2 })
+	// B reloads its data directory every 5 s, A polls B every second (its
+	// refresh hint) and the agent reads the file every second.
+	t.Logf("b.test's prepared root reached a.test's workload %s after the prepare command started", time.Since(prepared).Round(10*time.Millisecond))
 	harness.RunCastellan(t, 0, "", "ca", "rotate", "activate", "--force", "--data-dir", s.b.DataDir)
 	waitFor(t, "an SVID of b.test's new root", func() bool {
 		chain := s.svidOf(t, s.b, "api")
