@@ -93,6 +93,11 @@ func runCertInspect(ctx context.Context, args []string, stdin io.Reader, stdout,
 	if err := f.check(positional); err != nil {
 		return usageError{Err: err}
 	}
+	// Only the command line is checked: KUBECONFIG or CASTELLAN_KUBECONFIG
+	// in the environment is no mistake when the source is not a Secret.
+	if f.secret == "" && (fs.Changed("kubeconfig") || fs.Changed("context")) {
+		return usageError{Err: errors.New("--kubeconfig and --context apply only to --secret")}
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -166,8 +171,6 @@ func (f *certInspectFlags) check(positional []string) error {
 		return errors.New("--client-cert and --client-key go together")
 	case f.tlsAddr == "" && (f.clientCert != "" || f.sni != ""):
 		return errors.New("--client-cert, --client-key and --server-name apply only to --tls")
-	case f.secret == "" && (f.kubeconfig != "" || f.kubeContext != ""):
-		return errors.New("--kubeconfig and --context apply only to --secret")
 	case f.timeout <= 0:
 		return errors.New("--timeout must be positive")
 	}

@@ -90,6 +90,8 @@ func TestCertInspectExitCodes(t *testing.T) {
 		{name: "short", args: []string{f.valid, "--short"}, wantCode: 0, wantOut: []string{"chain[0]  leaf  VALID  spiffe://example.test/ns/default/sa/valid"}},
 		{name: "json from the environment", args: []string{f.valid}, env: map[string]string{"CASTELLAN_OUTPUT": "json"}, wantCode: 0, wantOut: []string{`"schema_version": 1`}},
 		{name: "yaml", args: []string{f.valid, "-o", "yaml"}, wantCode: 0, wantOut: []string{"schema_version: 1"}},
+		{name: "KUBECONFIG set, a file inspected", args: []string{f.valid}, env: map[string]string{"KUBECONFIG": "/nonexistent", "CASTELLAN_CONTEXT": "x"}, wantCode: 0},
+		{name: "--kubeconfig without --secret", args: []string{f.valid, "--kubeconfig", "/k"}, wantCode: 2, wantStderr: "apply only to --secret"},
 		{name: "deprecated --format", args: []string{f.valid, "--format", "json"}, wantCode: 0, wantOut: []string{`"schema_version": 1`}, wantStderr: "Flag --format has been deprecated, use -o/--output"},
 		{name: "file after --", args: []string{"--bundle", f.root, "--", f.valid}, wantCode: 0},
 		{name: "garbage", args: []string{f.garbage}, wantCode: 1, wantStderr: "PEM block 1 at line 1 is malformed"},
