@@ -45,7 +45,7 @@ type authzServeFlags struct {
 func (f *authzServeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.xdsAddr, "xds-addr", ":15010", "listen address of the ECDS service (gRPC over mutual TLS)")
 	fs.StringVar(&f.httpAddr, "http-addr", ":15016", "listen address for /metrics, /healthz and /readyz")
-	fs.StringVar(&f.workloadAPI, "workload-api-socket", "", "take the server certificate and the trust bundle from the agent's SPIFFE Workload API at this `ADDRESS` (unix:///path), instead of files (default: $SPIFFE_ENDPOINT_SOCKET)")
+	fs.StringVar(&f.workloadAPI, "workload-api-socket", "", "take the server certificate and the trust bundle from the agent's SPIFFE Workload API at this `ADDRESS` (unix:///path), instead of files (default: $SPIFFE_ENDPOINT_SOCKET, unless certificate files are named)")
 	cliflag.StandardEnv(fs, "workload-api-socket", "SPIFFE_ENDPOINT_SOCKET")
 	fs.StringVar(&f.certDir, "cert-dir", "", "directory with cert-chain.pem, key.pem and root-cert.pem, as the agent's --output-dir writes them (re-read on rotation)")
 	fs.StringVar(&f.certFile, "cert", "", "server certificate chain (PEM); overrides --cert-dir")
@@ -94,6 +94,10 @@ func runAuthzServe(ctx context.Context, args []string, stdout, stderr io.Writer)
 	log, err := cliflag.NewLogger(stderr, f.logLevel, f.logFormat)
 	if err != nil {
 		return usageError{Err: err}
+	}
+	if cliflag.FromStandardEnv(fs, "workload-api-socket") && (f.certDir != "" || f.certFile != "" || f.keyFile != "" || f.bundle != "") {
+		// Certificate files named explicitly win over SPIFFE_ENDPOINT_SOCKET.
+		f.workloadAPI = ""
 	}
 	var serverTLS *tls.Config
 	if f.workloadAPI != "" {

@@ -207,13 +207,15 @@ func TestEnvironment(t *testing.T) {
 		{"VAULT_ADDR", []string{"ca", "rotate", "prepare", "--upstream", "vault", "--data-dir", tmp}, map[string]string{"VAULT_ADDR": "http://127.0.0.1:1"}, 1, "holds no upstream-signed intermediate", "--vault-addr is required"},
 		{"VAULT_CACERT", []string{"ca", "--data-dir", filepath.Join(tmp, "ca"), "--upstream", "vault", "--token-review=false", "--jwt-issuer", "https://issuer.test", "--jwks-file", jwks(t), "--vault-token-file", tokenFile},
 			map[string]string{"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_CACERT": filepath.Join(tmp, "no-ca.pem")}, 2, "no-ca.pem", ""},
+		{"SPIFFE_ENDPOINT_SOCKET", []string{"authz", "serve"}, map[string]string{"SPIFFE_ENDPOINT_SOCKET": "bogus://socket"}, 1, "--workload-api-socket bogus://socket", ""},
+		{"certificate files win over SPIFFE_ENDPOINT_SOCKET", []string{"authz", "serve", "--cert-dir", tmp}, map[string]string{"SPIFFE_ENDPOINT_SOCKET": "bogus://socket"}, 1, "cert-chain.pem", "workload-api"},
 		{"CASTELLAN_ prefix for bench", []string{"bench", "token", "--count", "1"}, map[string]string{"CASTELLAN_OUT_DIR": filepath.Join(tmp, "bench")}, 0, "1 tokens to " + filepath.Join(tmp, "bench"), ""},
 		{"CASTELLAN_ prefix for the demo", []string{"demo"}, map[string]string{"CASTELLAN_LOG_FORMAT": "xml"}, 2, "--log-format", ""},
 		{"bad value names the variable", []string{"ca", "rotate", "status"}, map[string]string{"CASTELLAN_MAX_TTL": "soon"}, 2, "CASTELLAN_MAX_TTL", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			for _, k := range []string{"KUBECONFIG", "CASTELLAN_KUBECONFIG", "VAULT_ADDR", "VAULT_CACERT", "VAULT_TOKEN"} {
+			for _, k := range []string{"KUBECONFIG", "CASTELLAN_KUBECONFIG", "VAULT_ADDR", "VAULT_CACERT", "VAULT_TOKEN", "SPIFFE_ENDPOINT_SOCKET"} {
 				t.Setenv(k, "")
 				os.Unsetenv(k)
 			}

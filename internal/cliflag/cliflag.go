@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -22,8 +23,12 @@ import (
 const EnvPrefix = "CASTELLAN"
 
 // annotationStandardEnv is the pflag annotation that lists the standard
-// environment variables a flag reads after its CASTELLAN_ one.
-const annotationStandardEnv = "castellan.env"
+// environment variables a flag reads after its CASTELLAN_ one;
+// annotationFromEnv names the variable a flag's value was taken from.
+const (
+	annotationStandardEnv = "castellan.env"
+	annotationFromEnv     = "castellan.env.from"
+)
 
 // EnvName returns the environment variable that backs the flag name under
 // prefix: "data-dir" with prefix "CASTELLAN" becomes CASTELLAN_DATA_DIR.
@@ -145,12 +150,27 @@ func Parse(fs *pflag.FlagSet, prefix string, args []string, lookup func(string) 
 		}
 		if err := setFromEnv(f, v); err != nil {
 			errs = append(errs, fmt.Errorf("invalid value %q for environment variable %s (flag --%s): %w", v, env, f.Name, err))
+			return
 		}
+		_ = fs.SetAnnotation(f.Name, annotationFromEnv, []string{env})
 	})
 	if err := errors.Join(errs...); err != nil {
 		return UsageError{Err: err}
 	}
 	return nil
+}
+
+// FromStandardEnv reports whether the value of the flag name came from one
+// of its standard variables (see StandardEnv) rather than from the command
+// line, its CASTELLAN_ variable or its default. A command may let an
+// explicit flag that excludes this one win over such a value.
+func FromStandardEnv(fs *pflag.FlagSet, name string) bool {
+	f := fs.Lookup(name)
+	if f == nil {
+		return false
+	}
+	from := f.Annotations[annotationFromEnv]
+	return len(from) == 1 && slices.Contains(f.Annotations[annotationStandardEnv], from[0])
 }
 
 // setFromEnv sets f from an environment value. A repeatable flag takes a

@@ -63,6 +63,9 @@ func TestParse(t *testing.T) {
 			if *dir != tt.wantDir || *ttl != tt.wantTTL || !reflect.DeepEqual(aud.Values(), tt.wantAud) || *kube != tt.wantKube {
 				t.Errorf("got %q %v %v %q", *dir, *ttl, aud.Values(), *kube)
 			}
+			if got, want := FromStandardEnv(fs, "kubeconfig"), tt.wantKube == "/k"; got != want {
+				t.Errorf("FromStandardEnv = %v, want %v", got, want)
+			}
 			if !strings.Contains(stderr.String(), tt.wantNotice) {
 				t.Errorf("stderr %q lacks %q", stderr.String(), tt.wantNotice)
 			}
