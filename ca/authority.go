@@ -7,6 +7,7 @@ package ca
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -18,6 +19,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -27,7 +29,9 @@ import (
 type Authority struct {
 	// Cert is the certificate that signs leaves.
 	Cert *x509.Certificate
-	// Signer is Cert's private key. It may live in a KMS or an HSM.
+	// Signer is Cert's private key. It may live in a KMS or an HSM; when
+	// it is a ContextSigner, a signature gives up with the request's
+	// context.
 	Signer crypto.Signer
 	// Chain holds the certificates above Cert, nearest first, ending with
 	// the root. It is empty when Cert is itself the root.
@@ -43,6 +47,14 @@ type Authority struct {
 	chainPEM  []string // Cert and Chain in PEM, nearest first
 	notAfter  time.Time
 	rootIndex int
+}
+
+// ContextSigner is a crypto.Signer whose signatures may wait on a remote
+// key store (Vault Transit): SignContext gives up when ctx ends, so that
+// a request its caller abandoned does not hold a signature slot.
+type ContextSigner interface {
+	crypto.Signer
+	SignContext(ctx context.Context, rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error)
 }
 
 // NewAuthority checks that cert is a CA certificate whose key is signer,

@@ -106,7 +106,10 @@ type SVID struct {
 }
 
 // Issue validates req's CSR against req.ID and signs an SVID for it.
-// Every failure is a *RejectError; nothing is issued on an error path.
+// A request refused for what it asks is a *RejectError (see ReasonOf);
+// a failure of the CA itself (the serial source, the signer, ctx ending
+// while a remote signer works) is a plain error. Nothing is issued on an
+// error path.
 func (i *Issuer) Issue(ctx context.Context, req Request) (*SVID, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -195,7 +198,7 @@ func (i *Issuer) validity(a *Authority, ttl time.Duration) (time.Time, time.Time
 
 // sign encodes and signs tmpl with a. The TBSCertificate is built in the
 // buffer that then holds the certificate, after room for its header.
-func (i *Issuer) sign(_ context.Context, a *Authority, tmpl *leafTemplate) ([]byte, error) {
+func (i *Issuer) sign(ctx context.Context, a *Authority, tmpl *leafTemplate) ([]byte, error) {
 	const room = 5 // the largest header appendHeader writes
 	buf := make([]byte, room, room+tmpl.sizeHint(a))
 	buf, err := tmpl.appendTBS(buf, a)
@@ -216,7 +219,12 @@ func (i *Issuer) sign(_ context.Context, a *Authority, tmpl *leafTemplate) ([]by
 		h.Write(tbs)
 		digest, opts = h.Sum(sum[:0]), a.sig.hash
 	}
-	sig, err := a.Signer.Sign(i.cfg.Rand, digest, opts)
+	var sig []byte
+	if cs, ok := a.Signer.(ContextSigner); ok {
+		sig, err = cs.SignContext(ctx, i.cfg.Rand, digest, opts)
+	} else {
+		sig, err = a.Signer.Sign(i.cfg.Rand, digest, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ca: signer failed: %w", err)
 	}

@@ -90,6 +90,12 @@ type Key struct {
 // URI returns the key's URI, with any PIN redacted.
 func (k *Key) URI() string { return k.uri.String() }
 
+// SignContext signs digest, giving up when ctx ends if the key store can
+// (Vault Transit); other stores sign as Sign does.
+func (k *Key) SignContext(ctx context.Context, r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return signContext(ctx, k.Signer, r, digest, opts)
+}
+
 // String returns the key's URI, with any PIN redacted.
 func (k *Key) String() string { return k.uri.String() }
 

@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
@@ -61,8 +62,14 @@ type measuredSigner struct {
 }
 
 func (s *measuredSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return s.SignContext(context.Background(), r, digest, opts)
+}
+
+// SignContext times a signature that gives up when ctx ends, if the key
+// store can.
+func (s *measuredSigner) SignContext(ctx context.Context, r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	start := time.Now()
-	sig, err := s.Signer.Sign(r, digest, opts)
+	sig, err := signContext(ctx, s.Signer, r, digest, opts)
 	s.m.seconds.WithLabelValues(s.backend).Observe(time.Since(start).Seconds())
 	if err != nil {
 		s.m.errors.WithLabelValues(s.backend).Inc()

@@ -211,20 +211,34 @@ type transitSigner struct {
 
 func (s *transitSigner) Public() crypto.PublicKey { return s.pub }
 
-func (s *transitSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+// Sign signs digest, waiting at most transitSignTimeout.
+func (s *transitSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return s.SignContext(context.Background(), r, digest, opts)
+}
+
+// SignContext signs digest, giving up when ctx ends or after
+// transitSignTimeout, whichever comes first.
+func (s *transitSigner) SignContext(ctx context.Context, _ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	p, err := s.params(digest, opts)
 	if err != nil {
 		return nil, fmt.Errorf("kms: %s: %w", s.name, err)
 	}
 	call := &signCall{input: base64.StdEncoding.EncodeToString(digest), done: make(chan signResult, 1)}
 	if s.maxBatch <= 1 {
-		ctx, cancel := context.WithTimeout(context.Background(), transitSignTimeout)
+		ctx, cancel := context.WithTimeout(ctx, transitSignTimeout)
 		defer cancel()
 		s.send(ctx, p, []*signCall{call})
 	} else {
 		s.enqueue(p, call)
 	}
-	r := <-call.done
+	var r signResult
+	select {
+	case r = <-call.done:
+	case <-ctx.Done():
+		// A batch already sent completes without this caller; done is
+		// buffered, so its result is dropped.
+		return nil, fmt.Errorf("kms: %s: %w", s.name, ctx.Err())
+	}
 	if r.err != nil {
 		return nil, fmt.Errorf("kms: %s: %w", s.name, r.err)
 	}

@@ -34,6 +34,9 @@ type fakeTransit struct {
 	batchSizes []int
 	params     []map[string]any
 	exportable bool
+	// hold, when set, keeps each sign request waiting until it is closed;
+	// entered receives one value per request held.
+	hold, entered chan struct{}
 }
 
 func (f *fakeTransit) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -53,6 +56,14 @@ func (f *fakeTransit) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNotFound)
 		w.Write([]byte(`{"errors":[]}`))
 	case r.URL.Path == "/v1/transit/sign/ca":
+		if f.hold != nil {
+			f.entered <- struct{}{}
+			select {
+			case <-f.hold:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		var req map[string]any
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, err.Error(), 400)
@@ -277,6 +288,39 @@ func TestTransitErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := key.Sign(rand.Reader, tc.digest, tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Sign: %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestTransitSignContext: a signature asked with a context gives up when
+// the context ends while Transit has not answered, batched or not, with
+// the context's error; the signer still works after.
+func TestTransitSignContext(t *testing.T) {
+	for _, batch := range []int{1, 16} {
+		t.Run(fmt.Sprintf("batch %d", batch), func(t *testing.T) {
+			ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			f, client := newFakeTransit(t, ecKey, "ecdsa-p256")
+			key, err := Open(context.Background(), "vault-transit://transit/ca", Config{Vault: client, TransitMaxBatch: batch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.hold, f.entered = make(chan struct{}), make(chan struct{}, 16)
+			ctx, cancel := context.WithCancel(context.Background())
+			digest := sha256.Sum256([]byte("tbs"))
+			errc := make(chan error, 1)
+			go func() {
+				_, err := key.SignContext(ctx, rand.Reader, digest[:], crypto.SHA256)
+				errc <- err
+			}()
+			<-f.entered // the request is at Transit
+			cancel()
+			if err := <-errc; !errors.Is(err, context.Canceled) {
+				t.Fatalf("SignContext after cancel = %v, want context.Canceled", err)
+			}
+			close(f.hold)
+			if _, err := key.SignContext(context.Background(), rand.Reader, digest[:], crypto.SHA256); err != nil {
+				t.Fatalf("a later signature: %v", err)
 			}
 		})
 	}

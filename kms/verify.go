@@ -1,6 +1,7 @@
 package kms
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -39,6 +40,33 @@ func (s *verifiedSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
 	return sig, nil
+}
+
+// SignContext signs with the key store, giving up when ctx ends if it
+// can, and verifies the result.
+func (s *verifiedSigner) SignContext(ctx context.Context, r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	sig, err := signContext(ctx, s.Signer, r, digest, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifySignature(s.pub, digest, sig, opts); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	return sig, nil
+}
+
+// contextSigner is a signer that can give up when a context ends (Vault
+// Transit); ca.ContextSigner is the same interface, on the caller's side.
+type contextSigner interface {
+	SignContext(ctx context.Context, r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error)
+}
+
+// signContext signs with s, through its SignContext when it has one.
+func signContext(ctx context.Context, s crypto.Signer, r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if cs, ok := s.(contextSigner); ok {
+		return cs.SignContext(ctx, r, digest, opts)
+	}
+	return s.Sign(r, digest, opts)
 }
 
 // verifySignature checks sig over digest (or, for Ed25519, the message)

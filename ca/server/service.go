@@ -146,14 +146,15 @@ func bearerToken(ctx context.Context) (string, error) {
 
 // rejection counts, logs and converts an Issuer error to a gRPC status.
 func (s *Server) rejection(ctx context.Context, id spiffeid.ID, err error) error {
-	reason := ca.ReasonOf(err)
-	if reason == "" {
+	var re *ca.RejectError
+	if !errors.As(err, &re) {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return status.FromContextError(err).Err()
 		}
 		s.log.ErrorContext(ctx, "signing failed", "spiffe_id", id.String(), "error", err)
 		return status.Error(codes.Internal, "signing failed")
 	}
+	reason := re.Reason
 	s.metrics.rejected.WithLabelValues(string(reason)).Inc()
 	s.log.InfoContext(ctx, "CSR rejected", "spiffe_id", id.String(), "reason", string(reason), "error", err.Error())
 	code := codes.InvalidArgument
@@ -163,5 +164,5 @@ func (s *Server) rejection(ctx context.Context, id spiffeid.ID, err error) error
 	case ca.ReasonCAUnavailable:
 		code = codes.Unavailable
 	}
-	return status.Error(code, strings.TrimPrefix(err.Error(), "ca: "))
+	return status.Error(code, re.Err.Error())
 }
