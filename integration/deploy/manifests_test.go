@@ -63,6 +63,7 @@ func withTestOverlay(t testing.TB, name, kustomization string) filesys.FileSyste
 var overlays = []string{
 	"/deploy/overlays/standalone",
 	"/deploy/overlays/istio",
+	"/deploy/overlays/istio-ca",
 	"/deploy/overlays/production",
 	"/deploy/overlays/ctb",
 	"/deploy/overlays/policy-server",
