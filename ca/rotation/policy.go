@@ -53,9 +53,11 @@ func (p Policy) CheckActivate(st State, now time.Time, force bool) error {
 	return nil
 }
 
-// activateAfter is when the root prepared in st may sign.
+// activateAfter is when the root prepared in st may sign: by the policy
+// of the step being taken (an operator may shorten the wait), or for a
+// state that records no preparation time, when it says.
 func (p Policy) activateAfter(st State) time.Time {
-	if !st.ActivateAfter.IsZero() {
+	if st.PreparedAt.IsZero() {
 		return st.ActivateAfter
 	}
 	return p.ActivateAfter(st.PreparedAt)

@@ -27,9 +27,9 @@ type State struct {
 	Phase      Phase     `json:"phase"`
 	PreparedAt time.Time `json:"prepared_at,omitzero"`
 	// ActivateAfter is when a prepared root has had the propagation delay
-	// to reach every peer, recorded at prepare so that a later step taken
-	// with another policy keeps the wait the CA started with. Zero:
-	// PreparedAt plus the policy's delay.
+	// to reach every peer by the policy it was prepared with, for people
+	// and tools; the steps go by PreparedAt and their own policy, unless
+	// PreparedAt is unknown.
 	ActivateAfter time.Time `json:"activate_after,omitzero"`
 	ActivatedAt   time.Time `json:"activated_at,omitzero"`
 	// RetireAfter is when the last SVID signed under the old root expires:

@@ -58,7 +58,7 @@ func TestKubernetesRotationCommand(t *testing.T) {
 	phase("steady", 1)
 	rotate(0, "phase  prepared", "prepare")
 	phase("prepared", 2)
-	rotate(1, "wait, or force", "activate")
+	rotate(1, "wait until", "activate")
 	rotate(0, "phase  activated", "activate", "--force")
 	phase("activated", 2)
 	rotate(1, "may be valid until", "retire")
