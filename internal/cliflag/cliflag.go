@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -108,8 +109,9 @@ func StandardEnv(fs *pflag.FlagSet, name string, vars ...string) {
 // command line, applies the value of its environment variable (see
 // EnvName) when that variable is set, else that of its first standard
 // variable that is set (see StandardEnv). The command line wins over the
-// environment. Deprecated flags have no variable. An invalid environment
-// value is an error that names the variable.
+// environment. A deprecated flag's variable is read only when no other flag
+// sharing its value was set. An invalid environment value is an error that
+// names the variable.
 //
 // A long flag written with one dash (-data-dir), as Go's flag package
 // accepted, is read as --data-dir, with a notice on fs's output.
@@ -130,21 +132,16 @@ func Parse(fs *pflag.FlagSet, prefix string, args []string, lookup func(string) 
 		presetOutput(fs, prefix, args, lookup)
 		return UsageError{Err: err}
 	}
+	// Deprecated flags come last, and only for a value no other flag has
+	// set: CASTELLAN_FORMAT still works, but CASTELLAN_OUTPUT or -o wins.
 	var errs []error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Deprecated != "" {
+	touched := map[pflag.Value]bool{}
+	apply := func(f *pflag.Flag) {
+		if f.Changed {
+			touch(touched, f.Value)
 			return
 		}
-		env := EnvName(prefix, f.Name)
-		v, ok := lookup(env)
-		if !ok {
-			for _, std := range f.Annotations[annotationStandardEnv] {
-				if v, ok = lookup(std); ok && v != "" {
-					env = std
-					break
-				}
-			}
-		}
+		v, env, ok := envValue(f, prefix, lookup)
 		if !ok {
 			return
 		}
@@ -152,12 +149,51 @@ func Parse(fs *pflag.FlagSet, prefix string, args []string, lookup func(string) 
 			errs = append(errs, fmt.Errorf("invalid value %q for environment variable %s (flag --%s): %w", v, env, f.Name, err))
 			return
 		}
+		touch(touched, f.Value)
 		_ = fs.SetAnnotation(f.Name, annotationFromEnv, []string{env})
+	}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Deprecated == "" {
+			apply(f)
+		}
+	})
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Deprecated != "" && !isTouched(touched, f.Value) {
+			apply(f)
+		}
 	})
 	if err := errors.Join(errs...); err != nil {
 		return UsageError{Err: err}
 	}
 	return nil
+}
+
+// envValue returns the environment value for f: its prefixed variable,
+// else the first of its standard variables that is set and not empty.
+func envValue(f *pflag.Flag, prefix string, lookup func(string) (string, bool)) (value, name string, ok bool) {
+	name = EnvName(prefix, f.Name)
+	if v, ok := lookup(name); ok {
+		return v, name, true
+	}
+	for _, std := range f.Annotations[annotationStandardEnv] {
+		if v, ok := lookup(std); ok && v != "" {
+			return v, std, true
+		}
+	}
+	return "", "", false
+}
+
+// touch and isTouched record the flag values that have been set, so that
+// a deprecated alias sharing one is not applied over it. Only pointer
+// values are recorded (every pflag value is one); others count as untouched.
+func touch(m map[pflag.Value]bool, v pflag.Value) {
+	if reflect.ValueOf(v).Kind() == reflect.Pointer {
+		m[v] = true
+	}
+}
+
+func isTouched(m map[pflag.Value]bool, v pflag.Value) bool {
+	return reflect.ValueOf(v).Kind() == reflect.Pointer && m[v]
 }
 
 // FromStandardEnv reports whether the value of the flag name came from one
