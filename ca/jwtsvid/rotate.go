@@ -78,10 +78,21 @@ func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (State, []byte
 		return State{}, nil, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
 	}
 	if st.Phase != want {
-		rs := rotation.State{Phase: st.Phase}
-		return State{}, nil, fmt.Errorf("jwtsvid: JWT key %w", rs.Require(want))
+		return State{}, nil, phaseError(st.Phase, want)
 	}
 	return st, raw, nil
+}
+
+// phaseError refuses a step that needs phase want while the rotation is
+// in phase, saying which step would come next.
+func phaseError(phase, want rotation.Phase) error {
+	switch want {
+	case rotation.PhaseSteady:
+		return fmt.Errorf("jwtsvid: a JWT key rotation is already in progress (phase %s); activate or retire it first", phase)
+	case rotation.PhasePrepared:
+		return fmt.Errorf("jwtsvid: no JWT key to activate (phase %s); prepare one first", phase)
+	}
+	return fmt.Errorf("jwtsvid: no JWT key to retire (phase %s)", phase)
 }
 
 // Prepare creates a new key in the key store and publishes it; the active

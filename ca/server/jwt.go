@@ -46,7 +46,7 @@ type jwtMetrics struct {
 	refused *prometheus.CounterVec
 }
 
-func newJWTMetrics(reg prometheus.Registerer) *jwtMetrics {
+func newJWTMetrics(reg prometheus.Registerer, issuer JWTIssuer) *jwtMetrics {
 	m := &jwtMetrics{
 		minted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "castellan_ca_jwt_svids_minted_total",
@@ -57,7 +57,11 @@ func newJWTMetrics(reg prometheus.Registerer) *jwtMetrics {
 			Help: "JWT-SVID requests refused, by reason (unauthenticated, impersonation, invalid_audience, unavailable).",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.minted, m.refused)
+	authorities := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "castellan_ca_jwt_authorities",
+		Help: "JWT signing keys published (active, prepared, retiring).",
+	}, func() float64 { return float64(len(issuer.JWTAuthorities())) })
+	reg.MustRegister(m.minted, m.refused, authorities)
 	for _, r := range []string{jwtRefusedUnauthenticated, jwtRefusedImpersonation, jwtRefusedAudience, jwtRefusedUnavailable} {
 		m.refused.WithLabelValues(r)
 	}
@@ -83,7 +87,7 @@ func (s *Server) registerJWT(g *grpc.Server) {
 		ttl = jwtsvid.DefaultTTL
 	}
 	ttl = min(max(ttl, jwtsvid.MinTTL), jwtsvid.MaxTTL)
-	jwtapi.RegisterJWTServiceServer(g, &jwtService{s: s, issuer: s.cfg.JWT, ttl: ttl, metrics: newJWTMetrics(s.cfg.Registerer)})
+	jwtapi.RegisterJWTServiceServer(g, &jwtService{s: s, issuer: s.cfg.JWT, ttl: ttl, metrics: newJWTMetrics(s.cfg.Registerer, s.cfg.JWT)})
 }
 
 // MintJWTSVID authenticates the caller exactly as CreateCertificate does
