@@ -213,3 +213,28 @@ func TestExternalSigner(t *testing.T) {
 		t.Fatal("a different signer was accepted for the existing root")
 	}
 }
+
+// TestKeyFilePolicy: every CA key file in the data directory goes
+// through kms's one key-file policy. A key its group or others may read
+// is refused, at start and at reload, with an error that says how to fix
+// it; created keys are 0600.
+func TestKeyFilePolicy(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := open(t, dir); err != nil {
+		t.Fatal(err)
+	}
+	keyPath := filepath.Join(dir, RootKeyFile)
+	fi, err := os.Stat(keyPath)
+	must(t, err)
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s created with mode %s, want 0600", RootKeyFile, fi.Mode().Perm())
+	}
+	must(t, os.Chmod(keyPath, 0o640))
+	if _, err := open(t, dir); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("a group-readable root key: %v; want a refusal saying chmod 600", err)
+	}
+	must(t, os.Chmod(keyPath, 0o600))
+	if _, err := open(t, dir); err != nil {
+		t.Fatalf("after chmod 600: %v", err)
+	}
+}
