@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -136,45 +135,10 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer,
 		return nil, usageError{Err: err}
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	go func() { errc <- store.Run(runCtx) }()
-	if err := waitLoaded(ctx, d, store, errc); err != nil {
-		cancel() // Run, if still running, stops and its result is dropped
+	run, err := store.Start(ctx)
+	if err != nil {
 		return nil, err
 	}
-	d.runners = append(d.runners, func(rctx context.Context) error {
-		select {
-		case err := <-errc:
-			cancel()
-			return err
-		case <-rctx.Done():
-			cancel()
-			return <-errc
-		}
-	})
+	d.runners = append(d.runners, run)
 	return store, nil
-}
-
-// waitLoaded waits for the Secret's first load, saying every few seconds
-// why it is not there yet.
-func waitLoaded(ctx context.Context, d *caDeps, store *kubestore.Store, errc <-chan error) error {
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-store.Loaded():
-			return nil
-		case err := <-errc:
-			if err == nil {
-				err = errors.New("kubestore stopped before loading the CA Secret")
-			}
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-			_, why := store.Ready()
-			d.log.Info("waiting for the CA material", "reason", why)
-		}
-	}
 }
