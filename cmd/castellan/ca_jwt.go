@@ -33,37 +33,49 @@ func (j *jwtFlags) validate() error {
 }
 
 // keySet opens the CA's JWT signing keys (creating the first on the first
-// start) and adds their reload to the CA's background jobs. With
-// --material=kubernetes they live in the CA Secret, shared by the
-// replicas; otherwise in the data directory or --signer-key-uri's store.
+// start) and adds their reload to the CA's background jobs. The keys are
+// in --signer-key-uri's store when it is set (an HSM, Vault Transit),
+// else in the data directory, or with --material=kubernetes in the CA
+// Secret; with --material=kubernetes the state is in the CA Secret, so
+// that the replicas share it.
 func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *caDeps) (*jwtsvid.KeySet, error) {
-	if kube.material == materialKubernetes {
-		client, err := d.kubeClient()
-		if err != nil {
-			return nil, fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
-		}
-		st := &secretstore.Store{Client: client, Namespace: kube.namespace, Name: kube.secretName}
-		ks, err := jwtsvid.Open(ctx, jwtsvid.Config{State: st, Keys: st, Logger: d.log})
-		if err != nil {
-			return nil, err
-		}
-		d.runners = append(d.runners, ks.Run)
-		return ks, nil
-	}
-	ring, err := jwtKeyStore(ctx, k, d, d.dataDir)
+	state, keys, closeKeys, err := jwtStores(ctx, k, kube, d, d.dataDir)
 	if err != nil {
 		return nil, err
 	}
-	ks, err := jwtsvid.Open(ctx, jwtsvid.Config{Dir: d.dataDir, Keys: ring, Logger: d.log})
+	ks, err := jwtsvid.Open(ctx, jwtsvid.Config{State: state, Keys: keys, Logger: d.log})
 	if err != nil {
-		ring.Close()
+		closeKeys()
 		return nil, err
 	}
 	d.runners = append(d.runners, func(ctx context.Context) error {
-		defer ring.Close()
+		defer closeKeys()
 		return ks.Run(ctx)
 	})
 	return ks, nil
+}
+
+// jwtStores returns where the JWT key state and keys are (see keySet), and
+// what releases the key store.
+func jwtStores(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *caDeps, dataDir string) (jwtsvid.StateStore, jwtsvid.KeyStore, func(), error) {
+	var state jwtsvid.StateStore = jwtsvid.DirState(dataDir)
+	var secret *secretstore.Store
+	if kube != nil && kube.material == materialKubernetes {
+		client, err := d.kubeClient()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
+		}
+		secret = &secretstore.Store{Client: client, Namespace: kube.namespace, Name: kube.secretName}
+		state = secret
+	}
+	if secret != nil && k.keyURI == "" {
+		return state, secret, func() {}, nil
+	}
+	ring, err := jwtKeyStore(ctx, k, d, dataDir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return state, ring, func() { ring.Close() }, nil
 }
 
 // jwtKeyStore opens the key store of the JWT signing keys: the store of
@@ -106,23 +118,12 @@ type jwtRotateArgs struct {
 // prepare, activate and retire as the root's, for the JWT key.
 func runJWTRotate(ctx context.Context, a jwtRotateArgs, out *cliflag.Output, stdout, stderr io.Writer) error {
 	log := cliflag.NewCLILogger(stderr)
-	r := &jwtsvid.Rotator{Dir: a.dataDir, PropagationDelay: a.propagation, TTL: a.ttl, Logger: log}
-	if a.kube != nil && a.kube.material == materialKubernetes {
-		client, err := (&caDeps{kubeconfig: a.kubeconfig}).kubeClient()
-		if err != nil {
-			return fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
-		}
-		st := &secretstore.Store{Client: client, Namespace: a.kube.namespace, Name: a.kube.secretName}
-		r.State, r.Keys = st, st
-	} else {
-		ring, err := jwtKeyStore(ctx, a.kms, &caDeps{log: log, reg: prometheus.NewRegistry()}, a.dataDir)
-		if err != nil {
-			return err
-		}
-		defer ring.Close()
-		r.Keys = ring
+	state, keys, closeKeys, err := jwtStores(ctx, a.kms, a.kube, &caDeps{log: log, reg: prometheus.NewRegistry(), kubeconfig: a.kubeconfig}, a.dataDir)
+	if err != nil {
+		return err
 	}
-	var err error
+	defer closeKeys()
+	r := &jwtsvid.Rotator{State: state, Keys: keys, PropagationDelay: a.propagation, TTL: a.ttl, Logger: log}
 	switch a.step {
 	case "prepare":
 		err = r.Prepare(ctx)
