@@ -346,7 +346,7 @@ func (j *jwtAgent) check(resp *jwtapi.MintJWTSVIDResponse, id spiffeid.ID, aud [
 
 // keyID returns the kid header of a token that verified.
 func keyID(tok string) (string, error) {
-	jws, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.RS256, jose.PS256})
+	jws, err := jose.ParseSignedCompact(tok, []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.RS256, jose.PS256})
 	if err != nil || len(jws.Signatures) != 1 {
 		return "", fmt.Errorf("agent: the CA's JWT-SVID has no single signature: %v", err)
 	}
