@@ -16,8 +16,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -37,33 +35,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-const softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
+const softHSMModule = harness.SoftHSMModule
 
-// softHSMToken creates a SoftHSM2 token labelled label, user PIN 1234, in
-// a fresh token directory named by a SOFTHSM2_CONF in a temp dir. It
-// fails when SoftHSM2 is missing (scripts/tools.sh installs it), or skips
-// if CASTELLAN_ALLOW_SKIP is set.
-func softHSMToken(t testing.TB, label string) {
-	t.Helper()
-	util, err := exec.LookPath("softhsm2-util")
-	if _, serr := os.Stat(softHSMModule); err != nil || serr != nil {
-		harness.SkipUnlessAllowed(t, fmt.Sprintf("SoftHSM2 is not installed (%s); run scripts/tools.sh (make tools)", softHSMModule))
-	}
-	dir := t.TempDir()
-	tokens := filepath.Join(dir, "tokens")
-	if err := os.Mkdir(tokens, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "softhsm2.conf")
-	if err := os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SOFTHSM2_CONF", conf)
-	out, err := exec.Command(util, "--init-token", "--free", "--label", label, "--pin", "1234", "--so-pin", "5678").CombinedOutput()
-	if err != nil {
-		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
-	}
-}
+// softHSMToken creates a SoftHSM2 token labelled label (see
+// harness.SoftHSMToken).
+func softHSMToken(t testing.TB, label string) { harness.SoftHSMToken(t, label, "root") }
 
 func softHSMURI(object string) string {
 	return "pkcs11:token=castellan;object=" + object + "?module-path=" + softHSMModule + "&pin-value=1234"
