@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/sds"
+	"github.com/castellan-mesh/castellan/sds/sdsclient"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
@@ -91,4 +94,54 @@ func TestFederatedBundlesFile(t *testing.T) {
 			t.Fatal("the last good set was not kept")
 		}
 	})
+}
+
+// TestNodeModeFederatedBundles: in node mode every identity's store gets
+// the federated bundles, the ones made before a change and after it.
+func TestNodeModeFederatedBundles(t *testing.T) {
+	a, f := startNodeAgent(t, 0)
+	path := filepath.Join(filepath.Dir(a.cfg.RootCertFile), federated.FileName)
+	tdB := spiffeid.RequireTrustDomainFromString("b.test")
+	write := func(cas ...*svidstoretest.CA) {
+		t.Helper()
+		b := spiffebundle.New(tdB)
+		for _, c := range cas {
+			for _, cert := range c.Bundle(t).Certificates {
+				b.AddX509Authority(cert)
+			}
+		}
+		d, err := federated.Marshal([]*spiffebundle.Bundle{b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path+".tmp", d, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roots := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		secrets, err := sdsclient.Fetch(ctx, a.cfg.SDSSocket, sds.FederatedSecretName(tdB))
+		if err != nil {
+			return 0
+		}
+		certs, err := sdsclient.TrustedCA(secrets[sds.FederatedSecretName(tdB)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(certs)
+	}
+	f.setRunning("shop", "web", true)
+	f.be("shop", "web")
+	caB, caB2 := svidstoretest.NewCA(t, "b root"), svidstoretest.NewCA(t, "b root 2")
+	write(caB)
+	waitFor(t, "b.test's bundle for shop/web", func() bool { return roots() == 1 })
+	write(caB, caB2)
+	waitFor(t, "b.test's new bundle for shop/web", func() bool { return roots() == 2 })
+	f.setRunning("shop", "db", true)
+	f.be("shop", "db")
+	waitFor(t, "b.test's bundle for a new identity", func() bool { return roots() == 2 })
 }
