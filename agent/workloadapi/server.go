@@ -37,16 +37,13 @@ import (
 // with the value "true".
 const SecurityHeader = "workload.spiffe.io"
 
-// Source is what the server serves. *svidstore.Store implements it.
-type Source interface {
-	Load() (svidstore.Snapshot, <-chan struct{})
-}
+// Source is the SVID model's Source: the snapshot served, and a channel
+// closed when it changes. The SDS server consumes the same one.
+type Source = svidstore.Source
 
-// Resolver returns the Source that serves the caller of a call, from the
-// call's context: in a node agent, the one of the caller's own workload.
-// The error it returns ends the call as it is, so it should be a gRPC
-// status that says why.
-type Resolver func(ctx context.Context) (Source, error)
+// Resolver is the SVID model's Resolver: it picks the Source that serves a
+// call's caller.
+type Resolver = svidstore.Resolver
 
 // Server implements workload.SpiffeWorkloadAPIServer.
 type Server struct {

@@ -26,9 +26,13 @@ import (
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/castellan-mesh/castellan/sds"
 )
+
+// secretTypeURL is the xDS type URL of
+// envoy.extensions.transport_sockets.tls.v3.Secret, the one resource type
+// asked for and accepted. The package depends on go-control-plane's types
+// alone, never on the server it talks to.
+var secretTypeURL = "type.googleapis.com/" + string((&tlsv3.Secret{}).ProtoReflect().Descriptor().FullName())
 
 // Client is a connection to one SDS server. It is safe for concurrent use;
 // each Stream is not.
@@ -156,7 +160,7 @@ func complete(got map[string]*tlsv3.Secret, names []string) bool {
 // answer. Unlike Fetch it does not wait: the server answers with what it
 // has now, or fails with Unavailable when a named secret has no content yet.
 func (c *Client) FetchSecrets(ctx context.Context, names ...string) (*Response, error) {
-	req := &discoveryv3.DiscoveryRequest{Node: c.node, ResourceNames: names, TypeUrl: sds.SecretTypeURL}
+	req := &discoveryv3.DiscoveryRequest{Node: c.node, ResourceNames: names, TypeUrl: secretTypeURL}
 	raw, err := c.sds.FetchSecrets(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("sdsclient: FetchSecrets: %w", err)

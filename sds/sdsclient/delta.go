@@ -12,8 +12,6 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-
-	"github.com/castellan-mesh/castellan/sds"
 )
 
 // DeltaStream is an incremental SDS stream (DeltaSecrets). It tracks the
@@ -68,7 +66,7 @@ func (c *Client) DeltaStream(ctx context.Context, initial map[string]string) (*D
 
 // Subscribe adds names to the subscription.
 func (d *DeltaStream) Subscribe(names ...string) error {
-	return d.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: sds.SecretTypeURL, ResourceNamesSubscribe: names})
+	return d.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretTypeURL, ResourceNamesSubscribe: names})
 }
 
 // Unsubscribe removes names from the subscription and forgets them.
@@ -78,7 +76,7 @@ func (d *DeltaStream) Unsubscribe(names ...string) error {
 	for _, n := range names {
 		delete(d.known, n)
 	}
-	return d.sendLocked(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: sds.SecretTypeURL, ResourceNamesUnsubscribe: names})
+	return d.sendLocked(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretTypeURL, ResourceNamesUnsubscribe: names})
 }
 
 // Recv waits for the next response and checks it. It neither accepts nor
@@ -104,8 +102,8 @@ func (d *DeltaStream) Recv() (*DeltaResponse, error) {
 	if raw.GetNonce() == "" {
 		errs = append(errs, errors.New("sdsclient: delta response has no nonce"))
 	}
-	if raw.GetTypeUrl() != sds.SecretTypeURL {
-		errs = append(errs, fmt.Errorf("sdsclient: response type_url is %q, want %q", raw.GetTypeUrl(), sds.SecretTypeURL))
+	if raw.GetTypeUrl() != secretTypeURL {
+		errs = append(errs, fmt.Errorf("sdsclient: response type_url is %q, want %q", raw.GetTypeUrl(), secretTypeURL))
 	}
 	for i, r := range raw.GetResources() {
 		secret, err := decodeSecret(r.GetResource())
@@ -132,13 +130,13 @@ func (d *DeltaStream) ACK(resp *DeltaResponse) error {
 	for _, n := range resp.Removed {
 		delete(d.known, n)
 	}
-	return d.sendLocked(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: sds.SecretTypeURL, ResponseNonce: resp.Nonce})
+	return d.sendLocked(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: secretTypeURL, ResponseNonce: resp.Nonce})
 }
 
 // NACK rejects resp with msg; the versions held do not change.
 func (d *DeltaStream) NACK(resp *DeltaResponse, msg string) error {
 	return d.Send(&discoveryv3.DeltaDiscoveryRequest{
-		TypeUrl:       sds.SecretTypeURL,
+		TypeUrl:       secretTypeURL,
 		ResponseNonce: resp.Nonce,
 		ErrorDetail:   &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: msg},
 	})

@@ -13,16 +13,14 @@ import (
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/castellan-mesh/castellan/sds"
 )
 
 // decodeSecret unpacks a Secret and applies the checks Envoy applies when
 // it loads one: the proto's validation rules, and certificates and keys
 // that parse and belong together.
 func decodeSecret(a *anypb.Any) (*tlsv3.Secret, error) {
-	if a.GetTypeUrl() != sds.SecretTypeURL {
-		return nil, fmt.Errorf("sdsclient: resource has type %q, want %q", a.GetTypeUrl(), sds.SecretTypeURL)
+	if a.GetTypeUrl() != secretTypeURL {
+		return nil, fmt.Errorf("sdsclient: resource has type %q, want %q", a.GetTypeUrl(), secretTypeURL)
 	}
 	secret := &tlsv3.Secret{}
 	if err := a.UnmarshalTo(secret); err != nil {

@@ -11,8 +11,6 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-
-	"github.com/castellan-mesh/castellan/sds"
 )
 
 // Stream is a state-of-the-world SDS stream (StreamSecrets). It tracks what
@@ -93,8 +91,8 @@ func decodeResponse(raw *discoveryv3.DiscoveryResponse) *Response {
 		resp.Errors[e.GetResourceName().GetName()] = e.GetErrorDetail()
 	}
 	var errs []error
-	if raw.GetTypeUrl() != sds.SecretTypeURL {
-		errs = append(errs, fmt.Errorf("sdsclient: response type_url is %q, want %q", raw.GetTypeUrl(), sds.SecretTypeURL))
+	if raw.GetTypeUrl() != secretTypeURL {
+		errs = append(errs, fmt.Errorf("sdsclient: response type_url is %q, want %q", raw.GetTypeUrl(), secretTypeURL))
 	}
 	for i, a := range raw.GetResources() {
 		secret, err := decodeSecret(a)
@@ -187,7 +185,7 @@ func (s *Stream) requestLocked() *discoveryv3.DiscoveryRequest {
 	return &discoveryv3.DiscoveryRequest{
 		VersionInfo:   s.accepted,
 		ResourceNames: append([]string(nil), s.names...),
-		TypeUrl:       sds.SecretTypeURL,
+		TypeUrl:       secretTypeURL,
 		ResponseNonce: s.nonce,
 	}
 }
