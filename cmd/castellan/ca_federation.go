@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/federation"
-	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
@@ -22,7 +22,7 @@ type federationFlags struct {
 	endpointAddr, endpointProfile, endpointID string
 	endpointCert, endpointKey                 string
 	refreshHint                               time.Duration
-	federateWith                              *cliflag.StringList
+	federateWith                              []string
 	minRefresh, maxRefresh                    time.Duration
 }
 
@@ -33,8 +33,10 @@ func (f *federationFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.endpointCert, "bundle-endpoint-cert", "", "PEM certificate chain of the https_web bundle endpoint (re-read when it changes)")
 	fs.StringVar(&f.endpointKey, "bundle-endpoint-key", "", "PEM private key of the https_web bundle endpoint (re-read when it changes)")
 	fs.DurationVar(&f.refreshHint, "bundle-endpoint-refresh-hint", federation.DefaultRefreshHint, "spiffe_refresh_hint of the served bundle: how often federated peers should fetch it")
-	f.federateWith = cliflag.NewStringList()
-	fs.Var(f.federateWith, "federate-with", "a foreign trust domain to federate with (repeatable): TD=URL,https_spiffe,ENDPOINT_SPIFFE_ID,bundle=FILE or TD=URL,https_web[,roots=FILE]")
+	fs.Func("federate-with", "a foreign trust domain to federate with (repeatable; entries separated by ';' in CASTELLAN_FEDERATE_WITH): TD=URL,https_spiffe,ENDPOINT_SPIFFE_ID,bundle=FILE or TD=URL,https_web[,roots=FILE]", func(v string) error {
+		f.federateWith = append(f.federateWith, v)
+		return nil
+	})
 	fs.DurationVar(&f.minRefresh, "federation-min-refresh", federation.DefaultMinRefresh, "shortest interval between two fetches of a foreign bundle, whatever its refresh hint")
 	fs.DurationVar(&f.maxRefresh, "federation-max-refresh", federation.DefaultMaxRefresh, "longest interval between two fetches of a foreign bundle, whatever its refresh hint")
 }
@@ -42,7 +44,15 @@ func (f *federationFlags) register(fs *pflag.FlagSet) {
 // relationships parses --federate-with.
 func (f *federationFlags) relationships(local spiffeid.TrustDomain) ([]federation.Relationship, error) {
 	var rels []federation.Relationship
-	for _, spec := range f.federateWith.Values() {
+	var specs []string
+	for _, v := range f.federateWith {
+		for _, spec := range strings.Split(v, ";") {
+			if spec = strings.TrimSpace(spec); spec != "" {
+				specs = append(specs, spec)
+			}
+		}
+	}
+	for _, spec := range specs {
 		r, err := federation.ParseRelationship(spec)
 		if err != nil {
 			return nil, usageError{Err: fmt.Errorf("--federate-with: %w", err)}
