@@ -7,9 +7,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -147,7 +149,7 @@ func start(t *testing.T, name, dir string, env []string, bin string, args ...str
 	return p
 }
 
-// waitFor polls cond every 100 ms until it holds, failing after limit or
+// waitFor polls cond every 10 ms until it holds, failing after limit or
 // as soon as one of procs exits.
 func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool, procs ...*process) {
 	t.Helper()
@@ -161,7 +163,7 @@ func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool, p
 		if time.Now().After(deadline) {
 			t.Fatalf("no %s within %s", what, limit)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -247,6 +249,100 @@ func trustConfigMap(t *testing.T, api *harness.APIServer, ns string, want []byte
 		}
 	}
 	return got
+}
+
+// sidecar is Istio's pilot-agent run as a sidecar without Envoy.
+type sidecar struct {
+	*process
+	pod, work, out string
+}
+
+// startSidecar runs pilot-agent for the pod name of shop/checkout with
+// Castellan at caAddr as its CA (CA_ADDR, root-cert.pem as the
+// istio-ca-root-cert ConfigMap mounts it) and istiod at discoveryAddr,
+// with env added.
+func startSidecar(t *testing.T, bin, name string, token, root []byte, caAddr, discoveryAddr string, env ...string) *sidecar {
+	t.Helper()
+	_, caPort, _ := net.SplitHostPort(caAddr)
+	work := t.TempDir()
+	out := filepath.Join(work, "out")
+	writeTree(t, work, map[string][]byte{
+		"var/run/secrets/tokens/istio-token":  token,
+		"var/run/secrets/istio/root-cert.pem": root,
+	})
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	proxyConfig, _ := json.Marshal(map[string]any{"discoveryAddress": discoveryAddr, "statusPort": harness.FreePort(t)})
+	p := start(t, "pilot-agent "+name, work, append([]string{
+		"DISABLE_ENVOY=true",
+		"CA_ADDR=localhost:" + caPort,
+		"PROXY_CONFIG=" + string(proxyConfig),
+		"ISTIOD_SAN=" + istiodSAN,
+		"OUTPUT_CERTS=" + out,
+		"POD_NAMESPACE=shop", "POD_NAME=" + name, "SERVICE_ACCOUNT=checkout",
+		"JWT_POLICY=third-party-jwt", "PKCS8_KEY=true", "ISTIO_META_CLUSTER_ID=Kubernetes",
+		"INSTANCE_IP=127.0.0.1",
+	}, env...), bin, "proxy", "sidecar")
+	return &sidecar{process: p, pod: name, work: work, out: out}
+}
+
+// askClusters sends a CDS request, as Envoy's first, to the sidecar's
+// xDS proxy socket and returns the first response.
+func (s *sidecar) askClusters(t *testing.T) (*discoveryv3.DiscoveryResponse, error) {
+	t.Helper()
+	socket := filepath.Join(s.work, "etc/istio/proxy/XDS")
+	waitFor(t, "pilot-agent's XDS socket", 30*time.Second, func() bool { _, err := os.Stat(socket); return err == nil }, s.process)
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name := s.pod
+	meta, err := structpb.NewStruct(map[string]any{
+		"NAMESPACE": "shop", "NAME": name, "SERVICE_ACCOUNT": "checkout",
+		"CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.29.0", "INSTANCE_IPS": "127.0.0.1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "sidecar~127.0.0.1~" + name + ".shop~shop.svc.cluster.local", Cluster: "checkout.shop", Metadata: meta}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: clusterType}); err != nil {
+		return nil, err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	// ACK, as Envoy does.
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: clusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+	return resp, nil
+}
+
+// selfSignedRoot returns a PEM CA certificate that has nothing to do with
+// Castellan.
+func selfSignedRoot(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "another root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 func loopback(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(harness.FreePort(t)) }
@@ -362,32 +458,13 @@ func TestIstiod(t *testing.T) {
 	conn.Close()
 
 	// Istio's sidecar agent: its CA is Castellan, its control plane istiod.
-	_, caPort, _ := net.SplitHostPort(ca.GRPCAddr)
-	work := t.TempDir()
-	out := filepath.Join(work, "out")
-	writeTree(t, work, map[string][]byte{
-		"var/run/secrets/tokens/istio-token":  []byte(api.Token(t, "shop", "checkout", []string{"istio-ca"}, time.Hour)),
-		"var/run/secrets/istio/root-cert.pem": root,
-	})
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	proxyConfig, _ := json.Marshal(map[string]any{"discoveryAddress": secureAddr, "statusPort": harness.FreePort(t)})
+	token := []byte(api.Token(t, "shop", "checkout", []string{"istio-ca"}, time.Hour))
 	began := time.Now()
-	sidecar := start(t, "pilot-agent", work, []string{
-		"DISABLE_ENVOY=true",
-		"CA_ADDR=localhost:" + caPort,
-		"PROXY_CONFIG=" + string(proxyConfig),
-		"ISTIOD_SAN=" + istiodSAN,
-		"OUTPUT_CERTS=" + out,
-		"POD_NAMESPACE=shop", "POD_NAME=checkout-7d9f8", "SERVICE_ACCOUNT=checkout",
-		"JWT_POLICY=third-party-jwt", "PKCS8_KEY=true", "ISTIO_META_CLUSTER_ID=Kubernetes",
-		"INSTANCE_IP=127.0.0.1",
-	}, pilotAgentBin, "proxy", "sidecar")
-	waitFor(t, "SVID from Castellan", 60*time.Second, nonEmpty(filepath.Join(out, "cert-chain.pem")), sidecar)
+	sidecar := startSidecar(t, pilotAgentBin, "checkout-7d9f8", token, root, ca.GRPCAddr, secureAddr)
+	waitFor(t, "SVID from Castellan", 60*time.Second, nonEmpty(filepath.Join(sidecar.out, "cert-chain.pem")), sidecar.process)
 	firstSVID := time.Since(began)
-	waitFor(t, "pilot-agent's key", 10*time.Second, nonEmpty(filepath.Join(out, "key.pem")), sidecar)
-	chain, err := pemfile.ReadCertificates(filepath.Join(out, "cert-chain.pem"))
+	waitFor(t, "pilot-agent's key", 10*time.Second, nonEmpty(filepath.Join(sidecar.out, "key.pem")), sidecar.process)
+	chain, err := pemfile.ReadCertificates(filepath.Join(sidecar.out, "cert-chain.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,31 +475,7 @@ func TestIstiod(t *testing.T) {
 	// What Envoy would do: ask pilot-agent's xDS proxy for clusters. The
 	// proxy forwards to istiod over TLS, verified with Castellan's root
 	// and ISTIOD_SAN.
-	xdsSocket := filepath.Join(work, "etc/istio/proxy/XDS")
-	waitFor(t, "pilot-agent's XDS socket", 30*time.Second, func() bool { _, err := os.Stat(xdsSocket); return err == nil }, sidecar)
-	xdsConn, err := grpc.NewClient("unix://"+xdsSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer xdsConn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(xdsConn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	meta, err := structpb.NewStruct(map[string]any{
-		"NAMESPACE": "shop", "NAME": "checkout-7d9f8", "SERVICE_ACCOUNT": "checkout",
-		"CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.29.0", "INSTANCE_IPS": "127.0.0.1",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	node := &corev3.Node{Id: "sidecar~127.0.0.1~checkout-7d9f8.shop~shop.svc.cluster.local", Cluster: "checkout.shop", Metadata: meta}
-	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: clusterType}); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := stream.Recv()
+	resp, err := sidecar.askClusters(t)
 	if err != nil {
 		t.Fatalf("no CDS response through pilot-agent from istiod: %v", err)
 	}
@@ -441,8 +494,21 @@ func TestIstiod(t *testing.T) {
 	if !slices.Contains(names, "BlackHoleCluster") {
 		t.Errorf("istiod's clusters %q lack BlackHoleCluster", names)
 	}
-	// ACK, as Envoy does.
-	_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: clusterType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+
+	// The control: a sidecar that trusts another root for xDS (XDS_ROOT_CA)
+	// still gets its SVID from Castellan but no configuration: istiod's
+	// certificate chains to Castellan's root and nothing else.
+	foreign := filepath.Join(t.TempDir(), "foreign-root.pem")
+	if err := os.WriteFile(foreign, selfSignedRoot(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := startSidecar(t, pilotAgentBin, "checkout-b4c1e", token, root, ca.GRPCAddr, secureAddr, "XDS_ROOT_CA="+foreign)
+	waitFor(t, "the second sidecar's SVID", 60*time.Second, nonEmpty(filepath.Join(other.out, "cert-chain.pem")), other.process)
+	if resp, err := other.askClusters(t); err == nil {
+		t.Fatalf("a sidecar trusting another root got %d clusters from istiod", len(resp.GetResources()))
+	} else if !strings.Contains(err.Error(), "x509: certificate signed by unknown authority") {
+		t.Errorf("the sidecar with another root failed (%v) but not on istiod's certificate", err)
+	}
 
 	// istiod, its CA off, left istio-ca-root-cert to Castellan.
 	for _, ns := range []string{"istio-system", "shop"} {
@@ -453,7 +519,7 @@ func TestIstiod(t *testing.T) {
 	if n := m.Value("castellan_ca_certificates_issued_total"); n < 2 {
 		t.Errorf("Castellan issued %v certificates, want istiod's and the sidecar's", n)
 	}
-	t.Logf("pilot-agent: first SVID from Castellan after %s, first xDS response (%d clusters, version %s) from istiod after %s",
+	t.Logf("pilot-agent: first SVID from Castellan after %s, first xDS response (%d clusters, version %s) from istiod after %s (polled every 10 ms)",
 		firstSVID.Round(time.Millisecond), len(names), resp.GetVersionInfo(), firstXDS.Round(time.Millisecond))
 }
 
