@@ -22,10 +22,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	gofederation "github.com/spiffe/go-spiffe/v2/federation"
+	"golang.org/x/net/netutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/ca"
 )
+
+// MaxEndpointConnections is the most connections the bundle endpoint
+// serves at once.
+const MaxEndpointConnections = 256
 
 // Defaults of EndpointConfig.
 const (
@@ -166,9 +171,13 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("federation: bundle endpoint: %w", err)
 	}
-	if e.lis, err = net.Listen("tcp", cfg.Addr); err != nil {
+	lis, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
 		return nil, fmt.Errorf("federation: bundle endpoint: %w", err)
 	}
+	// Past MaxEndpointConnections, new connections wait in the kernel's
+	// backlog: a flood of peers cannot exhaust the CA's memory.
+	e.lis = netutil.LimitListener(lis, MaxEndpointConnections)
 	e.srv = &http.Server{
 		Handler:           http.MaxBytesHandler(handler, 1<<10),
 		ReadHeaderTimeout: 10 * time.Second,
