@@ -22,8 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	gofederation "github.com/spiffe/go-spiffe/v2/federation"
-	"golang.org/x/net/netutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/netutil"
 
 	"github.com/castellan-mesh/castellan/ca"
 )
