@@ -48,13 +48,6 @@ type Rotator struct {
 	Logger *slog.Logger
 }
 
-func (r *Rotator) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
-
 func (r *Rotator) log() *slog.Logger {
 	if r.Logger != nil {
 		return r.Logger
