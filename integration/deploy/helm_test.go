@@ -131,6 +131,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 		{chart: "cluster-trust-bundle", overlay: "/deploy/overlays/ctb"},
 		{chart: "policy-server", overlay: "/deploy/overlays/policy-server"},
 		{chart: "istio", overlay: "/deploy/overlays/istio"},
+		{chart: "istio-ca", overlay: "/deploy/overlays/istio-ca"},
 		{chart: "per-pod", overlay: "/deploy/overlays/perpod"},
 		{chart: "observability", overlay: "/deploy/overlays/observability", only: []string{"NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap"}},
 	}
@@ -139,7 +140,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 			keep := func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
 				var out []*unstructured.Unstructured
 				for _, o := range objs {
-					if (tt.chart == "per-pod" || tt.chart == "istio") && (o.GetKind() == "Namespace" || o.GetKind() == "CustomResourceDefinition") {
+					if (tt.chart == "per-pod" || tt.chart == "istio" || tt.chart == "istio-ca") && (o.GetKind() == "Namespace" || o.GetKind() == "CustomResourceDefinition") {
 						continue // rendered without namespace.create; CRDs are the default's (helm --skip-crds where Istio is installed)
 					}
 					if len(tt.only) == 0 || contains(tt.only, o.GetKind()) {
@@ -232,7 +233,7 @@ func TestHelmChartApplies(t *testing.T) {
 	for obj, err := range ap.applyAll(ctx, crds, false) {
 		t.Fatalf("%s: %v", obj, err)
 	}
-	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "policy-server", "per-pod", "cacerts", "vault", "istio", "observability", "multicluster"} {
+	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "policy-server", "per-pod", "cacerts", "vault", "istio", "istio-ca", "observability", "multicluster"} {
 		objs := helmRendering(t, name)
 		for obj, err := range ap.applyAll(ctx, objs, false) {
 			t.Errorf("%s: %s refused: %v", name, obj, err)

@@ -64,6 +64,8 @@ agent:
 	{name: "cacerts", values: `material: {mode: cacerts, cacerts: {secretName: istio-cacerts}}`},
 	{name: "vault", values: `material: {mode: vault, vault: {addr: "https://vault.vault.svc:8200", role: castellan}}`},
 	{name: "istio", values: `ca: {trustConfigMap: castellan-ca-root-cert}`},
+	// The values of deploy/overlays/istio-ca.
+	{name: "istio-ca", values: `ca: {dnsSANAllow: ["istio-system/istiod=istiod.istio-system.svc,istiod.istio-system.svc.cluster.local"]}`},
 	// A CA that checks the tokens of two clusters besides its own.
 	{name: "multicluster", values: `
 ca:
