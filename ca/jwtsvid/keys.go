@@ -99,8 +99,11 @@ type PublishedKey struct {
 	State KeyState
 }
 
-// Authorities returns the published keys by key ID.
+// Authorities returns the published keys by key ID; none for nil.
 func (k *Keys) Authorities() map[string]crypto.PublicKey {
+	if k == nil {
+		return map[string]crypto.PublicKey{}
+	}
 	out := make(map[string]crypto.PublicKey, len(k.Published))
 	for _, p := range k.Published {
 		out[p.ID] = p.Public
@@ -118,6 +121,7 @@ type KeySet struct {
 	cur     atomic.Pointer[Keys]
 	changed chan struct{} // closed and replaced on each change, under mu
 	chMu    sync.Mutex
+	initErr error // why no keys are loaded yet, under chMu
 }
 
 // Open loads the keys StateFile names, creating the first key in the key
@@ -139,35 +143,65 @@ func Open(ctx context.Context, cfg Config) (*KeySet, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &KeySet{cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}
+	if err := s.init(ctx); err != nil {
+		// The X.509 CA does not depend on the JWT keys: it serves on, JWT-SVIDs
+		// are refused as unavailable, and Run tries again.
+		s.setInitErr(err)
+		s.log.Error("JWT-SVIDs are unavailable until the JWT signing keys can be loaded; X.509 issuance is not affected", "error", err)
+	}
+	return s, nil
+}
+
+// init loads the keys the state names, creating the first key in the key
+// store (and the state) when there is no state yet.
+func (s *KeySet) init(ctx context.Context) error {
+	cfg := s.cfg
 	_, _, err := cfg.State.Load(ctx)
 	if errors.Is(err, ErrNoState) {
 		name := NewKeyName()
 		if _, err := cfg.Keys.Create(ctx, name); err != nil {
-			return nil, fmt.Errorf("jwtsvid: creating the first JWT signing key %s: %w", name, err)
+			return fmt.Errorf("jwtsvid: creating the first JWT signing key %s: %w", name, err)
 		}
 		switch err := cfg.State.Save(ctx, State{Phase: rotation.PhaseSteady, Active: name}, nil); {
 		case errors.Is(err, ErrConflict):
 			// Another replica created the first key at the same time:
 			// its state is the one loaded below.
 		case err != nil:
-			return nil, err
+			return err
 		default:
 			s.log.Info("created the JWT-SVID signing key", "key", name)
 		}
 	} else if err != nil {
-		return nil, err
+		return err
 	}
-	if _, err := s.reload(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
+	_, err = s.reload(ctx)
+	return err
 }
+
+func (s *KeySet) setInitErr(err error) {
+	s.chMu.Lock()
+	s.initErr = err
+	s.chMu.Unlock()
+}
+
+// Err returns why no JWT signing key is loaded, or nil once one is.
+func (s *KeySet) Err() error {
+	s.chMu.Lock()
+	defer s.chMu.Unlock()
+	return s.initErr
+}
+
+// KeyNamePrefix starts the name of every JWT signing key. Like the names
+// of the next roots' keys ("castellan-root-..."), it starts with
+// "castellan-", so that one key-store permission (a Vault policy on
+// transit/keys/castellan-*) covers every key the CA creates.
+const KeyNamePrefix = "castellan-jwt-"
 
 // NewKeyName returns a fresh name for a JWT signing key.
 func NewKeyName() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return "jwt-" + hex.EncodeToString(b[:])
+	return KeyNamePrefix + hex.EncodeToString(b[:])
 }
 
 // Keys returns the current keys.
@@ -199,7 +233,15 @@ func (s *KeySet) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		rctx, cancel := context.WithTimeout(ctx, keyOpTimeout)
-		changed, err := s.reload(rctx)
+		var changed bool
+		var err error
+		if s.cur.Load() == nil {
+			if err = s.init(rctx); err == nil {
+				changed = true
+			}
+		} else {
+			changed, err = s.reload(rctx)
+		}
 		cancel()
 		switch {
 		case err != nil && err.Error() != lastErr:
@@ -237,6 +279,7 @@ func (s *KeySet) reload(ctx context.Context) (bool, error) {
 	s.cur.Store(keys)
 	s.raw = raw
 	s.chMu.Lock()
+	s.initErr = nil
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.chMu.Unlock()

@@ -81,7 +81,14 @@ type Token struct {
 // claims sub (id), aud, iat and exp (now + ttl; ttl must be within
 // MinTTL and MaxTTL). The audiences must pass CheckAudiences.
 func (s *KeySet) Mint(ctx context.Context, id spiffeid.ID, audiences []string, ttl time.Duration) (*Token, error) {
-	return Mint(ctx, s.Keys().Active, id, audiences, ttl, time.Now())
+	k := s.Keys()
+	if k == nil {
+		if err := s.Err(); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNoKey, err)
+		}
+		return nil, ErrNoKey
+	}
+	return Mint(ctx, k.Active, id, audiences, ttl, time.Now())
 }
 
 // Mint signs a JWT-SVID for id with key at now (see KeySet.Mint).

@@ -5,7 +5,7 @@
 // all.
 //
 // The state is the Secret's key StateKey; each key is a PKCS#8 PEM under
-// "<name>.pem" (the names start with "jwt-"). Every write is an update
+// "<name>.pem" (the names start with jwtsvid.KeyNamePrefix). Every write is an update
 // with the Secret's resourceVersion, so concurrent writers never lose
 // each other's changes: the loser gets jwtsvid.ErrConflict, or retries a
 // key creation. A state write also drops the keys it no longer names.
@@ -36,7 +36,7 @@ import (
 const StateKey = "jwt-keys.json"
 
 // keyPrefix starts the Secret key of every JWT signing key.
-const keyPrefix = "jwt-"
+const keyPrefix = jwtsvid.KeyNamePrefix
 
 // maxRetries bounds the retries of a key creation that lost a race.
 const maxRetries = 5

@@ -47,7 +47,7 @@ func jwtKeys(t *testing.T, client *fake.Clientset) []string {
 	}
 	var out []string
 	for k := range sec.Data {
-		if strings.HasPrefix(k, "jwt-") && strings.HasSuffix(k, ".pem") {
+		if strings.HasPrefix(k, jwtsvid.KeyNamePrefix) && strings.HasSuffix(k, ".pem") {
 			out = append(out, k)
 		}
 	}
@@ -113,13 +113,13 @@ func TestSaveRefusesStaleState(t *testing.T) {
 func TestKeys(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newStore(t)
-	if _, err := s.Open(ctx, "jwt-none"); !errors.Is(err, kms.ErrKeyNotFound) {
+	if _, err := s.Open(ctx, jwtsvid.KeyNamePrefix+"none"); !errors.Is(err, kms.ErrKeyNotFound) {
 		t.Fatalf("Open of a missing key: %v", err)
 	}
-	if _, err := s.Create(ctx, "jwt-a"); err != nil {
+	if _, err := s.Create(ctx, jwtsvid.KeyNamePrefix+"a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create(ctx, "jwt-a"); !errors.Is(err, kms.ErrKeyExists) {
+	if _, err := s.Create(ctx, jwtsvid.KeyNamePrefix+"a"); !errors.Is(err, kms.ErrKeyExists) {
 		t.Fatalf("Create over a key: %v", err)
 	}
 	for _, name := range []string{"ca-key", "jwt-../x", ""} {
