@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -9,6 +8,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // The reasons a CA request fails, as the reason label of
@@ -113,16 +113,7 @@ func newMetrics(reg prometheus.Registerer, store *svidstore.Store, soonestExpiry
 		m.bundleLoads.WithLabelValues(r)
 		m.fileWrites.WithLabelValues(r)
 	}
-	if reg == nil {
-		return m, nil
-	}
-	var errs []error
-	for _, c := range []prometheus.Collector{m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds, m.identities, m.withdrawn, m.refused, bundleRoots{store}} {
-		if err := reg.Register(c); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := promreg.Register(reg, m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds, m.identities, m.withdrawn, m.refused, bundleRoots{store}); err != nil {
 		return nil, fmt.Errorf("agent: could not register metrics: %w", err)
 	}
 	return m, nil

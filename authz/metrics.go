@@ -1,9 +1,12 @@
 package authz
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/castellan-mesh/castellan/authz/policy"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Metrics holds the engine's Prometheus metrics. A nil *Metrics records
@@ -30,10 +33,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Workload configurations recomputed.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.policyChanges, m.rejections, m.recomputes} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := promreg.Register(reg, m.policyChanges, m.rejections, m.recomputes); err != nil {
+		return nil, fmt.Errorf("authz: could not register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -1,10 +1,11 @@
 package sds
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // The api label of the stream metrics.
@@ -66,16 +67,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.acks.WithLabelValues(api)
 		m.nacks.WithLabelValues(api)
 	}
-	if reg == nil {
-		return m, nil
-	}
-	var errs []error
-	for _, c := range []prometheus.Collector{m.streams, m.pushes, m.acks, m.nacks, m.stale, m.unknown, m.fetches, m.invalidSecrets} {
-		if err := reg.Register(c); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := promreg.Register(reg, m.streams, m.pushes, m.acks, m.nacks, m.stale, m.unknown, m.fetches, m.invalidSecrets); err != nil {
 		return nil, fmt.Errorf("sds: could not register metrics: %w", err)
 	}
 	return m, nil

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // metrics are the Controller's Prometheus metrics.
@@ -23,13 +25,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Failed attempts to publish the trust bundle; each is retried.",
 		}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range []prometheus.Collector{m.writes, m.errors} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("trust: register metrics: %w", err)
-		}
+	if err := promreg.Register(reg, m.writes, m.errors); err != nil {
+		return nil, fmt.Errorf("trust: register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -1,10 +1,11 @@
 package attest
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 type metrics struct {
@@ -28,16 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range Reasons {
 		m.failures.WithLabelValues(string(r))
 	}
-	if reg == nil {
-		return m, nil
-	}
-	var errs []error
-	for _, c := range []prometheus.Collector{m.attestations, m.failures} {
-		if err := reg.Register(c); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := promreg.Register(reg, m.attestations, m.failures); err != nil {
 		return nil, fmt.Errorf("attest: could not register metrics: %w", err)
 	}
 	return m, nil

@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Defaults for Limits. A proxy opens a few streams on its connection and
@@ -102,10 +104,8 @@ func New(limits Limits, reg prometheus.Registerer) (*Handler, error) {
 	for _, r := range []string{reasonStreams, reasonTotalStreams, reasonRate} {
 		h.refusals.WithLabelValues(r)
 	}
-	if reg != nil {
-		if err := reg.Register(h.refusals); err != nil {
-			return nil, fmt.Errorf("connlimit: could not register metrics: %w", err)
-		}
+	if err := promreg.Register(reg, h.refusals); err != nil {
+		return nil, fmt.Errorf("connlimit: could not register metrics: %w", err)
 	}
 	return h, nil
 }

@@ -1,10 +1,11 @@
 package workloadapi
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 type metrics struct {
@@ -32,16 +33,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.streams.WithLabelValues(method)
 		m.pushes.WithLabelValues(method)
 	}
-	if reg == nil {
-		return m, nil
-	}
-	var errs []error
-	for _, c := range []prometheus.Collector{m.streams, m.pushes, m.rejected} {
-		if err := reg.Register(c); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := promreg.Register(reg, m.streams, m.pushes, m.rejected); err != nil {
 		return nil, fmt.Errorf("workloadapi: could not register metrics: %w", err)
 	}
 	return m, nil

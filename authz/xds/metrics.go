@@ -1,9 +1,13 @@
 package xds
 
 import (
+	"fmt"
+
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Metrics holds the policy server's Prometheus metrics. A nil *Metrics
@@ -41,10 +45,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.proxies, m.pushes, m.answers, m.refusals, m.changeToAck} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := promreg.Register(reg, m.proxies, m.pushes, m.answers, m.refusals, m.changeToAck); err != nil {
+		return nil, fmt.Errorf("xds: could not register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -1,28 +1,20 @@
 package authn
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // register registers c on reg and returns the collector to use: c itself,
 // or the identical collector already registered (as when a CA restarts
 // in-process on the same registry). A nil reg leaves c unregistered.
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if reg == nil {
-		return c, nil
-	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		var zero C
-		return zero, fmt.Errorf("authn: registering metrics: %w", err)
+	c, err := promreg.Shared(reg, c)
+	if err != nil {
+		return c, fmt.Errorf("authn: %w", err)
 	}
 	return c, nil
 }

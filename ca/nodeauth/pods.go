@@ -8,6 +8,7 @@ import (
 	"unique"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -81,14 +82,12 @@ func NewPodIndex(cfg PodIndexConfig) (*PodIndex, error) {
 		return nil, fmt.Errorf("nodeauth: pod index: %w", err)
 	}
 	x := &PodIndex{informer: inf}
-	if cfg.Registerer != nil {
-		size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "castellan_ca_pod_index_pods",
-			Help: "Pods in the CA's local pod index (used to authorize node agents).",
-		}, func() float64 { return float64(len(inf.GetStore().ListKeys())) })
-		if err := cfg.Registerer.Register(size); err != nil {
-			return nil, fmt.Errorf("nodeauth: registering the pod index metric: %w", err)
-		}
+	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "castellan_ca_pod_index_pods",
+		Help: "Pods in the CA's local pod index (used to authorize node agents).",
+	}, func() float64 { return float64(len(inf.GetStore().ListKeys())) })
+	if err := promreg.Register(cfg.Registerer, size); err != nil {
+		return nil, fmt.Errorf("nodeauth: registering the pod index metric: %w", err)
 	}
 	return x, nil
 }

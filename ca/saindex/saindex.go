@@ -16,6 +16,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Index is an informer-fed map of service accounts. It is safe for
@@ -44,14 +46,12 @@ func New(cfg Config) (*Index, error) {
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTransform(strip))
 	inf := factory.Core().V1().ServiceAccounts().Informer()
-	if cfg.Registerer != nil {
-		size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "castellan_ca_serviceaccount_index_size",
-			Help: "Service accounts in the CA's local index (used to accept tokens without a TokenReview and to revoke cached ones).",
-		}, func() float64 { return float64(len(inf.GetStore().ListKeys())) })
-		if err := cfg.Registerer.Register(size); err != nil {
-			return nil, fmt.Errorf("saindex: registering metrics: %w", err)
-		}
+	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "castellan_ca_serviceaccount_index_size",
+		Help: "Service accounts in the CA's local index (used to accept tokens without a TokenReview and to revoke cached ones).",
+	}, func() float64 { return float64(len(inf.GetStore().ListKeys())) })
+	if err := promreg.Register(cfg.Registerer, size); err != nil {
+		return nil, fmt.Errorf("saindex: registering metrics: %w", err)
 	}
 	return &Index{informer: inf}, nil
 }
