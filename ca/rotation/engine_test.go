@@ -73,7 +73,7 @@ func TestEngineSteps(t *testing.T) {
 	b := &memBackend{m: Material{Mode: ModeSelfSigned, State: State{Phase: PhaseSteady, Retired: []string{"earlier"}}, Bundle: []*x509.Certificate{old}, Active: old}}
 	b.mint = func(at time.Time) *x509.Certificate { return newTestRoot(t, at.Add(-time.Minute), 10*365*24*time.Hour) }
 	clock := now
-	e := &Engine{Backend: b, Policy: Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute},
+	e := &Engine{Backend: b, Policy: Policy{PropagationDelay: 2 * time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute},
 		Now: func() time.Time { return clock }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx := context.Background()
 
@@ -86,16 +86,21 @@ func TestEngineSteps(t *testing.T) {
 	}
 	step(24*time.Hour, "")
 	step(72*time.Hour, StepPrepare)
-	if st := b.m.State; st.Phase != PhasePrepared || st.NextKey != "k2" || !st.ActivateAfter.Equal(now.Add(time.Hour)) || len(b.m.Bundle) != 2 {
+	if st := b.m.State; st.Phase != PhasePrepared || st.NextKey != "k2" || !st.ActivateAfter.Equal(now.Add(2*time.Hour)) || len(b.m.Bundle) != 2 {
 		t.Fatalf("after prepare: %+v with %d roots", st, len(b.m.Bundle))
 	}
+	// The status reports the wait the preparing CA set, whoever reads it
+	// (the metrics of a Secret read without the CA's policy).
+	if got := (Policy{}).StatusOf(&b.m).ActivateAfter; !got.Equal(now.Add(2 * time.Hour)) {
+		t.Fatalf("status reports activation after %s, want %s", got, now.Add(2*time.Hour))
+	}
 	step(72*time.Hour, "")
-	clock = now.Add(time.Hour)
+	clock = now.Add(2 * time.Hour)
 	step(72*time.Hour, StepActivate)
 	if st := b.m.State; st.Phase != PhaseActivated || st.Key != "k2" || st.NextKey != "" {
 		t.Fatalf("after activate: %+v", st)
 	}
-	clock = now.Add(2*time.Hour + time.Minute)
+	clock = now.Add(3*time.Hour + time.Minute)
 	step(72*time.Hour, StepRetire)
 	if st := b.m.State; st.Phase != PhaseSteady || st.Key != "k2" || len(st.Retired) != 2 || st.Retired[1] != Fingerprint(old) || len(b.m.Bundle) != 1 || b.m.Bundle[0].Equal(old) {
 		t.Fatalf("after retire: %+v with %d roots", st, len(b.m.Bundle))

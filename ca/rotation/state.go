@@ -27,9 +27,9 @@ type State struct {
 	Phase      Phase     `json:"phase"`
 	PreparedAt time.Time `json:"prepared_at,omitzero"`
 	// ActivateAfter is when a prepared root has had the propagation delay
-	// to reach every peer by the policy it was prepared with, for people
-	// and tools; the steps go by PreparedAt and their own policy, unless
-	// PreparedAt is unknown.
+	// to reach every peer by the policy it was prepared with: what Status
+	// reports and automatic steps wait for. A step taken by hand waits by
+	// PreparedAt and its own policy, so an operator may shorten the wait.
 	ActivateAfter time.Time `json:"activate_after,omitzero"`
 	ActivatedAt   time.Time `json:"activated_at,omitzero"`
 	// RetireAfter is when the last SVID signed under the old root expires:

@@ -40,7 +40,12 @@ func (p Policy) Status(mode Mode, st State) *Status {
 		RetireAfter: st.RetireAfter, Issuer: st.Issuer, NextIssuer: st.NextIssuer,
 	}
 	if st.Phase == PhasePrepared {
-		out.ActivateAfter = p.activateAfter(st)
+		// As recorded at prepare, by the policy of the CA that prepared
+		// it; a state without it (or without its preparation time) by p.
+		out.ActivateAfter = st.ActivateAfter
+		if out.ActivateAfter.IsZero() {
+			out.ActivateAfter = p.activateAfter(st)
+		}
 	}
 	return out
 }
