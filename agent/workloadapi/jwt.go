@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/castellan-mesh/castellan/agent/svidstore"
 )
 
 // MaxJWTSVIDBytes bounds the token ValidateJWTSVID reads.
@@ -75,10 +77,14 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 	return &workload.JWTSVIDResponse{Svids: []*workload.JWTSVID{{SpiffeId: svid.SPIFFEID, Svid: svid.Token}}}, nil
 }
 
-// FetchJWTBundles streams the JWT bundle of the trust domain: once it is
-// known, and again whenever it changes. Without a JWTIssuer it streams an
-// empty key set for the trust domain of the workload's SVID, so that
-// clients watching both kinds of bundle (go-spiffe's BundleSource) work.
+// FetchJWTBundles streams the JWT bundles: the trust domain's, keyed by
+// its name, and those of the federated trust domains that have JWT
+// authorities, keyed by trust domain ID (spiffe://<trust domain>) as
+// federated X.509 bundles are. It sends once a bundle is known, and again
+// whenever the local keys or the federated bundles change. Without a
+// JWTIssuer it streams an empty key set for the trust domain of the
+// workload's SVID, so that clients watching both kinds of bundle
+// (go-spiffe's BundleSource) work.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
 	const method = "FetchJWTBundles"
 	if err := s.checkHeader(stream.Context(), method); err != nil {
@@ -94,23 +100,71 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 		return s.streamEmptyJWTBundle(stream, source)
 	}
 	var sent string
-	b, changed := s.jwt.LoadJWTBundle()
+	b, jwtChanged := s.jwt.LoadJWTBundle()
+	snap, srcChanged := source.Load()
 	for {
-		if b != nil && b.Version != sent {
-			td := b.Bundle.TrustDomain().Name()
-			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{td: b.Doc}}); err != nil {
-				return err
+		key := federatedVersion(snap)
+		if b != nil {
+			key = b.Version + "/" + key
+		}
+		if key != sent {
+			bundles, err := jwtBundleDocs(b, snap.Federated)
+			if err != nil {
+				return status.Error(codes.Internal, err.Error())
 			}
-			s.metrics.pushes.WithLabelValues(method).Inc()
-			sent = b.Version
+			if len(bundles) > 0 {
+				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: bundles}); err != nil {
+					return err
+				}
+				s.metrics.pushes.WithLabelValues(method).Inc()
+			}
+			sent = key
 		}
 		select {
 		case <-stream.Context().Done():
 			return nil
-		case <-changed:
-			b, changed = s.jwt.LoadJWTBundle()
+		case <-jwtChanged:
+			b, jwtChanged = s.jwt.LoadJWTBundle()
+		case <-srcChanged:
+			snap, srcChanged = source.Load()
 		}
 	}
+}
+
+// jwtBundleDocs returns the JWKS documents of local (nil: none) and of
+// every federated trust domain with JWT authorities, keyed as
+// FetchJWTBundles sends them.
+func jwtBundleDocs(local *JWTBundle, fed *svidstore.Federated) (map[string][]byte, error) {
+	m := make(map[string][]byte, 1)
+	if local != nil {
+		m[local.Bundle.TrustDomain().Name()] = local.Doc
+	}
+	for _, jb := range federatedJWT(fed) {
+		doc, err := jb.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("workloadapi: could not encode the JWT bundle of federated trust domain %s: %w", jb.TrustDomain().Name(), err)
+		}
+		m[jb.TrustDomain().IDString()] = doc
+	}
+	return m, nil
+}
+
+// federatedJWT returns the JWT bundles of the federated trust domains of
+// fed that have JWT authorities.
+func federatedJWT(fed *svidstore.Federated) []*jwtbundle.Bundle {
+	if fed == nil {
+		return nil
+	}
+	out := make([]*jwtbundle.Bundle, 0, len(fed.Bundles))
+	for _, fb := range fed.Bundles {
+		if fb.SPIFFE == nil {
+			continue
+		}
+		if keys := fb.SPIFFE.JWTAuthorities(); len(keys) > 0 {
+			out = append(out, jwtbundle.FromJWTAuthorities(fb.TrustDomain, keys))
+		}
+	}
+	return out
 }
 
 // streamEmptyJWTBundle sends an empty JWT key set for the trust domain of
@@ -137,9 +191,10 @@ func (s *Server) streamEmptyJWTBundle(stream grpc.ServerStreamingServer[workload
 	}
 }
 
-// ValidateJWTSVID checks a JWT-SVID's signature against the trust
-// domain's JWT bundle, its expiry and that it names the audience, and
-// returns its SPIFFE ID and claims.
+// ValidateJWTSVID checks a JWT-SVID's signature against the JWT bundle of
+// its trust domain (the local one, or a federated one), its expiry and
+// that it names the audience, and returns its SPIFFE ID and claims. A
+// token of a trust domain whose JWT bundle the agent does not hold fails.
 func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
 	const method = "ValidateJWTSVID"
 	if err := s.checkHeader(ctx, method); err != nil {
@@ -156,14 +211,23 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTS
 	case len(req.GetSvid()) > MaxJWTSVIDBytes:
 		return nil, status.Errorf(codes.InvalidArgument, "workloadapi: svid is %d bytes, more than %d", len(req.GetSvid()), MaxJWTSVIDBytes)
 	}
-	if _, err := s.resolve(ctx); err != nil {
+	source, err := s.resolve(ctx)
+	if err != nil {
 		return nil, err
 	}
 	b, _ := s.jwt.LoadJWTBundle()
-	if b == nil {
+	snap, _ := source.Load()
+	fed := federatedJWT(snap.Federated)
+	if b == nil && len(fed) == 0 {
 		return nil, status.Error(codes.Unavailable, "workloadapi: no JWT bundle received from the CA yet")
 	}
-	svid, err := spiffejwt.ParseAndValidate(req.GetSvid(), b.Bundle, []string{req.GetAudience()})
+	set := jwtbundle.NewSet(fed...)
+	if b != nil {
+		// The local trust domain's own keys win over a federated bundle
+		// that claims the same trust domain.
+		set.Add(b.Bundle)
+	}
+	svid, err := spiffejwt.ParseAndValidate(req.GetSvid(), set, []string{req.GetAudience()})
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, "workloadapi: "+strings.TrimPrefix(err.Error(), "jwtsvid: "))
 	}
