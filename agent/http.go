@@ -6,18 +6,13 @@ import (
 	"net/http/pprof"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/castellan-mesh/castellan/internal/opshttp"
 )
 
 func (a *Agent) httpHandler() http.Handler {
-	mux := http.NewServeMux()
-	// Uncompressed: the page is a few kilobytes read over the node's
-	// loopback, and a gzip writer would hold over half a megabyte.
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Gatherer, promhttp.HandlerOpts{DisableCompression: true}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", a.serveReady)
+	// /metrics uncompressed: the page is a few kilobytes read over the
+	// node's loopback, and a gzip writer would hold over half a megabyte.
+	mux := opshttp.NewMux(opshttp.Config{Gatherer: a.cfg.Gatherer, Ready: a.Ready, DisableCompression: true})
 	if a.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -50,14 +45,6 @@ func (a *Agent) Ready() (bool, string) {
 		return false, "no certificate written to " + a.cfg.OutputDir + " yet"
 	}
 	return true, fmt.Sprintf("serving %s until %s", snap.SVID.ID(), snap.SVID.NotAfter.Format(time.RFC3339))
-}
-
-func (a *Agent) serveReady(w http.ResponseWriter, _ *http.Request) {
-	ok, msg := a.Ready()
-	if !ok {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	fmt.Fprintln(w, msg)
 }
 
 // podsSynced reports whether pods has listed the node's pods, for a

@@ -5,21 +5,17 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"google.golang.org/grpc/peer"
+
+	"github.com/castellan-mesh/castellan/internal/opshttp"
 )
 
 // bundleRefreshHint is advertised in the SPIFFE bundle document.
 const bundleRefreshHint = 5 * time.Minute
 
 func (s *Server) httpHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux := opshttp.NewMux(opshttp.Config{Gatherer: s.cfg.Gatherer, Ready: s.Ready})
 	mux.HandleFunc("GET /bundle", s.serveBundlePEM)
 	mux.HandleFunc("GET /bundle.spiffe", s.serveBundleSPIFFE)
 	return mux
@@ -47,15 +43,6 @@ func (s *Server) Ready() (bool, string) {
 		return r.Ready()
 	}
 	return true, "ok"
-}
-
-func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
-	ok, msg := s.Ready()
-	if !ok {
-		http.Error(w, msg, http.StatusServiceUnavailable)
-		return
-	}
-	_, _ = w.Write([]byte(msg + "\n"))
 }
 
 func (s *Server) serveBundlePEM(w http.ResponseWriter, _ *http.Request) {

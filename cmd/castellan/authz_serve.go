@@ -13,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -28,6 +27,7 @@ import (
 	"github.com/castellan-mesh/castellan/authz/watch"
 	"github.com/castellan-mesh/castellan/authz/xds"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/internal/opshttp"
 )
 
 // authzServeFlags configure "castellan authz serve", the policy server.
@@ -176,16 +176,12 @@ func runAuthzServe(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return fmt.Errorf("--xds-addr: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux := opshttp.NewMux(opshttp.Config{Gatherer: reg, Ready: func() (bool, string) {
 		if !policies.HasSynced() || !podWatch.HasSynced() {
-			http.Error(w, "policies or pods not synced", http.StatusServiceUnavailable)
-			return
+			return false, "policies or pods not synced"
 		}
-		fmt.Fprintln(w, "ok")
-	})
+		return true, "ok"
+	}})
 	hs := &http.Server{Addr: f.httpAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 32 << 10}
 	hl, err := net.Listen("tcp", f.httpAddr)
 	if err != nil {
