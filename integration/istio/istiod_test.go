@@ -345,6 +345,38 @@ func selfSignedRoot(t *testing.T) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
+// startIstiod runs pilot-discovery in dir with env and args added, on
+// loopback ports, and returns its secure xDS address once it is ready.
+func startIstiod(t *testing.T, bin, dir, kubeconfig string, env []string, args ...string) string {
+	t.Helper()
+	httpAddr, secureAddr := loopback(t), loopback(t)
+	p := start(t, "pilot-discovery in "+filepath.Base(dir), dir, env, bin, append([]string{"discovery", "--kubeconfig", kubeconfig,
+		"--httpAddr", httpAddr, "--grpcAddr", loopback(t), "--secureGRPCAddr", secureAddr,
+		"--monitoringAddr", loopback(t), "--httpsAddr", loopback(t), "--ctrlz_port", strconv.Itoa(harness.FreePort(t)),
+		"--domain", "cluster.local"}, args...)...)
+	waitFor(t, "istiod /ready", 120*time.Second, func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, p)
+	return secureAddr
+}
+
+// servedCertificate returns the leaf istiod serves on addr, verified with
+// roots for istiod's service name.
+func servedCertificate(t *testing.T, addr string, roots *x509.CertPool) *x509.Certificate {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: istiodSAN, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatalf("TLS to istiod, verified with Castellan's root: %v", err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
+}
+
 func loopback(t *testing.T) string { return "127.0.0.1:" + strconv.Itoa(harness.FreePort(t)) }
 
 // TestIstiod runs Istio's control plane with its CA off and Castellan as
@@ -421,7 +453,6 @@ func TestIstiod(t *testing.T) {
 	}
 
 	// istiod, with its CA off.
-	httpAddr, secureAddr := loopback(t), loopback(t)
 	istiodEnv := []string{"POD_NAMESPACE=istio-system", "POD_NAME=istiod-0", "CLUSTER_ID=Kubernetes"}
 	for k, v := range values.Env {
 		istiodEnv = append(istiodEnv, k+"="+v)
@@ -429,18 +460,7 @@ func TestIstiod(t *testing.T) {
 	if !slices.Contains(istiodEnv, "ENABLE_CA_SERVER=false") {
 		t.Fatalf("istiod-values.yaml leaves istiod's CA on: env %v", values.Env)
 	}
-	istiod := start(t, "pilot-discovery", istiodDir, istiodEnv, discoveryBin, append([]string{"discovery", "--kubeconfig", api.Kubeconfig,
-		"--httpAddr", httpAddr, "--grpcAddr", loopback(t), "--secureGRPCAddr", secureAddr,
-		"--monitoringAddr", loopback(t), "--httpsAddr", loopback(t), "--ctrlz_port", strconv.Itoa(harness.FreePort(t)),
-		"--domain", "cluster.local"}, values.discoveryArgs...)...)
-	waitFor(t, "istiod /ready", 120*time.Second, func() bool {
-		resp, err := http.Get("http://" + httpAddr + "/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, istiod)
+	secureAddr := startIstiod(t, discoveryBin, istiodDir, api.Kubeconfig, istiodEnv, values.discoveryArgs...)
 
 	// A client that trusts Castellan's root alone accepts istiod's
 	// serving certificate under its service name.
@@ -448,14 +468,9 @@ func TestIstiod(t *testing.T) {
 	for _, c := range caRoots {
 		pool.AddCert(c)
 	}
-	conn, err := tls.Dial("tcp", secureAddr, &tls.Config{RootCAs: pool, ServerName: istiodSAN, NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatalf("TLS to istiod, verified with Castellan's root: %v", err)
-	}
-	if peer := conn.ConnectionState().PeerCertificates[0]; !peer.Equal(serving[0]) {
+	if peer := servedCertificate(t, secureAddr, pool); !peer.Equal(serving[0]) {
 		t.Errorf("istiod serves %v, not the certificate the agent wrote", peer.Subject)
 	}
-	conn.Close()
 
 	// Istio's sidecar agent: its CA is Castellan, its control plane istiod.
 	token := []byte(api.Token(t, "shop", "checkout", []string{"istio-ca"}, time.Hour))
@@ -508,6 +523,33 @@ func TestIstiod(t *testing.T) {
 		t.Fatalf("a sidecar trusting another root got %d clusters from istiod", len(resp.GetResources()))
 	} else if !strings.Contains(err.Error(), "x509: certificate signed by unknown authority") {
 		t.Errorf("the sidecar with another root failed (%v) but not on istiod's certificate", err)
+	}
+
+	// Without flags, istiod finds the agent's istiod layout at its
+	// well-known path, /var/run/secrets/istiod/tls (Istio's
+	// pkg/config/constants: tls.crt, tls.key, ca.crt).
+	wellKnown := t.TempDir()
+	writeTree(t, wellKnown, map[string][]byte{
+		"var/run/secrets/tokens/istio-token":  []byte(api.Token(t, "istio-system", "istiod", []string{"istio-ca"}, time.Hour)),
+		"var/run/secrets/istio/root-cert.pem": root,
+	})
+	tlsDir := filepath.Join(wellKnown, "var/run/secrets/istiod/tls")
+	agent2 := start(t, "castellan-agent (well-known path)", wellKnown, nil, agentBin,
+		"--ca-addr", ca.GRPCAddr, "--ca-server-name", ca.ServerName,
+		"--root-cert", "var/run/secrets/istio/root-cert.pem", "--token-file", "var/run/secrets/tokens/istio-token",
+		"--output-dir", tlsDir, "--output-layout", "istiod", "--dns-name", istiodSAN,
+		"--sds-socket", "-", "--http-addr", "-", "--log-format", "text")
+	for _, f := range []string{"tls.crt", "tls.key", "ca.crt"} {
+		waitFor(t, f+" at istiod's well-known path", 60*time.Second, nonEmpty(filepath.Join(tlsDir, f)), agent2)
+	}
+	written, err := pemfile.ReadCertificates(filepath.Join(tlsDir, "tls.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env2 := slices.Clone(istiodEnv)
+	env2[slices.Index(env2, "POD_NAME=istiod-0")] = "POD_NAME=istiod-1"
+	if peer := servedCertificate(t, startIstiod(t, discoveryBin, wellKnown, api.Kubeconfig, env2), pool); !peer.Equal(written[0]) {
+		t.Errorf("istiod without flags serves %v, not the certificate at its well-known path", peer.Subject)
 	}
 
 	// istiod, its CA off, left istio-ca-root-cert to Castellan.
