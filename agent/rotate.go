@@ -1,10 +1,8 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/ca/caclient"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // ImpersonatedIdentityKey is the key, in the metadata of Istio's
@@ -234,15 +233,14 @@ func (r *rotator) issue(ctx context.Context) (*svidstore.SVID, time.Time, error)
 	}
 	var chain []*x509.Certificate
 	for i, p := range chainPEM {
-		block, rest := pem.Decode([]byte(p))
-		if block == nil || block.Type != "CERTIFICATE" || len(bytes.TrimSpace(rest)) > 0 {
-			return nil, time.Time{}, fail(reasonBadResponse, "CA response certificate %d is not one PEM CERTIFICATE block", i)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
+		certs, err := pemfile.ParseCertificates([]byte(p))
 		if err != nil {
-			return nil, time.Time{}, fail(reasonBadResponse, "CA response certificate %d does not parse: %w", i, err)
+			return nil, time.Time{}, fail(reasonBadResponse, "CA response certificate %d: %w", i, err)
 		}
-		chain = append(chain, c)
+		if len(certs) != 1 {
+			return nil, time.Time{}, fail(reasonBadResponse, "CA response certificate %d is %d PEM CERTIFICATE blocks, want one", i, len(certs))
+		}
+		chain = append(chain, certs[0])
 	}
 	svid, err := svidstore.NewSVID(chain, key)
 	if err != nil {

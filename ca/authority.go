@@ -21,6 +21,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // Authority is the signing material of a CA at one moment: the issuing
@@ -72,7 +74,7 @@ func NewAuthority(cert *x509.Certificate, signer crypto.Signer, chain, roots []*
 	case len(roots) == 0:
 		return nil, errors.New("ca: empty trust bundle")
 	}
-	if !publicKeysEqual(signer.Public(), cert.PublicKey) {
+	if !pemfile.SameKey(signer.Public(), cert.PublicKey) {
 		return nil, fmt.Errorf("ca: the CA key does not match the public key of certificate %q", cert.Subject)
 	}
 	sig, err := sigAlgFor(signer.Public())
@@ -220,12 +222,6 @@ func sigAlgFor(pub crypto.PublicKey) (sigAlg, error) {
 	return sigAlg{}, fmt.Errorf("ca: unsupported CA key type %T", pub)
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	e, ok := a.(equaler)
-	return ok && e.Equal(b)
-}
-
 // keyID computes a key identifier from a DER SubjectPublicKeyInfo: the
 // leftmost 160 bits of the SHA-256 of the subjectPublicKey bits (RFC 7093,
 // section 2, method 1), as crypto/x509 does.
@@ -266,6 +262,4 @@ func ChainAbove(cert *x509.Certificate, chainFile, roots []*x509.Certificate) []
 
 // IsSelfSigned reports whether c names itself as issuer and its signature
 // verifies with its own key.
-func IsSelfSigned(c *x509.Certificate) bool {
-	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
-}
+func IsSelfSigned(c *x509.Certificate) bool { return pemfile.IsSelfSigned(c) }

@@ -22,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 var (
@@ -184,7 +186,7 @@ func checkSVID(t *testing.T, a *Authority, svid *SVID, key crypto.Signer) {
 		t.Error("NotBefore not backdated")
 	case len(leaf.RawSubject) != 2:
 		t.Errorf("subject should be empty, got %v", leaf.Subject)
-	case !publicKeysEqual(key.Public(), leaf.PublicKey):
+	case !pemfile.SameKey(key.Public(), leaf.PublicKey):
 		t.Error("leaf key differs from CSR key")
 	}
 	for _, e := range leaf.Extensions {

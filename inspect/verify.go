@@ -2,9 +2,10 @@ package inspect
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/x509"
 	"fmt"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // checkLinks walks the chain as presented and explains every broken link:
@@ -144,7 +145,7 @@ func (a *analysis) checkKey() {
 	k := &a.r.Verification.Key
 	k.Checked = true
 	k.Source = a.in.KeySource
-	if eq, ok := a.in.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); ok && eq.Equal(leaf.PublicKey) {
+	if pemfile.SameKey(a.in.PublicKey, leaf.PublicKey) {
 		k.Matches = true
 		return
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // SVID is an X.509-SVID together with the encodings its consumers need. It
@@ -50,7 +52,7 @@ func NewSVID(chain []*x509.Certificate, key any) (*SVID, error) {
 	if len(chain) == 0 {
 		return nil, errors.New("svidstore: empty certificate chain")
 	}
-	if len(chain) > 1 && isSelfSigned(chain[len(chain)-1]) {
+	if len(chain) > 1 && pemfile.IsSelfSigned(chain[len(chain)-1]) {
 		chain = chain[:len(chain)-1]
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
@@ -108,25 +110,9 @@ func ParseBundle(pemBytes []byte) (*Bundle, error) {
 	if len(pemBytes) > MaxBundleSize {
 		return nil, fmt.Errorf("svidstore: trust bundle is %d bytes, over the %d-byte limit", len(pemBytes), MaxBundleSize)
 	}
-	var certs []*x509.Certificate
-	rest := pemBytes
-	for i := 1; ; i++ {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("svidstore: trust bundle PEM block %d has type %q, want CERTIFICATE", i, block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("svidstore: trust bundle certificate %d does not parse: %w", i, err)
-		}
-		certs = append(certs, c)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, fmt.Errorf("svidstore: trust bundle has %d bytes that are not PEM after its last certificate", len(bytes.TrimSpace(rest)))
+	certs, err := pemfile.ParseCertificates(pemBytes)
+	if err != nil {
+		return nil, fmt.Errorf("svidstore: trust bundle: %w", err)
 	}
 	return NewBundle(certs)
 }
@@ -160,11 +146,4 @@ func NewBundle(certs []*x509.Certificate) (*Bundle, error) {
 func contentVersion(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	if !bytes.Equal(c.RawSubject, c.RawIssuer) {
-		return false
-	}
-	return c.CheckSignatureFrom(c) == nil
 }

@@ -392,9 +392,8 @@ func (s *Store) loadRoot(ctx context.Context) (*ca.Authority, error) {
 // matchingRoot returns the root of bundle whose public key is key's, or
 // nil.
 func matchingRoot(bundle []*x509.Certificate, key crypto.Signer) *x509.Certificate {
-	e, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
 	for _, c := range bundle {
-		if ok && e.Equal(c.PublicKey) {
+		if pemfile.SameKey(key.Public(), c.PublicKey) {
 			return c
 		}
 	}
