@@ -33,16 +33,18 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/cacerts"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// File names in the data directory.
+// File names in the data directory: Istio's cacerts layout (package
+// cacerts), or a self-signed root.
 const (
-	CACertFile    = "ca-cert.pem"
-	CAKeyFile     = "ca-key.pem"
-	CertChainFile = "cert-chain.pem"
-	RootCertFile  = "root-cert.pem"
+	CACertFile    = cacerts.CACertFile
+	CAKeyFile     = cacerts.CAKeyFile
+	CertChainFile = cacerts.CertChainFile
+	RootCertFile  = cacerts.RootCertFile
 	RootKeyFile   = "root-key.pem"
 )
 
@@ -221,7 +223,7 @@ func (s *Store) path(name string) string { return filepath.Join(s.cfg.Dir, name)
 // fails on a partial one.
 func (s *Store) detect() (bool, error) {
 	var present, missing []string
-	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+	for _, f := range cacerts.Files() {
 		if _, err := os.Stat(s.path(f)); err == nil {
 			present = append(present, f)
 		} else if errors.Is(err, fs.ErrNotExist) {
@@ -242,7 +244,7 @@ func (s *Store) detect() (bool, error) {
 }
 
 func (s *Store) hashFiles() ([sha256.Size]byte, error) {
-	files := []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile}
+	files := cacerts.Files()
 	if s.mode == ModeSelfSigned {
 		files = []string{RootCertFile, RootKeyFile}
 		if s.external() {
@@ -274,25 +276,22 @@ func (s *Store) loadPluggedIn(ctx context.Context) (*ca.Authority, [sha256.Size]
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: %w", err)
 	}
-	certs, err := pemfile.ReadCertificates(s.path(CACertFile))
+	data := map[string][]byte{}
+	for _, f := range []string{CACertFile, CertChainFile, RootCertFile} {
+		if data[f], err = os.ReadFile(s.path(f)); err != nil {
+			return nil, zero, fmt.Errorf("material: %w", err)
+		}
+	}
+	// The key is opened through the key store, never decoded here.
+	set, err := cacerts.Decode(data, false)
 	if err != nil {
-		return nil, zero, fmt.Errorf("material: %w", err)
+		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
 	}
 	key, err := dirKeys(s.cfg.Dir).Open(ctx, "ca-key")
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: %w", err)
 	}
-	chainFile, err := pemfile.ReadCertificates(s.path(CertChainFile))
-	if err != nil {
-		return nil, zero, fmt.Errorf("material: %w", err)
-	}
-	roots, err := pemfile.ReadCertificates(s.path(RootCertFile))
-	if err != nil {
-		return nil, zero, fmt.Errorf("material: %w", err)
-	}
-	cert := certs[0]
-	chain := ca.ChainAbove(cert, chainFile, roots)
-	a, err := ca.NewAuthority(cert, key, chain, roots)
+	a, err := ca.NewAuthority(set.Cert, key, ca.ChainAbove(set.Cert, set.Chain, set.Roots), set.Roots)
 	if err != nil {
 		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
 	}

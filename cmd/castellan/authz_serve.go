@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/castellan-mesh/castellan/agent/certdir"
 	"github.com/castellan-mesh/castellan/authz"
 	"github.com/castellan-mesh/castellan/authz/rbac"
 	"github.com/castellan-mesh/castellan/authz/watch"
@@ -70,7 +71,7 @@ func (f *authzServeFlags) files() (cert, key, bundle string, err error) {
 		}
 		return filepath.Join(f.certDir, name)
 	}
-	cert, key, bundle = pick(f.certFile, "cert-chain.pem"), pick(f.keyFile, "key.pem"), pick(f.bundle, "root-cert.pem")
+	cert, key, bundle = pick(f.certFile, certdir.ChainFile), pick(f.keyFile, certdir.KeyFile), pick(f.bundle, certdir.RootFile)
 	if cert == "" || key == "" || bundle == "" {
 		return "", "", "", errors.New("the server certificate is required: set --cert-dir, or --cert, --key and --bundle, or --workload-api-socket")
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/inspect"
 	"github.com/castellan-mesh/castellan/inspect/pemder"
+	"github.com/castellan-mesh/castellan/internal/cacerts"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -17,13 +18,13 @@ import (
 // Secret key names, in order of preference: kubernetes.io/tls Secrets, Istio's
 // cacerts (plugged-in CA) Secret, and Istio's generic gateway Secret.
 var (
-	secretChainKeys  = []string{"tls.crt", "cert-chain.pem", "ca-cert.pem", "cert"}
-	secretBundleKeys = []string{"ca.crt", "root-cert.pem", "cacert"}
+	secretChainKeys  = []string{"tls.crt", cacerts.CertChainFile, cacerts.CACertFile, "cert"}
+	secretBundleKeys = []string{"ca.crt", cacerts.RootCertFile, "cacert"}
 	secretKeyKeys    = map[string]string{
-		"tls.crt":        "tls.key",
-		"cert-chain.pem": "ca-key.pem",
-		"ca-cert.pem":    "ca-key.pem",
-		"cert":           "key",
+		"tls.crt":             "tls.key",
+		cacerts.CertChainFile: cacerts.CAKeyFile,
+		cacerts.CACertFile:    cacerts.CAKeyFile,
+		"cert":                "key",
 	}
 )
 
