@@ -18,10 +18,16 @@ import (
 
 // fileStore keeps software keys in PEM files. Its policy is the one for
 // every CA key file: a key is created with mode 0600 and never
-// overwritten, and a key file its group or others may read is refused,
-// with an error that says how to fix it; a key someone else could have
-// read is not trusted to sign.
+// overwritten, and a key file that others may read or write, or that its
+// group may write, is refused, with an error that says how to fix it; a
+// key anyone could have read is not trusted to sign. Group read is
+// allowed: Kubernetes makes a Secret volume's files readable by the pod's
+// fsGroup, and Debian's ssl-cert convention (0640) is the same idea.
 type fileStore struct{}
+
+// looseKeyBits are the permission bits a key file must not have: any for
+// others, and write for its group.
+const looseKeyBits = 0o027
 
 func (fileStore) open(_ context.Context, u *URI) (crypto.Signer, error) {
 	fi, err := os.Stat(u.Path)
@@ -32,8 +38,8 @@ func (fileStore) open(_ context.Context, u *URI) (crypto.Signer, error) {
 		return nil, fmt.Errorf("kms: %w", err)
 	case !fi.Mode().IsRegular():
 		return nil, fmt.Errorf("kms: %s is not a regular file", u.Path)
-	case fi.Mode().Perm()&0o077 != 0:
-		return nil, fmt.Errorf("kms: key file %s has mode %s; a key must be readable by its owner only (chmod 600)", u.Path, fi.Mode().Perm())
+	case fi.Mode().Perm()&looseKeyBits != 0:
+		return nil, fmt.Errorf("kms: key file %s has mode %s; others must have no access to a key and its group may at most read it (chmod 600, or 640)", u.Path, fi.Mode().Perm())
 	}
 	key, err := pemfile.ReadPrivateKey(u.Path)
 	if err != nil {

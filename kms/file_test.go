@@ -78,6 +78,13 @@ func TestFileKeyErrors(t *testing.T) {
 	if err := os.Chmod(loose, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	groupWritable := filepath.Join(dir, "group-writable.pem")
+	if _, err := Create(ctx, "file://"+groupWritable, ECDSAP256, Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(groupWritable, 0o660); err != nil {
+		t.Fatal(err)
+	}
 	garbage := filepath.Join(dir, "garbage.pem")
 	if err := os.WriteFile(garbage, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
@@ -88,6 +95,7 @@ func TestFileKeyErrors(t *testing.T) {
 	}{
 		{name: "missing", uri: "file://" + filepath.Join(dir, "none.pem"), want: "not found", is: ErrKeyNotFound},
 		{name: "readable by others", uri: "file://" + loose, want: "chmod 600"},
+		{name: "writable by its group", uri: "file://" + groupWritable, want: "chmod 600"},
 		{name: "not a key", uri: "file://" + garbage, want: "no PEM private key"},
 		{name: "directory", uri: "file://" + dir + "/.", want: "not a regular file"},
 	}

@@ -215,9 +215,10 @@ func TestExternalSigner(t *testing.T) {
 }
 
 // TestKeyFilePolicy: every CA key file in the data directory goes
-// through kms's one key-file policy. A key its group or others may read
-// is refused, at start and at reload, with an error that says how to fix
-// it; created keys are 0600.
+// through kms's one key-file policy. A key others may read is refused, at
+// start and at reload, with an error that says how to fix it; a key its
+// group may read (a Kubernetes Secret volume with an fsGroup) is used;
+// created keys are 0600.
 func TestKeyFilePolicy(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := open(t, dir); err != nil {
@@ -229,9 +230,13 @@ func TestKeyFilePolicy(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("%s created with mode %s, want 0600", RootKeyFile, fi.Mode().Perm())
 	}
-	must(t, os.Chmod(keyPath, 0o640))
+	must(t, os.Chmod(keyPath, 0o644))
 	if _, err := open(t, dir); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-		t.Fatalf("a group-readable root key: %v; want a refusal saying chmod 600", err)
+		t.Fatalf("a world-readable root key: %v; want a refusal saying chmod 600", err)
+	}
+	must(t, os.Chmod(keyPath, 0o640))
+	if _, err := open(t, dir); err != nil {
+		t.Fatalf("a group-readable root key (a Secret volume with an fsGroup): %v", err)
 	}
 	must(t, os.Chmod(keyPath, 0o600))
 	if _, err := open(t, dir); err != nil {
