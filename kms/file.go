@@ -39,7 +39,7 @@ func (fileStore) open(_ context.Context, u *URI) (crypto.Signer, error) {
 	case !fi.Mode().IsRegular():
 		return nil, fmt.Errorf("kms: %s is not a regular file", u.Path)
 	case fi.Mode().Perm()&looseKeyBits != 0:
-		return nil, fmt.Errorf("kms: key file %s has mode %s; others must have no access to a key and its group may at most read it (chmod 600, or 640)", u.Path, fi.Mode().Perm())
+		return nil, fmt.Errorf("kms: key file %s has mode %s; others must have no access to a key and its group may at most read it (chmod 600 or 640; a Kubernetes Secret volume needs defaultMode: 0400 or 0440)", u.Path, fi.Mode().Perm())
 	}
 	key, err := pemfile.ReadPrivateKey(u.Path)
 	if err != nil {
