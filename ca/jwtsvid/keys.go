@@ -9,7 +9,7 @@
 // the previous key stays published; retire, once no token signed by the
 // previous key can still be valid, drops it. The state lives in the data
 // directory (StateFile); a running KeySet picks every step up on its next
-// reload.
+// reload. Rotator.Step takes the steps by itself under a policy (auto.go).
 package jwtsvid
 
 import (
@@ -162,7 +162,7 @@ func (s *KeySet) init(ctx context.Context) error {
 		if _, err := cfg.Keys.Create(ctx, name); err != nil {
 			return fmt.Errorf("jwtsvid: creating the first JWT signing key %s: %w", name, err)
 		}
-		switch err := cfg.State.Save(ctx, State{Phase: rotation.PhaseSteady, Active: name}, nil); {
+		switch err := cfg.State.Save(ctx, State{Phase: rotation.PhaseSteady, Active: name, ActivatedAt: time.Now().UTC()}, nil); {
 		case errors.Is(err, ErrConflict):
 			// Another replica created the first key at the same time:
 			// its state is the one loaded below.

@@ -160,7 +160,9 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 		retired = retired[len(retired)-maxRetired:]
 	}
 	old := st.Previous
-	st = State{Phase: rotation.PhaseSteady, Active: st.Active, Retired: retired}
+	// ActivatedAt stays: it is when the active key began signing, from
+	// which the automatic rotation counts its age (see Step).
+	st = State{Phase: rotation.PhaseSteady, Active: st.Active, ActivatedAt: st.ActivatedAt, Retired: retired}
 	if err := r.store().Save(ctx, st, raw); err != nil {
 		return err
 	}

@@ -41,8 +41,10 @@ type State struct {
 	Next string `json:"next,omitempty"`
 	// Previous names the key that signed before the last activation:
 	// published until RetireAfter.
-	Previous    string    `json:"previous,omitempty"`
-	PreparedAt  time.Time `json:"prepared_at,omitzero"`
+	Previous   string    `json:"previous,omitempty"`
+	PreparedAt time.Time `json:"prepared_at,omitzero"`
+	// ActivatedAt is when Active began signing (in every phase; zero in
+	// a state written before it was recorded).
 	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	RetireAfter time.Time `json:"retire_after,omitzero"`
 	// Retired names keys dropped by a retirement, never published again

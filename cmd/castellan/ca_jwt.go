@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -19,10 +20,14 @@ import (
 // jwtFlags are the JWT-SVID flags of "castellan ca".
 type jwtFlags struct {
 	ttl time.Duration
+	// rotateEvery is how long a JWT signing key signs before the CA
+	// rotates it by itself (0: only by hand).
+	rotateEvery time.Duration
 }
 
 func (j *jwtFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&j.ttl, "jwt-svid-ttl", jwtsvid.DefaultTTL, "lifetime of a JWT-SVID (10s to 1h)")
+	fs.DurationVar(&j.rotateEvery, "jwt-key-rotate-every", jwtsvid.DefaultRotateEvery, "rotate the JWT signing key automatically once it has signed this long: the next key is published --root-propagation-delay before, the previous one retired --jwt-svid-ttl (+10m) after (0 disables; at least twice --root-propagation-delay)")
 }
 
 func (j *jwtFlags) validate() error {
@@ -43,13 +48,31 @@ func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *
 	if err != nil {
 		return nil, err
 	}
+	if err := jwtsvid.CheckRotateEvery(j.rotateEvery, d.policy.PropagationDelay); err != nil {
+		closeKeys()
+		return nil, usageError{Err: fmt.Errorf("--jwt-key-rotate-every: %w", err)}
+	}
 	ks, err := jwtsvid.Open(ctx, jwtsvid.Config{State: state, Keys: keys, Logger: d.log})
 	if err != nil {
 		closeKeys()
 		return nil, err
 	}
+	// Every replica runs the automatic steps: each is a write checked
+	// against the shared state, so one replica takes it.
+	rot := &jwtsvid.Rotator{State: state, Keys: keys, PropagationDelay: d.policy.PropagationDelay, TTL: j.ttl, Logger: d.log}
+	col := jwtsvid.NewCollector(ks, rot)
+	if err := d.reg.Register(col); err != nil {
+		closeKeys()
+		return nil, fmt.Errorf("registering the JWT rotation metrics: %w", err)
+	}
 	d.runners = append(d.runners, func(ctx context.Context) error {
 		defer closeKeys()
+		var wg sync.WaitGroup
+		defer wg.Wait() // before the key store closes
+		if j.rotateEvery > 0 {
+			interval := jwtsvid.AutoInterval(j.rotateEvery, d.policy.PropagationDelay)
+			wg.Go(func() { _ = rot.Run(ctx, interval, j.rotateEvery, col.ObserveStep) })
+		}
 		return ks.Run(ctx)
 	})
 	return ks, nil

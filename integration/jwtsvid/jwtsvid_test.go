@@ -58,11 +58,12 @@ type stack struct {
 	client *workloadapi.Client
 }
 
-func start(t *testing.T) *stack {
+// start starts the stack; caArgs are more flags of the CA.
+func start(t *testing.T, caArgs ...string) *stack {
 	t.Helper()
 	api := harness.StartAPIServer(t)
 	api.CreateServiceAccount(t, namespace, account)
-	ca := harness.StartCAProcess(t, "--kubeconfig", api.Kubeconfig, "--jwt-svid-ttl", "2m")
+	ca := harness.StartCAProcess(t, append([]string{"--kubeconfig", api.Kubeconfig, "--jwt-svid-ttl", "2m"}, caArgs...)...)
 	s := &stack{api: api, ca: ca, token: api.Token(t, namespace, account, []string{harness.DefaultAudience}, time.Hour)}
 	dir, err := os.MkdirTemp("", "jwt")
 	if err != nil {
