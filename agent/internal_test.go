@@ -16,9 +16,9 @@ func TestBackoff(t *testing.T) {
 		failures int
 		lo, hi   time.Duration
 	}{
-		{"first failure", 1, 500 * time.Millisecond, time.Second},
-		{"third failure", 3, 2 * time.Second, 4 * time.Second},
-		{"capped", 20, 15 * time.Second, 30 * time.Second},
+		{"first failure", 1, 750 * time.Millisecond, time.Second},
+		{"third failure", 3, 3 * time.Second, 4 * time.Second},
+		{"capped", 20, 22500 * time.Millisecond, 30 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

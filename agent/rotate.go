@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/ca/caclient"
+	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
@@ -159,23 +159,14 @@ func (r *rotator) run(ctx context.Context) error {
 // issuedAt and expiring at notAfter: RotateFraction of that lifetime, moved
 // by up to ±RotateJitter/2 of it at random.
 func (a *Agent) rotationDelay(issuedAt, notAfter time.Time) time.Duration {
-	life := notAfter.Sub(issuedAt)
-	f := a.cfg.RotateFraction + a.cfg.RotateJitter*(rand.Float64()-0.5)
-	f = min(max(f, 0.05), 0.95)
-	return max(time.Until(issuedAt.Add(time.Duration(float64(life)*f))), 0)
+	return max(time.Until(backoff.RenewAt(issuedAt, notAfter, a.cfg.RotateFraction, a.cfg.RotateJitter)), 0)
 }
 
 // backoff is the wait after the n-th consecutive failure: InitialBackoff
-// doubled for each failure, capped at MaxBackoff, then a random point in
-// its upper half so that agents that failed together do not retry
-// together.
+// doubled for each failure, capped at MaxBackoff, jittered (package
+// backoff) so that agents that failed together do not retry together.
 func (a *Agent) backoff(n int) time.Duration {
-	d := a.cfg.InitialBackoff
-	for i := 1; i < n && d < a.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, a.cfg.MaxBackoff)
-	return d/2 + rand.N(d/2+1)
+	return backoff.Exponential{Initial: a.cfg.InitialBackoff, Max: a.cfg.MaxBackoff}.Next(n)
 }
 
 // issue makes a new key, sends a CSR for it to the CA with the current

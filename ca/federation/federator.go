@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -29,6 +28,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
@@ -324,7 +324,7 @@ func (f *Federator) refresh(ctx context.Context, p *peer, retry *time.Duration) 
 		}
 		f.log.Log(ctx, level, "federation: refresh refused; keeping the last good bundle", "trust_domain", td, "url", p.rel.URL, "reason", reason, "error", err, "has_bundle", current != nil)
 		*retry = min(max(2**retry, f.cfg.MinRefresh), interval)
-		return jitter(*retry)
+		return backoff.Jitter(*retry)
 	}
 	*retry = 0
 	changed := current == nil || !b.Equal(current)
@@ -343,7 +343,8 @@ func (f *Federator) refresh(ctx context.Context, p *peer, retry *time.Duration) 
 			f.log.Error("federation: could not publish the federated bundles", "error", err)
 		}
 	}
-	return jitter(f.interval(b))
+	// Jittered, so that many CAs restarted together do not poll in step.
+	return backoff.Jitter(f.interval(b))
 }
 
 // interval is the time between two fetches of a bundle: its refresh hint,
@@ -356,15 +357,6 @@ func (f *Federator) interval(b *spiffebundle.Bundle) time.Duration {
 		}
 	}
 	return min(max(d, f.cfg.MinRefresh), f.cfg.MaxRefresh)
-}
-
-// jitter spreads fetches over the last tenth of d, so that many CAs
-// restarted together do not poll in step.
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return d
-	}
-	return d - time.Duration(rand.Int64N(int64(d)/10+1))
 }
 
 func cmpString(a, b string) int {
