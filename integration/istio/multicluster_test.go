@@ -1,13 +1,9 @@
 package istio_test
 
 import (
-	"context"
 	"crypto/x509"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -37,62 +33,14 @@ func TestIstioPilotAgentRemoteCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	work := t.TempDir()
-	for path, data := range map[string][]byte{
-		"var/run/secrets/tokens/istio-token":  []byte(token),
-		"var/run/secrets/istio/root-cert.pem": rootPEM,
-	} {
-		p := filepath.Join(work, path)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(work, "out")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	proxyConfig, _ := json.Marshal(map[string]any{"discoveryAddress": ca.GRPCAddr, "statusPort": freePort(t)})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "proxy", "sidecar")
-	cmd.Dir = work
-	cmd.Env = append(os.Environ(),
-		"DISABLE_ENVOY=true",
-		"PROXY_CONFIG="+string(proxyConfig),
-		"ISTIOD_SAN="+istiodSAN,
-		"OUTPUT_CERTS="+out,
-		"POD_NAMESPACE=shop",
-		"POD_NAME=checkout-7d9f8",
-		"SERVICE_ACCOUNT=checkout",
-		"JWT_POLICY=third-party-jwt",
-		"PKCS8_KEY=true",
-		"ISTIO_META_CLUSTER_ID=east",
-	)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	sc := startSidecar(t, bin, "checkout-7d9f8", []byte(token), rootPEM, ca.GRPCAddr, ca.GRPCAddr, "ISTIO_META_CLUSTER_ID=east")
+	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("pilot-agent output:\n%s\nCA output:\n%s", logs.String(), ca.Logs())
+			t.Logf("CA output:\n%s", ca.Logs())
 		}
-	}()
-
-	certFile := filepath.Join(out, "cert-chain.pem")
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if fi, err := os.Stat(certFile); err == nil && fi.Size() > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pilot-agent wrote no certificate within 60s")
-		}
-	}
+	})
+	certFile := filepath.Join(sc.out, "cert-chain.pem")
+	waitFor(t, "certificate from pilot-agent", 60*time.Second, nonEmpty(certFile), sc.process)
 	chain, err := pemfile.ReadCertificates(certFile)
 	if err != nil {
 		t.Fatal(err)

@@ -4,16 +4,11 @@
 package istio_test
 
 import (
-	"context"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,18 +41,6 @@ func pilotAgent(t *testing.T) string {
 	return p
 }
 
-// freePort returns a loopback port that was free a moment ago, for
-// pilot-agent's status server, which takes a number rather than a listener.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 const istiodSAN = "istiod.istio-system.svc"
 
 func TestIstioPilotAgentGetsItsCertificate(t *testing.T) {
@@ -69,72 +52,16 @@ func TestIstioPilotAgentGetsItsCertificate(t *testing.T) {
 	api.CreateServiceAccount(t, "shop", "checkout")
 	token := api.Token(t, "shop", "checkout", []string{"istio-ca"}, time.Hour)
 
-	work := t.TempDir()
-	for path, data := range map[string][]byte{
-		"var/run/secrets/tokens/istio-token":  []byte(token),
-		"var/run/secrets/istio/root-cert.pem": ca.RootPEM,
-	} {
-		p := filepath.Join(work, path)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(work, "out")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	proxyConfig, _ := json.Marshal(map[string]any{"discoveryAddress": ca.GRPCAddr, "statusPort": freePort(t)})
-
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "proxy", "sidecar")
-	cmd.Dir = work
-	cmd.Env = append(os.Environ(),
-		"DISABLE_ENVOY=true",
-		"PROXY_CONFIG="+string(proxyConfig),
-		"ISTIOD_SAN="+istiodSAN,
-		"OUTPUT_CERTS="+out,
-		"POD_NAMESPACE=shop",
-		"POD_NAME=checkout-7d9f8",
-		"SERVICE_ACCOUNT=checkout",
-		"JWT_POLICY=third-party-jwt",
-		"PKCS8_KEY=true",
-		"ISTIO_META_CLUSTER_ID=Kubernetes",
-	)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("pilot-agent output:\n%s", logs.String())
-		}
-	}()
-
-	certFile := filepath.Join(out, "cert-chain.pem")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if fi, err := os.Stat(certFile); err == nil && fi.Size() > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pilot-agent wrote no certificate within 60s")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	sc := startSidecar(t, bin, "checkout-7d9f8", []byte(token), ca.RootPEM, ca.GRPCAddr, ca.GRPCAddr)
+	certFile := filepath.Join(sc.out, "cert-chain.pem")
+	waitFor(t, "certificate from pilot-agent", 60*time.Second, nonEmpty(certFile), sc.process)
 	time.Sleep(200 * time.Millisecond) // let it finish writing key.pem and root-cert.pem
 
 	chain, err := pemfile.ReadCertificates(certFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots, err := pemfile.ReadCertificates(filepath.Join(out, "root-cert.pem"))
+	roots, err := pemfile.ReadCertificates(filepath.Join(sc.out, "root-cert.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +77,7 @@ func TestIstioPilotAgentGetsItsCertificate(t *testing.T) {
 	if want := "spiffe://cluster.local/ns/shop/sa/checkout"; id.String() != want {
 		t.Fatalf("pilot-agent got %s, want %s", id, want)
 	}
-	key, err := pemfile.ReadPrivateKey(filepath.Join(out, "key.pem"))
+	key, err := pemfile.ReadPrivateKey(filepath.Join(sc.out, "key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
