@@ -68,8 +68,7 @@ bench:
 ## and pilot-discovery (istiod).
 tools:
 	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/tools.sh
-	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-pilot-agent.sh
-	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-pilot-discovery.sh
+	CASTELLAN_CACHE_DIR=$(CACHE_DIR) ./scripts/build-istio.sh
 
 ## lint: golangci-lint with the committed .golangci.yml (installed once from
 ## the Go module proxy into $(CACHE_DIR), keyed by version).

@@ -55,7 +55,7 @@ const (
 )
 
 // pilotDiscovery returns the path of the pilot-discovery (istiod) binary
-// that scripts/build-pilot-discovery.sh builds, failing when it is missing
+// that scripts/build-istio.sh builds, failing when it is missing
 // unless CASTELLAN_ALLOW_SKIP is set.
 func pilotDiscovery(t *testing.T) string {
 	t.Helper()
@@ -69,7 +69,7 @@ func pilotDiscovery(t *testing.T) string {
 	}
 	p := filepath.Join(cache, "pilot-discovery-eed52ebb", "pilot-discovery")
 	if _, err := os.Stat(p); err != nil {
-		harness.SkipUnlessAllowed(t, fmt.Sprintf("pilot-discovery not built at %s; run scripts/build-pilot-discovery.sh (make tools)", p))
+		harness.SkipUnlessAllowed(t, fmt.Sprintf("pilot-discovery not built at %s; run scripts/build-istio.sh (make tools)", p))
 	}
 	return p
 }

@@ -22,7 +22,7 @@ import (
 )
 
 // pilotAgent returns the path of the pilot-agent binary that
-// scripts/build-pilot-agent.sh builds, failing when it is missing unless
+// scripts/build-istio.sh builds, failing when it is missing unless
 // CASTELLAN_ALLOW_SKIP is set.
 func pilotAgent(t *testing.T) string {
 	t.Helper()
@@ -36,7 +36,7 @@ func pilotAgent(t *testing.T) string {
 	}
 	p := filepath.Join(cache, "pilot-agent-eed52ebb", "pilot-agent")
 	if _, err := os.Stat(p); err != nil {
-		harness.SkipUnlessAllowed(t, fmt.Sprintf("pilot-agent not built at %s; run scripts/build-pilot-agent.sh (make tools)", p))
+		harness.SkipUnlessAllowed(t, fmt.Sprintf("pilot-agent not built at %s; run scripts/build-istio.sh (make tools)", p))
 	}
 	return p
 }
