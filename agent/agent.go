@@ -467,11 +467,14 @@ func (a *Agent) identityCount() int {
 func (a *Agent) Run(ctx context.Context) error {
 	// The first CA call needs the bundle to verify the CA, so it is loaded
 	// before anything starts.
-	bundles := &bundleWatcher{a: a}
-	bundles.check()
+	bundles, err := a.newBundleWatcher()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	bundles.Check()
 	g, ctx := errgroup.WithContext(ctx)
 	defer a.closeCAClient()
-	g.Go(func() error { return bundles.run(ctx) })
+	g.Go(func() error { return bundles.Run(ctx) })
 	if a.jwt != nil {
 		g.Go(func() error { return a.jwt.run(ctx) })
 	}
