@@ -45,7 +45,7 @@ func TestDeltaSubscriptionFlood(t *testing.T) {
 	bin := harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace")
 	cmd := exec.Command(bin, "--ca-addr="+s.ca.GRPCAddr, "--ca-server-name="+s.ca.ServerName, "--root-cert="+s.ca.RootFile,
 		"--token-file="+s.tokenFile, "--sds-socket="+socket, "--http-addr=-", "--log-level=error")
-	logs := &lockedBuffer{}
+	logs := &harness.Output{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

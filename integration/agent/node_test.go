@@ -49,7 +49,7 @@ type nodeCluster struct {
 	socket  string
 	metrics string // the agent's /metrics URL
 	agent   *exec.Cmd
-	logs    *lockedBuffer
+	logs    *harness.Output
 }
 
 // startNodeCluster starts everything; ns holds the workloads' service
@@ -81,7 +81,7 @@ func startNodeCluster(t *testing.T, ns string, sas ...string) *nodeCluster {
 		t.Fatal(err)
 	}
 
-	c := &nodeCluster{api: api, ca: ca, layouts: layouts, socket: filepath.Join(dir, "socket"), logs: &lockedBuffer{}}
+	c := &nodeCluster{api: api, ca: ca, layouts: layouts, socket: filepath.Join(dir, "socket"), logs: &harness.Output{}}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
 	c.metrics = "http://" + httpAddr + "/metrics"
 	bin := harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace")
@@ -493,22 +493,4 @@ func unwrapStatus(err error) error {
 		e = u.Unwrap()
 	}
 	return err
-}
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

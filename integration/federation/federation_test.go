@@ -54,7 +54,7 @@ type stack struct {
 	minter         *authn.Minter
 	a, b           *harness.CAProcess
 	agentSocket    string
-	agentLogs      *lockedBuffer
+	agentLogs      *harness.Output
 	c              *fakeEndpoint
 	bEndpoint      string
 	aEndpointRoots string
@@ -145,7 +145,7 @@ func (s *stack) startAgent(t *testing.T, dir string) {
 	// directory holds both, as the trust ConfigMap does in a cluster.
 	cmd := exec.Command(bin, "--ca-addr="+s.a.GRPCAddr, "--ca-server-name="+s.a.ServerName, "--root-cert="+s.a.RootFile,
 		"--token-file="+tokenFile, "--sds-socket="+s.agentSocket, "--http-addr=-", "--root-poll-interval=1s")
-	s.agentLogs = &lockedBuffer{}
+	s.agentLogs = &harness.Output{}
 	cmd.Stdout, cmd.Stderr = s.agentLogs, s.agentLogs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -361,23 +361,6 @@ func httpGet(t *testing.T, url string) []byte {
 		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
 	}
 	return body
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // fakeEndpoint is the https_web bundle endpoint of c.test, served by the

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -78,7 +77,7 @@ func start(t *testing.T, caArgs ...string) *stack {
 	bin := harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace")
 	cmd := exec.Command(bin, "--ca-addr="+ca.GRPCAddr, "--ca-server-name="+ca.ServerName, "--root-cert="+ca.RootFile,
 		"--token-file="+tokenFile, "--sds-socket="+s.socket, "--http-addr=-", "--jwt-bundle-refresh=200ms")
-	logs := &lockedBuffer{}
+	logs := &harness.Output{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -386,21 +385,4 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -70,7 +70,7 @@ func TestNodeAgentJWTSVIDs(t *testing.T) {
 	agent := exec.Command(bin, "--attestation=node", "--node-name="+nodeA, "--kubeconfig="+api.Kubeconfig,
 		"--ca-addr="+ca.GRPCAddr, "--ca-server-name="+ca.ServerName, "--root-cert="+ca.RootFile,
 		"--token-file="+tokenFile, "--sds-socket="+socket, "--http-addr=-", "--jwt-bundle-refresh=200ms")
-	logs := &lockedBuffer{}
+	logs := &harness.Output{}
 	agent.Stdout, agent.Stderr = logs, logs
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
