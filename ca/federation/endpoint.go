@@ -79,7 +79,12 @@ type EndpointConfig struct {
 	// and key (https_web, required). They are read again when they
 	// change; a pair that does not load keeps the last good one.
 	CertFile, KeyFile string
-	// DataDir keeps the sequence number (SequenceFileName). Required.
+	// Sequence keeps the sequence numbers of the bundle's contents, shared
+	// by the CA's replicas (see SequenceStore). Default: the file
+	// SequenceFileName in DataDir.
+	Sequence SequenceStore
+	// DataDir keeps the sequence number (SequenceFileName) when Sequence
+	// is not set.
 	DataDir string
 	// Logger receives logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -127,7 +132,7 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 		return nil, errors.New("federation: bundle endpoint: no trust domain")
 	case cfg.Source == nil:
 		return nil, errors.New("federation: bundle endpoint: no CA material")
-	case cfg.DataDir == "":
+	case cfg.Sequence == nil && cfg.DataDir == "":
 		return nil, errors.New("federation: bundle endpoint: no data directory for its sequence number")
 	case cfg.Profile != ProfileSPIFFE && cfg.Profile != ProfileWeb:
 		return nil, fmt.Errorf("federation: bundle endpoint: profile %q is neither %s nor %s", cfg.Profile, ProfileSPIFFE, ProfileWeb)
@@ -136,11 +141,11 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	case cfg.Profile == ProfileWeb && (cfg.CertFile == "" || cfg.KeyFile == ""):
 		return nil, fmt.Errorf("federation: bundle endpoint: %s needs a certificate file and a key file", ProfileWeb)
 	}
-	seq, err := newSequencer(filepath.Join(cfg.DataDir, SequenceFileName))
-	if err != nil {
-		return nil, err
+	if cfg.Sequence == nil {
+		cfg.Sequence = FileSequence(filepath.Join(cfg.DataDir, SequenceFileName))
 	}
-	e := &Endpoint{cfg: cfg, log: cfg.Logger, seq: seq}
+	e := &Endpoint{cfg: cfg, log: cfg.Logger, seq: newSequencer(cfg.Sequence)}
+	var err error
 	e.served = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "castellan_bundle_endpoint_requests_total",
 		Help: "Requests to the SPIFFE bundle endpoint, by result (ok, error).",
@@ -207,6 +212,7 @@ func (e *Endpoint) ID() spiffeid.ID {
 func (e *Endpoint) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- e.srv.ServeTLS(e.lis, "", "") }()
+	go e.numberChanges(ctx)
 	e.log.Info("bundle endpoint serving", "addr", e.Addr(), "profile", e.cfg.Profile, "spiffe_id", e.ID().String(), "refresh_hint", e.cfg.RefreshHint)
 	select {
 	case err := <-errc:
@@ -217,6 +223,33 @@ func (e *Endpoint) Serve(ctx context.Context) error {
 	defer cancel()
 	_ = e.srv.Shutdown(sctx)
 	return nil
+}
+
+// sequenceCheck is how often the endpoint looks for a new content to
+// number, so that the sequence moves when the authorities change, not
+// when the bundle is next asked for.
+const sequenceCheck = 5 * time.Second
+
+// numberChanges numbers each new content of the bundle within
+// sequenceCheck of the change, until ctx ends.
+func (e *Endpoint) numberChanges(ctx context.Context) {
+	t := time.NewTicker(sequenceCheck)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		switch _, err := e.Bundle(); {
+		case err != nil && err.Error() != lastErr:
+			lastErr = err.Error()
+			e.log.Error("bundle endpoint: cannot number the bundle's content; will retry", "error", err)
+		case err == nil:
+			lastErr = ""
+		}
+	}
 }
 
 // Bundle returns the local trust domain's bundle as served now: the

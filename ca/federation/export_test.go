@@ -12,10 +12,14 @@ import (
 // NewEndpointBundleForTest returns the bundle an endpoint with this data
 // directory serves for a, without listening.
 func NewEndpointBundleForTest(dir string, td spiffeid.TrustDomain, a *ca.Authority) (*spiffebundle.Bundle, error) {
-	seq, err := newSequencer(dir + "/" + SequenceFileName)
-	if err != nil {
-		return nil, err
-	}
+	return NewBundleForTest(FileSequence(dir+"/"+SequenceFileName), td, a, time.Now)
+}
+
+// NewBundleForTest returns the bundle an endpoint whose sequence is in
+// store serves for a at the time now returns, without listening.
+func NewBundleForTest(store SequenceStore, td spiffeid.TrustDomain, a *ca.Authority, now func() time.Time) (*spiffebundle.Bundle, error) {
+	seq := newSequencer(store)
+	seq.now = now
 	e := &Endpoint{cfg: EndpointConfig{TrustDomain: td, Source: ca.StaticSource{A: a}, RefreshHint: DefaultRefreshHint}, seq: seq}
 	return e.Bundle()
 }

@@ -231,7 +231,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fedJobs, err := f.fed.start(deps, srv.Source(), jwtKeys)
+	fedJobs, err := f.fed.start(deps, &f.kube, srv.Source(), jwtKeys)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/federation"
+	"github.com/castellan-mesh/castellan/ca/federation/secretsequence"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
@@ -87,8 +88,10 @@ func (f *federationFlags) prepare(d *caDeps) error {
 
 // start creates the bundle endpoint that the flags ask for, and returns
 // its job and the federator's. src is the CA's material; jwt, if not nil,
-// supplies the JWT authorities.
-func (f *federationFlags) start(d *caDeps, src ca.Source, jwt federation.JWTAuthoritySource) ([]func(context.Context) error, error) {
+// supplies the JWT authorities. With --material=kubernetes the endpoint's
+// sequence numbers are kept in the CA Secret, shared by the replicas (see
+// package secretsequence); else in the data directory.
+func (f *federationFlags) start(d *caDeps, kube *kubeFlags, src ca.Source, jwt federation.JWTAuthoritySource) ([]func(context.Context) error, error) {
 	var jobs []func(context.Context) error
 	if d.federated != nil {
 		jobs = append(jobs, d.federated.Run)
@@ -106,6 +109,13 @@ func (f *federationFlags) start(d *caDeps, src ca.Source, jwt federation.JWTAuth
 				return nil, usageError{Err: fmt.Errorf("--bundle-endpoint-spiffe-id %q: %w", f.endpointID, err)}
 			}
 			cfg.ID = id
+		}
+		if kube != nil && kube.material == materialKubernetes {
+			client, err := d.kubeClient()
+			if err != nil {
+				return nil, fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
+			}
+			cfg.Sequence = &secretsequence.Store{Client: client, Namespace: kube.namespace, Name: kube.secretName}
 		}
 		e, err := federation.NewEndpoint(cfg)
 		if err != nil {
