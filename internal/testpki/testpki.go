@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"math/big"
 	"net"
 	"net/url"
@@ -85,12 +84,9 @@ func New(t testing.TB, opts ...Option) *PKI {
 	p := &PKI{RootKey: Key(t), IntermediateKey: Key(t), LeafKey: Key(t)}
 	now := time.Now()
 	ca := func(serial int64, cn string) *x509.Certificate {
-		return &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-			URIs: []*url.URL{td},
-		}
+		tmpl := caTemplate(big.NewInt(serial), cn, now, 365*24*time.Hour)
+		tmpl.URIs = []*url.URL{td}
+		return tmpl
 	}
 	p.Root = Create(t, ca(1, "test root"), nil, p.RootKey.Public(), p.RootKey)
 	p.Intermediate = Create(t, ca(2, "test intermediate"), p.Root, p.IntermediateKey.Public(), p.RootKey)
