@@ -78,7 +78,7 @@ type jwtService struct {
 }
 
 // registerJWT registers the JWT service on g when the CA has a JWTIssuer.
-func (s *Server) registerJWT(g *grpc.Server) {
+func (s *Server) registerJWT(g grpc.ServiceRegistrar) {
 	if s.cfg.JWT == nil {
 		return
 	}

@@ -256,7 +256,6 @@ func (s *Server) newGRPCServer() *grpc.Server {
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-		grpc.StatsHandler(&oversizeCounter{m: s.metrics}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10 * time.Second),
 		// A fixed pool of workers serves the streams: their stacks have
@@ -269,10 +268,11 @@ func (s *Server) newGRPCServer() *grpc.Server {
 	opts = append(opts, s.grpcLimitOptions()...)
 	opts = append(opts, s.cfg.GRPCOptions...)
 	g := grpc.NewServer(opts...)
-	pb.RegisterIstioCertificateServiceServer(g, &certService{s: s})
-	s.registerJWT(g)
+	reg := &oversizeRegistrar{g: g, m: s.metrics}
+	pb.RegisterIstioCertificateServiceServer(reg, &certService{s: s})
+	s.registerJWT(reg)
 	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(g, s.health)
+	healthpb.RegisterHealthServer(reg, s.health)
 	return g
 }
 
