@@ -133,6 +133,7 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 		{chart: "istio", overlay: "/deploy/overlays/istio"},
 		{chart: "istio-ca", overlay: "/deploy/overlays/istio-ca"},
 		{chart: "per-pod", overlay: "/deploy/overlays/perpod"},
+		{chart: "federation", overlay: "/deploy/overlays/federation"},
 		{chart: "observability", overlay: "/deploy/overlays/observability", only: []string{"NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap"}},
 	}
 	for _, tt := range tests {
@@ -233,7 +234,7 @@ func TestHelmChartApplies(t *testing.T) {
 	for obj, err := range ap.applyAll(ctx, crds, false) {
 		t.Fatalf("%s: %v", obj, err)
 	}
-	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "policy-server", "per-pod", "cacerts", "vault", "istio", "istio-ca", "observability", "multicluster"} {
+	for _, name := range []string{"default", "production", "custom", "cluster-trust-bundle", "policy-server", "per-pod", "cacerts", "vault", "istio", "istio-ca", "observability", "multicluster", "federation", "federation-web"} {
 		objs := helmRendering(t, name)
 		for obj, err := range ap.applyAll(ctx, objs, false) {
 			t.Errorf("%s: %s refused: %v", name, obj, err)

@@ -43,9 +43,31 @@ components:
 - ../../components/policy-server
 `
 
+// federationOverlay is a test overlay: the standalone install with
+// NetworkPolicies and the bundle endpoint (components/federation), whose
+// patch opens the bundle endpoint's port in the CA's policy.
+const federationOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../standalone
+components:
+- ../../components/networkpolicy
+- ../../components/federation
+`
+
+// federationOnlyOverlay is a test overlay: the bundle endpoint without
+// NetworkPolicies (the component's policy patch then matches nothing).
+const federationOnlyOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../standalone
+components:
+- ../../components/federation
+`
+
 // withTestOverlay returns deploy/ in memory with one more overlay,
-// overlays/<name>, holding kustomization, and the policy-server test
-// overlay.
+// overlays/<name>, holding kustomization, and the policy-server and
+// federation test overlays.
 func withTestOverlay(t testing.TB, name, kustomization string) filesys.FileSystem {
 	t.Helper()
 	fsys := deployFS(t)
@@ -54,6 +76,11 @@ func withTestOverlay(t testing.TB, name, kustomization string) filesys.FileSyste
 	}
 	if err := fsys.WriteFile("/deploy/overlays/policy-server/kustomization.yaml", []byte(policyServerOverlay)); err != nil {
 		t.Fatal(err)
+	}
+	for dir, k := range map[string]string{"federation": federationOverlay, "federation-only": federationOnlyOverlay} {
+		if err := fsys.WriteFile("/deploy/overlays/"+dir+"/kustomization.yaml", []byte(k)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return fsys
 }
@@ -67,6 +94,8 @@ var overlays = []string{
 	"/deploy/overlays/production",
 	"/deploy/overlays/ctb",
 	"/deploy/overlays/policy-server",
+	"/deploy/overlays/federation",
+	"/deploy/overlays/federation-only",
 }
 
 // TestManifests renders every overlay and applies each object server-side

@@ -75,6 +75,24 @@ ca:
   - {id: cluster2, secretName: castellan-remote-cluster2}
   - {id: cluster3, secretName: castellan-remote-cluster3}
 `},
+	// The values of deploy/components/federation with the networkpolicy
+	// component.
+	{name: "federation", values: `{namespace: {create: true}, networkPolicy: {enabled: true}, bundleEndpoint: {enabled: true}}`},
+	// The https_web profile and two foreign trust domains.
+	{name: "federation-web", values: `
+networkPolicy: {enabled: true}
+bundleEndpoint:
+  enabled: true
+  port: 9443
+  profile: https_web
+  refreshHint: 1m
+  httpsWeb: {secretName: castellan-bundle-endpoint-tls}
+  service: {type: LoadBalancer}
+federateWith:
+- {trustDomain: b.example, url: "https://bundles.b.example:8443/", profile: https_spiffe, endpointSPIFFEID: "spiffe://b.example/castellan/bundle-endpoint", configMap: castellan-federation-b}
+- {trustDomain: c.example, url: "https://c.example:10443/bundle", profile: https_web, configMap: castellan-federation-c}
+- {trustDomain: d.example, url: "https://bundles.d.example/", profile: https_web}
+`},
 	{name: "observability", values: `
 serviceMonitor: {enabled: true}
 prometheusRule: {enabled: true}
@@ -179,6 +197,10 @@ func TestRenderRefusesBadValues(t *testing.T) {
 		{name: "unknown material", values: `material: {mode: etcd}`, want: "material.mode must be"},
 		{name: "unknown agent mode", values: `agent: {mode: sidecar}`, want: "agent.mode must be"},
 		{name: "remote cluster without a Secret", values: `ca: {remoteClusters: [{id: east}]}`, want: "ca.remoteClusters needs an id and a secretName"},
+		{name: "unknown bundle endpoint profile", values: `bundleEndpoint: {enabled: true, profile: https}`, want: "bundleEndpoint.profile must be"},
+		{name: "https_web without a Secret", values: `bundleEndpoint: {enabled: true, profile: https_web}`, want: "bundleEndpoint.httpsWeb.secretName"},
+		{name: "federateWith without a profile", values: `federateWith: [{trustDomain: b.example, url: "https://b.example"}]`, want: "each of federateWith needs"},
+		{name: "https_spiffe without a first bundle", values: `federateWith: [{trustDomain: b.example, url: "https://b.example", profile: https_spiffe, endpointSPIFFEID: "spiffe://b.example/x"}]`, want: "needs endpointSPIFFEID and configMap"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
