@@ -132,8 +132,12 @@ func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
 
 // peerOf returns the IP address of a peer, or the zero Addr.
 func peerOf(addr net.Addr) netip.Addr {
-	if addr == nil {
+	switch a := addr.(type) {
+	case nil:
 		return netip.Addr{}
+	case *net.TCPAddr:
+		// Every call to the certificate service asks: no text round trip.
+		return a.AddrPort().Addr().Unmap()
 	}
 	ap, err := netip.ParseAddrPort(addr.String())
 	if err != nil {

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"crypto"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -129,5 +131,37 @@ func TestRegistrarKeepsServices(t *testing.T) {
 		if got := len(info[desc.name].Methods); got != desc.methods {
 			t.Errorf("%s: %d methods, want %d", desc.name, got, desc.methods)
 		}
+	}
+}
+
+// TestPeerOf: the peer address of a TCP connection is read without
+// formatting it, with the same result as parsing its text.
+func TestPeerOf(t *testing.T) {
+	viaText := func(a net.Addr) netip.Addr {
+		ap, err := netip.ParseAddrPort(a.String())
+		if err != nil {
+			return netip.Addr{}
+		}
+		return ap.Addr().Unmap()
+	}
+	for _, a := range []net.Addr{
+		&net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 443},
+		&net.TCPAddr{IP: net.IP{10, 1, 2, 3}, Port: 1},
+		&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 15012},
+		&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 15012, Zone: "eth0"},
+		&net.TCPAddr{Port: 15012},
+		&net.TCPAddr{IP: net.IP{1, 2, 3}, Port: 15012},
+		&net.UnixAddr{Name: "/run/castellan.sock", Net: "unix"},
+		&net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 53},
+	} {
+		if got, want := peerOf(a), viaText(a); got != want {
+			t.Errorf("peerOf(%v) = %v, want %v", a, got, want)
+		}
+	}
+	if got := peerOf(nil); got.IsValid() {
+		t.Errorf("peerOf(nil) = %v", got)
+	}
+	if got := peerOf((*net.TCPAddr)(nil)); got.IsValid() {
+		t.Errorf("peerOf of a nil *TCPAddr = %v", got)
 	}
 }
