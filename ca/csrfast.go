@@ -239,26 +239,37 @@ func decodeCSRPEM(in []byte) ([]byte, bool) {
 		}
 	}
 	body = body[:end]
-	b64 := make([]byte, 0, len(body))
+	// Each line is decoded straight into der: lines of whole 4-character
+	// groups, with padding on the last line only, decode to what their
+	// concatenation does. Other wrappings are left to encoding/pem.
+	der := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
+	n := 0
+	padded := false
 	for len(body) > 0 {
 		// Each line ends with LF or CRLF.
 		var line []byte
 		var found bool
 		line, body, found = bytes.Cut(body, []byte("\n"))
-		if !found {
+		if !found || padded {
 			return nil, false
 		}
 		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line)%4 != 0 {
+			return nil, false
+		}
 		for _, c := range line {
 			if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '=') {
 				return nil, false
 			}
 		}
-		b64 = append(b64, line...)
+		padded = len(line) > 0 && line[len(line)-1] == '='
+		m, err := base64.StdEncoding.Decode(der[n:], line)
+		if err != nil {
+			return nil, false
+		}
+		n += m
 	}
-	der := make([]byte, base64.StdEncoding.DecodedLen(len(b64)))
-	n, err := base64.StdEncoding.Decode(der, b64)
-	if err != nil || n == 0 {
+	if n == 0 {
 		return nil, false
 	}
 	return der[:n], true
