@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"math/big"
 	"net"
@@ -35,13 +34,9 @@ func newCertFixture(t *testing.T) *certFixture {
 	t.Helper()
 	f := &certFixture{dir: t.TempDir()}
 	now := time.Now()
-	rootKey := testpki.Key(t)
-	rootTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	f.rootCert = testpki.Create(t, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	root := testpki.NewCA(t, "root")
+	rootKey := root.Key
+	f.rootCert = root.Cert
 	f.root = testpki.WriteFile(t, f.dir, "root.pem", testpki.CertPEM(f.rootCert))
 	f.rootKey = testpki.WriteFile(t, f.dir, "root-key.pem", testpki.KeyPEM(t, rootKey))
 
