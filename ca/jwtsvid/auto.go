@@ -69,12 +69,14 @@ func (r *Rotator) Step(ctx context.Context, every time.Duration) (string, error)
 	}
 	var did string
 	switch did = rotation.Due(r.dueStatus(st, every), now, r.propagationDelay()); did {
+	// The step works on the state read above: if another replica wrote
+	// meanwhile, its write fails as a conflict.
 	case rotation.StepPrepare:
-		err = r.Prepare(ctx)
+		err = r.prepare(ctx, st, raw)
 	case rotation.StepActivate:
-		err = r.Activate(ctx, false)
+		err = r.activate(ctx, st, raw, false)
 	case rotation.StepRetire:
-		err = r.Retire(ctx, false)
+		err = r.retire(ctx, st, raw, false)
 	}
 	if errors.Is(err, ErrConflict) {
 		// Another replica took a step meanwhile; the next call sees it.

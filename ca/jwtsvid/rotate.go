@@ -102,6 +102,11 @@ func (r *Rotator) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return r.prepare(ctx, st, raw)
+}
+
+// prepare is Prepare on the state st, read as raw.
+func (r *Rotator) prepare(ctx context.Context, st State, raw []byte) error {
 	name := NewKeyName()
 	if _, err := r.Keys.Create(ctx, name); err != nil {
 		return fmt.Errorf("jwtsvid: creating the next JWT signing key %s: %w", name, err)
@@ -126,6 +131,11 @@ func (r *Rotator) Activate(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
+	return r.activate(ctx, st, raw, force)
+}
+
+// activate is Activate on the state st, read as raw.
+func (r *Rotator) activate(ctx context.Context, st State, raw []byte, force bool) error {
 	now := r.now().UTC()
 	p := r.policy()
 	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
@@ -151,6 +161,11 @@ func (r *Rotator) Retire(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
+	return r.retire(ctx, st, raw, force)
+}
+
+// retire is Retire on the state st, read as raw.
+func (r *Rotator) retire(ctx context.Context, st State, raw []byte, force bool) error {
 	if now := r.now(); now.Before(st.RetireAfter) && !force {
 		return fmt.Errorf("jwtsvid: JWT-SVIDs signed by the previous key may be valid until %s; retire after that, or force",
 			st.RetireAfter.Format(time.RFC3339))

@@ -4,15 +4,21 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	spiffejwt "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/metadata"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/castellan-mesh/castellan/ca/jwtapi"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
 // TestAutomaticJWTKeyRotation: with a short policy, the CA rotates its
@@ -98,4 +104,78 @@ func grepLines(s, prefix string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestAutomaticJWTKeyRotationReplicas: two replicas of a Kubernetes-backed
+// CA (--material=kubernetes, one API server) both run the automatic JWT
+// key rotation on the state in their shared Secret: between them they
+// take one prepare and one activate, and both end up signing with the
+// same new key.
+func TestAutomaticJWTKeyRotationReplicas(t *testing.T) {
+	api := harness.StartAPIServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
+	defer cancel()
+	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "castellan-system"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	api.CreateServiceAccount(t, namespace, account)
+	token := api.Token(t, namespace, account, []string{harness.DefaultAudience}, time.Hour)
+	flags := []string{"--kubeconfig", api.Kubeconfig, "--material=kubernetes", "--namespace=castellan-system",
+		"--root-propagation-delay", "8s", "--jwt-key-rotate-every", "20s", "--jwt-svid-ttl", "10s"}
+	replicas := []*harness.CAProcess{
+		harness.StartCAProcess(t, append(flags, "--pod-name=castellan-ca-0")...),
+		harness.StartCAProcess(t, append(flags, "--pod-name=castellan-ca-1")...),
+	}
+	authCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	clients := []jwtapi.JWTServiceClient{jwtClient(t, replicas[0]), jwtClient(t, replicas[1])}
+	kids := func() [2]string {
+		var out [2]string
+		for i, c := range clients {
+			resp, err := c.MintJWTSVID(authCtx, &jwtapi.MintJWTSVIDRequest{Audience: []string{"x"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[i] = kidOf(t, resp.GetToken())
+		}
+		return out
+	}
+	first := kids()
+	if first[0] != first[1] {
+		t.Fatalf("the replicas sign with different keys: %v", first)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(3 * waitTimeout)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; logs:\n%s\n%s", what, replicas[0].Logs(), replicas[1].Logs())
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	waitFor("both replicas signing with a new key", func() bool {
+		k := kids()
+		return k[0] == k[1] && k[0] != first[0]
+	})
+	steps := map[string]float64{}
+	for _, r := range replicas {
+		for _, step := range []string{"prepare", "activate", "error"} {
+			steps[step] += metricValue(httpGetString(t, "http://"+r.HTTPAddr+"/metrics"), `castellan_ca_jwt_rotation_steps_total{step="`+step+`"}`)
+		}
+	}
+	if steps["prepare"] != 1 || steps["activate"] != 1 || steps["error"] != 0 {
+		t.Fatalf("the replicas took %v steps between them; want one prepare and one activate", steps)
+	}
+}
+
+// metricValue returns the value of series in a Prometheus text exposition
+// (0 when absent).
+func metricValue(text, series string) float64 {
+	for _, l := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
