@@ -2,13 +2,7 @@ package federated_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -16,28 +10,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
 func newBundle(t testing.TB, td string) *spiffebundle.Bundle {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
 	id := spiffeid.RequireTrustDomainFromString(td)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: td},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-		URIs: []*url.URL{id.ID().URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	b := spiffebundle.FromX509Authorities(id, []*x509.Certificate{c})
+	b := spiffebundle.FromX509Authorities(id, []*x509.Certificate{testpki.NewCA(t, td).Cert})
 	b.SetSequenceNumber(7)
 	b.SetRefreshHint(time.Minute)
 	return b
