@@ -26,6 +26,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // MaxEndpointConnections is the most connections the bundle endpoint
@@ -150,10 +151,8 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 		Name: "castellan_bundle_endpoint_requests_total",
 		Help: "Requests to the SPIFFE bundle endpoint, by result (ok, error).",
 	}, []string{"result"})
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(e.served); err != nil {
-			return nil, err
-		}
+	if err := promreg.Register(cfg.Registerer, e.served); err != nil {
+		return nil, fmt.Errorf("federation: bundle endpoint: could not register metrics: %w", err)
 	}
 	if cfg.Profile == ProfileSPIFFE {
 		if e.issuer, err = ca.NewIssuer(cfg.Source, ca.Config{DefaultTTL: endpointSVIDTTL, MaxTTL: endpointSVIDTTL}); err != nil {

@@ -1,9 +1,12 @@
 package federation
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 type metrics struct {
@@ -37,12 +40,8 @@ func newMetrics(reg prometheus.Registerer, f *Federator) (*metrics, error) {
 		seq:      prometheus.NewDesc("castellan_federation_bundle_sequence", "spiffe_sequence of the last good bundle of a foreign trust domain (absent when it has none).", labels, nil),
 		hasOne:   prometheus.NewDesc("castellan_federation_bundle_present", "1 when the CA holds a bundle of the foreign trust domain, 0 while it has none.", labels, nil),
 	}
-	if reg != nil {
-		for _, col := range []prometheus.Collector{m.failures, m.updates, c} {
-			if err := reg.Register(col); err != nil {
-				return nil, err
-			}
-		}
+	if err := promreg.Register(reg, m.failures, m.updates, c); err != nil {
+		return nil, fmt.Errorf("federation: could not register metrics: %w", err)
 	}
 	// Every trust domain shows up from the start.
 	for _, r := range f.cfg.Relationships {
