@@ -26,7 +26,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
 	"github.com/castellan-mesh/castellan/ca/jwtapi"
-	"github.com/castellan-mesh/castellan/ca/jwtsvid"
+	"github.com/castellan-mesh/castellan/internal/jwtaudience"
 )
 
 // The JWT half of the agent: JWT-SVIDs are minted by the CA
@@ -145,7 +145,7 @@ func (j *jwtAgent) fetch(ctx context.Context, audiences []string, spiffeID strin
 	aud := slices.Clone(audiences)
 	sort.Strings(aud)
 	aud = slices.Compact(aud)
-	if err := jwtsvid.CheckAudiences(aud); err != nil {
+	if err := jwtaudience.Check(aud); err != nil {
 		return workloadapi.JWTSVID{}, status.Error(codes.InvalidArgument, "agent: "+strings.TrimPrefix(err.Error(), "jwtsvid: "))
 	}
 	id, err := j.callerID(ctx)

@@ -11,14 +11,16 @@ import (
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-mesh/castellan/internal/jwtaudience"
 )
 
 // Limits of a JWT-SVID request.
 const (
 	// MaxAudiences is the most audiences one token names.
-	MaxAudiences = 16
+	MaxAudiences = jwtaudience.MaxCount
 	// MaxAudienceLen is the longest audience, in bytes.
-	MaxAudienceLen = 256
+	MaxAudienceLen = jwtaudience.MaxLen
 )
 
 // Lifetimes of a JWT-SVID.
@@ -32,40 +34,12 @@ const (
 var ErrNoKey = errors.New("jwtsvid: no JWT signing key loaded")
 
 // AudienceError is a request's audience list that is refused.
-type AudienceError struct{ msg string }
-
-func (e *AudienceError) Error() string { return "jwtsvid: " + e.msg }
+type AudienceError = jwtaudience.Error
 
 // CheckAudiences refuses an audience list a JWT-SVID may not carry: none,
 // more than MaxAudiences, an empty or duplicate one, one longer than
 // MaxAudienceLen or holding anything but printable ASCII.
-func CheckAudiences(aud []string) error {
-	bad := func(format string, args ...any) error { return &AudienceError{msg: fmt.Sprintf(format, args...)} }
-	switch {
-	case len(aud) == 0:
-		return bad("no audience; a JWT-SVID needs at least one")
-	case len(aud) > MaxAudiences:
-		return bad("%d audiences, more than %d", len(aud), MaxAudiences)
-	}
-	seen := make(map[string]bool, len(aud))
-	for i, a := range aud {
-		switch {
-		case a == "":
-			return bad("audience %d is empty", i)
-		case len(a) > MaxAudienceLen:
-			return bad("audience %d is %d bytes, more than %d", i, len(a), MaxAudienceLen)
-		case seen[a]:
-			return bad("audience %q is named twice", a)
-		}
-		for j := 0; j < len(a); j++ {
-			if a[j] < 0x21 || a[j] > 0x7e {
-				return bad("audience %d holds byte 0x%02x at %d; want printable ASCII without spaces", i, a[j], j)
-			}
-		}
-		seen[a] = true
-	}
-	return nil
-}
+func CheckAudiences(aud []string) error { return jwtaudience.Check(aud) }
 
 // Token is a signed JWT-SVID.
 type Token struct {
