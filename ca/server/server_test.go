@@ -47,7 +47,7 @@ type testServer struct {
 	client *caclient.Client
 }
 
-func start(t *testing.T, edits ...func(*Config)) *testServer {
+func start(t testing.TB, edits ...func(*Config)) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := prometheus.NewRegistry()
@@ -82,7 +82,7 @@ func start(t *testing.T, edits ...func(*Config)) *testServer {
 	return &testServer{Server: s, reg: reg, client: c}
 }
 
-func csrFor(t *testing.T, uri string) []byte {
+func csrFor(t testing.TB, uri string) []byte {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.CertificateRequest{}
