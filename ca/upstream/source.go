@@ -19,8 +19,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"math"
-	mrand "math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -31,6 +29,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -280,11 +279,12 @@ func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.watchRotation(ctx) })
-	backoff := time.Duration(0)
+	retry := backoff.Exponential{Initial: s.cfg.RetryMin, Max: s.cfg.RetryMax}
+	failures := 0
 	for {
 		var wait time.Duration
-		if backoff > 0 {
-			wait = jitter(backoff)
+		if failures > 0 {
+			wait = retry.Next(failures)
 		} else if a := s.cur.Load(); a != nil {
 			wait = s.renewAt(a).Sub(s.cfg.Now())
 		}
@@ -307,21 +307,15 @@ func (s *Source) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			backoff = min(max(2*backoff, s.cfg.RetryMin), s.cfg.RetryMax)
+			failures++
 			a := s.cur.Load()
 			s.log.Error("renewing the intermediate failed; still signing with the current one",
-				"error", err, "retry_in", backoff, "intermediate_not_after", a.NotAfter(),
+				"error", err, "retry_in", retry.Wait(failures), "intermediate_not_after", a.NotAfter(),
 				"time_left", a.NotAfter().Sub(s.cfg.Now()).Round(time.Second))
 			continue
 		}
-		backoff = 0
+		failures = 0
 	}
-}
-
-// jitter spreads d by up to ±20%.
-func jitter(d time.Duration) time.Duration {
-	f := 0.8 + 0.4*mrand.Float64()
-	return time.Duration(math.Round(float64(d) * f))
 }
 
 // Renew has the upstream sign a new intermediate for the key, and signs
