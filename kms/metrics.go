@@ -3,12 +3,13 @@ package kms
 import (
 	"context"
 	"crypto"
-	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // metrics are the signing metrics, shared by every key on one registry.
@@ -30,28 +31,13 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"backend"}),
 	}
 	var err error
-	if m.seconds, err = register(reg, m.seconds); err != nil {
-		return nil, err
+	if m.seconds, err = promreg.Shared(reg, m.seconds); err != nil {
+		return nil, fmt.Errorf("kms: metrics: %w", err)
 	}
-	if m.errors, err = register(reg, m.errors); err != nil {
-		return nil, err
+	if m.errors, err = promreg.Shared(reg, m.errors); err != nil {
+		return nil, fmt.Errorf("kms: metrics: %w", err)
 	}
 	return m, nil
-}
-
-// register registers c, or returns the collector already registered in
-// its place.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, fmt.Errorf("kms: metrics: %w", err)
-	}
-	return c, nil
 }
 
 // measuredSigner times each signature.

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // metrics are the Store's Prometheus metrics.
@@ -50,10 +52,8 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 		}
 		return 0
 	})
-	for _, c := range []prometheus.Collector{m.leader, m.loads, m.readErrors, m.created, m.rotations, ready} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("kubestore: register metrics: %w", err)
-		}
+	if err := promreg.Register(reg, m.leader, m.loads, m.readErrors, m.created, m.rotations, ready); err != nil {
+		return nil, fmt.Errorf("kubestore: register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -1,7 +1,11 @@
 package upstream
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // metrics are the Source's Prometheus metrics.
@@ -10,7 +14,7 @@ type metrics struct {
 	failures prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, s *Source) *metrics {
+func newMetrics(reg prometheus.Registerer, s *Source) (*metrics, error) {
 	m := &metrics{
 		renewals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "castellan_ca_intermediate_renewals_total",
@@ -22,7 +26,7 @@ func newMetrics(reg prometheus.Registerer, s *Source) *metrics {
 		}),
 	}
 	if reg == nil {
-		return m
+		return m, nil
 	}
 	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "castellan_ca_intermediate_expiry_timestamp_seconds",
@@ -53,6 +57,8 @@ func newMetrics(reg prometheus.Registerer, s *Source) *metrics {
 		}
 		return 0
 	})
-	reg.MustRegister(m.renewals, m.failures, expiry, next, failing)
-	return m
+	if err := promreg.Register(reg, m.renewals, m.failures, expiry, next, failing); err != nil {
+		return nil, fmt.Errorf("upstream: metrics: %w", err)
+	}
+	return m, nil
 }

@@ -179,7 +179,9 @@ func New(ctx context.Context, cfg Config) (*Source, error) {
 	if _, err := s.authority(); err != nil {
 		return nil, err
 	}
-	s.m = newMetrics(cfg.Registerer, s)
+	if s.m, err = newMetrics(cfg.Registerer, s); err != nil {
+		return nil, err
+	}
 	// The bundle a previous run served, if any.
 	served, servedErr := pemfile.ReadCertificates(filepath.Join(cfg.DataDir, RootCertFile))
 	a, err := s.loadCached(served, servedErr)

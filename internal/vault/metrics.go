@@ -1,10 +1,11 @@
 package vault
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // metrics are the Client's Prometheus metrics. A nil *metrics records
@@ -18,13 +19,10 @@ func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "castellan_vault_logins_total",
 		Help: "Logins to Vault, by auth method and result (success, failure).",
 	}, []string{"method", "result"})
-	if err := reg.Register(logins); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("vault: metrics: %w", err)
-		}
-		// Several clients on one registry share the counter.
-		logins = are.ExistingCollector.(*prometheus.CounterVec)
+	// Several clients on one registry share the counter.
+	logins, err := promreg.Shared(reg, logins)
+	if err != nil {
+		return nil, fmt.Errorf("vault: metrics: %w", err)
 	}
 	return &metrics{logins: logins}, nil
 }
