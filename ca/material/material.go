@@ -34,6 +34,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/cacerts"
+	"github.com/castellan-mesh/castellan/internal/filewatch"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -102,9 +103,9 @@ type Store struct {
 	mode Mode
 	cur  atomic.Pointer[ca.Authority]
 
-	mu       sync.Mutex
-	lastHash [sha256.Size]byte
-	lastErr  error
+	mu      sync.Mutex // guards files and lastErr
+	files   *filewatch.Watcher
+	lastErr error
 }
 
 // Open loads the material in cfg.Dir, creating a self-signed root if the
@@ -126,6 +127,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("material: could not create data directory: %w", err)
 	}
 	s := &Store{cfg: cfg}
+	var err error
+	s.files, err = filewatch.New(filewatch.Config{
+		Path:     cfg.Dir,
+		MaxSize:  1, // unused: hashFiles reads the files
+		Interval: cfg.ReloadInterval,
+		Read:     s.hashFiles,
+		Load:     s.load,
+		Report:   s.report,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("material: %w", err)
+	}
 	plugged, err := s.detect()
 	if err != nil {
 		return nil, err
@@ -137,7 +150,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 		s.cur.Store(a)
-		s.lastHash = h
+		s.files.Seed(h)
 		return s, nil
 	}
 	s.mode = ModeSelfSigned
@@ -146,7 +159,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.cur.Store(a)
-	s.lastHash, _ = s.hashFiles()
+	if h, err := s.hashFiles(); err == nil {
+		s.files.Seed(h)
+	}
 	return s, nil
 }
 
@@ -186,35 +201,41 @@ func (s *Store) Run(ctx context.Context) error {
 // (the trust bundle, which may hold several roots during a rotation) and
 // root-key.pem (the key of the active root).
 func (s *Store) Reload() bool {
-	h, err := s.hashFiles()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err == nil && h == s.lastHash {
-		return false
-	}
+	return s.files.Check()
+}
+
+// load takes the files as they are now; the digest Reload compared is
+// not needed (files that change meanwhile differ from it on the next
+// check, and load again).
+func (s *Store) load([]byte) error {
 	var a *ca.Authority
+	var err error
 	ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
+	defer cancel()
 	if s.mode == ModePluggedIn {
-		a, h, err = s.loadPluggedIn(ctx)
+		a, _, err = s.loadPluggedIn(ctx)
 	} else {
 		a, err = s.loadRoot(ctx)
 	}
-	cancel()
 	if err != nil {
-		if s.lastErr == nil || s.lastErr.Error() != err.Error() {
-			s.cfg.Logger.Error("CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
-		}
-		s.lastErr = err
-		return false
+		return err
 	}
 	s.lastErr = nil
-	s.lastHash = h
 	s.cur.Store(a)
 	s.cfg.Logger.Info("reloaded CA material", "mode", string(s.mode), "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter, "bundle_roots", len(a.Roots))
 	if s.cfg.OnChange != nil {
 		s.cfg.OnChange(a)
 	}
-	return true
+	return nil
+}
+
+// report logs each distinct reload error once and keeps it for
+// LastReloadError.
+func (s *Store) report(err error) {
+	s.lastErr = err
+	s.cfg.Logger.Error("CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
 }
 
 func (s *Store) path(name string) string { return filepath.Join(s.cfg.Dir, name) }
@@ -243,7 +264,9 @@ func (s *Store) detect() (bool, error) {
 		s.cfg.Dir, missing, CACertFile, CAKeyFile, CertChainFile, RootCertFile)
 }
 
-func (s *Store) hashFiles() ([sha256.Size]byte, error) {
+// hashFiles returns a digest of the files a reload reads, so that a
+// change to any of them reloads them all.
+func (s *Store) hashFiles() ([]byte, error) {
 	files := cacerts.Files()
 	if s.mode == ModeSelfSigned {
 		files = []string{RootCertFile, RootKeyFile}
@@ -259,22 +282,20 @@ func (s *Store) hashFiles() ([sha256.Size]byte, error) {
 			b, err = nil, nil
 		}
 		if err != nil {
-			return [sha256.Size]byte{}, err
+			return nil, fmt.Errorf("material: %w", err)
 		}
 		h.Write(b)
 		h.Write([]byte{0})
 	}
-	var out [sha256.Size]byte
-	copy(out[:], h.Sum(nil))
-	return out, nil
+	return h.Sum(nil), nil
 }
 
 // loadPluggedIn reads and validates Istio's cacerts layout.
-func (s *Store) loadPluggedIn(ctx context.Context) (*ca.Authority, [sha256.Size]byte, error) {
-	var zero [sha256.Size]byte
+func (s *Store) loadPluggedIn(ctx context.Context) (*ca.Authority, []byte, error) {
+	var zero []byte
 	h, err := s.hashFiles()
 	if err != nil {
-		return nil, zero, fmt.Errorf("material: %w", err)
+		return nil, zero, err
 	}
 	data := map[string][]byte{}
 	for _, f := range []string{CACertFile, CertChainFile, RootCertFile} {

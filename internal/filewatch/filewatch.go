@@ -39,6 +39,14 @@ type Config struct {
 	// is loaded and nothing reported. A file that goes away after a load
 	// is still reported, and the content loaded stays in force.
 	MayBeMissing bool
+	// Read, if set, replaces reading Path: it returns what is compared
+	// with the last content loaded and handed to Load. It serves a set of
+	// files that change together (a certificate and its key), for which
+	// it can return a digest of them all while Load reads the files
+	// itself; Path then names the set in messages. Read enforces its own
+	// size limits, and its errors are reported as they are (MayBeMissing
+	// does not apply).
+	Read func() ([]byte, error)
 }
 
 // Watcher polls one file. It is not safe for concurrent use: one
@@ -68,8 +76,17 @@ func New(cfg Config) (*Watcher, error) {
 // Check reads the file once and loads it if it changed. It reports
 // whether new content was loaded.
 func (w *Watcher) Check() bool {
-	b, err := read(w.cfg.Path, w.cfg.MaxSize)
+	var b []byte
+	var err error
+	if w.cfg.Read != nil {
+		b, err = w.cfg.Read()
+	} else {
+		b, err = read(w.cfg.Path, w.cfg.MaxSize)
+	}
 	switch {
+	case err != nil && w.cfg.Read != nil:
+		w.report(err)
+		return false
 	case errors.Is(err, fs.ErrNotExist) && w.cfg.MayBeMissing && !w.loaded:
 		return false
 	case errors.Is(err, fs.ErrNotExist) && w.loaded:
@@ -87,6 +104,12 @@ func (w *Watcher) Check() bool {
 	}
 	w.last, w.loaded, w.lastErr = b, true, ""
 	return true
+}
+
+// Seed records data as the content loaded, for a user that loaded it
+// before the first Check: Check then loads only what differs from it.
+func (w *Watcher) Seed(data []byte) {
+	w.last, w.loaded, w.lastErr = data, true, ""
 }
 
 // Run calls Check every Interval until ctx ends. It returns nil.

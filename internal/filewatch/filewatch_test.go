@@ -111,3 +111,55 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestWatcherSet watches a set of two files through Read, seeded with
+// what the user loaded before the first Check.
+func TestWatcherSet(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	write := func(path, s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readSet := func() ([]byte, error) {
+		x, err := os.ReadFile(a)
+		if err != nil {
+			return nil, err
+		}
+		y, err := os.ReadFile(b)
+		if err != nil {
+			return nil, err
+		}
+		return append(append(x, 0), y...), nil
+	}
+	write(a, "1")
+	write(b, "1")
+	r := &recorder{}
+	w, err := filewatch.New(filewatch.Config{Path: dir, MaxSize: 64, Interval: time.Hour, Read: readSet, Load: r.load, Report: r.report})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := readSet()
+	w.Seed(seed)
+	steps := []struct {
+		name                     string
+		change                   func()
+		wantLoaded, wantReported int
+	}{
+		{name: "seeded content is not loaded again", change: func() {}},
+		{name: "a change to either file loads the set", change: func() { write(b, "2") }, wantLoaded: 1},
+		{name: "a missing file is reported once", change: func() { os.Remove(a) }, wantLoaded: 1, wantReported: 1},
+		{name: "and not twice", change: func() {}, wantLoaded: 1, wantReported: 1},
+		{name: "invalid content is reported", change: func() { write(a, "bad") }, wantLoaded: 1, wantReported: 2},
+		{name: "the set back to valid loads", change: func() { write(a, "3") }, wantLoaded: 2, wantReported: 2},
+	}
+	for _, st := range steps {
+		st.change()
+		w.Check()
+		if len(r.loaded) != st.wantLoaded || len(r.reported) != st.wantReported {
+			t.Fatalf("%s: loaded %q, reported %q; want %d loads, %d reports", st.name, r.loaded, r.reported, st.wantLoaded, st.wantReported)
+		}
+	}
+}
