@@ -26,6 +26,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/filewatch"
 	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
@@ -159,8 +160,7 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 			return nil, fmt.Errorf("federation: bundle endpoint: %w", err)
 		}
 	} else {
-		e.web = &webCert{certFile: cfg.CertFile, keyFile: cfg.KeyFile, log: cfg.Logger}
-		if err := e.web.load(); err != nil {
+		if e.web, err = newWebCert(cfg.CertFile, cfg.KeyFile, cfg.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -364,56 +364,73 @@ type webCert struct {
 	certFile, keyFile string
 	log               *slog.Logger
 
-	mu      sync.Mutex
+	mu      sync.Mutex // guards the fields below
+	files   *filewatch.Watcher
 	cert    *tls.Certificate
-	stamp   string
 	checked time.Time
-	lastErr string
 }
 
-func (w *webCert) fileStamp() string {
-	var s string
+// newWebCert reads the pair, or fails.
+func newWebCert(certFile, keyFile string, log *slog.Logger) (*webCert, error) {
+	w := &webCert{certFile: certFile, keyFile: keyFile, log: log}
+	files, err := filewatch.New(filewatch.Config{
+		Path:     certFile,
+		MaxSize:  1,         // unused: fileStamp stats the files
+		Interval: time.Hour, // unused: get checks at most every webCertCheck
+		Read:     w.fileStamp,
+		Load: func([]byte) error {
+			if err := w.load(); err != nil {
+				return err
+			}
+			w.log.Info("bundle endpoint: certificate reloaded", "file", w.certFile)
+			return nil
+		},
+		Report: func(err error) {
+			w.log.Error("bundle endpoint: the new certificate does not load; serving the last good one", "error", err)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("federation: bundle endpoint certificate: %w", err)
+	}
+	stamp, _ := w.fileStamp()
+	if err := w.load(); err != nil {
+		return nil, err
+	}
+	files.Seed(stamp)
+	w.files, w.checked = files, time.Now()
+	return w, nil
+}
+
+// fileStamp tells a change to either file by its modification time and
+// size, without reading the key.
+func (w *webCert) fileStamp() ([]byte, error) {
+	var s []byte
 	for _, f := range []string{w.certFile, w.keyFile} {
 		if fi, err := os.Stat(f); err == nil {
-			s += fmt.Sprintf("%d/%d;", fi.ModTime().UnixNano(), fi.Size())
+			s = fmt.Appendf(s, "%d/%d;", fi.ModTime().UnixNano(), fi.Size())
 		}
 	}
-	return s
+	return s, nil
 }
 
-// load reads the pair, or fails.
+// load reads the pair, or fails and keeps the last one.
 func (w *webCert) load() error {
-	stamp := w.fileStamp()
 	c, err := tls.LoadX509KeyPair(w.certFile, w.keyFile)
 	if err != nil {
 		return fmt.Errorf("federation: bundle endpoint certificate %s, key %s: %w", w.certFile, w.keyFile, err)
 	}
-	w.cert, w.stamp, w.checked = &c, stamp, time.Now()
+	w.cert = &c
 	return nil
 }
 
 // get returns the pair, reading it again when the files changed; a new
-// pair that does not load is logged and the last good one served.
+// pair that does not load is logged once and the last good one served.
 func (w *webCert) get() (*tls.Certificate, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if time.Since(w.checked) < webCertCheck {
-		return w.cert, nil
+	if time.Since(w.checked) >= webCertCheck {
+		w.checked = time.Now()
+		w.files.Check()
 	}
-	w.checked = time.Now()
-	if w.fileStamp() == w.stamp {
-		return w.cert, nil
-	}
-	last := w.cert
-	if err := w.load(); err != nil {
-		w.cert = last
-		if err.Error() != w.lastErr {
-			w.lastErr = err.Error()
-			w.log.Error("bundle endpoint: the new certificate does not load; serving the last good one", "error", err)
-		}
-		return w.cert, nil
-	}
-	w.lastErr = ""
-	w.log.Info("bundle endpoint: certificate reloaded", "file", w.certFile)
 	return w.cert, nil
 }
