@@ -2,14 +2,11 @@ package material
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -91,39 +89,14 @@ func TestNothingRegeneratedSilently(t *testing.T) {
 }
 
 // writeCACerts writes Istio's cacerts layout: an intermediate under root.
-func writeCACerts(t *testing.T, dir string, root *x509.Certificate, rootKey crypto.Signer, cn string) *x509.Certificate {
+func writeCACerts(t *testing.T, dir string, root *testpki.CA, cn string) *x509.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, _ := x509.ParseCertificate(der)
-	keyPEM, _ := pemfile.EncodePrivateKey(key)
-	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, CAKeyFile), keyPEM, 0o600))
-	must(t, pemfile.WriteCertificates(filepath.Join(dir, CACertFile), []*x509.Certificate{inter}))
-	must(t, pemfile.WriteCertificates(filepath.Join(dir, CertChainFile), []*x509.Certificate{inter, root}))
-	must(t, pemfile.WriteCertificates(filepath.Join(dir, RootCertFile), []*x509.Certificate{root}))
-	return inter
-}
-
-func newRoot(t *testing.T) (*x509.Certificate, crypto.Signer) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: td})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root, key
+	inter := root.ChildCA(t, cn)
+	testpki.WriteFile(t, dir, CAKeyFile, testpki.KeyPEM(t, inter.Key))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, CACertFile), []*x509.Certificate{inter.Cert}))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, CertChainFile), inter.Chain))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, RootCertFile), []*x509.Certificate{root.Cert}))
+	return inter.Cert
 }
 
 func must(t *testing.T, err error) {
@@ -135,8 +108,8 @@ func must(t *testing.T, err error) {
 
 func TestPluggedInAndReload(t *testing.T) {
 	dir := t.TempDir()
-	root, rootKey := newRoot(t)
-	inter1 := writeCACerts(t, dir, root, rootKey, "inter-1")
+	root := testpki.NewCA(t, "root")
+	inter1 := writeCACerts(t, dir, root, "inter-1")
 	var changed []*ca.Authority
 	s, err := open(t, dir, func(c *Config) { c.OnChange = func(a *ca.Authority) { changed = append(changed, a) } })
 	if err != nil {
@@ -146,7 +119,7 @@ func TestPluggedInAndReload(t *testing.T) {
 		t.Fatalf("mode = %s", s.Mode())
 	}
 	a := s.Authority()
-	if !a.Cert.Equal(inter1) || !a.Root().Equal(root) || len(a.Chain) != 1 {
+	if !a.Cert.Equal(inter1) || !a.Root().Equal(root.Cert) || len(a.Chain) != 1 {
 		t.Fatalf("loaded %q with chain of %d", a.Cert.Subject, len(a.Chain))
 	}
 	if s.Reload() {
@@ -154,16 +127,14 @@ func TestPluggedInAndReload(t *testing.T) {
 	}
 
 	// A valid change is taken.
-	inter2 := writeCACerts(t, dir, root, rootKey, "inter-2")
+	inter2 := writeCACerts(t, dir, root, "inter-2")
 	if !s.Reload() || !s.Authority().Cert.Equal(inter2) || len(changed) != 1 {
 		t.Fatal("valid change was not taken")
 	}
 
 	// A broken change (key of another certificate) is refused; the
 	// current material stays.
-	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	keyPEM, _ := pemfile.EncodePrivateKey(otherKey)
-	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, CAKeyFile), keyPEM, 0o600))
+	testpki.WriteFile(t, dir, CAKeyFile, testpki.KeyPEM(t, testpki.Key(t)))
 	if s.Reload() {
 		t.Fatal("broken change was taken")
 	}
@@ -175,17 +146,16 @@ func TestPluggedInAndReload(t *testing.T) {
 	}
 
 	// A chain file without the root, and without ca-cert, also loads.
-	inter3 := writeCACerts(t, dir, root, rootKey, "inter-3")
+	inter3 := writeCACerts(t, dir, root, "inter-3")
 	must(t, os.WriteFile(filepath.Join(dir, CertChainFile), pemfile.EncodeCertificates([]*x509.Certificate{inter3}), 0o644))
-	if !s.Reload() || !s.Authority().Root().Equal(root) {
+	if !s.Reload() || !s.Authority().Root().Equal(root.Cert) {
 		t.Fatal("short chain file was not taken")
 	}
 }
 
 func TestPartialPluggedIn(t *testing.T) {
 	dir := t.TempDir()
-	root, rootKey := newRoot(t)
-	writeCACerts(t, dir, root, rootKey, "inter")
+	writeCACerts(t, dir, testpki.NewCA(t, "root"), "inter")
 	os.Remove(filepath.Join(dir, CertChainFile))
 	_, err := open(t, dir)
 	if err == nil || !strings.Contains(err.Error(), "missing [cert-chain.pem]") {

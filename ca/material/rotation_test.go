@@ -1,14 +1,15 @@
 package material
 
 import (
-	"github.com/castellan-mesh/castellan/ca/rotation"
-
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 func TestSelfSignedRotation(t *testing.T) {
@@ -104,15 +105,15 @@ func TestAutomaticRotation(t *testing.T) {
 
 func TestPluggedInRotation(t *testing.T) {
 	dir := t.TempDir()
-	root1, key1 := newRoot(t)
-	writeCACerts(t, dir, root1, key1, "inter-1")
+	root1 := testpki.NewCA(t, "root-1")
+	writeCACerts(t, dir, root1, "inter-1")
 	s, err := open(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	nextDir := t.TempDir()
-	root2, key2 := newRoot(t)
-	inter2 := writeCACerts(t, nextDir, root2, key2, "inter-2")
+	root2 := testpki.NewCA(t, "root-2")
+	inter2 := writeCACerts(t, nextDir, root2, "inter-2")
 	r := &Rotator{Dir: dir, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond}, Logger: quiet()}
 	ctx := context.Background()
 	if err := r.Prepare(ctx, ""); err == nil {
@@ -122,7 +123,7 @@ func TestPluggedInRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Reload()
-	if a := s.Authority(); len(a.Roots) != 2 || !a.Root().Equal(root1) {
+	if a := s.Authority(); len(a.Roots) != 2 || !a.Root().Equal(root1.Cert) {
 		t.Fatal("prepare did not add the new root alone")
 	}
 	time.Sleep(5 * time.Millisecond)
@@ -138,7 +139,7 @@ func TestPluggedInRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Reload()
-	if a := s.Authority(); len(a.Roots) != 1 || !a.Root().Equal(root2) {
+	if a := s.Authority(); len(a.Roots) != 1 || !a.Root().Equal(root2.Cert) {
 		t.Fatal("retire left the old root")
 	}
 }
