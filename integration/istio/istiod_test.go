@@ -7,11 +7,9 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -44,6 +42,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/caclient"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // The DNS names of istiod's serving certificate, and the CA flag that
@@ -329,20 +328,7 @@ func (s *sidecar) askClusters(t *testing.T) (*discoveryv3.DiscoveryResponse, err
 // Castellan.
 func selfSignedRoot(t *testing.T) []byte {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "another root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return testpki.CertPEM(testpki.NewCA(t, "another root").Cert)
 }
 
 // startIstiod runs pilot-discovery in dir with env and args added, on

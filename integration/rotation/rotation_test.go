@@ -7,12 +7,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -37,6 +35,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/castellan-mesh/castellan/internal/vault"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -556,19 +555,9 @@ func newRoot(t *testing.T, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
 // root; the key goes first, as a file-by-file swap would.
 func writeCACerts(t *testing.T, dir string, root *x509.Certificate, rootKey *ecdsa.PrivateKey, cn string, bundle []*x509.Certificate) {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
-	must(t, err)
-	inter, _ := x509.ParseCertificate(der)
-	keyPEM, _ := pemfile.EncodePrivateKey(key)
-	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, material.CAKeyFile), keyPEM, 0o600))
-	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.CertChainFile), []*x509.Certificate{inter, root}))
-	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.CACertFile), []*x509.Certificate{inter}))
+	inter := (&testpki.CA{Cert: root, Key: rootKey}).ChildCA(t, cn)
+	must(t, pemfile.WriteFileAtomic(filepath.Join(dir, material.CAKeyFile), testpki.KeyPEM(t, inter.Key), 0o600))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.CertChainFile), inter.Chain))
+	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.CACertFile), []*x509.Certificate{inter.Cert}))
 	must(t, pemfile.WriteCertificates(filepath.Join(dir, material.RootCertFile), bundle))
 }
