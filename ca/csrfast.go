@@ -239,38 +239,28 @@ func decodeCSRPEM(in []byte) ([]byte, bool) {
 		}
 	}
 	body = body[:end]
-	// Each line is decoded straight into der: lines of whole 4-character
-	// groups, with padding on the last line only, decode to what their
-	// concatenation does. Other wrappings are left to encoding/pem.
-	der := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
-	n := 0
-	padded := false
+	// One allocation holds the base64 text and, after it, the DER.
+	buf := make([]byte, len(body)+base64.StdEncoding.DecodedLen(len(body)))
+	b64, der := buf[:0:len(body)], buf[len(body):]
 	for len(body) > 0 {
 		// Each line ends with LF or CRLF.
 		var line []byte
 		var found bool
 		line, body, found = bytes.Cut(body, []byte("\n"))
-		if !found || padded {
+		if !found {
 			return nil, false
 		}
 		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line)%4 != 0 {
-			return nil, false
-		}
 		for _, c := range line {
 			if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '=') {
 				return nil, false
 			}
 		}
-		padded = len(line) > 0 && line[len(line)-1] == '='
-		m, err := base64.StdEncoding.Decode(der[n:], line)
-		if err != nil {
-			return nil, false
-		}
-		n += m
+		b64 = append(b64, line...)
 	}
-	if n == 0 {
+	n, err := base64.StdEncoding.Decode(der, b64)
+	if err != nil || n == 0 {
 		return nil, false
 	}
-	return der[:n], true
+	return der[:n:n], true
 }
