@@ -40,9 +40,6 @@ func newMetrics(reg prometheus.Registerer, s *Store) (*metrics, error) {
 			Help: "Root rotation steps this replica took as leader, by step (prepare, activate, retire, error).",
 		}, []string{"step"}),
 	}
-	if reg == nil {
-		return m, nil
-	}
 	ready := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "castellan_kubestore_ready",
 		Help: "1 while this replica has loaded the CA Secret and can read it, else 0.",

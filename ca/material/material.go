@@ -103,8 +103,9 @@ type Store struct {
 	mode Mode
 	cur  atomic.Pointer[ca.Authority]
 
-	mu      sync.Mutex // guards files and lastErr
-	files   *filewatch.Watcher
+	files *filewatch.Watcher
+
+	mu      sync.Mutex // guards lastErr
 	lastErr error
 }
 
@@ -173,6 +174,12 @@ func (s *Store) Mode() Mode { return s.mode }
 
 // LastReloadError returns the error of the latest failed reload, or nil
 // once a reload has succeeded since.
+func (s *Store) setLastErr(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastErr = err
+}
+
 func (s *Store) LastReloadError() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -182,29 +189,14 @@ func (s *Store) LastReloadError() error {
 // Run watches the files and reloads them on change until ctx ends. A
 // change that does not load (a missing file, a key that does not match, a
 // broken chain) is logged and skipped; the current Authority stays.
-func (s *Store) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.ReloadInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			s.Reload()
-		}
-	}
-}
+func (s *Store) Run(ctx context.Context) error { return s.files.Run(ctx) }
 
 // Reload checks the files once and takes them if they changed and are
 // valid. It reports whether a new Authority was taken. In plugged-in mode
 // the four cacerts files are watched; in self-signed mode root-cert.pem
 // (the trust bundle, which may hold several roots during a rotation) and
 // root-key.pem (the key of the active root).
-func (s *Store) Reload() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.files.Check()
-}
+func (s *Store) Reload() bool { return s.files.Check() }
 
 // load takes the files as they are now; the digest Reload compared is
 // not needed (files that change meanwhile differ from it on the next
@@ -222,7 +214,7 @@ func (s *Store) load([]byte) error {
 	if err != nil {
 		return err
 	}
-	s.lastErr = nil
+	s.setLastErr(nil)
 	s.cur.Store(a)
 	s.cfg.Logger.Info("reloaded CA material", "mode", string(s.mode), "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter, "bundle_roots", len(a.Roots))
 	if s.cfg.OnChange != nil {
@@ -234,7 +226,7 @@ func (s *Store) load([]byte) error {
 // report logs each distinct reload error once and keeps it for
 // LastReloadError.
 func (s *Store) report(err error) {
-	s.lastErr = err
+	s.setLastErr(err)
 	s.cfg.Logger.Error("CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
 }
 

@@ -25,9 +25,6 @@ func newMetrics(reg prometheus.Registerer, s *Source) (*metrics, error) {
 			Help: "Failed attempts to have the upstream CA sign an intermediate.",
 		}),
 	}
-	if reg == nil {
-		return m, nil
-	}
 	expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "castellan_ca_intermediate_expiry_timestamp_seconds",
 		Help: "Expiry of the intermediate the CA signs with, as a Unix timestamp. No leaf outlives it.",

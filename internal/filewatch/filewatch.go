@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -49,10 +50,13 @@ type Config struct {
 	Read func() ([]byte, error)
 }
 
-// Watcher polls one file. It is not safe for concurrent use: one
-// goroutine calls Check, or Run.
+// Watcher polls one file. It is safe for concurrent use: Run may poll
+// while another goroutine calls Check, and Load and Report are called by
+// one at a time.
 type Watcher struct {
-	cfg     Config
+	cfg Config
+
+	mu      sync.Mutex // guards the fields below
 	last    []byte
 	loaded  bool
 	lastErr string
@@ -76,6 +80,8 @@ func New(cfg Config) (*Watcher, error) {
 // Check reads the file once and loads it if it changed. It reports
 // whether new content was loaded.
 func (w *Watcher) Check() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	var b []byte
 	var err error
 	if w.cfg.Read != nil {
@@ -109,6 +115,8 @@ func (w *Watcher) Check() bool {
 // Seed records data as the content loaded, for a user that loaded it
 // before the first Check: Check then loads only what differs from it.
 func (w *Watcher) Seed(data []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.last, w.loaded, w.lastErr = data, true, ""
 }
 
