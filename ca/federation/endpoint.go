@@ -362,42 +362,38 @@ func (e *Endpoint) spiffeCertificate() (*tls.Certificate, error) {
 // either file changes.
 type webCert struct {
 	certFile, keyFile string
-	log               *slog.Logger
+	files             *filewatch.Watcher
 
 	mu      sync.Mutex // guards the fields below
-	files   *filewatch.Watcher
 	cert    *tls.Certificate
 	checked time.Time
 }
 
 // newWebCert reads the pair, or fails.
 func newWebCert(certFile, keyFile string, log *slog.Logger) (*webCert, error) {
-	w := &webCert{certFile: certFile, keyFile: keyFile, log: log}
-	files, err := filewatch.New(filewatch.Config{
-		Path:     certFile,
-		MaxSize:  1,         // unused: fileStamp stats the files
-		Interval: time.Hour, // unused: get checks at most every webCertCheck
-		Read:     w.fileStamp,
+	w := &webCert{certFile: certFile, keyFile: keyFile, checked: time.Now()}
+	stamp, _ := w.fileStamp()
+	if err := w.load(); err != nil {
+		return nil, err
+	}
+	var err error
+	// get checks at most every webCertCheck, and never calls Run.
+	w.files, err = filewatch.New(filewatch.Config{Path: certFile, Interval: time.Hour, Read: w.fileStamp,
 		Load: func([]byte) error {
-			if err := w.load(); err != nil {
-				return err
+			err := w.load()
+			if err == nil {
+				log.Info("bundle endpoint: certificate reloaded", "file", certFile)
 			}
-			w.log.Info("bundle endpoint: certificate reloaded", "file", w.certFile)
-			return nil
+			return err
 		},
 		Report: func(err error) {
-			w.log.Error("bundle endpoint: the new certificate does not load; serving the last good one", "error", err)
+			log.Error("bundle endpoint: the new certificate does not load; serving the last good one", "error", err)
 		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("federation: bundle endpoint certificate: %w", err)
 	}
-	stamp, _ := w.fileStamp()
-	if err := w.load(); err != nil {
-		return nil, err
-	}
-	files.Seed(stamp)
-	w.files, w.checked = files, time.Now()
+	w.files.Seed(stamp)
 	return w, nil
 }
 

@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,10 +102,8 @@ type Store struct {
 	mode Mode
 	cur  atomic.Pointer[ca.Authority]
 
-	files *filewatch.Watcher
-
-	mu      sync.Mutex // guards lastErr
-	lastErr error
+	files   *filewatch.Watcher
+	lastErr atomic.Pointer[error] // nil after a successful load
 }
 
 // Open loads the material in cfg.Dir, creating a self-signed root if the
@@ -129,14 +126,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg}
 	var err error
-	s.files, err = filewatch.New(filewatch.Config{
-		Path:     cfg.Dir,
-		MaxSize:  1, // unused: hashFiles reads the files
-		Interval: cfg.ReloadInterval,
-		Read:     s.hashFiles,
-		Load:     s.load,
-		Report:   s.report,
-	})
+	// A change to any of the files reloads them all.
+	s.files, err = filewatch.New(filewatch.Config{Path: cfg.Dir, Interval: cfg.ReloadInterval, Read: s.hashFiles, Load: s.load, Report: s.report})
 	if err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
@@ -144,23 +135,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	var a *ca.Authority
+	var h []byte
 	if plugged {
+		// The digest is taken before loading: a change meanwhile loads again.
 		s.mode = ModePluggedIn
-		a, h, err := s.loadPluggedIn(ctx)
-		if err != nil {
-			return nil, err
+		a, h, err = s.loadPluggedIn(ctx)
+	} else {
+		s.mode = ModeSelfSigned
+		if a, err = s.loadOrCreateRoot(ctx); err == nil {
+			h, _ = s.hashFiles()
 		}
-		s.cur.Store(a)
-		s.files.Seed(h)
-		return s, nil
 	}
-	s.mode = ModeSelfSigned
-	a, err := s.loadOrCreateRoot(ctx)
 	if err != nil {
 		return nil, err
 	}
 	s.cur.Store(a)
-	if h, err := s.hashFiles(); err == nil {
+	if h != nil {
 		s.files.Seed(h)
 	}
 	return s, nil
@@ -174,16 +165,11 @@ func (s *Store) Mode() Mode { return s.mode }
 
 // LastReloadError returns the error of the latest failed reload, or nil
 // once a reload has succeeded since.
-func (s *Store) setLastErr(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.lastErr = err
-}
-
 func (s *Store) LastReloadError() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lastErr
+	if err := s.lastErr.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // Run watches the files and reloads them on change until ctx ends. A
@@ -214,7 +200,7 @@ func (s *Store) load([]byte) error {
 	if err != nil {
 		return err
 	}
-	s.setLastErr(nil)
+	s.lastErr.Store(nil)
 	s.cur.Store(a)
 	s.cfg.Logger.Info("reloaded CA material", "mode", string(s.mode), "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter, "bundle_roots", len(a.Roots))
 	if s.cfg.OnChange != nil {
@@ -226,7 +212,7 @@ func (s *Store) load([]byte) error {
 // report logs each distinct reload error once and keeps it for
 // LastReloadError.
 func (s *Store) report(err error) {
-	s.setLastErr(err)
+	s.lastErr.Store(&err)
 	s.cfg.Logger.Error("CA files changed but do not load; still signing with the previous material", "dir", s.cfg.Dir, "error", err)
 }
 

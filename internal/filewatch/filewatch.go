@@ -22,7 +22,7 @@ type Config struct {
 	// Path is the file polled.
 	Path string
 	// MaxSize is the largest content accepted, in bytes; a larger file is
-	// an error. It must be positive.
+	// an error. It must be positive, unless Read is set.
 	MaxSize int64
 	// Interval is the time between two polls in Run. It must be positive.
 	Interval time.Duration
@@ -67,7 +67,7 @@ func New(cfg Config) (*Watcher, error) {
 	switch {
 	case cfg.Path == "":
 		return nil, errors.New("filewatch: no path")
-	case cfg.MaxSize <= 0:
+	case cfg.MaxSize <= 0 && cfg.Read == nil:
 		return nil, fmt.Errorf("filewatch: %s: size limit %d is not positive", cfg.Path, cfg.MaxSize)
 	case cfg.Interval <= 0:
 		return nil, fmt.Errorf("filewatch: %s: poll interval %s is not positive", cfg.Path, cfg.Interval)
