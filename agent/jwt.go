@@ -27,6 +27,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
 	"github.com/castellan-mesh/castellan/ca/jwtapi"
 	"github.com/castellan-mesh/castellan/internal/jwtaudience"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // The JWT half of the agent: JWT-SVIDs are minted by the CA
@@ -84,10 +85,8 @@ func newJWTMetrics(reg prometheus.Registerer) (*jwtMetrics, error) {
 	for _, r := range []string{jwtResultCached, jwtResultMinted, jwtResultFailed} {
 		m.requests.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.bundleFailures, m.bundleAuthority} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("agent: could not register JWT metrics: %w", err)
-		}
+	if err := promreg.Register(reg, m.requests, m.bundleFailures, m.bundleAuthority); err != nil {
+		return nil, fmt.Errorf("agent: could not register JWT metrics: %w", err)
 	}
 	return m, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid/secretstore"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
@@ -61,7 +62,7 @@ func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *
 	// against the shared state, so one replica takes it.
 	rot := &jwtsvid.Rotator{State: state, Keys: keys, PropagationDelay: d.policy.PropagationDelay, TTL: j.ttl, Logger: d.log}
 	col := jwtsvid.NewCollector(ks, rot)
-	if err := d.reg.Register(col); err != nil {
+	if err := promreg.Register(d.reg, col); err != nil {
 		closeKeys()
 		return nil, fmt.Errorf("registering the JWT rotation metrics: %w", err)
 	}
