@@ -629,9 +629,12 @@ func (s *Source) rebundle() error {
 		return fmt.Errorf("upstream: %w", err)
 	}
 	s.retained = retained
+	// The data directory first: whoever sees the new bundle served (a
+	// "castellan ca rotate status" after a retire) finds it on disk too.
+	err = s.persist(b)
 	s.cur.Store(b)
 	s.log.Info("trust bundle changed", "roots", len(roots))
-	return s.persist(b)
+	return err
 }
 
 // RotationStatus reports the roots of the bundle and the root rotation
