@@ -87,15 +87,11 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest)
 // (go-spiffe's BundleSource) work.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
 	const method = "FetchJWTBundles"
-	if err := s.checkHeader(stream.Context(), method); err != nil {
-		return err
-	}
-	source, err := s.resolve(stream.Context())
+	source, done, err := s.begin(stream.Context(), method)
 	if err != nil {
 		return err
 	}
-	s.metrics.streams.WithLabelValues(method).Inc()
-	defer s.metrics.streams.WithLabelValues(method).Dec()
+	defer done()
 	if s.jwt == nil {
 		return s.streamEmptyJWTBundle(stream, source)
 	}

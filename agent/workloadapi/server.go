@@ -104,6 +104,21 @@ func NewResolving(resolve Resolver, opts ...Option) (*Server, error) {
 	return &Server{resolve: resolve, log: c.log, metrics: m, jwt: c.jwt}, nil
 }
 
+// begin starts a stream of method: it checks the security header,
+// resolves the caller's Source, and counts the stream until done is
+// called.
+func (s *Server) begin(ctx context.Context, method string) (source Source, done func(), err error) {
+	if err := s.checkHeader(ctx, method); err != nil {
+		return nil, nil, err
+	}
+	if source, err = s.resolve(ctx); err != nil {
+		return nil, nil, err
+	}
+	streams := s.metrics.streams.WithLabelValues(method)
+	streams.Inc()
+	return source, streams.Dec, nil
+}
+
 // Register registers the Workload API service on g.
 func (s *Server) Register(g grpc.ServiceRegistrar) {
 	workload.RegisterSpiffeWorkloadAPIServer(g, s)
@@ -114,15 +129,11 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 // sent while there is no valid SVID; an expired SVID is never sent.
 func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	const method = "FetchX509SVID"
-	if err := s.checkHeader(stream.Context(), method); err != nil {
-		return err
-	}
-	source, err := s.resolve(stream.Context())
+	source, done, err := s.begin(stream.Context(), method)
 	if err != nil {
 		return err
 	}
-	s.metrics.streams.WithLabelValues(method).Inc()
-	defer s.metrics.streams.WithLabelValues(method).Dec()
+	defer done()
 
 	var sentSVID, sentBundle, sentFed string
 	snap, changed := source.Load()
@@ -187,15 +198,11 @@ func federatedX509(snap svidstore.Snapshot, m map[string][]byte) map[string][]by
 // SVID and the bundle are known, and again whenever a bundle changes.
 func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	const method = "FetchX509Bundles"
-	if err := s.checkHeader(stream.Context(), method); err != nil {
-		return err
-	}
-	source, err := s.resolve(stream.Context())
+	source, done, err := s.begin(stream.Context(), method)
 	if err != nil {
 		return err
 	}
-	s.metrics.streams.WithLabelValues(method).Inc()
-	defer s.metrics.streams.WithLabelValues(method).Dec()
+	defer done()
 
 	var sent string
 	snap, changed := source.Load()
