@@ -171,12 +171,7 @@ func runJWTRotate(ctx context.Context, a jwtRotateArgs, out *cliflag.Output, std
 
 func printJWTRotation(w io.Writer, st *jwtsvid.Status) error {
 	fmt.Fprintf(w, "keys   jwt\nphase  %s\n", st.Phase)
-	if !st.ActivateAfter.IsZero() {
-		fmt.Fprintf(w, "activate after  %s\n", st.ActivateAfter.Format(time.RFC3339))
-	}
-	if !st.RetireAfter.IsZero() {
-		fmt.Fprintf(w, "retire after    %s\n", st.RetireAfter.Format(time.RFC3339))
-	}
+	printPhaseTimes(w, st.ActivateAfter, st.RetireAfter)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tKID\tNAME")
 	for _, k := range st.Keys {

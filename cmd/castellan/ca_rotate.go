@@ -211,6 +211,17 @@ func upstreamDir(dir string) bool {
 	return err == nil
 }
 
+// printPhaseTimes prints when the next steps of a rotation are due, those
+// that are.
+func printPhaseTimes(w io.Writer, activateAfter, retireAfter time.Time) {
+	if !activateAfter.IsZero() {
+		fmt.Fprintf(w, "activate after  %s\n", activateAfter.Format(time.RFC3339))
+	}
+	if !retireAfter.IsZero() {
+		fmt.Fprintf(w, "retire after    %s\n", retireAfter.Format(time.RFC3339))
+	}
+}
+
 func printRotation(w io.Writer, st *rotation.Status) {
 	fmt.Fprintf(w, "mode   %s\nphase  %s\n", st.Mode, st.Phase)
 	if st.Issuer != "" {
@@ -219,12 +230,7 @@ func printRotation(w io.Writer, st *rotation.Status) {
 	if st.NextIssuer != "" {
 		fmt.Fprintf(w, "next issuer     %s\n", st.NextIssuer)
 	}
-	if !st.ActivateAfter.IsZero() {
-		fmt.Fprintf(w, "activate after  %s\n", st.ActivateAfter.Format(time.RFC3339))
-	}
-	if !st.RetireAfter.IsZero() {
-		fmt.Fprintf(w, "retire after    %s\n", st.RetireAfter.Format(time.RFC3339))
-	}
+	printPhaseTimes(w, st.ActivateAfter, st.RetireAfter)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATE\tSERIAL\tNOT AFTER\tSUBJECT")
 	for _, r := range st.Roots {
