@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,67 +146,17 @@ func (c *nodeCluster) createPod(t *testing.T, ns, name, sa, node string) workloa
 	return workloadPod{Pod: c.api.CreatePod(t, ns, name, sa, node, corev1.PodRunning), container: harness.NewContainerID(t)}
 }
 
-// helperProc is a child process of the test: the test binary run as
-// TestHelperProcess, a Go client of the agent's socket.
-type helperProc struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Scanner
-	lines chan string
-}
-
-// startHelper starts a helper in mode and, if pod is set, puts it in the
-// pod's container cgroups before it connects.
-func (c *nodeCluster) startHelper(t *testing.T, mode string, pod *workloadPod) *helperProc {
+// startHelper starts a helper (the test binary run as TestHelperProcess,
+// a Go client of the agent's socket) in mode and, if pod is set, puts it
+// in the pod's container cgroups before it connects.
+func (c *nodeCluster) startHelper(t *testing.T, mode string, pod *workloadPod) *harness.Child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := &helperProc{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout), lines: make(chan string, 64)}
-	t.Cleanup(func() {
-		stdin.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
+	h := harness.StartChild(t, "^TestHelperProcess$", helperEnv+"="+mode)
 	if pod != nil {
-		harness.JoinPodCgroup(t, cmd.Process.Pid, string(pod.UID), pod.container, c.layouts...)
+		harness.JoinPodCgroup(t, h.Pid(), string(pod.UID), pod.container, c.layouts...)
 	}
-	go func() {
-		for h.out.Scan() {
-			h.lines <- h.out.Text()
-		}
-		close(h.lines)
-	}()
-	if _, err := fmt.Fprintln(stdin, c.socket); err != nil {
-		t.Fatal(err)
-	}
+	h.Send(t, c.socket)
 	return h
-}
-
-// next returns the helper's next line of output.
-func (h *helperProc) next(t *testing.T) string {
-	t.Helper()
-	select {
-	case l, ok := <-h.lines:
-		if !ok {
-			t.Fatalf("helper %d exited", h.cmd.Process.Pid)
-		}
-		return l
-	case <-time.After(waitTimeout):
-		t.Fatalf("helper %d printed nothing", h.cmd.Process.Pid)
-	}
-	return ""
 }
 
 // fetchResult is what a "fetch" helper saw: the SVID from the Workload
@@ -221,7 +170,7 @@ type fetchResult struct {
 func (c *nodeCluster) fetchFrom(t *testing.T, pod *workloadPod) fetchResult {
 	t.Helper()
 	h := c.startHelper(t, "fetch", pod)
-	line := h.next(t)
+	line := h.Next(t, waitTimeout)
 	if code, msg, ok := strings.Cut(strings.TrimPrefix(line, "refused "), " "); strings.HasPrefix(line, "refused ") && ok {
 		return fetchResult{refused: code + " " + msg}
 	}
@@ -301,16 +250,16 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 
 	t.Run("deleting the last pod of a service account withdraws its SVID", func(t *testing.T) {
 		w := c.startHelper(t, "watch", &db0)
-		if l := w.next(t); l != "sds default "+db.serial {
+		if l := w.Next(t, waitTimeout); l != "sds default "+db.serial {
 			t.Fatalf("watcher's first line %q, want db's SVID", l)
 		}
-		if l := w.next(t); l != "workloadapi "+db.serial {
+		if l := w.Next(t, waitTimeout); l != "workloadapi "+db.serial {
 			t.Fatalf("watcher's second line %q, want db's SVID", l)
 		}
 		c.api.DeletePod(t, ns, db0.Name, false)
 		seen := map[string]bool{}
 		for len(seen) < 2 {
-			l := w.next(t)
+			l := w.Next(t, waitTimeout)
 			switch {
 			case l == "sds removed default":
 				seen["sds"] = true

@@ -4,7 +4,6 @@
 package attest_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -103,56 +102,24 @@ func (ag *agent) result(t *testing.T, pid int) result {
 }
 
 // proc is a child process of the test, run as a helper (see TestMain).
-type proc struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Scanner
-}
+type proc struct{ *harness.Child }
 
 func startProc(t testing.TB, mode string) *proc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
-	t.Cleanup(p.stop)
-	return p
+	return &proc{harness.StartChild(t, "^$", helperEnv+"="+mode)}
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *proc) pid() int { return p.Pid() }
 
 // connect has the process connect to sock and returns the line it prints.
 func (p *proc) connect(t testing.TB, sock string) string {
 	t.Helper()
-	if _, err := fmt.Fprintln(p.stdin, sock); err != nil {
-		t.Fatal(err)
-	}
-	if !p.out.Scan() {
-		t.Fatalf("process %d printed nothing: %v", p.pid(), p.out.Err())
-	}
-	return p.out.Text()
+	p.Send(t, sock)
+	return p.Next(t, time.Minute)
 }
 
 // stop kills the process and reaps it, freeing its pid.
-func (p *proc) stop() {
-	if p.cmd.ProcessState != nil {
-		return
-	}
-	p.stdin.Close()
-	p.cmd.Process.Kill()
-	p.cmd.Wait()
-}
+func (p *proc) stop() { p.Stop() }
 
 // pod is a pod of the API server and the cgroups of one of its
 // containers.

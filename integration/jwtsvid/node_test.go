@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spiffejwt "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -112,46 +111,12 @@ func TestNodeAgentJWTSVIDs(t *testing.T) {
 // container cgroups when pod is set, and returns the line it prints.
 func runHelper(t *testing.T, socket, subject string, pod *corev1.Pod, layouts []harness.CgroupLayout) string {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestJWTSVIDHelperProcess$")
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	h := harness.StartChild(t, "^TestJWTSVIDHelperProcess$", helperEnv+"=1")
 	if pod != nil {
-		harness.JoinPodCgroup(t, cmd.Process.Pid, string(pod.UID), harness.NewContainerID(t), layouts...)
+		harness.JoinPodCgroup(t, h.Pid(), string(pod.UID), harness.NewContainerID(t), layouts...)
 	}
-	if _, err := fmt.Fprintf(stdin, "%s %s\n", socket, subject); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	select {
-	case l, ok := <-lines:
-		if !ok {
-			t.Fatal("the helper printed nothing")
-		}
-		stdin.Close()
-		return l
-	case <-time.After(waitTimeout):
-		t.Fatal("the helper printed nothing in time")
-	}
-	return ""
+	h.Send(t, socket+" "+subject)
+	return h.Next(t, waitTimeout)
 }
 
 // TestJWTSVIDHelperProcess is not a test: runHelper runs it as a workload
