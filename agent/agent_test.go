@@ -356,6 +356,10 @@ func TestCAOutage(t *testing.T) {
 	ca := startCA(t)
 	a := startAgent(t, ca, nil)
 	before, _, _ := fetch(t, a)
+	// SDS serves the SVID as soon as it is in the store; the output
+	// directory is written just after. Ready before the outage, so that
+	// what is checked during it is the outage alone.
+	waitFor(t, "the agent to be ready", func() bool { ok, _ := a.Ready(); return ok })
 
 	ca.stop()
 	failures := a.metric(t, "castellan_agent_ca_request_failures_total", "unavailable")
