@@ -74,21 +74,7 @@ func start(t *testing.T, caArgs ...string) *stack {
 		t.Fatal(err)
 	}
 	s.socket = filepath.Join(dir, "socket")
-	bin := harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace")
-	cmd := exec.Command(bin, "--ca-addr="+ca.GRPCAddr, "--ca-server-name="+ca.ServerName, "--root-cert="+ca.RootFile,
-		"--token-file="+tokenFile, "--sds-socket="+s.socket, "--http-addr=-", "--jwt-bundle-refresh=200ms")
-	logs := &harness.Output{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("agent logs:\n%s\nCA logs:\n%s", logs.String(), ca.Logs())
-		}
-	})
+	startAgent(t, ca, tokenFile, s.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	waitFor(t, "the agent's socket", func() bool { _, err := os.Stat(s.socket); return err == nil })
@@ -385,4 +371,25 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startAgent runs castellan-agent against ca with the token in tokenFile,
+// serving on socket, with args added; it is stopped when the test ends.
+func startAgent(t *testing.T, ca *harness.CAProcess, tokenFile, socket string, args ...string) {
+	t.Helper()
+	bin := harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace")
+	cmd := exec.Command(bin, append([]string{"--ca-addr=" + ca.GRPCAddr, "--ca-server-name=" + ca.ServerName, "--root-cert=" + ca.RootFile,
+		"--token-file=" + tokenFile, "--sds-socket=" + socket, "--http-addr=-", "--jwt-bundle-refresh=200ms"}, args...)...)
+	logs := &harness.Output{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("agent logs:\n%s\nCA logs:\n%s", logs.String(), ca.Logs())
+		}
+	})
 }

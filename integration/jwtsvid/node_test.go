@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -65,22 +63,7 @@ func TestNodeAgentJWTSVIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	socket := filepath.Join(dir, "socket")
-	bin := harness.Binary(t, "castellan-agent", "-tags", "grpcnotrace")
-	agent := exec.Command(bin, "--attestation=node", "--node-name="+nodeA, "--kubeconfig="+api.Kubeconfig,
-		"--ca-addr="+ca.GRPCAddr, "--ca-server-name="+ca.ServerName, "--root-cert="+ca.RootFile,
-		"--token-file="+tokenFile, "--sds-socket="+socket, "--http-addr=-", "--jwt-bundle-refresh=200ms")
-	logs := &harness.Output{}
-	agent.Stdout, agent.Stderr = logs, logs
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = agent.Process.Signal(syscall.SIGTERM)
-		_ = agent.Wait()
-		if t.Failed() {
-			t.Logf("agent logs:\n%s\nCA logs:\n%s", logs.String(), ca.Logs())
-		}
-	})
+	startAgent(t, ca, tokenFile, socket, "--attestation=node", "--node-name="+nodeA, "--kubeconfig="+api.Kubeconfig)
 	waitFor(t, "the agent's socket", func() bool { _, err := os.Stat(socket); return err == nil })
 
 	webID := spiffeid.RequireFromSegments(td, "ns", shopNS, "sa", "web")
