@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Defaults for CacheConfig.
@@ -130,12 +132,12 @@ func NewCache(next Authenticator, cfg CacheConfig) (*Cache, error) {
 	for i := range c.shards {
 		c.shards[i].m = make(map[[sha256.Size]byte]cacheEntry)
 	}
-	lookups, err := register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+	lookups, err := promreg.Shared(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "castellan_authn_cache_total",
 		Help: "Authentication cache lookups, by result: hit (answered from the cache), miss (the token was checked), shared (waited on a check already in flight), revoked (a remembered success no longer held and was checked again).",
 	}, []string{"result"}))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("authn: %w", err)
 	}
 	c.hits = lookups.WithLabelValues("hit")
 	c.misses = lookups.WithLabelValues("miss")
@@ -328,16 +330,4 @@ func hashToken(token string) [sha256.Size]byte {
 // since returns the current time in nanoseconds since c.epoch.
 func (c *Cache) since() int64 {
 	return int64(c.now().Sub(c.epoch))
-}
-
-// Len returns the number of cached entries, expired ones included.
-func (c *Cache) Len() int {
-	n := 0
-	for i := range c.shards {
-		s := &c.shards[i]
-		s.mu.RLock()
-		n += len(s.m)
-		s.mu.RUnlock()
-	}
-	return n
 }

@@ -461,3 +461,15 @@ func BenchmarkCacheHit(b *testing.B) {
 		})
 	}
 }
+
+// Len returns the number of cached entries, expired ones included.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.RLock()
+		n += len(s.m)
+		s.mu.RUnlock()
+	}
+	return n
+}

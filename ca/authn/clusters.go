@@ -102,29 +102,22 @@ func (c *Clusters) AuthenticateCluster(ctx context.Context, cluster, token strin
 		return Caller{}, Errorf(ReasonUnknownCluster, "ClusterID %q is not a cluster this CA checks tokens of (local %q, remote %q)", cluster, c.local, c.remote)
 	}
 	caller, err := a.Authenticate(ctx, token)
-	if err != nil {
-		if cluster != c.local {
-			return Caller{}, wrapCluster(cluster, err)
-		}
+	switch {
+	case err != nil && cluster != c.local:
+		return Caller{}, wrapCluster(cluster, err)
+	case err != nil:
 		return Caller{}, err
-	}
-	if cluster != c.local {
+	case cluster != c.local:
 		caller.Cluster = cluster
 	}
 	return caller, nil
 }
 
-// wrapCluster names the remote cluster in err, keeping its reason.
+// wrapCluster names the remote cluster in err, keeping its reason. The
+// message of an *Error is taken from inside it, so that it does not
+// repeat the package prefix.
 func wrapCluster(cluster string, err error) error {
-	return &Error{Reason: ReasonOf(err), Err: fmt.Errorf("cluster %q: %w", cluster, unwrapAuthn(err))}
-}
-
-// unwrapAuthn returns the error inside an *Error, so that a wrapped message
-// does not repeat the package prefix.
-func unwrapAuthn(err error) error {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Err
-	}
-	return err
+	e := &Error{Reason: ReasonInvalid, Err: err}
+	errors.As(err, &e)
+	return &Error{Reason: e.Reason, Err: fmt.Errorf("cluster %q: %w", cluster, e.Err)}
 }

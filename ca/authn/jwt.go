@@ -94,14 +94,14 @@ func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
 	var keys keySource
+	var err error
 	if cfg.JWKSFile != "" {
-		keys = &fileKeys{path: cfg.JWKSFile, minRefresh: minKeyRefresh}
+		keys, err = newFileKeys(cfg.JWKSFile)
 	} else {
-		rk, err := newRemoteKeys(cfg.Issuer, client)
-		if err != nil {
-			return nil, err
-		}
-		keys = rk
+		keys, err = newRemoteKeys(cfg.Issuer, client)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if _, err := keys.load(ctx, true); err != nil {
 		return nil, err
@@ -114,9 +114,6 @@ func NewJWT(ctx context.Context, cfg JWTConfig) (*JWT, error) {
 		now:       time.Now,
 	}, nil
 }
-
-// Issuer returns the issuer whose tokens j accepts.
-func (j *JWT) Issuer() string { return j.issuer }
 
 // tokenClaims are the claims JWT reads from a verified token.
 type tokenClaims struct {

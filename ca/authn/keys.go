@@ -8,13 +8,14 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/castellan-mesh/castellan/internal/filewatch"
 )
 
 const (
@@ -43,76 +44,61 @@ type keySource interface {
 // fileKeys reads a key set from a JWKS file. The file is checked for
 // changes at most every minRefresh, whether or not a token names an
 // unknown key, so that both an added key and a removed (revoked) one take
-// effect without a restart.
+// effect without a restart. A file that goes away or stops parsing keeps
+// the last good keys: a half-written file must not lock every workload out.
 type fileKeys struct {
 	path       string
 	minRefresh time.Duration
+	watch      *filewatch.Watcher
 	cur        atomic.Pointer[jose.JSONWebKeySet]
 	// checked is when the file was last looked at, in Unix nanoseconds.
 	checked atomic.Int64
 
-	mu      sync.Mutex
-	modTime time.Time
-	size    int64
+	mu      sync.Mutex // serialises checks of the file
+	lastErr error      // why the file did not load, reported by watch
+}
+
+func newFileKeys(path string) (*fileKeys, error) {
+	f := &fileKeys{path: path, minRefresh: minKeyRefresh}
+	w, err := filewatch.New(filewatch.Config{
+		Path: path, MaxSize: maxDocumentSize, Interval: minKeyRefresh,
+		Load: func(data []byte) error {
+			set, err := parseKeySet(data)
+			if err == nil {
+				f.cur.Store(set)
+			}
+			return err
+		},
+		Report: func(err error) { f.lastErr = err },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("authn: %w", err)
+	}
+	f.watch = w
+	return f, nil
 }
 
 func (f *fileKeys) String() string { return "file " + f.path }
 
 func (f *fileKeys) load(context.Context, bool) (*jose.JSONWebKeySet, error) {
-	set := f.cur.Load()
-	if set != nil && f.recent() {
+	if set := f.cur.Load(); set != nil && f.recent() {
 		return set, nil
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if set = f.cur.Load(); set != nil && f.recent() {
+	if !f.recent() {
+		f.checked.Store(time.Now().UnixNano())
+		f.watch.Check()
+	}
+	if set := f.cur.Load(); set != nil {
 		return set, nil
 	}
-	f.checked.Store(time.Now().UnixNano())
-	fi, err := os.Stat(f.path)
-	if err == nil && set != nil && fi.ModTime().Equal(f.modTime) && fi.Size() == f.size {
-		return set, nil
-	}
-	var data []byte
-	if err == nil {
-		data, err = readLimited(f.path)
-	}
-	var next *jose.JSONWebKeySet
-	if err == nil {
-		next, err = parseKeySet(data)
-	}
-	if err != nil {
-		if set != nil {
-			// Keep the last good keys; a half-written or broken file must
-			// not lock every workload out.
-			return set, nil
-		}
-		return nil, &Error{Reason: ReasonUnavailable, Err: fmt.Errorf("JWKS file %s: %w", f.path, err)}
-	}
-	f.modTime, f.size = fi.ModTime(), fi.Size()
-	f.cur.Store(next)
-	return next, nil
+	return nil, &Error{Reason: ReasonUnavailable, Err: fmt.Errorf("JWKS file %s: %w", f.path, f.lastErr)}
 }
 
 // recent reports whether the file was checked less than minRefresh ago.
 func (f *fileKeys) recent() bool {
 	return time.Since(time.Unix(0, f.checked.Load())) < f.minRefresh
-}
-
-func readLimited(path string) ([]byte, error) {
-	file, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer file.Close()
-	data, err := io.ReadAll(io.LimitReader(file, maxDocumentSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxDocumentSize {
-		return nil, fmt.Errorf("larger than %d bytes", maxDocumentSize)
-	}
-	return data, nil
 }
 
 // parseKeySet parses a JWKS document. Keys of unsupported types are
@@ -368,12 +354,19 @@ func getBody(ctx context.Context, client *http.Client, where string) ([]byte, er
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", where, resp.Status)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxDocumentSize+1))
+	data, err := readDocument(resp.Body)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", where, err)
 	}
-	if len(data) > maxDocumentSize {
-		return nil, fmt.Errorf("GET %s: larger than %d bytes", where, maxDocumentSize)
-	}
 	return data, nil
+}
+
+// readDocument reads a discovery document or key set, refusing more than
+// maxDocumentSize bytes.
+func readDocument(r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxDocumentSize+1))
+	if err == nil && len(data) > maxDocumentSize {
+		err = fmt.Errorf("larger than %d bytes", maxDocumentSize)
+	}
+	return data, err
 }

@@ -10,12 +10,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // Minter issues service-account tokens shaped like Kubernetes' own, signed
@@ -77,23 +77,7 @@ func (m *Minter) WriteJWKS(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".jwks-*")
-	if err != nil {
-		return fmt.Errorf("authn: writing JWKS: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("authn: writing JWKS: %w", err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("authn: writing JWKS: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("authn: writing JWKS: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := pemfile.WriteFileAtomic(path, data, 0o644); err != nil {
 		return fmt.Errorf("authn: writing JWKS: %w", err)
 	}
 	return nil

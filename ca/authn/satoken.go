@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Defaults for ServiceAccountConfig.
@@ -104,19 +105,19 @@ func NewServiceAccountTokens(cfg ServiceAccountConfig) (*ServiceAccountTokens, e
 		n = defaultMaxConcurrentReviews
 	}
 	keys := newRefreshingKeys(&apiServerFetcher{client: cfg.Client}, clusterKeyAge)
-	checks, err := register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+	checks, err := promreg.Shared(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "castellan_authn_token_checks_total",
 		Help: "Service-account tokens checked, by outcome: refused_offline (shape, signature, issuer, audience or time; no API call), accepted_offline (the watch caches confirm its service account and pod), reviewed (a TokenReview was sent).",
 	}, []string{"outcome"}))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("authn: %w", err)
 	}
-	waiting, err := register(cfg.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
+	waiting, err := promreg.Shared(cfg.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "castellan_tokenreviews_in_flight",
 		Help: "TokenReviews in flight or waiting for one of the slots that bound them.",
 	}))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("authn: %w", err)
 	}
 	s := &ServiceAccountTokens{
 		jwt:          &JWT{audiences: slices.Clone(cfg.Audiences), leeway: leeway, keys: keys, now: time.Now},
@@ -284,12 +285,9 @@ func (a *apiServerFetcher) get(ctx context.Context, path string) ([]byte, error)
 		return nil, fmt.Errorf("API server %s: %w (the CA's identity needs the system:service-account-issuer-discovery role)", path, describeAPIError(err))
 	}
 	defer body.Close()
-	data, err := io.ReadAll(io.LimitReader(body, maxDocumentSize+1))
+	data, err := readDocument(body)
 	if err != nil {
 		return nil, fmt.Errorf("API server %s: %w", path, err)
-	}
-	if len(data) > maxDocumentSize {
-		return nil, fmt.Errorf("API server %s: larger than %d bytes", path, maxDocumentSize)
 	}
 	return data, nil
 }

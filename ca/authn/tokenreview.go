@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // defaultReviewTimeout bounds one TokenReview round trip.
@@ -57,12 +59,12 @@ func NewTokenReview(cfg TokenReviewConfig) (*TokenReview, error) {
 	if timeout <= 0 {
 		timeout = defaultReviewTimeout
 	}
-	reviews, err := register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+	reviews, err := promreg.Shared(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "castellan_tokenreviews_total",
 		Help: "TokenReviews sent to the Kubernetes API server, by result (authenticated, unauthenticated, error).",
 	}, []string{"result"}))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("authn: %w", err)
 	}
 	return &TokenReview{
 		client:    cfg.Client.AuthenticationV1().TokenReviews(),
@@ -99,7 +101,7 @@ func (r *TokenReview) Authenticate(ctx context.Context, token string) (Caller, e
 		return Caller{}, Errorf(ReasonInvalid, "token rejected by the API server")
 	}
 	r.reviews.WithLabelValues("authenticated").Inc()
-	if !intersects(st.Audiences, r.audiences) {
+	if !slices.ContainsFunc(st.Audiences, func(a string) bool { return slices.Contains(r.audiences, a) }) {
 		return Caller{}, Errorf(ReasonInvalid, "token audiences %q do not include any of %q", st.Audiences, r.audiences)
 	}
 	caller, err := ParseUsername(st.User.Username)
@@ -160,13 +162,4 @@ func describeAPIError(err error) error {
 		return fmt.Errorf("API server answered %d %s: %s", s.Code, s.Reason, s.Message)
 	}
 	return err
-}
-
-func intersects(a, b []string) bool {
-	for _, x := range a {
-		if slices.Contains(b, x) {
-			return true
-		}
-	}
-	return false
 }
