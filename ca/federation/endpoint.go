@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +27,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/internal/filewatch"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
@@ -322,7 +323,7 @@ func (e *Endpoint) spiffeCertificate() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("federation: endpoint key: %w", err)
 	}
-	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: nil}, key)
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return nil, fmt.Errorf("federation: endpoint CSR: %w", err)
 	}
@@ -334,26 +335,17 @@ func (e *Endpoint) spiffeCertificate() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("federation: issuing the endpoint's SVID: %w", err)
 	}
-	var chain [][]byte
-	var leaf *x509.Certificate
-	for i, p := range svid.ChainPEM {
-		block, _ := pem.Decode([]byte(p))
-		if block == nil {
-			return nil, errors.New("federation: the endpoint's SVID chain does not decode")
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("federation: the endpoint's SVID chain: %w", err)
-		}
-		if i > 0 && ca.IsSelfSigned(c) {
-			continue // the root is the peer's to hold, in our bundle
-		}
-		if i == 0 {
-			leaf = c
-		}
-		chain = append(chain, c.Raw)
+	certs, err := pemfile.ParseCertificates([]byte(strings.Join(svid.ChainPEM, "")))
+	if err != nil {
+		return nil, fmt.Errorf("federation: the endpoint's SVID chain: %w", err)
 	}
-	e.svid = &tls.Certificate{Certificate: chain, PrivateKey: crypto.Signer(key), Leaf: leaf}
+	chain := [][]byte{certs[0].Raw}
+	for _, c := range certs[1:] {
+		if !pemfile.IsSelfSigned(c) { // the root is the peer's to hold, in our bundle
+			chain = append(chain, c.Raw)
+		}
+	}
+	e.svid = &tls.Certificate{Certificate: chain, PrivateKey: crypto.Signer(key), Leaf: certs[0]}
 	e.svidFor = a
 	return e.svid, nil
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,13 +134,9 @@ func New(cfg Config) (*Federator, error) {
 		seen[rel.TrustDomain] = true
 		p := &peer{rel: rel, fetcher: &fetcher{rel: rel}}
 		if rel.WebRootsFile != "" {
-			data, err := os.ReadFile(rel.WebRootsFile)
+			certs, err := pemfile.ReadCertificates(rel.WebRootsFile)
 			if err != nil {
 				return nil, fmt.Errorf("federation: %s: roots: %w", rel.TrustDomain.Name(), err)
-			}
-			certs, err := pemfile.ParseCertificates(data)
-			if err != nil || len(certs) == 0 {
-				return nil, fmt.Errorf("federation: %s: roots file %s holds no usable certificate: %v", rel.TrustDomain.Name(), rel.WebRootsFile, err)
 			}
 			p.fetcher.roots = x509.NewCertPool()
 			for _, c := range certs {
@@ -160,7 +157,7 @@ func New(cfg Config) (*Federator, error) {
 		}
 		f.peers = append(f.peers, p)
 	}
-	slices.SortFunc(f.peers, func(a, b *peer) int { return cmpString(a.rel.TrustDomain.Name(), b.rel.TrustDomain.Name()) })
+	slices.SortFunc(f.peers, func(a, b *peer) int { return strings.Compare(a.rel.TrustDomain.Name(), b.rel.TrustDomain.Name()) })
 	m, err := newMetrics(cfg.Registerer, f)
 	if err != nil {
 		return nil, err
@@ -357,14 +354,4 @@ func (f *Federator) interval(b *spiffebundle.Bundle) time.Duration {
 		}
 	}
 	return min(max(d, f.cfg.MinRefresh), f.cfg.MaxRefresh)
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -126,22 +126,18 @@ func ParseRelationship(spec string) (Relationship, error) {
 				return r, fmt.Errorf("federation: %s: endpoint SPIFFE ID %q is not in trust domain %s", name, f, td.Name())
 			}
 			r.EndpointID = id
-		case isOpt && key == "bundle":
-			if r.Profile != ProfileSPIFFE {
-				return r, fmt.Errorf("federation: %s: bundle= is for %s only", name, ProfileSPIFFE)
+		case isOpt && (key == "bundle" || key == "roots"):
+			file, profile := &r.BundleFile, ProfileSPIFFE
+			if key == "roots" {
+				file, profile = &r.WebRootsFile, ProfileWeb
 			}
-			if r.BundleFile != "" || val == "" {
-				return r, fmt.Errorf("federation: %s: bundle= needs one file name", name)
+			switch {
+			case r.Profile != profile:
+				return r, fmt.Errorf("federation: %s: %s= is for %s only", name, key, profile)
+			case *file != "" || val == "":
+				return r, fmt.Errorf("federation: %s: %s= needs one file name", name, key)
 			}
-			r.BundleFile = val
-		case isOpt && key == "roots":
-			if r.Profile != ProfileWeb {
-				return r, fmt.Errorf("federation: %s: roots= is for %s only", name, ProfileWeb)
-			}
-			if r.WebRootsFile != "" || val == "" {
-				return r, fmt.Errorf("federation: %s: roots= needs one file name", name)
-			}
-			r.WebRootsFile = val
+			*file = val
 		default:
 			return r, fmt.Errorf("federation: %s: unknown field %q (want a spiffe:// endpoint ID, bundle=FILE or roots=FILE)", name, truncate(f))
 		}
