@@ -68,25 +68,18 @@ type jwtMetrics struct {
 }
 
 func newJWTMetrics(reg prometheus.Registerer) (*jwtMetrics, error) {
+	f := promreg.With(reg)
 	m := &jwtMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_agent_jwt_svid_requests_total",
-			Help: "JWT-SVIDs asked of the agent, by result (cached, minted, failed).",
-		}, []string{"result"}),
-		bundleFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_agent_jwt_bundle_refresh_failures_total",
-			Help: "Failed attempts to fetch the JWT authorities from the CA.",
-		}),
-		bundleAuthority: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "castellan_agent_jwt_bundle_authorities",
-			Help: "JWT authorities in the bundle the agent serves.",
-		}),
+		requests: f.CounterVec("castellan_agent_jwt_svid_requests_total",
+			"JWT-SVIDs asked of the agent, by result (cached, minted, failed).", "result"),
+		bundleFailures:  f.Counter("castellan_agent_jwt_bundle_refresh_failures_total", "Failed attempts to fetch the JWT authorities from the CA."),
+		bundleAuthority: f.Gauge("castellan_agent_jwt_bundle_authorities", "JWT authorities in the bundle the agent serves."),
+	}
+	if err := f.Err(); err != nil {
+		return nil, fmt.Errorf("agent: could not register JWT metrics: %w", err)
 	}
 	for _, r := range []string{jwtResultCached, jwtResultMinted, jwtResultFailed} {
 		m.requests.WithLabelValues(r)
-	}
-	if err := promreg.Register(reg, m.requests, m.bundleFailures, m.bundleAuthority); err != nil {
-		return nil, fmt.Errorf("agent: could not register JWT metrics: %w", err)
 	}
 	return m, nil
 }

@@ -47,58 +47,38 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer, store *svidstore.Store, soonestExpiry func() (time.Time, bool), identities func() int) (*metrics, error) {
+	f := promreg.With(reg)
 	m := &metrics{
-		rotations: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_agent_rotations_total",
-			Help: "SVIDs obtained from the CA and installed, the first one included.",
-		}),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_agent_ca_request_failures_total",
-			Help: "Failed attempts to obtain an SVID, by reason.",
-		}, []string{"reason"}),
-		lastUpdate: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "castellan_agent_svid_last_rotation_timestamp_seconds",
-			Help: "When the current SVID was installed, in Unix seconds.",
-		}),
-		caLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "castellan_agent_ca_request_duration_seconds",
-			Help:    "Duration of CreateCertificate calls to the CA, successful or not.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}),
-		bundleLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_agent_trust_bundle_loads_total",
-			Help: "Loads of the root certificate file that found new content, by result (ok or error).",
-		}, []string{"result"}),
-		fileWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_agent_output_writes_total",
-			Help: "Writes of the output directory, by result (ok or error).",
-		}, []string{"result"}),
-		consecutive: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "castellan_agent_ca_consecutive_failures",
-			Help: "Failed attempts to obtain an SVID since the last success; 0 when the CA is reachable.",
-		}),
-		expirySeconds: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "castellan_agent_svid_expiry_seconds",
-			Help: "Seconds until the current SVID expires; 0 when there is no valid SVID.",
-		}, func() float64 {
-			t, ok := soonestExpiry()
-			if !ok {
-				return 0
-			}
-			return max(0, time.Until(t).Seconds())
-		}),
-		identities: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "castellan_agent_identities",
-			Help: "Identities the agent serves now: one per service account in use on the node with node attestation, else 1 once its SVID is issued.",
-		}, func() float64 { return float64(identities()) }),
-		withdrawn: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_agent_identities_withdrawn_total",
-			Help: "SVIDs withdrawn (node attestation) because no running pod of their service account was left on the node.",
-		}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_agent_callers_refused_total",
-			Help: "Calls on the agent's sockets refused an SVID (node attestation), by reason: an attestation failure, no_running_pod, identity_cap or agent_not_running.",
-		}, []string{"reason"}),
+		rotations: f.Counter("castellan_agent_rotations_total", "SVIDs obtained from the CA and installed, the first one included."),
+		failures:  f.CounterVec("castellan_agent_ca_request_failures_total", "Failed attempts to obtain an SVID, by reason.", "reason"),
+		lastUpdate: f.Gauge("castellan_agent_svid_last_rotation_timestamp_seconds",
+			"When the current SVID was installed, in Unix seconds."),
+		caLatency: f.Histogram("castellan_agent_ca_request_duration_seconds",
+			"Duration of CreateCertificate calls to the CA, successful or not.", prometheus.ExponentialBuckets(0.001, 2, 15)),
+		bundleLoads: f.CounterVec("castellan_agent_trust_bundle_loads_total",
+			"Loads of the root certificate file that found new content, by result (ok or error).", "result"),
+		fileWrites: f.CounterVec("castellan_agent_output_writes_total", "Writes of the output directory, by result (ok or error).", "result"),
+		consecutive: f.Gauge("castellan_agent_ca_consecutive_failures",
+			"Failed attempts to obtain an SVID since the last success; 0 when the CA is reachable."),
+		expirySeconds: f.GaugeFunc("castellan_agent_svid_expiry_seconds", "Seconds until the current SVID expires; 0 when there is no valid SVID.",
+			func() float64 {
+				t, ok := soonestExpiry()
+				if !ok {
+					return 0
+				}
+				return max(0, time.Until(t).Seconds())
+			}),
+		identities: f.GaugeFunc("castellan_agent_identities",
+			"Identities the agent serves now: one per service account in use on the node with node attestation, else 1 once its SVID is issued.",
+			func() float64 { return float64(identities()) }),
+		withdrawn: f.Counter("castellan_agent_identities_withdrawn_total",
+			"SVIDs withdrawn (node attestation) because no running pod of their service account was left on the node."),
+		refused: f.CounterVec("castellan_agent_callers_refused_total",
+			"Calls on the agent's sockets refused an SVID (node attestation), by reason: an attestation failure, no_running_pod, identity_cap or agent_not_running.", "reason"),
+	}
+	f.Register(bundleRoots{store})
+	if err := f.Err(); err != nil {
+		return nil, fmt.Errorf("agent: could not register metrics: %w", err)
 	}
 	for _, r := range attest.Reasons {
 		m.refused.WithLabelValues(string(r))
@@ -112,9 +92,6 @@ func newMetrics(reg prometheus.Registerer, store *svidstore.Store, soonestExpiry
 	for _, r := range []string{"ok", "error"} {
 		m.bundleLoads.WithLabelValues(r)
 		m.fileWrites.WithLabelValues(r)
-	}
-	if err := promreg.Register(reg, m.rotations, m.failures, m.lastUpdate, m.caLatency, m.bundleLoads, m.fileWrites, m.consecutive, m.expirySeconds, m.identities, m.withdrawn, m.refused, bundleRoots{store}); err != nil {
-		return nil, fmt.Errorf("agent: could not register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -15,26 +15,18 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	f := promreg.With(reg)
 	m := &metrics{
-		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "castellan_workloadapi_streams",
-			Help: "Workload API streams open now, by method.",
-		}, []string{"method"}),
-		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_workloadapi_pushes_total",
-			Help: "Workload API responses sent, by method.",
-		}, []string{"method"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_workloadapi_rejected_calls_total",
-			Help: "Workload API calls refused for lack of the security header, by method.",
-		}, []string{"method"}),
+		streams:  f.GaugeVec("castellan_workloadapi_streams", "Workload API streams open now, by method.", "method"),
+		pushes:   f.CounterVec("castellan_workloadapi_pushes_total", "Workload API responses sent, by method.", "method"),
+		rejected: f.CounterVec("castellan_workloadapi_rejected_calls_total", "Workload API calls refused for lack of the security header, by method.", "method"),
+	}
+	if err := f.Err(); err != nil {
+		return nil, fmt.Errorf("workloadapi: could not register metrics: %w", err)
 	}
 	for _, method := range []string{"FetchX509SVID", "FetchX509Bundles", "FetchJWTBundles"} {
 		m.streams.WithLabelValues(method)
 		m.pushes.WithLabelValues(method)
-	}
-	if err := promreg.Register(reg, m.streams, m.pushes, m.rejected); err != nil {
-		return nil, fmt.Errorf("workloadapi: could not register metrics: %w", err)
 	}
 	return m, nil
 }

@@ -22,30 +22,17 @@ type Metrics struct {
 
 // NewMetrics creates the metrics and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	f := promreg.With(reg)
 	m := &Metrics{
-		proxies: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "castellan_authz_xds_connected_proxies",
-			Help: "Proxies connected and identified, one per xDS stream.",
-		}),
-		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_authz_xds_pushes_total",
-			Help: "ECDS responses sent to proxies, by stream form (sotw or delta).",
-		}, []string{"form"}),
-		answers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_authz_xds_answers_total",
-			Help: "Proxy answers to ECDS responses, by result (ack or nack).",
-		}, []string{"result"}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_authz_xds_refused_streams_total",
-			Help: "xDS streams refused, by reason (identity or limit).",
-		}, []string{"reason"}),
-		changeToAck: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "castellan_authz_xds_change_to_ack_seconds",
-			Help:    "Seconds from a policy or pod change reaching the server to the last answer (ACK or NACK) of the proxies it was pushed to.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}),
+		proxies:  f.Gauge("castellan_authz_xds_connected_proxies", "Proxies connected and identified, one per xDS stream."),
+		pushes:   f.CounterVec("castellan_authz_xds_pushes_total", "ECDS responses sent to proxies, by stream form (sotw or delta).", "form"),
+		answers:  f.CounterVec("castellan_authz_xds_answers_total", "Proxy answers to ECDS responses, by result (ack or nack).", "result"),
+		refusals: f.CounterVec("castellan_authz_xds_refused_streams_total", "xDS streams refused, by reason (identity or limit).", "reason"),
+		changeToAck: f.Histogram("castellan_authz_xds_change_to_ack_seconds",
+			"Seconds from a policy or pod change reaching the server to the last answer (ACK or NACK) of the proxies it was pushed to.",
+			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}),
 	}
-	if err := promreg.Register(reg, m.proxies, m.pushes, m.answers, m.refusals, m.changeToAck); err != nil {
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("xds: could not register metrics: %w", err)
 	}
 	return m, nil

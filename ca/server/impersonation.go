@@ -7,6 +7,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -41,12 +42,9 @@ const (
 	reasonRemoteCluster = "remote_cluster"
 )
 
-func newImpersonationCounter(reg prometheus.Registerer) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "castellan_ca_impersonation_total",
-		Help: "Requests for another identity's SVID (ImpersonatedIdentity), by result (granted, denied) and reason of a denial.",
-	}, []string{"result", "reason"})
-	reg.MustRegister(c)
+func newImpersonationCounter(f *promreg.Factory) *prometheus.CounterVec {
+	c := f.CounterVec("castellan_ca_impersonation_total",
+		"Requests for another identity's SVID (ImpersonatedIdentity), by result (granted, denied) and reason of a denial.", "result", "reason")
 	c.WithLabelValues(impersonationGranted, "")
 	c.WithLabelValues(impersonationDenied, reasonNotEnabled)
 	c.WithLabelValues(impersonationDenied, reasonRemoteCluster)

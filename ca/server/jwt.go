@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/jwtapi"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -46,22 +47,14 @@ type jwtMetrics struct {
 	refused *prometheus.CounterVec
 }
 
-func newJWTMetrics(reg prometheus.Registerer, issuer JWTIssuer) *jwtMetrics {
+func newJWTMetrics(f *promreg.Factory, issuer JWTIssuer) *jwtMetrics {
 	m := &jwtMetrics{
-		minted: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_ca_jwt_svids_minted_total",
-			Help: "JWT-SVIDs signed.",
-		}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_ca_jwt_svids_refused_total",
-			Help: "JWT-SVID requests refused, by reason (unauthenticated, impersonation, invalid_audience, unavailable).",
-		}, []string{"reason"}),
+		minted: f.Counter("castellan_ca_jwt_svids_minted_total", "JWT-SVIDs signed."),
+		refused: f.CounterVec("castellan_ca_jwt_svids_refused_total",
+			"JWT-SVID requests refused, by reason (unauthenticated, impersonation, invalid_audience, unavailable).", "reason"),
 	}
-	authorities := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "castellan_ca_jwt_authorities",
-		Help: "JWT signing keys published (active, prepared, retiring).",
-	}, func() float64 { return float64(len(issuer.JWTAuthorities())) })
-	reg.MustRegister(m.minted, m.refused, authorities)
+	f.GaugeFunc("castellan_ca_jwt_authorities", "JWT signing keys published (active, prepared, retiring).",
+		func() float64 { return float64(len(issuer.JWTAuthorities())) })
 	for _, r := range []string{jwtRefusedUnauthenticated, jwtRefusedImpersonation, jwtRefusedAudience, jwtRefusedUnavailable} {
 		m.refused.WithLabelValues(r)
 	}
@@ -87,7 +80,7 @@ func (s *Server) registerJWT(g grpc.ServiceRegistrar) {
 		ttl = jwtsvid.DefaultTTL
 	}
 	ttl = min(max(ttl, jwtsvid.MinTTL), jwtsvid.MaxTTL)
-	jwtapi.RegisterJWTServiceServer(g, &jwtService{s: s, issuer: s.cfg.JWT, ttl: ttl, metrics: newJWTMetrics(s.cfg.Registerer, s.cfg.JWT)})
+	jwtapi.RegisterJWTServiceServer(g, &jwtService{s: s, issuer: s.cfg.JWT, ttl: ttl, metrics: s.metrics.jwt})
 }
 
 // MintJWTSVID authenticates the caller exactly as CreateCertificate does

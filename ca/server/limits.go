@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // Limits bound what the callers of the certificate service can make the CA
@@ -109,22 +111,15 @@ type limitMetrics struct {
 	logsDropped  prometheus.Counter
 }
 
-func newLimitMetrics(reg prometheus.Registerer) *limitMetrics {
+func newLimitMetrics(f *promreg.Factory) *limitMetrics {
 	m := &limitMetrics{
-		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_ca_connections_refused_total",
-			Help: "Connections to the certificate service closed on accept, by limit: total or per_peer.",
-		}, []string{"limit"}),
-		peerLimited: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_ca_peer_limited_total",
-			Help: "Calls refused with ResourceExhausted because their peer IP had too many failed authentications.",
-		}),
-		logsDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_ca_auth_failure_logs_suppressed_total",
-			Help: "Authentication failures not logged because of the log rate limit (all are counted in castellan_ca_auth_failures_total).",
-		}),
+		connsRefused: f.CounterVec("castellan_ca_connections_refused_total",
+			"Connections to the certificate service closed on accept, by limit: total or per_peer.", "limit"),
+		peerLimited: f.Counter("castellan_ca_peer_limited_total",
+			"Calls refused with ResourceExhausted because their peer IP had too many failed authentications."),
+		logsDropped: f.Counter("castellan_ca_auth_failure_logs_suppressed_total",
+			"Authentication failures not logged because of the log rate limit (all are counted in castellan_ca_auth_failures_total)."),
 	}
-	reg.MustRegister(m.connsRefused, m.peerLimited, m.logsDropped)
 	m.connsRefused.WithLabelValues("total")
 	m.connsRefused.WithLabelValues("per_peer")
 	return m
@@ -379,9 +374,9 @@ func (s *Server) grpcLimitOptions() []grpc.ServerOption {
 }
 
 // setupLimits prepares the limits of cfg and wraps the gRPC listener.
-func (s *Server) setupLimits(reg prometheus.Registerer) {
+func (s *Server) setupLimits() {
 	s.limits = s.cfg.Limits.withDefaults()
-	s.limitMetrics = newLimitMetrics(reg)
+	s.limitMetrics = s.metrics.limits
 	s.peers = newPeerLimiter(s.limits)
 	s.failLogs = &logLimiter{log: s.log, perIvl: s.limits.FailureLogsPerInterval, interval: s.limits.FailureLogInterval, dropped: s.limitMetrics.logsDropped}
 	s.grpcLis = newConnLimitListener(s.grpcLis, s.limits, s.limitMetrics)

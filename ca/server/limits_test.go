@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // TestPprofOnlyOnLoopback: /debug/pprof/ is never served on the HTTP
@@ -45,7 +47,7 @@ func TestPprofOnlyOnLoopback(t *testing.T) {
 	}
 	for _, addr := range []string{":0", "0.0.0.0:0", "[::]:0", "192.0.2.1:0"} {
 		_, err := New(context.Background(), Config{
-			DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "-", PprofAddr: addr,
+			Source: dirSource(t), GRPCAddr: "127.0.0.1:0", HTTPAddr: "-", PprofAddr: addr,
 			Authenticator: tokenTable{}, Logger: slog.New(slog.DiscardHandler),
 		})
 		if err == nil || !strings.Contains(err.Error(), "loopback") {
@@ -108,7 +110,7 @@ func TestConnLimitListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newLimitMetrics(prometheus.NewRegistry())
+	m := newLimitMetrics(promreg.With(nil))
 	l := newConnLimitListener(inner, Limits{MaxConnections: 3, MaxConnectionsPerPeer: 2}, m)
 	defer l.Close()
 	accepted := make(chan net.Conn, 10)

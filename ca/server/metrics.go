@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -19,54 +21,48 @@ type metrics struct {
 	// impersonation is castellan_ca_impersonation_total (impersonation.go).
 	impersonation *prometheus.CounterVec
 	signSeconds   prometheus.Histogram
+	// limits count what the server's limits refused (limits.go).
+	limits *limitMetrics
+	// jwt are the JWT service's metrics (jwt.go); nil without a JWTIssuer.
+	jwt *jwtMetrics
 	// rotation exports the root rotation, when the CA's mode reports it.
 	rotation *rotation.Collector
 }
 
-func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
+// newMetrics defines and registers the server's metrics, those of its
+// limits and, with an issuer, of its JWT service.
+func newMetrics(reg prometheus.Registerer, src ca.Source, jwt JWTIssuer) (*metrics, error) {
+	f := promreg.With(reg)
 	m := &metrics{
-		received: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_ca_csr_received_total",
-			Help: "Certificate signing requests received.",
-		}),
-		issued: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_ca_certificates_issued_total",
-			Help: "Certificates issued.",
-		}),
-		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_ca_auth_failures_total",
-			Help: "Requests refused because the caller was not authenticated, by reason.",
-		}, []string{"reason"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_ca_csr_rejected_total",
-			Help: "Authenticated requests refused, by reason.",
-		}, []string{"reason"}),
-		signSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "castellan_ca_sign_duration_seconds",
-			Help:    "Time to validate a CSR and sign its certificate.",
-			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5},
-		}),
+		received:     f.Counter("castellan_ca_csr_received_total", "Certificate signing requests received."),
+		issued:       f.Counter("castellan_ca_certificates_issued_total", "Certificates issued."),
+		authFailures: f.CounterVec("castellan_ca_auth_failures_total", "Requests refused because the caller was not authenticated, by reason.", "reason"),
+		rejected:     f.CounterVec("castellan_ca_csr_rejected_total", "Authenticated requests refused, by reason.", "reason"),
+		signSeconds: f.Histogram("castellan_ca_sign_duration_seconds", "Time to validate a CSR and sign its certificate.",
+			[]float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, .5}),
+		impersonation: newImpersonationCounter(f),
+		limits:        newLimitMetrics(f),
 	}
-	rootExpiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "castellan_ca_root_expiry_timestamp_seconds",
-		Help: "Expiry of the root the CA currently signs under, as a Unix timestamp.",
-	}, func() float64 {
-		if a := src.Authority(); a != nil {
-			return float64(a.Root().NotAfter.Unix())
-		}
-		return 0
-	})
-	chainExpiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "castellan_ca_chain_expiry_timestamp_seconds",
-		Help: "Earliest expiry in the CA's signing chain (no leaf outlives it), as a Unix timestamp.",
-	}, func() float64 {
-		if a := src.Authority(); a != nil {
-			return float64(a.NotAfter().Unix())
-		}
-		return 0
-	})
-	reg.MustRegister(m.received, m.issued, m.authFailures, m.rejected, m.signSeconds, rootExpiry, chainExpiry)
-	m.impersonation = newImpersonationCounter(reg)
+	f.GaugeFunc("castellan_ca_root_expiry_timestamp_seconds", "Expiry of the root the CA currently signs under, as a Unix timestamp.",
+		func() float64 {
+			if a := src.Authority(); a != nil {
+				return float64(a.Root().NotAfter.Unix())
+			}
+			return 0
+		})
+	f.GaugeFunc("castellan_ca_chain_expiry_timestamp_seconds", "Earliest expiry in the CA's signing chain (no leaf outlives it), as a Unix timestamp.",
+		func() float64 {
+			if a := src.Authority(); a != nil {
+				return float64(a.NotAfter().Unix())
+			}
+			return 0
+		})
+	if jwt != nil {
+		m.jwt = newJWTMetrics(f, jwt)
+	}
+	if err := f.Err(); err != nil {
+		return nil, fmt.Errorf("server: could not register metrics: %w", err)
+	}
 	// Make every reason visible from the start, so alerts can use rate().
 	for _, r := range []authn.Reason{authn.ReasonNoToken, authn.ReasonMalformed, authn.ReasonInvalid, authn.ReasonNotServiceAccount, authn.ReasonUnavailable, authn.ReasonUnknownCluster} {
 		m.authFailures.WithLabelValues(string(r))
@@ -75,7 +71,19 @@ func newMetrics(reg prometheus.Registerer, src ca.Source) *metrics {
 		ca.ReasonDNSNotAllowed, ca.ReasonIdentityMismatch, ca.ReasonInvalidTTL, ca.ReasonCAUnavailable, reasonOversized, reasonImpersonation} {
 		m.rejected.WithLabelValues(string(r))
 	}
-	return m
+	return m, nil
+}
+
+// registerRotation registers the rotation collector, when the CA's mode
+// has one.
+func (m *metrics) registerRotation(reg prometheus.Registerer) error {
+	if m.rotation == nil {
+		return nil
+	}
+	if err := promreg.Register(reg, m.rotation); err != nil {
+		return fmt.Errorf("server: could not register the rotation metrics: %w", err)
+	}
+	return nil
 }
 
 // Reasons the server adds to the Issuer's.

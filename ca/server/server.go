@@ -20,7 +20,6 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
-	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -38,19 +37,16 @@ const MaxRequestBytes = 64 << 10
 
 // Config configures a Server. Zero values select the noted defaults.
 type Config struct {
-	// DataDir holds the CA material (see package material). Required
-	// unless Source is set.
-	DataDir string
-	// Source, if set, supplies the signing material instead of DataDir.
-	// If it also has a method Ready() (bool, string), /readyz reports it.
+	// Source supplies the signing material: a *material.Store, a
+	// *kubestore.Store, an *upstream.Source. Required. A Source that is a
+	// Readier tells /readyz whether it may sign.
 	Source ca.Source
-	// Signer, if set, is the key of a self-signed root kept in DataDir
-	// (for example a key in an HSM) instead of a key file.
-	Signer crypto.Signer
-	// RootKeys, if set, holds the self-signed root's keys outside DataDir
-	// (a kms.Ring): the configured key and those that root rotations
-	// create in the same key store. It replaces Signer.
-	RootKeys material.KeyStore
+	// Rotation, if set, rotates the root of Source's material (the
+	// rotation.Engine its package returns). The server exports its
+	// status, read at each scrape (castellan_ca_rotation_*,
+	// castellan_ca_bundle_*), and, when it is a Stepper, takes its
+	// automatic steps (see RootRotateBefore).
+	Rotation rotation.Rotator
 	// Runners are background jobs (renewal, leader election, trust
 	// distribution) run beside the listeners until Serve returns.
 	Runners []func(context.Context) error
@@ -75,22 +71,16 @@ type Config struct {
 	// /metrics. Default: a new registry for both.
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
-	// RootTTL is the lifetime of a new self-signed root. Default: 10y.
-	RootTTL time.Duration
-	// RootRotateBefore, if positive, rotates a self-signed root
-	// automatically: a new root is prepared when the active one has less
-	// than this left, activated after RootPropagationDelay, and the old one
-	// retired once no SVID it signed can be valid.
+	// RootRotateBefore, if positive, has the server take the automatic
+	// steps of Rotation: a new root is prepared when the active one has
+	// less than this left, activated after the policy's propagation delay,
+	// and the old one retired once no SVID it signed can be valid.
+	// Material rotated by hand, and a replica that does not lead, take no
+	// step.
 	RootRotateBefore time.Duration
-	// RootPropagationDelay is how long a prepared root sits in the bundle
-	// before it signs. Default: 1h.
-	RootPropagationDelay time.Duration
-	// RootRetireMargin is kept after the longest SVID lifetime before an
-	// old root is retired, for clock skew. Default: rotation.DefaultRetireMargin.
-	RootRetireMargin time.Duration
-	// ReloadInterval is how often the data directory is checked for
-	// changes (new cacerts, rotation steps). Default: 5s.
-	ReloadInterval time.Duration
+	// RotationInterval is how often a due rotation step is looked for.
+	// Default: 1m.
+	RotationInterval time.Duration
 	// PprofAddr, if set, serves net/http/pprof under /debug/pprof/ on
 	// this address, which must be a loopback address: the profiles are
 	// unauthenticated. Empty: pprof is not served. It is never served on
@@ -123,21 +113,12 @@ type Config struct {
 	IstioMetrics bool
 }
 
-// RotationStatuser is a Source that reports its trust bundle's roots and
-// its root rotation phase, such as an upstream-signed CA. The Server
-// exports them as metrics.
-type RotationStatuser interface {
-	RotationStatus() (*rotation.Status, error)
-}
-
 // Server is a running CA.
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	td      spiffeid.TrustDomain
 	src     ca.Source
-	store   *material.Store // nil when Source was given
-	rotator *material.Rotator
 	issuer  *ca.Issuer
 	metrics *metrics
 
@@ -160,10 +141,12 @@ type Server struct {
 	pprof        *http.Server
 }
 
-// New loads the CA material, binds both listeners and returns a Server
-// ready to Serve.
+// New binds both listeners and returns a Server ready to Serve.
 func New(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Authenticator == nil {
+	switch {
+	case cfg.Source == nil:
+		return nil, errors.New("server: no CA material (Source) configured")
+	case cfg.Authenticator == nil:
 		return nil, errors.New("server: no authenticator configured")
 	}
 	if cfg.TrustDomain.IsZero() {
@@ -185,41 +168,28 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		reg := prometheus.NewRegistry()
 		cfg.Registerer, cfg.Gatherer = reg, reg
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, td: cfg.TrustDomain, src: cfg.Source}
-	if s.src == nil {
-		if cfg.DataDir == "" {
-			return nil, errors.New("server: no data directory configured")
-		}
-		store, err := material.Open(ctx, material.Config{
-			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, Logger: cfg.Logger, Signer: cfg.Signer, Keys: cfg.RootKeys,
-			RootTTL: cfg.RootTTL, ReloadInterval: cfg.ReloadInterval,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("server: %w", err)
-		}
-		s.store, s.src = store, store
+	if cfg.RotationInterval <= 0 {
+		cfg.RotationInterval = time.Minute
 	}
+	s := &Server{cfg: cfg, log: cfg.Logger, td: cfg.TrustDomain, src: cfg.Source}
 	iss, err := ca.NewIssuer(s.src, ca.Config{DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, DNS: cfg.DNSProfile})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.issuer = iss
-	s.metrics = newMetrics(cfg.Registerer, s.src)
+	if s.metrics, err = newMetrics(cfg.Registerer, s.src, cfg.JWT); err != nil {
+		return nil, err
+	}
 	if cfg.IstioMetrics {
 		if err := cfg.Registerer.Register(newIstioCollector(s.metrics, s.src)); err != nil {
 			return nil, fmt.Errorf("server: Istio-compatible metrics: %w", err)
 		}
 	}
-	if s.store != nil {
-		s.rotator = &material.Rotator{
-			Dir: cfg.DataDir, TrustDomain: cfg.TrustDomain, RootTTL: cfg.RootTTL, Logger: cfg.Logger, Keys: cfg.RootKeys,
-			Policy: rotation.Policy{PropagationDelay: cfg.RootPropagationDelay, MaxTTL: cfg.MaxTTL, RetireMargin: cfg.RootRetireMargin},
-		}
-		s.metrics.rotation = newRotationCollector(s.rotator.Status, s.src)
-		cfg.Registerer.MustRegister(s.metrics.rotation)
-	} else if r, ok := s.src.(RotationStatuser); ok {
-		s.metrics.rotation = newRotationCollector(func(context.Context) (*rotation.Status, error) { return r.RotationStatus() }, s.src)
-		cfg.Registerer.MustRegister(s.metrics.rotation)
+	if cfg.Rotation != nil {
+		s.metrics.rotation = newRotationCollector(cfg.Rotation.Status, s.src)
+	}
+	if err := s.metrics.registerRotation(cfg.Registerer); err != nil {
+		return nil, err
 	}
 	// Issue the first serving certificate now, so that a broken CA fails
 	// at start-up rather than on the first handshake.
@@ -235,7 +205,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: HTTP listener: %w", err)
 		}
 	}
-	s.setupLimits(cfg.Registerer)
+	s.setupLimits()
 	if err := s.listenPprof(); err != nil {
 		s.grpcLis.Close()
 		if s.httpLis != nil {
@@ -316,12 +286,10 @@ func (s *Server) Serve(ctx context.Context) error {
 			return nil
 		})
 	}
-	if s.store != nil {
-		g.Go(func() error { return s.store.Run(ctx) })
-	}
-	if s.rotator != nil && s.cfg.RootRotateBefore > 0 && s.store.Mode() == material.ModeSelfSigned {
+	if st, ok := s.cfg.Rotation.(Stepper); ok && s.cfg.RootRotateBefore > 0 {
+		step := func(ctx context.Context) (string, error) { return st.Step(ctx, s.cfg.RootRotateBefore) }
 		g.Go(func() error {
-			return s.rotator.Run(ctx, time.Minute, s.cfg.RootRotateBefore, s.metrics.rotation.ObserveStep)
+			return rotation.Run(ctx, s.cfg.RotationInterval, step, s.log, s.metrics.rotation.ObserveStep)
 		})
 	}
 	for _, run := range s.cfg.Runners {

@@ -1,0 +1,95 @@
+package promreg
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Factory makes a component's collectors and registers each one as it is
+// made, as promauto.With does, except that a failed registration is kept
+// for Err instead of panicking. A component defines each metric in one
+// line and checks Err once:
+//
+//	f := promreg.With(reg)
+//	m := &metrics{
+//		issued: f.Counter("castellan_ca_certificates_issued_total", "Certificates issued."),
+//		failed: f.CounterVec("castellan_ca_failures_total", "Failures, by reason.", "reason"),
+//	}
+//	if err := f.Err(); err != nil {
+//		return nil, fmt.Errorf("ca: could not register metrics: %w", err)
+//	}
+//
+// A Factory over a nil Registerer registers nothing: the collectors still
+// count, and nothing scrapes them. A Factory is not safe for concurrent
+// use.
+type Factory struct {
+	reg  prometheus.Registerer
+	errs []error
+}
+
+// With returns a Factory that registers on reg.
+func With(reg prometheus.Registerer) *Factory { return &Factory{reg: reg} }
+
+// Register registers cs, collectors made elsewhere (a custom collector, a
+// GaugeFunc over a component's state).
+func (f *Factory) Register(cs ...prometheus.Collector) {
+	if err := Register(f.reg, cs...); err != nil {
+		f.errs = append(f.errs, err)
+	}
+}
+
+// Err returns every registration failure so far, joined, or nil.
+func (f *Factory) Err() error { return errors.Join(f.errs...) }
+
+// Counter returns a registered counter.
+func (f *Factory) Counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	f.Register(c)
+	return c
+}
+
+// CounterVec returns a registered counter with labels.
+func (f *Factory) CounterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	f.Register(c)
+	return c
+}
+
+// Gauge returns a registered gauge.
+func (f *Factory) Gauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	f.Register(g)
+	return g
+}
+
+// GaugeVec returns a registered gauge with labels.
+func (f *Factory) GaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	f.Register(g)
+	return g
+}
+
+// GaugeFunc returns a registered gauge whose value is value's result at
+// each scrape.
+func (f *Factory) GaugeFunc(name, help string, value func() float64) prometheus.GaugeFunc {
+	g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, value)
+	f.Register(g)
+	return g
+}
+
+// Histogram returns a registered histogram with buckets (nil:
+// prometheus.DefBuckets).
+func (f *Factory) Histogram(name, help string, buckets []float64) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+	f.Register(h)
+	return h
+}
+
+// HistogramVec returns a registered histogram with buckets (nil:
+// prometheus.DefBuckets) and labels.
+func (f *Factory) HistogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+	f.Register(h)
+	return h
+}
