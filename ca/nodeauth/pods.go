@@ -97,12 +97,7 @@ func (x *PodIndex) Run(ctx context.Context) error {
 	if !x.running.CompareAndSwap(false, true) {
 		return errors.New("nodeauth: pod index Run called twice")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		x.informer.RunWithContext(ctx)
-	}()
-	<-done
+	x.informer.RunWithContext(ctx)
 	return nil
 }
 
@@ -119,14 +114,6 @@ func (x *PodIndex) Synced() bool {
 		x.synced.Store(true)
 	}
 	return ok
-}
-
-// WaitSynced waits until the index is synced or ctx ends.
-func (x *PodIndex) WaitSynced(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), x.informer.HasSynced) {
-		return fmt.Errorf("nodeauth: pod index not synced: %w", context.Cause(ctx))
-	}
-	return nil
 }
 
 // Pod returns the pod namespace/name, if the index holds it.
@@ -160,9 +147,6 @@ func (x *PodIndex) ActiveOnNode(node string, sa ServiceAccount) bool {
 	keys, err := x.informer.GetIndexer().IndexKeys(indexNodeServiceAccount, nodeServiceAccountKey(node, sa.Namespace, sa.Name))
 	return err == nil && len(keys) > 0
 }
-
-// Len returns the number of pods in the index.
-func (x *PodIndex) Len() int { return len(x.informer.GetStore().ListKeys()) }
 
 func nodeServiceAccountKey(node, ns, sa string) string {
 	// "/" cannot occur in a node, namespace or service account name.

@@ -24,7 +24,6 @@ import (
 // concurrent use; Run feeds it.
 type Index struct {
 	informer cache.SharedIndexInformer
-	synced   atomic.Bool
 	running  atomic.Bool
 }
 
@@ -74,20 +73,12 @@ func (x *Index) Run(ctx context.Context) error {
 	if !x.running.CompareAndSwap(false, true) {
 		return errors.New("saindex: Run called twice")
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		x.informer.RunWithContext(ctx)
-	}()
-	if cache.WaitForCacheSync(ctx.Done(), x.informer.HasSynced) {
-		x.synced.Store(true)
-	}
-	<-done
+	x.informer.RunWithContext(ctx)
 	return nil
 }
 
 // Synced reports whether the index holds the complete list.
-func (x *Index) Synced() bool { return x.synced.Load() }
+func (x *Index) Synced() bool { return x.informer.HasSynced() }
 
 // LiveUID returns the UID of the service account namespace/name, and false
 // when the index holds none or it is being deleted.

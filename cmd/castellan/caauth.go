@@ -122,7 +122,7 @@ func (f *caFlags) serviceAccountTokens(ctx context.Context, d *caDeps, client ku
 		if err != nil {
 			return nil, err
 		}
-		cfg.ServiceAccounts, cfg.Pods = sas, podUIDs{pods}
+		cfg.ServiceAccounts, cfg.Pods = sas, pods
 		d.runners = append(d.runners, sas.Run)
 	}
 	sat, err := authn.NewServiceAccountTokens(cfg)
@@ -165,15 +165,4 @@ func (d *caDeps) podIndex() (*nodeauth.PodIndex, error) {
 	d.pods = pods
 	d.runners = append(d.runners, pods.Run)
 	return pods, nil
-}
-
-// podUIDs answers authn's pod lookups from the pod index.
-type podUIDs struct{ x *nodeauth.PodIndex }
-
-func (p podUIDs) LiveUID(namespace, name string) (string, bool) {
-	pod, ok := p.x.Pod(namespace, name)
-	if !ok || pod.Deleting {
-		return "", false
-	}
-	return pod.UID, true
 }
