@@ -19,21 +19,13 @@ type Metrics struct {
 
 // NewMetrics creates the engine's metrics and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	f := promreg.With(reg)
 	m := &Metrics{
-		policyChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_authz_policy_changes_total",
-			Help: "Policies applied or deleted, by kind and operation.",
-		}, []string{"kind", "op"}),
-		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_authz_policy_rejections_total",
-			Help: "Policies rejected as invalid or unsupported, by kind.",
-		}, []string{"kind"}),
-		recomputes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_authz_workload_recomputes_total",
-			Help: "Workload configurations recomputed.",
-		}),
+		policyChanges: f.CounterVec("castellan_authz_policy_changes_total", "Policies applied or deleted, by kind and operation.", "kind", "op"),
+		rejections:    f.CounterVec("castellan_authz_policy_rejections_total", "Policies rejected as invalid or unsupported, by kind.", "kind"),
+		recomputes:    f.Counter("castellan_authz_workload_recomputes_total", "Workload configurations recomputed."),
 	}
-	if err := promreg.Register(reg, m.policyChanges, m.rejections, m.recomputes); err != nil {
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("authz: could not register metrics: %w", err)
 	}
 	return m, nil

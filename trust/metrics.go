@@ -15,17 +15,13 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	f := promreg.With(reg)
 	m := &metrics{
-		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_trust_writes_total",
-			Help: "Trust bundle objects written (ConfigMaps and the ClusterTrustBundle), by operation (create or update).",
-		}, []string{"op"}),
-		errors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_trust_sync_errors_total",
-			Help: "Failed attempts to publish the trust bundle; each is retried.",
-		}),
+		writes: f.CounterVec("castellan_trust_writes_total",
+			"Trust bundle objects written (ConfigMaps and the ClusterTrustBundle), by operation (create or update).", "op"),
+		errors: f.Counter("castellan_trust_sync_errors_total", "Failed attempts to publish the trust bundle; each is retried."),
 	}
-	if err := promreg.Register(reg, m.writes, m.errors); err != nil {
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("trust: register metrics: %w", err)
 	}
 	return m, nil

@@ -22,15 +22,12 @@ type bundleCollector struct {
 }
 
 func newMetrics(reg prometheus.Registerer, f *Federator) (*metrics, error) {
+	pf := promreg.With(reg)
 	m := &metrics{
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_federation_refresh_failures_total",
-			Help: "Fetches of a foreign trust domain's bundle that failed or were refused, by trust domain and reason (unreachable, http_status, too_large, malformed, empty, wrong_trust_domain, sequence_backwards); the last good bundle is kept.",
-		}, []string{"trust_domain", "reason"}),
-		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_federation_bundle_updates_total",
-			Help: "New bundles of a foreign trust domain taken in, by trust domain.",
-		}, []string{"trust_domain"}),
+		failures: pf.CounterVec("castellan_federation_refresh_failures_total",
+			"Fetches of a foreign trust domain's bundle that failed or were refused, by trust domain and reason (unreachable, http_status, too_large, malformed, empty, wrong_trust_domain, sequence_backwards); the last good bundle is kept.",
+			"trust_domain", "reason"),
+		updates: pf.CounterVec("castellan_federation_bundle_updates_total", "New bundles of a foreign trust domain taken in, by trust domain.", "trust_domain"),
 	}
 	labels := []string{"trust_domain"}
 	c := &bundleCollector{
@@ -40,7 +37,8 @@ func newMetrics(reg prometheus.Registerer, f *Federator) (*metrics, error) {
 		seq:      prometheus.NewDesc("castellan_federation_bundle_sequence", "spiffe_sequence of the last good bundle of a foreign trust domain (absent when it has none).", labels, nil),
 		hasOne:   prometheus.NewDesc("castellan_federation_bundle_present", "1 when the CA holds a bundle of the foreign trust domain, 0 while it has none.", labels, nil),
 	}
-	if err := promreg.Register(reg, m.failures, m.updates, c); err != nil {
+	pf.Register(c)
+	if err := pf.Err(); err != nil {
 		return nil, fmt.Errorf("federation: could not register metrics: %w", err)
 	}
 	// Every trust domain shows up from the start.
