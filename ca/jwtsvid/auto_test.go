@@ -132,7 +132,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) flo
 }
 
 // TestAutomaticRotationLegacyState: a state written before the
-// activation time was recorded gets the time of the first step, and the
+// activation time was recorded gets the time the CA opens it, and the
 // key's age counts from it.
 func TestAutomaticRotationLegacyState(t *testing.T) {
 	ctx := context.Background()
@@ -142,23 +142,24 @@ func TestAutomaticRotationLegacyState(t *testing.T) {
 	if err := jwtsvid.WriteState(r.Dir, st); err != nil {
 		t.Fatal(err)
 	}
-	const every = 24 * time.Hour
-	now := time.Now().Add(100 * every)
-	r.Now = func() time.Time { return now }
-	if did, err := r.Step(ctx, every); did != "" || err != nil {
-		t.Fatalf("first step on a legacy state: %q, %v", did, err)
+	before := time.Now().UTC()
+	if _, err := jwtsvid.Open(ctx, jwtsvid.Config{Dir: r.Dir, Keys: r.Keys}); err != nil {
+		t.Fatal(err)
 	}
 	got, _, err := jwtsvid.ReadState(r.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got.ActivatedAt.Equal(now.UTC()) {
-		t.Fatalf("recorded activation time %s, want %s", got.ActivatedAt, now)
+	if got.ActivatedAt.Before(before) || got.ActivatedAt.After(time.Now()) {
+		t.Fatalf("recorded activation time %s, want the time of Open (after %s)", got.ActivatedAt, before)
 	}
+	const every = 24 * time.Hour
+	now := got.ActivatedAt.Add(every - time.Hour)
+	r.Now = func() time.Time { return now }
 	if did, err := r.Step(ctx, every); did != "" || err != nil {
-		t.Fatalf("second step: %q, %v", did, err)
+		t.Fatalf("step before due: %q, %v", did, err)
 	}
-	now = now.Add(every - time.Hour + time.Second)
+	now = now.Add(time.Second)
 	if did, err := r.Step(ctx, every); did != rotation.StepPrepare || err != nil {
 		t.Fatalf("step once due: %q, %v", did, err)
 	}

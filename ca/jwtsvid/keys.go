@@ -9,7 +9,8 @@
 // the previous key stays published; retire, once no token signed by the
 // previous key can still be valid, drops it. The state lives in the data
 // directory (StateFile); a running KeySet picks every step up on its next
-// reload. Rotator.Step takes the steps by itself under a policy (auto.go).
+// reload. Rotator takes the steps, by hand or by itself under a policy
+// (auto.go), with the root's rotation engine (rotation.EngineOf).
 package jwtsvid
 
 import (
@@ -156,7 +157,16 @@ func Open(ctx context.Context, cfg Config) (*KeySet, error) {
 // store (and the state) when there is no state yet.
 func (s *KeySet) init(ctx context.Context) error {
 	cfg := s.cfg
-	_, _, err := cfg.State.Load(ctx)
+	st, raw, err := cfg.State.Load(ctx)
+	if err == nil && st.Phase == rotation.PhaseSteady && st.ActivatedAt.IsZero() {
+		// A state written before the activation time was recorded: the
+		// key's age, by which it rotates, counts from now.
+		st.ActivatedAt = time.Now().UTC()
+		if err := cfg.State.Save(ctx, st, raw); err != nil && !errors.Is(err, ErrConflict) {
+			return err
+		}
+		s.log.Info("the JWT signing key's activation time was not recorded; its age counts from now", "key", st.Active)
+	}
 	if errors.Is(err, ErrNoState) {
 		name := NewKeyName()
 		if _, err := cfg.Keys.Create(ctx, name); err != nil {

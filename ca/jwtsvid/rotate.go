@@ -10,10 +10,10 @@ import (
 	"github.com/castellan-mesh/castellan/ca/rotation"
 )
 
-// Rotator takes the steps of a JWT key rotation in a data directory: the
-// X.509 root's phases (package rotation), for the JWT signing key. A
-// running CA on the same directory picks every step up on its next
-// reload.
+// Rotator takes the steps of a JWT key rotation: the X.509 root's
+// (rotation.EngineOf), with the JWT signing keys as the authorities and
+// their State as the backend. A running CA picks every step up on its
+// next reload.
 type Rotator struct {
 	// Dir is the CA's data directory, which holds StateFile, unless
 	// State is set.
@@ -38,20 +38,6 @@ type Rotator struct {
 	Logger *slog.Logger
 }
 
-func (r *Rotator) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
-
-func (r *Rotator) log() *slog.Logger {
-	if r.Logger != nil {
-		return r.Logger
-	}
-	return slog.Default()
-}
-
 func (r *Rotator) policy() rotation.Policy {
 	ttl := r.TTL
 	if ttl <= 0 {
@@ -60,129 +46,30 @@ func (r *Rotator) policy() rotation.Policy {
 	return rotation.Policy{PropagationDelay: r.PropagationDelay, MaxTTL: ttl, RetireMargin: r.RetireMargin}
 }
 
-func (r *Rotator) store() StateStore {
-	if r.State != nil {
-		return r.State
+// engine is the rotation engine over the JWT keys; a key that has signed
+// for every is due for rotation (0: never).
+func (r *Rotator) engine(every time.Duration) *rotation.EngineOf[*Key, keyKind] {
+	state := r.State
+	if state == nil {
+		state = DirState(r.Dir)
 	}
-	return DirState(r.Dir)
-}
-
-// begin reads the state and refuses a step that needs phase want. It
-// returns the state's stored encoding for the Save that ends the step.
-func (r *Rotator) begin(ctx context.Context, want rotation.Phase) (State, []byte, error) {
-	if r.Keys == nil {
-		return State{}, nil, errors.New("jwtsvid: no key store configured")
-	}
-	st, raw, err := r.store().Load(ctx)
-	if err != nil {
-		return State{}, nil, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
-	}
-	if st.Phase != want {
-		return State{}, nil, phaseError(st.Phase, want)
-	}
-	return st, raw, nil
-}
-
-// phaseError refuses a step that needs phase want while the rotation is
-// in phase, saying which step would come next.
-func phaseError(phase, want rotation.Phase) error {
-	switch want {
-	case rotation.PhaseSteady:
-		return fmt.Errorf("jwtsvid: a JWT key rotation is already in progress (phase %s); activate or retire it first", phase)
-	case rotation.PhasePrepared:
-		return fmt.Errorf("jwtsvid: no JWT key to activate (phase %s); prepare one first", phase)
-	}
-	return fmt.Errorf("jwtsvid: no JWT key to retire (phase %s)", phase)
+	return &rotation.EngineOf[*Key, keyKind]{Backend: &backend{state: state, keys: r.Keys}, Policy: r.policy(), MaxAge: every, Now: r.Now, Logger: r.Logger}
 }
 
 // Prepare creates a new key in the key store and publishes it; the active
 // key still signs.
-func (r *Rotator) Prepare(ctx context.Context) error {
-	st, raw, err := r.begin(ctx, rotation.PhaseSteady)
-	if err != nil {
-		return err
-	}
-	return r.prepare(ctx, st, raw)
-}
-
-// prepare is Prepare on the state st, read as raw.
-func (r *Rotator) prepare(ctx context.Context, st State, raw []byte) error {
-	name := NewKeyName()
-	if _, err := r.Keys.Create(ctx, name); err != nil {
-		return fmt.Errorf("jwtsvid: creating the next JWT signing key %s: %w", name, err)
-	}
-	k, err := openKey(ctx, r.Keys, name)
-	if err != nil {
-		return err
-	}
-	st.Phase, st.Next, st.PreparedAt = rotation.PhasePrepared, name, r.now().UTC()
-	if err := r.store().Save(ctx, st, raw); err != nil {
-		return err
-	}
-	r.log().Info("prepared a JWT signing key: published, not signing yet", "key", name, "kid", k.ID,
-		"activate_after", r.policy().ActivateAfter(st.PreparedAt).Format(time.RFC3339))
-	return nil
-}
+func (r *Rotator) Prepare(ctx context.Context) error { return r.engine(0).Prepare(ctx, "") }
 
 // Activate makes the prepared key sign, once it has been published for
 // the propagation delay (or with force); the previous key stays published.
 func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	st, raw, err := r.begin(ctx, rotation.PhasePrepared)
-	if err != nil {
-		return err
-	}
-	return r.activate(ctx, st, raw, force)
-}
-
-// activate is Activate on the state st, read as raw.
-func (r *Rotator) activate(ctx context.Context, st State, raw []byte, force bool) error {
-	now := r.now().UTC()
-	p := r.policy()
-	if ready := p.ActivateAfter(st.PreparedAt); now.Before(ready) && !force {
-		return fmt.Errorf("jwtsvid: the next JWT key has been published since %s; wait until %s for it to reach every agent, or force",
-			st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
-	}
-	if _, err := openKey(ctx, r.Keys, st.Next); err != nil {
-		return err
-	}
-	st = State{Phase: rotation.PhaseActivated, Active: st.Next, Previous: st.Active, PreparedAt: st.PreparedAt,
-		ActivatedAt: now, RetireAfter: p.RetireAfter(now), Retired: st.Retired}
-	if err := r.store().Save(ctx, st, raw); err != nil {
-		return err
-	}
-	r.log().Info("activated the JWT signing key", "key", st.Active, "retire_after", st.RetireAfter.Format(time.RFC3339))
-	return nil
+	return r.engine(0).Activate(ctx, force)
 }
 
 // Retire stops publishing the previous key, once no token it signed can
 // be valid (or with force): tokens it signed no longer verify.
 func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	st, raw, err := r.begin(ctx, rotation.PhaseActivated)
-	if err != nil {
-		return err
-	}
-	return r.retire(ctx, st, raw, force)
-}
-
-// retire is Retire on the state st, read as raw.
-func (r *Rotator) retire(ctx context.Context, st State, raw []byte, force bool) error {
-	if now := r.now(); now.Before(st.RetireAfter) && !force {
-		return fmt.Errorf("jwtsvid: JWT-SVIDs signed by the previous key may be valid until %s; retire after that, or force",
-			st.RetireAfter.Format(time.RFC3339))
-	}
-	retired := append(st.Retired, st.Previous)
-	if len(retired) > maxRetired {
-		retired = retired[len(retired)-maxRetired:]
-	}
-	old := st.Previous
-	// ActivatedAt stays: it is when the active key began signing, from
-	// which the automatic rotation counts its age (see Step).
-	st = State{Phase: rotation.PhaseSteady, Active: st.Active, ActivatedAt: st.ActivatedAt, Retired: retired}
-	if err := r.store().Save(ctx, st, raw); err != nil {
-		return err
-	}
-	r.log().Info("retired the previous JWT signing key: no longer published", "key", old)
-	return nil
+	return r.engine(0).Retire(ctx, force)
 }
 
 // Status is the state of the JWT keys and of any rotation.
@@ -204,23 +91,93 @@ type KeyStatus struct {
 
 // Status reports the published keys and the rotation phase.
 func (r *Rotator) Status(ctx context.Context) (*Status, error) {
-	if r.Keys == nil {
-		return nil, errors.New("jwtsvid: no key store configured")
-	}
-	st, _, err := r.store().Load(ctx)
+	s, err := r.engine(0).Status(ctx)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := LoadKeys(ctx, r.Keys, st)
-	if err != nil {
-		return nil, err
-	}
-	out := &Status{Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
-	if st.Phase == rotation.PhasePrepared {
-		out.ActivateAfter = r.policy().ActivateAfter(st.PreparedAt)
-	}
-	for _, k := range keys.Published {
-		out.Keys = append(out.Keys, KeyStatus{KeyID: k.ID, Name: k.Name, State: k.State})
+	out := &Status{Phase: s.Phase, PreparedAt: s.PreparedAt, ActivatedAt: s.ActivatedAt, ActivateAfter: s.ActivateAfter, RetireAfter: s.RetireAfter}
+	for _, k := range s.Roots {
+		out.Keys = append(out.Keys, KeyStatus{KeyID: k.Serial, Name: k.Subject, State: KeyState(k.State)})
 	}
 	return out, nil
+}
+
+// keyKind is the rotation.Kind of JWT signing keys: known by their name
+// in the key store (which State.Retired records); they do not expire.
+type keyKind struct{}
+
+func (keyKind) Noun() string                               { return "JWT key" }
+func (keyKind) Equal(a, b *Key) bool                       { return a.Name == b.Name }
+func (keyKind) Fingerprint(k *Key) string                  { return k.Name }
+func (keyKind) NotAfter(*Key) time.Time                    { return time.Time{} }
+func (keyKind) CheckNext(*Key, time.Time, time.Time) error { return nil }
+func (keyKind) Describe(k *Key, role rotation.RootState) rotation.RootStatus {
+	return rotation.RootStatus{Subject: k.Name, Serial: k.ID, State: role}
+}
+
+// backend is the rotation backend of the JWT keys: their State in a
+// StateStore, the keys in a KeyStore.
+type backend struct {
+	state StateStore
+	keys  KeyStore
+}
+
+// Load implements rotation.BackendOf: the keys the State names, opened.
+func (b *backend) Load(ctx context.Context) (*rotation.MaterialOf[*Key], error) {
+	if b.keys == nil {
+		return nil, errors.New("jwtsvid: no key store configured")
+	}
+	st, raw, err := b.state.Load(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
+	}
+	keys, err := LoadKeys(ctx, b.keys, st)
+	if err != nil {
+		return nil, err
+	}
+	m := &rotation.MaterialOf[*Key]{Active: keys.Active, Raw: raw, State: rotation.State{
+		Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter,
+		Key: st.Active, NextKey: st.Next, Retired: st.Retired,
+	}}
+	for _, k := range keys.Published {
+		m.Bundle = append(m.Bundle, k.Key)
+		if k.State == KeyPrepared {
+			m.Next = []*Key{k.Key}
+		}
+	}
+	return m, nil
+}
+
+// Mint implements rotation.BackendOf: a new key in the key store.
+func (b *backend) Mint(ctx context.Context, _ *rotation.MaterialOf[*Key], from string, _ time.Time) (*rotation.MintedOf[*Key], error) {
+	if from != "" {
+		return nil, fmt.Errorf("jwtsvid: a JWT signing key is created in the key store, not taken from %s", from)
+	}
+	name := NewKeyName()
+	if _, err := b.keys.Create(ctx, name); err != nil {
+		return nil, fmt.Errorf("jwtsvid: creating the next JWT signing key %s: %w", name, err)
+	}
+	k, err := openKey(ctx, b.keys, name)
+	if err != nil {
+		return nil, err
+	}
+	return &rotation.MintedOf[*Key]{Roots: []*Key{k}, Key: name}, nil
+}
+
+// Save implements rotation.BackendOf: the State after the step, written
+// over the one m was read from (or ErrConflict). The previous key is the
+// one active before an activation; the oldest retired names are dropped.
+func (b *backend) Save(ctx context.Context, m *rotation.MaterialOf[*Key], c rotation.ChangeOf[*Key]) error {
+	st := State{
+		Phase: c.State.Phase, Active: c.State.Key, Next: c.State.NextKey, PreparedAt: c.State.PreparedAt,
+		ActivatedAt: c.State.ActivatedAt, RetireAfter: c.State.RetireAfter, Retired: c.State.Retired,
+	}
+	if c.Step == rotation.StepActivate {
+		st.Previous = m.State.Key
+	}
+	if n := len(st.Retired); n > maxRetired {
+		st.Retired = st.Retired[n-maxRetired:]
+	}
+	raw, _ := m.Raw.([]byte)
+	return b.state.Save(ctx, st, raw)
 }

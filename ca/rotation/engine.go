@@ -4,16 +4,13 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"time"
-
-	"github.com/castellan-mesh/castellan/ca"
 )
 
-// The steps of a rotation, as Due returns them and Backend.Save receives
+// The steps of a rotation, as Step returns them and Backend.Save receives
 // them.
 const (
 	StepPrepare  = "prepare"
@@ -33,20 +30,34 @@ type KeyStore interface {
 	Create(ctx context.Context, name string) (crypto.Signer, error)
 }
 
-// Material is what a Backend read: the rotation state, the trust bundle
-// and the roles of its roots.
-type Material struct {
+// The engine over X.509 roots, which every CA mode rotates.
+type (
+	// Engine takes the steps of a root rotation.
+	Engine = EngineOf[*x509.Certificate, Roots]
+	// Backend is where a CA mode keeps its roots.
+	Backend = BackendOf[*x509.Certificate]
+	// Material is what a Backend read.
+	Material = MaterialOf[*x509.Certificate]
+	// Minted is the next root a Backend made or took.
+	Minted = MintedOf[*x509.Certificate]
+	// Change is the outcome of a step that a Backend persists.
+	Change = ChangeOf[*x509.Certificate]
+)
+
+// MaterialOf is what a Backend read: the rotation state, the trust bundle
+// and the roles of its authorities.
+type MaterialOf[A comparable] struct {
 	// Mode is the CA mode the material is kept in.
 	Mode Mode
 	// State is where the rotation stands.
 	State State
-	// Bundle is the trust bundle the CA serves.
-	Bundle []*x509.Certificate
-	// Active is the root the CA signs under now.
-	Active *x509.Certificate
-	// Next holds the prepared roots, from prepare until the backend
+	// Bundle holds the authorities the CA publishes (its trust bundle).
+	Bundle []A
+	// Active is the authority the CA signs with now.
+	Active A
+	// Next holds the prepared authorities, from prepare until the backend
 	// drops them (at activation or retirement); nil when none.
-	Next []*x509.Certificate
+	Next []A
 	// Manual, if set, says why the CA does not take automatic steps on
 	// this material (it is rotated by hand, or not at all).
 	Manual error
@@ -55,80 +66,97 @@ type Material struct {
 	Raw any
 }
 
-// Minted is the next root a Backend made or took for a prepare.
-type Minted struct {
-	// Roots are the new roots that join the bundle; the first is the one
-	// the CA will sign under.
-	Roots []*x509.Certificate
-	// Key names the new root's key in the KeyStore, when one was created.
+// MintedOf is the next authority a Backend made or took for a prepare.
+type MintedOf[A comparable] struct {
+	// Roots are the new authorities that join the bundle; the first is
+	// the one the CA will sign with.
+	Roots []A
+	// Key names the new authority's key in its key store, when one was
+	// created.
 	Key string
 	// Issuer names the upstream issuer of the new root, if any.
 	Issuer string
 }
 
-// Change is the outcome of a step that a Backend persists.
-type Change struct {
+// ChangeOf is the outcome of a step that a Backend persists.
+type ChangeOf[A comparable] struct {
 	// Step is StepPrepare, StepActivate or StepRetire.
 	Step string
 	// State is the rotation state after the step.
 	State State
 	// Bundle is the trust bundle after the step.
-	Bundle []*x509.Certificate
-	// Minted is the root made by a prepare; nil for the other steps.
-	Minted *Minted
+	Bundle []A
+	// Minted is what a prepare made; nil for the other steps.
+	Minted *MintedOf[A]
 	// Force is set when the caller asked to skip the waits; a backend
 	// check that only guards timing is skipped too.
 	Force bool
 }
 
-// Backend is where one CA mode keeps its material: a data directory, a
-// Vault PKI issuer with its intermediate in a data directory, or a
-// Kubernetes Secret. The Engine takes the steps; a Backend reads, makes
-// the next root, and writes.
-type Backend interface {
+// BackendOf is where a CA keeps the authorities of one kind: for roots a
+// data directory, a Vault PKI issuer with its intermediate in a data
+// directory, or a Kubernetes Secret. The Engine takes the steps; a
+// Backend reads, makes the next authority, and writes.
+type BackendOf[A comparable] interface {
 	// Load reads the material.
-	Load(ctx context.Context) (*Material, error)
-	// Mint makes the next root for a prepare at now, or takes it from
-	// from (a cacerts directory, an upstream issuer). A self-signed
-	// root's key is created in the KeyStore that holds the active key.
-	Mint(ctx context.Context, m *Material, from string, now time.Time) (*Minted, error)
+	Load(ctx context.Context) (*MaterialOf[A], error)
+	// Mint makes the next authority for a prepare at now, or takes it
+	// from from (a cacerts directory, an upstream issuer). A new key is
+	// created in the key store that holds the active key.
+	Mint(ctx context.Context, m *MaterialOf[A], from string, now time.Time) (*MintedOf[A], error)
 	// Save persists c, and whatever else the step means for the backend
 	// (the new key signing from activation on, the prepared files going
 	// at retirement). It may refuse a step the backend cannot take yet.
-	Save(ctx context.Context, m *Material, c Change) error
+	Save(ctx context.Context, m *MaterialOf[A], c ChangeOf[A]) error
 }
 
-// Engine takes the steps of a root rotation on a Backend: it checks the
-// phase and the waits of the Policy, has the backend make the next root,
-// works out the state and trust bundle after each step, and has the
-// backend persist them. It implements Rotator.
-type Engine struct {
+// EngineOf takes the steps of a rotation of authorities of kind K on a
+// Backend: it checks the phase and the waits of the Policy, has the
+// backend make the next authority, works out the state and bundle after
+// each step, and has the backend persist them. It is the one rotation
+// state machine: Engine instantiates it for X.509 roots, package jwtsvid
+// for JWT signing keys.
+type EngineOf[A comparable, K Kind[A]] struct {
 	// Backend keeps the material. Required.
-	Backend Backend
+	Backend BackendOf[A]
 	// Policy holds the waits between the phases.
 	Policy Policy
+	// MaxAge, if set, makes the active authority due for rotation once
+	// it has signed for MaxAge (since State.ActivatedAt), as if it
+	// expired then: for authorities that do not expire.
+	MaxAge time.Duration
 	// Now returns the current time. Default: time.Now.
 	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
 	Logger *slog.Logger
 }
 
-func (e *Engine) now() time.Time {
+func (e *EngineOf[A, K]) now() time.Time {
 	if e.Now != nil {
 		return e.Now()
 	}
 	return time.Now()
 }
 
-func (e *Engine) log() *slog.Logger {
+func (e *EngineOf[A, K]) log() *slog.Logger {
 	if e.Logger != nil {
 		return e.Logger
 	}
 	return slog.Default()
 }
 
+// info logs a step taken on m, in the words of kind K.
+func (e *EngineOf[A, K]) info(m *MaterialOf[A], format string, args ...any) {
+	var k K
+	msg := fmt.Sprintf(format, k.Noun())
+	if m.Mode != "" {
+		args = append([]any{"mode", m.Mode}, args...)
+	}
+	e.log().Info(msg, args...)
+}
+
 // begin loads the material for a step that needs phase want.
-func (e *Engine) begin(ctx context.Context, want Phase) (*Material, error) {
+func (e *EngineOf[A, K]) begin(ctx context.Context, want Phase) (*MaterialOf[A], error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -136,16 +164,18 @@ func (e *Engine) begin(ctx context.Context, want Phase) (*Material, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := m.State.Require(want); err != nil {
+	var k K
+	if err := m.State.require(want, k.Noun()); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// Prepare adds a new root to the trust bundle; the old root still signs.
-// from names where the new root comes from, for the backends that take
-// one.
-func (e *Engine) Prepare(ctx context.Context, from string) error {
+// Prepare adds a new authority to the bundle; the active one still
+// signs. from names where the new one comes from, for the backends that
+// take one.
+func (e *EngineOf[A, K]) Prepare(ctx context.Context, from string) error {
+	var k K
 	m, err := e.begin(ctx, PhaseSteady)
 	if err != nil {
 		return err
@@ -156,94 +186,91 @@ func (e *Engine) Prepare(ctx context.Context, from string) error {
 		return err
 	}
 	if len(next.Roots) == 0 {
-		return errors.New("rotation: the backend made no root")
+		return fmt.Errorf("rotation: the backend made no %s", k.Noun())
 	}
-	if err := e.checkNextRoot(next.Roots[0], m.Active, now); err != nil {
+	if err := e.checkNext(next.Roots[0], m.Active, now); err != nil {
 		return err
 	}
 	st := State{
-		Phase: PhasePrepared, PreparedAt: now, ActivateAfter: e.Policy.ActivateAfter(now),
+		Phase: PhasePrepared, PreparedAt: now, ActivateAfter: e.Policy.ActivateAfter(now), ActivatedAt: m.State.ActivatedAt,
 		Key: m.State.Key, NextKey: next.Key, Issuer: m.State.Issuer, NextIssuer: next.Issuer, Retired: m.State.Retired,
 	}
-	c := Change{Step: StepPrepare, State: st, Bundle: union(m.Bundle, next.Roots), Minted: next}
+	c := ChangeOf[A]{Step: StepPrepare, State: st, Bundle: union[A, K](m.Bundle, next.Roots), Minted: next}
 	if err := e.Backend.Save(ctx, m, c); err != nil {
 		return err
 	}
-	e.log().Info("prepared a new root; it is in the trust bundle but does not sign yet", "mode", m.Mode,
-		"subject", next.Roots[0].Subject.String(), "serial", fmt.Sprintf("%x", next.Roots[0].SerialNumber), "activate_after", st.ActivateAfter)
+	d := k.Describe(next.Roots[0], RootPrepared)
+	e.info(m, "prepared a new %s; it is in the trust bundle but does not sign yet", "subject", d.Subject, "serial", d.Serial, "activate_after", st.ActivateAfter)
 	return nil
 }
 
-// checkNextRoot refuses a root that cannot replace active: not a
-// self-signed CA certificate, the active root itself, not valid now, or
-// expiring before a rotation to it could finish.
-func (e *Engine) checkNextRoot(root, active *x509.Certificate, now time.Time) error {
-	switch {
-	case !root.IsCA || !ca.IsSelfSigned(root):
-		return fmt.Errorf("rotation: the next root %q is not a self-signed CA certificate", root.Subject)
-	case active != nil && root.Equal(active):
-		return fmt.Errorf("rotation: the next root %q is the active root; there is nothing to rotate to", root.Subject)
-	case now.Before(root.NotBefore) || !now.Before(root.NotAfter):
-		return fmt.Errorf("rotation: the next root %q is valid from %s to %s, not now", root.Subject, root.NotBefore.UTC().Format(time.RFC3339), root.NotAfter.UTC().Format(time.RFC3339))
-	case root.NotAfter.Before(e.Policy.RetireAfter(e.Policy.ActivateAfter(now))):
-		return fmt.Errorf("rotation: the next root %q expires at %s, before a rotation to it could finish", root.Subject, root.NotAfter.UTC().Format(time.RFC3339))
+// checkNext refuses an authority that cannot replace active (the zero A
+// for none): active itself, or one kind K refuses.
+func (e *EngineOf[A, K]) checkNext(next, active A, now time.Time) error {
+	var k K
+	var zero A
+	if active != zero && k.Equal(next, active) {
+		return fmt.Errorf("rotation: the next %s %q is the active %[1]s; there is nothing to rotate to", k.Noun(), k.Describe(next, RootPrepared).Subject)
 	}
-	return nil
+	return k.CheckNext(next, now, e.Policy.RetireAfter(e.Policy.ActivateAfter(now)))
 }
 
-// Activate makes the prepared root sign. It refuses before the
+// Activate makes the prepared authority sign. It refuses before the
 // propagation delay has passed, unless force is set.
-func (e *Engine) Activate(ctx context.Context, force bool) error {
+func (e *EngineOf[A, K]) Activate(ctx context.Context, force bool) error {
+	var k K
 	m, err := e.begin(ctx, PhasePrepared)
 	if err != nil {
 		return err
 	}
 	now := e.now().UTC()
-	if err := e.Policy.CheckActivate(m.State, now, force); err != nil {
+	if err := e.Policy.checkActivate(m.State, now, force, k.Noun()); err != nil {
 		return err
 	}
 	st := m.State.Activated(now, e.Policy)
-	if err := e.Backend.Save(ctx, m, Change{Step: StepActivate, State: st, Bundle: m.Bundle, Force: force}); err != nil {
+	if err := e.Backend.Save(ctx, m, ChangeOf[A]{Step: StepActivate, State: st, Bundle: m.Bundle, Force: force}); err != nil {
 		return err
 	}
-	e.log().Info("activated the new root; the old one stays in the bundle until its SVIDs expire", "mode", m.Mode, "retire_after", st.RetireAfter)
+	e.info(m, "activated the new %s; the old one stays in the bundle until its SVIDs expire", "retire_after", st.RetireAfter)
 	return nil
 }
 
-// Retire drops every root but the new one from the trust bundle. It
-// refuses while an SVID signed under the old root may still be valid,
-// unless force is set.
-func (e *Engine) Retire(ctx context.Context, force bool) error {
+// Retire drops every authority but the new one from the bundle. It
+// refuses while an SVID signed by the old one may still be valid, unless
+// force is set.
+func (e *EngineOf[A, K]) Retire(ctx context.Context, force bool) error {
+	var k K
 	m, err := e.begin(ctx, PhaseActivated)
 	if err != nil {
 		return err
 	}
-	if err := e.Policy.CheckRetire(m.State, e.now(), force); err != nil {
+	if err := e.Policy.checkRetire(m.State, e.now(), force, k.Noun()); err != nil {
 		return err
 	}
 	keep := m.Next
 	if len(keep) == 0 {
-		if m.Active == nil {
-			return fmt.Errorf("rotation: cannot tell the new root from the old in the %s material", m.Mode)
+		var zero A
+		if m.Active == zero {
+			return fmt.Errorf("rotation: cannot tell the new %s from the old in the %s material", k.Noun(), m.Mode)
 		}
-		keep = []*x509.Certificate{m.Active}
+		keep = []A{m.Active}
 	}
 	retired := slices.Clone(m.State.Retired)
-	for _, c := range m.Bundle {
-		if fp := Fingerprint(c); !containsCert(keep, c) && !slices.Contains(retired, fp) {
+	for _, a := range m.Bundle {
+		if fp := k.Fingerprint(a); !contains[A, K](keep, a) && !slices.Contains(retired, fp) {
 			retired = append(retired, fp)
 		}
 	}
-	st := State{Phase: PhaseSteady, Issuer: m.State.Issuer, Key: m.State.Key, Retired: retired}
-	if err := e.Backend.Save(ctx, m, Change{Step: StepRetire, State: st, Bundle: keep, Force: force}); err != nil {
+	st := State{Phase: PhaseSteady, ActivatedAt: m.State.ActivatedAt, Issuer: m.State.Issuer, Key: m.State.Key, Retired: retired}
+	if err := e.Backend.Save(ctx, m, ChangeOf[A]{Step: StepRetire, State: st, Bundle: keep, Force: force}); err != nil {
 		return err
 	}
-	e.log().Info("retired the old root; the trust bundle holds only the active root", "mode", m.Mode, "roots", len(keep))
+	e.info(m, "retired the old %s; the trust bundle holds only the active one", "count", len(keep))
 	return nil
 }
 
-// Status reports the roots in the bundle and the phase.
-func (e *Engine) Status(ctx context.Context) (*Status, error) {
+// Status reports the authorities in the bundle and the phase.
+func (e *EngineOf[A, K]) Status(ctx context.Context) (*Status, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -251,13 +278,12 @@ func (e *Engine) Status(ctx context.Context) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.Policy.StatusOf(m), nil
+	return statusOf[A, K](e.Policy, m), nil
 }
 
-// Step takes the automatic step that is due at now (see Due), and says
-// which ("" for none). A prepare is due when the active root has less
-// than rotateBefore left; material rotated by hand gets no step.
-func (e *Engine) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
+// Step takes the automatic step that is due (see due), and says which
+// ("" for none). Material rotated by hand gets no step.
+func (e *EngineOf[A, K]) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
@@ -265,7 +291,7 @@ func (e *Engine) Step(ctx context.Context, rotateBefore time.Duration) (string, 
 	if err != nil || m.Manual != nil {
 		return "", err
 	}
-	switch did := Due(e.Policy.StatusOf(m), e.now(), rotateBefore); did {
+	switch did := e.due(m, e.now(), rotateBefore); did {
 	case StepPrepare:
 		return did, e.Prepare(ctx, "")
 	case StepActivate:
@@ -276,39 +302,92 @@ func (e *Engine) Step(ctx context.Context, rotateBefore time.Duration) (string, 
 	return "", nil
 }
 
+// due says which automatic step m calls for at now: prepare once the
+// active authority has less than rotateBefore left (never when
+// rotateBefore is zero), activate once the propagation delay has passed,
+// retire once the old authority's SVIDs have expired; "" for none.
+func (e *EngineOf[A, K]) due(m *MaterialOf[A], now time.Time, rotateBefore time.Duration) string {
+	switch st := m.State; st.Phase {
+	case PhaseSteady:
+		if end := e.end(m); rotateBefore > 0 && !end.IsZero() && end.Sub(now) < rotateBefore {
+			return StepPrepare
+		}
+	case PhasePrepared:
+		if !now.Before(e.Policy.activateDue(st)) {
+			return StepActivate
+		}
+	case PhaseActivated:
+		if !now.Before(st.RetireAfter) {
+			return StepRetire
+		}
+	}
+	return ""
+}
+
+// end is when the active authority of m should stop signing: when it
+// expires, or has signed for MaxAge, whichever comes first; zero for
+// never.
+func (e *EngineOf[A, K]) end(m *MaterialOf[A]) time.Time {
+	var k K
+	var zero A
+	if m.Active == zero {
+		return time.Time{}
+	}
+	end := k.NotAfter(m.Active)
+	if e.MaxAge > 0 && !m.State.ActivatedAt.IsZero() {
+		if aged := m.State.ActivatedAt.Add(e.MaxAge); end.IsZero() || aged.Before(end) {
+			end = aged
+		}
+	}
+	return end
+}
+
 // Run calls Step every interval until ctx ends (see Run).
-func (e *Engine) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
+func (e *EngineOf[A, K]) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
 	step := func(ctx context.Context) (string, error) { return e.Step(ctx, rotateBefore) }
 	return Run(ctx, interval, step, e.log(), observe)
 }
 
 // StatusOf returns the status of material m: its bundle, and a prepared
 // root the CA does not serve yet, with their roles.
-func (p Policy) StatusOf(m *Material) *Status {
+func (p Policy) StatusOf(m *Material) *Status { return statusOf[*x509.Certificate, Roots](p, m) }
+
+func statusOf[A comparable, K Kind[A]](p Policy, m *MaterialOf[A]) *Status {
+	var k K
+	var zero, next A
 	out := p.Status(m.Mode, m.State)
-	roots := m.Bundle
+	all := m.Bundle
 	if m.State.Phase == PhasePrepared {
-		roots = union(roots, m.Next)
+		all = union[A, K](all, m.Next)
 	}
-	var next *x509.Certificate
 	if len(m.Next) == 1 {
 		next = m.Next[0]
 	}
-	out.AddRoots(roots, m.Active, next)
+	for _, a := range all {
+		role := RootRetiring
+		switch {
+		case m.Active != zero && k.Equal(a, m.Active):
+			role = RootActive
+		case next != zero && k.Equal(a, next), next == zero && m.State.Phase == PhasePrepared:
+			role = RootPrepared
+		}
+		out.Roots = append(out.Roots, k.Describe(a, role))
+	}
 	return out
 }
 
-// union returns a followed by the certificates of b not in a.
-func union(a, b []*x509.Certificate) []*x509.Certificate {
+// union returns a followed by the authorities of b not in a.
+func union[A comparable, K Kind[A]](a, b []A) []A {
 	out := slices.Clone(a)
-	for _, c := range b {
-		if !containsCert(out, c) {
-			out = append(out, c)
+	for _, x := range b {
+		if !contains[A, K](out, x) {
+			out = append(out, x)
 		}
 	}
 	return out
 }
 
-func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
-	return slices.ContainsFunc(certs, c.Equal)
+func contains[A comparable, K Kind[A]](list []A, x A) bool {
+	var k K
+	return slices.ContainsFunc(list, func(y A) bool { return k.Equal(x, y) })
 }

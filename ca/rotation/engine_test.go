@@ -20,26 +20,26 @@ import (
 // memBackend keeps material in memory, for tests of the Engine's own
 // logic; the real backends are tested in their packages and under live
 // mTLS in integration/rotation.
-type memBackend struct {
-	m      Material
-	mint   func(now time.Time) *x509.Certificate
-	saved  []Change
+type memBackend[A comparable] struct {
+	m      MaterialOf[A]
+	mint   func(now time.Time) A
+	saved  []ChangeOf[A]
 	refuse error
 }
 
-func (b *memBackend) Load(context.Context) (*Material, error) {
+func (b *memBackend[A]) Load(context.Context) (*MaterialOf[A], error) {
 	m := b.m
 	return &m, nil
 }
 
-func (b *memBackend) Mint(_ context.Context, _ *Material, from string, now time.Time) (*Minted, error) {
+func (b *memBackend[A]) Mint(_ context.Context, _ *MaterialOf[A], from string, now time.Time) (*MintedOf[A], error) {
 	if from != "" {
 		return nil, errors.New("mem: no from")
 	}
-	return &Minted{Roots: []*x509.Certificate{b.mint(now)}, Key: "k2"}, nil
+	return &MintedOf[A]{Roots: []A{b.mint(now)}, Key: "k2"}, nil
 }
 
-func (b *memBackend) Save(_ context.Context, _ *Material, c Change) error {
+func (b *memBackend[A]) Save(_ context.Context, _ *MaterialOf[A], c ChangeOf[A]) error {
 	if b.refuse != nil {
 		return b.refuse
 	}
@@ -52,6 +52,21 @@ func (b *memBackend) Save(_ context.Context, _ *Material, c Change) error {
 		b.m.Active, b.m.Next = b.m.Next[0], nil
 	}
 	return nil
+}
+
+// namedKey is an authority that does not expire, known by its name in a
+// key store, as a JWT signing key is.
+type namedKey string
+
+type namedKeys struct{}
+
+func (namedKeys) Noun() string                                   { return "key" }
+func (namedKeys) Equal(a, b namedKey) bool                       { return a == b }
+func (namedKeys) Fingerprint(k namedKey) string                  { return string(k) }
+func (namedKeys) NotAfter(namedKey) time.Time                    { return time.Time{} }
+func (namedKeys) CheckNext(namedKey, time.Time, time.Time) error { return nil }
+func (namedKeys) Describe(k namedKey, role RootState) RootStatus {
+	return RootStatus{Subject: string(k), State: role}
 }
 
 func newTestRoot(t *testing.T, notBefore time.Time, ttl time.Duration) *x509.Certificate {
@@ -70,7 +85,7 @@ func newTestRoot(t *testing.T, notBefore time.Time, ttl time.Duration) *x509.Cer
 func TestEngineSteps(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	old := newTestRoot(t, now.Add(-time.Hour), 48*time.Hour)
-	b := &memBackend{m: Material{Mode: ModeSelfSigned, State: State{Phase: PhaseSteady, Retired: []string{"earlier"}}, Bundle: []*x509.Certificate{old}, Active: old}}
+	b := &memBackend[*x509.Certificate]{m: Material{Mode: ModeSelfSigned, State: State{Phase: PhaseSteady, Retired: []string{"earlier"}}, Bundle: []*x509.Certificate{old}, Active: old}}
 	b.mint = func(at time.Time) *x509.Certificate { return newTestRoot(t, at.Add(-time.Minute), 10*365*24*time.Hour) }
 	clock := now
 	e := &Engine{Backend: b, Policy: Policy{PropagationDelay: 2 * time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute},
@@ -129,11 +144,86 @@ func TestEngineRefusesBadNextRoot(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := &memBackend{m: Material{Mode: ModeSelfSigned, State: State{Phase: PhaseSteady}, Bundle: []*x509.Certificate{old}, Active: old}, mint: tt.mint}
+			b := &memBackend[*x509.Certificate]{m: Material{Mode: ModeSelfSigned, State: State{Phase: PhaseSteady}, Bundle: []*x509.Certificate{old}, Active: old}, mint: tt.mint}
 			e := &Engine{Backend: b, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			err := e.Prepare(context.Background(), "")
 			if err == nil || !strings.Contains(err.Error(), tt.want) || len(b.saved) != 0 {
 				t.Fatalf("Prepare = %v (%d saves); want %q and nothing saved", err, len(b.saved), tt.want)
+			}
+		})
+	}
+}
+
+// stepper is what TestEngineDrivesEveryKind needs of an engine, whatever
+// the kind of its authorities.
+type stepper interface {
+	Step(ctx context.Context, rotateBefore time.Duration) (string, error)
+	Status(ctx context.Context) (*Status, error)
+}
+
+// TestEngineDrivesEveryKind walks one rotation, by automatic steps, with
+// the same engine over an X.509 root that expires and over a key that
+// does not (a JWT signing key), which rotates by age (MaxAge): each step
+// is due at the same times, and leaves the same state.
+func TestEngineDrivesEveryKind(t *testing.T) {
+	start := time.Now().UTC().Truncate(time.Second)
+	policy := Policy{PropagationDelay: 2 * time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tests := []struct {
+		name string
+		// engine returns an engine on the clock now whose active
+		// authority is due for rotation 24h after start, its backend's
+		// state, and the fingerprint of that authority.
+		engine       func(now func() time.Time) (stepper, *State, string)
+		rotateBefore time.Duration
+	}{
+		{"x509 root, by expiry", func(now func() time.Time) (stepper, *State, string) {
+			old := newTestRoot(t, start.Add(-time.Hour), 49*time.Hour)
+			b := &memBackend[*x509.Certificate]{m: Material{Mode: ModeSelfSigned, State: State{Phase: PhaseSteady}, Bundle: []*x509.Certificate{old}, Active: old}}
+			b.mint = func(at time.Time) *x509.Certificate { return newTestRoot(t, at.Add(-time.Minute), 10*365*24*time.Hour) }
+			return &Engine{Backend: b, Policy: policy, Now: now, Logger: quiet}, &b.m.State, Fingerprint(old)
+		}, 24 * time.Hour},
+		{"key that does not expire, by age", func(now func() time.Time) (stepper, *State, string) {
+			b := &memBackend[namedKey]{m: MaterialOf[namedKey]{State: State{Phase: PhaseSteady, ActivatedAt: start, Key: "k1"}, Bundle: []namedKey{"k1"}, Active: "k1"}}
+			b.mint = func(time.Time) namedKey { return "k2" }
+			return &EngineOf[namedKey, namedKeys]{Backend: b, Policy: policy, MaxAge: 30 * time.Hour, Now: now, Logger: quiet}, &b.m.State, "k1"
+		}, 6 * time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := start
+			e, state, old := tt.engine(func() time.Time { return clock })
+			due := start.Add(24 * time.Hour)
+			activate := due.Add(time.Second + policy.PropagationDelay)
+			retire := activate.Add(policy.MaxTTL + policy.RetireMargin)
+			for _, s := range []struct {
+				at   time.Time
+				want string
+			}{
+				{start, ""},
+				{due.Add(-time.Second), ""},
+				{due.Add(time.Second), StepPrepare},
+				{activate.Add(-time.Second), ""},
+				{activate, StepActivate},
+				{retire.Add(-time.Second), ""},
+				{retire, StepRetire},
+				{retire.Add(time.Hour), ""},
+			} {
+				clock = s.at
+				if got, err := e.Step(ctx, tt.rotateBefore); err != nil || got != s.want {
+					t.Fatalf("Step at start+%s = %q, %v; want %q", s.at.Sub(start), got, err, s.want)
+				}
+			}
+			st, err := e.Status(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Phase != PhaseSteady || len(st.Roots) != 1 || st.Roots[0].State != RootActive || !st.ActivatedAt.Equal(activate) {
+				t.Fatalf("after the rotation: %+v", st)
+			}
+			if state.Key != "k2" || len(state.Retired) != 1 || state.Retired[0] != old {
+				t.Fatalf("after the rotation: key %q, retired %v; want k2 and %s", state.Key, state.Retired, old)
 			}
 		})
 	}

@@ -44,11 +44,12 @@ func (p Policy) RetireAfter(activatedAt time.Time) time.Time {
 	return activatedAt.Add(orDefault(p.MaxTTL, DefaultMaxTTL) + orDefault(p.RetireMargin, DefaultRetireMargin))
 }
 
-// CheckActivate refuses an activation at now of the rotation st before the
-// propagation delay has passed, unless force is set.
-func (p Policy) CheckActivate(st State, now time.Time, force bool) error {
+// checkActivate refuses an activation at now of the rotation st before
+// the propagation delay has passed, unless force is set; noun names what
+// rotates.
+func (p Policy) checkActivate(st State, now time.Time, force bool, noun string) error {
 	if ready := p.activateAfter(st); now.Before(ready) && !force {
-		return fmt.Errorf("rotation: the new root has been in the bundle since %s; wait until %s for it to reach every peer, or force", st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
+		return fmt.Errorf("rotation: the new %s has been in the bundle since %s; wait until %s for it to reach every peer, or force", noun, st.PreparedAt.Format(time.RFC3339), ready.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -63,35 +64,23 @@ func (p Policy) activateAfter(st State) time.Time {
 	return p.ActivateAfter(st.PreparedAt)
 }
 
-// CheckRetire refuses a retirement at now of the rotation st while an
-// SVID signed under the old root may still be valid, unless force is set.
-func (p Policy) CheckRetire(st State, now time.Time, force bool) error {
-	if now.Before(st.RetireAfter) && !force {
-		return fmt.Errorf("rotation: SVIDs signed under the old root may be valid until %s; retire after that, or force", st.RetireAfter.Format(time.RFC3339))
+// activateDue is when the root prepared in st is due to sign, as recorded
+// at prepare by the policy of the CA that prepared it (whoever reads it:
+// the metrics of a Secret read without the CA's policy); for a state
+// without it, by p.
+func (p Policy) activateDue(st State) time.Time {
+	if !st.ActivateAfter.IsZero() {
+		return st.ActivateAfter
 	}
-	return nil
+	return p.activateAfter(st)
 }
 
-// Due says which automatic step st calls for at now, given its status s:
-// "prepare" when the active root has less than rotateBefore left (never
-// when rotateBefore is zero), "activate" once the propagation delay has
-// passed, "retire" once the old root's SVIDs have expired; "" for none.
-func Due(s *Status, now time.Time, rotateBefore time.Duration) string {
-	switch s.Phase {
-	case PhaseSteady:
-		for _, r := range s.Roots {
-			if rotateBefore > 0 && r.State == RootActive && r.NotAfter.Sub(now) < rotateBefore {
-				return "prepare"
-			}
-		}
-	case PhasePrepared:
-		if !now.Before(s.ActivateAfter) {
-			return "activate"
-		}
-	case PhaseActivated:
-		if !now.Before(s.RetireAfter) {
-			return "retire"
-		}
+// checkRetire refuses a retirement at now of the rotation st while an
+// SVID signed under the old root may still be valid, unless force is set;
+// noun names what rotates.
+func (p Policy) checkRetire(st State, now time.Time, force bool, noun string) error {
+	if now.Before(st.RetireAfter) && !force {
+		return fmt.Errorf("rotation: SVIDs signed under the old %s may be valid until %s; retire after that, or force", noun, st.RetireAfter.Format(time.RFC3339))
 	}
-	return ""
+	return nil
 }

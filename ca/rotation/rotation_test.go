@@ -24,47 +24,21 @@ func TestPolicyDefaults(t *testing.T) {
 	}
 }
 
-func TestDue(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	active := RootStatus{State: RootActive, NotAfter: now.Add(48 * time.Hour)}
-	tests := []struct {
-		name         string
-		st           Status
-		rotateBefore time.Duration
-		want         string
-	}{
-		{"steady, far from expiry", Status{Phase: PhaseSteady, Roots: []RootStatus{active}}, 24 * time.Hour, ""},
-		{"steady, close to expiry", Status{Phase: PhaseSteady, Roots: []RootStatus{active}}, 72 * time.Hour, "prepare"},
-		{"automatic rotation off", Status{Phase: PhaseSteady, Roots: []RootStatus{active}}, 0, ""},
-		{"prepared, propagating", Status{Phase: PhasePrepared, ActivateAfter: now.Add(time.Second)}, 0, ""},
-		{"prepared, propagated", Status{Phase: PhasePrepared, ActivateAfter: now}, 0, "activate"},
-		{"activated, old SVIDs valid", Status{Phase: PhaseActivated, RetireAfter: now.Add(time.Second)}, 0, ""},
-		{"activated, old SVIDs expired", Status{Phase: PhaseActivated, RetireAfter: now}, 0, "retire"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := Due(&tt.st, now, tt.rotateBefore); got != tt.want {
-				t.Fatalf("Due = %q, want %q", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestStateSteps(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	p := Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute}
 	st := State{Phase: PhasePrepared, PreparedAt: now, Key: "k1", NextKey: "k2", NextIssuer: "i2"}
-	if err := p.CheckActivate(st, now.Add(time.Minute), false); err == nil || !strings.Contains(err.Error(), "wait until") {
+	if err := p.checkActivate(st, now.Add(time.Minute), false, "root"); err == nil || !strings.Contains(err.Error(), "wait until") {
 		t.Fatalf("early activate: %v", err)
 	}
-	if err := p.CheckActivate(st, now.Add(time.Minute), true); err != nil {
+	if err := p.checkActivate(st, now.Add(time.Minute), true, "root"); err != nil {
 		t.Fatalf("forced activate: %v", err)
 	}
 	a := st.Activated(now.Add(time.Hour), p)
 	if a.Phase != PhaseActivated || a.Key != "k2" || a.NextKey != "" || a.Issuer != "i2" || !a.RetireAfter.Equal(now.Add(2*time.Hour+time.Minute)) {
 		t.Fatalf("Activated = %+v", a)
 	}
-	if err := p.CheckRetire(a, now.Add(2*time.Hour), false); err == nil || !strings.Contains(err.Error(), "may be valid until") {
+	if err := p.checkRetire(a, now.Add(2*time.Hour), false, "root"); err == nil || !strings.Contains(err.Error(), "may be valid until") {
 		t.Fatalf("early retire: %v", err)
 	}
 	if err := a.Require(PhaseSteady); err == nil || !strings.Contains(err.Error(), "already in progress") {

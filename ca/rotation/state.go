@@ -21,8 +21,9 @@ const File = "rotation.json"
 // MaxStateBytes bounds a stored State.
 const MaxStateBytes = 64 << 10
 
-// State records where a root rotation stands. A data directory keeps it
-// in File; a Kubernetes Secret in an annotation.
+// State records where a rotation stands. A data directory keeps a root's
+// in File; a Kubernetes Secret in an annotation. Package jwtsvid keeps the
+// JWT keys' in its own format.
 type State struct {
 	Phase      Phase     `json:"phase"`
 	PreparedAt time.Time `json:"prepared_at,omitzero"`
@@ -31,7 +32,9 @@ type State struct {
 	// reports and automatic steps wait for. A step taken by hand waits by
 	// PreparedAt and its own policy, so an operator may shorten the wait.
 	ActivateAfter time.Time `json:"activate_after,omitzero"`
-	ActivatedAt   time.Time `json:"activated_at,omitzero"`
+	// ActivatedAt is when the active authority began signing, kept until
+	// the next activation; zero when not known.
+	ActivatedAt time.Time `json:"activated_at,omitzero"`
 	// RetireAfter is when the last SVID signed under the old root expires:
 	// the activation time plus the longest SVID lifetime plus clock skew.
 	RetireAfter time.Time `json:"retire_after,omitzero"`
@@ -41,13 +44,15 @@ type State struct {
 	Issuer string `json:"issuer,omitempty"`
 	// NextIssuer names the upstream issuer of a prepared root.
 	NextIssuer string `json:"next_issuer,omitempty"`
-	// Retired holds the SHA-256 fingerprints (hex) of roots dropped from
-	// the bundle by a retirement, which are never served again.
+	// Retired holds the fingerprints (Kind.Fingerprint: for a root the
+	// SHA-256 of its DER, in hex) of authorities dropped from the bundle
+	// by a retirement, which are never served again.
 	Retired []string `json:"retired,omitempty"`
 	// Key names the active self-signed root's key in the key store that
 	// holds it outside the data directory (an HSM, Vault Transit), once a
 	// rotation has replaced the configured key; empty is the configured
-	// key. NextKey names the prepared root's key.
+	// key. NextKey names the prepared root's key. A JWT signing key is
+	// always named.
 	Key     string `json:"key,omitempty"`
 	NextKey string `json:"next_key,omitempty"`
 }
@@ -95,9 +100,12 @@ func WriteState(dir string, st State) error {
 	return nil
 }
 
-// Require refuses a rotation step that needs phase want while st is in
-// another phase, saying which step would come next.
-func (st State) Require(want Phase) error {
+// Require refuses a root rotation step that needs phase want while st is
+// in another phase, saying which step would come next.
+func (st State) Require(want Phase) error { return st.require(want, "root") }
+
+// require is Require for a rotation of what noun names.
+func (st State) require(want Phase, noun string) error {
 	if st.Phase == want {
 		return nil
 	}
@@ -105,7 +113,7 @@ func (st State) Require(want Phase) error {
 	case PhaseSteady:
 		return fmt.Errorf("rotation: a rotation is already in progress (phase %s); activate or retire it first", st.Phase)
 	case PhasePrepared:
-		return fmt.Errorf("rotation: nothing to activate (phase %s); prepare a root first", st.Phase)
+		return fmt.Errorf("rotation: nothing to activate (phase %s); prepare a %s first", st.Phase, noun)
 	default:
 		return fmt.Errorf("rotation: nothing to retire (phase %s)", st.Phase)
 	}
