@@ -2,7 +2,9 @@
 // place the CA keeps its material (a data directory, a Vault PKI issuer,
 // a Kubernetes Secret): the phases, the state that records them, the
 // policy that times them, the status that reports them and the metrics
-// that export it.
+// that export it. Its engine (EngineOf) takes the steps for any Kind of
+// authority: X.509 roots (Engine), and the JWT signing keys of package
+// jwtsvid, which rotate in the same phases.
 //
 // A rotation has three steps, each safe only after the previous one has
 // had its effect everywhere:
