@@ -2,10 +2,13 @@ package ca
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
 // Limits on a DNS profile, so that a typo in a manifest cannot turn the CA
@@ -75,11 +78,11 @@ func (p *DNSProfile) add(entry string) error {
 	if !ok {
 		return fmt.Errorf("ca: DNS SAN profile entry %q: %q is not namespace/serviceaccount", entry, account)
 	}
-	if err := checkDNSLabel(ns); err != nil {
-		return fmt.Errorf("ca: DNS SAN profile entry %q: namespace %q: %v", entry, ns, err)
+	if !dnsname.IsLabel(ns) {
+		return fmt.Errorf("ca: DNS SAN profile entry %q: namespace %q is not a Kubernetes namespace name", entry, ns)
 	}
-	if err := checkDNSSubdomain(sa); err != nil {
-		return fmt.Errorf("ca: DNS SAN profile entry %q: service account %q: %v", entry, sa, err)
+	if !dnsname.IsSubdomain(sa) {
+		return fmt.Errorf("ca: DNS SAN profile entry %q: service account %q is not a Kubernetes service account name", entry, sa)
 	}
 	key := "/ns/" + ns + "/sa/" + sa
 	if _, dup := p.allow[key]; dup {
@@ -91,7 +94,7 @@ func (p *DNSProfile) add(entry string) error {
 	var names []string
 	for name := range strings.SplitSeq(list, ",") {
 		name = strings.ToLower(strings.TrimSpace(name))
-		if err := checkDNSName(name); err != nil {
+		if err := dnsname.CheckHost(name); err != nil {
 			return fmt.Errorf("ca: DNS SAN profile entry %q: %v", entry, err)
 		}
 		if slices.Contains(names, name) {
@@ -130,13 +133,8 @@ func (p *DNSProfile) String() string {
 	if p == nil {
 		return ""
 	}
-	keys := make([]string, 0, len(p.allow))
-	for k := range p.allow {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
 	var b strings.Builder
-	for i, k := range keys {
+	for i, k := range slices.Sorted(maps.Keys(p.allow)) {
 		if i > 0 {
 			b.WriteByte(';')
 		}
@@ -174,59 +172,4 @@ func truncateName(s string) string {
 		return s[:max] + "..."
 	}
 	return s
-}
-
-// checkDNSName accepts a host name (RFC 1123) of lowercase labels: at most
-// 253 characters, no wildcard, no trailing dot.
-func checkDNSName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty DNS name")
-	case len(name) > 253:
-		return fmt.Errorf("DNS name of %d characters is over 253", len(name))
-	case strings.Contains(name, "*"):
-		return fmt.Errorf("DNS name %q is a wildcard; name each host", name)
-	case strings.HasSuffix(name, "."):
-		return fmt.Errorf("DNS name %q ends with a dot; write it without", name)
-	}
-	for label := range strings.SplitSeq(name, ".") {
-		if err := checkDNSLabel(label); err != nil {
-			return fmt.Errorf("DNS name %q: %v", name, err)
-		}
-	}
-	return nil
-}
-
-// checkDNSSubdomain accepts a Kubernetes object name: an RFC 1123
-// subdomain of lowercase labels, at most 253 characters.
-func checkDNSSubdomain(s string) error {
-	if len(s) > 253 {
-		return fmt.Errorf("%d characters, over 253", len(s))
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if err := checkDNSLabel(label); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// checkDNSLabel accepts an RFC 1123 label: 1 to 63 lowercase letters,
-// digits and '-', starting and ending with a letter or digit.
-func checkDNSLabel(l string) error {
-	switch {
-	case l == "":
-		return fmt.Errorf("empty label")
-	case len(l) > 63:
-		return fmt.Errorf("label of %d characters is over 63", len(l))
-	case l[0] == '-' || l[len(l)-1] == '-':
-		return fmt.Errorf("label %q starts or ends with '-'", l)
-	}
-	for i := 0; i < len(l); i++ {
-		c := l[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return fmt.Errorf("label %q has %q; use lowercase letters, digits and '-'", l, c)
-		}
-	}
-	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
 var istiodID = spiffeid.RequireFromPath(testTD, "/ns/istio-system/sa/istiod")
@@ -104,7 +106,7 @@ func FuzzParseDNSProfile(f *testing.F) {
 				t.Fatalf("%d names", len(names))
 			}
 			for _, n := range names {
-				if checkDNSName(n) != nil || strings.ContainsAny(n, "*;,= ") {
+				if dnsname.CheckHost(n) != nil || strings.ContainsAny(n, "*;,= ") {
 					t.Fatalf("accepted name %q", n)
 				}
 			}

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
 // Caller is a Kubernetes service account whose token was verified.
@@ -96,29 +98,10 @@ func ParseUsername(username string) (Caller, error) {
 		return Caller{}, Errorf(ReasonNotServiceAccount, "user %q is not a service account", username)
 	}
 	ns, sa, ok := strings.Cut(rest, ":")
-	if !ok || !validName(ns) || !validName(sa) {
+	// DNS-1123 subdomains, as Kubernetes names are; this also keeps "/"
+	// and ":" out of SPIFFE IDs.
+	if !ok || !dnsname.IsSubdomain(ns) || !dnsname.IsSubdomain(sa) {
 		return Caller{}, Errorf(ReasonNotServiceAccount, "malformed service account username %q", username)
 	}
 	return Caller{Namespace: ns, ServiceAccount: sa}, nil
-}
-
-// validName accepts a DNS-1123 subdomain, as Kubernetes namespace and
-// service account names are; this also keeps "/" and ":" out of SPIFFE IDs.
-func validName(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' || c == '.':
-			if i == 0 || i == len(s)-1 {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-	return true
 }

@@ -15,6 +15,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
@@ -93,9 +94,9 @@ func (m *Minter) Mint(namespace, serviceAccount string, audiences []string, ttl 
 // the past (to make an expired token) or the future.
 func (m *Minter) MintAt(now time.Time, namespace, serviceAccount string, audiences []string, ttl time.Duration) (string, error) {
 	switch {
-	case !validName(namespace):
+	case !dnsname.IsSubdomain(namespace):
 		return "", fmt.Errorf("authn: mint: invalid namespace %q", namespace)
-	case !validName(serviceAccount):
+	case !dnsname.IsSubdomain(serviceAccount):
 		return "", fmt.Errorf("authn: mint: invalid service account name %q", serviceAccount)
 	case len(audiences) == 0:
 		return "", errors.New("authn: mint: no audience")

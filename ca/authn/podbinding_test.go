@@ -9,6 +9,8 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	authenticationv1 "k8s.io/api/authentication/v1"
+
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
 func TestPodBinding(t *testing.T) {
@@ -99,10 +101,10 @@ func FuzzPodBinding(f *testing.F) {
 			}
 			return
 		}
-		if twoUIDs || gotPod != pod || gotUID != uid || gotUID == "" || len(gotUID) > maxUIDLen || !validName(gotPod) {
+		if twoUIDs || gotPod != pod || gotUID != uid || gotUID == "" || len(gotUID) > maxUIDLen || !dnsname.IsSubdomain(gotPod) {
 			t.Fatalf("podBinding(%q, %q, %q, %v) = %q, %q, %q", pod, uid, node, twoUIDs, gotPod, gotUID, gotNode)
 		}
-		if gotNode != "" && (gotNode != node || !validName(gotNode)) {
+		if gotNode != "" && (gotNode != node || !dnsname.IsSubdomain(gotNode)) {
 			t.Fatalf("node %q from %q", gotNode, node)
 		}
 	})

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
@@ -143,10 +144,10 @@ func podBinding(extra map[string]authenticationv1.ExtraValue) (pod, uid, node st
 // malformed node name is dropped: the node is a hint, the pod is the
 // binding.
 func checkBinding(pod, uid, node string) (string, string, string) {
-	if !validName(pod) || uid == "" || len(uid) > maxUIDLen {
+	if !dnsname.IsSubdomain(pod) || uid == "" || len(uid) > maxUIDLen {
 		return "", "", ""
 	}
-	if !validName(node) {
+	if !dnsname.IsSubdomain(node) {
 		node = ""
 	}
 	return pod, uid, node

@@ -24,6 +24,7 @@ import (
 	"strings"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -55,37 +56,13 @@ func ParseServiceAccount(s string) (ServiceAccount, error) {
 }
 
 func (s ServiceAccount) validate() error {
-	if !isDNSName(s.Namespace, 63, false) {
+	if !dnsname.IsLabel(s.Namespace) {
 		return fmt.Errorf("namespace %q is not a DNS-1123 label (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)", s.Namespace)
 	}
-	if !isDNSName(s.Name, 253, true) {
+	if !dnsname.IsSubdomain(s.Name) {
 		return fmt.Errorf("name %q is not a DNS-1123 subdomain (at most 253 lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit)", s.Name)
 	}
 	return nil
-}
-
-// isDNSName reports whether s is a DNS-1123 label (dots false) or
-// subdomain (dots true) of at most limit bytes. It is the rule of
-// k8s.io/apimachinery's validation package without its regular
-// expressions, which would be most of the cost of a decision.
-func isDNSName(s string, limit int, dots bool) bool {
-	if s == "" || len(s) > limit {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '-' || (dots && c == '.'):
-			// Neither may start or end a part.
-			if i == 0 || i == len(s)-1 || s[i-1] == '.' || s[i+1] == '.' {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // TargetServiceAccount returns the service account named by a SPIFFE ID of

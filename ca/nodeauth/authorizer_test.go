@@ -3,13 +3,11 @@ package nodeauth
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // podTable is a unit-test Pods: a fixed list of pods.
@@ -215,22 +213,6 @@ func FuzzTargetServiceAccount(f *testing.F) {
 		want, err := spiffeid.FromSegments(td, "ns", sa.Namespace, "sa", sa.Name)
 		if err != nil || want != id {
 			t.Fatalf("%s accepted as %v (rebuilt %v, %v)", id, sa, want, err)
-		}
-	})
-}
-
-// FuzzIsDNSName holds isDNSName equal to the validation Kubernetes itself
-// applies to namespace and service account names.
-func FuzzIsDNSName(f *testing.F) {
-	for _, s := range []string{"a", "castellan-system", "a.b", "a..b", "-a", "a-", "a.-b", "A", "sa.with.dots", strings.Repeat("a", 64), strings.Repeat("a", 254)} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if got, want := isDNSName(s, 63, false), len(validation.IsDNS1123Label(s)) == 0; got != want {
-			t.Fatalf("label %q: isDNSName = %v, Kubernetes says %v", s, got, want)
-		}
-		if got, want := isDNSName(s, 253, true), len(validation.IsDNS1123Subdomain(s)) == 0; got != want {
-			t.Fatalf("subdomain %q: isDNSName = %v, Kubernetes says %v", s, got, want)
 		}
 	})
 }
