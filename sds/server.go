@@ -33,7 +33,6 @@
 package sds
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +45,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/internal/svidserver"
 )
 
 // Limits on what one request may ask for. A request over them ends its
@@ -80,53 +80,39 @@ type Server struct {
 
 var _ secretv3.SecretDiscoveryServiceServer = (*Server)(nil)
 
-// Option configures a Server.
-type Option interface{ apply(*config) }
-
-type config struct {
-	log *slog.Logger
-	reg prometheus.Registerer
-}
-
-type optionFunc func(*config)
-
-func (f optionFunc) apply(c *config) { f(c) }
+// Option configures a Server. The Workload API server takes the same
+// kind (see internal/svidserver).
+type Option = svidserver.Option[struct{}]
 
 // WithLogger sets the logger. The default discards logs.
-func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(c *config) { c.log = l })
-}
+func WithLogger(l *slog.Logger) Option { return svidserver.WithLogger[struct{}](l) }
 
 // WithRegisterer registers the server's metrics on r. By default they are
 // counted but not registered anywhere.
-func WithRegisterer(r prometheus.Registerer) Option {
-	return optionFunc(func(c *config) { c.reg = r })
-}
+func WithRegisterer(r prometheus.Registerer) Option { return svidserver.WithRegisterer[struct{}](r) }
 
 // New returns a Server that serves source to every caller.
 func New(source Source, opts ...Option) (*Server, error) {
-	if source == nil {
-		return nil, errors.New("sds: nil source")
+	resolve, err := svidserver.Fixed("sds", source)
+	if err != nil {
+		return nil, err
 	}
-	return NewResolving(func(context.Context) (Source, error) { return source, nil }, opts...)
+	return NewResolving(resolve, opts...)
 }
 
 // NewResolving returns a Server that serves each call from the Source
 // that resolve returns for it. resolve is called once per stream, when it
 // opens, and once per FetchSecrets call.
 func NewResolving(resolve Resolver, opts ...Option) (*Server, error) {
-	if resolve == nil {
-		return nil, errors.New("sds: nil resolver")
-	}
-	c := config{log: slog.New(slog.DiscardHandler)}
-	for _, o := range opts {
-		o.apply(&c)
-	}
-	m, err := newMetrics(c.reg)
+	c, err := svidserver.Configure("sds", resolve, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &Server{resolve: resolve, log: c.log, metrics: m}, nil
+	m, err := newMetrics(c.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{resolve: c.Resolve, log: c.Logger, metrics: m}, nil
 }
 
 // Register registers the SDS service on g.

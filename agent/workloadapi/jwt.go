@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/internal/svidserver"
 )
 
 // MaxJWTSVIDBytes bounds the token ValidateJWTSVID reads.
@@ -53,7 +54,7 @@ type JWTBundle struct {
 // FetchJWTSVID and ValidateJWTSVID answer Unimplemented and
 // FetchJWTBundles streams an empty key set.
 func WithJWT(j JWTIssuer) Option {
-	return optionFunc(func(c *config) { c.jwt = j })
+	return svidserver.WithOwn(func(c *ownConfig) { c.jwt = j })
 }
 
 // FetchJWTSVID returns a JWT-SVID for the caller and the audiences of the

@@ -19,7 +19,6 @@ package workloadapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 
@@ -31,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/internal/svidserver"
 )
 
 // SecurityHeader is the metadata key every Workload API call must carry,
@@ -55,53 +55,43 @@ type Server struct {
 	jwt     JWTIssuer // nil: no JWT-SVIDs (jwt.go)
 }
 
-// Option configures a Server.
-type Option interface{ apply(*config) }
+// Option configures a Server. The SDS server takes the same kind (see
+// internal/svidserver), with settings of its own.
+type Option = svidserver.Option[ownConfig]
 
-type config struct {
-	log *slog.Logger
-	reg prometheus.Registerer
+// ownConfig holds the settings only this server has.
+type ownConfig struct {
 	jwt JWTIssuer
 }
 
-type optionFunc func(*config)
-
-func (f optionFunc) apply(c *config) { f(c) }
-
 // WithLogger sets the logger. The default discards logs.
-func WithLogger(l *slog.Logger) Option {
-	return optionFunc(func(c *config) { c.log = l })
-}
+func WithLogger(l *slog.Logger) Option { return svidserver.WithLogger[ownConfig](l) }
 
 // WithRegisterer registers the server's metrics on r. By default they are
 // counted but not registered anywhere.
-func WithRegisterer(r prometheus.Registerer) Option {
-	return optionFunc(func(c *config) { c.reg = r })
-}
+func WithRegisterer(r prometheus.Registerer) Option { return svidserver.WithRegisterer[ownConfig](r) }
 
 // New returns a Server that serves source to every caller.
 func New(source Source, opts ...Option) (*Server, error) {
-	if source == nil {
-		return nil, errors.New("workloadapi: nil source")
+	resolve, err := svidserver.Fixed("workloadapi", source)
+	if err != nil {
+		return nil, err
 	}
-	return NewResolving(func(context.Context) (Source, error) { return source, nil }, opts...)
+	return NewResolving(resolve, opts...)
 }
 
 // NewResolving returns a Server that serves each call from the Source
 // that resolve returns for it, called once when the call starts.
 func NewResolving(resolve Resolver, opts ...Option) (*Server, error) {
-	if resolve == nil {
-		return nil, errors.New("workloadapi: nil resolver")
-	}
-	c := config{log: slog.New(slog.DiscardHandler)}
-	for _, o := range opts {
-		o.apply(&c)
-	}
-	m, err := newMetrics(c.reg)
+	c, err := svidserver.Configure("workloadapi", resolve, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &Server{resolve: resolve, log: c.log, metrics: m, jwt: c.jwt}, nil
+	m, err := newMetrics(c.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{resolve: c.Resolve, log: c.Logger, metrics: m, jwt: c.Own.jwt}, nil
 }
 
 // begin starts a stream of method: it checks the security header,
