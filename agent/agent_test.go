@@ -29,6 +29,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/certdir"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
@@ -84,8 +85,14 @@ func (c *testCA) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	store, err := material.Open(ctx, material.Config{Dir: c.dir, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	s, err := server.New(ctx, server.Config{
-		DataDir:        c.dir,
+		Source:         store,
+		Runners:        []func(context.Context) error{store.Run},
 		GRPCAddr:       c.addr,
 		HTTPAddr:       agent.Disabled,
 		ServerDNSNames: []string{serverName},

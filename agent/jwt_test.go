@@ -18,6 +18,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/kms"
 )
@@ -47,8 +48,13 @@ func startJWTCA(t *testing.T, impersonation server.ImpersonationAuthorizer) (*te
 	if err != nil {
 		t.Fatal(err)
 	}
+	store, err := material.Open(ctx, material.Config{Dir: c.dir, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
 	s, err := server.New(ctx, server.Config{
-		DataDir: c.dir, GRPCAddr: "127.0.0.1:0", HTTPAddr: agent.Disabled, ServerDNSNames: []string{serverName},
+		Source: store, Runners: []func(context.Context) error{store.Run}, GRPCAddr: "127.0.0.1:0", HTTPAddr: agent.Disabled, ServerDNSNames: []string{serverName},
 		Authenticator: auth, Logger: slog.New(slog.DiscardHandler), JWT: keys, JWTSVIDTTL: time.Minute, Impersonation: impersonation,
 	})
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/caclient"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
@@ -84,8 +85,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	store, err := material.Open(ctx, material.Config{Dir: filepath.Join(cfg.DataDir, "ca"), TrustDomain: td, Logger: cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	srv, err := server.New(ctx, server.Config{
-		DataDir:        filepath.Join(cfg.DataDir, "ca"),
+		Source:         store,
+		Runners:        []func(context.Context) error{store.Run},
 		GRPCAddr:       "127.0.0.1:0",
 		HTTPAddr:       "127.0.0.1:0",
 		TrustDomain:    td,

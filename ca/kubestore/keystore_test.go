@@ -33,8 +33,7 @@ func TestRotationInKeyStore(t *testing.T) {
 	client := fake.NewClientset()
 	cfg := fastConfig(client, "a")
 	cfg.Signer, cfg.Keys = key, ring
-	cfg.RootTTL, cfg.RotateBefore = 48*time.Hour, 24*time.Hour
-	cfg.PropagationDelay, cfg.MaxLeafTTL, cfg.RetireMargin = time.Hour, time.Hour, time.Minute
+	cfg.RootTTL = 48 * time.Hour
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +41,8 @@ func TestRotationInKeyStore(t *testing.T) {
 	if err := s.ensureSecret(ctx); err != nil {
 		t.Fatal(err)
 	}
+	s.leading.Store(true)
+	r := s.Rotation(rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute})
 	old := s.Authority().Cert
 	noKeyInSecret := func(when string) {
 		t.Helper()
@@ -60,7 +61,7 @@ func TestRotationInKeyStore(t *testing.T) {
 		want string
 	}{{due, "prepare"}, {due.Add(time.Hour), "activate"}, {due.Add(2*time.Hour + 2*time.Minute), "retire"}} {
 		s.now = func() time.Time { return step.at }
-		got, err := s.RotationStep(ctx)
+		got, err := r.Step(ctx, 24*time.Hour)
 		if err != nil || got != step.want {
 			t.Fatalf("step %d = %q, %v; want %q", i, got, err, step.want)
 		}
@@ -100,7 +101,7 @@ func TestRotationRefusedWithoutKeyStore(t *testing.T) {
 	client := fake.NewClientset()
 	cfg := fastConfig(client, "a")
 	cfg.Signer = key
-	cfg.RootTTL, cfg.RotateBefore = 48*time.Hour, 47*time.Hour
+	cfg.RootTTL = 48 * time.Hour
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -108,10 +109,11 @@ func TestRotationRefusedWithoutKeyStore(t *testing.T) {
 	if err := s.ensureSecret(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := s.RotationStep(ctx); got != "" || err != nil {
-		t.Fatalf("RotationStep = %q, %v; want nothing", got, err)
+	s.leading.Store(true)
+	if got, err := s.Rotation(rotation.Policy{}).Step(ctx, 47*time.Hour); got != "" || err != nil {
+		t.Fatalf("Step = %q, %v; want nothing", got, err)
 	}
-	r := &Rotator{Client: client, Namespace: testNS, SecretName: DefaultSecretName, TrustDomain: testTD, Policy: rotation.Policy{}}
+	r := &rotation.Engine{Backend: &SecretBackend{Client: client, Namespace: testNS, SecretName: DefaultSecretName, TrustDomain: testTD}}
 	// The hand-run Rotator has no key store either.
 	err = r.Prepare(ctx, "")
 	if err == nil || !strings.Contains(err.Error(), "--signer-key-uri") {

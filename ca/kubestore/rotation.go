@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
@@ -22,8 +21,8 @@ import (
 )
 
 // A self-signed root that the Store created is rotated by the leader with
-// rotation.Engine, each step one update of the Secret that every replica
-// picks up:
+// rotation.Engine (see Store.Rotation), each step one update of the
+// Secret that every replica picks up:
 //
 //  1. prepare: a new root is stored under NextCACertKey, with its key under
 //     NextCAKeyKey (or, when the root key is in a key store, the key is
@@ -59,36 +58,11 @@ const (
 	PhaseActivated = string(rotation.PhaseActivated)
 )
 
-// DefaultRotationInterval is how often the leader checks for a due step.
-const DefaultRotationInterval = time.Minute
-
-// policy is the rotation policy of the Store's Config.
-func (s *Store) policy() rotation.Policy {
-	return rotation.Policy{PropagationDelay: s.cfg.PropagationDelay, MaxTTL: s.cfg.MaxLeafTTL, RetireMargin: s.cfg.RetireMargin}
-}
-
-// rotate runs rotation steps every RotationInterval until ctx ends. It is
-// a leader job.
-func (s *Store) rotate(ctx context.Context) error {
-	return rotation.Run(ctx, s.cfg.RotationInterval, s.RotationStep, s.log, func(step string) {
-		s.metrics.rotations.WithLabelValues(step).Inc()
-	})
-}
-
-// RotationStep takes the next root rotation step if one is due, and says
-// which ("prepare", "activate", "retire", or "" for none). Only the leader
-// calls it; the Secret's resourceVersion guards against a stale leader.
-func (s *Store) RotationStep(ctx context.Context) (string, error) {
-	b := &secretBackend{client: s.cfg.Client, namespace: s.cfg.Namespace, name: s.cfg.SecretName,
-		signer: s.cfg.Signer, keys: s.cfg.Keys, td: s.cfg.TrustDomain, rootTTL: s.cfg.RootTTL, written: s.observe}
-	e := &rotation.Engine{Backend: b, Policy: s.policy(), Now: func() time.Time { return s.now() }, Logger: s.log}
-	return e.Step(ctx, s.cfg.RotateBefore)
-}
-
-// Rotator takes the root rotation steps of a CA Secret by hand ("castellan
-// ca rotate --material=kubernetes"): the same updates the leader makes
-// when they are due, which every replica picks up.
-type Rotator struct {
+// SecretBackend keeps a root rotation in the CA Secret, for
+// rotation.Engine: each step is one update of the Secret, which every
+// replica picks up. Prepare's from must be empty: the new root is
+// generated.
+type SecretBackend struct {
 	// Client reaches the API server. Required.
 	Client kubernetes.Interface
 	// Namespace and SecretName name the CA Secret. Required.
@@ -100,65 +74,45 @@ type Rotator struct {
 	// --signer-key-uri), is its key store: Prepare creates the next root's
 	// key there. Required to prepare such a rotation.
 	Keys rotation.KeyStore
-	// Policy holds the waits between the phases.
-	Policy rotation.Policy
-	// Now returns the current time. Default: time.Now.
-	Now func() time.Time
-	// Logger receives rotation events. Default: slog.Default().
-	Logger *slog.Logger
-}
 
-func (r *Rotator) engine() *rotation.Engine {
-	b := &secretBackend{client: r.Client, namespace: r.Namespace, name: r.SecretName, keys: r.Keys, td: r.TrustDomain, rootTTL: r.RootTTL}
-	return &rotation.Engine{Backend: b, Policy: r.Policy, Now: r.Now, Logger: r.Logger}
-}
-
-// Prepare adds a new root, with its key, to the Secret's trust bundle.
-// from must be empty: the new root is generated.
-func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	return r.engine().Prepare(ctx, from)
-}
-
-// Activate makes the prepared root sign.
-func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	return r.engine().Activate(ctx, force)
-}
-
-// Retire drops the old root from the trust bundle.
-func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	return r.engine().Retire(ctx, force)
-}
-
-// Status reports the Secret's roots and rotation phase.
-func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
-	return r.engine().Status(ctx)
-}
-
-// secretBackend keeps a rotation in the CA Secret.
-type secretBackend struct {
-	client          kubernetes.Interface
-	namespace, name string
-	// signer is the configured root key when it is outside the Secret;
-	// keys its key store, which a rotation creates the next key in.
-	signer  crypto.Signer
-	keys    rotation.KeyStore
-	td      spiffeid.TrustDomain
-	rootTTL time.Duration
+	// signer is the configured root key when it is outside the Secret.
+	signer crypto.Signer
 	// written, if set, sees each Secret written.
 	written func(*corev1.Secret)
+	// leading, if set, says whether this replica may take automatic
+	// steps; the others only report the status.
+	leading func() bool
+}
+
+// errNotLeader is why a replica that does not hold the Lease takes no
+// automatic rotation step.
+var errNotLeader = errors.New("kubestore: this replica does not hold the Lease; the leader rotates the root")
+
+// Rotation returns the root rotation of the CA Secret under policy p.
+// Every replica reports its status; only the one holding the Lease takes
+// the automatic steps (rotation.Engine.Step), and the Secret's
+// resourceVersion guards against a stale leader.
+func (s *Store) Rotation(p rotation.Policy) *rotation.Engine {
+	b := &SecretBackend{Client: s.cfg.Client, Namespace: s.cfg.Namespace, SecretName: s.cfg.SecretName,
+		TrustDomain: s.cfg.TrustDomain, RootTTL: s.cfg.RootTTL, Keys: s.cfg.Keys,
+		signer: s.cfg.Signer, written: s.observe, leading: s.IsLeader}
+	return &rotation.Engine{Backend: b, Policy: p, Now: func() time.Time { return s.now() }, Logger: s.log}
 }
 
 // Load reads the Secret.
-func (b *secretBackend) Load(ctx context.Context) (*rotation.Material, error) {
-	sec, err := b.client.CoreV1().Secrets(b.namespace).Get(ctx, b.name, metav1.GetOptions{})
+func (b *SecretBackend) Load(ctx context.Context) (*rotation.Material, error) {
+	sec, err := b.Client.CoreV1().Secrets(b.Namespace).Get(ctx, b.SecretName, metav1.GetOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("kubestore: read Secret %s/%s: %w", b.namespace, b.name, err)
+		return nil, fmt.Errorf("kubestore: read Secret %s/%s: %w", b.Namespace, b.SecretName, err)
 	}
 	m, err := secretMaterial(sec)
 	if err != nil {
 		return nil, err
 	}
 	m.Manual = b.rotatable(sec)
+	if m.Manual == nil && b.leading != nil && !b.leading() {
+		m.Manual = errNotLeader
+	}
 	m.Raw = sec.DeepCopy()
 	return m, nil
 }
@@ -166,12 +120,12 @@ func (b *secretBackend) Load(ctx context.Context) (*rotation.Material, error) {
 // rotatable refuses a Secret whose root this package does not rotate: only
 // a self-signed root the Store created, with its key in the Secret or in
 // a key store; plugged-in material is the operator's to replace.
-func (b *secretBackend) rotatable(sec *corev1.Secret) error {
+func (b *SecretBackend) rotatable(sec *corev1.Secret) error {
 	keyInSecret := len(bytes.TrimSpace(sec.Data[CAKeyKey])) != 0
 	switch {
-	case !keyInSecret && b.keys == nil:
+	case !keyInSecret && b.Keys == nil:
 		return errors.New("kubestore: rotation: the root key is held outside the Secret, and no key store is configured to create the next root's key in; give --signer-key-uri")
-	case keyInSecret && b.keys != nil:
+	case keyInSecret && b.Keys != nil:
 		return fmt.Errorf("kubestore: rotation: Secret %s/%s holds its root key, but a key store is configured (--signer-key-uri); the next key would not be where the CA looks for it", sec.Namespace, sec.Name)
 	case sec.Labels[ManagedByLabel] != ManagedByValue:
 		return fmt.Errorf("kubestore: rotation: Secret %s/%s was not created by castellan (label %s=%s); replace plugged-in material by hand", sec.Namespace, sec.Name, ManagedByLabel, ManagedByValue)
@@ -190,7 +144,7 @@ func (b *secretBackend) rotatable(sec *corev1.Secret) error {
 
 // Mint makes the next root: its key in the key store of the active one,
 // or a software key kept in the Secret.
-func (b *secretBackend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
+func (b *SecretBackend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
 	if from != "" {
 		return nil, errors.New("kubestore: a root kept in a Secret is generated; --from is for plugged-in and upstream CAs")
 	}
@@ -203,22 +157,22 @@ func (b *secretBackend) Mint(ctx context.Context, m *rotation.Material, from str
 		name string
 		err  error
 	)
-	if b.keys != nil {
+	if b.Keys != nil {
 		// A software key would defeat an HSM: the next key goes in the
 		// same store, and the Secret names it.
 		name = "castellan-root-" + now.Format("20060102t150405z")
-		if key, err = b.keys.Create(ctx, name); err != nil {
+		if key, err = b.Keys.Create(ctx, name); err != nil {
 			return nil, fmt.Errorf("kubestore: rotation: cannot create the next root's key %q in the key store that holds the active one: %w", name, err)
 		}
 	} else if key, err = kms.GenerateKey(kms.ECDSAP256); err != nil {
 		return nil, fmt.Errorf("kubestore: rotation: %w", err)
 	}
-	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: b.td, TTL: b.rootTTL, NotBefore: now.Add(-time.Minute)})
+	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: b.TrustDomain, TTL: b.RootTTL, NotBefore: now.Add(-time.Minute)})
 	if err != nil {
 		return nil, fmt.Errorf("kubestore: rotation: %w", err)
 	}
 	upd.Data[NextCACertKey] = pemfile.EncodeCertificates([]*x509.Certificate{root})
-	if b.keys == nil {
+	if b.Keys == nil {
 		keyPEM, err := pemfile.EncodePrivateKey(key)
 		if err != nil {
 			return nil, fmt.Errorf("kubestore: rotation: %w", err)
@@ -230,7 +184,7 @@ func (b *secretBackend) Mint(ctx context.Context, m *rotation.Material, from str
 
 // Save writes the step's outcome in one update of the Secret, once it
 // loads.
-func (b *secretBackend) Save(ctx context.Context, m *rotation.Material, c rotation.Change) error {
+func (b *SecretBackend) Save(ctx context.Context, m *rotation.Material, c rotation.Change) error {
 	upd := m.Raw.(*corev1.Secret)
 	switch c.Step {
 	case rotation.StepPrepare, rotation.StepRetire:
@@ -257,7 +211,7 @@ func (b *secretBackend) Save(ctx context.Context, m *rotation.Material, c rotati
 	if err := b.check(ctx, upd, c.State); err != nil {
 		return fmt.Errorf("kubestore: rotation %s: the new material does not load: %w", c.Step, err)
 	}
-	written, err := b.client.CoreV1().Secrets(b.namespace).Update(ctx, upd, metav1.UpdateOptions{})
+	written, err := b.Client.CoreV1().Secrets(b.Namespace).Update(ctx, upd, metav1.UpdateOptions{})
 	if err != nil {
 		return fmt.Errorf("kubestore: rotation %s: update Secret: %w", c.Step, err)
 	}
@@ -270,10 +224,10 @@ func (b *secretBackend) Save(ctx context.Context, m *rotation.Material, c rotati
 // check loads the Secret's new content with the key that will sign. A
 // key outside the Secret that is not at hand (a step taken by hand
 // without the key store) is checked by every replica as it loads.
-func (b *secretBackend) check(ctx context.Context, upd *corev1.Secret, st rotation.State) error {
+func (b *SecretBackend) check(ctx context.Context, upd *corev1.Secret, st rotation.State) error {
 	signer := b.signer
-	if b.keys != nil {
-		k, err := b.keys.Open(ctx, st.Key)
+	if b.Keys != nil {
+		k, err := b.Keys.Open(ctx, st.Key)
 		if err != nil {
 			return err
 		}
@@ -342,28 +296,6 @@ func annotationTime(sec *corev1.Secret, name string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("kubestore: rotation: annotation %s=%q is not an RFC 3339 time", name, v)
 	}
 	return t, nil
-}
-
-// RotationStatus reports the roots of the bundle in the CA Secret last
-// seen and the rotation phase, for the CA's metrics.
-func (s *Store) RotationStatus() (*rotation.Status, error) {
-	s.mu.Lock()
-	sec := s.last
-	s.mu.Unlock()
-	if sec == nil {
-		return nil, errors.New("kubestore: the CA Secret has not been read yet")
-	}
-	return SecretStatus(sec)
-}
-
-// SecretStatus reports the roots of the bundle in the CA Secret sec and
-// the rotation phase its annotations record.
-func SecretStatus(sec *corev1.Secret) (*rotation.Status, error) {
-	m, err := secretMaterial(sec)
-	if err != nil {
-		return nil, err
-	}
-	return rotation.Policy{}.StatusOf(m), nil
 }
 
 // secretMaterial reads the rotation state and roots of the CA Secret sec.

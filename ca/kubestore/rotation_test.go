@@ -21,10 +21,6 @@ func TestRotationSteps(t *testing.T) {
 	client := fake.NewClientset()
 	cfg := fastConfig(client, "a")
 	cfg.RootTTL = 48 * time.Hour
-	cfg.RotateBefore = 24 * time.Hour
-	cfg.PropagationDelay = time.Hour
-	cfg.MaxLeafTTL = 2 * time.Hour
-	cfg.RetireMargin = time.Minute
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -33,11 +29,19 @@ func TestRotationSteps(t *testing.T) {
 	if err := s.ensureSecret(ctx); err != nil {
 		t.Fatal(err)
 	}
+	r := s.Rotation(rotation.Policy{PropagationDelay: time.Hour, MaxTTL: 2 * time.Hour, RetireMargin: time.Minute})
 	oldRoot := s.Authority().Cert
+	// A replica that does not hold the Lease takes no step, even when one
+	// is due.
+	s.now = func() time.Time { return oldRoot.NotAfter.Add(-time.Hour) }
+	if got, err := r.Step(ctx, 24*time.Hour); got != "" || err != nil {
+		t.Fatalf("step of a replica not leading = %q, %v; want nothing", got, err)
+	}
+	s.leading.Store(true)
 	step := func(at time.Time, want string) {
 		t.Helper()
 		s.now = func() time.Time { return at }
-		got, err := s.RotationStep(ctx)
+		got, err := r.Step(ctx, 24*time.Hour)
 		if err != nil {
 			t.Fatalf("step at %v: %v", at, err)
 		}
@@ -46,7 +50,7 @@ func TestRotationSteps(t *testing.T) {
 		}
 		// The status of the rotation, as the metrics and "castellan ca
 		// rotate status" report it, follows each step.
-		st, err := s.RotationStatus()
+		st, err := r.Status(ctx)
 		if err != nil {
 			t.Fatalf("status at %v: %v", at, err)
 		}
@@ -118,7 +122,6 @@ func TestRotationLeavesPluggedInMaterialAlone(t *testing.T) {
 	})
 	cfg := fastConfig(client, "a")
 	cfg.RootTTL = 200 * 365 * 24 * time.Hour
-	cfg.RotateBefore = 100 * 365 * 24 * time.Hour // always due, were it ours
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +129,9 @@ func TestRotationLeavesPluggedInMaterialAlone(t *testing.T) {
 	if err := s.ensureSecret(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := s.RotationStep(context.Background()); err != nil || got != "" {
+	s.leading.Store(true)
+	// Always due, were it ours.
+	if got, err := s.Rotation(rotation.Policy{}).Step(context.Background(), 100*365*24*time.Hour); err != nil || got != "" {
 		t.Fatalf("RotationStep on plugged-in material = %q, %v; want nothing", got, err)
 	}
 }
@@ -145,7 +150,7 @@ func TestManualRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := s.Authority().Cert
-	r := &Rotator{Client: client, Namespace: testNS, SecretName: DefaultSecretName, TrustDomain: testTD,
+	r := &rotation.Engine{Backend: &SecretBackend{Client: client, Namespace: testNS, SecretName: DefaultSecretName, TrustDomain: testTD},
 		Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour}}
 	steps := []struct {
 		name    string

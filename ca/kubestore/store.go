@@ -4,8 +4,9 @@
 // The first replica to hold the Lease creates a self-signed root and writes
 // it, key included, to the Secret. Every replica, the leader included, loads
 // the material from the Secret and signs with it; signing needs no leader.
-// Only the leader runs the periodic jobs: those it is given (trust
-// distribution) and the rotation of a root it created (see RotationStep).
+// Only the leader runs the periodic jobs it is given (trust distribution)
+// and takes the automatic rotation steps of a root it created (see
+// Store.Rotation).
 // A replica never makes a root of its own: once it has loaded
 // one, it refuses to create another, and if the Secret is deleted or cannot
 // be read it reports itself not ready and goes on with what it has. The
@@ -18,7 +19,6 @@
 package kubestore
 
 import (
-	"cmp"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -91,23 +91,6 @@ type Config struct {
 	// names the active root's key in its rotation state, and a rotation
 	// creates the next root's key in the same store, never in software.
 	Keys rotation.KeyStore
-	// RotateBefore, if positive, makes the leader rotate a self-signed root
-	// the Store created when less than this is left of it (see
-	// RotationStep). Zero disables rotation.
-	RotateBefore time.Duration
-	// PropagationDelay is how long a new root sits in the trust bundle
-	// before it signs. Default: rotation.DefaultPropagationDelay.
-	PropagationDelay time.Duration
-	// MaxLeafTTL is the longest SVID lifetime the CA grants; the old root
-	// leaves the bundle that long (plus RetireMargin) after the new one
-	// starts signing. Default: rotation.DefaultMaxTTL.
-	MaxLeafTTL time.Duration
-	// RetireMargin is added to MaxLeafTTL before the old root is retired.
-	// Default: rotation.DefaultRetireMargin.
-	RetireMargin time.Duration
-	// RotationInterval is how often the leader checks whether a rotation
-	// step is due. Default: DefaultRotationInterval.
-	RotationInterval time.Duration
 	// LeaderJobs run on the leader only, from when it holds the Lease and
 	// the Secret exists until it loses the Lease. A job that returns an
 	// error is logged and started again after a pause.
@@ -191,12 +174,6 @@ func New(cfg Config) (*Store, error) {
 	}
 	if cfg.RecheckInterval == 0 {
 		cfg.RecheckInterval = DefaultRecheckInterval
-	}
-	if cfg.RotationInterval == 0 {
-		cfg.RotationInterval = DefaultRotationInterval
-	}
-	if rootTTL := cmp.Or(cfg.RootTTL, 10*365*24*time.Hour); cfg.RotateBefore >= rootTTL {
-		return nil, fmt.Errorf("kubestore: rotating %v before expiry would rotate a root of lifetime %v at once, forever", cfg.RotateBefore, rootTTL)
 	}
 	if cfg.LeaseDuration <= cfg.RenewDeadline || cfg.RenewDeadline <= cfg.RetryPeriod {
 		return nil, fmt.Errorf("kubestore: need lease duration (%v) > renew deadline (%v) > retry period (%v)",
@@ -533,12 +510,8 @@ func (s *Store) lead(ctx context.Context) {
 		}
 	}
 
-	jobs := s.cfg.LeaderJobs
-	if s.cfg.RotateBefore > 0 {
-		jobs = append(slices.Clip(jobs), s.rotate)
-	}
 	var wg sync.WaitGroup
-	for i, job := range jobs {
+	for i, job := range s.cfg.LeaderJobs {
 		wg.Go(func() { s.runJob(ctx, i, job) })
 	}
 	wg.Wait()

@@ -79,7 +79,6 @@ func TestNewChecksConfig(t *testing.T) {
 		{name: "no namespace", mutate: func(c *Config) { c.Namespace = "" }, wantErr: "no namespace"},
 		{name: "no trust domain", mutate: func(c *Config) { c.TrustDomain = spiffeid.TrustDomain{} }, wantErr: "no trust domain"},
 		{name: "renew deadline past lease", mutate: func(c *Config) { c.RenewDeadline = 2 * c.LeaseDuration }, wantErr: "lease duration"},
-		{name: "rotation before the root's whole life", mutate: func(c *Config) { c.RootTTL = time.Hour; c.RotateBefore = 2 * time.Hour }, wantErr: "at once"},
 		{name: "valid"},
 	}
 	for _, tt := range tests {

@@ -91,9 +91,9 @@ func TestExternalKeyAutomaticRotation(t *testing.T) {
 	}
 	old := s.Authority().Cert
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, Keys: keys, Policy: rotation.Policy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &rotation.Engine{Backend: &Backend{Dir: dir, TrustDomain: td, Keys: keys}, Policy: rotation.Policy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
 	// Status needs no key store: "castellan ca rotate status" has none.
-	bare := &Rotator{Dir: dir, Policy: r.Policy, Now: r.Now}
+	bare := &rotation.Engine{Backend: &Backend{Dir: dir}, Policy: r.Policy, Now: r.Now}
 	ctx := context.Background()
 	steps := []struct {
 		advance time.Duration
@@ -176,7 +176,7 @@ func TestExternalKeyRotationRefused(t *testing.T) {
 			if _, err := open(t, dir, func(c *Config) { c.Keys = keys }); err != nil {
 				t.Fatal(err)
 			}
-			r := &Rotator{Dir: dir, TrustDomain: td, Keys: tt.keys(keys), Logger: quiet()}
+			r := &rotation.Engine{Backend: &Backend{Dir: dir, TrustDomain: td, Keys: tt.keys(keys)}, Logger: quiet()}
 			did, err := r.Step(context.Background(), 100*365*24*time.Hour)
 			if err == nil || did != "prepare" || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "next root") {
 				t.Fatalf("Step: did %q, err %v; want a prepare that fails with %q", did, err, tt.wantErr)

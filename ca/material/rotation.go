@@ -35,79 +35,39 @@ const (
 // store (see dirKeys).
 const nextRootKeyName = "next-root-key"
 
-// Rotator prepares, activates and retires roots in a data directory: the
-// rotation.Engine over the data directory's backend. A running CA on the
+// Backend keeps a root rotation in a data directory, for rotation.Engine:
+// rotation.json, the trust bundle in root-cert.pem, a prepared
+// self-signed root in next-root-cert.pem (its key in next-root-key.pem,
+// or in the key store), prepared cacerts in next/. A running CA on the
 // same directory picks every step up on its next reload.
-type Rotator struct {
+//
+// For a self-signed CA, Prepare generates the new root and its key, the
+// key in the store of the active one; for a plugged-in CA, Prepare's from
+// names a directory holding the new cacerts (ca-cert.pem, ca-key.pem,
+// cert-chain.pem, root-cert.pem).
+type Backend struct {
 	// Dir is the CA's data directory.
 	Dir string
 	// TrustDomain names a new self-signed root.
 	TrustDomain spiffeid.TrustDomain
 	// RootTTL is the lifetime of a new self-signed root. Default: 10 years.
 	RootTTL time.Duration
-	// Policy holds the waits between the phases.
-	Policy rotation.Policy
-	// Now returns the current time. Default: time.Now.
-	Now func() time.Time
-	// Logger receives rotation events. Default: slog.Default().
-	Logger *slog.Logger
 	// Keys holds a self-signed root's keys when they are outside the data
 	// directory (no root-key.pem): Prepare creates the next root's key
 	// there, never in software. Status works without it.
 	Keys KeyStore
 }
 
-func (r *Rotator) engine() *rotation.Engine {
-	return &rotation.Engine{Backend: (*dirBackend)(r), Policy: r.Policy, Now: r.Now, Logger: r.Logger}
+// Rotation returns the rotation of the Store's root under policy p: the
+// engine over the Store's data directory and key store.
+func (s *Store) Rotation(p rotation.Policy) *rotation.Engine {
+	b := &Backend{Dir: s.cfg.Dir, TrustDomain: s.cfg.TrustDomain, RootTTL: s.cfg.RootTTL, Keys: s.cfg.Keys}
+	return &rotation.Engine{Backend: b, Policy: p, Logger: s.cfg.Logger}
 }
 
-// Prepare adds a new root to the trust bundle. Nothing is signed with it
-// until Activate. For a self-signed CA the new root and its key are
-// generated, the key in the store of the active one; for a plugged-in CA,
-// from names a directory holding the new cacerts (ca-cert.pem,
-// ca-key.pem, cert-chain.pem, root-cert.pem).
-func (r *Rotator) Prepare(ctx context.Context, from string) error {
-	return r.engine().Prepare(ctx, from)
-}
+func (b *Backend) path(name string) string { return filepath.Join(b.Dir, name) }
 
-// Activate makes the prepared root sign. It refuses before the
-// propagation delay has passed, unless force is set.
-func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	return r.engine().Activate(ctx, force)
-}
-
-// Retire drops every root but the active one from the trust bundle. It
-// refuses while an SVID signed under the old root may still be valid,
-// unless force is set.
-func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	return r.engine().Retire(ctx, force)
-}
-
-// Status reports the roots in the bundle and the rotation phase.
-func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
-	return r.engine().Status(ctx)
-}
-
-// Step takes one automatic rotation step for a self-signed CA (see
-// rotation.Engine.Step) and reports what it did ("" for nothing).
-func (r *Rotator) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
-	return r.engine().Step(ctx, rotateBefore)
-}
-
-// Run calls Step every interval until ctx ends (see rotation.Run).
-func (r *Rotator) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
-	return r.engine().Run(ctx, interval, rotateBefore, observe)
-}
-
-// dirBackend keeps a rotation in a data directory: rotation.json, the
-// trust bundle in root-cert.pem, a prepared self-signed root in
-// next-root-cert.pem (its key in next-root-key.pem, or in the key store),
-// prepared cacerts in next/.
-type dirBackend Rotator
-
-func (b *dirBackend) path(name string) string { return filepath.Join(b.Dir, name) }
-
-func (b *dirBackend) mode() (Mode, error) {
+func (b *Backend) mode() (Mode, error) {
 	st := &Store{cfg: Config{Dir: b.Dir}}
 	plugged, err := st.detect()
 	if err != nil {
@@ -124,13 +84,13 @@ func (b *dirBackend) mode() (Mode, error) {
 
 // external reports whether a self-signed root's key is held outside the
 // data directory.
-func (b *dirBackend) external() bool {
+func (b *Backend) external() bool {
 	_, err := os.Stat(b.path(RootKeyFile))
 	return errors.Is(err, fs.ErrNotExist)
 }
 
 // Load reads the data directory.
-func (b *dirBackend) Load(ctx context.Context) (*rotation.Material, error) {
+func (b *Backend) Load(ctx context.Context) (*rotation.Material, error) {
 	mode, err := b.mode()
 	if err != nil {
 		return nil, err
@@ -185,7 +145,7 @@ func readOptionalCerts(path string) ([]*x509.Certificate, error) {
 // matching the active key, or when the key is outside the data directory
 // and no key store is given, the one the rotation phase and the prepared
 // root (next-root-cert.pem, kept until retirement) tell.
-func (b *dirBackend) activeRoot(ctx context.Context, m *rotation.Material) (*x509.Certificate, error) {
+func (b *Backend) activeRoot(ctx context.Context, m *rotation.Material) (*x509.Certificate, error) {
 	keys, name := b.Keys, m.State.Key
 	if !b.external() {
 		keys, name = dirKeys(b.Dir), ""
@@ -223,7 +183,7 @@ func (b *dirBackend) activeRoot(ctx context.Context, m *rotation.Material) (*x50
 
 // Mint makes the next self-signed root, its key created in the store of
 // the active key, or takes the next cacerts from the directory from.
-func (b *dirBackend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
+func (b *Backend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
 	if m.Mode == ModePluggedIn {
 		if from == "" {
 			return nil, errors.New("material: a plugged-in CA needs the directory of its next cacerts")
@@ -256,7 +216,7 @@ func (b *dirBackend) Mint(ctx context.Context, m *rotation.Material, from string
 	return &rotation.Minted{Roots: []*x509.Certificate{root}, Key: name}, nil
 }
 
-func (b *dirBackend) preparePluggedIn(ctx context.Context, from string) (*rotation.Minted, error) {
+func (b *Backend) preparePluggedIn(ctx context.Context, from string) (*rotation.Minted, error) {
 	next := &Store{cfg: Config{Dir: from, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
 	if ok, err := next.detect(); err != nil || !ok {
 		return nil, fmt.Errorf("material: %s is not a complete cacerts directory: %v", from, err)
@@ -284,7 +244,7 @@ func (b *dirBackend) preparePluggedIn(ctx context.Context, from string) (*rotati
 }
 
 // Save writes the outcome of a step to the data directory.
-func (b *dirBackend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
+func (b *Backend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
 	inDir := m.Mode == ModeSelfSigned && !b.external()
 	switch c.Step {
 	case rotation.StepPrepare:
@@ -338,7 +298,7 @@ func (b *dirBackend) Save(_ context.Context, m *rotation.Material, c rotation.Ch
 	return fmt.Errorf("material: unknown rotation step %q", c.Step)
 }
 
-func (b *dirBackend) writeBundle(certs []*x509.Certificate) error {
+func (b *Backend) writeBundle(certs []*x509.Certificate) error {
 	if err := pemfile.WriteCertificates(b.path(RootCertFile), certs); err != nil {
 		return fmt.Errorf("material: %w", err)
 	}

@@ -20,7 +20,7 @@ func TestSelfSignedRotation(t *testing.T) {
 	}
 	old := s.Authority().Cert
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour}, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &rotation.Engine{Backend: &Backend{Dir: dir, TrustDomain: td}, Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour}, Now: func() time.Time { return now }, Logger: quiet()}
 	ctx := context.Background()
 
 	if err := r.Activate(ctx, false); err == nil || !strings.Contains(err.Error(), "nothing to activate") {
@@ -80,7 +80,7 @@ func TestAutomaticRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	r := &Rotator{Dir: dir, TrustDomain: td, Policy: rotation.Policy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
+	r := &rotation.Engine{Backend: &Backend{Dir: dir, TrustDomain: td}, Policy: rotation.Policy{PropagationDelay: time.Minute, MaxTTL: time.Minute}, Now: func() time.Time { return now }, Logger: quiet()}
 	ctx := context.Background()
 	steps := []struct {
 		advance time.Duration
@@ -114,7 +114,7 @@ func TestPluggedInRotation(t *testing.T) {
 	nextDir := t.TempDir()
 	root2 := testpki.NewCA(t, "root-2")
 	inter2 := writeCACerts(t, nextDir, root2, "inter-2")
-	r := &Rotator{Dir: dir, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond}, Logger: quiet()}
+	r := &rotation.Engine{Backend: &Backend{Dir: dir}, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Millisecond}, Logger: quiet()}
 	ctx := context.Background()
 	if err := r.Prepare(ctx, ""); err == nil {
 		t.Fatal("plugged-in prepare without a directory was accepted")

@@ -32,14 +32,14 @@ func (s *Server) Ready() (bool, string) {
 	}
 	// A CA that node agents rely on is not ready before it knows the
 	// pods: until then it would refuse every agent as Unavailable.
-	if r, ok := s.cfg.Impersonation.(interface{ Ready() (bool, string) }); ok {
+	if r, ok := s.cfg.Impersonation.(Readier); ok {
 		if ok, why := r.Ready(); !ok {
 			return false, why
 		}
 	}
 	// The material source may be ready and still name a problem (an
 	// upstream renewal failing while the current chain signs).
-	if r, ok := s.src.(interface{ Ready() (bool, string) }); ok {
+	if r, ok := s.src.(Readier); ok {
 		return r.Ready()
 	}
 	return true, "ok"

@@ -54,7 +54,7 @@ func startImpersonation(t *testing.T, pods nodeauth.Pods) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := prometheus.NewPedanticRegistry()
 	s, err := New(ctx, Config{
-		DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", HTTPAddr: "-", ServerDNSNames: []string{"castellan.test"},
+		Source: dirSource(t), GRPCAddr: "127.0.0.1:0", HTTPAddr: "-", ServerDNSNames: []string{"castellan.test"},
 		Authenticator: tokenTable{
 			"agent": {Namespace: "castellan-system", ServiceAccount: "castellan-agent", PodName: "agent-a", PodUID: "uid-a", NodeName: "node-a"},
 			"web":   {Namespace: "shop", ServiceAccount: "web", PodName: "web-1", PodUID: "uid-w"},

@@ -18,6 +18,8 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/caclient"
+	"github.com/castellan-mesh/castellan/ca/material"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -41,6 +43,19 @@ func (t tokenTable) Authenticate(_ context.Context, token string) (authn.Caller,
 	return authn.Caller{}, authn.Errorf(authn.ReasonInvalid, "unknown token")
 }
 
+// dirSource opens the CA material of a new data directory: a
+// self-signed root.
+func dirSource(t testing.TB) *material.Store {
+	t.Helper()
+	s, err := material.Open(context.Background(), material.Config{
+		Dir: t.TempDir(), TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 type testServer struct {
 	*Server
 	reg    *prometheus.Registry
@@ -51,8 +66,10 @@ func start(t testing.TB, edits ...func(*Config)) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	reg := prometheus.NewRegistry()
+	src := dirSource(t)
 	cfg := Config{
-		DataDir:        t.TempDir(),
+		Source:         src,
+		Rotation:       src.Rotation(rotation.Policy{}),
 		GRPCAddr:       "127.0.0.1:0",
 		HTTPAddr:       "127.0.0.1:0",
 		ServerDNSNames: []string{"castellan.test"},

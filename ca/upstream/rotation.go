@@ -23,14 +23,20 @@ import (
 // directory, from prepare until retire.
 const NextRootCertFile = material.NextRootCertFile
 
-// Rotator rotates the root of an upstream-signed CA from one upstream
-// issuer to another (two issuers of one Vault PKI mount). It works on the
-// CA's data directory and records each step in rotation.json; the running
-// CA (a Source on the same directory) takes the step within its reload
-// interval: after Prepare it serves the new root in its bundle, after
-// Activate it has the new issuer sign its intermediate, after Retire it
+// Backend keeps the root rotation of an upstream-signed CA, for
+// rotation.Engine: it moves the CA from one upstream issuer to another
+// (two issuers of one Vault PKI mount). It works on the CA's data
+// directory and records each step in rotation.json; the running CA (a
+// Source on the same directory) takes the step within its reload
+// interval: after prepare it serves the new root in its bundle, after
+// activate it has the new issuer sign its intermediate, after retire it
 // drops the old root from its bundle.
-type Rotator struct {
+//
+// Prepare's from names an existing issuer of the mount (a name or ID);
+// empty has the upstream create a new root. Activate refuses while the
+// CA has not served the new root yet, and Retire while the CA still signs
+// under the old root, unless forced.
+type Backend struct {
 	// Dir is the CA's data directory. Required.
 	Dir string
 	// Upstream creates and looks up issuers. Required by Prepare.
@@ -40,22 +46,18 @@ type Rotator struct {
 	// RootTTL is the lifetime of a root created by Prepare. Default: 10
 	// years.
 	RootTTL time.Duration
-	// Policy holds the waits between the phases.
-	Policy rotation.Policy
-	// Now returns the current time. Default: time.Now.
-	Now func() time.Time
 	// Logger receives rotation events. Default: slog.Default().
 	Logger *slog.Logger
 }
 
-func (r *Rotator) log() *slog.Logger {
+func (r *Backend) log() *slog.Logger {
 	if r.Logger != nil {
 		return r.Logger
 	}
 	return slog.Default()
 }
 
-func (r *Rotator) path(name string) string { return filepath.Join(r.Dir, name) }
+func (r *Backend) path(name string) string { return filepath.Join(r.Dir, name) }
 
 // dirState is what an upstream-signed CA's data directory holds.
 type dirState struct {
@@ -66,7 +68,7 @@ type dirState struct {
 }
 
 // read loads the data directory of an upstream-signed CA.
-func (r *Rotator) read() (*dirState, error) {
+func (r *Backend) read() (*dirState, error) {
 	chain, err := pemfile.ReadCertificates(r.path(ChainFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("upstream: %s holds no upstream-signed intermediate (%s is missing); start the CA with --upstream first", r.Dir, ChainFile)
@@ -119,57 +121,9 @@ func readOptional(path string) ([]byte, error) {
 	return b, nil
 }
 
-// Rotator's steps are those of rotation.Engine over backend.
-func (r *Rotator) engine(b *backend) *rotation.Engine {
-	return &rotation.Engine{Backend: b, Policy: r.Policy, Now: r.Now, Logger: r.Logger}
-}
-
-// Prepare makes an upstream issuer's root the next root: it joins the
-// trust bundle the CA serves, and nothing is signed under it until
-// Activate. ref names an existing issuer of the mount (a name or ID);
-// empty has the upstream create a new root.
-func (r *Rotator) Prepare(ctx context.Context, ref string) (*Issuer, error) {
-	if r.Upstream == nil {
-		return nil, errors.New("upstream: preparing a root needs the upstream (Vault) to look up or create its issuer")
-	}
-	b := &backend{r: r}
-	if err := r.engine(b).Prepare(ctx, ref); err != nil {
-		return nil, err
-	}
-	return b.minted, nil
-}
-
-// Activate has the prepared root's issuer sign the CA's intermediate from
-// now on. It refuses before the propagation delay has passed, or while the
-// CA has not served the new root yet, unless force is set.
-func (r *Rotator) Activate(ctx context.Context, force bool) error {
-	return r.engine(&backend{r: r}).Activate(ctx, force)
-}
-
-// Retire drops every root but the new one from the trust bundle. It
-// refuses while an SVID signed under the old root may still be valid, or
-// while the CA still signs under the old root, unless force is set.
-func (r *Rotator) Retire(ctx context.Context, force bool) error {
-	return r.engine(&backend{r: r}).Retire(ctx, force)
-}
-
-// Status reports the roots of the bundle the CA serves, the prepared root
-// if the CA has not served it yet, and the rotation phase.
-func (r *Rotator) Status(ctx context.Context) (*rotation.Status, error) {
-	return r.engine(&backend{r: r}).Status(ctx)
-}
-
-// backend keeps the rotation of an upstream-signed CA in its data
-// directory: rotation.json and the prepared root in next-root-cert.pem.
-// The running Source serves the bundle and renews the intermediate.
-type backend struct {
-	r      *Rotator
-	minted *Issuer // the issuer of the root Mint made
-}
-
 // Load reads the data directory.
-func (b *backend) Load(context.Context) (*rotation.Material, error) {
-	d, err := b.r.read()
+func (b *Backend) Load(context.Context) (*rotation.Material, error) {
+	d, err := b.read()
 	if err != nil {
 		return nil, err
 	}
@@ -184,8 +138,10 @@ func (b *backend) Load(context.Context) (*rotation.Material, error) {
 }
 
 // Mint looks up the issuer ref, or has the upstream create a new root.
-func (b *backend) Mint(ctx context.Context, _ *rotation.Material, ref string, now time.Time) (*rotation.Minted, error) {
-	r := b.r
+func (r *Backend) Mint(ctx context.Context, _ *rotation.Material, ref string, now time.Time) (*rotation.Minted, error) {
+	if r.Upstream == nil {
+		return nil, errors.New("upstream: preparing a root needs the upstream (Vault) to look up or create its issuer")
+	}
 	var (
 		iss *Issuer
 		err error
@@ -204,14 +160,12 @@ func (b *backend) Mint(ctx context.Context, _ *rotation.Material, ref string, no
 	} else if iss, err = r.Upstream.LookupIssuer(ctx, ref); err != nil {
 		return nil, err
 	}
-	b.minted = iss
 	return &rotation.Minted{Roots: []*x509.Certificate{iss.Root()}, Issuer: iss.ID}, nil
 }
 
 // Save writes rotation.json and the prepared root; the running Source
 // takes each step within its reload interval.
-func (b *backend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
-	r := b.r
+func (r *Backend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
 	var next *x509.Certificate
 	if len(m.Next) > 0 {
 		next = m.Next[0]

@@ -65,7 +65,7 @@ func (m *fakeMount) NewRoot(_ context.Context, req RootRequest) (*Issuer, error)
 	return &Issuer{ID: id, Name: req.Name, Cert: f.root}, nil
 }
 
-// clock is a settable time for the Rotator.
+// clock is a settable time for the rotation.
 type clock struct {
 	mu  sync.Mutex
 	now time.Time
@@ -146,7 +146,7 @@ func TestRotationPhases(t *testing.T) {
 	dir := t.TempDir()
 	s, stop := startSource(t, mount, dir)
 	clk := &clock{now: time.Now()}
-	r := &Rotator{Dir: dir, Upstream: mount, TrustDomain: td, Now: clk.Now,
+	r := &rotation.Engine{Backend: &Backend{Dir: dir, Upstream: mount, TrustDomain: td}, Now: clk.Now,
 		Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute}}
 	ctx := context.Background()
 	root1 := s.Authority().Root()
@@ -157,13 +157,18 @@ func TestRotationPhases(t *testing.T) {
 	}
 	wantErr(t, r.Activate(ctx, false), "nothing to activate")
 	wantErr(t, r.Retire(ctx, false), "nothing to retire")
-	_, err = r.Prepare(ctx, "id-1")
-	wantErr(t, err, "nothing to rotate to")
-	_, err = r.Prepare(ctx, "no-such-issuer")
-	wantErr(t, err, "no issuer")
+	wantErr(t, r.Prepare(ctx, "id-1"), "nothing to rotate to")
+	wantErr(t, r.Prepare(ctx, "no-such-issuer"), "no issuer")
 
 	// prepare: the new root joins the bundle; the old one signs.
-	iss, err := r.Prepare(ctx, "")
+	if err := r.Prepare(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	st, err = r.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := mount.LookupIssuer(ctx, st.NextIssuer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,8 +178,7 @@ func TestRotationPhases(t *testing.T) {
 	if !s.Authority().Root().Equal(root1) {
 		t.Fatal("after prepare, the old root must still sign")
 	}
-	_, err = r.Prepare(ctx, "")
-	wantErr(t, err, "already in progress")
+	wantErr(t, r.Prepare(ctx, ""), "already in progress")
 	wantErr(t, r.Activate(ctx, false), "wait until")
 	if st, _ := r.Status(context.Background()); st.Phase != rotation.PhasePrepared || st.NextIssuer != iss.ID || st.ActivateAfter.IsZero() {
 		t.Fatalf("status after prepare = %+v", st)
@@ -234,9 +238,9 @@ func TestRotationRefusesUnsafeSteps(t *testing.T) {
 	dir := t.TempDir()
 	_, stop := startSource(t, mount, dir)
 	stop() // the CA is down: nothing it would do happens.
-	r := &Rotator{Dir: dir, Upstream: mount, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Minute}}
+	r := &rotation.Engine{Backend: &Backend{Dir: dir, Upstream: mount}, Policy: rotation.Policy{PropagationDelay: time.Millisecond, MaxTTL: time.Minute}}
 	ctx := context.Background()
-	if _, err := r.Prepare(ctx, ""); err != nil {
+	if err := r.Prepare(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Millisecond)

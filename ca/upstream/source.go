@@ -80,10 +80,10 @@ type Config struct {
 	// Logger receives renewal events. Default: slog.Default().
 	Logger *slog.Logger
 	// ReloadInterval is how often rotation.json is checked for a step
-	// taken by a Rotator. Default: 5s.
+	// taken by hand (a Backend's). Default: 5s.
 	ReloadInterval time.Duration
-	// RotationPolicy holds the waits between rotation phases, for
-	// RotationStatus.
+	// RotationPolicy holds the waits between rotation phases: how long
+	// the roots of a previous run stay in the bundle, and Rotation's.
 	RotationPolicy rotation.Policy
 	// Registerer, if set, receives the Source's metrics.
 	Registerer prometheus.Registerer
@@ -276,7 +276,7 @@ func (s *Source) renewAt(a *ca.Authority) time.Time {
 // Run renews the intermediate when it is due, retrying failures with
 // jittered exponential backoff, until ctx ends.
 // It also takes the steps of a root rotation recorded in the data
-// directory by a Rotator.
+// directory by hand (see Backend).
 func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -637,9 +637,11 @@ func (s *Source) rebundle() error {
 	return err
 }
 
-// RotationStatus reports the roots of the bundle and the root rotation
-// phase, as the data directory records them.
-func (s *Source) RotationStatus() (*rotation.Status, error) {
-	r := &Rotator{Dir: s.cfg.DataDir, Policy: s.cfg.RotationPolicy}
-	return r.Status(context.Background())
+// Rotation returns the root rotation of the Source's data directory
+// under its RotationPolicy, for its status and for activate and retire.
+// A prepare needs the upstream's issuer manager, with the operator's
+// credentials rather than the CA's: "castellan ca rotate prepare" makes
+// its own Backend.
+func (s *Source) Rotation() *rotation.Engine {
+	return &rotation.Engine{Backend: &Backend{Dir: s.cfg.DataDir, TrustDomain: s.cfg.TrustDomain, Logger: s.log}, Policy: s.cfg.RotationPolicy, Logger: s.log}
 }

@@ -59,7 +59,7 @@ type RootRequest struct {
 }
 
 // IssuerManager is an upstream with several issuers in one place, such as
-// a Vault PKI mount, whose roots can be rotated with a Rotator.
+// a Vault PKI mount, whose roots can be rotated (see Backend).
 type IssuerManager interface {
 	Authority
 	// LookupIssuer reads the issuer ref (a name or ID).

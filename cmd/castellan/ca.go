@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/federation"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
@@ -61,6 +63,9 @@ type caDeps struct {
 	rootTTL, rootRotateBefore time.Duration
 	// policy holds the waits between root rotation phases.
 	policy rotation.Policy
+	// rotation rotates the root of the CA material, once a mode's source
+	// has been made.
+	rotation rotation.Rotator
 	// runners are background jobs started with the server.
 	runners []func(context.Context) error
 	// pods is the shared pod index (see podIndex), nil until asked for.
@@ -200,33 +205,33 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if src == nil {
+		if src, err = dataDirSource(ctx, deps, signer, f.kms.rootKeys()); err != nil {
+			return err
+		}
+	}
 	srv, err := server.New(ctx, server.Config{
-		JWT:            jwtKeys,
-		JWTSVIDTTL:     f.jwt.ttl,
-		Source:         src,
-		Signer:         signer,
-		RootKeys:       f.kms.rootKeys(),
-		Runners:        deps.runners,
-		DataDir:        f.dataDir,
-		GRPCAddr:       f.grpcAddr,
-		HTTPAddr:       f.httpAddr,
-		TrustDomain:    td,
-		ServerDNSNames: f.dnsNames.Values(),
-		Authenticator:  auth,
-		DefaultTTL:     f.defaultTTL,
-		MaxTTL:         f.maxTTL,
-		Logger:         log,
-		Registerer:     reg,
-		Gatherer:       reg,
-		PprofAddr:      pprofAddr,
-		Limits:         limits,
-		IstioMetrics:   f.istioMetrics,
-		Impersonation:  impersonation,
-		DNSProfile:     dnsProfile,
-
-		RootTTL:              deps.rootTTL,
-		RootRotateBefore:     deps.rootRotateBefore,
-		RootPropagationDelay: deps.policy.PropagationDelay,
+		JWT:              jwtKeys,
+		JWTSVIDTTL:       f.jwt.ttl,
+		Source:           src,
+		Rotation:         deps.rotation,
+		Runners:          deps.runners,
+		GRPCAddr:         f.grpcAddr,
+		HTTPAddr:         f.httpAddr,
+		TrustDomain:      td,
+		ServerDNSNames:   f.dnsNames.Values(),
+		Authenticator:    auth,
+		DefaultTTL:       f.defaultTTL,
+		MaxTTL:           f.maxTTL,
+		Logger:           log,
+		Registerer:       reg,
+		Gatherer:         reg,
+		PprofAddr:        pprofAddr,
+		Limits:           limits,
+		IstioMetrics:     f.istioMetrics,
+		Impersonation:    impersonation,
+		DNSProfile:       dnsProfile,
+		RootRotateBefore: deps.rootRotateBefore,
 	})
 	if err != nil {
 		return err
@@ -236,6 +241,21 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	return serveWith(ctx, srv.Serve, fedJobs...)
+}
+
+// dataDirSource opens the CA material in --data-dir: a self-signed root
+// (its key in signer, or in the key store keys), created on first start,
+// or Istio's cacerts. The store's reload goes in d.runners.
+func dataDirSource(ctx context.Context, d *caDeps, signer crypto.Signer, keys rotation.KeyStore) (ca.Source, error) {
+	store, err := material.Open(ctx, material.Config{
+		Dir: d.dataDir, TrustDomain: d.trustDomain, RootTTL: d.rootTTL, Signer: signer, Keys: keys, Logger: d.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.runners = append(d.runners, store.Run)
+	d.rotation = store.Rotation(d.policy)
+	return store, nil
 }
 
 // kubeConfig loads path, or the in-cluster config when path is empty.

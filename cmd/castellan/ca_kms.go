@@ -262,6 +262,7 @@ func (k *kmsFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer) 
 		return nil, err
 	}
 	d.runners = append(d.runners, src.Run)
+	d.rotation = src.Rotation()
 	return src, nil
 }
 

@@ -82,25 +82,24 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer,
 		ctrl  *trust.Controller
 	)
 	cfg := kubestore.Config{
-		Client:      client,
-		Namespace:   k.namespace,
-		SecretName:  k.secretName,
-		LeaseName:   k.leaseName,
-		Identity:    k.podName,
-		TrustDomain: d.trustDomain,
-		RootTTL:     d.rootTTL,
-		// Shared with the data-dir mode: the leader rotates a root it
-		// created as "castellan ca" does one in --data-dir.
-		RotateBefore:     d.rootRotateBefore,
-		PropagationDelay: d.policy.PropagationDelay,
-		MaxLeafTTL:       d.policy.MaxTTL,
-		Signer:           signer,
-		Keys:             keys,
-		LeaseDuration:    k.leaseDuration,
-		RenewDeadline:    k.renewDeadline,
-		RetryPeriod:      k.retryPeriod,
-		Logger:           d.log.With("component", "kubestore"),
-		Registerer:       d.reg,
+		Client:        client,
+		Namespace:     k.namespace,
+		SecretName:    k.secretName,
+		LeaseName:     k.leaseName,
+		Identity:      k.podName,
+		TrustDomain:   d.trustDomain,
+		RootTTL:       d.rootTTL,
+		Signer:        signer,
+		Keys:          keys,
+		LeaseDuration: k.leaseDuration,
+		RenewDeadline: k.renewDeadline,
+		RetryPeriod:   k.retryPeriod,
+		Logger:        d.log.With("component", "kubestore"),
+		Registerer:    d.reg,
+	}
+	if d.rootRotateBefore > 0 && d.rootTTL > 0 && d.rootRotateBefore >= d.rootTTL {
+		// Every root the leader makes would be due at once, forever.
+		return nil, usageError{Err: fmt.Errorf("--root-rotate-before %v is not shorter than --root-ttl %v: every new root would be rotated at once", d.rootRotateBefore, d.rootTTL)}
 	}
 	if k.trustDistribution {
 		ctrl, err = trust.New(trust.Config{
@@ -140,5 +139,8 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer,
 		return nil, err
 	}
 	d.runners = append(d.runners, run)
+	// Shared with the data-dir mode: the leader rotates a root it created
+	// as "castellan ca" does one in --data-dir.
+	d.rotation = store.Rotation(d.policy)
 	return store, nil
 }

@@ -114,20 +114,19 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 	if err != nil {
 		return usageError{Err: fmt.Errorf("--trust-domain %q: %w", trustDomain, err)}
 	}
-	policy := rotation.Policy{PropagationDelay: *propagation, MaxTTL: *maxTTL}
-	mr := &material.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Policy: policy, Logger: cliflag.NewCLILogger(stderr)}
-	var r rotation.Rotator = mr
+	log := cliflag.NewCLILogger(stderr)
+	r := &rotation.Engine{Policy: rotation.Policy{PropagationDelay: *propagation, MaxTTL: *maxTTL}, Logger: log}
 	isUpstream := upstreamDir(*dataDir)
 	var keys rotation.KeyStore
 	if k.keyURI != "" && step == "prepare" && k.upstream == "" && !isUpstream {
 		// The self-signed root's key store, whatever holds the
 		// certificates: the next root's key is created there.
-		ring, err := k.openRing(ctx, &caDeps{log: mr.Logger, reg: prometheus.NewRegistry()})
+		ring, err := k.openRing(ctx, &caDeps{log: log, reg: prometheus.NewRegistry()})
 		if err != nil {
 			return err
 		}
 		defer ring.Close()
-		keys, mr.Keys = ring, ring
+		keys = ring
 	}
 	switch {
 	case kube.material != materialDir && kube.material != materialKubernetes:
@@ -137,22 +136,24 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		if err != nil {
 			return fmt.Errorf("--material=kubernetes needs a cluster (set --kubeconfig or run in a pod): %w", err)
 		}
-		r = &kubestore.Rotator{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: rootTTL, Keys: keys, Policy: policy, Logger: mr.Logger}
+		r.Backend = &kubestore.SecretBackend{Client: client, Namespace: kube.namespace, SecretName: kube.secretName, TrustDomain: td, RootTTL: rootTTL, Keys: keys}
 	case k.upstream != "" && k.upstream != "vault":
 		return usageError{Err: fmt.Errorf("--upstream %q: want vault, or empty", k.upstream)}
 	case k.upstream == "vault" || isUpstream:
 		if !isUpstream {
 			return fmt.Errorf("%s holds no upstream-signed intermediate (%s); start the CA with --upstream=vault first", *dataDir, upstream.ChainFile)
 		}
-		ur := &upstream.Rotator{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Policy: policy, Logger: cliflag.NewCLILogger(stderr)}
+		b := &upstream.Backend{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Logger: log}
 		if step == "prepare" {
-			client, err := k.vaultClient(&caDeps{log: ur.Logger, reg: prometheus.NewRegistry()})
+			client, err := k.vaultClient(&caDeps{log: log, reg: prometheus.NewRegistry()})
 			if err != nil {
 				return err
 			}
-			ur.Upstream = &upstream.VaultPKI{Client: client, Mount: k.pkiMount}
+			b.Upstream = &upstream.VaultPKI{Client: client, Mount: k.pkiMount}
 		}
-		r = upstreamRotator{ur}
+		r.Backend = b
+	default:
+		r.Backend = &material.Backend{Dir: *dataDir, TrustDomain: td, RootTTL: rootTTL, Keys: keys}
 	}
 	switch step {
 	case "prepare":
@@ -176,14 +177,6 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) (
 		printRotation(w, st)
 		return nil
 	})
-}
-
-// upstreamRotator adapts upstream.Rotator to rotation.Rotator.
-type upstreamRotator struct{ *upstream.Rotator }
-
-func (u upstreamRotator) Prepare(ctx context.Context, from string) error {
-	_, err := u.Rotator.Prepare(ctx, from)
-	return err
 }
 
 // openRing opens the key store --signer-key-uri names.

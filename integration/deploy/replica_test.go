@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/caclient"
 	"github.com/castellan-mesh/castellan/ca/kubestore"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/trust"
@@ -55,6 +56,7 @@ type replica struct {
 	log  *slog.Logger
 	logs *testLog
 
+	opts      replicaOptions
 	ctx       context.Context
 	cancel    context.CancelFunc
 	done      chan error // the server's Serve
@@ -66,6 +68,11 @@ type replica struct {
 type replicaOptions struct {
 	trustConfig func(*trust.Config)
 	storeConfig func(*kubestore.Config)
+	// rotateBefore, if positive, has the leader rotate the root when less
+	// than this is left of it, under rotationPolicy, looking every
+	// rotationInterval.
+	rotateBefore, rotationInterval time.Duration
+	rotationPolicy                 rotation.Policy
 }
 
 // startReplica starts a replica named name with client, and returns once
@@ -91,7 +98,7 @@ func launchReplica(t testing.TB, client kubernetes.Interface, name string, opts 
 	logs := &testLog{t: t, prefix: name + ": "}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	reg := prometheus.NewRegistry()
-	r := &replica{name: name, reg: reg, logs: logs, kube: client, log: log, done: make(chan error, 1), storeDone: make(chan error, 1)}
+	r := &replica{name: name, reg: reg, logs: logs, kube: client, log: log, opts: o, done: make(chan error, 1), storeDone: make(chan error, 1)}
 
 	var store *kubestore.Store
 	tcfg := trust.Config{
@@ -159,15 +166,18 @@ func (r *replica) serve(t testing.TB, timeout time.Duration) {
 		t.Fatal(err)
 	}
 	srv, err := server.New(r.ctx, server.Config{
-		Source:         r.store,
-		GRPCAddr:       "127.0.0.1:0",
-		HTTPAddr:       "127.0.0.1:0",
-		TrustDomain:    td,
-		ServerDNSNames: []string{serverName},
-		Authenticator:  auth,
-		Logger:         r.log,
-		Registerer:     r.reg,
-		Gatherer:       r.reg,
+		Source:           r.store,
+		Rotation:         r.store.Rotation(r.opts.rotationPolicy),
+		RootRotateBefore: r.opts.rotateBefore,
+		RotationInterval: r.opts.rotationInterval,
+		GRPCAddr:         "127.0.0.1:0",
+		HTTPAddr:         "127.0.0.1:0",
+		TrustDomain:      td,
+		ServerDNSNames:   []string{serverName},
+		Authenticator:    auth,
+		Logger:           r.log,
+		Registerer:       r.reg,
+		Gatherer:         r.reg,
 	})
 	if err != nil {
 		t.Fatalf("replica %s: %v", r.name, err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/kubestore"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	corev1 "k8s.io/api/core/v1"
@@ -53,18 +54,14 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rotation := func(o *replicaOptions) {
-		o.storeConfig = func(c *kubestore.Config) {
-			c.RotateBefore = 3 * time.Hour // the new roots (10 years) are not due
-			c.PropagationDelay = 4 * time.Second
-			c.MaxLeafTTL = 2 * time.Second
-			c.RetireMargin = time.Second
-			c.RotationInterval = 200 * time.Millisecond
-		}
+	rotating := func(o *replicaOptions) {
+		o.rotateBefore = 3 * time.Hour // the new roots (10 years) are not due
+		o.rotationPolicy = rotation.Policy{PropagationDelay: 4 * time.Second, MaxTTL: 2 * time.Second, RetireMargin: time.Second}
+		o.rotationInterval = 200 * time.Millisecond
 	}
 	var reps []*replica
 	for _, name := range []string{"ca-0", "ca-1", "ca-2"} {
-		reps = append(reps, launchReplica(t, caClient, name, rotation))
+		reps = append(reps, launchReplica(t, caClient, name, rotating))
 	}
 	for _, r := range reps {
 		r.serve(t, 60*time.Second)
@@ -152,7 +149,7 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, f := range families {
-			if f.GetName() != "castellan_kubestore_root_rotation_steps_total" {
+			if f.GetName() != "castellan_ca_rotation_steps_total" {
 				continue
 			}
 			for _, m := range f.GetMetric() {

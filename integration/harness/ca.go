@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -81,6 +82,7 @@ type caOptions struct {
 	maxTTL      time.Duration
 	auth        func(t testing.TB, reg prometheus.Registerer) authn.Authenticator
 	config      []func(*server.Config)
+	material    func(t testing.TB, dataDir string, cfg *server.Config)
 	cacheTTL    time.Duration
 	nodeAgents  []nodeauth.ServiceAccount
 }
@@ -134,6 +136,36 @@ func WithNodeAgents(agents ...nodeauth.ServiceAccount) CAOption {
 // WithServerConfig edits the server configuration just before each start.
 func WithServerConfig(edit func(*server.Config)) CAOption {
 	return optionFunc(func(o *caOptions) { o.config = append(o.config, edit) })
+}
+
+// WithMaterial replaces the CA material of the data directory: open is
+// called on every start, before the WithServerConfig edits, with the data
+// directory and that run's configuration, and sets its Source (and
+// Rotation, Runners). Default: UseDataDir with no key outside it.
+func WithMaterial(open func(t testing.TB, dataDir string, cfg *server.Config)) CAOption {
+	return optionFunc(func(o *caOptions) { o.material = open })
+}
+
+// UseDataDir opens the CA material of mcfg.Dir and wires it into cfg as
+// "castellan ca" does: the Source, its rotation (no automatic steps; the
+// policy's waits are the defaults, with cfg.MaxTTL) and its reload.
+// mcfg's TrustDomain and Logger default to cfg's.
+func UseDataDir(t testing.TB, cfg *server.Config, mcfg material.Config) *material.Store {
+	t.Helper()
+	if mcfg.TrustDomain.IsZero() {
+		mcfg.TrustDomain = cfg.TrustDomain
+	}
+	if mcfg.Logger == nil {
+		mcfg.Logger = cfg.Logger
+	}
+	store, err := material.Open(context.Background(), mcfg)
+	if err != nil {
+		t.Fatalf("harness: CA material: %v", err)
+	}
+	cfg.Source = store
+	cfg.Rotation = store.Rotation(rotation.Policy{MaxTTL: cfg.MaxTTL})
+	cfg.Runners = append(cfg.Runners, store.Run)
+	return store
 }
 
 // StartCA starts a CA on 127.0.0.1 ports chosen by the OS, authenticating
@@ -220,7 +252,6 @@ func (c *CA) start(t testing.TB, grpcAddr, httpAddr string) {
 	reg := prometheus.NewRegistry()
 	logs := &testWriter{t: t}
 	cfg := server.Config{
-		DataDir:        c.DataDir,
 		GRPCAddr:       grpcAddr,
 		HTTPAddr:       httpAddr,
 		TrustDomain:    td,
@@ -235,6 +266,11 @@ func (c *CA) start(t testing.TB, grpcAddr, httpAddr string) {
 	var pods *nodeauth.PodIndex
 	if len(c.opts.nodeAgents) > 0 {
 		pods = c.nodeAgents(t, &cfg)
+	}
+	if c.opts.material != nil {
+		c.opts.material(t, c.DataDir, &cfg)
+	} else {
+		UseDataDir(t, &cfg, material.Config{Dir: c.DataDir})
 	}
 	for _, edit := range c.opts.config {
 		edit(&cfg)

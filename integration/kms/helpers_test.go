@@ -23,6 +23,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/caclient"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/ca/upstream"
 	"github.com/castellan-mesh/castellan/integration/harness"
@@ -264,7 +265,7 @@ type caSetup struct {
 // option returns the harness option that opens the key (and upstream) on
 // every start of the CA.
 func (s caSetup) option(t testing.TB, held *keyedCA) harness.CAOption {
-	return harness.WithServerConfig(func(cfg *server.Config) {
+	return harness.WithMaterial(func(t testing.TB, dataDir string, cfg *server.Config) {
 		held.mu.Lock()
 		defer held.mu.Unlock()
 		if held.key != nil {
@@ -288,14 +289,14 @@ func (s caSetup) option(t testing.TB, held *keyedCA) harness.CAOption {
 		}
 		held.key, held.vault = key, vc
 		if !s.upstream {
-			cfg.Signer = key
+			harness.UseDataDir(t, cfg, material.Config{Dir: dataDir, Signer: key})
 			return
 		}
 		ucfg := upstream.Config{
 			Upstream:    &upstream.VaultPKI{Client: vc},
 			Signer:      key,
 			TrustDomain: cfg.TrustDomain,
-			DataDir:     cfg.DataDir,
+			DataDir:     dataDir,
 			TTL:         time.Hour,
 			Logger:      cfg.Logger,
 			Registerer:  cfg.Registerer,
@@ -308,7 +309,7 @@ func (s caSetup) option(t testing.TB, held *keyedCA) harness.CAOption {
 			t.Fatalf("upstream: %v", err)
 		}
 		held.source = src
-		cfg.Source = src
+		cfg.Source, cfg.Rotation = src, src.Rotation()
 		cfg.Runners = append(cfg.Runners, src.Run)
 	})
 }

@@ -23,16 +23,16 @@ import (
 func TestHSMRootRotationUnderLiveMTLS(t *testing.T) {
 	uri := harness.SoftHSMToken(t, "castellan", "root")
 	var ring *kms.Ring
-	env := newEnv(t, nil, func(ctx context.Context, cfg *server.Config) {
+	env := newEnv(t, nil, func(ctx context.Context, dataDir string, cfg *server.Config) {
 		var err error
 		ring, err = kms.NewRing(ctx, uri, kms.ECDSAP256, kms.Config{})
 		must(t, err)
 		t.Cleanup(func() { ring.Close() })
 		key, _, err := ring.OpenOrCreate(ctx, "")
 		must(t, err)
-		cfg.Signer, cfg.RootKeys = key, ring
+		harness.UseDataDir(t, cfg, material.Config{Dir: dataDir, Signer: key, Keys: ring, ReloadInterval: 100 * time.Millisecond})
 	})
-	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, Keys: ring,
+	r := &rotation.Engine{Backend: &material.Backend{Dir: env.dataDir, TrustDomain: td, Keys: ring},
 		Policy: rotation.Policy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}}
 	newRoot := env.rotateSelfSigned(t, r)
 

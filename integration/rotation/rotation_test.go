@@ -49,14 +49,14 @@ const svidTTL = 10 * time.Second
 // two agents over SDS, handshake continuously. No handshake may fail.
 func TestRootRotationUnderLiveMTLS(t *testing.T) {
 	env := newEnv(t, nil)
-	r := &material.Rotator{Dir: env.dataDir, TrustDomain: td, Policy: rotation.Policy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}}
+	r := &rotation.Engine{Backend: &material.Backend{Dir: env.dataDir, TrustDomain: td}, Policy: rotation.Policy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}}
 	env.rotateSelfSigned(t, r)
 }
 
 // rotateSelfSigned takes r through prepare, activate and retire, each as
 // soon as it is allowed, checking that every peer follows, and that no
 // handshake or SVID check failed.
-func (env *env) rotateSelfSigned(t *testing.T, r *material.Rotator) *x509.Certificate {
+func (env *env) rotateSelfSigned(t *testing.T, r rotation.Rotator) *x509.Certificate {
 	t.Helper()
 	ctx := context.Background()
 	old := env.caRoot()
@@ -118,15 +118,15 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	policy := rotation.Policy{PropagationDelay: time.Second, MaxTTL: svidTTL, RetireMargin: time.Second}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	must(t, err)
-	env := newEnv(t, nil, func(ctx context.Context, cfg *server.Config) {
+	env := newEnv(t, nil, func(ctx context.Context, dataDir string, cfg *server.Config) {
 		caVault, err := vault.New(vault.Config{Address: v.Addr, Auth: vault.AppRoleAuth{RoleID: roleID, SecretID: secretID}, Logger: cfg.Logger})
 		must(t, err)
 		src, err := upstream.New(ctx, upstream.Config{
-			Upstream: &upstream.VaultPKI{Client: caVault}, Signer: key, TrustDomain: td, DataDir: cfg.DataDir,
+			Upstream: &upstream.VaultPKI{Client: caVault}, Signer: key, TrustDomain: td, DataDir: dataDir,
 			TTL: time.Hour, ReloadInterval: 100 * time.Millisecond, RotationPolicy: policy, Logger: cfg.Logger,
 		})
 		must(t, err)
-		cfg.Source = src
+		cfg.Source, cfg.Rotation = src, src.Rotation()
 		cfg.Runners = append(cfg.Runners, src.Run)
 	})
 	if !env.caRoot().Equal(old) {
@@ -135,12 +135,15 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 	operator, err := vault.New(vault.Config{Address: v.Addr, Auth: vault.TokenAuth{Token: v.RootToken}})
 	must(t, err)
 	pki := &upstream.VaultPKI{Client: operator}
-	r := &upstream.Rotator{Dir: env.dataDir, Upstream: pki, TrustDomain: td, RootTTL: 365 * 24 * time.Hour, Policy: policy}
+	r := &rotation.Engine{Backend: &upstream.Backend{Dir: env.dataDir, Upstream: pki, TrustDomain: td, RootTTL: 365 * 24 * time.Hour}, Policy: policy}
 	ctx := context.Background()
 
 	// prepare: Vault creates a new root issuer; it reaches every peer's
 	// bundle while the old root still signs.
-	iss, err := r.Prepare(ctx, "")
+	must(t, r.Prepare(ctx, ""))
+	prepared, err := r.Status(ctx)
+	must(t, err)
+	iss, err := pki.LookupIssuer(ctx, prepared.NextIssuer)
 	must(t, err)
 	newRoot := iss.Root()
 	env.waitAll(t, "every peer trusts both roots", func(m *endpoint) bool { return m.trusts(old) && m.trusts(newRoot) })
@@ -214,7 +217,7 @@ type env struct {
 // newEnv starts the API server, the CA on a new data directory (set up by
 // setup, if given; edit adjusts the CA's configuration) and the agents
 // and endpoints, and starts the handshakes.
-func newEnv(t *testing.T, setup func(dataDir string), edit ...func(context.Context, *server.Config)) *env {
+func newEnv(t *testing.T, setup func(dataDir string), edit ...func(ctx context.Context, dataDir string, cfg *server.Config)) *env {
 	t.Helper()
 	api := harness.StartAPIServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -229,12 +232,15 @@ func newEnv(t *testing.T, setup func(dataDir string), edit ...func(context.Conte
 	cached, err := authn.NewCache(tr, authn.CacheConfig{})
 	must(t, err)
 	cfg := server.Config{
-		DataDir: e.dataDir, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TrustDomain: td,
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", TrustDomain: td,
 		ServerDNSNames: []string{"castellan.test"}, Authenticator: cached,
-		DefaultTTL: svidTTL, MaxTTL: svidTTL, ReloadInterval: 100 * time.Millisecond, Logger: log,
+		DefaultTTL: svidTTL, MaxTTL: svidTTL, Logger: log,
 	}
 	for _, f := range edit {
-		f(ctx, &cfg)
+		f(ctx, e.dataDir, &cfg)
+	}
+	if cfg.Source == nil {
+		harness.UseDataDir(t, &cfg, material.Config{Dir: e.dataDir, ReloadInterval: 100 * time.Millisecond})
 	}
 	srv, err := server.New(ctx, cfg)
 	must(t, err)
