@@ -31,3 +31,11 @@ func SetWebCertCheck(d time.Duration) func() {
 	webCertCheck = d
 	return func() { webCertCheck = old }
 }
+
+// Bundles returns the last good bundle of every foreign trust domain that
+// has one, sorted by trust domain.
+func (f *Federator) Bundles() []*spiffebundle.Bundle {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bundlesLocked()
+}

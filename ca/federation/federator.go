@@ -210,14 +210,8 @@ func loadBundleFile(td spiffeid.TrustDomain, path string) (*spiffebundle.Bundle,
 	return b, nil
 }
 
-// Bundles returns the last good bundle of every foreign trust domain that
-// has one, sorted by trust domain.
-func (f *Federator) Bundles() []*spiffebundle.Bundle {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.bundlesLocked()
-}
-
+// bundlesLocked returns the last good bundle of every foreign trust
+// domain that has one, sorted by trust domain. f.mu is held.
 func (f *Federator) bundlesLocked() []*spiffebundle.Bundle {
 	var out []*spiffebundle.Bundle
 	for _, p := range f.peers {
