@@ -116,6 +116,14 @@ func (x *PodIndex) Synced() bool {
 	return ok
 }
 
+// WaitSynced waits until the index is synced or ctx ends.
+func (x *PodIndex) WaitSynced(ctx context.Context) error {
+	if !cache.WaitForCacheSync(ctx.Done(), x.informer.HasSynced) {
+		return fmt.Errorf("nodeauth: pod index not synced: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
 // Pod returns the pod namespace/name, if the index holds it.
 func (x *PodIndex) Pod(namespace, name string) (Pod, bool) {
 	obj, ok, err := x.informer.GetStore().GetByKey(namespace + "/" + name)
@@ -147,6 +155,9 @@ func (x *PodIndex) ActiveOnNode(node string, sa ServiceAccount) bool {
 	keys, err := x.informer.GetIndexer().IndexKeys(indexNodeServiceAccount, nodeServiceAccountKey(node, sa.Namespace, sa.Name))
 	return err == nil && len(keys) > 0
 }
+
+// Len returns the number of pods in the index.
+func (x *PodIndex) Len() int { return len(x.informer.GetStore().ListKeys()) }
 
 func nodeServiceAccountKey(node, ns, sa string) string {
 	// "/" cannot occur in a node, namespace or service account name.

@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 )
 
 func testPod(ns, name, uid, node, sa string, phase corev1.PodPhase) *corev1.Pod {
@@ -209,12 +208,4 @@ func BenchmarkAuthorizeImpersonation(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// WaitSynced waits until the index is synced or ctx ends.
-func (x *PodIndex) WaitSynced(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), x.informer.HasSynced) {
-		return fmt.Errorf("pod index not synced: %w", context.Cause(ctx))
-	}
-	return nil
 }
