@@ -409,16 +409,7 @@ func (s *Source) bundle(root *x509.Certificate) ([]*x509.Certificate, []retained
 }
 
 func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
-	for _, x := range list {
-		if x.Equal(c) {
-			return true
-		}
-	}
-	return false
-}
-
-func pemEncode(typ string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+	return slices.ContainsFunc(list, c.Equal)
 }
 
 // csr makes the intermediate's certificate request, signed by its key.
@@ -435,7 +426,7 @@ func (s *Source) csr() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream: could not sign the intermediate's CSR with its key: %w", err)
 	}
-	return pemEncode("CERTIFICATE REQUEST", der), nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
 // loadCached returns the intermediate kept in the data directory, with

@@ -175,21 +175,30 @@ func parseIssuer(path string, data map[string]any) (*Issuer, error) {
 		return nil, fmt.Errorf("upstream: %s: the answer names no issuer_id", path)
 	}
 	iss := &Issuer{ID: id, Name: name, Cert: certs[0]}
-	if list, ok := data["ca_chain"].([]any); ok {
-		for _, c := range list {
-			p, _ := c.(string)
-			cs, err := pemfile.ParseCertificates([]byte(p))
-			if err != nil {
-				return nil, fmt.Errorf("upstream: %s: bad certificate in ca_chain: %w", path, err)
-			}
-			for _, c := range cs {
-				if !c.Equal(iss.Cert) && !containsCert(iss.Chain, c) {
-					iss.Chain = append(iss.Chain, c)
-				}
+	list, _ := data["ca_chain"].([]any)
+	if iss.Chain, err = parseChain(path, iss.Cert, list); err != nil {
+		return nil, err
+	}
+	return iss, nil
+}
+
+// parseChain reads the certificates above cert from list, Vault's
+// ca_chain (PEM strings), leaving out cert itself and repeats.
+func parseChain(path string, cert *x509.Certificate, list []any) ([]*x509.Certificate, error) {
+	var chain []*x509.Certificate
+	for _, v := range list {
+		p, _ := v.(string)
+		certs, err := pemfile.ParseCertificates([]byte(p))
+		if err != nil {
+			return nil, fmt.Errorf("upstream: %s: bad certificate in ca_chain: %w", path, err)
+		}
+		for _, c := range certs {
+			if !c.Equal(cert) && !containsCert(chain, c) {
+				chain = append(chain, c)
 			}
 		}
 	}
-	return iss, nil
+	return chain, nil
 }
 
 // SignIntermediate has Vault sign csrPEM as a CA certificate that may not
@@ -215,30 +224,13 @@ func (v *VaultPKI) SignIntermediate(ctx context.Context, csrPEM []byte, ttl time
 		return nil, nil, fmt.Errorf("upstream: %s: the answer holds no certificate: %v", v.path(), err)
 	}
 	cert := certs[0]
-	var chainPEM []string
-	if list, ok := sec.Data["ca_chain"].([]any); ok {
-		for _, c := range list {
-			if s, ok := c.(string); ok {
-				chainPEM = append(chainPEM, s)
-			}
-		}
+	list, _ := sec.Data["ca_chain"].([]any)
+	if s, ok := sec.Data["issuing_ca"].(string); ok && len(list) == 0 {
+		list = []any{s}
 	}
-	if len(chainPEM) == 0 {
-		if s, ok := sec.Data["issuing_ca"].(string); ok {
-			chainPEM = append(chainPEM, s)
-		}
-	}
-	var chain []*x509.Certificate
-	for _, p := range chainPEM {
-		cs, err := pemfile.ParseCertificates([]byte(p))
-		if err != nil {
-			return nil, nil, fmt.Errorf("upstream: %s: bad certificate in ca_chain: %w", v.path(), err)
-		}
-		for _, c := range cs {
-			if !c.Equal(cert) && !containsCert(chain, c) {
-				chain = append(chain, c)
-			}
-		}
+	chain, err := parseChain(v.path(), cert, list)
+	if err != nil {
+		return nil, nil, err
 	}
 	if len(chain) == 0 {
 		return nil, nil, errors.New("upstream: " + v.path() + ": the answer holds no issuing CA")
