@@ -96,36 +96,29 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 	if s.jwt == nil {
 		return s.streamEmptyJWTBundle(stream, source)
 	}
-	var sent string
-	b, jwtChanged := s.jwt.LoadJWTBundle()
-	snap, srcChanged := source.Load()
-	for {
-		key := federatedVersion(snap)
-		if b != nil {
-			key = b.Version + "/" + key
-		}
-		if key != sent {
-			bundles, err := jwtBundleDocs(b, snap.Federated)
-			if err != nil {
-				return status.Error(codes.Internal, err.Error())
-			}
-			if len(bundles) > 0 {
-				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: bundles}); err != nil {
-					return err
-				}
-				s.metrics.pushes.WithLabelValues(method).Inc()
-			}
-			sent = key
-		}
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-jwtChanged:
-			b, jwtChanged = s.jwt.LoadJWTBundle()
-		case <-srcChanged:
-			snap, srcChanged = source.Load()
-		}
+	type state struct {
+		local *JWTBundle
+		snap  svidstore.Snapshot
 	}
+	load := func() (state, <-chan struct{}, <-chan struct{}) {
+		b, jwtChanged := s.jwt.LoadJWTBundle()
+		snap, srcChanged := source.Load()
+		return state{b, snap}, jwtChanged, srcChanged
+	}
+	return push(s, method, stream, load, func(st state) (string, *workload.JWTBundlesResponse, error) {
+		key := federatedVersion(st.snap)
+		if st.local != nil {
+			key = st.local.Version + "/" + key
+		}
+		bundles, err := jwtBundleDocs(st.local, st.snap.Federated)
+		switch {
+		case err != nil:
+			return "", nil, status.Error(codes.Internal, err.Error())
+		case len(bundles) == 0:
+			return key, nil, nil
+		}
+		return key, &workload.JWTBundlesResponse{Bundles: bundles}, nil
+	})
 }
 
 // jwtBundleDocs returns the JWKS documents of local (nil: none) and of
@@ -167,25 +160,13 @@ func federatedJWT(fed *svidstore.Federated) []*jwtbundle.Bundle {
 // streamEmptyJWTBundle sends an empty JWT key set for the trust domain of
 // the workload's SVID, again only if the trust domain changes.
 func (s *Server) streamEmptyJWTBundle(stream grpc.ServerStreamingServer[workload.JWTBundlesResponse], source Source) error {
-	var sent string
-	snap, changed := source.Load()
-	for {
-		if snap.SVID != nil {
-			if td := snap.SVID.ID().TrustDomain().Name(); td != sent {
-				if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{td: []byte(`{"keys":[]}`)}}); err != nil {
-					return err
-				}
-				s.metrics.pushes.WithLabelValues("FetchJWTBundles").Inc()
-				sent = td
-			}
+	return push(s, "FetchJWTBundles", stream, fromSource(source), func(snap svidstore.Snapshot) (string, *workload.JWTBundlesResponse, error) {
+		if snap.SVID == nil {
+			return "", nil, nil
 		}
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-changed:
-			snap, changed = source.Load()
-		}
-	}
+		td := snap.SVID.ID().TrustDomain().Name()
+		return td, &workload.JWTBundlesResponse{Bundles: map[string][]byte{td: []byte(`{"keys":[]}`)}}, nil
+	})
 }
 
 // ValidateJWTSVID checks a JWT-SVID's signature against the JWT bundle of

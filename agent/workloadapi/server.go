@@ -125,32 +125,60 @@ func (s *Server) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerSt
 	}
 	defer done()
 
-	var sentSVID, sentBundle, sentFed string
-	snap, changed := source.Load()
-	for {
-		if snap.Withdrawn != "" {
+	return push(s, method, stream, fromSource(source), func(snap svidstore.Snapshot) (string, *workload.X509SVIDResponse, error) {
+		switch {
+		case snap.Withdrawn != "":
 			// The workload is no longer entitled to the SVID: end the
 			// stream, so that its client stops using what it was sent.
-			return status.Error(codes.PermissionDenied, "workloadapi: the SVID of this workload was withdrawn: "+snap.Withdrawn)
+			return "", nil, status.Error(codes.PermissionDenied, "workloadapi: the SVID of this workload was withdrawn: "+snap.Withdrawn)
+		case snap.SVID == nil || snap.Bundle == nil:
+			return "", nil, nil
 		}
-		if snap.SVID != nil && snap.Bundle != nil && (snap.SVID.Version != sentSVID || snap.Bundle.Version != sentBundle || federatedVersion(snap) != sentFed) {
-			resp := &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
-				SpiffeId:    snap.SVID.ID().String(),
-				X509Svid:    snap.SVID.ChainDER,
-				X509SvidKey: snap.SVID.KeyDER,
-				Bundle:      snap.Bundle.DER,
-			}}, FederatedBundles: federatedX509(snap, nil)}
+		return snap.SVID.Version + "/" + snap.Bundle.Version + "/" + federatedVersion(snap), &workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
+			SpiffeId:    snap.SVID.ID().String(),
+			X509Svid:    snap.SVID.ChainDER,
+			X509SvidKey: snap.SVID.KeyDER,
+			Bundle:      snap.Bundle.DER,
+		}}, FederatedBundles: federatedX509(snap, nil)}, nil
+	})
+}
+
+// feed returns what a stream serves, and the channels closed when it
+// changes (a nil channel never is).
+type feed[T any] func() (state T, changed, alsoChanged <-chan struct{})
+
+// fromSource feeds a stream with the snapshots of source.
+func fromSource(source Source) feed[svidstore.Snapshot] {
+	return func() (svidstore.Snapshot, <-chan struct{}, <-chan struct{}) {
+		snap, changed := source.Load()
+		return snap, changed, nil
+	}
+}
+
+// push sends on stream, counted as a push of method, what render makes
+// of each state load feeds it, whenever its key differs from the last
+// one sent, until the stream ends or render fails. render returns no
+// response for a state with nothing to send.
+func push[T, R any](s *Server, method string, stream grpc.ServerStreamingServer[R], load feed[T], render func(T) (key string, resp *R, err error)) error {
+	var sent string
+	for {
+		state, changed, alsoChanged := load()
+		key, resp, err := render(state)
+		if err != nil {
+			return err
+		}
+		if resp != nil && key != sent {
 			if err := stream.Send(resp); err != nil {
 				return err
 			}
 			s.metrics.pushes.WithLabelValues(method).Inc()
-			sentSVID, sentBundle, sentFed = snap.SVID.Version, snap.Bundle.Version, federatedVersion(snap)
+			sent = key
 		}
 		select {
 		case <-stream.Context().Done():
 			return nil
 		case <-changed:
-			snap, changed = source.Load()
+		case <-alsoChanged:
 		}
 	}
 }
@@ -194,27 +222,14 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 	}
 	defer done()
 
-	var sent string
-	snap, changed := source.Load()
-	for {
-		if snap.SVID != nil && snap.Bundle != nil {
-			td := snap.SVID.ID().TrustDomain().Name()
-			if key := td + "/" + snap.Bundle.Version + "/" + federatedVersion(snap); key != sent {
-				resp := &workload.X509BundlesResponse{Bundles: federatedX509(snap, map[string][]byte{td: snap.Bundle.DER})}
-				if err := stream.Send(resp); err != nil {
-					return err
-				}
-				s.metrics.pushes.WithLabelValues(method).Inc()
-				sent = key
-			}
+	return push(s, method, stream, fromSource(source), func(snap svidstore.Snapshot) (string, *workload.X509BundlesResponse, error) {
+		if snap.SVID == nil || snap.Bundle == nil {
+			return "", nil, nil
 		}
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-changed:
-			snap, changed = source.Load()
-		}
-	}
+		td := snap.SVID.ID().TrustDomain().Name()
+		return td + "/" + snap.Bundle.Version + "/" + federatedVersion(snap),
+			&workload.X509BundlesResponse{Bundles: federatedX509(snap, map[string][]byte{td: snap.Bundle.DER})}, nil
+	})
 }
 
 // checkHeader enforces the Workload API's security header.
