@@ -3,7 +3,6 @@ package ca
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -12,12 +11,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // BenchmarkCryptoFloor is the least any issuance costs: one P-256
 // signature verification (the CSR) and one P-256 signature (the leaf).
 func BenchmarkCryptoFloor(b *testing.B) {
-	key := mustECDSA(b, elliptic.P256())
+	key := testpki.Key(b)
 	digest := sha256.Sum256([]byte("tbs"))
 	sig, _ := ecdsa.SignASN1(rand.Reader, key, digest[:])
 	b.ReportAllocs()
@@ -37,7 +38,7 @@ func BenchmarkCryptoFloor(b *testing.B) {
 // BenchmarkIssue is Castellan's issuance path: parse and verify the CSR,
 // validate it, build and sign the leaf, encode the chain.
 func BenchmarkIssue(b *testing.B) {
-	a := newTestAuthority(b, mustECDSA(b, elliptic.P256()))
+	a := newTestAuthority(b, testpki.NewKey(b, testpki.P256))
 	iss, _ := NewIssuer(StaticSource{a}, Config{})
 	csrs := benchCSRs(b, 64)
 	ctx := context.Background()
@@ -58,7 +59,7 @@ func BenchmarkIssue(b *testing.B) {
 // BenchmarkIssueStdlib is the plain path for comparison: parse, check the
 // signature, x509.CreateCertificate (which verifies its own signature).
 func BenchmarkIssueStdlib(b *testing.B) {
-	a := newTestAuthority(b, mustECDSA(b, elliptic.P256()))
+	a := newTestAuthority(b, testpki.NewKey(b, testpki.P256))
 	csrs := benchCSRs(b, 64)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -101,7 +102,7 @@ func reportCPU(b *testing.B) func() {
 func benchCSRs(b *testing.B, n int) [][]byte {
 	out := make([][]byte, n)
 	for i := range out {
-		out[i] = makeCSR(b, mustECDSA(b, elliptic.P256()), nil)
+		out[i] = makeCSR(b, testpki.NewKey(b, testpki.P256), nil)
 	}
 	return out
 }

@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"net"
@@ -24,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 var (
@@ -50,46 +47,13 @@ func newTestAuthority(t testing.TB, key crypto.Signer) *Authority {
 // intermediate under a fresh root.
 func newIntermediateAuthority(t testing.TB) *Authority {
 	t.Helper()
-	rootKey := mustECDSA(t, elliptic.P256())
-	root := newTestAuthority(t, rootKey)
-	interKey := mustECDSA(t, elliptic.P384())
-	tmpl := &x509.Certificate{
-		SerialNumber:          bigOne(),
-		Subject:               pkix.Name{CommonName: "Castellan Intermediate"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(48 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, interKey.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, _ := x509.ParseCertificate(der)
-	a, err := NewAuthority(inter, interKey, []*x509.Certificate{root.Cert}, []*x509.Certificate{root.Cert})
+	root := testpki.NewCA(t, "Castellan Root")
+	inter := root.ChildCA(t, "Castellan Intermediate", testpki.WithKeyType(testpki.P384))
+	a, err := NewAuthority(inter.Cert, inter.Key, []*x509.Certificate{root.Cert}, []*x509.Certificate{root.Cert})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a
-}
-
-func mustECDSA(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(c, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func mustRSA(t testing.TB, bits int) *rsa.PrivateKey {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, bits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // makeCSR returns a PEM CSR for key, with the given SANs.
@@ -107,14 +71,14 @@ func makeCSR(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) []b
 
 func TestIssueConformantSVID(t *testing.T) {
 	authorities := map[string]*Authority{
-		"p256 root":         newTestAuthority(t, mustECDSA(t, elliptic.P256())),
-		"rsa root":          newTestAuthority(t, mustRSA(t, 2048)),
+		"p256 root":         newTestAuthority(t, testpki.NewKey(t, testpki.P256)),
+		"rsa root":          newTestAuthority(t, testpki.NewKey(t, testpki.RSA2048)),
 		"p384 intermediate": newIntermediateAuthority(t),
 	}
 	keys := map[string]crypto.Signer{
-		"p256":    mustECDSA(t, elliptic.P256()),
-		"p384":    mustECDSA(t, elliptic.P384()),
-		"rsa2048": mustRSA(t, 2048),
+		"p256":    testpki.NewKey(t, testpki.P256),
+		"p384":    testpki.NewKey(t, testpki.P384),
+		"rsa2048": testpki.NewKey(t, testpki.RSA2048),
 	}
 	for an, a := range authorities {
 		for kn, key := range keys {
@@ -209,14 +173,14 @@ func TestTBSMatchesStdlib(t *testing.T) {
 		ttl  time.Duration
 		dns  []string
 	}{
-		{"p256 ca, p256 leaf", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), time.Hour, nil},
-		{"rsa ca, rsa leaf", newTestAuthority(t, mustRSA(t, 2048)), mustRSA(t, 2048), time.Hour, nil},
-		{"p384 intermediate, p384 leaf", newIntermediateAuthority(t), mustECDSA(t, elliptic.P384()), time.Hour, nil},
-		{"generalized time", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), 0, nil},
-		{"ed25519 ca", newTestAuthority(t, ed25519Key(t)), mustECDSA(t, elliptic.P256()), time.Hour, nil},
-		{"dns profile", newTestAuthority(t, mustECDSA(t, elliptic.P256())), mustECDSA(t, elliptic.P256()), time.Hour,
+		{"p256 ca, p256 leaf", newTestAuthority(t, testpki.NewKey(t, testpki.P256)), testpki.NewKey(t, testpki.P256), time.Hour, nil},
+		{"rsa ca, rsa leaf", newTestAuthority(t, testpki.NewKey(t, testpki.RSA2048)), testpki.NewKey(t, testpki.RSA2048), time.Hour, nil},
+		{"p384 intermediate, p384 leaf", newIntermediateAuthority(t), testpki.NewKey(t, testpki.P384), time.Hour, nil},
+		{"generalized time", newTestAuthority(t, testpki.NewKey(t, testpki.P256)), testpki.NewKey(t, testpki.P256), 0, nil},
+		{"ed25519 ca", newTestAuthority(t, testpki.NewKey(t, testpki.Ed25519)), testpki.NewKey(t, testpki.P256), time.Hour, nil},
+		{"dns profile", newTestAuthority(t, testpki.NewKey(t, testpki.P256)), testpki.NewKey(t, testpki.P256), time.Hour,
 			[]string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local"}},
-		{"dns profile, long names", newIntermediateAuthority(t), mustRSA(t, 2048), time.Hour,
+		{"dns profile, long names", newIntermediateAuthority(t), testpki.NewKey(t, testpki.RSA2048), time.Hour,
 			[]string{strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 61)}},
 	}
 	for _, tc := range cases {
@@ -265,18 +229,10 @@ func TestTBSMatchesStdlib(t *testing.T) {
 	}
 }
 
-func ed25519Key(t testing.TB) crypto.Signer {
-	_, k, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 func TestIssueRejects(t *testing.T) {
-	a := newTestAuthority(t, mustECDSA(t, elliptic.P256()))
+	a := newTestAuthority(t, testpki.NewKey(t, testpki.P256))
 	iss, _ := NewIssuer(StaticSource{a}, Config{})
-	p256 := mustECDSA(t, elliptic.P256())
+	p256 := testpki.NewKey(t, testpki.P256)
 	other := spiffeid.RequireFromPath(testTD, "/ns/prod/sa/admin")
 	goodCSR := makeCSR(t, p256, nil)
 	tampered := func() []byte {
@@ -299,9 +255,9 @@ func TestIssueRejects(t *testing.T) {
 		{"two csrs", append(append([]byte(nil), goodCSR...), goodCSR...), 0, ReasonMalformedCSR},
 		{"oversized", bytes.Repeat([]byte("A"), MaxCSRSize+1), 0, ReasonMalformedCSR},
 		{"bad signature", tampered, 0, ReasonBadSignature},
-		{"rsa 1024", makeCSR(t, mustRSA(t, 1024), nil), 0, ReasonUnsupportedKey},
-		{"p224", makeCSR(t, mustECDSA(t, elliptic.P224()), nil), 0, ReasonUnsupportedKey},
-		{"ed25519", makeCSR(t, ed25519Key(t), nil), 0, ReasonUnsupportedKey},
+		{"rsa 1024", makeCSR(t, testpki.NewKey(t, testpki.RSA1024), nil), 0, ReasonUnsupportedKey},
+		{"p224", makeCSR(t, testpki.NewKey(t, testpki.P224), nil), 0, ReasonUnsupportedKey},
+		{"ed25519", makeCSR(t, testpki.NewKey(t, testpki.Ed25519), nil), 0, ReasonUnsupportedKey},
 		{"other spiffe id", makeCSR(t, p256, &x509.CertificateRequest{URIs: []*url.URL{other.URL()}}), 0, ReasonIdentityMismatch},
 		{"two uris", makeCSR(t, p256, &x509.CertificateRequest{URIs: []*url.URL{testID.URL(), other.URL()}}), 0, ReasonForbiddenSAN},
 		{"dns san", makeCSR(t, p256, &x509.CertificateRequest{DNSNames: []string{"evil.example.com"}}), 0, ReasonForbiddenSAN},
@@ -329,7 +285,7 @@ func TestValidity(t *testing.T) {
 	a := newIntermediateAuthority(t) // expires in 48h
 	now := time.Now()
 	iss, _ := NewIssuer(StaticSource{a}, Config{DefaultTTL: time.Hour, MaxTTL: 100 * time.Hour, Now: func() time.Time { return now }})
-	key := mustECDSA(t, elliptic.P256())
+	key := testpki.NewKey(t, testpki.P256)
 	tests := []struct {
 		name string
 		ttl  time.Duration
@@ -371,9 +327,9 @@ func TestValidity(t *testing.T) {
 }
 
 func TestNewAuthorityRejects(t *testing.T) {
-	k := mustECDSA(t, elliptic.P256())
+	k := testpki.NewKey(t, testpki.P256)
 	root := newTestAuthority(t, k)
-	other := newTestAuthority(t, mustECDSA(t, elliptic.P256()))
+	other := newTestAuthority(t, testpki.NewKey(t, testpki.P256))
 	inter := newIntermediateAuthority(t)
 	tests := []struct {
 		name   string
@@ -383,7 +339,7 @@ func TestNewAuthorityRejects(t *testing.T) {
 		roots  []*x509.Certificate
 		substr string
 	}{
-		{"key mismatch", root.Cert, mustECDSA(t, elliptic.P256()), nil, []*x509.Certificate{root.Cert}, "does not match"},
+		{"key mismatch", root.Cert, testpki.NewKey(t, testpki.P256), nil, []*x509.Certificate{root.Cert}, "does not match"},
 		{"empty bundle", root.Cert, k, nil, nil, "empty trust bundle"},
 		{"root not in bundle", root.Cert, k, nil, []*x509.Certificate{other.Cert}, "not in the trust bundle"},
 		{"intermediate without chain", inter.Cert, inter.Signer, nil, inter.Roots, "not self-signed"},
@@ -400,8 +356,7 @@ func TestNewAuthorityRejects(t *testing.T) {
 }
 
 func FuzzParseCSR(f *testing.F) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	good := makeCSR(f, key, nil)
+	good := makeCSR(f, testpki.NewKey(f, testpki.P256), nil)
 	f.Add(good)
 	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n"))
 	f.Add([]byte{})
@@ -420,8 +375,6 @@ func FuzzParseCSR(f *testing.F) {
 		_ = ValidateCSR(csr, testID)
 	})
 }
-
-func bigOne() *bigInt { return newBig(1) }
 
 func TestErrorsAreRejectErrors(t *testing.T) {
 	var re *RejectError

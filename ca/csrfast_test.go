@@ -2,7 +2,6 @@ package ca
 
 import (
 	"bytes"
-	"crypto/elliptic"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -11,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 // referenceKey is the crypto/x509 path: ParseCSR, then ValidateCSR.
@@ -50,7 +51,7 @@ func fastPathCSRs(t testing.TB) []struct {
 	csr  []byte
 	fast bool // the fast path must handle it
 } {
-	p256 := mustECDSA(t, elliptic.P256())
+	p256 := testpki.NewKey(t, testpki.P256)
 	other := spiffeid.RequireFromPath(testTD, "/ns/prod/sa/admin")
 	good := makeCSR(t, p256, nil)
 	tampered := func() []byte {
@@ -88,10 +89,10 @@ func fastPathCSRs(t testing.TB) []struct {
 		{"two uris", makeCSR(t, p256, &x509.CertificateRequest{URIs: []*url.URL{testID.URL(), testID.URL()}}), false},
 		{"dns san", makeCSR(t, p256, &x509.CertificateRequest{DNSNames: []string{"evil.example.com"}}), false},
 		{"email san", makeCSR(t, p256, &x509.CertificateRequest{EmailAddresses: []string{"a@b.c"}}), false},
-		{"p384", makeCSR(t, mustECDSA(t, elliptic.P384()), nil), false},
-		{"rsa", makeCSR(t, mustRSA(t, 2048), nil), false},
-		{"p224", makeCSR(t, mustECDSA(t, elliptic.P224()), nil), false},
-		{"ed25519", makeCSR(t, ed25519Key(t), nil), false},
+		{"p384", makeCSR(t, testpki.NewKey(t, testpki.P384), nil), false},
+		{"rsa", makeCSR(t, testpki.NewKey(t, testpki.RSA2048), nil), false},
+		{"p224", makeCSR(t, testpki.NewKey(t, testpki.P224), nil), false},
+		{"ed25519", makeCSR(t, testpki.NewKey(t, testpki.Ed25519), nil), false},
 		{"trailing data", append(append([]byte(nil), good...), "junk"...), false},
 	}
 }

@@ -2,7 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/elliptic"
 	"crypto/x509"
 	"net/url"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/castellan-mesh/castellan/internal/dnsname"
+	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
 var istiodID = spiffeid.RequireFromPath(testTD, "/ns/istio-system/sa/istiod")
@@ -119,13 +119,13 @@ func FuzzParseDNSProfile(f *testing.F) {
 }
 
 func TestIssueDNSProfile(t *testing.T) {
-	a := newTestAuthority(t, mustECDSA(t, elliptic.P256()))
+	a := newTestAuthority(t, testpki.NewKey(t, testpki.P256))
 	profile, err := ParseDNSProfile(istiodProfile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	iss, _ := NewIssuer(StaticSource{a}, Config{DNS: profile})
-	key := mustECDSA(t, elliptic.P256())
+	key := testpki.NewKey(t, testpki.P256)
 	csr := func(id spiffeid.ID, names ...string) []byte {
 		return makeCSR(t, key, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}, DNSNames: names})
 	}

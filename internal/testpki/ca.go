@@ -13,8 +13,9 @@ import (
 
 // CA is a test certificate authority in the manner of go-spiffe's test
 // CA: a self-signed root, or an intermediate under another CA, that
-// issues intermediates and X509-SVIDs with fresh P-256 keys and random
-// serials. It checks nothing the product CA checks.
+// issues intermediates and X509-SVIDs with fresh keys (P-256 unless
+// WithKeyType says otherwise) and random serials. It checks nothing the
+// product CA checks.
 type CA struct {
 	// Cert is the CA's certificate, Key its key.
 	Cert *x509.Certificate
@@ -24,20 +25,47 @@ type CA struct {
 	Chain []*x509.Certificate
 }
 
+// CAOption configures NewCA and ChildCA.
+type CAOption func(*caConfig)
+
+type caConfig struct {
+	keyType KeyType
+}
+
+// WithKeyType gives the CA a key of type kt, which must be an ECDSA one
+// (P256, the default, or P384), instead of P-256.
+func WithKeyType(kt KeyType) CAOption {
+	return func(c *caConfig) { c.keyType = kt }
+}
+
+// caKey returns a new key for a CA configured by opts.
+func caKey(t testing.TB, opts []CAOption) *ecdsa.PrivateKey {
+	t.Helper()
+	cfg := caConfig{keyType: P256}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	k, err := ecdsa.GenerateKey(curve(t, cfg.keyType), rand.Reader)
+	if err != nil {
+		t.Fatalf("testpki: %v", err)
+	}
+	return k
+}
+
 // NewCA returns a self-signed root with common name name, valid from an
 // hour ago until a day from now.
-func NewCA(t testing.TB, name string) *CA {
+func NewCA(t testing.TB, name string, opts ...CAOption) *CA {
 	t.Helper()
-	key := Key(t)
+	key := caKey(t, opts)
 	cert := Create(t, caTemplate(Serial(t), name, time.Now(), 24*time.Hour), nil, key.Public(), key)
 	return &CA{Cert: cert, Key: key, Chain: []*x509.Certificate{cert}}
 }
 
 // ChildCA returns an intermediate with common name name, signed by ca,
 // valid until a day from now.
-func (ca *CA) ChildCA(t testing.TB, name string) *CA {
+func (ca *CA) ChildCA(t testing.TB, name string, opts ...CAOption) *CA {
 	t.Helper()
-	key := Key(t)
+	key := caKey(t, opts)
 	cert := Create(t, caTemplate(Serial(t), name, time.Now(), 24*time.Hour), ca.Cert, key.Public(), ca.Key)
 	return &CA{Cert: cert, Key: key, Chain: append([]*x509.Certificate{cert}, ca.Chain...)}
 }
