@@ -2,6 +2,7 @@ package jwtsvid_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -246,5 +247,56 @@ func TestCheckRotateEvery(t *testing.T) {
 				t.Fatalf("CheckRotateEvery(%s, %s): %v", tc.every, tc.prop, err)
 			}
 		})
+	}
+}
+
+// TestRotationState: each step leaves the State the CA and the Secret
+// store read: the previous key named from activation to retirement, the
+// activation time kept until the next activation, the retired names
+// capped at the last 32.
+func TestRotationState(t *testing.T) {
+	ctx := context.Background()
+	ks, r := newKeySet(t)
+	first := ks.Keys().State
+	first.Retired = make([]string, 32)
+	for i := range first.Retired {
+		first.Retired[i] = fmt.Sprintf("%sold%d", jwtsvid.KeyNamePrefix, i)
+	}
+	if err := jwtsvid.WriteState(r.Dir, first); err != nil {
+		t.Fatal(err)
+	}
+	a := first.Active
+	now := first.ActivatedAt.Add(time.Hour)
+	r.Now = func() time.Time { return now }
+	var next string
+	for _, s := range []struct {
+		name string
+		step func() error
+		want func(st jwtsvid.State) bool
+	}{
+		{"prepare", func() error { return r.Prepare(ctx) }, func(st jwtsvid.State) bool {
+			next = st.Next
+			return st.Phase == rotation.PhasePrepared && st.Active == a && next != "" && st.Previous == "" &&
+				st.PreparedAt.Equal(now) && st.ActivatedAt.Equal(first.ActivatedAt) && len(st.Retired) == 32
+		}},
+		{"activate", func() error { return r.Activate(ctx, true) }, func(st jwtsvid.State) bool {
+			return st.Phase == rotation.PhaseActivated && st.Active == next && st.Next == "" && st.Previous == a &&
+				st.ActivatedAt.Equal(now) && st.RetireAfter.After(now)
+		}},
+		{"retire", func() error { return r.Retire(ctx, true) }, func(st jwtsvid.State) bool {
+			return st.Phase == rotation.PhaseSteady && st.Active == next && st.Previous == "" && st.ActivatedAt.Equal(now) &&
+				st.RetireAfter.IsZero() && len(st.Retired) == 32 && st.Retired[31] == a && st.Retired[0] == first.Retired[1]
+		}},
+	} {
+		if err := s.step(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		st, _, err := jwtsvid.ReadState(r.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.want(st) {
+			t.Fatalf("state after %s: %+v", s.name, st)
+		}
 	}
 }
