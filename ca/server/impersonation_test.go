@@ -4,13 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"log/slog"
 	"strings"
 	"testing"
 
-	"github.com/castellan-mesh/castellan/ca/caclient"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -51,31 +48,14 @@ func startImpersonation(t *testing.T, pods nodeauth.Pods) *testServer {
 		}
 		imp = a
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	reg := prometheus.NewPedanticRegistry()
-	s, err := New(ctx, Config{
-		Source: dirSource(t), GRPCAddr: "127.0.0.1:0", HTTPAddr: "-", ServerDNSNames: []string{"castellan.test"},
-		Authenticator: tokenTable{
+	return start(t, func(c *Config) {
+		c.HTTPAddr = "-"
+		c.Authenticator = tokenTable{
 			"agent": {Namespace: "castellan-system", ServiceAccount: "castellan-agent", PodName: "agent-a", PodUID: "uid-a", NodeName: "node-a"},
 			"web":   {Namespace: "shop", ServiceAccount: "web", PodName: "web-1", PodUID: "uid-w"},
-		},
-		Logger: slog.New(slog.DiscardHandler), Registerer: reg, Gatherer: reg,
-		Impersonation: imp,
+		}
+		c.Impersonation = imp
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = s.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	roots := x509.NewCertPool()
-	roots.AddCert(s.Source().Authority().Root())
-	c, err := caclient.New(caclient.Config{Addr: s.GRPCAddr(), Roots: roots, ServerName: "castellan.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &testServer{Server: s, reg: reg, client: c}
 }
 
 func TestImpersonate(t *testing.T) {

@@ -65,7 +65,7 @@ type testServer struct {
 func start(t testing.TB, edits ...func(*Config)) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	reg := prometheus.NewRegistry()
+	reg := prometheus.NewPedanticRegistry()
 	src := dirSource(t)
 	cfg := Config{
 		Source:         src,
