@@ -42,54 +42,46 @@ func (f *Factory) Register(cs ...prometheus.Collector) {
 // Err returns every registration failure so far, joined, or nil.
 func (f *Factory) Err() error { return errors.Join(f.errs...) }
 
-// Counter returns a registered counter.
-func (f *Factory) Counter(name, help string) prometheus.Counter {
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+// register registers c on f and returns it.
+func register[C prometheus.Collector](f *Factory, c C) C {
 	f.Register(c)
 	return c
+}
+
+// Counter returns a registered counter.
+func (f *Factory) Counter(name, help string) prometheus.Counter {
+	return register(f, prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help}))
 }
 
 // CounterVec returns a registered counter with labels.
 func (f *Factory) CounterVec(name, help string, labels ...string) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
-	f.Register(c)
-	return c
+	return register(f, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels))
 }
 
 // Gauge returns a registered gauge.
 func (f *Factory) Gauge(name, help string) prometheus.Gauge {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
-	f.Register(g)
-	return g
+	return register(f, prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help}))
 }
 
 // GaugeVec returns a registered gauge with labels.
 func (f *Factory) GaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
-	f.Register(g)
-	return g
+	return register(f, prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels))
 }
 
 // GaugeFunc returns a registered gauge whose value is value's result at
 // each scrape.
 func (f *Factory) GaugeFunc(name, help string, value func() float64) prometheus.GaugeFunc {
-	g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, value)
-	f.Register(g)
-	return g
+	return register(f, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, value))
 }
 
 // Histogram returns a registered histogram with buckets (nil:
 // prometheus.DefBuckets).
 func (f *Factory) Histogram(name, help string, buckets []float64) prometheus.Histogram {
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
-	f.Register(h)
-	return h
+	return register(f, prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}))
 }
 
 // HistogramVec returns a registered histogram with buckets (nil:
 // prometheus.DefBuckets) and labels.
 func (f *Factory) HistogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
-	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
-	f.Register(h)
-	return h
+	return register(f, prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels))
 }
