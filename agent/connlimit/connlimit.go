@@ -94,18 +94,17 @@ func New(limits Limits, reg prometheus.Registerer) (*Handler, error) {
 	if limits.RequestBurst == 0 {
 		limits.RequestBurst = DefaultRequestBurst
 	}
+	f := promreg.With(reg)
 	h := &Handler{
 		limits: limits,
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_agent_connection_refusals_total",
-			Help: "Calls and requests on the agent's sockets refused because their connection, or all of them, were over a limit, by reason (streams, total_streams or request_rate).",
-		}, []string{"reason"}),
+		refusals: f.CounterVec("castellan_agent_connection_refusals_total",
+			"Calls and requests on the agent's sockets refused because their connection, or all of them, were over a limit, by reason (streams, total_streams or request_rate).", "reason"),
+	}
+	if err := f.Err(); err != nil {
+		return nil, fmt.Errorf("connlimit: could not register metrics: %w", err)
 	}
 	for _, r := range []string{reasonStreams, reasonTotalStreams, reasonRate} {
 		h.refusals.WithLabelValues(r)
-	}
-	if err := promreg.Register(reg, h.refusals); err != nil {
-		return nil, fmt.Errorf("connlimit: could not register metrics: %w", err)
 	}
 	return h, nil
 }

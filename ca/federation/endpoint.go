@@ -149,11 +149,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	}
 	e := &Endpoint{cfg: cfg, log: cfg.Logger, seq: newSequencer(cfg.Sequence)}
 	var err error
-	e.served = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "castellan_bundle_endpoint_requests_total",
-		Help: "Requests to the SPIFFE bundle endpoint, by result (ok, error).",
-	}, []string{"result"})
-	if err := promreg.Register(cfg.Registerer, e.served); err != nil {
+	f := promreg.With(cfg.Registerer)
+	e.served = f.CounterVec("castellan_bundle_endpoint_requests_total", "Requests to the SPIFFE bundle endpoint, by result (ok, error).", "result")
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("federation: bundle endpoint: could not register metrics: %w", err)
 	}
 	if cfg.Profile == ProfileSPIFFE {

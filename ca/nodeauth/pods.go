@@ -82,11 +82,10 @@ func NewPodIndex(cfg PodIndexConfig) (*PodIndex, error) {
 		return nil, fmt.Errorf("nodeauth: pod index: %w", err)
 	}
 	x := &PodIndex{informer: inf}
-	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "castellan_ca_pod_index_pods",
-		Help: "Pods in the CA's local pod index (used to authorize node agents).",
-	}, func() float64 { return float64(len(inf.GetStore().ListKeys())) })
-	if err := promreg.Register(cfg.Registerer, size); err != nil {
+	f := promreg.With(cfg.Registerer)
+	f.GaugeFunc("castellan_ca_pod_index_pods", "Pods in the CA's local pod index (used to authorize node agents).",
+		func() float64 { return float64(len(inf.GetStore().ListKeys())) })
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("nodeauth: registering the pod index metric: %w", err)
 	}
 	return x, nil

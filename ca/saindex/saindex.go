@@ -45,11 +45,11 @@ func New(cfg Config) (*Index, error) {
 	}
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTransform(strip))
 	inf := factory.Core().V1().ServiceAccounts().Informer()
-	size := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "castellan_ca_serviceaccount_index_size",
-		Help: "Service accounts in the CA's local index (used to accept tokens without a TokenReview and to revoke cached ones).",
-	}, func() float64 { return float64(len(inf.GetStore().ListKeys())) })
-	if err := promreg.Register(cfg.Registerer, size); err != nil {
+	f := promreg.With(cfg.Registerer)
+	f.GaugeFunc("castellan_ca_serviceaccount_index_size",
+		"Service accounts in the CA's local index (used to accept tokens without a TokenReview and to revoke cached ones).",
+		func() float64 { return float64(len(inf.GetStore().ListKeys())) })
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("saindex: registering metrics: %w", err)
 	}
 	return &Index{informer: inf}, nil
