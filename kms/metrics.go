@@ -19,22 +19,13 @@ type metrics struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
+	f := promreg.WithShared(reg)
 	m := &metrics{
-		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "castellan_kms_sign_duration_seconds",
-			Help:    "Time the CA key takes to sign, by key store (file, pkcs11, vault-transit).",
-			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
-		}, []string{"backend"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_kms_sign_errors_total",
-			Help: "Signatures the CA key store failed to make, by key store.",
-		}, []string{"backend"}),
+		seconds: f.HistogramVec("castellan_kms_sign_duration_seconds", "Time the CA key takes to sign, by key store (file, pkcs11, vault-transit).",
+			[]float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5}, "backend"),
+		errors: f.CounterVec("castellan_kms_sign_errors_total", "Signatures the CA key store failed to make, by key store.", "backend"),
 	}
-	var err error
-	if m.seconds, err = promreg.Shared(reg, m.seconds); err != nil {
-		return nil, fmt.Errorf("kms: metrics: %w", err)
-	}
-	if m.errors, err = promreg.Shared(reg, m.errors); err != nil {
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("kms: metrics: %w", err)
 	}
 	return m, nil

@@ -132,11 +132,11 @@ func NewCache(next Authenticator, cfg CacheConfig) (*Cache, error) {
 	for i := range c.shards {
 		c.shards[i].m = make(map[[sha256.Size]byte]cacheEntry)
 	}
-	lookups, err := promreg.Shared(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "castellan_authn_cache_total",
-		Help: "Authentication cache lookups, by result: hit (answered from the cache), miss (the token was checked), shared (waited on a check already in flight), revoked (a remembered success no longer held and was checked again).",
-	}, []string{"result"}))
-	if err != nil {
+	f := promreg.WithShared(cfg.Registerer)
+	lookups := f.CounterVec("castellan_authn_cache_total",
+		"Authentication cache lookups, by result: hit (answered from the cache), miss (the token was checked), shared (waited on a check already in flight), revoked (a remembered success no longer held and was checked again).",
+		"result")
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
 	c.hits = lookups.WithLabelValues("hit")

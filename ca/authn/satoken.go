@@ -105,18 +105,12 @@ func NewServiceAccountTokens(cfg ServiceAccountConfig) (*ServiceAccountTokens, e
 		n = defaultMaxConcurrentReviews
 	}
 	keys := newRefreshingKeys(&apiServerFetcher{client: cfg.Client}, clusterKeyAge)
-	checks, err := promreg.Shared(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "castellan_authn_token_checks_total",
-		Help: "Service-account tokens checked, by outcome: refused_offline (shape, signature, issuer, audience or time; no API call), accepted_offline (the watch caches confirm its service account and pod), reviewed (a TokenReview was sent).",
-	}, []string{"outcome"}))
-	if err != nil {
-		return nil, fmt.Errorf("authn: %w", err)
-	}
-	waiting, err := promreg.Shared(cfg.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "castellan_tokenreviews_in_flight",
-		Help: "TokenReviews in flight or waiting for one of the slots that bound them.",
-	}))
-	if err != nil {
+	f := promreg.WithShared(cfg.Registerer)
+	checks := f.CounterVec("castellan_authn_token_checks_total",
+		"Service-account tokens checked, by outcome: refused_offline (shape, signature, issuer, audience or time; no API call), accepted_offline (the watch caches confirm its service account and pod), reviewed (a TokenReview was sent).",
+		"outcome")
+	waiting := f.Gauge("castellan_tokenreviews_in_flight", "TokenReviews in flight or waiting for one of the slots that bound them.")
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
 	s := &ServiceAccountTokens{

@@ -60,11 +60,10 @@ func NewTokenReview(cfg TokenReviewConfig) (*TokenReview, error) {
 	if timeout <= 0 {
 		timeout = defaultReviewTimeout
 	}
-	reviews, err := promreg.Shared(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "castellan_tokenreviews_total",
-		Help: "TokenReviews sent to the Kubernetes API server, by result (authenticated, unauthenticated, error).",
-	}, []string{"result"}))
-	if err != nil {
+	f := promreg.WithShared(cfg.Registerer)
+	reviews := f.CounterVec("castellan_tokenreviews_total",
+		"TokenReviews sent to the Kubernetes API server, by result (authenticated, unauthenticated, error).", "result")
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
 	return &TokenReview{

@@ -24,12 +24,19 @@ import (
 // count, and nothing scrapes them. A Factory is not safe for concurrent
 // use.
 type Factory struct {
-	reg  prometheus.Registerer
-	errs []error
+	reg    prometheus.Registerer
+	shared bool
+	errs   []error
 }
 
 // With returns a Factory that registers on reg.
 func With(reg prometheus.Registerer) *Factory { return &Factory{reg: reg} }
+
+// WithShared returns a Factory that registers on reg the collectors
+// several instances share, as Shared does: a collector identical to one
+// already registered is no error, and the Factory returns the one
+// registered.
+func WithShared(reg prometheus.Registerer) *Factory { return &Factory{reg: reg, shared: true} }
 
 // Register registers cs, collectors made elsewhere (a custom collector, a
 // GaugeFunc over a component's state).
@@ -42,10 +49,19 @@ func (f *Factory) Register(cs ...prometheus.Collector) {
 // Err returns every registration failure so far, joined, or nil.
 func (f *Factory) Err() error { return errors.Join(f.errs...) }
 
-// register registers c on f and returns it.
+// register registers c on f and returns it, or, for a Factory of shared
+// collectors, the identical one registered before.
 func register[C prometheus.Collector](f *Factory, c C) C {
-	f.Register(c)
-	return c
+	if !f.shared {
+		f.Register(c)
+		return c
+	}
+	got, err := Shared(f.reg, c)
+	if err != nil {
+		f.errs = append(f.errs, err)
+		return c
+	}
+	return got
 }
 
 // Counter returns a registered counter.

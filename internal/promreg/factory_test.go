@@ -73,3 +73,33 @@ func TestFactoryNilRegisterer(t *testing.T) {
 		t.Fatalf("Err over a nil Registerer: %v", err)
 	}
 }
+
+func TestFactoryShared(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	var counters []*prometheus.CounterVec
+	for range 2 {
+		f := promreg.WithShared(reg)
+		counters = append(counters, f.CounterVec("shared_total", "shared", "result"))
+		if err := f.Err(); err != nil {
+			t.Fatalf("Err: %v", err)
+		}
+	}
+	if counters[0] != counters[1] {
+		t.Fatal("the second Factory made a new collector, want the one registered first")
+	}
+
+	// Another collector of the same name and other labels is an error, and
+	// the Factory still returns a collector that counts.
+	f := promreg.WithShared(reg)
+	c := f.CounterVec("shared_total", "shared", "other")
+	if err := f.Err(); err == nil || !strings.Contains(err.Error(), "shared_total") {
+		t.Fatalf("Err = %v, want one naming shared_total", err)
+	}
+	c.WithLabelValues("x").Inc()
+
+	// Over a nil Registerer nothing is registered, nothing shared.
+	f = promreg.WithShared(nil)
+	if a, b := f.Counter("a_total", "a"), f.Counter("a_total", "a"); a == b || f.Err() != nil {
+		t.Fatalf("WithShared(nil): same collector %v, err %v; want two, no error", a == b, f.Err())
+	}
+}

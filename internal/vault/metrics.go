@@ -15,13 +15,10 @@ type metrics struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) (*metrics, error) {
-	logins := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "castellan_vault_logins_total",
-		Help: "Logins to Vault, by auth method and result (success, failure).",
-	}, []string{"method", "result"})
 	// Several clients on one registry share the counter.
-	logins, err := promreg.Shared(reg, logins)
-	if err != nil {
+	f := promreg.WithShared(reg)
+	logins := f.CounterVec("castellan_vault_logins_total", "Logins to Vault, by auth method and result (success, failure).", "method", "result")
+	if err := f.Err(); err != nil {
 		return nil, fmt.Errorf("vault: metrics: %w", err)
 	}
 	return &metrics{logins: logins}, nil
