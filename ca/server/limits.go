@@ -74,34 +74,24 @@ const (
 )
 
 func (l Limits) withDefaults() Limits {
-	set := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	if l.MaxHeaderListSize == 0 {
-		l.MaxHeaderListSize = defaultMaxHeaderListSize
-	}
-	if l.MaxConcurrentStreams == 0 {
-		l.MaxConcurrentStreams = defaultMaxConcurrentStreams
-	}
-	set(&l.MaxConnections, defaultMaxConnections)
-	set(&l.MaxConnectionsPerPeer, defaultMaxConnectionsPerPeer)
-	if l.PeerFailureRate <= 0 {
-		l.PeerFailureRate = defaultPeerFailureRate
-	}
-	set(&l.PeerFailureBurst, defaultPeerFailureBurst)
-	set(&l.FailureLogsPerInterval, defaultFailureLogsPerInterval)
-	if l.FailureLogInterval <= 0 {
-		l.FailureLogInterval = defaultFailureLogInterval
-	}
-	if l.MaxConnectionAge <= 0 {
-		l.MaxConnectionAge = defaultMaxConnectionAge
-	}
-	if l.MaxConnectionAgeGrace <= 0 {
-		l.MaxConnectionAgeGrace = defaultMaxConnectionAgeGrace
-	}
+	orDefault(&l.MaxHeaderListSize, defaultMaxHeaderListSize)
+	orDefault(&l.MaxConcurrentStreams, defaultMaxConcurrentStreams)
+	orDefault(&l.MaxConnections, defaultMaxConnections)
+	orDefault(&l.MaxConnectionsPerPeer, defaultMaxConnectionsPerPeer)
+	orDefault(&l.PeerFailureRate, defaultPeerFailureRate)
+	orDefault(&l.PeerFailureBurst, defaultPeerFailureBurst)
+	orDefault(&l.FailureLogsPerInterval, defaultFailureLogsPerInterval)
+	orDefault(&l.FailureLogInterval, defaultFailureLogInterval)
+	orDefault(&l.MaxConnectionAge, defaultMaxConnectionAge)
+	orDefault(&l.MaxConnectionAgeGrace, defaultMaxConnectionAgeGrace)
 	return l
+}
+
+// orDefault sets *v to d when it is zero or negative.
+func orDefault[T uint32 | int | float64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // limitMetrics count what the limits refused.
