@@ -173,6 +173,14 @@ type Source interface {
 	Authority() *Authority
 }
 
+// Notifier is a Source that says when its Authority changes (a reload, a
+// rotation step): Changed returns a channel closed at the next change. A
+// caller takes the channel before it reads Authority, then waits on it.
+type Notifier interface {
+	Source
+	Changed() <-chan struct{}
+}
+
 // StaticSource is a Source that always returns the same Authority.
 type StaticSource struct{ A *Authority }
 

@@ -71,7 +71,13 @@ func TestRotationSteps(t *testing.T) {
 	t0 := time.Now()
 	step(t0, "")                                 // 48h left, rotation at 24h
 	due := oldRoot.NotAfter.Add(-23 * time.Hour) // less than 24h left
+	changed := s.Changed()
 	step(due, "prepare")
+	select {
+	case <-changed: // the Secret the step wrote was loaded and signalled
+	default:
+		t.Fatal("the prepared material was not signalled to Changed")
+	}
 	a := s.Authority()
 	if !a.Cert.Equal(oldRoot) || len(a.Roots) != 2 {
 		t.Fatalf("after prepare: signs with the new root %v, or bundle has %d roots", !a.Cert.Equal(oldRoot), len(a.Roots))

@@ -33,6 +33,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -95,9 +96,6 @@ type Config struct {
 	// the Secret exists until it loses the Lease. A job that returns an
 	// error is logged and started again after a pause.
 	LeaderJobs []func(context.Context) error
-	// OnChange, if set, is called with each Authority loaded from the
-	// Secret, the first included. It must not block.
-	OnChange func(*ca.Authority)
 	// LeaseDuration, RenewDeadline and RetryPeriod time the leader
 	// election (see client-go's leaderelection). Defaults:
 	// DefaultLeaseDuration, DefaultRenewDeadline, DefaultRetryPeriod.
@@ -113,7 +111,7 @@ type Config struct {
 }
 
 // Store is signing material kept in a Kubernetes Secret. It implements
-// ca.Source, and has a Ready method that the CA's /readyz consults.
+// ca.Notifier, and has a Ready method that the CA's /readyz consults.
 type Store struct {
 	cfg     Config
 	log     *slog.Logger
@@ -121,6 +119,7 @@ type Store struct {
 	now     func() time.Time
 
 	cur      atomic.Pointer[ca.Authority]
+	changed  broadcast.Signal
 	loaded   chan struct{} // closed at the first load
 	leading  atomic.Bool
 	running  atomic.Bool
@@ -200,6 +199,10 @@ func New(cfg Config) (*Store, error) {
 // Authority returns the Authority to sign with now, or nil before the
 // Secret has been loaded.
 func (s *Store) Authority() *ca.Authority { return s.cur.Load() }
+
+// Changed returns a channel closed when an Authority is loaded from the
+// Secret, the first included.
+func (s *Store) Changed() <-chan struct{} { return s.changed.C() }
 
 // Loaded is closed once the Secret has been loaded for the first time.
 func (s *Store) Loaded() <-chan struct{} { return s.loaded }
@@ -322,9 +325,7 @@ func (s *Store) observe(sec *corev1.Secret) {
 	default:
 		s.log.Info("reloaded CA material from Secret", "subject", a.Cert.Subject.String(), "not_after", a.NotAfter())
 	}
-	if s.cfg.OnChange != nil {
-		s.cfg.OnChange(a)
-	}
+	s.changed.Notify()
 }
 
 // keyOpTimeout bounds the opening of a key in the key store when a

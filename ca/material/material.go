@@ -32,6 +32,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/internal/cacerts"
 	"github.com/castellan-mesh/castellan/internal/filewatch"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
@@ -73,8 +74,6 @@ type Config struct {
 	ReloadInterval time.Duration
 	// Logger receives reload events. Default: slog.Default().
 	Logger *slog.Logger
-	// OnChange, if set, is called with each new Authority after a reload.
-	OnChange func(*ca.Authority)
 	// Signer, if set, is the self-signed root's key, kept elsewhere (an
 	// HSM, a KMS). No key file is written or read; on restart the root in
 	// root-cert.pem must match it. A CA with a Signer and no Keys cannot
@@ -96,11 +95,12 @@ type KeyStore = rotation.KeyStore
 // caller's context.
 const keyOpTimeout = 30 * time.Second
 
-// Store holds the current Authority. It implements ca.Source.
+// Store holds the current Authority. It implements ca.Notifier.
 type Store struct {
-	cfg  Config
-	mode Mode
-	cur  atomic.Pointer[ca.Authority]
+	cfg     Config
+	mode    Mode
+	cur     atomic.Pointer[ca.Authority]
+	changed broadcast.Signal
 
 	files   *filewatch.Watcher
 	lastErr atomic.Pointer[error] // nil after a successful load
@@ -160,6 +160,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // Authority returns the Authority to sign with now.
 func (s *Store) Authority() *ca.Authority { return s.cur.Load() }
 
+// Changed returns a channel closed when a reload takes a new Authority.
+func (s *Store) Changed() <-chan struct{} { return s.changed.C() }
+
 // Mode reports which layout the Store loaded.
 func (s *Store) Mode() Mode { return s.mode }
 
@@ -203,9 +206,7 @@ func (s *Store) load([]byte) error {
 	s.lastErr.Store(nil)
 	s.cur.Store(a)
 	s.cfg.Logger.Info("reloaded CA material", "mode", string(s.mode), "dir", s.cfg.Dir, "subject", a.Cert.Subject.String(), "not_after", a.Cert.NotAfter, "bundle_roots", len(a.Roots))
-	if s.cfg.OnChange != nil {
-		s.cfg.OnChange(a)
-	}
+	s.changed.Notify()
 	return nil
 }
 

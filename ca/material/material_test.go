@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -110,8 +109,7 @@ func TestPluggedInAndReload(t *testing.T) {
 	dir := t.TempDir()
 	root := testpki.NewCA(t, "root")
 	inter1 := writeCACerts(t, dir, root, "inter-1")
-	var changed []*ca.Authority
-	s, err := open(t, dir, func(c *Config) { c.OnChange = func(a *ca.Authority) { changed = append(changed, a) } })
+	s, err := open(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,15 +120,20 @@ func TestPluggedInAndReload(t *testing.T) {
 	if !a.Cert.Equal(inter1) || !a.Root().Equal(root.Cert) || len(a.Chain) != 1 {
 		t.Fatalf("loaded %q with chain of %d", a.Cert.Subject, len(a.Chain))
 	}
+	changed := s.Changed()
 	if s.Reload() {
 		t.Fatal("reload without change took new material")
 	}
-
-	// A valid change is taken.
-	inter2 := writeCACerts(t, dir, root, "inter-2")
-	if !s.Reload() || !s.Authority().Cert.Equal(inter2) || len(changed) != 1 {
-		t.Fatal("valid change was not taken")
+	if isClosed(changed) {
+		t.Fatal("Changed signalled a reload that took nothing")
 	}
+
+	// A valid change is taken, and signalled.
+	inter2 := writeCACerts(t, dir, root, "inter-2")
+	if !s.Reload() || !s.Authority().Cert.Equal(inter2) || !isClosed(changed) {
+		t.Fatal("valid change was not taken, or not signalled")
+	}
+	changed = s.Changed()
 
 	// A broken change (key of another certificate) is refused; the
 	// current material stays.
@@ -138,8 +141,8 @@ func TestPluggedInAndReload(t *testing.T) {
 	if s.Reload() {
 		t.Fatal("broken change was taken")
 	}
-	if !s.Authority().Cert.Equal(inter2) {
-		t.Fatal("broken change replaced the material")
+	if !s.Authority().Cert.Equal(inter2) || isClosed(changed) {
+		t.Fatal("broken change replaced the material, or was signalled")
 	}
 	if err := s.LastReloadError(); err == nil || !strings.Contains(err.Error(), "does not match") {
 		t.Fatalf("LastReloadError = %v", err)
@@ -150,6 +153,16 @@ func TestPluggedInAndReload(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(dir, CertChainFile), pemfile.EncodeCertificates([]*x509.Certificate{inter3}), 0o644))
 	if !s.Reload() || !s.Authority().Root().Equal(root.Cert) {
 		t.Fatal("short chain file was not taken")
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 

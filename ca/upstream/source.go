@@ -30,6 +30,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/backoff"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -91,13 +92,14 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Source is a ca.Source whose intermediate an upstream CA signs. It is safe
-// for concurrent use.
+// Source is a ca.Notifier whose intermediate an upstream CA signs. It is
+// safe for concurrent use.
 type Source struct {
-	cfg Config
-	log *slog.Logger
-	m   *metrics
-	cur atomic.Pointer[ca.Authority]
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	cur     atomic.Pointer[ca.Authority]
+	changed broadcast.Signal
 
 	mu          sync.Mutex  // serialises renewals and bundle changes
 	rot         dirRotation // guarded by mu
@@ -230,6 +232,10 @@ func checkDataDir(dir string) error {
 // Authority returns the Authority to sign with now.
 func (s *Source) Authority() *ca.Authority { return s.cur.Load() }
 
+// Changed returns a channel closed when the intermediate is renewed or
+// the trust bundle changes.
+func (s *Source) Changed() <-chan struct{} { return s.changed.C() }
+
 // Ready reports whether the CA can sign. A failing renewal does not make
 // the CA unready while the intermediate is valid; the message says so.
 func (s *Source) Ready() (bool, string) {
@@ -343,6 +349,7 @@ func (s *Source) Renew(ctx context.Context) error {
 	s.obtained.cert, s.obtained.at = a.Cert, s.cfg.Now()
 	s.stateMu.Unlock()
 	s.cur.Store(a)
+	s.changed.Notify()
 	s.log.Info("renewed the intermediate", "issuer", s.rot.st.Issuer, "subject", a.Cert.Subject.String(), "serial", a.Cert.SerialNumber.Text(16),
 		"not_before", a.Cert.NotBefore, "not_after", a.Cert.NotAfter, "root", a.Root().Subject.String(), "renew_at", s.renewAt(a))
 	return nil
@@ -624,6 +631,7 @@ func (s *Source) rebundle() error {
 	// "castellan ca rotate status" after a retire) finds it on disk too.
 	err = s.persist(b)
 	s.cur.Store(b)
+	s.changed.Notify()
 	s.log.Info("trust bundle changed", "roots", len(roots))
 	return err
 }

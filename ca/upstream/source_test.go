@@ -245,9 +245,15 @@ func TestRootChangeKeepsOldRoot(t *testing.T) {
 	}
 	oldRoot := up.root
 	old := s.Authority()
+	changed := s.Changed()
 	up.rotateRoot(t)
 	if err := s.Renew(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("the renewal was not signalled to Changed")
 	}
 	a := s.Authority()
 	if len(a.Roots) != 2 || !a.Roots[0].Equal(up.root) || !a.Roots[1].Equal(oldRoot) {

@@ -124,8 +124,7 @@ func launchReplica(t testing.TB, client kubernetes.Interface, name string, opts 
 		Namespace:       caNamespace,
 		Identity:        name,
 		TrustDomain:     td,
-		LeaderJobs:      []func(context.Context) error{ctrl.Run},
-		OnChange:        func(*ca.Authority) { ctrl.BundleChanged() },
+		LeaderJobs:      []func(context.Context) error{ctrl.Run, func(ctx context.Context) error { return followChanges(ctx, store, ctrl.BundleChanged) }},
 		LeaseDuration:   3 * time.Second,
 		RenewDeadline:   2 * time.Second,
 		RetryPeriod:     250 * time.Millisecond,
@@ -146,6 +145,21 @@ func launchReplica(t testing.TB, client kubernetes.Interface, name string, opts 
 	go func() { r.storeDone <- store.Run(ctx) }()
 	t.Cleanup(r.stop)
 	return r
+}
+
+// followChanges calls f after each change of n's material until ctx
+// ends, as "castellan ca" has its trust controller follow the store (as a
+// leader job, it starts with the controller, which publishes the current
+// bundle first).
+func followChanges(ctx context.Context, n ca.Notifier, f func()) error {
+	for ch := n.Changed(); ; ch = n.Changed() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+			f()
+		}
+	}
 }
 
 // serve waits up to timeout for the CA material, then starts the server.
