@@ -5,8 +5,9 @@
 # percentiles, the CA's CPU per SVID against the crypto floor measured in the
 # same run (one P-256 verify + one P-256 sign), the machine load and the
 # CA's RSS. The defaults are one cached token and 32 callers over one TLS
-# connection.
-#   CONCURRENCY=32 CONNECTIONS=1 TOKENS=1 DURATION=10s scripts/bench-ca.sh
+# connection. RUNS=n measures n times against the same CA and ends with the
+# median CA/floor ratio: on a shared machine one run is not a figure.
+#   CONCURRENCY=32 CONNECTIONS=1 TOKENS=1 DURATION=10s RUNS=1 scripts/bench-ca.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go build -o bin/castellan ./cmd/castellan
@@ -18,8 +19,18 @@ trap 'kill $ca_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 	--log-level warn ${CA_FLAGS:-} &
 ca_pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:25014/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-./bin/castellan bench ca --addr 127.0.0.1:25012 --root-cert "$work/ca/root-cert.pem" --server-name localhost \
-	--metrics-url http://127.0.0.1:25014/metrics --token-file "$work/tokens.txt" \
-	--concurrency "${CONCURRENCY:-32}" --connections "${CONNECTIONS:-1}" --duration "${DURATION:-10s}" --ca-pid "$ca_pid" ${BENCH_FLAGS:-}
-echo "load average  $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
-echo "ca rss        $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$ca_pid/status)"
+runs=${RUNS:-1}
+ratios=()
+for i in $(seq "$runs"); do
+	[ "$runs" -gt 1 ] && echo "--- run $i of $runs"
+	out=$(./bin/castellan bench ca --addr 127.0.0.1:25012 --root-cert "$work/ca/root-cert.pem" --server-name localhost \
+		--metrics-url http://127.0.0.1:25014/metrics --token-file "$work/tokens.txt" \
+		--concurrency "${CONCURRENCY:-32}" --connections "${CONNECTIONS:-1}" --duration "${DURATION:-10s}" --ca-pid "$ca_pid" ${BENCH_FLAGS:-})
+	echo "$out"
+	echo "load average  $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+	echo "ca rss        $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$ca_pid/status)"
+	ratios+=($(awk '/^CA\/floor/{sub("x", "", $2); print $2}' <<<"$out"))
+done
+if [ "$runs" -gt 1 ] && [ "${#ratios[@]}" -gt 0 ]; then
+	echo "CA/floor      ${ratios[*]}: median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#ratios[@]} runs"
+fi

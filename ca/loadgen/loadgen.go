@@ -102,6 +102,10 @@ type Result struct {
 	// ServerUser and ServerSys split ServerCPU when it was read from
 	// /proc (Config.ServerPID); otherwise they are -1.
 	ServerUser, ServerSys time.Duration
+	// ServerCounts are the CA's system calls and context switches during
+	// the run, when Config.ServerPID is set and its /proc files could be
+	// read; otherwise nil.
+	ServerCounts *ProcCounts
 	// Floor is the crypto floor measured before and after the run (both
 	// sets of samples), or nil.
 	Floor *Floor
@@ -136,6 +140,11 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 			}
 		}
 		fmt.Fprintln(w)
+	}
+	if c := r.ServerCounts; c != nil && r.Requests > 0 {
+		n := float64(r.Requests)
+		fmt.Fprintf(w, "CA per CSR    %.2f read and %.2f write syscalls, %.2f voluntary and %.2f involuntary context switches (/proc)\n",
+			float64(c.ReadCalls)/n, float64(c.WriteCalls)/n, float64(c.VoluntarySwitches)/n, float64(c.InvoluntarySwitches)/n)
 	}
 	if r.Floor != nil {
 		fmt.Fprintf(w, "crypto floor  %s\n", r.Floor)
@@ -236,11 +245,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	before := scrape(ctx, cfg.MetricsURL)
 	u0, s0, procErr := procCPU(cfg.ServerPID)
+	counts0, countsErr := serverCounts(cfg.ServerPID)
 	cpu0 := processCPU()
 	res := run(ctx, cfg, clients, duration, requests)
 	res.ClientCPU = processCPU() - cpu0
 	after := scrape(ctx, cfg.MetricsURL)
 	u1, s1, procErr1 := procCPU(cfg.ServerPID)
+	if counts1, err := serverCounts(cfg.ServerPID); err == nil && countsErr == nil {
+		d := counts1.Sub(counts0)
+		res.ServerCounts = &d
+	}
 	if floor != nil {
 		f, err := MeasureFloor(cfg.FloorBatches, floorBatchSize)
 		if err != nil {
@@ -374,6 +388,14 @@ func scrape(ctx context.Context, url string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// serverCounts reads the CA's ProcCounts, when pid is set.
+func serverCounts(pid int) (ProcCounts, error) {
+	if pid <= 0 {
+		return ProcCounts{}, errors.New("loadgen: no CA process id")
+	}
+	return ReadProcCounts(pid)
 }
 
 // processCPU returns the user and system CPU time this process has used.

@@ -28,9 +28,19 @@ type benchCAResult struct {
 	CACPUPerCSR     *float64 `json:"caCPUPerCSRSeconds,omitempty"`
 	// The crypto floor (one P-256 verify and one sign) and the CA's CPU
 	// per SVID over it.
-	FloorSeconds *float64             `json:"floorSeconds,omitempty"`
-	CAOverFloor  *float64             `json:"caOverFloor,omitempty"`
-	JunkFlood    *loadgen.FloodResult `json:"junkFlood,omitempty"`
+	FloorSeconds *float64 `json:"floorSeconds,omitempty"`
+	CAOverFloor  *float64 `json:"caOverFloor,omitempty"`
+	// The CA's system calls and context switches per CSR (--ca-pid).
+	CAPerCSR  *caCountsPerCSR      `json:"caPerCSR,omitempty"`
+	JunkFlood *loadgen.FloodResult `json:"junkFlood,omitempty"`
+}
+
+// caCountsPerCSR is loadgen.ProcCounts per CSR.
+type caCountsPerCSR struct {
+	ReadCalls           float64 `json:"readSyscalls"`
+	WriteCalls          float64 `json:"writeSyscalls"`
+	VoluntarySwitches   float64 `json:"voluntaryContextSwitches"`
+	InvoluntarySwitches float64 `json:"involuntaryContextSwitches"`
 }
 
 type latencyResult struct {
@@ -55,6 +65,10 @@ func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.Floo
 		out.ClientCPUPerCSR = (r.ClientCPU / time.Duration(r.Requests)).Seconds()
 		if r.ServerCPU >= 0 {
 			out.CACPUPerCSR = ptr((r.ServerCPU / time.Duration(r.Requests)).Seconds())
+		}
+		if c := r.ServerCounts; c != nil {
+			n := float64(r.Requests)
+			out.CAPerCSR = &caCountsPerCSR{float64(c.ReadCalls) / n, float64(c.WriteCalls) / n, float64(c.VoluntarySwitches) / n, float64(c.InvoluntarySwitches) / n}
 		}
 	}
 	if r.Floor != nil {

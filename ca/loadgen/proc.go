@@ -1,0 +1,117 @@
+package loadgen
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// ProcCounts are counters of a process that tell where its system time
+// goes, and which a loaded machine does not inflate as it does CPU time:
+// the read and write system calls it made (syscr and syscw of
+// /proc/<pid>/io) and the context switches of its threads
+// (/proc/<pid>/task/*/status; a thread that exits takes its count with it,
+// which a Go process rarely does).
+type ProcCounts struct {
+	ReadCalls, WriteCalls                  int64
+	VoluntarySwitches, InvoluntarySwitches int64
+}
+
+// Sub returns c minus o, counter by counter.
+func (c ProcCounts) Sub(o ProcCounts) ProcCounts {
+	return ProcCounts{
+		ReadCalls:           c.ReadCalls - o.ReadCalls,
+		WriteCalls:          c.WriteCalls - o.WriteCalls,
+		VoluntarySwitches:   c.VoluntarySwitches - o.VoluntarySwitches,
+		InvoluntarySwitches: c.InvoluntarySwitches - o.InvoluntarySwitches,
+	}
+}
+
+// maxProcFile bounds what is read of one /proc file.
+const maxProcFile = 64 << 10
+
+// ReadProcCounts reads the counters of process pid.
+func ReadProcCounts(pid int) (ProcCounts, error) {
+	var c ProcCounts
+	dir := fmt.Sprintf("/proc/%d", pid)
+	err := scanProcFile(filepath.Join(dir, "io"), map[string]*int64{"syscr:": &c.ReadCalls, "syscw:": &c.WriteCalls})
+	if err != nil {
+		return ProcCounts{}, err
+	}
+	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
+	if err != nil {
+		return ProcCounts{}, fmt.Errorf("loadgen: threads of process %d: %w", pid, err)
+	}
+	for _, t := range tasks {
+		var vol, invol int64
+		err := scanProcFile(filepath.Join(dir, "task", t.Name(), "status"),
+			map[string]*int64{"voluntary_ctxt_switches:": &vol, "nonvoluntary_ctxt_switches:": &invol})
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // the thread exited since the listing
+		}
+		if err != nil {
+			return ProcCounts{}, err
+		}
+		c.VoluntarySwitches += vol
+		c.InvoluntarySwitches += invol
+	}
+	return c, nil
+}
+
+// scanProcFile reads the "key: value" lines of a /proc file into the
+// counters of fields, each of which must be found.
+func scanProcFile(path string, fields map[string]*int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("loadgen: %w", err)
+	}
+	defer f.Close()
+	found := 0
+	s := bufio.NewScanner(&limitedReader{f, maxProcFile})
+	for s.Scan() {
+		key, val, ok := bytes.Cut(s.Bytes(), []byte(":"))
+		if !ok {
+			continue
+		}
+		dst, want := fields[string(key)+":"]
+		if !want {
+			continue
+		}
+		n, err := strconv.ParseInt(string(bytes.TrimSpace(val)), 10, 64)
+		if err != nil {
+			return fmt.Errorf("loadgen: %s: field %s: %w", path, key, err)
+		}
+		*dst = n
+		found++
+	}
+	if err := s.Err(); err != nil {
+		return fmt.Errorf("loadgen: %s: %w", path, err)
+	}
+	if found != len(fields) {
+		return fmt.Errorf("loadgen: %s: %d of the %d expected fields", path, found, len(fields))
+	}
+	return nil
+}
+
+// limitedReader reads at most n bytes of r, then fails (a /proc file
+// that long is not one of those read here).
+type limitedReader struct {
+	r io.Reader
+	n int
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, fmt.Errorf("more than %d bytes", maxProcFile)
+	}
+	p = p[:min(len(p), l.n)]
+	n, err := l.r.Read(p)
+	l.n -= n
+	return n, err
+}

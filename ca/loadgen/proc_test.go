@@ -1,0 +1,89 @@
+package loadgen
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// TestReadProcCounts makes system calls and context switches of known
+// numbers and checks that at least those are counted.
+func TestReadProcCounts(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before, err := ReadProcCounts(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writes, sleeps = 20, 5
+	for range writes {
+		if _, err := f.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range sleeps {
+		if _, err := f.ReadAt(make([]byte, 1), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A thread that sleeps gives up its core: a voluntary switch each time.
+	runtime.LockOSThread()
+	for range sleeps {
+		time.Sleep(time.Millisecond)
+	}
+	runtime.UnlockOSThread()
+	after, err := ReadProcCounts(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := after.Sub(before)
+	switch {
+	case d.WriteCalls < writes:
+		t.Errorf("%d write syscalls counted, want at least %d", d.WriteCalls, writes)
+	case d.ReadCalls < sleeps:
+		t.Errorf("%d read syscalls counted, want at least %d", d.ReadCalls, sleeps)
+	case d.VoluntarySwitches < sleeps:
+		t.Errorf("%d voluntary context switches counted, want at least %d", d.VoluntarySwitches, sleeps)
+	case d.InvoluntarySwitches < 0:
+		t.Errorf("involuntary context switches went down by %d", -d.InvoluntarySwitches)
+	}
+	if _, err := ReadProcCounts(1 << 30); err == nil {
+		t.Error("no such process: want an error")
+	}
+}
+
+func TestScanProcFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name, text string
+		ok         bool
+	}{
+		{"both fields", "rchar: 1\nsyscr: 12\nsyscw:\t34\n", true},
+		{"one missing", "syscr: 12\n", false},
+		{"not a number", "syscr: 12\nsyscw: x\n", false},
+		{"too long", "syscr: 1\nsyscw: 2\n" + string(make([]byte, maxProcFile)), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r, w int64
+			err := scanProcFile(write("io", tc.text), map[string]*int64{"syscr:": &r, "syscw:": &w})
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
+			}
+			if tc.ok && (r != 12 || w != 34) {
+				t.Fatalf("read %d write %d, want 12 and 34", r, w)
+			}
+		})
+	}
+}
