@@ -296,6 +296,10 @@ func (f *caFlags) validate() error {
 		if f.kms.upstream != "" {
 			return usageError{Err: fmt.Errorf("--material=%s and --upstream both supply the CA material; choose one", f.kube.material)}
 		}
+		if f.rootRotateBefore > 0 && f.rootRotateBefore >= f.rootTTL {
+			// Every root the leader makes would be due at once, forever.
+			return usageError{Err: fmt.Errorf("--root-rotate-before %v is not shorter than --root-ttl %v: every new root would be rotated at once", f.rootRotateBefore, f.rootTTL)}
+		}
 	default:
 		return usageError{Err: fmt.Errorf("--material %q: want %s or %s", f.kube.material, materialDir, materialKubernetes)}
 	}

@@ -114,10 +114,6 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer,
 		Logger:        d.log.With("component", "kubestore"),
 		Registerer:    d.reg,
 	}
-	if d.rootRotateBefore > 0 && d.rootTTL > 0 && d.rootRotateBefore >= d.rootTTL {
-		// Every root the leader makes would be due at once, forever.
-		return nil, usageError{Err: fmt.Errorf("--root-rotate-before %v is not shorter than --root-ttl %v: every new root would be rotated at once", d.rootRotateBefore, d.rootTTL)}
-	}
 	if k.trustDistribution {
 		ctrl, err = trust.New(trust.Config{
 			Client: client,

@@ -98,6 +98,7 @@ func TestCAFlagErrors(t *testing.T) {
 		{"bad duration", []string{"--max-ttl", "forever"}, "", `invalid argument "forever" for "--max-ttl" flag`},
 		{"bad log format", []string{"--log-format", "xml"}, "", "--log-format"},
 		{"unknown flag", []string{"--bogus"}, "", "castellan ca: unknown flag: --bogus\nRun 'castellan ca --help' for usage.\n"},
+		{"kubernetes root rotated at once", []string{"--material=kubernetes", "--root-ttl", "24h", "--root-rotate-before", "24h"}, "", "--root-rotate-before 24h0m0s is not shorter than --root-ttl"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
