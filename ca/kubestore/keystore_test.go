@@ -114,7 +114,7 @@ func TestRotationRefusedWithoutKeyStore(t *testing.T) {
 		t.Fatalf("Step = %q, %v; want nothing", got, err)
 	}
 	r := &rotation.Engine{Backend: &SecretBackend{Client: client, Namespace: testNS, SecretName: DefaultSecretName, TrustDomain: testTD}}
-	// The hand-run Rotator has no key store either.
+	// The rotation taken by hand has no key store either.
 	err = r.Prepare(ctx, "")
 	if err == nil || !strings.Contains(err.Error(), "--signer-key-uri") {
 		t.Fatalf("Prepare = %v, want a refusal naming --signer-key-uri", err)

@@ -138,7 +138,7 @@ func TestRotationLeavesPluggedInMaterialAlone(t *testing.T) {
 	s.leading.Store(true)
 	// Always due, were it ours.
 	if got, err := s.Rotation(rotation.Policy{}).Step(context.Background(), 100*365*24*time.Hour); err != nil || got != "" {
-		t.Fatalf("RotationStep on plugged-in material = %q, %v; want nothing", got, err)
+		t.Fatalf("Step on plugged-in material = %q, %v; want nothing", got, err)
 	}
 }
 
