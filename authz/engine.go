@@ -1,11 +1,13 @@
 package authz
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -183,7 +185,7 @@ func (e *Engine) Apply(r *policy.Resource) (int, error) {
 		e.removeAuthz(key)
 		ent := &authzEntry{res: r, tr: tr}
 		e.authz[key] = ent
-		addIndex(e.authzNS, r.Meta.Namespace, key)
+		updateSet(e.authzNS, r.Meta.Namespace, key, true)
 		for wk := range e.authzTargets(ent) {
 			e.workloads[wk].policies[key] = struct{}{}
 			affected[wk] = struct{}{}
@@ -201,7 +203,7 @@ func (e *Engine) Apply(r *policy.Resource) (int, error) {
 		affected := e.peerTargets(e.peer[key])
 		e.removePeer(key)
 		e.peer[key] = r
-		addIndex(e.peerNS, r.Meta.Namespace, key)
+		updateSet(e.peerNS, r.Meta.Namespace, key, true)
 		for wk := range e.peerTargets(r) {
 			affected[wk] = struct{}{}
 		}
@@ -289,14 +291,14 @@ func (e *Engine) Problems() map[policy.Key]error {
 func (e *Engine) removeAuthz(key policy.Key) {
 	if ent, ok := e.authz[key]; ok {
 		delete(e.authz, key)
-		removeIndex(e.authzNS, ent.res.Meta.Namespace, key)
+		updateSet(e.authzNS, ent.res.Meta.Namespace, key, false)
 	}
 }
 
 func (e *Engine) removePeer(key policy.Key) {
 	if r, ok := e.peer[key]; ok {
 		delete(e.peer, key)
-		removeIndex(e.peerNS, r.Meta.Namespace, key)
+		updateSet(e.peerNS, r.Meta.Namespace, key, false)
 	}
 }
 
@@ -441,39 +443,9 @@ func (e *Engine) build(ent *workloadEntry, gen uint64) (*WorkloadConfig, error) 
 }
 
 func compareKeys(a, b policy.Key) int {
-	switch {
-	case a.Namespace != b.Namespace:
-		return cmpString(a.Namespace, b.Namespace)
-	case a.Name != b.Name:
-		return cmpString(a.Name, b.Name)
-	}
-	return cmpString(string(a.Kind), string(b.Kind))
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func addIndex[K comparable](idx map[string]map[K]struct{}, ns string, k K) {
-	s, ok := idx[ns]
-	if !ok {
-		s = map[K]struct{}{}
-		idx[ns] = s
-	}
-	s[k] = struct{}{}
-}
-
-func removeIndex[K comparable](idx map[string]map[K]struct{}, ns string, k K) {
-	if s, ok := idx[ns]; ok {
-		delete(s, k)
-		if len(s) == 0 {
-			delete(idx, ns)
-		}
-	}
+	return cmp.Or(
+		strings.Compare(a.Namespace, b.Namespace),
+		strings.Compare(a.Name, b.Name),
+		strings.Compare(string(a.Kind), string(b.Kind)),
+	)
 }

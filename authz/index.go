@@ -8,24 +8,22 @@ import (
 // mesh, the workloads a policy applies to.
 
 func (e *Engine) indexWorkload(wk workloadKey, w policy.Workload) {
-	addIndex(e.byNS, w.Namespace, wk)
-	for k, v := range w.Labels {
-		addSet(e.byLabel, labelKey{w.Namespace, k, v}, wk)
-		addSet(e.byLabel, labelKey{"", k, v}, wk)
-	}
-	for _, s := range w.Services {
-		addSet(e.byService, labelKey{w.Namespace, "", s}, wk)
-	}
+	e.updateWorkloadIndexes(wk, w, true)
 }
 
 func (e *Engine) unindexWorkload(wk workloadKey, w policy.Workload) {
-	removeIndex(e.byNS, w.Namespace, wk)
+	e.updateWorkloadIndexes(wk, w, false)
+}
+
+// updateWorkloadIndexes adds wk under every key of w (add), or removes it.
+func (e *Engine) updateWorkloadIndexes(wk workloadKey, w policy.Workload, add bool) {
+	updateSet(e.byNS, w.Namespace, wk, add)
 	for k, v := range w.Labels {
-		removeSet(e.byLabel, labelKey{w.Namespace, k, v}, wk)
-		removeSet(e.byLabel, labelKey{"", k, v}, wk)
+		updateSet(e.byLabel, labelKey{w.Namespace, k, v}, wk, add)
+		updateSet(e.byLabel, labelKey{"", k, v}, wk, add)
 	}
 	for _, s := range w.Services {
-		removeSet(e.byService, labelKey{w.Namespace, "", s}, wk)
+		updateSet(e.byService, labelKey{w.Namespace, "", s}, wk, add)
 	}
 }
 
@@ -118,18 +116,17 @@ func (e *Engine) bySelector(ns string, mesh bool, labels map[string]string, cons
 	consider(best)
 }
 
-func addSet(idx map[labelKey]map[workloadKey]struct{}, k labelKey, wk workloadKey) {
+// updateSet adds v to the set idx[k] (add), or removes it; an emptied set
+// is dropped, so that the index holds no key without members.
+func updateSet[K, V comparable](idx map[K]map[V]struct{}, k K, v V, add bool) {
 	s, ok := idx[k]
-	if !ok {
-		s = map[workloadKey]struct{}{}
-		idx[k] = s
-	}
-	s[wk] = struct{}{}
-}
-
-func removeSet(idx map[labelKey]map[workloadKey]struct{}, k labelKey, wk workloadKey) {
-	if s, ok := idx[k]; ok {
-		delete(s, wk)
+	switch {
+	case add && !ok:
+		idx[k] = map[V]struct{}{v: {}}
+	case add:
+		s[v] = struct{}{}
+	case ok:
+		delete(s, v)
 		if len(s) == 0 {
 			delete(idx, k)
 		}

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -104,19 +105,9 @@ func Parse(doc []byte) ([]*spiffebundle.Bundle, error) {
 		out = append(out, bundle)
 	}
 	slices.SortFunc(out, func(a, b *spiffebundle.Bundle) int {
-		return cmpString(a.TrustDomain().Name(), b.TrustDomain().Name())
+		return strings.Compare(a.TrustDomain().Name(), b.TrustDomain().Name())
 	})
 	return out, nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func truncate(s string) string {
