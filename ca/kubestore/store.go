@@ -315,6 +315,9 @@ func (s *Store) observe(sec *corev1.Secret) {
 	old := s.cur.Load()
 	s.hash, s.invalidErr = h, nil
 	s.cur.Store(a)
+	// Signalled before Loaded closes: who waits for Loaded, then takes
+	// Changed, gets the channel of the next change.
+	s.changed.Notify()
 	s.metrics.loads.WithLabelValues("loaded").Inc()
 	switch {
 	case old == nil:
@@ -325,7 +328,6 @@ func (s *Store) observe(sec *corev1.Secret) {
 	default:
 		s.log.Info("reloaded CA material from Secret", "subject", a.Cert.Subject.String(), "not_after", a.NotAfter())
 	}
-	s.changed.Notify()
 }
 
 // keyOpTimeout bounds the opening of a key in the key store when a

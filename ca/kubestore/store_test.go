@@ -126,6 +126,9 @@ func TestFirstReplicaCreatesOthersLoad(t *testing.T) {
 	if sec.Labels[ManagedByLabel] != ManagedByValue || sec.Annotations[CreatedByAnnotation] != "a" {
 		t.Fatalf("Secret metadata = %v %v", sec.Labels, sec.Annotations)
 	}
+	// The leader counts its root once written; its own watch may have
+	// loaded it before.
+	waitFor(t, "the leader to count the root it created", func() bool { return testutil.ToFloat64(a.metrics.created) != 0 })
 	if got := testutil.ToFloat64(a.metrics.created); got != 1 {
 		t.Fatalf("roots created by the leader = %v, want 1", got)
 	}
