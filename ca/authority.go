@@ -230,16 +230,26 @@ func sigAlgFor(pub crypto.PublicKey) (sigAlg, error) {
 	return sigAlg{}, fmt.Errorf("ca: unsupported CA key type %T", pub)
 }
 
+// keyIDLen is the length of a key identifier.
+const keyIDLen = 20
+
 // keyID computes a key identifier from a DER SubjectPublicKeyInfo: the
 // leftmost 160 bits of the SHA-256 of the subjectPublicKey bits (RFC 7093,
 // section 2, method 1), as crypto/x509 does.
 func keyID(spki []byte) []byte {
+	id := keyIDOf(spki)
+	return id[:]
+}
+
+// keyIDOf is keyID as an array, which a leaf's template holds without an
+// allocation.
+func keyIDOf(spki []byte) [keyIDLen]byte {
 	bits, err := subjectPublicKeyBits(spki)
 	if err != nil {
 		bits = spki
 	}
 	sum := sha256.Sum256(bits)
-	return sum[:20]
+	return [keyIDLen]byte(sum[:keyIDLen])
 }
 
 // ChainAbove returns the certificates above cert, nearest first, ending

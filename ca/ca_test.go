@@ -195,7 +195,7 @@ func TestTBSMatchesStdlib(t *testing.T) {
 				na = time.Date(2051, 1, 1, 0, 0, 0, 0, time.UTC)
 			}
 			serial, _ := randomSerial(rand.Reader)
-			tmpl := newLeafTemplate(keyOf(csr), testID.String(), serial, nb, na)
+			tmpl := newLeafTemplate(keyOf(csr), testID.String(), serial.Bytes(), nb, na)
 			tmpl.dns = tc.dns
 			got, err := tmpl.marshalTBS(tc.a)
 			if err != nil {
@@ -212,7 +212,7 @@ func TestTBSMatchesStdlib(t *testing.T) {
 				KeyUsage:              ku,
 				ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 				BasicConstraintsValid: true,
-				SubjectKeyId:          tmpl.skid,
+				SubjectKeyId:          tmpl.skid[:],
 				URIs:                  []*url.URL{testID.URL()},
 				DNSNames:              tc.dns,
 			}

@@ -155,11 +155,11 @@ func (i *Issuer) issue(ctx context.Context, key csrKey, id spiffeid.ID, ttl time
 	if err != nil {
 		return nil, err
 	}
-	serial, err := randomSerial(i.cfg.Rand)
-	if err != nil {
+	var serial [serialLen]byte
+	if err := readSerial(i.cfg.Rand, &serial); err != nil {
 		return nil, fmt.Errorf("ca: could not generate serial: %w", err)
 	}
-	tmpl := newLeafTemplate(key, id.String(), serial, notBefore, notAfter)
+	tmpl := newLeafTemplate(key, id.String(), serial[:], notBefore, notAfter)
 	tmpl.dns = dns
 	der, err := i.sign(ctx, a, tmpl)
 	if err != nil {
@@ -239,15 +239,27 @@ func (i *Issuer) sign(ctx context.Context, a *Authority, tmpl *leafTemplate) ([]
 	return buf[start:], nil
 }
 
-// randomSerial returns a positive random serial number of 128 bits at most
-// (at least 64 bits of entropy, as CA/B and SPIFFE practice ask).
-func randomSerial(r io.Reader) (*big.Int, error) {
-	var b [16]byte
+// serialLen is the length of a serial number, in bytes.
+const serialLen = 16
+
+// readSerial fills b with a positive random serial number of 127 bits (at
+// least 64 bits of entropy, as CA/B and SPIFFE practice ask), big-endian.
+func readSerial(r io.Reader, b *[serialLen]byte) error {
 	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return nil, err
+		return err
 	}
 	b[0] &= 0x7f // positive
 	b[0] |= 0x40 // full length: never shorter than 127 bits
+	return nil
+}
+
+// randomSerial returns a serial number from readSerial as a big.Int, for
+// crypto/x509 templates.
+func randomSerial(r io.Reader) (*big.Int, error) {
+	var b [serialLen]byte
+	if err := readSerial(r, &b); err != nil {
+		return nil, err
+	}
 	return new(big.Int).SetBytes(b[:]), nil
 }
 

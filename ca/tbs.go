@@ -6,7 +6,6 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"math/big"
 	"slices"
 	"time"
 
@@ -16,11 +15,11 @@ import (
 
 // leafTemplate holds what varies between two SVIDs from one Authority.
 type leafTemplate struct {
-	serial    *big.Int
+	serial    []byte // big-endian, unsigned (a leading zero is added if the top bit is set)
 	notBefore time.Time
 	notAfter  time.Time
 	spki      []byte // the CSR's DER SubjectPublicKeyInfo, copied verbatim
-	skid      []byte
+	skid      [keyIDLen]byte
 	uri       string
 	dns       []string // DNS SANs allowed by a DNSProfile, before the URI as crypto/x509 orders them
 	rsa       bool     // the subject key is RSA: add keyEncipherment
@@ -38,14 +37,15 @@ var (
 )
 
 // newLeafTemplate builds the template of an X509-SVID for uri with key,
-// valid from notBefore to notAfter.
-func newLeafTemplate(key csrKey, uri string, serial *big.Int, notBefore, notAfter time.Time) *leafTemplate {
+// valid from notBefore to notAfter; serial is the serial number's unsigned
+// big-endian bytes.
+func newLeafTemplate(key csrKey, uri string, serial []byte, notBefore, notAfter time.Time) *leafTemplate {
 	return &leafTemplate{
 		serial:    serial,
 		notBefore: notBefore,
 		notAfter:  notAfter,
 		spki:      key.spki,
-		skid:      keyID(key.spki),
+		skid:      keyIDOf(key.spki),
 		uri:       uri,
 		rsa:       key.rsa,
 	}
@@ -77,20 +77,10 @@ func (t *leafTemplate) marshalTBS(a *Authority) ([]byte, error) {
 // appendTBS appends the DER TBSCertificate to dst. Every length is known
 // before a byte is written, so that it allocates nothing but dst's growth.
 func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
-	if t.serial.Sign() < 0 {
-		return nil, errors.New("negative serial number")
-	}
 	var serialBuf [33]byte // up to 256 bits and a leading zero
-	n := (t.serial.BitLen() + 7) / 8
-	if n == 0 {
-		n = 1 // zero encodes as one zero byte
-	}
-	if n > len(serialBuf)-1 {
-		return nil, errors.New("serial number over 256 bits")
-	}
-	serial := t.serial.FillBytes(serialBuf[1 : 1+n])
-	if serial[0]&0x80 != 0 {
-		serial = serialBuf[:1+n] // a leading zero keeps it positive
+	serial, err := derSerial(serialBuf[:0], t.serial)
+	if err != nil {
+		return nil, err
 	}
 	nbTag, nbLen := timeTagLen(t.notBefore)
 	naTag, naLen := timeTagLen(t.notAfter)
@@ -117,7 +107,6 @@ func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
 	dst = append(dst, a.sigAlgDER...)
 	dst = append(dst, a.Cert.RawSubject...) // issuer
 	dst = appendHeader(dst, tagSequence, validity)
-	var err error
 	if dst, err = appendTime(dst, t.notBefore, nbTag, nbLen); err != nil {
 		return nil, err
 	}
@@ -135,7 +124,7 @@ func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
 	dst = append(dst, skidExtPrefix...)
 	dst = appendHeader(dst, tagOctetString, tlvLen(len(t.skid)))
 	dst = appendHeader(dst, tagOctetString, len(t.skid))
-	dst = append(dst, t.skid...)
+	dst = append(dst, t.skid[:]...)
 	dst = append(dst, a.akidExt...)
 	dst = appendHeader(dst, tagSequence, len(sanExtPrefix)+tlvLen(tlvLen(sanNames)))
 	dst = append(dst, sanExtPrefix...)
@@ -148,6 +137,24 @@ func (t *leafTemplate) appendTBS(dst []byte, a *Authority) ([]byte, error) {
 	dst = appendHeader(dst, tagURI, len(t.uri))
 	dst = append(dst, t.uri...)
 	return dst, nil
+}
+
+// derSerial appends to dst the content octets of the DER INTEGER whose
+// unsigned big-endian value is b: no leading zeros but one before a set top
+// bit, and one zero octet for zero. Serial numbers are at most 256 bits.
+func derSerial(dst, b []byte) ([]byte, error) {
+	for len(b) > 1 && b[0] == 0 {
+		b = b[1:]
+	}
+	switch {
+	case len(b) == 0:
+		return append(dst, 0), nil
+	case len(b) > 32:
+		return nil, errors.New("serial number over 256 bits")
+	case b[0]&0x80 != 0:
+		dst = append(dst, 0) // keeps it positive
+	}
+	return append(dst, b...), nil
 }
 
 // sizeHint is an upper bound of the certificate's size, for one allocation.
