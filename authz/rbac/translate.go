@@ -263,121 +263,102 @@ func (g *generator) policy(rule *securityv1.Rule) (*rbacv3.Policy, error) {
 	return p, nil
 }
 
-// permField adds the permissions for one field: OR over values, and NOT
+// matchers is how the matchers of one kind (permissions or principals)
+// combine: OR over several, NOT of one.
+type matchers[T any] struct {
+	or  func([]T) T
+	not func(T) T
+}
+
+var (
+	permissions = matchers[*rbacv3.Permission]{or: permOr, not: permNot}
+	principals  = matchers[*rbacv3.Principal]{or: principalOr, not: principalNot}
+)
+
+// fieldStep is one field of a rule: its values and notValues, whether only
+// HTTP can match it, and the matchers a value becomes. gen may return
+// several matchers for one value (trust-domain aliases); they are ORed.
+type fieldStep[T any] struct {
+	field       string
+	values, not []string
+	httpOnly    bool
+	gen         func(string) ([]T, error)
+}
+
+// addField adds the matchers for one field to out: OR over values, and NOT
 // (OR over notValues).
-func (g *generator) permField(out []*rbacv3.Permission, field string, values, notValues []string, httpOnly bool,
-	gen func(string) (*rbacv3.Permission, error)) ([]*rbacv3.Permission, error) {
-	if len(values) == 0 && len(notValues) == 0 {
+func addField[T any](g *generator, out []T, m matchers[T], f fieldStep[T]) ([]T, error) {
+	if len(f.values) == 0 && len(f.not) == 0 {
 		return out, nil
 	}
-	if httpOnly {
-		if skip, err := g.httpOnly(field); skip || err != nil {
+	if f.httpOnly {
+		if skip, err := g.httpOnly(f.field); skip || err != nil {
 			return out, err
 		}
 	}
-	build := func(vs []string) (*rbacv3.Permission, error) {
-		ps := make([]*rbacv3.Permission, 0, len(vs))
+	anyOf := func(vs []string) (T, error) {
+		ms := make([]T, 0, len(vs))
 		for _, v := range vs {
-			p, err := gen(v)
+			generated, err := f.gen(v)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", field, err)
+				var zero T
+				return zero, fmt.Errorf("%s: %w", f.field, err)
 			}
-			ps = append(ps, p)
+			ms = append(ms, generated...)
 		}
-		return permOr(ps), nil
+		return m.or(ms), nil
 	}
-	if len(values) > 0 {
-		p, err := build(values)
+	if len(f.values) > 0 {
+		match, err := anyOf(f.values)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		out = append(out, match)
 	}
-	if len(notValues) > 0 {
-		p, err := build(notValues)
+	if len(f.not) > 0 {
+		match, err := anyOf(f.not)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, permNot(p))
+		out = append(out, m.not(match))
 	}
 	return out, nil
 }
 
-// principalField is permField for principals. gen may return several
-// principals for one value (trust-domain aliases); they are ORed.
-func (g *generator) principalField(out []*rbacv3.Principal, field string, values, notValues []string, httpOnly bool,
-	gen func(string) ([]*rbacv3.Principal, error)) ([]*rbacv3.Principal, error) {
-	if len(values) == 0 && len(notValues) == 0 {
-		return out, nil
-	}
-	if httpOnly {
-		if skip, err := g.httpOnly(field); skip || err != nil {
-			return out, err
-		}
-	}
-	build := func(vs []string) (*rbacv3.Principal, error) {
-		ps := make([]*rbacv3.Principal, 0, len(vs))
-		for _, v := range vs {
-			p, err := gen(v)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", field, err)
-			}
-			ps = append(ps, p...)
-		}
-		return principalOr(ps), nil
-	}
-	if len(values) > 0 {
-		p, err := build(values)
-		if err != nil {
+// addFields is addField for each step in turn.
+func addFields[T any](g *generator, m matchers[T], steps []fieldStep[T]) ([]T, error) {
+	var out []T
+	for _, s := range steps {
+		var err error
+		if out, err = addField(g, out, m, s); err != nil {
 			return nil, err
 		}
-		out = append(out, p)
-	}
-	if len(notValues) > 0 {
-		p, err := build(notValues)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, principalNot(p))
 	}
 	return out, nil
+}
+
+// single adapts a generator of one matcher a value to fieldStep.gen.
+func single[T any](gen func(string) (T, error)) func(string) ([]T, error) {
+	return func(v string) ([]T, error) {
+		m, err := gen(v)
+		if err != nil {
+			return nil, err
+		}
+		return []T{m}, nil
+	}
 }
 
 func (g *generator) operation(op *securityv1.Operation) ([]*rbacv3.Permission, error) {
-	var (
-		out []*rbacv3.Permission
-		err error
-	)
-	steps := []struct {
-		field       string
-		values, not []string
-		httpOnly    bool
-		gen         func(string) (*rbacv3.Permission, error)
-	}{
-		{"hosts", op.GetHosts(), op.GetNotHosts(), true, genHost},
-		{"ports", op.GetPorts(), op.GetNotPorts(), false, genPort},
-		{"methods", op.GetMethods(), op.GetNotMethods(), true, genMethod},
-		{"paths", op.GetPaths(), op.GetNotPaths(), true, genPath},
-	}
-	for _, s := range steps {
-		if out, err = g.permField(out, s.field, s.values, s.not, s.httpOnly, s.gen); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return addFields(g, permissions, []fieldStep[*rbacv3.Permission]{
+		{"hosts", op.GetHosts(), op.GetNotHosts(), true, single(genHost)},
+		{"ports", op.GetPorts(), op.GetNotPorts(), false, single(genPort)},
+		{"methods", op.GetMethods(), op.GetNotMethods(), true, single(genMethod)},
+		{"paths", op.GetPaths(), op.GetNotPaths(), true, single(genPath)},
+	})
 }
 
 func (g *generator) source(src *securityv1.Source) ([]*rbacv3.Principal, error) {
-	var (
-		out []*rbacv3.Principal
-		err error
-	)
-	steps := []struct {
-		field       string
-		values, not []string
-		httpOnly    bool
-		gen         func(string) ([]*rbacv3.Principal, error)
-	}{
+	return addFields(g, principals, []fieldStep[*rbacv3.Principal]{
 		{"principals", src.GetPrincipals(), src.GetNotPrincipals(), false, g.t.genPrincipal},
 		{"requestPrincipals", src.GetRequestPrincipals(), src.GetNotRequestPrincipals(), true, genRequestPrincipal},
 		{"namespaces", src.GetNamespaces(), src.GetNotNamespaces(), false, genNamespace},
@@ -385,13 +366,7 @@ func (g *generator) source(src *securityv1.Source) ([]*rbacv3.Principal, error) 
 		{"ipBlocks", src.GetIpBlocks(), src.GetNotIpBlocks(), false, genDirectRemoteIP},
 		{"remoteIpBlocks", src.GetRemoteIpBlocks(), src.GetNotRemoteIpBlocks(), false, genRemoteIP},
 		{"trustDomains", src.GetTrustDomains(), src.GetNotTrustDomains(), false, genTrustDomain},
-	}
-	for _, s := range steps {
-		if out, err = g.principalField(out, s.field, s.values, s.not, s.httpOnly, s.gen); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	})
 }
 
 // conditions splits the `when` conditions into the permissions (about the
@@ -409,16 +384,19 @@ func (g *generator) conditions(when []*securityv1.Condition) ([]*rbacv3.Permissi
 		}
 		field := "when " + c.GetKey()
 		http := key.Attribute.HTTPOnly()
+		perm := func(gen func(string) (*rbacv3.Permission, error)) ([]*rbacv3.Permission, error) {
+			return addField(g, perms, permissions, fieldStep[*rbacv3.Permission]{field, c.GetValues(), c.GetNotValues(), false, single(gen)})
+		}
 		switch key.Attribute {
 		case policy.AttrDestinationIP:
-			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genDestinationIP)
+			perms, err = perm(genDestinationIP)
 		case policy.AttrDestinationPort:
-			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genPort)
+			perms, err = perm(genPort)
 		case policy.AttrConnectionSNI:
-			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, genSNI)
+			perms, err = perm(genSNI)
 		case policy.AttrExperimentalFilter:
 			filter, mdKey := key.Args[0], key.Args[1]
-			perms, err = g.permField(perms, field, c.GetValues(), c.GetNotValues(), false, func(v string) (*rbacv3.Permission, error) {
+			perms, err = perm(func(v string) (*rbacv3.Permission, error) {
 				return genFilterMetadata(filter, mdKey, v), nil
 			})
 		default:
@@ -449,7 +427,7 @@ func (g *generator) conditions(when []*securityv1.Condition) ([]*rbacv3.Permissi
 			default:
 				return nil, nil, fmt.Errorf("unsupported condition key %q", c.GetKey())
 			}
-			prins, err = g.principalField(prins, field, c.GetValues(), c.GetNotValues(), http, gen)
+			prins, err = addField(g, prins, principals, fieldStep[*rbacv3.Principal]{field, c.GetValues(), c.GetNotValues(), http, gen})
 		}
 		if err != nil {
 			return nil, nil, err
