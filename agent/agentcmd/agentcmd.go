@@ -18,15 +18,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/agent/certdir"
-	"github.com/castellan-mesh/castellan/internal/buildinfo"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // EnvPrefix is the prefix of the environment variables that set the flags:
@@ -236,8 +234,7 @@ func Run(ctx context.Context, name string, args []string, stdout, stderr io.Writ
 	if gcPercent > 0 && os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.NewCollector())
+	reg := promreg.NewRegistry()
 	cfg.Registerer, cfg.Gatherer = reg, reg
 	if cfg.Attestation == agent.AttestationNode {
 		ctx2, cancel := context.WithCancel(ctx)

@@ -11,8 +11,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -29,6 +27,7 @@ import (
 	"github.com/castellan-mesh/castellan/authz/xds"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
 	"github.com/castellan-mesh/castellan/internal/opshttp"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 )
 
 // authzServeFlags configure "castellan authz serve", the policy server.
@@ -138,8 +137,7 @@ func runAuthzServe(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := promreg.NewRegistry()
 	engineMetrics, err := authz.NewMetrics(reg)
 	if err != nil {
 		return err

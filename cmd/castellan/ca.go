@@ -14,10 +14,9 @@ import (
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
-	"github.com/castellan-mesh/castellan/internal/buildinfo"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
+	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/kubernetes"
@@ -160,8 +159,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if dnsProfile.Len() > 0 {
 		log.Info("DNS SAN profile", "allow", dnsProfile.String())
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.NewCollector())
+	reg := promreg.NewRegistry()
 	deps := &caDeps{log: log, reg: reg, trustDomain: td, dataDir: f.dataDir, kubeconfig: f.kubeconfig,
 		rootTTL: f.rootTTL, rootRotateBefore: f.rootRotateBefore,
 		policy: rotation.Policy{PropagationDelay: f.rootPropagation, MaxTTL: f.maxTTL}}

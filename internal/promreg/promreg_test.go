@@ -107,3 +107,21 @@ func TestShared(t *testing.T) {
 		t.Fatalf("Shared(nil, c) = %v, %v; want c, nil", got, err)
 	}
 }
+
+func TestNewRegistry(t *testing.T) {
+	mfs, err := promreg.NewRegistry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"go_goroutines": false, "process_start_time_seconds": false, "castellan_build_info": false}
+	for _, mf := range mfs {
+		if _, ok := want[mf.GetName()]; ok {
+			want[mf.GetName()] = true
+		}
+	}
+	for name, found := range want {
+		if !found {
+			t.Errorf("NewRegistry gathers no %s", name)
+		}
+	}
+}
