@@ -143,11 +143,7 @@ func validateSource(s *securityv1.Source, path string, fe *fieldErrors) {
 		fe.add(path, "must be set")
 		return
 	}
-	lists := []struct {
-		name   string
-		values []string
-		check  func(string) error
-	}{
+	checkFields(path, fe, []valueList{
 		{"principals", s.Principals, checkPrincipal},
 		{"notPrincipals", s.NotPrincipals, checkPrincipal},
 		{"requestPrincipals", s.RequestPrincipals, checkWildcard},
@@ -162,17 +158,7 @@ func validateSource(s *securityv1.Source, path string, fe *fieldErrors) {
 		{"notRemoteIpBlocks", s.NotRemoteIpBlocks, checkCIDR},
 		{"trustDomains", s.TrustDomains, checkTrustDomainPattern},
 		{"notTrustDomains", s.NotTrustDomains, checkTrustDomainPattern},
-	}
-	empty := true
-	for _, l := range lists {
-		if len(l.values) > 0 {
-			empty = false
-		}
-		checkValues(l.values, l.check, path+"."+l.name, fe)
-	}
-	if empty {
-		fe.add(path, "must not be empty (set at least one field)")
-	}
+	})
 	if (len(s.ServiceAccounts) > 0 || len(s.NotServiceAccounts) > 0) &&
 		(len(s.Principals) > 0 || len(s.NotPrincipals) > 0 || len(s.Namespaces) > 0 || len(s.NotNamespaces) > 0) {
 		fe.add(path, "serviceAccounts cannot be set with principals or namespaces")
@@ -184,11 +170,7 @@ func validateOperation(o *securityv1.Operation, path string, fe *fieldErrors) {
 		fe.add(path, "must be set")
 		return
 	}
-	lists := []struct {
-		name   string
-		values []string
-		check  func(string) error
-	}{
+	checkFields(path, fe, []valueList{
 		{"hosts", o.Hosts, checkWildcard},
 		{"notHosts", o.NotHosts, checkWildcard},
 		{"ports", o.Ports, checkPort},
@@ -197,7 +179,20 @@ func validateOperation(o *securityv1.Operation, path string, fe *fieldErrors) {
 		{"notMethods", o.NotMethods, checkWildcard},
 		{"paths", o.Paths, checkPath},
 		{"notPaths", o.NotPaths, checkPath},
-	}
+	})
+}
+
+// valueList is one list field of a source or an operation, and the check
+// each of its values must pass.
+type valueList struct {
+	name   string
+	values []string
+	check  func(string) error
+}
+
+// checkFields checks the values of each list field of the source or
+// operation at path, and that at least one of them is set.
+func checkFields(path string, fe *fieldErrors, lists []valueList) {
 	empty := true
 	for _, l := range lists {
 		if len(l.values) > 0 {
