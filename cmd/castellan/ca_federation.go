@@ -143,17 +143,17 @@ func federatedConfigMapData(d *caDeps) func() map[string]string {
 	}
 }
 
-// followFederated calls changed whenever the federated bundles change,
-// until ctx ends.
-func followFederated(ctx context.Context, fed *federation.Federator, changed func()) error {
-	_, ch := fed.Document()
+// follow calls f after each change that changed signals (it returns a
+// channel closed at the next change), from now until ctx ends.
+func follow(ctx context.Context, changed func() <-chan struct{}, f func()) error {
+	ch := changed()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ch:
-			_, ch = fed.Document()
-			changed()
+			ch = changed()
+			f()
 		}
 	}
 }

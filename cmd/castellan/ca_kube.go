@@ -48,23 +48,6 @@ func (k *kubeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&k.clusterTrustBundle, "cluster-trust-bundle", "", "also publish the trust bundle as a ClusterTrustBundle of this name, when the API server serves certificates.k8s.io/v1beta1 (default: none)")
 }
 
-// onChange returns a job that calls f after each change of n's
-// Authority from now on, until its context ends.
-func onChange(n ca.Notifier, f func()) func(context.Context) error {
-	ch := n.Changed()
-	return func(ctx context.Context) error {
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ch:
-				ch = n.Changed()
-				f()
-			}
-		}
-	}
-}
-
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
@@ -134,19 +117,21 @@ func (k *kubeFlags) source(ctx context.Context, d *caDeps, signer crypto.Signer,
 		if err != nil {
 			return nil, usageError{Err: err}
 		}
-		cfg.LeaderJobs = append(cfg.LeaderJobs, ctrl.Run)
+		// The controller publishes the bundle when it starts, then after
+		// each change of the Secret's material (or of the federated
+		// bundles).
+		cfg.LeaderJobs = append(cfg.LeaderJobs, ctrl.Run, func(ctx context.Context) error {
+			return follow(ctx, func() <-chan struct{} { return store.Changed() }, ctrl.BundleChanged)
+		})
 		if d.federated != nil {
 			cfg.LeaderJobs = append(cfg.LeaderJobs, func(ctx context.Context) error {
-				return followFederated(ctx, d.federated, ctrl.BundleChanged)
+				return follow(ctx, func() <-chan struct{} { _, ch := d.federated.Document(); return ch }, ctrl.BundleChanged)
 			})
 		}
 	}
 	store, err = kubestore.New(cfg)
 	if err != nil {
 		return nil, usageError{Err: err}
-	}
-	if ctrl != nil {
-		d.runners = append(d.runners, onChange(store, ctrl.BundleChanged))
 	}
 
 	run, err := store.Start(ctx)
