@@ -242,32 +242,31 @@ func sameVersions(a, b resourceSet) bool {
 // answer sends w the resources it lacks, if any, and reports whether it
 // did. The response joins the change round *r, if any.
 func (s *Server) answer(st *workloadState, w *watch, r **round) bool {
-	join := func(key any) {
-		if r == nil || *r == nil || (*r).done {
-			return
-		}
-		(*r).pending++
-		s.inflight[key] = *r
-	}
+	var (
+		key  any // the response's entry in s.inflight
+		api  string
+		send func()
+	)
 	if w.ch != nil {
 		resp := sotwResponse(st, w.req, w.sub)
 		if resp == nil {
 			return false
 		}
-		join(resp.DiscoveryResponse)
-		w.sent = resp.DiscoveryResponse
-		w.ch <- resp
-		s.metrics.pushed("sotw")
-		return true
+		key, api, send = resp.DiscoveryResponse, "sotw", func() { w.ch <- resp }
+	} else {
+		resp := deltaResponse(st, w.dreq, w.sub)
+		if resp == nil {
+			return false
+		}
+		key, api, send = resp.DeltaDiscoveryResponse, "delta", func() { w.dch <- resp }
 	}
-	resp := deltaResponse(st, w.dreq, w.sub)
-	if resp == nil {
-		return false
+	if r != nil && *r != nil && !(*r).done {
+		(*r).pending++
+		s.inflight[key] = *r
 	}
-	join(resp.DeltaDiscoveryResponse)
-	w.sent = resp.DeltaDiscoveryResponse
-	w.dch <- resp
-	s.metrics.pushed("delta")
+	w.sent = key
+	send()
+	s.metrics.pushed(api)
 	return true
 }
 
