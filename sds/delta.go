@@ -11,12 +11,7 @@ import (
 
 // DeltaSecrets serves one incremental (delta) SDS stream.
 func (s *Server) DeltaSecrets(stream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	st := &deltaStream{
-		s:       s,
-		subs:    map[string]bool{},
-		known:   map[string]string{},
-		errored: map[string]bool{},
-	}
+	st := newDeltaStream(s)
 	return serveStream(s, apiDelta, stream, &st.streamBase, st.next, st.handle)
 }
 
@@ -25,17 +20,11 @@ type deltaStream struct {
 	s *Server
 
 	streamBase // its mu guards everything below, and Send
+	subscription
+}
 
-	subs     map[string]bool
-	wildcard bool
-	// known holds the version of each resource the client has: what was
-	// sent on this stream (acknowledged or not, so a NACKed version is not
-	// sent again) or what the client declared in initial_resource_versions.
-	known   map[string]string
-	errored map[string]bool
-
-	nonce     uint64
-	lastNonce string
+func newDeltaStream(s *Server) *deltaStream {
+	return &deltaStream{s: s, subscription: newSubscription()}
 }
 
 // handle applies one request and reports whether it may change what the
@@ -60,7 +49,7 @@ func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) (changed b
 		st.wildcard = len(req.GetResourceNamesSubscribe()) == 0
 		for name, version := range initial {
 			if len(name) <= MaxResourceNameLen {
-				st.known[name] = version
+				st.versions[name] = version
 			}
 		}
 		st.s.log.Debug("sds: stream opened", "api", apiDelta, "node", st.node, "resources", req.GetResourceNamesSubscribe())
@@ -92,7 +81,7 @@ func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) (changed b
 		// have it: it may have dropped it before its unsubscribe reached
 		// us. Only initial_resource_versions vouches for what it holds.
 		if _, declared := initial[name]; !declared {
-			delete(st.known, name)
+			delete(st.versions, name)
 		}
 		delete(st.errored, name)
 	}
@@ -103,34 +92,8 @@ func (st *deltaStream) handle(req *discoveryv3.DeltaDiscoveryRequest) (changed b
 		}
 		delete(st.subs, name)
 	}
-	for name := range st.known {
-		if !st.covers(name) {
-			delete(st.known, name)
-		}
-	}
-	for name := range st.errored {
-		if !st.covers(name) {
-			delete(st.errored, name)
-		}
-	}
+	st.forgetUncovered()
 	return changed, nil
-}
-
-func (st *deltaStream) covers(name string) bool {
-	return st.subs[name] || (st.wildcard && isKnown(name))
-}
-
-func (st *deltaStream) names() []string {
-	set := make(map[string]bool, len(st.subs)+len(knownNames))
-	for n := range st.subs {
-		set[n] = true
-	}
-	if st.wildcard {
-		for _, n := range knownNames {
-			set[n] = true
-		}
-	}
-	return sortedKeys(set)
 }
 
 // next returns the changes the client needs, or nil when it is up to date:
@@ -146,14 +109,14 @@ func (st *deltaStream) next(f *feed, snap snapshot) *discoveryv3.DeltaDiscoveryR
 		r, state := st.s.lookup(&f.cache, snap, name)
 		switch state {
 		case stateReady:
-			if st.known[name] != r.version {
+			if st.versions[name] != r.version {
 				resources = append(resources, &discoveryv3.Resource{Name: name, Version: r.version, Resource: r.any})
-				st.known[name] = r.version
+				st.versions[name] = r.version
 			}
 		case stateNotReady:
-			if _, had := st.known[name]; had {
+			if _, had := st.versions[name]; had {
 				removed = append(removed, name)
-				delete(st.known, name)
+				delete(st.versions, name)
 			}
 		case stateUnknown:
 			if !st.errored[name] {
@@ -167,14 +130,13 @@ func (st *deltaStream) next(f *feed, snap snapshot) *discoveryv3.DeltaDiscoveryR
 	if len(resources) == 0 && len(removed) == 0 && len(errs) == 0 {
 		return nil
 	}
-	st.nonce++
-	st.lastNonce = strconv.FormatUint(st.nonce, 10)
+	nonce := st.nextNonce()
 	return &discoveryv3.DeltaDiscoveryResponse{
 		SystemVersionInfo: strconv.FormatUint(snap.Generation, 10),
 		Resources:         resources,
 		TypeUrl:           SecretTypeURL,
 		RemovedResources:  removed,
-		Nonce:             st.lastNonce,
+		Nonce:             nonce,
 		ResourceErrors:    errs,
 	}
 }

@@ -40,8 +40,7 @@ func FuzzStreamRequests(f *testing.F) {
 	snap, _ := store.Load()
 
 	f.Fuzz(func(t *testing.T, first, second []byte) {
-		sotw := &sotwStream{s: srv, subs: map[string]bool{}, sent: map[string]string{}, errored: map[string]bool{}}
-		delta := &deltaStream{s: srv, subs: map[string]bool{}, known: map[string]string{}, errored: map[string]bool{}}
+		sotw, delta := newSotwStream(srv), newDeltaStream(srv)
 		// Each request is applied to a stream that is up to date, so one
 		// that reports no change must leave nothing to send: the handler
 		// only wakes the pusher on a change.
@@ -70,7 +69,7 @@ func checkSotW(t *testing.T, st *sotwStream, snap svidstore.Snapshot, changed bo
 	if !changed {
 		t.Fatal("sotw has a response for a request that changed nothing")
 	}
-	for name := range st.sent {
+	for name := range st.versions {
 		if !st.covers(name) {
 			t.Fatalf("sotw sent %q without a subscription", name)
 		}

@@ -2,7 +2,6 @@ package sds
 
 import (
 	"maps"
-	"strconv"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -13,12 +12,7 @@ import (
 
 // StreamSecrets serves one state-of-the-world SDS stream.
 func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	st := &sotwStream{
-		s:       s,
-		subs:    map[string]bool{},
-		sent:    map[string]string{},
-		errored: map[string]bool{},
-	}
+	st := newSotwStream(s)
 	return serveStream(s, apiSotW, stream, &st.streamBase, st.next, st.handle)
 }
 
@@ -26,23 +20,16 @@ func (s *Server) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disco
 type sotwStream struct {
 	s *Server
 
-	streamBase // its mu guards everything below, and Send
+	streamBase   // its mu guards everything below, and Send
+	subscription // subs: the names in the latest resource_names
 
-	// subs are the names in the latest resource_names; wildcard is set by
-	// "*" or by an empty first request (legacy wildcard), which stays in
-	// force until the client names resources.
-	subs           map[string]bool
-	wildcard       bool
+	// legacyWildcard is set by an empty first request, and sets wildcard
+	// (as "*" does) until the client names resources.
 	legacyWildcard bool
+}
 
-	// sent holds the version of each subscribed resource last sent on this
-	// stream, acknowledged or not: a NACKed version is not sent again.
-	sent map[string]string
-	// errored holds the unknown names already answered with an error.
-	errored map[string]bool
-
-	nonce     uint64
-	lastNonce string
+func newSotwStream(s *Server) *sotwStream {
+	return &sotwStream{s: s, subscription: newSubscription()}
 }
 
 // handle applies one request and reports whether it changed the
@@ -102,37 +89,8 @@ func (st *sotwStream) subscribe(names []string) bool {
 		return false
 	}
 	st.subs, st.wildcard = subs, wildcard
-	// Forget what was sent for names no longer subscribed, so that a later
-	// subscription to them is answered afresh.
-	for n := range st.sent {
-		if !st.covers(n) {
-			delete(st.sent, n)
-		}
-	}
-	for n := range st.errored {
-		if !st.covers(n) {
-			delete(st.errored, n)
-		}
-	}
+	st.forgetUncovered()
 	return true
-}
-
-func (st *sotwStream) covers(name string) bool {
-	return st.subs[name] || (st.wildcard && isKnown(name))
-}
-
-// names lists the subscribed names, sorted.
-func (st *sotwStream) names() []string {
-	set := make(map[string]bool, len(st.subs)+len(knownNames))
-	for n := range st.subs {
-		set[n] = true
-	}
-	if st.wildcard {
-		for _, n := range knownNames {
-			set[n] = true
-		}
-	}
-	return sortedKeys(set)
 }
 
 // next returns the response the client needs, or nil when it is up to date.
@@ -152,11 +110,11 @@ func (st *sotwStream) next(f *feed, snap snapshot) *discoveryv3.DiscoveryRespons
 		switch state {
 		case stateReady:
 			ready = append(ready, r)
-			if st.sent[name] != r.version {
+			if st.versions[name] != r.version {
 				need = true
 			}
 		case stateNotReady:
-			if _, had := st.sent[name]; had {
+			if _, had := st.versions[name]; had {
 				need = true
 			}
 		case stateUnknown:
@@ -170,24 +128,23 @@ func (st *sotwStream) next(f *feed, snap snapshot) *discoveryv3.DiscoveryRespons
 	if !need {
 		return nil
 	}
-	clear(st.sent)
+	clear(st.versions)
 	resources := make([]*anypb.Any, len(ready))
 	for i, r := range ready {
 		resources[i] = r.any
-		st.sent[r.name] = r.version
+		st.versions[r.name] = r.version
 	}
 	for _, n := range newErr {
 		st.errored[n] = true
 		st.s.metrics.unknown.WithLabelValues(apiSotW).Inc()
 		st.s.log.Info("sds: client asked for an unknown secret", "node", st.node, "name", truncate(n))
 	}
-	st.nonce++
-	st.lastNonce = strconv.FormatUint(st.nonce, 10)
+	nonce := st.nextNonce()
 	return &discoveryv3.DiscoveryResponse{
 		VersionInfo:    combinedVersion(ready),
 		Resources:      resources,
 		TypeUrl:        SecretTypeURL,
-		Nonce:          st.lastNonce,
+		Nonce:          nonce,
 		ResourceErrors: errs,
 	}
 }
