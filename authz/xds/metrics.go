@@ -2,7 +2,6 @@ package xds
 
 import (
 	"fmt"
-
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"

@@ -3,6 +3,8 @@ package xds
 import (
 	"fmt"
 	"strings"
+
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
 // maxNodeIDLength bounds a node ID; Istio's are far shorter.
@@ -41,25 +43,12 @@ func ParseNodeID(id string) (Proxy, error) {
 	if ns != p.Namespace {
 		return Proxy{}, fmt.Errorf("node ID %q: domain %q is not in namespace %q", truncate(id, 128), truncate(parts[3], 128), p.Namespace)
 	}
-	if !validName(p.Pod, 253) || !validName(p.Namespace, 63) || strings.Contains(p.Namespace, ".") {
+	// A pod's name is an RFC 1123 subdomain, a namespace's a label, as
+	// Kubernetes requires of them.
+	if !dnsname.IsSubdomain(p.Pod) || !dnsname.IsLabel(p.Namespace) {
 		return Proxy{}, fmt.Errorf("node ID %q: invalid pod or namespace name", truncate(id, 128))
 	}
 	return p, nil
-}
-
-// validName reports whether s is a lower-case DNS name of at most max
-// bytes.
-func validName(s string, max int) bool {
-	if s == "" || len(s) > max {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
 
 func truncate(s string, n int) string {

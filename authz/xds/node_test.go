@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/castellan-mesh/castellan/authz/xds"
+	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
 func TestParseNodeID(t *testing.T) {
@@ -20,6 +21,14 @@ func TestParseNodeID(t *testing.T) {
 		{id: "sidecar~10.1.2.3~web~shop.svc.cluster.local", wantErr: "not <pod>.<namespace>"},
 		{id: "sidecar~10.1.2.3~web.shop~other.svc.cluster.local", wantErr: "not in namespace"},
 		{id: "sidecar~10.1.2.3~Web.shop~shop.svc.cluster.local", wantErr: "invalid pod"},
+		// Names Kubernetes would refuse name no pod: RFC 1123 rules.
+		{id: "sidecar~10.1.2.3~-web.shop~shop.svc.cluster.local", wantErr: "invalid pod"},
+		{id: "sidecar~10.1.2.3~web-.shop~shop.svc.cluster.local", wantErr: "invalid pod"},
+		{id: "sidecar~10.1.2.3~web..a.shop~shop.svc.cluster.local", wantErr: "invalid pod"},
+		{id: "sidecar~10.1.2.3~.web.shop~shop.svc.cluster.local", wantErr: "invalid pod"},
+		{id: "sidecar~10.1.2.3~web.-shop~-shop.svc.cluster.local", wantErr: "invalid pod"},
+		{id: "sidecar~10.1.2.3~web." + strings.Repeat("s", 64) + "~" + strings.Repeat("s", 64) + ".svc", wantErr: "invalid pod"},
+		{id: "sidecar~10.1.2.3~" + strings.Repeat("w", 254) + ".shop~shop.svc", wantErr: "invalid pod"},
 		{id: "sidecar~1~" + strings.Repeat("a", 2000) + ".b~b.svc", wantErr: "limit"},
 	}
 	for _, tt := range tests {
@@ -42,7 +51,7 @@ func FuzzParseNodeID(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if p.Pod == "" || p.Namespace == "" || strings.ContainsAny(p.Namespace, ".~/") || strings.Contains(p.Pod, "~") {
+		if !dnsname.IsSubdomain(p.Pod) || !dnsname.IsLabel(p.Namespace) {
 			t.Fatalf("%q parsed to %+v", id, p)
 		}
 	})
