@@ -664,19 +664,6 @@ func (c *callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryReques
 
 func (c *callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
 
-// Proxies returns the number of identified proxies connected.
-func (s *Server) Proxies() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, st := range s.streams {
-		if st.bound {
-			n++
-		}
-	}
-	return n
-}
-
 // GRPCServerOptions are the gRPC server options the policy server runs
 // with: small per-connection buffers (a proxy's configs are a few KiB, and
 // thousands of proxies stay connected), a shared write buffer, and bounds
