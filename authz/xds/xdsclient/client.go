@@ -340,14 +340,3 @@ func HTTPFilters(cfg map[string]*corev3.TypedExtensionConfig, names []string) []
 	}
 	return out
 }
-
-// NetworkFilters is HTTPFilters for network filters.
-func NetworkFilters(cfg map[string]*corev3.TypedExtensionConfig, names []string) []*listenerv3.Filter {
-	var out []*listenerv3.Filter
-	for _, n := range names {
-		if tec, ok := cfg[n]; ok {
-			out = append(out, &listenerv3.Filter{Name: n, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tec.GetTypedConfig()}})
-		}
-	}
-	return out
-}
