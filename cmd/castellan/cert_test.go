@@ -157,22 +157,9 @@ func TestCertInspectStdinJSON(t *testing.T) {
 
 func TestCertInspectTLS(t *testing.T) {
 	f := newCertFixture(t)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{f.validPair}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
-		}
-	}()
+	addr := testpki.ServeTLS(t, &tls.Config{Certificates: []tls.Certificate{f.validPair}})
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"cert", "inspect", "--tls", ln.Addr().String(), "--bundle", f.root, "--short"}, &stdout, &stderr)
+	code := run(context.Background(), []string{"cert", "inspect", "--tls", addr, "--bundle", f.root, "--short"}, &stdout, &stderr)
 	if code != 0 || !strings.Contains(stdout.String(), "spiffe://example.test/ns/default/sa/valid") {
 		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}

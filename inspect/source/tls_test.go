@@ -5,50 +5,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"io"
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/castellan-mesh/castellan/inspect/source"
 	"github.com/castellan-mesh/castellan/internal/testpki"
 )
-
-// serveTLS runs a TLS server on 127.0.0.1:0 that completes handshakes and
-// waits for the client to hang up. It is stopped when the test ends.
-func serveTLS(t *testing.T, conf *tls.Config) string {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				if err := c.(*tls.Conn).Handshake(); err != nil {
-					return
-				}
-				io.Copy(io.Discard, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 func TestTLS(t *testing.T) {
 	p := testpki.New(t)
@@ -112,7 +77,7 @@ func TestTLS(t *testing.T) {
 				sni = h.ServerName
 				return nil, nil
 			}
-			addr := serveTLS(t, tt.server)
+			addr := testpki.ServeTLS(t, tt.server)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			in, err := source.TLS(ctx, addr, tt.cfg)

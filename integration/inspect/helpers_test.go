@@ -3,12 +3,10 @@ package inspect_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,43 +43,4 @@ func runCLI(t *testing.T, env []string, stdin []byte, args ...string) cliResult 
 		t.Fatalf("castellan panicked:\n%s", stderr.String())
 	}
 	return cliResult{code: code, stdout: stdout.String(), stderr: stderr.String()}
-}
-
-// serveTLS runs a TLS server on 127.0.0.1:0 that completes handshakes and
-// then holds the connection until the client hangs up. It stops when the
-// test ends.
-func serveTLS(t *testing.T, conf *tls.Config) string {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				if err := c.(*tls.Conn).Handshake(); err != nil {
-					return
-				}
-				buf := make([]byte, 512)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }

@@ -27,12 +27,12 @@ func TestTLS(t *testing.T) {
 	clientCert := testpki.WriteFile(t, dir, "client.pem", cli.ChainPEM())
 	clientKey := testpki.WriteFile(t, dir, "client-key.pem", testpki.KeyPEM(t, cli.LeafKey))
 
-	plain := serveTLS(t, &tls.Config{Certificates: []tls.Certificate{srv.TLSCertificate()}})
-	mtls13 := serveTLS(t, &tls.Config{
+	plain := testpki.ServeTLS(t, &tls.Config{Certificates: []tls.Certificate{srv.TLSCertificate()}})
+	mtls13 := testpki.ServeTLS(t, &tls.Config{
 		Certificates: []tls.Certificate{srv.TLSCertificate()}, ClientAuth: tls.RequireAndVerifyClientCert,
 		ClientCAs: clientCAs, MinVersion: tls.VersionTLS13,
 	})
-	mtls12 := serveTLS(t, &tls.Config{
+	mtls12 := testpki.ServeTLS(t, &tls.Config{
 		Certificates: []tls.Certificate{srv.TLSCertificate()}, ClientAuth: tls.RequireAndVerifyClientCert,
 		ClientCAs: clientCAs, MaxVersion: tls.VersionTLS12,
 	})
