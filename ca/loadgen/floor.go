@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,14 @@ func (f *Floor) Min() time.Duration { return slices.Min(f.Samples) }
 
 // Max returns the largest sample.
 func (f *Floor) Max() time.Duration { return slices.Max(f.Samples) }
+
+// merge adds g's samples to f and sets f.PerOp to the median of them all.
+func (f *Floor) merge(g *Floor) {
+	f.Samples = append(f.Samples, g.Samples...)
+	s := slices.Clone(f.Samples)
+	slices.Sort(s)
+	f.PerOp = s[len(s)/2]
+}
 
 func (f *Floor) String() string {
 	return fmt.Sprintf("%s per verify+sign (median of %d batches, %s to %s)", us(f.PerOp), len(f.Samples), us(f.Min()), us(f.Max()))
@@ -88,10 +97,36 @@ func MeasureFloor(batches, n int) (*Floor, error) {
 		}
 		f.Samples = append(f.Samples, (t1-t0)/time.Duration(n))
 	}
-	s := slices.Clone(f.Samples)
-	slices.Sort(s)
-	f.PerOp = s[len(s)/2]
-	return f, nil
+	out := &Floor{}
+	out.merge(f)
+	return out, nil
+}
+
+// MeasureFloorBusy measures the crypto floor as MeasureFloor does, on
+// threads OS threads at once, each timed by its own CPU clock. With one
+// thread a core, it is the floor of a machine whose every core is busy,
+// as it is when a CA runs at saturation: cores that share caches, memory
+// bandwidth or a physical core under a hypervisor are slower together
+// than one alone. The samples of every thread are merged.
+func MeasureFloorBusy(batches, n, threads int) (*Floor, error) {
+	if threads <= 0 {
+		return nil, errors.New("loadgen: floor threads must be positive")
+	}
+	floors := make([]*Floor, threads)
+	errs := make([]error, threads)
+	var wg sync.WaitGroup
+	for i := range threads {
+		wg.Go(func() { floors[i], errs[i] = MeasureFloor(batches, n) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	out := &Floor{}
+	for _, f := range floors {
+		out.merge(f)
+	}
+	return out, nil
 }
 
 // threadCPU returns the CPU time of the calling OS thread, to the

@@ -19,6 +19,21 @@ func TestMeasureFloor(t *testing.T) {
 	}
 }
 
+func TestMeasureFloorBusy(t *testing.T) {
+	f, err := MeasureFloorBusy(3, 5, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Samples) != 6 || f.PerOp <= 0 || f.Min() > f.PerOp || f.Max() < f.PerOp {
+		t.Fatalf("floor %+v: want 2 threads' 3 positive samples around the median", f)
+	}
+	for _, c := range []struct{ batches, n, threads int }{{0, 5, 2}, {3, 0, 2}, {3, 5, 0}} {
+		if _, err := MeasureFloorBusy(c.batches, c.n, c.threads); err == nil {
+			t.Errorf("MeasureFloorBusy(%d, %d, %d): want an error", c.batches, c.n, c.threads)
+		}
+	}
+}
+
 func TestProcCPU(t *testing.T) {
 	// /proc counts in ticks of 10 ms: burn CPU until some is counted.
 	var u, s time.Duration

@@ -17,6 +17,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -109,6 +110,10 @@ type Result struct {
 	// Floor is the crypto floor measured before and after the run (both
 	// sets of samples), or nil.
 	Floor *Floor
+	// BusyFloor is the crypto floor measured after the run on every core
+	// at once (MeasureFloorBusy), or nil: the floor of the operations when
+	// they run on a machine as busy as the CA's at saturation.
+	BusyFloor *Floor
 }
 
 // Rate is the successful requests per second.
@@ -153,6 +158,12 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 			fmt.Fprintf(w, "CA/floor      %.2fx (CA CPU per SVID %s / floor %s; %.2fx to %.2fx over the floor's batches)\n",
 				float64(perSVID)/float64(r.Floor.PerOp), us(perSVID), us(r.Floor.PerOp),
 				float64(perSVID)/float64(r.Floor.Max()), float64(perSVID)/float64(r.Floor.Min()))
+		}
+	}
+	if r.BusyFloor != nil {
+		fmt.Fprintf(w, "busy floor    %s, every core at once\n", r.BusyFloor)
+		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 {
+			fmt.Fprintf(w, "CA/busy floor %.2fx\n", float64(r.ServerCPU/time.Duration(ok))/float64(r.BusyFloor.PerOp))
 		}
 	}
 }
@@ -260,11 +271,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		floor.Samples = append(floor.Samples, f.Samples...)
-		s := slices.Clone(floor.Samples)
-		slices.Sort(s)
-		floor.PerOp = s[len(s)/2]
+		floor.merge(f)
 		res.Floor = floor
+		if res.BusyFloor, err = MeasureFloorBusy(cfg.FloorBatches, floorBatchSize, runtime.NumCPU()); err != nil {
+			return nil, err
+		}
 	}
 	res.TokenReviews, res.ServerCPU = -1, -1
 	if before != nil && after != nil {

@@ -30,6 +30,9 @@ type benchCAResult struct {
 	// per SVID over it.
 	FloorSeconds *float64 `json:"floorSeconds,omitempty"`
 	CAOverFloor  *float64 `json:"caOverFloor,omitempty"`
+	// The floor with every core busy at once, and the CA over it.
+	BusyFloorSeconds *float64 `json:"busyFloorSeconds,omitempty"`
+	CAOverBusyFloor  *float64 `json:"caOverBusyFloor,omitempty"`
 	// The CA's system calls and context switches per CSR (--ca-pid).
 	CAPerCSR  *caCountsPerCSR      `json:"caPerCSR,omitempty"`
 	JunkFlood *loadgen.FloodResult `json:"junkFlood,omitempty"`
@@ -75,6 +78,12 @@ func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.Floo
 		out.FloorSeconds = ptr(r.Floor.PerOp.Seconds())
 		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 && r.Floor.PerOp > 0 {
 			out.CAOverFloor = ptr(float64(r.ServerCPU/time.Duration(ok)) / float64(r.Floor.PerOp))
+		}
+	}
+	if f := r.BusyFloor; f != nil {
+		out.BusyFloorSeconds = ptr(f.PerOp.Seconds())
+		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 && f.PerOp > 0 {
+			out.CAOverBusyFloor = ptr(float64(r.ServerCPU/time.Duration(ok)) / float64(f.PerOp))
 		}
 	}
 	return out
