@@ -24,15 +24,16 @@ const maxPEMSize = 1 << 20
 type FileCredentials struct {
 	certFile, keyFile, bundleFile string
 
-	mu      sync.Mutex
-	checked time.Time
-	stamp   [3]time.Time
-	cfg     *tls.Config
+	mu         sync.Mutex
+	checked    time.Time
+	checkEvery time.Duration
+	stamp      [3]time.Time
+	cfg        *tls.Config
 }
 
 // NewFileCredentials reads the files once, failing if they are unusable.
 func NewFileCredentials(certFile, keyFile, bundleFile string) (*FileCredentials, error) {
-	f := &FileCredentials{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile}
+	f := &FileCredentials{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile, checkEvery: time.Second}
 	if _, err := f.current(); err != nil {
 		return nil, err
 	}
@@ -53,7 +54,7 @@ func (f *FileCredentials) TLSConfig() *tls.Config {
 func (f *FileCredentials) current() (*tls.Config, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.cfg != nil && time.Since(f.checked) < time.Second {
+	if f.cfg != nil && time.Since(f.checked) < f.checkEvery {
 		return f.cfg, nil
 	}
 	f.checked = time.Now()
