@@ -12,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/castellan-mesh/castellan/internal/filewatch"
 )
 
 // maxPEMSize bounds the certificate, key and bundle files read.
@@ -20,23 +22,34 @@ const maxPEMSize = 1 << 20
 // FileCredentials serves the server certificate and verifies clients
 // against a trust bundle, all read from PEM files and read again when they
 // change (the agent rewrites them on every rotation), at most once per
-// second.
+// second. A rewrite that does not load leaves the last good files in
+// force.
 type FileCredentials struct {
 	certFile, keyFile, bundleFile string
+	files                         *filewatch.Watcher
 
-	mu         sync.Mutex
+	mu         sync.Mutex // guards the fields below
 	checked    time.Time
 	checkEvery time.Duration
-	stamp      [3]time.Time
 	cfg        *tls.Config
 }
 
 // NewFileCredentials reads the files once, failing if they are unusable.
 func NewFileCredentials(certFile, keyFile, bundleFile string) (*FileCredentials, error) {
-	f := &FileCredentials{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile, checkEvery: time.Second}
-	if _, err := f.current(); err != nil {
+	f := &FileCredentials{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile, checked: time.Now(), checkEvery: time.Second}
+	stamp, err := f.fileStamp()
+	if err != nil {
 		return nil, err
 	}
+	if f.cfg, err = loadTLS(certFile, keyFile, bundleFile); err != nil {
+		return nil, err
+	}
+	// current checks at most every checkEvery, and Run is never called.
+	f.files, err = filewatch.New(filewatch.Config{Path: certFile, Interval: time.Hour, Read: f.fileStamp, Load: f.load})
+	if err != nil {
+		return nil, fmt.Errorf("xds: %w", err)
+	}
+	f.files.Seed(stamp)
 	return f, nil
 }
 
@@ -46,41 +59,44 @@ func (f *FileCredentials) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return f.current()
+			return f.current(), nil
 		},
 	}
 }
 
-func (f *FileCredentials) current() (*tls.Config, error) {
+func (f *FileCredentials) current() *tls.Config {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.cfg != nil && time.Since(f.checked) < f.checkEvery {
-		return f.cfg, nil
+	if time.Since(f.checked) >= f.checkEvery {
+		f.checked = time.Now()
+		f.files.Check()
 	}
-	f.checked = time.Now()
-	var stamp [3]time.Time
-	for i, name := range []string{f.certFile, f.keyFile, f.bundleFile} {
-		st, err := os.Stat(name)
+	return f.cfg
+}
+
+// fileStamp tells a change to any of the files by its modification time
+// and size, without reading the key.
+func (f *FileCredentials) fileStamp() ([]byte, error) {
+	var s []byte
+	for _, name := range []string{f.certFile, f.keyFile, f.bundleFile} {
+		fi, err := os.Stat(name)
 		if err != nil {
-			if f.cfg != nil {
-				return f.cfg, nil // keep serving the last good files
-			}
 			return nil, fmt.Errorf("xds: %w", err)
 		}
-		stamp[i] = st.ModTime()
+		s = fmt.Appendf(s, "%d/%d;", fi.ModTime().UnixNano(), fi.Size())
 	}
-	if f.cfg != nil && stamp == f.stamp {
-		return f.cfg, nil
-	}
+	return s, nil
+}
+
+// load reads the files again; the watcher calls it, from current, when
+// their stamp changed.
+func (f *FileCredentials) load([]byte) error {
 	cfg, err := loadTLS(f.certFile, f.keyFile, f.bundleFile)
 	if err != nil {
-		if f.cfg != nil {
-			return f.cfg, nil
-		}
-		return nil, err
+		return err
 	}
-	f.cfg, f.stamp = cfg, stamp
-	return cfg, nil
+	f.cfg = cfg
+	return nil
 }
 
 func readPEM(name string) ([]byte, error) {
