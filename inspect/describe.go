@@ -87,14 +87,10 @@ func roleOf(i int, isCA, selfSigned bool) string {
 	}
 }
 
-// selfSigned reports whether cert names itself as issuer and its signature
-// verifies with its own key.
-func selfSigned(cert *x509.Certificate) bool {
-	if !bytes.Equal(cert.RawIssuer, cert.RawSubject) {
-		return false
-	}
-	return cert.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature) == nil
-}
+// selfSigned reports whether cert issued itself (see issued). Unlike
+// pemfile.IsSelfSigned it does not ask that cert be a CA: a self-signed
+// leaf is worth reporting as such.
+func selfSigned(cert *x509.Certificate) bool { return issued(cert, cert) }
 
 // issued reports whether parent issued child: names chain and parent's key
 // verifies child's signature.
