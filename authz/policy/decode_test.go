@@ -270,3 +270,23 @@ func TestParseWorkload(t *testing.T) {
 		}
 	}
 }
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+func TestRead(t *testing.T) {
+	rs, err := policy.Read(strings.NewReader(header+"spec: {}\n"), "stdin")
+	if err != nil || len(rs) != 1 || rs[0].Origin.File != "stdin" {
+		t.Fatalf("Read: %d resources, %v", len(rs), err)
+	}
+	// A stream over the limit is refused, however long it goes on.
+	_, err = policy.Read(zeros{}, "stdin")
+	if err == nil || !strings.Contains(err.Error(), "stdin") || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("Read of an endless stream: %v, want the limit named for stdin", err)
+	}
+}

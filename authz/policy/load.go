@@ -50,12 +50,7 @@ func Load(path string) ([]*Resource, error) {
 		seen = map[Key]Origin{}
 	)
 	for _, f := range files {
-		data, err := readLimited(f, MaxInputSize)
-		if err != nil {
-			errs = append(errs, &Error{Origin: Origin{File: f}, Err: err})
-			continue
-		}
-		rs, err := Decode(data, f)
+		rs, err := readFile(f)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -72,18 +67,22 @@ func Load(path string) ([]*Resource, error) {
 	return out, errors.Join(errs...)
 }
 
-func readLimited(name string, limit int64) ([]byte, error) {
+// Read decodes the resources of the YAML or JSON stream r (stdin, say),
+// named source in errors and origins. It reads at most MaxInputSize bytes
+// and one more: a longer stream is refused, as Decode refuses that input.
+func Read(r io.Reader, source string) ([]*Resource, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxInputSize+1))
+	if err != nil {
+		return nil, &Error{Origin: Origin{File: source}, Err: err}
+	}
+	return Decode(data, source)
+}
+
+func readFile(name string) ([]*Resource, error) {
 	f, err := os.Open(name)
 	if err != nil {
-		return nil, err
+		return nil, &Error{Origin: Origin{File: name}, Err: err}
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("file is larger than the limit of %d bytes", limit)
-	}
-	return data, nil
+	return Read(f, name)
 }

@@ -189,14 +189,7 @@ func (c *authzCommon) loadPolicies(path string) ([]*policy.Resource, error) {
 	if path != "-" {
 		return policy.Load(path)
 	}
-	data, err := io.ReadAll(io.LimitReader(c.stdin, policy.MaxInputSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("--policies -: reading stdin: %w", err)
-	}
-	if len(data) > policy.MaxInputSize {
-		return nil, fmt.Errorf("--policies -: stdin is larger than the limit of %d bytes", policy.MaxInputSize)
-	}
-	return policy.Decode(data, "stdin")
+	return policy.Read(c.stdin, "stdin")
 }
 
 func parseAuthzFlags(fs *pflag.FlagSet, args []string) error {
