@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/go-jose/go-jose/v4"
 )
 
@@ -120,9 +121,9 @@ type KeySet struct {
 	mu      sync.Mutex // serializes reloads
 	raw     []byte     // the StateFile last loaded
 	cur     atomic.Pointer[Keys]
-	changed chan struct{} // closed and replaced on each change, under mu
-	chMu    sync.Mutex
-	initErr error // why no keys are loaded yet, under chMu
+	changed broadcast.Signal // notified after each change of cur
+	errMu   sync.Mutex
+	initErr error // why no keys are loaded yet, under errMu
 }
 
 // Open loads the keys StateFile names, creating the first key in the key
@@ -143,7 +144,7 @@ func Open(ctx context.Context, cfg Config) (*KeySet, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &KeySet{cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}
+	s := &KeySet{cfg: cfg, log: cfg.Logger}
 	if err := s.init(ctx); err != nil {
 		// The X.509 CA does not depend on the JWT keys: it serves on, JWT-SVIDs
 		// are refused as unavailable, and Run tries again.
@@ -189,15 +190,15 @@ func (s *KeySet) init(ctx context.Context) error {
 }
 
 func (s *KeySet) setInitErr(err error) {
-	s.chMu.Lock()
+	s.errMu.Lock()
 	s.initErr = err
-	s.chMu.Unlock()
+	s.errMu.Unlock()
 }
 
 // Err returns why no JWT signing key is loaded, or nil once one is.
 func (s *KeySet) Err() error {
-	s.chMu.Lock()
-	defer s.chMu.Unlock()
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
 	return s.initErr
 }
 
@@ -224,11 +225,7 @@ func (s *KeySet) JWTAuthorities() map[string]crypto.PublicKey {
 }
 
 // Changed returns a channel closed at the next change of the keys.
-func (s *KeySet) Changed() <-chan struct{} {
-	s.chMu.Lock()
-	defer s.chMu.Unlock()
-	return s.changed
-}
+func (s *KeySet) Changed() <-chan struct{} { return s.changed.C() }
 
 // Run reloads StateFile every ReloadInterval until ctx ends. A state that
 // cannot be loaded is logged and the last good keys stay.
@@ -288,11 +285,8 @@ func (s *KeySet) reload(ctx context.Context) (bool, error) {
 	}
 	s.cur.Store(keys)
 	s.raw = raw
-	s.chMu.Lock()
-	s.initErr = nil
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.chMu.Unlock()
+	s.setInitErr(nil)
+	s.changed.Notify()
 	return true, nil
 }
 
