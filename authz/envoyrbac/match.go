@@ -17,6 +17,30 @@ import (
 // maxDepth bounds the nesting of and/or/not rules the evaluator follows.
 const maxDepth = 64
 
+// allOf reports whether every rule matches, as Envoy's and_rules and
+// and_ids do: the first rule that does not match, or fails, ends it. An
+// empty list matches.
+func allOf[R any](rules []R, match func(R) (bool, error)) (bool, error) {
+	for _, rule := range rules {
+		if ok, err := match(rule); err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// anyOf reports whether some rule matches, as or_rules and or_ids do: the
+// first rule that matches, or fails, ends it. An empty list matches
+// nothing.
+func anyOf[R any](rules []R, match func(R) (bool, error)) (bool, error) {
+	for _, rule := range rules {
+		if ok, err := match(rule); err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
+}
+
 func (e *Evaluator) permission(p *rbacv3.Permission, r *Request) (bool, error) {
 	return e.permissionAt(p, r, 0)
 }
@@ -25,25 +49,14 @@ func (e *Evaluator) permissionAt(p *rbacv3.Permission, r *Request, depth int) (b
 	if depth > maxDepth {
 		return false, fmt.Errorf("permission nested more than %d deep", maxDepth)
 	}
+	sub := func(p *rbacv3.Permission) (bool, error) { return e.permissionAt(p, r, depth+1) }
 	switch rule := p.GetRule().(type) {
 	case *rbacv3.Permission_AndRules:
-		for _, sub := range rule.AndRules.GetRules() {
-			ok, err := e.permissionAt(sub, r, depth+1)
-			if err != nil || !ok {
-				return false, err
-			}
-		}
-		return true, nil
+		return allOf(rule.AndRules.GetRules(), sub)
 	case *rbacv3.Permission_OrRules:
-		for _, sub := range rule.OrRules.GetRules() {
-			ok, err := e.permissionAt(sub, r, depth+1)
-			if err != nil || ok {
-				return ok, err
-			}
-		}
-		return false, nil
+		return anyOf(rule.OrRules.GetRules(), sub)
 	case *rbacv3.Permission_NotRule:
-		ok, err := e.permissionAt(rule.NotRule, r, depth+1)
+		ok, err := sub(rule.NotRule)
 		return !ok, err
 	case *rbacv3.Permission_Any:
 		return rule.Any, nil
@@ -79,25 +92,14 @@ func (e *Evaluator) principalAt(p *rbacv3.Principal, r *Request, depth int) (boo
 	if depth > maxDepth {
 		return false, fmt.Errorf("principal nested more than %d deep", maxDepth)
 	}
+	sub := func(p *rbacv3.Principal) (bool, error) { return e.principalAt(p, r, depth+1) }
 	switch id := p.GetIdentifier().(type) {
 	case *rbacv3.Principal_AndIds:
-		for _, sub := range id.AndIds.GetIds() {
-			ok, err := e.principalAt(sub, r, depth+1)
-			if err != nil || !ok {
-				return false, err
-			}
-		}
-		return true, nil
+		return allOf(id.AndIds.GetIds(), sub)
 	case *rbacv3.Principal_OrIds:
-		for _, sub := range id.OrIds.GetIds() {
-			ok, err := e.principalAt(sub, r, depth+1)
-			if err != nil || ok {
-				return ok, err
-			}
-		}
-		return false, nil
+		return anyOf(id.OrIds.GetIds(), sub)
 	case *rbacv3.Principal_NotId:
-		ok, err := e.principalAt(id.NotId, r, depth+1)
+		ok, err := sub(id.NotId)
 		return !ok, err
 	case *rbacv3.Principal_Any:
 		return id.Any, nil
