@@ -10,6 +10,8 @@ package svidstore
 import (
 	"sync"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 )
 
 // Snapshot is the content of a Store at one moment. Its fields are shared
@@ -39,14 +41,14 @@ type Store struct {
 
 	mu      sync.Mutex
 	snap    Snapshot
-	changed chan struct{}
+	changed broadcast.Signal // notified under mu, taken under mu: one channel per Generation
 	expiry  *time.Timer
 	closed  bool
 }
 
 // New returns an empty Store.
 func New() *Store {
-	return &Store{now: time.Now, changed: make(chan struct{})}
+	return &Store{now: time.Now}
 }
 
 // Load returns the current snapshot and a channel that is closed at the
@@ -61,7 +63,7 @@ func (s *Store) Load() (Snapshot, <-chan struct{}) {
 		// The expiry timer has not fired yet; never serve an expired SVID.
 		snap.SVID = nil
 	}
-	return snap, s.changed
+	return snap, s.changed.C()
 }
 
 // SetSVID makes svid the current SVID. An SVID with the version already
@@ -159,6 +161,5 @@ func (s *Store) expire(svid *SVID) {
 
 func (s *Store) notifyLocked() {
 	s.snap.Generation++
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.changed.Notify()
 }

@@ -143,3 +143,37 @@ func TestWithdraw(t *testing.T) {
 		t.Fatalf("after a second Withdraw: %+v", snap)
 	}
 }
+
+// TestLoadPairsChannelWithGeneration: the channel Load returns belongs to
+// the snapshot returned with it, even while changes race with the Load: it
+// is closed only once the generation has moved past the snapshot's, so a
+// subscriber is never woken for a snapshot it already has.
+func TestLoadPairsChannelWithGeneration(t *testing.T) {
+	ca := svidstoretest.NewCA(t, "root")
+	s := svidstore.New()
+	defer s.Close()
+	bundles := []*svidstore.Bundle{ca.Bundle(t), svidstoretest.NewCA(t, "other").Bundle(t)}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 20000 {
+			s.SetBundle(bundles[i%2])
+		}
+	}()
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		snap, changed := s.Load()
+		select {
+		case <-changed:
+			if next, _ := s.Load(); next.Generation <= snap.Generation {
+				t.Fatalf("channel of generation %d closed, but the store is still at %d", snap.Generation, next.Generation)
+			}
+		default:
+		}
+	}
+}

@@ -14,7 +14,10 @@ type Signal struct {
 
 // C returns a channel that is closed at the next Notify. To miss no
 // change, a waiter takes the channel before it reads the state the
-// signal is about, then waits on it.
+// signal is about, then waits on it. Where the state and Notify are
+// guarded by one lock, taking the channel under that lock too pairs it
+// with the state exactly: it is closed only by a change after what the
+// waiter read, never by one already in it.
 func (s *Signal) C() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
