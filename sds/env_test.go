@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -157,13 +158,78 @@ func (e *env) waitMetric(name, api string, want float64) {
 	}
 }
 
-// sotw is a state-of-the-world stream whose responses are read in the
-// background, so that a test can wait for one with a timeout.
+// received holds the responses of a stream, read in the background, so
+// that a test can wait for one with a timeout or make sure none arrives.
+type received[R any] struct {
+	t        *testing.T
+	resp     chan R
+	errc     chan error
+	ack      func(R) error
+	invalid  func(R) error  // why the client rejects a response, or nil
+	describe func(R) string // a response, in a failure message
+}
+
+// receive starts reading responses with recv until the stream ends.
+func receive[R any](t *testing.T, recv func() (R, error), ack, invalid func(R) error, describe func(R) string) *received[R] {
+	r := &received[R]{t: t, resp: make(chan R, 16), errc: make(chan error, 1), ack: ack, invalid: invalid, describe: describe}
+	go func() {
+		for {
+			m, err := recv()
+			if err != nil {
+				r.errc <- err
+				return
+			}
+			r.resp <- m
+		}
+	}()
+	return r
+}
+
+// next waits for the next response.
+func (r *received[R]) next() R {
+	r.t.Helper()
+	select {
+	case m := <-r.resp:
+		if err := r.invalid(m); err != nil {
+			r.t.Fatalf("server sent an invalid response: %v", err)
+		}
+		return m
+	case err := <-r.errc:
+		r.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitTimeout):
+		r.t.Fatal("no response")
+	}
+	var zero R
+	return zero
+}
+
+// nextACK waits for the next response and acknowledges it.
+func (r *received[R]) nextACK() R {
+	r.t.Helper()
+	m := r.next()
+	if err := r.ack(m); err != nil {
+		r.t.Fatal(err)
+	}
+	return m
+}
+
+// none checks that nothing arrives for a while.
+func (r *received[R]) none() {
+	r.t.Helper()
+	select {
+	case m := <-r.resp:
+		r.t.Fatalf("unexpected response: %s", r.describe(m))
+	case err := <-r.errc:
+		r.t.Fatalf("stream ended: %v", err)
+	case <-time.After(quiet):
+	}
+}
+
+// sotw is a state-of-the-world stream whose responses are received in the
+// background.
 type sotw struct {
 	*sdsclient.Stream
-	t    *testing.T
-	resp chan *sdsclient.Response
-	errc chan error
+	*received[*sdsclient.Response]
 }
 
 func (e *env) openSotW() *sotw {
@@ -174,65 +240,18 @@ func (e *env) openSotW() *sotw {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	s := &sotw{Stream: st, t: e.t, resp: make(chan *sdsclient.Response, 16), errc: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.errc <- err
-				return
-			}
-			s.resp <- r
-		}
-	}()
-	return s
+	return &sotw{Stream: st, received: receive(e.t, st.Recv, st.ACK,
+		func(r *sdsclient.Response) error { return r.Invalid },
+		func(r *sdsclient.Response) string {
+			return fmt.Sprintf("version %q nonce %q, %d secrets", r.Version, r.Nonce, len(r.Secrets))
+		})}
 }
 
-// next waits for the next response.
-func (s *sotw) next() *sdsclient.Response {
-	s.t.Helper()
-	select {
-	case r := <-s.resp:
-		if r.Invalid != nil {
-			s.t.Fatalf("server sent an invalid response: %v", r.Invalid)
-		}
-		return r
-	case err := <-s.errc:
-		s.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitTimeout):
-		s.t.Fatal("no response")
-	}
-	return nil
-}
-
-// nextACK waits for the next response and acknowledges it.
-func (s *sotw) nextACK() *sdsclient.Response {
-	s.t.Helper()
-	r := s.next()
-	if err := s.ACK(r); err != nil {
-		s.t.Fatal(err)
-	}
-	return r
-}
-
-// none checks that nothing arrives for a while.
-func (s *sotw) none() {
-	s.t.Helper()
-	select {
-	case r := <-s.resp:
-		s.t.Fatalf("unexpected response: version %q nonce %q, %d secrets", r.Version, r.Nonce, len(r.Secrets))
-	case err := <-s.errc:
-		s.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
-}
-
-// delta is an incremental stream read in the background.
+// delta is an incremental stream whose responses are received in the
+// background.
 type delta struct {
 	*sdsclient.DeltaStream
-	t    *testing.T
-	resp chan *sdsclient.DeltaResponse
-	errc chan error
+	*received[*sdsclient.DeltaResponse]
 }
 
 func (e *env) openDelta(initial map[string]string) *delta {
@@ -243,54 +262,11 @@ func (e *env) openDelta(initial map[string]string) *delta {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	d := &delta{DeltaStream: st, t: e.t, resp: make(chan *sdsclient.DeltaResponse, 16), errc: make(chan error, 1)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				d.errc <- err
-				return
-			}
-			d.resp <- r
-		}
-	}()
-	return d
-}
-
-func (d *delta) next() *sdsclient.DeltaResponse {
-	d.t.Helper()
-	select {
-	case r := <-d.resp:
-		if r.Invalid != nil {
-			d.t.Fatalf("server sent an invalid response: %v", r.Invalid)
-		}
-		return r
-	case err := <-d.errc:
-		d.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitTimeout):
-		d.t.Fatal("no response")
-	}
-	return nil
-}
-
-func (d *delta) nextACK() *sdsclient.DeltaResponse {
-	d.t.Helper()
-	r := d.next()
-	if err := d.ACK(r); err != nil {
-		d.t.Fatal(err)
-	}
-	return r
-}
-
-func (d *delta) none() {
-	d.t.Helper()
-	select {
-	case r := <-d.resp:
-		d.t.Fatalf("unexpected response: nonce %q, %d resources, removed %v", r.Nonce, len(r.Secrets), r.Removed)
-	case err := <-d.errc:
-		d.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
+	return &delta{DeltaStream: st, received: receive(e.t, st.Recv, st.ACK,
+		func(r *sdsclient.DeltaResponse) error { return r.Invalid },
+		func(r *sdsclient.DeltaResponse) string {
+			return fmt.Sprintf("nonce %q, %d resources, removed %v", r.Nonce, len(r.Secrets), r.Removed)
+		})}
 }
 
 // checkDefault checks that secret holds svid's chain and key.
