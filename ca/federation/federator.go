@@ -30,6 +30,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-mesh/castellan/internal/backoff"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
@@ -79,7 +80,7 @@ type Federator struct {
 	mu      sync.Mutex
 	peers   []*peer // sorted by trust domain
 	doc     []byte
-	changed chan struct{}
+	changed broadcast.Signal // notified and taken under mu: paired with doc
 }
 
 // peer is one relationship and its last good bundle.
@@ -121,7 +122,7 @@ func New(cfg Config) (*Federator, error) {
 	case len(cfg.Relationships) > federated.MaxTrustDomains:
 		return nil, fmt.Errorf("federation: %d relationships, over the limit of %d", len(cfg.Relationships), federated.MaxTrustDomains)
 	}
-	f := &Federator{cfg: cfg, log: cfg.Logger, path: filepath.Join(cfg.DataDir, federated.FileName), changed: make(chan struct{})}
+	f := &Federator{cfg: cfg, log: cfg.Logger, path: filepath.Join(cfg.DataDir, federated.FileName)}
 	persisted := f.loadPersisted()
 	seen := map[spiffeid.TrustDomain]bool{}
 	for _, rel := range cfg.Relationships {
@@ -227,7 +228,7 @@ func (f *Federator) bundlesLocked() []*spiffebundle.Bundle {
 func (f *Federator) Document() ([]byte, <-chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.doc, f.changed
+	return f.doc, f.changed.C()
 }
 
 // publish writes the document of the current bundles, if it changed.
@@ -245,8 +246,7 @@ func (f *Federator) publish() error {
 		return fmt.Errorf("federation: writing %s: %w", f.path, err)
 	}
 	f.doc = doc
-	close(f.changed)
-	f.changed = make(chan struct{})
+	f.changed.Notify()
 	return nil
 }
 
