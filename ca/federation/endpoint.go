@@ -65,9 +65,12 @@ type EndpointConfig struct {
 	// TrustDomain is the local trust domain. Required.
 	TrustDomain spiffeid.TrustDomain
 	// Source supplies the X.509 authorities (its Authority's Roots) and,
-	// for https_spiffe, signs the endpoint's SVID. Required.
+	// for https_spiffe, signs the endpoint's SVID. Required. A
+	// ca.Notifier has a new content numbered as soon as it changes; any
+	// other Source is checked every few seconds.
 	Source ca.Source
-	// JWT, if set, supplies the JWT authorities.
+	// JWT, if set, supplies the JWT authorities. One that also has
+	// Changed (as jwtsvid.KeySet does) is followed as a ca.Notifier is.
 	JWT JWTAuthoritySource
 	// RefreshHint is the spiffe_refresh_hint served. Default:
 	// DefaultRefreshHint.
@@ -210,7 +213,10 @@ func (e *Endpoint) ID() spiffeid.ID {
 func (e *Endpoint) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- e.srv.ServeTLS(e.lis, "", "") }()
-	go e.numberChanges(ctx)
+	nctx, stopNumbering := context.WithCancel(ctx)
+	numbering := make(chan struct{})
+	go func() { defer close(numbering); e.numberChanges(nctx) }()
+	defer func() { stopNumbering(); <-numbering }()
 	e.log.Info("bundle endpoint serving", "addr", e.Addr(), "profile", e.cfg.Profile, "spiffe_id", e.ID().String(), "refresh_hint", e.cfg.RefreshHint)
 	select {
 	case err := <-errc:
@@ -224,30 +230,58 @@ func (e *Endpoint) Serve(ctx context.Context) error {
 }
 
 // sequenceCheck is how often the endpoint looks for a new content to
-// number, so that the sequence moves when the authorities change, not
-// when the bundle is next asked for.
-const sequenceCheck = 5 * time.Second
+// number when a source of it has no change channel, and how soon it tries
+// again after a numbering failed.
+var sequenceCheck = 5 * time.Second
 
-// numberChanges numbers each new content of the bundle within
-// sequenceCheck of the change, until ctx ends.
+// notifier is a source of the bundle's content that says when it changes
+// (ca.Notifier, jwtsvid.KeySet): Changed returns a channel closed at the
+// next change.
+type notifier interface {
+	Changed() <-chan struct{}
+}
+
+// numberChanges numbers each new content of the bundle as soon as the CA
+// material or the JWT authorities change, so that the sequence moves
+// when they do, not when the bundle is next asked for, until ctx ends. A
+// source without a change channel is checked every sequenceCheck.
 func (e *Endpoint) numberChanges(ctx context.Context) {
-	t := time.NewTicker(sequenceCheck)
-	defer t.Stop()
+	src, _ := e.cfg.Source.(notifier)
+	jwt, _ := e.cfg.JWT.(notifier)
+	poll := src == nil || (e.cfg.JWT != nil && jwt == nil)
 	var lastErr string
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		switch _, err := e.Bundle(); {
+		// The channels are taken before the content is read: a change
+		// from now on closes one of them.
+		srcChanged, jwtChanged := changes(src), changes(jwt)
+		_, err := e.Bundle()
+		switch {
 		case err != nil && err.Error() != lastErr:
 			lastErr = err.Error()
 			e.log.Error("bundle endpoint: cannot number the bundle's content; will retry", "error", err)
 		case err == nil:
 			lastErr = ""
 		}
+		var tick <-chan time.Time // nil: no poll, no retry
+		if poll || err != nil {
+			tick = time.After(sequenceCheck)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick:
+		case <-srcChanged:
+		case <-jwtChanged:
+		}
 	}
+}
+
+// changes returns n's change channel, or nil (never ready) without n.
+func changes(n notifier) <-chan struct{} {
+	if n == nil {
+		return nil
+	}
+	return n.Changed()
 }
 
 // Bundle returns the local trust domain's bundle as served now: the

@@ -39,3 +39,11 @@ func (f *Federator) Bundles() []*spiffebundle.Bundle {
 	defer f.mu.Unlock()
 	return f.bundlesLocked()
 }
+
+// SetSequenceCheck sets how often the endpoint checks a source without a
+// change channel, for the duration of a test.
+func SetSequenceCheck(d time.Duration) func() {
+	old := sequenceCheck
+	sequenceCheck = d
+	return func() { sequenceCheck = old }
+}
