@@ -26,6 +26,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
 	"github.com/castellan-mesh/castellan/ca/jwtapi"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/internal/jwtaudience"
 	"github.com/castellan-mesh/castellan/internal/promreg"
 )
@@ -104,8 +105,8 @@ type jwtAgent struct {
 
 	bundleMu sync.Mutex
 	bundle   *workloadapi.JWTBundle
-	changed  chan struct{}
-	refresh  chan struct{} // asks run for a fetch now
+	changed  broadcast.Signal // notified and taken under bundleMu: paired with bundle
+	refresh  chan struct{}    // asks run for a fetch now
 }
 
 func newJWTAgent(a *Agent) (*jwtAgent, error) {
@@ -113,14 +114,14 @@ func newJWTAgent(a *Agent) (*jwtAgent, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &jwtAgent{a: a, metrics: m, cache: map[jwtKey]jwtEntry{}, changed: make(chan struct{}), refresh: make(chan struct{}, 1)}, nil
+	return &jwtAgent{a: a, metrics: m, cache: map[jwtKey]jwtEntry{}, refresh: make(chan struct{}, 1)}, nil
 }
 
 // LoadJWTBundle implements workloadapi.JWTIssuer.
 func (j *jwtAgent) LoadJWTBundle() (*workloadapi.JWTBundle, <-chan struct{}) {
 	j.bundleMu.Lock()
 	defer j.bundleMu.Unlock()
-	return j.bundle, j.changed
+	return j.bundle, j.changed.C()
 }
 
 // FetchJWTSVID implements workloadapi.JWTIssuer: it attests the caller as
@@ -433,8 +434,7 @@ func (j *jwtAgent) fetchBundle(ctx context.Context) error {
 		return nil
 	}
 	j.bundle = b
-	close(j.changed)
-	j.changed = make(chan struct{})
+	j.changed.Notify()
 	j.metrics.bundleAuthority.Set(float64(len(b.Bundle.JWTAuthorities())))
 	a.log.Info("agent: JWT bundle updated", "trust_domain", b.Bundle.TrustDomain().Name(), "authorities", len(b.Bundle.JWTAuthorities()))
 	return nil
