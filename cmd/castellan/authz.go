@@ -7,18 +7,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/spf13/pflag"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/castellan-mesh/castellan/authz"
-	"github.com/castellan-mesh/castellan/authz/envoyrbac"
+	"github.com/castellan-mesh/castellan/authz/check"
 	"github.com/castellan-mesh/castellan/authz/mtls"
 	"github.com/castellan-mesh/castellan/authz/policy"
 	"github.com/castellan-mesh/castellan/authz/rbac"
@@ -247,129 +245,39 @@ func protoList[M proto.Message](ms []M) []json.RawMessage {
 
 // authzCheckFlags describe the request of "castellan authz check".
 type authzCheckFlags struct {
-	principal, dnsSAN, sourceIP, remoteIP, destIP string
-	method, path, host, sni                       string
-	port                                          uint
-	headers, claims, audiences                    *cliflag.StringList
-	requestPrincipal, presenter                   string
-	tcp                                           bool
+	req                        check.Request
+	headers, claims, audiences *cliflag.StringList
+	tcp                        bool
 }
 
 func (f *authzCheckFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.principal, "source-principal", "", "the peer's SPIFFE ID (`spiffe://...`); empty means a plaintext connection")
-	fs.StringVar(&f.dnsSAN, "source-dns-san", "", "a DNS SAN of the peer certificate")
-	fs.StringVar(&f.sourceIP, "source-ip", "10.0.0.1", "the peer address (source.ip, ipBlocks)")
-	fs.StringVar(&f.remoteIP, "remote-ip", "", "the original client address from X-Forwarded-For (remote.ip); default --source-ip")
-	fs.StringVar(&f.destIP, "destination-ip", "10.0.0.2", "the address the connection arrived on")
-	fs.UintVar(&f.port, "port", 8080, "the destination port")
-	fs.StringVar(&f.method, "method", "GET", "the HTTP method")
-	fs.StringVar(&f.path, "path", "/", "the HTTP path, query included")
-	fs.StringVar(&f.host, "host", "", "the HTTP host (:authority); default the workload name")
-	fs.StringVar(&f.sni, "sni", "", "the TLS server name")
+	r := &f.req
+	fs.StringVar(&r.Principal, "source-principal", "", "the peer's SPIFFE ID (`spiffe://...`); empty means a plaintext connection")
+	fs.StringVar(&r.DNSSAN, "source-dns-san", "", "a DNS SAN of the peer certificate")
+	fs.StringVar(&r.SourceIP, "source-ip", "10.0.0.1", "the peer address (source.ip, ipBlocks)")
+	fs.StringVar(&r.RemoteIP, "remote-ip", "", "the original client address from X-Forwarded-For (remote.ip); default --source-ip")
+	fs.StringVar(&r.DestinationIP, "destination-ip", "10.0.0.2", "the address the connection arrived on")
+	fs.UintVar(&r.Port, "port", 8080, "the destination port")
+	fs.StringVar(&r.Method, "method", "GET", "the HTTP method")
+	fs.StringVar(&r.Path, "path", "/", "the HTTP path, query included")
+	fs.StringVar(&r.Host, "host", "", "the HTTP host (:authority); default the workload name")
+	fs.StringVar(&r.SNI, "sni", "", "the TLS server name")
 	f.headers = cliflag.NewStringList()
 	fs.Var(f.headers, "header", "a request header `name=value` (repeatable)")
-	fs.StringVar(&f.requestPrincipal, "request-principal", "", "the authenticated JWT principal, `iss/sub`")
+	fs.StringVar(&r.RequestPrincipal, "request-principal", "", "the authenticated JWT principal, `iss/sub`")
 	f.audiences = cliflag.NewStringList()
 	fs.Var(f.audiences, "audience", "an audience of the authenticated JWT (repeatable)")
-	fs.StringVar(&f.presenter, "presenter", "", "the authorized presenter (azp) of the JWT")
+	fs.StringVar(&r.Presenter, "presenter", "", "the authorized presenter (azp) of the JWT")
 	f.claims = cliflag.NewStringList()
 	fs.Var(f.claims, "claim", "a JWT claim `name=value`; repeat for more values; a.b=v for a nested claim (repeatable)")
 	fs.BoolVar(&f.tcp, "tcp", false, "check a TCP connection against the network filters instead of an HTTP request")
 }
 
-// request builds what Envoy's RBAC filters would see.
-func (f *authzCheckFlags) request(w policy.Workload) (*envoyrbac.Request, error) {
-	addr := func(flagName, v string) (netip.Addr, error) {
-		a, err := netip.ParseAddr(v)
-		if err != nil {
-			return netip.Addr{}, fmt.Errorf("--%s %q: not an IP address", flagName, v)
-		}
-		return a, nil
-	}
-	if f.port < 1 || f.port > 65535 {
-		return nil, fmt.Errorf("--port %d: want 1 to 65535", f.port)
-	}
-	host := f.host
-	if host == "" {
-		host = w.Name
-	}
-	r := &envoyrbac.Request{
-		Headers: map[string][]string{
-			":method": {f.method}, ":path": {f.path}, ":authority": {host},
-		},
-		DestinationPort:     uint32(f.port),
-		RequestedServerName: f.sni,
-	}
-	var err error
-	if r.DirectRemoteIP, err = addr("source-ip", f.sourceIP); err != nil {
-		return nil, err
-	}
-	if r.DestinationIP, err = addr("destination-ip", f.destIP); err != nil {
-		return nil, err
-	}
-	if f.remoteIP != "" {
-		if r.RemoteIP, err = addr("remote-ip", f.remoteIP); err != nil {
-			return nil, err
-		}
-	}
-	for _, h := range f.headers.Values() {
-		k, v, ok := strings.Cut(h, "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("--header %q: want name=value", h)
-		}
-		k = strings.ToLower(k)
-		r.Headers[k] = append(r.Headers[k], v)
-	}
-	if f.principal != "" || f.dnsSAN != "" {
-		r.Peer = &envoyrbac.Peer{}
-		if f.principal != "" {
-			r.Peer.URISANs = []string{f.principal}
-		}
-		if f.dnsSAN != "" {
-			r.Peer.DNSSANs = []string{f.dnsSAN}
-		}
-	}
-	auth := rbac.RequestAuth{Principal: f.requestPrincipal, Presenter: f.presenter, Audiences: f.audiences.Values()}
-	for _, c := range f.claims.Values() {
-		k, v, ok := strings.Cut(c, "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("--claim %q: want name=value", c)
-		}
-		if auth.Claims == nil {
-			auth.Claims = map[string]any{}
-		}
-		if err := addClaim(auth.Claims, strings.Split(k, "."), v); err != nil {
-			return nil, fmt.Errorf("--claim %q: %v", c, err)
-		}
-	}
-	if r.Metadata, err = auth.Metadata(); err != nil {
-		return nil, err
-	}
-	return r, nil
-}
-
-// addClaim adds value to the claim at path, nesting maps for a.b.c.
-func addClaim(m map[string]any, path []string, value string) error {
-	if len(path) == 1 {
-		switch cur := m[path[0]].(type) {
-		case nil:
-			m[path[0]] = []string{value}
-		case []string:
-			m[path[0]] = append(cur, value)
-		default:
-			return errors.New("claim is both a value and an object")
-		}
-		return nil
-	}
-	sub, ok := m[path[0]].(map[string]any)
-	if !ok {
-		if m[path[0]] != nil {
-			return errors.New("claim is both a value and an object")
-		}
-		sub = map[string]any{}
-		m[path[0]] = sub
-	}
-	return addClaim(sub, path[1:], value)
+// request returns the request the flags describe.
+func (f *authzCheckFlags) request() check.Request {
+	r := f.req
+	r.Headers, r.Audiences, r.Claims = f.headers.Values(), f.audiences.Values(), f.claims.Values()
+	return r
 }
 
 func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) (err error) {
@@ -388,90 +296,24 @@ func runAuthzCheck(_ context.Context, args []string, stdout, stderr io.Writer) (
 	if err != nil {
 		return err
 	}
-	r, err := f.request(cfg.Workload)
+	r, err := f.request().Envoy(cfg.Workload)
 	if err != nil {
 		return usageError{Err: err}
 	}
-	// The decision comes from evaluating the generated Envoy filters, not
-	// the policies: the check tests the translation too.
-	ev := envoyrbac.New()
-	var d envoyrbac.Decision
-	if f.tcp {
-		d, err = ev.EvaluateNetwork(cfg.NetworkFilters, r)
-	} else {
-		d, err = ev.EvaluateHTTP(cfg.HTTPFilters, r)
-	}
+	d, err := check.Decide(cfg, r, f.tcp)
 	if err != nil {
 		return err
 	}
-	if err := writeDecision(stdout, d, c.output.Format()); err != nil {
+	if c.output.Format() == cliflag.OutputText {
+		err = check.WriteText(stdout, d)
+	} else {
+		err = cliflag.WriteDocument(stdout, check.NewReport(d), c.output.Format())
+	}
+	if err != nil {
 		return err
 	}
 	if !d.Allowed {
 		return status(exitDenied, nil)
-	}
-	return nil
-}
-
-// describeRule names the AuthorizationPolicy rule behind an Envoy policy.
-func describeRule(name string) string {
-	ns, pol, rule, ok := rbac.ParseRuleName(name)
-	if !ok {
-		return name
-	}
-	return fmt.Sprintf("%s (AuthorizationPolicy %s/%s, rule %d)", name, ns, pol, rule)
-}
-
-func writeDecision(w io.Writer, d envoyrbac.Decision, format string) error {
-	verdict := "DENY"
-	if d.Allowed {
-		verdict = "ALLOW"
-	}
-	if format != cliflag.OutputText {
-		type shadow struct {
-			Filter  int    `json:"filter"`
-			Action  string `json:"action"`
-			Allowed bool   `json:"allowed"`
-			Policy  string `json:"policy,omitempty"`
-		}
-		out := struct {
-			Decision string   `json:"decision"`
-			Policy   string   `json:"policy,omitempty"`
-			Action   string   `json:"action,omitempty"`
-			Reason   string   `json:"reason"`
-			Logged   []string `json:"logged,omitempty"`
-			Shadow   []shadow `json:"shadow,omitempty"`
-		}{Decision: verdict, Policy: d.Policy, Reason: d.Reason, Logged: d.Logged}
-		if d.Filter >= 0 {
-			out.Action = d.Action.String()
-		}
-		for _, f := range d.Filters {
-			if f.Shadow != nil {
-				out.Shadow = append(out.Shadow, shadow{Filter: f.Index, Action: f.Shadow.Action.String(), Allowed: f.Shadow.Allowed, Policy: f.Shadow.Policy})
-			}
-		}
-		return cliflag.WriteDocument(w, out, format)
-	}
-	fmt.Fprintln(w, verdict)
-	if d.Policy != "" {
-		fmt.Fprintf(w, "  decided by: %s\n", describeRule(d.Policy))
-	}
-	fmt.Fprintf(w, "  reason:     %s\n", d.Reason)
-	for _, l := range d.Logged {
-		fmt.Fprintf(w, "  audited by: %s\n", describeRule(l))
-	}
-	for _, f := range d.Filters {
-		if s := f.Shadow; s != nil {
-			effect := "would allow"
-			if !s.Allowed {
-				effect = "would deny"
-			}
-			by := ""
-			if s.Policy != "" {
-				by = " (" + describeRule(s.Policy) + ")"
-			}
-			fmt.Fprintf(w, "  dry-run:    %s rules %s%s\n", s.Action, effect, by)
-		}
 	}
 	return nil
 }
