@@ -34,6 +34,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/castellan-mesh/castellan/agent/attest"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 )
 
 // ServiceAccount names a Kubernetes service account.
@@ -69,7 +70,7 @@ type Index struct {
 	mu      sync.Mutex
 	pods    map[string]attest.Pod // by UID
 	snap    Snapshot
-	changed chan struct{}
+	changed broadcast.Signal // notified and taken under mu: paired with snap
 	started bool
 }
 
@@ -109,11 +110,10 @@ func New(cfg *rest.Config, nodeName string, opts ...Option) (*Index, error) {
 
 func newIndex(lw cache.ListerWatcher, nodeName string, opts ...Option) *Index {
 	x := &Index{
-		node:    nodeName,
-		log:     slog.Default(),
-		pods:    map[string]attest.Pod{},
-		snap:    Snapshot{ServiceAccounts: map[ServiceAccount]int{}},
-		changed: make(chan struct{}),
+		node: nodeName,
+		log:  slog.Default(),
+		pods: map[string]attest.Pod{},
+		snap: Snapshot{ServiceAccounts: map[ServiceAccount]int{}},
 	}
 	for _, o := range opts {
 		o.apply(x)
@@ -191,7 +191,7 @@ func (x *Index) HasServiceAccount(namespace, name string) bool {
 func (x *Index) Load() (Snapshot, <-chan struct{}) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return x.snap, x.changed
+	return x.snap, x.changed.C()
 }
 
 // slim drops what the index does not read from a pod's metadata
@@ -302,8 +302,7 @@ func (x *Index) updateLocked(old attest.Pod, had bool, cur attest.Pod, has bool)
 
 func (x *Index) notifyLocked() {
 	x.snap.Generation++
-	close(x.changed)
-	x.changed = make(chan struct{})
+	x.changed.Notify()
 }
 
 var _ attest.PodLookup = (*Index)(nil)
