@@ -31,6 +31,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -197,17 +198,6 @@ func (a *testAgent) metric(t *testing.T, name, label string) float64 {
 	return sum
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func fetch(t *testing.T, a *testAgent) (leaf *x509.Certificate, key any, roots []*x509.Certificate) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -266,7 +256,7 @@ func TestAgentServesSDSWorkloadAPIAndFiles(t *testing.T) {
 	// The same SVID in the output directory.
 	// certdir links the top-level names after the first version is in
 	// place, so wait for key.pem too.
-	waitFor(t, "output files", func() bool {
+	testpoll.Until(t, "output files", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
 		_, statErr := os.Stat(filepath.Join(a.cfg.OutputDir, certdir.KeyFile))
 		return err == nil && statErr == nil && bytes.Contains(f.Chain, pemOf(leaf))
@@ -366,12 +356,12 @@ func TestCAOutage(t *testing.T) {
 	// SDS serves the SVID as soon as it is in the store; the output
 	// directory is written just after. Ready before the outage, so that
 	// what is checked during it is the outage alone.
-	waitFor(t, "the agent to be ready", func() bool { ok, _ := a.Ready(); return ok })
+	testpoll.Until(t, "the agent to be ready", func() bool { ok, _ := a.Ready(); return ok })
 
 	ca.stop()
 	failures := a.metric(t, "castellan_agent_ca_request_failures_total", "unavailable")
 	a.RotateNow()
-	waitFor(t, "failed CA requests", func() bool {
+	testpoll.Until(t, "failed CA requests", func() bool {
 		return a.metric(t, "castellan_agent_ca_request_failures_total", "unavailable") >= failures+2
 	})
 	// Still serving the valid certificate, and ready.
@@ -387,7 +377,7 @@ func TestCAOutage(t *testing.T) {
 	}
 
 	ca.start(t)
-	waitFor(t, "a new certificate after the CA came back", func() bool {
+	testpoll.Until(t, "a new certificate after the CA came back", func() bool {
 		after, _, _ := fetch(t, a)
 		return !bytes.Equal(after.Raw, before.Raw)
 	})
@@ -402,12 +392,12 @@ func TestCAOutage(t *testing.T) {
 func TestExpiredSVIDLeavesOutputDir(t *testing.T) {
 	ca := startCA(t)
 	a := startAgent(t, ca, func(c *agent.Config) { c.TTL = 3 * time.Second; c.RotateFraction = 0.9 })
-	waitFor(t, "output files", func() bool {
+	testpoll.Until(t, "output files", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
 		return err == nil && f.HasCertificate()
 	})
 	ca.stop()
-	waitFor(t, "the expired SVID to leave the output directory", func() bool {
+	testpoll.Until(t, "the expired SVID to leave the output directory", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
 		return err == nil && !f.HasCertificate() && len(f.Root) > 0
 	})
@@ -415,7 +405,7 @@ func TestExpiredSVIDLeavesOutputDir(t *testing.T) {
 		t.Fatalf("key.pem after expiry: %v", err)
 	}
 	ca.start(t)
-	waitFor(t, "a new SVID in the output directory", func() bool {
+	testpoll.Until(t, "a new SVID in the output directory", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
 		if err != nil || !f.HasCertificate() {
 			return false
@@ -456,7 +446,7 @@ func TestStaleOutputDirAtStart(t *testing.T) {
 					t.Fatal("a valid SVID was taken out before it expired")
 				}
 			}
-			waitFor(t, "the SVID left by the earlier run to leave the output directory", func() bool {
+			testpoll.Until(t, "the SVID left by the earlier run to leave the output directory", func() bool {
 				f, err := certdir.Read(a.cfg.OutputDir)
 				return err == nil && !f.HasCertificate()
 			})
@@ -481,7 +471,7 @@ func TestTokenReadOnEveryCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, ca, func(c *agent.Config) { c.TokenFile = bad })
-	waitFor(t, "an authentication failure", func() bool {
+	testpoll.Until(t, "an authentication failure", func() bool {
 		return a.metric(t, "castellan_agent_ca_request_failures_total", "unauthenticated") > 0
 	})
 	if ok, _ := a.Ready(); ok {
@@ -505,7 +495,7 @@ func TestUntrustedCAIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, ca, func(c *agent.Config) { c.RootCertFile = other })
-	waitFor(t, "failed CA requests", func() bool {
+	testpoll.Until(t, "failed CA requests", func() bool {
 		return a.metric(t, "castellan_agent_ca_request_failures_total", "unavailable") >= 2
 	})
 	if ok, _ := a.Ready(); ok {
@@ -550,7 +540,7 @@ func TestRootFileChangeReachesSubscribers(t *testing.T) {
 	if err := os.WriteFile(rootFile, caRoot[:len(caRoot)/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the bad file to be noticed", func() bool {
+	testpoll.Until(t, "the bad file to be noticed", func() bool {
 		return a.metric(t, "castellan_agent_trust_bundle_loads_total", "error") > 0
 	})
 	// Adding a second root (as in a root rotation) reaches the stream.
@@ -566,7 +556,7 @@ func TestRootFileChangeReachesSubscribers(t *testing.T) {
 	if len(roots2) != 2 {
 		t.Fatalf("ROOTCA has %d roots after the change, want 2", len(roots2))
 	}
-	waitFor(t, "root-cert.pem in the output directory", func() bool {
+	testpoll.Until(t, "root-cert.pem in the output directory", func() bool {
 		f, err := certdir.Read(a.cfg.OutputDir)
 		return err == nil && bytes.Contains(f.Root, extra)
 	})

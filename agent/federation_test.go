@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 	"github.com/castellan-mesh/castellan/trust/federated"
@@ -58,10 +59,10 @@ func TestFederatedBundlesFile(t *testing.T) {
 	caB, caB2 := svidstoretest.NewCA(t, "b root"), svidstoretest.NewCA(t, "b root 2")
 	write(doc(caB))
 	a := startAgent(t, ca, func(c *agent.Config) { c.FederatedBundlesFile = path })
-	waitFor(t, "b.test's bundle", func() bool { return held(a) == 1 })
+	testpoll.Until(t, "b.test's bundle", func() bool { return held(a) == 1 })
 
 	write(doc(caB, caB2))
-	waitFor(t, "b.test's rotated bundle", func() bool { return held(a) == 2 })
+	testpoll.Until(t, "b.test's rotated bundle", func() bool { return held(a) == 2 })
 
 	bad := []struct {
 		name string
@@ -74,7 +75,7 @@ func TestFederatedBundlesFile(t *testing.T) {
 	for i, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
 			write(tt.data)
-			waitFor(t, "the refusal", func() bool {
+			testpoll.Until(t, "the refusal", func() bool {
 				return a.metric(t, "castellan_agent_trust_bundle_loads_total", "federated_error") >= float64(i+1)
 			})
 			if held(a) != 2 {
@@ -87,7 +88,7 @@ func TestFederatedBundlesFile(t *testing.T) {
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the refusal", func() bool {
+		testpoll.Until(t, "the refusal", func() bool {
 			return a.metric(t, "castellan_agent_trust_bundle_loads_total", "federated_error") > before
 		})
 		if held(a) != 2 {
@@ -138,10 +139,10 @@ func TestNodeModeFederatedBundles(t *testing.T) {
 	f.be("shop", "web")
 	caB, caB2 := svidstoretest.NewCA(t, "b root"), svidstoretest.NewCA(t, "b root 2")
 	write(caB)
-	waitFor(t, "b.test's bundle for shop/web", func() bool { return roots() == 1 })
+	testpoll.Until(t, "b.test's bundle for shop/web", func() bool { return roots() == 1 })
 	write(caB, caB2)
-	waitFor(t, "b.test's new bundle for shop/web", func() bool { return roots() == 2 })
+	testpoll.Until(t, "b.test's new bundle for shop/web", func() bool { return roots() == 2 })
 	f.setRunning("shop", "db", true)
 	f.be("shop", "db")
-	waitFor(t, "b.test's bundle for a new identity", func() bool { return roots() == 2 })
+	testpoll.Until(t, "b.test's bundle for a new identity", func() bool { return roots() == 2 })
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/agent/attest"
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -275,7 +276,7 @@ func TestNodeAttestationWithdrawsWhenThePodsAreGone(t *testing.T) {
 	if _, err := ws.Recv(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "withdrawn") {
 		t.Fatalf("Workload API stream after the last pod left: %v", err)
 	}
-	waitFor(t, "no identity left", func() bool { return a.metric(t, "castellan_agent_identities", "") == 0 })
+	testpoll.Until(t, "no identity left", func() bool { return a.metric(t, "castellan_agent_identities", "") == 0 })
 	a.RotateNow()
 	time.Sleep(200 * time.Millisecond) // a rotation, if one were left, would have sent its CSR
 	if n := f.grantsFor("spiffe://cluster.local/ns/shop/sa/web"); n != grants {
@@ -300,7 +301,7 @@ func TestNodeAttestationNotReadyBeforePodsListed(t *testing.T) {
 		c.Pods = unlistedPods{f}
 		c.OutputDir = ""
 	})
-	waitFor(t, "the trust bundle", func() bool { snap, _ := a.Store().Load(); return snap.Bundle != nil })
+	testpoll.Until(t, "the trust bundle", func() bool { snap, _ := a.Store().Load(); return snap.Bundle != nil })
 	if ok, msg := a.Ready(); ok || !strings.Contains(msg, "not listed yet") {
 		t.Fatalf("Ready() = %v, %q before the pods are listed", ok, msg)
 	}

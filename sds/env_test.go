@@ -17,6 +17,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -145,17 +146,16 @@ func (e *env) metric(name, api string) float64 {
 // processed the requests the test sent.
 func (e *env) waitMetric(name, api string, want float64) {
 	e.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	testpoll.UntilNil(e.t, func() error {
 		got := e.metric(name, api)
-		if got == want {
-			return
-		}
-		if got > want || time.Now().After(deadline) {
+		if got > want {
 			e.t.Fatalf("%s{api=%q} = %v, want %v", name, api, got, want)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		if got != want {
+			return fmt.Errorf("%s{api=%q} = %v, want %v", name, api, got, want)
+		}
+		return nil
+	})
 }
 
 // received holds the responses of a stream, read in the background, so

@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 	"testing"
-	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -27,17 +26,7 @@ func TestExtraKeys(t *testing.T) {
 	c := startController(t, Config{Client: client, Bundle: b.get, Extra: extra})
 	wait := func(want string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			cm, err := client.CoreV1().ConfigMaps("app").Get(context.Background(), DefaultConfigMapName, metav1.GetOptions{})
-			if err == nil && len(cm.Data) == 2 && cm.Data[DefaultKey] == "ROOT" && cm.Data["federated-bundles.json"] == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("ConfigMap: got %v (err %v), want federated-bundles.json %q beside the bundle", cm, err, want)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitConfigMapData(t, client, "app", map[string]string{DefaultKey: "ROOT", "federated-bundles.json": want})
 	}
 	wait(`{}`)
 	mu.Lock()

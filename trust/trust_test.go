@@ -2,8 +2,10 @@ package trust
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
 // These tests check the Controller's logic with client-go's fake
@@ -50,20 +54,23 @@ func startController(t *testing.T, cfg Config) *Controller {
 	return c
 }
 
-// waitConfigMap waits until ns holds the ConfigMap with data want.
+// waitConfigMap waits until ns holds the ConfigMap with the bundle want
+// and nothing else.
 func waitConfigMap(t *testing.T, client *fake.Clientset, ns, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitConfigMapData(t, client, ns, map[string]string{DefaultKey: want})
+}
+
+// waitConfigMapData waits until ns holds the ConfigMap with exactly data.
+func waitConfigMapData(t *testing.T, client *fake.Clientset, ns string, data map[string]string) {
+	t.Helper()
+	testpoll.UntilNil(t, func() error {
 		cm, err := client.CoreV1().ConfigMaps(ns).Get(context.Background(), DefaultConfigMapName, metav1.GetOptions{})
-		if err == nil && cm.Data[DefaultKey] == want && len(cm.Data) == 1 {
-			return
+		if err != nil || !maps.Equal(cm.Data, data) {
+			return fmt.Errorf("ConfigMap in %s: got %v (err %v), want data %q", ns, cm, err, data)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ConfigMap in %s: got %v (err %v), want bundle %q", ns, cm, err, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestNewChecksConfig(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
 // TestFederatedBundles: go-spiffe's client gets the federated trust
@@ -78,14 +79,8 @@ func TestFederatedBundles(t *testing.T) {
 	}
 	defer src.Close()
 	setB(caB, caB2)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, _, err := x509svid.Verify(svidB2.X509.Certificates, src); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the rotated bundle of b.test did not reach the X509Source")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testpoll.Until(t, "the rotated bundle of b.test to reach the X509Source", func() bool {
+		_, _, err := x509svid.Verify(svidB2.X509.Certificates, src)
+		return err == nil
+	})
 }

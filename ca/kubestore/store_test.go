@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
 // These tests use client-go's fake clientset to check the Store's own
@@ -55,17 +57,6 @@ func start(t *testing.T, cfg Config) *Store {
 		}
 	})
 	return s
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestNewChecksConfig(t *testing.T) {
@@ -128,7 +119,7 @@ func TestFirstReplicaCreatesOthersLoad(t *testing.T) {
 	}
 	// The leader counts its root once written; its own watch may have
 	// loaded it before.
-	waitFor(t, "the leader to count the root it created", func() bool { return testutil.ToFloat64(a.metrics.created) != 0 })
+	testpoll.Until(t, "the leader to count the root it created", func() bool { return testutil.ToFloat64(a.metrics.created) != 0 })
 	if got := testutil.ToFloat64(a.metrics.created); got != 1 {
 		t.Fatalf("roots created by the leader = %v, want 1", got)
 	}
@@ -155,7 +146,7 @@ func TestLostSecretIsNotReadyAndNotRecreated(t *testing.T) {
 	if err := client.CoreV1().Secrets(testNS).Delete(context.Background(), DefaultSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "not ready", func() bool { ok, _ := s.Ready(); return !ok })
+	testpoll.Until(t, "not ready", func() bool { ok, _ := s.Ready(); return !ok })
 	_, msg := s.Ready()
 	if !strings.Contains(msg, "deleted") {
 		t.Errorf("Ready message = %q", msg)
@@ -184,7 +175,7 @@ func TestInvalidUpdateKeepsMaterial(t *testing.T) {
 	if _, err := client.CoreV1().Secrets(testNS).Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the invalid content to be seen", func() bool {
+	testpoll.Until(t, "the invalid content to be seen", func() bool {
 		return testutil.ToFloat64(s.metrics.loads.WithLabelValues("invalid")) > 0
 	})
 	if s.Authority() != before {
@@ -240,7 +231,7 @@ func TestLeaderJobsRunOnLeaderOnly(t *testing.T) {
 	cfgA.LeaderJobs = []func(context.Context) error{job("a")}
 	a := start(t, cfgA)
 	<-a.Loaded()
-	waitFor(t, "a to lead", a.IsLeader)
+	testpoll.Until(t, "a to lead", a.IsLeader)
 	cb := fastConfig(client, "b")
 	cb.LeaderJobs = []func(context.Context) error{job("b")}
 	b := start(t, cb)

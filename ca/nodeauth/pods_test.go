@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,18 +23,6 @@ func testPod(ns, name, uid, node, sa string, phase corev1.PodPhase) *corev1.Pod 
 		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: sa,
 			Containers: []corev1.Container{{Name: "app", Image: "app:1", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}}},
 		Status: corev1.PodStatus{Phase: phase},
-	}
-}
-
-// eventually polls cond until it holds; the index is fed asynchronously.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -65,7 +53,7 @@ func TestPodIndex(t *testing.T) {
 	if err := x.WaitSynced(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "Synced", x.Synced)
+	testpoll.Until(t, "Synced", x.Synced)
 	if err := x.Run(ctx); err == nil {
 		t.Error("second Run accepted")
 	}
@@ -116,7 +104,7 @@ func TestPodIndex(t *testing.T) {
 	if _, err := pods.Create(ctx, testPod("shop", "web-1", "uid-w1-new", "node-b", "web", corev1.PodRunning), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the replaced pod", func() bool { uid, _ := x.LiveUID("shop", "web-1"); return uid == "uid-w1-new" })
+	testpoll.Until(t, "the replaced pod", func() bool { uid, _ := x.LiveUID("shop", "web-1"); return uid == "uid-w1-new" })
 	if x.ActiveOnNode("node-a", ServiceAccount{"shop", "web"}) || !x.ActiveOnNode("node-b", ServiceAccount{"shop", "web"}) {
 		t.Error("the index did not follow web-1 to node-b")
 	}
@@ -124,21 +112,21 @@ func TestPodIndex(t *testing.T) {
 	if _, err := pods.UpdateStatus(ctx, db, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "db-1 to fail", func() bool { return !x.ActiveOnNode("node-b", ServiceAccount{"shop", "db"}) })
+	testpoll.Until(t, "db-1 to fail", func() bool { return !x.ActiveOnNode("node-b", ServiceAccount{"shop", "db"}) })
 	// A pod being deleted is still there, but no longer live.
 	now := metav1.Now()
 	db.DeletionTimestamp = &now
 	if _, err := pods.Update(ctx, db, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "db-1 to be deleting", func() bool { _, ok := x.LiveUID("shop", "db-1"); return !ok })
+	testpoll.Until(t, "db-1 to be deleting", func() bool { _, ok := x.LiveUID("shop", "db-1"); return !ok })
 	if p, ok := x.Pod("shop", "db-1"); !ok || !p.Deleting {
 		t.Errorf("Pod(shop, db-1) = %+v, %v; want it deleting", p, ok)
 	}
 	if err := pods.Delete(ctx, "db-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "db-1 to go", func() bool { _, ok := x.Pod("shop", "db-1"); return !ok })
+	testpoll.Until(t, "db-1 to go", func() bool { _, ok := x.Pod("shop", "db-1"); return !ok })
 }
 
 // gauge returns the value of the unlabelled gauge name in reg.

@@ -3,12 +3,13 @@ package saindex
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
 func TestIndex(t *testing.T) {
@@ -25,7 +26,7 @@ func TestIndex(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- x.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	waitFor(t, "sync", x.Synced)
+	testpoll.Until(t, "sync", x.Synced)
 
 	if uid, ok := x.LiveUID("shop", "cart"); !ok || uid != "u1" {
 		t.Errorf("LiveUID(cart) = %q, %v", uid, ok)
@@ -39,21 +40,12 @@ func TestIndex(t *testing.T) {
 	if err := client.CoreV1().ServiceAccounts("shop").Delete(ctx, "cart", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the deletion", func() bool { _, ok := x.LiveUID("shop", "cart"); return !ok })
+	testpoll.Until(t, "the deletion", func() bool { _, ok := x.LiveUID("shop", "cart"); return !ok })
 	obj, ok, _ := x.informer.GetStore().GetByKey("shop/leaving")
 	if sa := obj.(*corev1.ServiceAccount); !ok || sa.Labels != nil || sa.Finalizers != nil {
 		t.Errorf("stored object not stripped: %+v", sa)
 	}
 	if err := x.Run(ctx); err == nil {
 		t.Error("second Run accepted")
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
 	}
 }

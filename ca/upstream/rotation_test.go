@@ -13,6 +13,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
 // fakeMount is an upstream with several issuers, like a Vault PKI mount,
@@ -99,17 +100,6 @@ func startSource(t *testing.T, mount *fakeMount, dir string) (*Source, context.C
 	return s, stop
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func wantErr(t *testing.T, err error, contains string) {
 	t.Helper()
 	if err == nil || !strings.Contains(err.Error(), contains) {
@@ -173,8 +163,8 @@ func TestRotationPhases(t *testing.T) {
 		t.Fatal(err)
 	}
 	root2 := iss.Root()
-	waitUntil(t, "the bundle holds both roots", func() bool { return sameCerts(s.Authority().Roots, root1, root2) })
-	waitUntil(t, "root-cert.pem holds both roots", func() bool { return sameCerts(bundleFile(t, dir), root1, root2) })
+	testpoll.Until(t, "the bundle holds both roots", func() bool { return sameCerts(s.Authority().Roots, root1, root2) })
+	testpoll.Until(t, "root-cert.pem holds both roots", func() bool { return sameCerts(bundleFile(t, dir), root1, root2) })
 	if !s.Authority().Root().Equal(root1) {
 		t.Fatal("after prepare, the old root must still sign")
 	}
@@ -189,7 +179,7 @@ func TestRotationPhases(t *testing.T) {
 	if err := r.Activate(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the intermediate chains to the new root", func() bool { return s.Authority().Root().Equal(root2) })
+	testpoll.Until(t, "the intermediate chains to the new root", func() bool { return s.Authority().Root().Equal(root2) })
 	if !sameCerts(s.Authority().Roots, root1, root2) {
 		t.Fatal("after activation, the bundle must keep the old root")
 	}
@@ -210,8 +200,8 @@ func TestRotationPhases(t *testing.T) {
 	if err := r.Retire(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the bundle holds only the new root", func() bool { return sameCerts(s.Authority().Roots, root2) })
-	waitUntil(t, "root-cert.pem holds only the new root", func() bool { return sameCerts(bundleFile(t, dir), root2) })
+	testpoll.Until(t, "the bundle holds only the new root", func() bool { return sameCerts(s.Authority().Roots, root2) })
+	testpoll.Until(t, "root-cert.pem holds only the new root", func() bool { return sameCerts(bundleFile(t, dir), root2) })
 	if st, _ := r.Status(context.Background()); st.Phase != rotation.PhaseSteady || st.Issuer != iss.ID || len(st.Roots) != 1 {
 		t.Fatalf("status after retire = %+v", st)
 	}
@@ -261,7 +251,7 @@ func TestRotationRefusesUnsafeSteps(t *testing.T) {
 	if err := r.Retire(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the old root is retired", func() bool { return len(s.Authority().Roots) == 1 })
+	testpoll.Until(t, "the old root is retired", func() bool { return len(s.Authority().Roots) == 1 })
 
 	// A damaged rotation.json is refused at start and ignored while running.
 	state := filepath.Join(dir, rotation.File)
