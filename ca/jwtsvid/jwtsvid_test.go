@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -256,4 +257,49 @@ func FuzzParseState(f *testing.F) {
 			t.Fatalf("round trip: %+v, %v; want %+v", again, err, st)
 		}
 	})
+}
+
+// TestRunFollowsStateChanged: with a change channel for the state's
+// store, Run picks a rotation step up at the change, with no reload
+// interval to wait for (it is an hour).
+func TestRunFollowsStateChanged(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	ring, err := kms.NewRing(ctx, "file://"+filepath.Join(dir, "jwt-key.pem"), kms.ECDSAP256, kms.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ring.Close() })
+	var sig broadcast.Signal
+	taken := make(chan struct{}, 1)
+	ks, err := jwtsvid.Open(ctx, jwtsvid.Config{Dir: dir, Keys: ring, ReloadInterval: time.Hour,
+		StateChanged: func() <-chan struct{} {
+			ch := sig.C()
+			select {
+			case taken <- struct{}{}:
+			default:
+			}
+			return ch
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = ks.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-taken // Run waits on the state's change channel
+
+	changed := ks.Changed()
+	if err := (&jwtsvid.Rotator{Dir: dir, Keys: ring}).Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sig.Notify()
+	select {
+	case <-changed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the prepared key was not loaded at the state's change")
+	}
+	if n := len(ks.JWTAuthorities()); n != 2 {
+		t.Fatalf("%d authorities after prepare, want 2", n)
+	}
 }

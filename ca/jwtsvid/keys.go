@@ -59,6 +59,10 @@ type Config struct {
 	// ReloadInterval is how often Run checks StateFile for rotation
 	// steps. Default: 5s.
 	ReloadInterval time.Duration
+	// StateChanged, if set, returns a channel closed at the next change
+	// of what holds State (the watch of the CA's Kubernetes Secret): Run
+	// then reloads at once, and still every ReloadInterval.
+	StateChanged func() <-chan struct{}
 	// Logger receives key events. Default: slog.Default().
 	Logger *slog.Logger
 }
@@ -227,18 +231,24 @@ func (s *KeySet) JWTAuthorities() map[string]crypto.PublicKey {
 // Changed returns a channel closed at the next change of the keys.
 func (s *KeySet) Changed() <-chan struct{} { return s.changed.C() }
 
-// Run reloads StateFile every ReloadInterval until ctx ends. A state that
-// cannot be loaded is logged and the last good keys stay.
+// Run reloads StateFile every ReloadInterval, and at each StateChanged,
+// until ctx ends. A state that cannot be loaded is logged and the last
+// good keys stay.
 func (s *KeySet) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.ReloadInterval)
 	defer t.Stop()
 	var lastErr string
+	stateChanged := s.stateChanged()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-stateChanged:
 		}
+		// Taken before the state is read: a change during the reload
+		// wakes the next wait.
+		stateChanged = s.stateChanged()
 		rctx, cancel := context.WithTimeout(ctx, keyOpTimeout)
 		var changed bool
 		var err error
@@ -262,6 +272,15 @@ func (s *KeySet) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// stateChanged returns the channel of the next StateChanged, or nil
+// (never ready) without one.
+func (s *KeySet) stateChanged() <-chan struct{} {
+	if s.cfg.StateChanged == nil {
+		return nil
+	}
+	return s.cfg.StateChanged()
 }
 
 // Reload loads the state now if it changed since the last load (as Run

@@ -199,7 +199,7 @@ func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	jwtKeys, err := f.jwt.keySet(ctx, &f.kms, &f.kube, deps)
+	jwtKeys, err := f.jwt.keySet(ctx, &f.kms, &f.kube, deps, src)
 	if err != nil {
 		return err
 	}

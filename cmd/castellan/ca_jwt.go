@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid/secretstore"
 	"github.com/castellan-mesh/castellan/internal/cliflag"
@@ -43,8 +44,9 @@ func (j *jwtFlags) validate() error {
 // in --signer-key-uri's store when it is set (an HSM, Vault Transit),
 // else in the data directory, or with --material=kubernetes in the CA
 // Secret; with --material=kubernetes the state is in the CA Secret, so
-// that the replicas share it.
-func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *caDeps) (*jwtsvid.KeySet, error) {
+// that the replicas share it, and src, the store watching that Secret,
+// wakes the keys' reload at each change of it.
+func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *caDeps, src ca.Source) (*jwtsvid.KeySet, error) {
 	state, keys, closeKeys, err := jwtStores(ctx, k, kube, d, d.dataDir)
 	if err != nil {
 		return nil, err
@@ -53,7 +55,11 @@ func (j *jwtFlags) keySet(ctx context.Context, k *kmsFlags, kube *kubeFlags, d *
 		closeKeys()
 		return nil, usageError{Err: fmt.Errorf("--jwt-key-rotate-every: %w", err)}
 	}
-	ks, err := jwtsvid.Open(ctx, jwtsvid.Config{State: state, Keys: keys, Logger: d.log})
+	cfg := jwtsvid.Config{State: state, Keys: keys, Logger: d.log}
+	if n, ok := src.(ca.Notifier); ok && kube != nil && kube.material == materialKubernetes {
+		cfg.StateChanged = n.Changed
+	}
+	ks, err := jwtsvid.Open(ctx, cfg)
 	if err != nil {
 		closeKeys()
 		return nil, err
