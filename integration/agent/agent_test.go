@@ -114,7 +114,7 @@ func (s *stack) startAgent(t *testing.T, edit func(*agent.Config)) *node {
 	}
 	t.Cleanup(func() { c.Close() })
 	n := &node{Agent: a, t: t, cfg: cfg, reg: reg, client: c}
-	waitFor(t, "the agent's first SVID", func() bool { ok, _ := a.Ready(); return ok })
+	harness.WaitFor(t, waitTimeout, "the agent's first SVID", func() bool { ok, _ := a.Ready(); return ok })
 	return n
 }
 
@@ -125,7 +125,7 @@ func (n *node) rotate() *x509.Certificate {
 	before, _ := n.Store().Load()
 	n.RotateNow()
 	var leaf *x509.Certificate
-	waitFor(n.t, "a rotation", func() bool {
+	harness.WaitFor(n.t, waitTimeout, "a rotation", func() bool {
 		snap, _ := n.Store().Load()
 		if snap.SVID == nil || snap.SVID.Version == before.SVID.Version {
 			return false
@@ -167,18 +167,7 @@ func (n *node) metric(name, label string) float64 {
 // waitMetric waits until the agent has counted what the test caused.
 func (n *node) waitMetric(name, label string, want float64) {
 	n.t.Helper()
-	waitFor(n.t, fmt.Sprintf("%s{%s} >= %v", name, label, want), func() bool { return n.metric(name, label) >= want })
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	harness.WaitFor(n.t, waitTimeout, fmt.Sprintf("%s{%s} >= %v", name, label, want), func() bool { return n.metric(name, label) >= want })
 }
 
 // reader reads an SDS stream's responses in the background. R is the
@@ -410,7 +399,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		if err := os.WriteFile(s.tokenFile, []byte(tok), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "recovery with a good token", func() bool { return !bytes.Equal(n.current().Raw, before.Raw) })
+		harness.WaitFor(t, waitTimeout, "recovery with a good token", func() bool { return !bytes.Equal(n.current().Raw, before.Raw) })
 	})
 	t.Run("CA outage", func(t *testing.T) {
 		n.t = t
@@ -435,7 +424,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		}
 		// The CA comes back; the agent recovers and rotates.
 		s.ca.Restart(t)
-		waitFor(t, "a new certificate after the CA came back", func() bool {
+		harness.WaitFor(t, waitTimeout, "a new certificate after the CA came back", func() bool {
 			return !bytes.Equal(n.current().Raw, before.Raw)
 		})
 		secrets, err = n.client.Fetch(ctx, sds.DefaultSecretName)

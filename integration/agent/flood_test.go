@@ -63,7 +63,7 @@ func TestDeltaSubscriptionFlood(t *testing.T) {
 		_, err := sdsclient.Fetch(ctx, socket, sds.DefaultSecretName)
 		return err
 	}
-	waitFor(t, "the agent's SVID", func() bool { return fetch() == nil })
+	harness.WaitFor(t, waitTimeout, "the agent's SVID", func() bool { return fetch() == nil })
 	before := vmHWM(t, cmd.Process.Pid)
 
 	const (

@@ -107,7 +107,7 @@ func startNodeCluster(t *testing.T, ns string, sas ...string) *nodeCluster {
 			t.Logf("agent logs:\n%s", c.logs.String())
 		}
 	})
-	waitFor(t, "the agent's socket", func() bool {
+	harness.WaitFor(t, waitTimeout, "the agent's socket", func() bool {
 		_, err := os.Stat(c.socket)
 		return err == nil
 	})
@@ -270,10 +270,10 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 			}
 		}
 		// A rotation of every identity renews web, never db again.
-		waitFor(t, "one identity left", func() bool { return c.agentMetric(t, "castellan_agent_identities") == 1 })
+		harness.WaitFor(t, waitTimeout, "one identity left", func() bool { return c.agentMetric(t, "castellan_agent_identities") == 1 })
 		before := c.grants(t)
 		c.agent.Process.Signal(syscall.SIGHUP)
-		waitFor(t, "web renewed", func() bool { return c.grants(t) == before+1 })
+		harness.WaitFor(t, waitTimeout, "web renewed", func() bool { return c.grants(t) == before+1 })
 		time.Sleep(quiet)
 		if after := c.grants(t); after != before+1 {
 			t.Fatalf("a rotation sent %v CSRs, want 1 (web only)", after-before)

@@ -72,7 +72,7 @@ func TestAgentFromManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	var bundle string
-	waitFor(t, 10*time.Second, "the trust ConfigMap in "+caNamespace, func() bool {
+	harness.WaitFor(t, 10*time.Second, "the trust ConfigMap in "+caNamespace, func() bool {
 		bundle = trustConfigMap(api, caNamespace)
 		return bundle != ""
 	})
@@ -140,7 +140,7 @@ func TestAgentFromManifest(t *testing.T) {
 	})
 
 	var err error
-	waitFor(t, 30*time.Second, "the agent's answer", func() bool {
+	harness.WaitFor(t, 30*time.Second, "the agent's answer", func() bool {
 		select {
 		case err := <-exited:
 			exited <- err

@@ -194,7 +194,7 @@ func TestCommand(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", p.name, err, p.output())
 		}
 	}
-	waitFor(t, 15*time.Second, "the trust ConfigMap in team-a", func() bool {
+	harness.WaitFor(t, 15*time.Second, "the trust ConfigMap in team-a", func() bool {
 		return trustConfigMap(api, "team-a") == string(sec.Data[kubestore.RootCertKey])
 	})
 
@@ -211,7 +211,7 @@ func TestCommand(t *testing.T) {
 		t.Fatalf("Lease holder %q is neither process", holder)
 	}
 	leader.stop(t)
-	waitFor(t, 15*time.Second, other.name+" to take the Lease", func() bool { return leaseHolder(t, api) == other.name })
+	harness.WaitFor(t, 15*time.Second, other.name+" to take the Lease", func() bool { return leaseHolder(t, api) == other.name })
 	if after := caSecret(t, api); !bytes.Equal(after.Data[kubestore.CAKeyKey], sec.Data[kubestore.CAKeyKey]) {
 		t.Fatal("the CA key changed when the leader stopped")
 	}

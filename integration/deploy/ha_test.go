@@ -25,18 +25,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// waitFor polls cond every 50ms until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // caSecret reads the CA Secret with the admin client.
 func caSecret(t testing.TB, api *harness.APIServer) *corev1.Secret {
 	t.Helper()
@@ -141,7 +129,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 	}
 	t.Logf("root created by %s; serial %s", creator, roots[0].SerialNumber)
 
-	waitFor(t, 10*time.Second, "one leader", func() bool { return len(leaders(reps)) == 1 })
+	harness.WaitFor(t, 10*time.Second, "one leader", func() bool { return len(leaders(reps)) == 1 })
 	leader := leaders(reps)[0]
 	if h := leaseHolder(t, api); h != leader.name {
 		t.Fatalf("Lease holder = %q, replica %s says it leads", h, leader.name)
@@ -176,7 +164,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 	}
 
 	// The leader publishes the bundle.
-	waitFor(t, 10*time.Second, "the trust ConfigMap in team-a", func() bool {
+	harness.WaitFor(t, 10*time.Second, "the trust ConfigMap in team-a", func() bool {
 		return trustConfigMap(api, "team-a") == string(sec.Data[kubestore.RootCertKey])
 	})
 
@@ -189,7 +177,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 			rest = append(rest, r)
 		}
 	}
-	waitFor(t, 15*time.Second, "a new leader", func() bool {
+	harness.WaitFor(t, 15*time.Second, "a new leader", func() bool {
 		l := leaders(rest)
 		return len(l) == 1 && leaseHolder(t, api) == l[0].name
 	})
@@ -214,7 +202,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 	if err := api.Client.CoreV1().ConfigMaps("team-a").Delete(ctx, trust.DefaultConfigMapName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the new leader to restore the trust ConfigMap", func() bool {
+	harness.WaitFor(t, 10*time.Second, "the new leader to restore the trust ConfigMap", func() bool {
 		return trustConfigMap(api, "team-a") == string(sec.Data[kubestore.RootCertKey])
 	})
 
@@ -249,20 +237,20 @@ func TestSecretLostOrUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range reps {
-		waitFor(t, 10*time.Second, r.name+" not ready", func() bool { ok, _ := r.ready(t); return !ok })
+		harness.WaitFor(t, 10*time.Second, r.name+" not ready", func() bool { ok, _ := r.ready(t); return !ok })
 		_, msg := r.ready(t)
 		if !strings.Contains(msg, "deleted") {
 			t.Errorf("replica %s /readyz = %q, want it to say the Secret was deleted", r.name, msg)
 		}
 	}
-	waitFor(t, 10*time.Second, "a leader", func() bool { return len(leaders(reps)) == 1 })
+	harness.WaitFor(t, 10*time.Second, "a leader", func() bool { return len(leaders(reps)) == 1 })
 	old := leaders(reps)[0]
 	old.stop()
 	other := a
 	if old == a {
 		other = b
 	}
-	waitFor(t, 15*time.Second, other.name+" to lead", other.store.IsLeader)
+	harness.WaitFor(t, 15*time.Second, other.name+" to lead", other.store.IsLeader)
 	time.Sleep(2 * time.Second) // let the new leader act on the missing Secret
 	if _, err := api.Client.CoreV1().Secrets(caNamespace).Get(ctx, kubestore.DefaultSecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("after deletion and a change of leader, Get = %v; want NotFound (no new root)", err)
@@ -273,7 +261,7 @@ func TestSecretLostOrUnreadable(t *testing.T) {
 	if _, err := api.Client.CoreV1().Secrets(caNamespace).Create(ctx, restored, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, other.name+" ready again", func() bool { ok, _ := other.ready(t); return ok })
+	harness.WaitFor(t, 10*time.Second, other.name+" ready again", func() bool { ok, _ := other.ready(t); return ok })
 
 	// Unreadable: without its RoleBinding the replica is forbidden to read
 	// the Secret, and says so.
@@ -284,7 +272,7 @@ func TestSecretLostOrUnreadable(t *testing.T) {
 	if err := api.Client.RbacV1().RoleBindings(caNamespace).Delete(ctx, rb.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, other.name+" not ready while forbidden", func() bool {
+	harness.WaitFor(t, 15*time.Second, other.name+" not ready while forbidden", func() bool {
 		ok, msg := other.ready(t)
 		return !ok && strings.Contains(msg, "cannot read")
 	})
@@ -305,7 +293,7 @@ func TestSecretLostOrUnreadable(t *testing.T) {
 	if _, err := api.Client.RbacV1().RoleBindings(caNamespace).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, other.name+" ready after access returned", func() bool { ok, _ := other.ready(t); return ok })
+	harness.WaitFor(t, 15*time.Second, other.name+" ready after access returned", func() bool { ok, _ := other.ready(t); return ok })
 	fresh.serve(t, 15*time.Second)
 	_, roots := bundleOf(t, orig)
 	for _, r := range []*replica{other, fresh} {
@@ -348,7 +336,7 @@ func TestStopReplicaUnderLoad(t *testing.T) {
 		}
 		clients = append(clients, cs)
 	}
-	waitFor(t, 10*time.Second, "a leader", func() bool { return len(leaders(reps)) == 1 })
+	harness.WaitFor(t, 10*time.Second, "a leader", func() bool { return len(leaders(reps)) == 1 })
 	victim := leaders(reps)[0]
 
 	const (

@@ -13,6 +13,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/kubestore"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	corev1 "k8s.io/api/core/v1"
@@ -75,7 +76,7 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 	}
 
 	// Prepared: every replica and every namespace has both roots.
-	waitFor(t, 20*time.Second, "every replica to hold two roots", func() bool {
+	harness.WaitFor(t, 20*time.Second, "every replica to hold two roots", func() bool {
 		for _, r := range reps {
 			if len(r.store.Authority().Roots) != 2 {
 				return false
@@ -83,13 +84,13 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 		}
 		return true
 	})
-	waitFor(t, 10*time.Second, "the ConfigMap in team-a to hold two roots", func() bool {
+	harness.WaitFor(t, 10*time.Second, "the ConfigMap in team-a to hold two roots", func() bool {
 		return strings.Count(trustConfigMap(api, "team-a"), "BEGIN CERTIFICATE") == 2
 	})
 	newRoot := reps[0].store.Authority().Roots[1]
 
 	// Stop the leader in the middle of the rotation.
-	waitFor(t, 10*time.Second, "a leader", func() bool { return len(leaders(reps)) == 1 })
+	harness.WaitFor(t, 10*time.Second, "a leader", func() bool { return len(leaders(reps)) == 1 })
 	leader := leaders(reps)[0]
 	if ann := caSecret(t, api).Annotations[kubestore.RotationPhaseAnnotation]; ann != kubestore.PhasePrepared {
 		t.Fatalf("rotation phase = %q when stopping the leader, want %q", ann, kubestore.PhasePrepared)
@@ -103,7 +104,7 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 	}
 
 	// Activated by the new leader: every replica signs with the new root.
-	waitFor(t, 20*time.Second, "the new root to sign everywhere", func() bool {
+	harness.WaitFor(t, 20*time.Second, "the new root to sign everywhere", func() bool {
 		for _, r := range rest {
 			if !r.store.Authority().Cert.Equal(newRoot) {
 				return false
@@ -130,7 +131,7 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 	}
 
 	// Retired: only the new root, everywhere.
-	waitFor(t, 20*time.Second, "the old root to be retired everywhere", func() bool {
+	harness.WaitFor(t, 20*time.Second, "the old root to be retired everywhere", func() bool {
 		for _, r := range rest {
 			if rs := r.store.Authority().Roots; len(rs) != 1 || !rs[0].Equal(newRoot) {
 				return false

@@ -58,14 +58,14 @@ func TestTrustDistribution(t *testing.T) {
 	equals := func(get func() string) func() bool { return func() bool { return get() == want } }
 
 	for _, ns := range []string{"default", "kube-system", caNamespace} {
-		waitFor(t, 10*time.Second, "the ConfigMap in "+ns, equals(cms(ns)))
+		harness.WaitFor(t, 10*time.Second, "the ConfigMap in "+ns, equals(cms(ns)))
 	}
 
 	// A new namespace.
 	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-new"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the ConfigMap in a new namespace", equals(cms("team-new")))
+	harness.WaitFor(t, 10*time.Second, "the ConfigMap in a new namespace", equals(cms("team-new")))
 
 	// Edited: the bundle replaced, and a key added.
 	cm, err := api.Client.CoreV1().ConfigMaps("team-new").Get(ctx, trust.DefaultConfigMapName, metav1.GetOptions{})
@@ -76,7 +76,7 @@ func TestTrustDistribution(t *testing.T) {
 	if _, err := api.Client.CoreV1().ConfigMaps("team-new").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the edited ConfigMap to be repaired", func() bool {
+	harness.WaitFor(t, 10*time.Second, "the edited ConfigMap to be repaired", func() bool {
 		cm, err := api.Client.CoreV1().ConfigMaps("team-new").Get(ctx, trust.DefaultConfigMapName, metav1.GetOptions{})
 		return err == nil && len(cm.Data) == 1 && cm.Data[trust.DefaultKey] == want
 	})
@@ -85,7 +85,7 @@ func TestTrustDistribution(t *testing.T) {
 	if err := api.Client.CoreV1().ConfigMaps("default").Delete(ctx, trust.DefaultConfigMapName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the deleted ConfigMap to be restored", equals(cms("default")))
+	harness.WaitFor(t, 10*time.Second, "the deleted ConfigMap to be restored", equals(cms("default")))
 
 	// An excluded namespace gets none.
 	if _, err := api.Client.CoreV1().ConfigMaps("kube-public").Get(ctx, trust.DefaultConfigMapName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
@@ -124,8 +124,8 @@ func TestClusterTrustBundle(t *testing.T) {
 		b, err := ctbs.Get(ctx, "castellan-root", metav1.GetOptions{})
 		return err == nil && b.Spec.TrustBundle == want && b.Spec.SignerName == ""
 	}
-	waitFor(t, 15*time.Second, "the ClusterTrustBundle", published)
-	waitFor(t, 10*time.Second, "the ConfigMap in default", func() bool { return trustConfigMap(api, "default") == want })
+	harness.WaitFor(t, 15*time.Second, "the ClusterTrustBundle", published)
+	harness.WaitFor(t, 10*time.Second, "the ConfigMap in default", func() bool { return trustConfigMap(api, "default") == want })
 
 	// Edited to trust a stranger's root: repaired.
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -144,10 +144,10 @@ func TestClusterTrustBundle(t *testing.T) {
 	if _, err := ctbs.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "the edited ClusterTrustBundle to be repaired", published)
+	harness.WaitFor(t, 15*time.Second, "the edited ClusterTrustBundle to be repaired", published)
 
 	if err := ctbs.Delete(ctx, "castellan-root", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "the deleted ClusterTrustBundle to be restored", published)
+	harness.WaitFor(t, 15*time.Second, "the deleted ClusterTrustBundle to be restored", published)
 }

@@ -210,17 +210,6 @@ func (s *stack) workloadBundles(t *testing.T) *x509bundle.Set {
 	return x509ctx.Bundles
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // tryBundles is workloadBundles that returns nil while the agent is not
 // serving yet.
 func (s *stack) tryBundles() *x509bundle.Set {
@@ -251,7 +240,7 @@ func authorities(set *x509bundle.Set, td spiffeid.TrustDomain) int {
 func TestFederation(t *testing.T) {
 	s := startStack(t)
 
-	waitFor(t, "b.test's bundle at the workload", func() bool { return authorities(s.tryBundles(), tdB) == 1 })
+	harness.WaitFor(t, waitTimeout, "b.test's bundle at the workload", func() bool { return authorities(s.tryBundles(), tdB) == 1 })
 	svidB := s.svidOf(t, s.b, "api")
 	set := s.workloadBundles(t)
 	id, _, err := x509svid.Verify(svidB, set)
@@ -265,7 +254,7 @@ func TestFederation(t *testing.T) {
 		t.Fatalf("a local SVID does not verify: %v", err)
 	}
 	// B holds A's bundle too, from A's https_web endpoint.
-	waitFor(t, "a.test's bundle at B", func() bool {
+	harness.WaitFor(t, waitTimeout, "a.test's bundle at B", func() bool {
 		return publishedAuthorities(t, s.b.DataDir, tdA) == 1
 	})
 
@@ -312,12 +301,12 @@ func TestFederation(t *testing.T) {
 	// Rotation of b.test: prepare, then activate.
 	prepared := time.Now()
 	harness.RunCastellan(t, 0, "", "ca", "rotate", "prepare", "--trust-domain", "b.test", "--data-dir", s.b.DataDir)
-	waitFor(t, "b.test's new root at the workload", func() bool { return authorities(s.workloadBundles(t), tdB) == 2 })
+	harness.WaitFor(t, waitTimeout, "b.test's new root at the workload", func() bool { return authorities(s.workloadBundles(t), tdB) == 2 })
 	// B reloads its data directory every 5 s, A polls B every second (its
 	// refresh hint) and the agent reads the file every second.
 	t.Logf("b.test's prepared root reached a.test's workload %s after the prepare command started", time.Since(prepared).Round(10*time.Millisecond))
 	harness.RunCastellan(t, 0, "", "ca", "rotate", "activate", "--force", "--data-dir", s.b.DataDir)
-	waitFor(t, "an SVID of b.test's new root", func() bool {
+	harness.WaitFor(t, waitTimeout, "an SVID of b.test's new root", func() bool {
 		chain := s.svidOf(t, s.b, "api")
 		_, _, err := x509svid.Verify(chain, s.workloadBundles(t))
 		return err == nil && !sameIssuer(chain, svidB)
@@ -413,7 +402,7 @@ func (f *fakeEndpoint) serve(b *spiffebundle.Bundle) {
 // stays published and served, and A keeps issuing.
 func TestBadFederatedEndpoint(t *testing.T) {
 	s := startStack(t)
-	waitFor(t, "c.test's bundle at the workload", func() bool { return authorities(s.tryBundles(), tdC) == 1 })
+	harness.WaitFor(t, waitTimeout, "c.test's bundle at the workload", func() bool { return authorities(s.tryBundles(), tdC) == 1 })
 	good := s.c.good
 
 	other := testpki.New(t, testpki.WithID("spiffe://d.test/ns/default/sa/d"))
@@ -433,7 +422,7 @@ func TestBadFederatedEndpoint(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.bad()
-			waitFor(t, "the refusal, counted", func() bool {
+			harness.WaitFor(t, waitTimeout, "the refusal, counted", func() bool {
 				return s.a.Metrics(t).Value("castellan_federation_refresh_failures_total", "trust_domain", "c.test", "reason", tc.reason) > 0
 			})
 			if _, n := s.a.LogLines(`reason=` + tc.reason); n == 0 {

@@ -26,7 +26,7 @@ func TestFederatedJWTSVID(t *testing.T) {
 	addr := workloadapi.WithAddr("unix://" + s.agentSocket)
 	tokB := s.jwtOf(t, s.b, "api", "a-service")
 
-	waitFor(t, "b.test's JWT authorities at a.test's workload", func() bool {
+	harness.WaitFor(t, waitTimeout, "b.test's JWT authorities at a.test's workload", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		set, err := workloadapi.FetchJWTBundles(ctx, addr)

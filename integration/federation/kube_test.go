@@ -46,12 +46,12 @@ func TestTrustConfigMapCarriesFederatedBundles(t *testing.T) {
 		}
 		return out
 	}
-	waitFor(t, "c.test's bundle in the ConfigMap", func() bool { return published()["c.test"] == 1 })
+	harness.WaitFor(t, waitTimeout, "c.test's bundle in the ConfigMap", func() bool { return published()["c.test"] == 1 })
 
 	// c.test adds a root: the ConfigMap follows.
 	next := c.good.Clone()
 	next.AddX509Authority(newCARoot(t, "spiffe://c.test/ns/default/sa/next"))
 	next.SetSequenceNumber(101)
 	c.serve(next)
-	waitFor(t, "c.test's new root in the ConfigMap", func() bool { return published()["c.test"] == 2 })
+	harness.WaitFor(t, waitTimeout, "c.test's new root in the ConfigMap", func() bool { return published()["c.test"] == 2 })
 }

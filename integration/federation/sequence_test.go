@@ -86,7 +86,7 @@ func TestSequenceAgreesAcrossReplicas(t *testing.T) {
 	// the new content under one higher number.
 	harness.RunCastellan(t, 0, "jwt", "ca", "rotate", "prepare", "--jwt", "--kubeconfig", api.Kubeconfig,
 		"--material=kubernetes", "--namespace=castellan-system")
-	waitFor(t, "the prepared key at both endpoints", func() bool { _, jwt := state(); return jwt == [2]int{2, 2} })
+	harness.WaitFor(t, waitTimeout, "the prepared key at both endpoints", func() bool { _, jwt := state(); return jwt == [2]int{2, 2} })
 	seq, _ = state()
 	if seq[0] != seq[1] || seq[0] <= first {
 		t.Fatalf("after the rotation the replicas serve sequence %d and %d (before: %d)", seq[0], seq[1], first)

@@ -77,7 +77,7 @@ func start(t *testing.T, caArgs ...string) *stack {
 	startAgent(t, ca, tokenFile, s.socket)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	waitFor(t, "the agent's socket", func() bool { _, err := os.Stat(s.socket); return err == nil })
+	harness.WaitFor(t, waitTimeout, "the agent's socket", func() bool { _, err := os.Stat(s.socket); return err == nil })
 	if s.client, err = workloadapi.New(ctx, workloadapi.WithAddr("unix://"+s.socket)); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestJWTKeyRotation(t *testing.T) {
 	}
 
 	rotate("prepare")
-	waitFor(t, "the prepared JWT key at the JWTSource", func() bool { return len(authorities()) == 2 })
+	harness.WaitFor(t, waitTimeout, "the prepared JWT key at the JWTSource", func() bool { return len(authorities()) == 2 })
 	if kid := kidOf(t, mustFetch(t, source, "b")); kid != oldKid {
 		t.Fatalf("the prepared key signs (kid %s)", kid)
 	}
@@ -260,7 +260,7 @@ func TestJWTKeyRotation(t *testing.T) {
 
 	rotate("activate", "--force")
 	n := 0
-	waitFor(t, "a token of the activated key", func() bool {
+	harness.WaitFor(t, waitTimeout, "a token of the activated key", func() bool {
 		n++
 		return kidOf(t, mustFetch(t, source, "c"+strings.Repeat("x", n))) == newKid
 	})
@@ -270,7 +270,7 @@ func TestJWTKeyRotation(t *testing.T) {
 
 	harness.RunCastellan(t, 1, "may be valid until", "ca", "rotate", "retire", "--jwt", "--data-dir", s.ca.DataDir)
 	rotate("retire", "--force")
-	waitFor(t, "the retired key to leave the JWTSource", func() bool { a := authorities(); return len(a) == 1 && a[newKid] })
+	harness.WaitFor(t, waitTimeout, "the retired key to leave the JWTSource", func() bool { a := authorities(); return len(a) == 1 && a[newKid] })
 	if _, err := spiffejwt.ParseAndValidate(old.Marshal(), source, []string{"a"}); err == nil {
 		t.Fatal("a token of the retired key still verifies")
 	}
@@ -360,17 +360,6 @@ func jwtClient(t *testing.T, ca *harness.CAProcess) jwtapi.JWTServiceClient {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return jwtapi.NewJWTServiceClient(conn)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // startAgent runs castellan-agent against ca with the token in tokenFile,

@@ -64,7 +64,7 @@ func TestNodeAgentJWTSVIDs(t *testing.T) {
 	}
 	socket := filepath.Join(dir, "socket")
 	startAgent(t, ca, tokenFile, socket, "--attestation=node", "--node-name="+nodeA, "--kubeconfig="+api.Kubeconfig)
-	waitFor(t, "the agent's socket", func() bool { _, err := os.Stat(socket); return err == nil })
+	harness.WaitFor(t, waitTimeout, "the agent's socket", func() bool { _, err := os.Stat(socket); return err == nil })
 
 	webID := spiffeid.RequireFromSegments(td, "ns", shopNS, "sa", "web")
 	dbID := spiffeid.RequireFromSegments(td, "ns", shopNS, "sa", "db")

@@ -76,18 +76,18 @@ func TestJWTKeysSharedByReplicas(t *testing.T) {
 			"--material=kubernetes", "--namespace=castellan-system"}, extra...)...)
 	}
 	rotate("prepare")
-	waitFor(t, "the prepared key at both replicas", func() bool {
+	harness.WaitFor(t, waitTimeout, "the prepared key at both replicas", func() bool {
 		return len(bundleOf(ca).JWTAuthorities()) == 2 && len(bundleOf(cb).JWTAuthorities()) == 2
 	})
 	rotate("activate", "--force")
-	waitFor(t, "both replicas signing with the new key", func() bool {
+	harness.WaitFor(t, waitTimeout, "both replicas signing with the new key", func() bool {
 		return kidOf(t, mint(ca, "x")) != oldKid && kidOf(t, mint(cb, "x")) != oldKid
 	})
 	if !verifies(old, bundleOf(ca)) {
 		t.Fatal("a token of the previous key does not verify before retirement")
 	}
 	rotate("retire", "--force")
-	waitFor(t, "the retired key to leave both replicas", func() bool {
+	harness.WaitFor(t, waitTimeout, "the retired key to leave both replicas", func() bool {
 		return len(bundleOf(ca).JWTAuthorities()) == 1 && len(bundleOf(cb).JWTAuthorities()) == 1
 	})
 	if verifies(old, bundleOf(ca)) || verifies(old, bundleOf(cb)) {

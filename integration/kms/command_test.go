@@ -234,7 +234,7 @@ func TestCommandUpstreamVault(t *testing.T) {
 		"--vault-approle-role-id", roleID, "--vault-approle-secret-id-file", secretFile)
 	rotate(2, "--vault-addr is required", "prepare")
 	rotate(0, "phase  prepared", "prepare", "--vault-addr", v.Addr, "--vault-token-file", rootTokenFile, "--root-ttl", "8760h")
-	waitFor(t, 15*time.Second, "/bundle to hold both roots", func() bool {
+	harness.WaitFor(t, 15*time.Second, "/bundle to hold both roots", func() bool {
 		b, err := pemfile.ParseCertificates(fetchBundle(t, httpAddr))
 		return err == nil && len(b) == 2
 	})
@@ -247,13 +247,13 @@ func TestCommandUpstreamVault(t *testing.T) {
 			pool.AddCert(c)
 		}
 	}
-	waitFor(t, 15*time.Second, "an SVID under the new root", func() bool {
+	harness.WaitFor(t, 15*time.Second, "an SVID under the new root", func() bool {
 		s, err := requestSVID(t, ep, token, "default", "sleep")
 		return err == nil && s.chain[len(s.chain)-1].Equal(next)
 	})
 	rotate(1, "may be valid until", "retire")
 	rotate(0, "phase  steady", "retire", "--force")
-	waitFor(t, 15*time.Second, "/bundle to hold only the new root", func() bool {
+	harness.WaitFor(t, 15*time.Second, "/bundle to hold only the new root", func() bool {
 		b, err := pemfile.ParseCertificates(fetchBundle(t, httpAddr))
 		return err == nil && len(b) == 1 && b[0].Equal(next)
 	})

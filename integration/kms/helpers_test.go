@@ -334,15 +334,3 @@ func startKeyedCA(t testing.TB, api *harness.APIServer, setup caSetup, opts ...h
 	c := harness.StartCA(t, api, append([]harness.CAOption{setup.option(t, held)}, opts...)...)
 	return c, held
 }
-
-// waitFor polls cond every 50ms until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}

@@ -47,7 +47,7 @@ func TestCommandHSMRootRotation(t *testing.T) {
 	}
 	phase := func(want string) {
 		t.Helper()
-		waitFor(t, 15*time.Second, "castellan_ca_rotation_phase{phase="+want+"} = 1", func() bool {
+		harness.WaitFor(t, 15*time.Second, "castellan_ca_rotation_phase{phase="+want+"} = 1", func() bool {
 			return p.Metrics(t).Value("castellan_ca_rotation_phase", "phase", want) == 1
 		})
 	}
@@ -64,7 +64,7 @@ func TestCommandHSMRootRotation(t *testing.T) {
 	}
 
 	// The first rotation step runs at start: a new root joins the bundle.
-	waitFor(t, 15*time.Second, "/bundle to hold the prepared root", func() bool {
+	harness.WaitFor(t, 15*time.Second, "/bundle to hold the prepared root", func() bool {
 		return len(mustParse(t, fetchBundle(t, p.HTTPAddr))) == 2
 	})
 	phase("prepared")
@@ -87,7 +87,7 @@ func TestCommandHSMRootRotation(t *testing.T) {
 	rotate(0, "phase  activated", "activate", "--force")
 	phase("activated")
 	var next *x509.Certificate
-	waitFor(t, 15*time.Second, "an SVID under the new root", func() bool {
+	harness.WaitFor(t, 15*time.Second, "an SVID under the new root", func() bool {
 		next = svidRoot()
 		return !next.Equal(old)
 	})
@@ -101,7 +101,7 @@ func TestCommandHSMRootRotation(t *testing.T) {
 	hsmKey.Close()
 
 	rotate(0, "phase  steady", "retire", "--force")
-	waitFor(t, 15*time.Second, "/bundle to hold only the new root", func() bool {
+	harness.WaitFor(t, 15*time.Second, "/bundle to hold only the new root", func() bool {
 		b := mustParse(t, fetchBundle(t, p.HTTPAddr))
 		return len(b) == 1 && b[0].Equal(next)
 	})

@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/hashicorp/vault/api"
+
+	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
 // TestCommandTransitRootRotation runs "castellan ca" with its self-signed
@@ -55,7 +56,7 @@ path "transit/sign/castellan-root" { capabilities = ["update"] }
 	}
 	phase := func(p *harness.CAProcess, want string) {
 		t.Helper()
-		waitFor(t, 20*time.Second, "castellan_ca_rotation_phase{phase="+want+"} = 1", func() bool {
+		harness.WaitFor(t, 20*time.Second, "castellan_ca_rotation_phase{phase="+want+"} = 1", func() bool {
 			return p.Metrics(t).Value("castellan_ca_rotation_phase", "phase", want) == 1
 		})
 	}
@@ -63,7 +64,7 @@ path "transit/sign/castellan-root" { capabilities = ["update"] }
 	t.Run("may create keys", func(t *testing.T) {
 		p := start("castellan")
 		phase(p, "prepared")
-		waitFor(t, 10*time.Second, "/bundle to hold the prepared root", func() bool {
+		harness.WaitFor(t, 10*time.Second, "/bundle to hold the prepared root", func() bool {
 			return len(mustParse(t, fetchBundle(t, p.HTTPAddr))) == 2
 		})
 		var st struct {
@@ -84,7 +85,7 @@ path "transit/sign/castellan-root" { capabilities = ["update"] }
 
 	t.Run("may only sign", func(t *testing.T) {
 		p := start("sign-only")
-		waitFor(t, 20*time.Second, "a failed prepare to be counted", func() bool {
+		harness.WaitFor(t, 20*time.Second, "a failed prepare to be counted", func() bool {
 			return p.Metrics(t).Value("castellan_ca_rotation_steps_total", "step", "error") >= 1
 		})
 		phase(p, "steady")

@@ -250,7 +250,7 @@ func TestVaultOutage(t *testing.T) {
 	first := w.fetchSVID(t, c).chain[1]
 
 	v.Stop()
-	waitFor(t, 30*time.Second, "failed renewals while Vault is down", func() bool {
+	harness.WaitFor(t, 30*time.Second, "failed renewals while Vault is down", func() bool {
 		return c.Metrics(t).Value("castellan_ca_intermediate_renewal_failures_total") >= 3
 	})
 	for i := 0; i < 3; i++ {
@@ -278,7 +278,7 @@ func TestVaultOutage(t *testing.T) {
 	}
 
 	v.Start(t)
-	waitFor(t, 30*time.Second, "a renewal after Vault came back", func() bool {
+	harness.WaitFor(t, 30*time.Second, "a renewal after Vault came back", func() bool {
 		a := held.source.Authority()
 		return !a.Cert.Equal(first) && held.source.LastError() == nil
 	})

@@ -88,7 +88,7 @@ func TestMonitoredMetricsAreServed(t *testing.T) {
 	startAgent(t, "--ca-addr="+ca.GRPCAddr, "--ca-server-name="+ca.ServerName, "--root-cert="+rootFile,
 		"--token-file="+tokenFile, "--sds-socket="+sdsSocket, "--workload-api-socket="+wlSocket,
 		"--http-addr="+agentHTTP)
-	waitFor(t, "the agent's SVID", func() bool {
+	harness.WaitFor(t, time.Minute, "the agent's SVID", func() bool {
 		resp, err := http.Get("http://" + agentHTTP + "/readyz")
 		if err != nil {
 			return false
@@ -201,15 +201,4 @@ func startAgent(t *testing.T, args ...string) {
 			t.Logf("agent logs:\n%s", logs.String())
 		}
 	})
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
