@@ -32,6 +32,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/internal/testpoll"
+	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -162,15 +163,7 @@ func startAgent(t testing.TB, ca *testCA, edit func(*agent.Config)) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent Run: %v", err)
-		}
-	})
+	testrun.Background(t, "agent", a.Run)
 	return &testAgent{Agent: a, cfg: cfg, reg: reg}
 }
 

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/castellan-mesh/castellan/internal/testpoll"
+	"github.com/castellan-mesh/castellan/internal/testrun"
 )
 
 // These tests check the Controller's logic with client-go's fake
@@ -42,15 +43,7 @@ func startController(t *testing.T, cfg Config) *Controller {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testrun.Background(t, "trust controller", c.Run)
 	return c
 }
 

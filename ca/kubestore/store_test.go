@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/castellan-mesh/castellan/internal/testpoll"
+	"github.com/castellan-mesh/castellan/internal/testrun"
 )
 
 // These tests use client-go's fake clientset to check the Store's own
@@ -47,15 +48,7 @@ func start(t *testing.T, cfg Config) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testrun.Background(t, "kubestore Store", s.Run)
 	return s
 }
 

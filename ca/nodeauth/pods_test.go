@@ -7,6 +7,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/internal/testpoll"
+	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,15 +42,7 @@ func TestPodIndex(t *testing.T) {
 	if x.Synced() {
 		t.Fatal("synced before Run")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- x.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	ctx := testrun.Background(t, "pod index", x.Run)
 	if err := x.WaitSynced(ctx); err != nil {
 		t.Fatal(err)
 	}

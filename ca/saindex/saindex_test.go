@@ -1,7 +1,6 @@
 package saindex
 
 import (
-	"context"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +9,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/castellan-mesh/castellan/internal/testpoll"
+	"github.com/castellan-mesh/castellan/internal/testrun"
 )
 
 func TestIndex(t *testing.T) {
@@ -22,10 +22,7 @@ func TestIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- x.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ctx := testrun.Background(t, "service account index", x.Run)
 	testpoll.Until(t, "sync", x.Synced)
 
 	if uid, ok := x.LiveUID("shop", "cart"); !ok || uid != "u1" {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -99,15 +100,7 @@ func (s *stack) startAgent(t *testing.T, edit func(*agent.Config)) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	})
+	testrun.Background(t, "agent", a.Run)
 	c, err := sdsclient.New(cfg.SDSSocket, sdsclient.WithNode(nil))
 	if err != nil {
 		t.Fatal(err)
