@@ -151,16 +151,7 @@ func TestJWT(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := j.Authenticate(context.Background(), tt.token)
-			switch {
-			case tt.reason == "" && err != nil:
-				t.Fatalf("Authenticate: %v", err)
-			case tt.reason == "" && got != tt.want:
-				t.Fatalf("Authenticate = %+v, want %+v", got, tt.want)
-			case tt.reason != "" && err == nil:
-				t.Fatalf("Authenticate = %+v, want %s error", got, tt.reason)
-			case tt.reason != "" && ReasonOf(err) != tt.reason:
-				t.Fatalf("reason = %s, want %s (%v)", ReasonOf(err), tt.reason, err)
-			}
+			checkOutcome(t, got, err, tt.want, tt.reason)
 		})
 	}
 }

@@ -78,12 +78,7 @@ func TestPeek(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			u, err := peek(tt.token)
 			if tt.wantErr {
-				if err == nil {
-					t.Fatalf("peek accepted %q: %+v", tt.token, u)
-				}
-				if ReasonOf(err) != ReasonMalformed {
-					t.Errorf("reason = %s, want %s", ReasonOf(err), ReasonMalformed)
-				}
+				wantRejected(t, u, err, ReasonMalformed)
 				return
 			}
 			if err != nil {
@@ -117,18 +112,11 @@ func TestParseUsername(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseUsername(tt.username)
+			var reason Reason
 			if tt.wantErr {
-				if err == nil {
-					t.Fatalf("ParseUsername(%q) = %+v, want error", tt.username, got)
-				}
-				if ReasonOf(err) != ReasonNotServiceAccount {
-					t.Errorf("reason = %s, want %s", ReasonOf(err), ReasonNotServiceAccount)
-				}
-				return
+				reason = ReasonNotServiceAccount
 			}
-			if err != nil || got != tt.want {
-				t.Errorf("ParseUsername(%q) = %+v, %v; want %+v", tt.username, got, err, tt.want)
-			}
+			checkOutcome(t, got, err, tt.want, reason)
 		})
 	}
 }

@@ -26,15 +26,7 @@ func TestByIssuer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := NewByIssuer(map[string]Authenticator{"https://offline": offline}, tt.fallback)
 			got, err := r.Authenticate(context.Background(), tt.token)
-			if tt.reason != "" {
-				if ReasonOf(err) != tt.reason {
-					t.Fatalf("Authenticate = %+v, %v; want reason %s", got, err, tt.reason)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Fatalf("Authenticate = %+v, %v; want %+v", got, err, tt.want)
-			}
+			checkOutcome(t, got, err, tt.want, tt.reason)
 		})
 	}
 }

@@ -154,16 +154,7 @@ func TestTokenReview(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, err := tr.Authenticate(context.Background(), tt.token)
-			switch {
-			case tt.reason == "" && err != nil:
-				t.Fatalf("Authenticate: %v", err)
-			case tt.reason == "" && got != tt.want:
-				t.Fatalf("Authenticate = %+v, want %+v", got, tt.want)
-			case tt.reason != "" && err == nil:
-				t.Fatalf("Authenticate = %+v, want %s error", got, tt.reason)
-			case tt.reason != "" && ReasonOf(err) != tt.reason:
-				t.Fatalf("reason = %s, want %s (%v)", ReasonOf(err), tt.reason, err)
-			}
+			checkOutcome(t, got, err, tt.want, tt.reason)
 			if n := rs.requests.Load(); (n == 1) != tt.reviewed || n > 1 {
 				t.Errorf("%d reviews sent, want reviewed=%v", n, tt.reviewed)
 			}
