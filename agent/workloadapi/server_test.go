@@ -172,30 +172,9 @@ func TestSecurityHeaderRequired(t *testing.T) {
 		name string
 		call func() error
 	}{
-		{"FetchX509SVID", func() error {
-			s, err := client.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
-			if err != nil {
-				return err
-			}
-			_, err = s.Recv()
-			return err
-		}},
-		{"FetchX509Bundles", func() error {
-			s, err := client.FetchX509Bundles(ctx, &workload.X509BundlesRequest{})
-			if err != nil {
-				return err
-			}
-			_, err = s.Recv()
-			return err
-		}},
-		{"FetchJWTBundles", func() error {
-			s, err := client.FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})
-			if err != nil {
-				return err
-			}
-			_, err = s.Recv()
-			return err
-		}},
+		{"FetchX509SVID", func() error { return recvFirst(client.FetchX509SVID(ctx, &workload.X509SVIDRequest{})) }},
+		{"FetchX509Bundles", func() error { return recvFirst(client.FetchX509Bundles(ctx, &workload.X509BundlesRequest{})) }},
+		{"FetchJWTBundles", func() error { return recvFirst(client.FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,6 +218,15 @@ func TestNoSVIDSentAfterExpiry(t *testing.T) {
 	if !bytes.Equal(got.Certificates[0].Raw, fresh.X509.Certificates[0].Raw) {
 		t.Fatal("not the fresh SVID")
 	}
+}
+
+// recvFirst receives the first message of a stream that opened with err.
+func recvFirst[M any](s grpc.ServerStreamingClient[M], err error) error {
+	if err != nil {
+		return err
+	}
+	_, err = s.Recv()
+	return err
 }
 
 // metricValue sums the samples of metric name, only those with label
