@@ -145,6 +145,16 @@ func TestAttestCgroupNamings(t *testing.T) {
 func TestAttestRefusals(t *testing.T) {
 	const pid, start = 200, 7000
 	inPod := func(uid string) string { return "0::/kubepods/besteffort/pod" + uid + "/" + ctrA + "\n" }
+	// inPodB puts the caller in pod uidB, running on this node but for
+	// what edit changes.
+	inPodB := func(edit func(p *attest.Pod)) func(*fakeProc, *pods) {
+		return func(proc *fakeProc, l *pods) {
+			p := running(uidB, "shop", "db-0", "db")
+			edit(&p)
+			l.m[uidB] = p
+			proc.add(pid, start, inPod(uidB))
+		}
+	}
 	tests := []struct {
 		name   string
 		peer   attest.PeerCred
@@ -197,43 +207,23 @@ func TestAttestRefusals(t *testing.T) {
 			reason: attest.ReasonUnknownPod, msg: uidB,
 		},
 		{
-			name: "pod on another node",
-			setup: func(proc *fakeProc, l *pods) {
-				p := running(uidB, "shop", "db-0", "db")
-				p.NodeName = "node-b"
-				l.m[uidB] = p
-				proc.add(pid, start, inPod(uidB))
-			},
+			name:   "pod on another node",
+			setup:  inPodB(func(p *attest.Pod) { p.NodeName = "node-b" }),
 			reason: attest.ReasonOtherNode, msg: "node-b",
 		},
 		{
-			name: "pending pod",
-			setup: func(proc *fakeProc, l *pods) {
-				p := running(uidB, "shop", "db-0", "db")
-				p.Phase = attest.PodPending
-				l.m[uidB] = p
-				proc.add(pid, start, inPod(uidB))
-			},
+			name:   "pending pod",
+			setup:  inPodB(func(p *attest.Pod) { p.Phase = attest.PodPending }),
 			reason: attest.ReasonPodNotRunning, msg: "Pending",
 		},
 		{
-			name: "terminated pod",
-			setup: func(proc *fakeProc, l *pods) {
-				p := running(uidB, "shop", "db-0", "db")
-				p.Phase = attest.PodSucceeded
-				l.m[uidB] = p
-				proc.add(pid, start, inPod(uidB))
-			},
+			name:   "terminated pod",
+			setup:  inPodB(func(p *attest.Pod) { p.Phase = attest.PodSucceeded }),
 			reason: attest.ReasonPodNotRunning, msg: "Succeeded",
 		},
 		{
-			name: "terminating pod",
-			setup: func(proc *fakeProc, l *pods) {
-				p := running(uidB, "shop", "db-0", "db")
-				p.Terminating = true
-				l.m[uidB] = p
-				proc.add(pid, start, inPod(uidB))
-			},
+			name:   "terminating pod",
+			setup:  inPodB(func(p *attest.Pod) { p.Terminating = true }),
 			reason: attest.ReasonPodNotRunning, msg: "being deleted",
 		},
 		{
