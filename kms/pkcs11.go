@@ -14,6 +14,8 @@ import (
 
 	"go.step.sm/crypto/kms/apiv1"
 	steppkcs11 "go.step.sm/crypto/kms/pkcs11"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // defaultPKCS11Module is loaded when a pkcs11 URI names no module-path.
@@ -76,13 +78,16 @@ func newPKCS11Store(ctx context.Context, u *URI) (*pkcs11Store, error) {
 	return &pkcs11Store{kms: k, module: module, slot: slot, pin: pin}, nil
 }
 
+// maxPINSize bounds the pin-source file; PKCS#11 PINs are far shorter.
+const maxPINSize = 4096
+
 // readPIN returns the PIN of u, reading pin-source if given.
 func readPIN(u *URI) (string, error) {
 	a := u.PKCS11
 	if a.PINSource == "" {
 		return a.PINValue, nil
 	}
-	b, err := os.ReadFile(a.PINSource)
+	b, err := smallfile.Read(a.PINSource, maxPINSize)
 	if err != nil {
 		return "", &URIError{URI: u.String(), Part: "pin-source", Reason: fmt.Sprintf("cannot read the PIN: %v", err)}
 	}

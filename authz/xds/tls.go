@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/castellan-mesh/castellan/internal/filewatch"
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // maxPEMSize bounds the certificate, key and bundle files read.
@@ -100,14 +101,7 @@ func (f *FileCredentials) load([]byte) error {
 }
 
 func readPEM(name string) ([]byte, error) {
-	st, err := os.Stat(name)
-	if err != nil {
-		return nil, fmt.Errorf("xds: %w", err)
-	}
-	if st.Size() > maxPEMSize {
-		return nil, fmt.Errorf("xds: %s is %d bytes, more than the limit of %d", name, st.Size(), maxPEMSize)
-	}
-	b, err := os.ReadFile(name)
+	b, err := smallfile.Read(name, maxPEMSize)
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
