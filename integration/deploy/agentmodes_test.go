@@ -27,13 +27,7 @@ components:
 // account may do: read pods, which node attestation needs, and nothing
 // else.
 func checkAgentRBAC(t *testing.T, api *harness.APIServer) {
-	user := "system:serviceaccount:" + caNamespace + ":castellan-agent"
-	groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + caNamespace, "system:authenticated"}
-	tests := []struct {
-		name  string
-		attrs authorizationv1.ResourceAttributes
-		want  bool
-	}{
+	checkAccess(t, api, "castellan-agent", []access{
 		{"list pods", authorizationv1.ResourceAttributes{Resource: "pods", Verb: "list"}, true},
 		{"watch pods", authorizationv1.ResourceAttributes{Resource: "pods", Verb: "watch"}, true},
 		{"get a pod", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Name: "web-1", Verb: "get"}, true},
@@ -44,22 +38,7 @@ func checkAgentRBAC(t *testing.T, api *harness.APIServer) {
 		{"create tokens", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "serviceaccounts", Subresource: "token", Name: "web", Verb: "create"}, false},
 		{"proxy to nodes", authorizationv1.ResourceAttributes{Resource: "nodes", Subresource: "proxy", Name: "node-1", Verb: "get"}, false},
 		{"create tokenreviews", authorizationv1.ResourceAttributes{Group: "authentication.k8s.io", Resource: "tokenreviews", Verb: "create"}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			attrs := tt.attrs
-			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-				User: user, Groups: groups, ResourceAttributes: &attrs,
-			}}
-			res, err := api.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Status.Allowed != tt.want {
-				t.Fatalf("allowed = %v, want %v (%s)", res.Status.Allowed, tt.want, res.Status.Reason)
-			}
-		})
-	}
+	})
 }
 
 // TestAgentModes checks both ways the agent is deployed against the real
@@ -68,7 +47,7 @@ func checkAgentRBAC(t *testing.T, api *harness.APIServer) {
 // and the per-pod workload (Envoy and castellan-agent in one pod) applies
 // in a namespace of its own with no host access and no API access.
 func TestAgentModes(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t, rbacFlags...)
 	ctx := context.Background()
 	fsys := withTestOverlay(t, "per-pod", perPodOverlay)
 	ap := newApplier(t, api)

@@ -88,7 +88,7 @@ func trustConfigMap(api *harness.APIServer, ns string) string {
 // one root is created, every replica issues SVIDs that verify against it,
 // and when the leader stops another takes over with the same root.
 func TestReplicasShareOneRoot(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t, rbacFlags...)
 	installCA(t, api)
 	_, caClient := clientAs(t, api, caNamespace, caSA)
 	w := newWorkload(t, api, "team-a", "web")
@@ -221,7 +221,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 // leader does not recreate it, and a replica that starts without access
 // waits.
 func TestSecretLostOrUnreadable(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t, rbacFlags...)
 	installCA(t, api)
 	_, caClient := clientAs(t, api, caNamespace, caSA)
 	ctx := context.Background()

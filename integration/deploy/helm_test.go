@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
 // helmRendering reads integration/helm/testdata/<name>.yaml, the chart
@@ -182,13 +185,18 @@ func TestHelmChartMatchesKustomize(t *testing.T) {
 
 // monitoringCRDs are stand-ins for the Prometheus Operator's CRDs, enough
 // for the API server to store PodMonitors and PrometheusRules.
-const monitoringCRDs = `apiVersion: apiextensions.k8s.io/v1
+var monitoringCRDs = standInCRD("PodMonitor", "podmonitors") + "---\n" + standInCRD("PrometheusRule", "prometheusrules")
+
+// standInCRD is a CustomResourceDefinition of monitoring.coreos.com/v1
+// kind, namespaced, that stores objects of any shape.
+func standInCRD(kind, plural string) string {
+	return fmt.Sprintf(`apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: podmonitors.monitoring.coreos.com
+  name: %[2]s.monitoring.coreos.com
 spec:
   group: monitoring.coreos.com
-  names: {kind: PodMonitor, plural: podmonitors}
+  names: {kind: %[1]s, plural: %[2]s}
   scope: Namespaced
   versions:
   - name: v1
@@ -196,22 +204,8 @@ spec:
     storage: true
     schema:
       openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: prometheusrules.monitoring.coreos.com
-spec:
-  group: monitoring.coreos.com
-  names: {kind: PrometheusRule, plural: prometheusrules}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-`
+`, kind, plural)
+}
 
 // TestHelmChartApplies applies the chart's default rendering server-side
 // to an API server that enforces RBAC, then every other rendering (the
@@ -220,7 +214,7 @@ spec:
 // remote clusters' kubeconfigs) as
 // an upgrade: each object must be accepted.
 func TestHelmChartApplies(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t, rbacFlags...)
 	ctx := context.Background()
 	ap := newApplier(t, api)
 	var crds []*unstructured.Unstructured

@@ -9,6 +9,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
 // TestIstiodWithCastellan applies Istio's istiod Deployment as its own
@@ -21,7 +23,7 @@ func TestIstiodWithCastellan(t *testing.T) {
 	if len(objs) != 1 || objs[0].GetKind() != "Deployment" {
 		t.Fatalf("want istiod's Deployment, got %d objects", len(objs))
 	}
-	api := startAPIServer(t)
+	api := harness.StartAPIServer(t)
 	ctx := context.Background()
 	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

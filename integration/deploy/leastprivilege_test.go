@@ -8,6 +8,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
 // networkPolicyOverlay is a test overlay: the standalone install plus the
@@ -28,7 +30,7 @@ components:
 // update nor delete any other ConfigMap; under the istio overlay, istiod's
 // istio-ca-root-cert is out of its reach too.
 func TestCAConfigMapRights(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t, rbacFlags...)
 	ctx := context.Background()
 	fsys := withTestOverlay(t, "netpol", networkPolicyOverlay)
 	ap := newApplier(t, api)

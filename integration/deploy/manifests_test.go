@@ -103,7 +103,7 @@ var overlays = []string{
 // upgrade to the production overlay and a rollback, and every other
 // overlay as a dry run. Each object must be accepted.
 func TestManifests(t *testing.T) {
-	api := startAPIServer(t, rbacFlags...)
+	api := harness.StartAPIServer(t, rbacFlags...)
 	fsys := withTestOverlay(t, "ctb", ctbOverlay)
 	ctx := context.Background()
 	ap := newApplier(t, api)
@@ -153,16 +153,40 @@ func TestManifests(t *testing.T) {
 	t.Run("agent rbac", func(t *testing.T) { checkAgentRBAC(t, api) })
 }
 
+// access is one question to the API server: may the account do attrs?
+type access struct {
+	name  string
+	attrs authorizationv1.ResourceAttributes
+	want  bool
+}
+
+// checkAccess asks the API server (SubjectAccessReview) each question
+// about the service account sa of the CA's namespace, in a subtest each.
+func checkAccess(t *testing.T, api *harness.APIServer, sa string, questions []access) {
+	t.Helper()
+	user := "system:serviceaccount:" + caNamespace + ":" + sa
+	groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + caNamespace, "system:authenticated"}
+	for _, q := range questions {
+		t.Run(q.name, func(t *testing.T) {
+			attrs := q.attrs
+			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User: user, Groups: groups, ResourceAttributes: &attrs,
+			}}
+			res, err := api.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Status.Allowed != q.want {
+				t.Fatalf("allowed = %v, want %v (%s)", res.Status.Allowed, q.want, res.Status.Reason)
+			}
+		})
+	}
+}
+
 // checkRBAC asks the API server (SubjectAccessReview) what the CA's
 // service account may do: what it needs, and nothing more.
 func checkRBAC(t *testing.T, api *harness.APIServer) {
-	user := "system:serviceaccount:" + caNamespace + ":" + caSA
-	groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + caNamespace, "system:authenticated"}
-	tests := []struct {
-		name  string
-		attrs authorizationv1.ResourceAttributes
-		want  bool
-	}{
+	checkAccess(t, api, caSA, []access{
 		{"create tokenreviews", authorizationv1.ResourceAttributes{Group: "authentication.k8s.io", Resource: "tokenreviews", Verb: "create"}, true},
 		{"get its Secret", authorizationv1.ResourceAttributes{Namespace: caNamespace, Resource: "secrets", Name: "castellan-ca", Verb: "get"}, true},
 		{"watch its Secret", authorizationv1.ResourceAttributes{Namespace: caNamespace, Resource: "secrets", Name: "castellan-ca", Verb: "watch"}, true},
@@ -192,22 +216,7 @@ func checkRBAC(t *testing.T, api *harness.APIServer) {
 		{"delete pods", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Name: "web-1", Verb: "delete"}, false},
 		{"create pods/eviction", authorizationv1.ResourceAttributes{Namespace: "team-a", Resource: "pods", Subresource: "eviction", Name: "web-1", Verb: "create"}, false},
 		{"create ClusterTrustBundles without the component", authorizationv1.ResourceAttributes{Group: "certificates.k8s.io", Resource: "clustertrustbundles", Verb: "create"}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			attrs := tt.attrs
-			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-				User: user, Groups: groups, ResourceAttributes: &attrs,
-			}}
-			res, err := api.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Status.Allowed != tt.want {
-				t.Fatalf("allowed = %v, want %v (%s)", res.Status.Allowed, tt.want, res.Status.Reason)
-			}
-		})
-	}
+	})
 }
 
 // TestManifestsHardening checks the rendered workloads: every container

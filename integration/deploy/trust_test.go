@@ -105,7 +105,7 @@ func TestTrustDistribution(t *testing.T) {
 // ClusterTrustBundles and enforces RBAC, with the RBAC of the
 // cluster-trust-bundle component: the bundle is published and repaired.
 func TestClusterTrustBundle(t *testing.T) {
-	api := startAPIServer(t, append(append([]string{}, rbacFlags...), ctbFlags...)...)
+	api := harness.StartAPIServer(t, append(append([]string{}, rbacFlags...), ctbFlags...)...)
 	if !clusterTrustBundlesServed(t, api) {
 		t.Fatal("the API server does not serve certificates.k8s.io/v1beta1 clustertrustbundles despite the flags")
 	}

@@ -71,8 +71,10 @@ func silenceKlog() {
 
 // StartAPIServer starts a kube-apiserver with embedded etcd and returns it
 // ready: the default namespace exists and TokenRequest and TokenReview
-// work. It is stopped when the test ends.
-func StartAPIServer(t testing.TB) *APIServer {
+// work. flags are added to the server's command line (for example
+// "--authorization-mode=RBAC"; by default every request is authorized).
+// It is stopped when the test ends.
+func StartAPIServer(t testing.TB, flags ...string) *APIServer {
 	t.Helper()
 	silenceKlog()
 	_, storage := etcdtesting.NewUnsecuredEtcd3TestClientServer(t)
@@ -83,11 +85,11 @@ func StartAPIServer(t testing.TB) *APIServer {
 		tCtx = ktesting.InitCtx(klog.NewContext(context.Background(), logr.Discard()), t)
 	}
 	opts := apiservertesting.NewDefaultTestServerOptions()
-	srv, err := apiservertesting.StartTestServer(tCtx, opts, []string{
+	srv, err := apiservertesting.StartTestServer(tCtx, opts, append([]string{
 		// Nothing here needs the API server's own controllers beyond the
 		// service-account token machinery.
 		"--endpoint-reconciler-type=none",
-	}, storage)
+	}, flags...), storage)
 	if err != nil {
 		t.Fatalf("harness: starting kube-apiserver: %v", err)
 	}
