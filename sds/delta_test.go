@@ -23,7 +23,7 @@ func TestDeltaSecrets(t *testing.T) {
 			if err := d.Subscribe(sds.DefaultSecretName); err != nil {
 				t.Fatal(err)
 			}
-			r := d.next()
+			r := d.Await()
 			snap := e.current()
 			if r.Nonce == "" || r.Versions[sds.DefaultSecretName] != snap.SVID.Version {
 				t.Fatalf("first response: nonce %q versions %v, want a nonce and %q", r.Nonce, r.Versions, snap.SVID.Version)
@@ -36,11 +36,11 @@ func TestDeltaSecrets(t *testing.T) {
 		{"ACK then push on rotation", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName)
-			first := d.nextACK()
+			first := d.AwaitACK()
 			e.waitMetric("castellan_sds_acks_total", "delta", 1)
-			d.none()
+			d.None()
 			svid := e.rotate()
-			r := d.nextACK()
+			r := d.AwaitACK()
 			if r.Nonce == first.Nonce || r.Versions[sds.DefaultSecretName] != svid.Version {
 				t.Fatalf("rotation: nonce %q versions %v", r.Nonce, r.Versions)
 			}
@@ -48,27 +48,27 @@ func TestDeltaSecrets(t *testing.T) {
 			if got := d.Known()[sds.DefaultSecretName]; got != svid.Version {
 				t.Fatalf("client holds version %q, want %q", got, svid.Version)
 			}
-			d.none()
+			d.None()
 		}},
 		{"NACK is not answered with a resend", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName)
-			r := d.next()
+			r := d.Await()
 			if err := d.NACK(r, "pretend the key does not load"); err != nil {
 				t.Fatal(err)
 			}
 			e.waitMetric("castellan_sds_nacks_total", "delta", 1)
-			d.none()
+			d.None()
 			svid := e.rotate()
-			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"stale nonce is ignored", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName)
-			r1 := d.nextACK()
+			r1 := d.AwaitACK()
 			e.waitMetric("castellan_sds_acks_total", "delta", 1)
 			e.rotate()
-			r2 := d.next()
+			r2 := d.Await()
 			// A NACK of r1 after r2 was sent is stale.
 			err := d.Send(&discoveryv3.DeltaDiscoveryRequest{
 				TypeUrl:       sds.SecretTypeURL,
@@ -79,61 +79,61 @@ func TestDeltaSecrets(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.waitMetric("castellan_sds_stale_requests_total", "delta", 1)
-			d.none()
+			d.None()
 			if got := e.metric("castellan_sds_nacks_total", "delta"); got != 0 {
 				t.Fatalf("stale NACK was counted: %v", got)
 			}
 			d.ACK(r2)
 			e.waitMetric("castellan_sds_acks_total", "delta", 2)
 			svid := e.rotate()
-			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"unsubscribe", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-			d.nextACK()
+			d.AwaitACK()
 			d.Unsubscribe(sds.DefaultSecretName)
 			// An unknown name is answered with an error: a barrier
 			// showing the unsubscribe was processed.
 			d.Subscribe("barrier")
-			if r := d.nextACK(); r.Errors["barrier"] == nil {
+			if r := d.AwaitACK(); r.Errors["barrier"] == nil {
 				t.Fatalf("expected an error for the barrier name, got %v", keys(r.Secrets))
 			}
 			e.rotate()
-			d.none()
+			d.None()
 			// Still subscribed to ROOTCA.
 			b := e.newRoot()
-			r := d.nextACK()
+			r := d.AwaitACK()
 			if len(r.Secrets) != 1 {
 				t.Fatalf("got secrets %v, want only ROOTCA", keys(r.Secrets))
 			}
 			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
 			svid := e.rotate()
 			d.Subscribe(sds.DefaultSecretName)
-			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
-			d.none()
+			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
+			d.None()
 		}},
 		{"two resources on one stream", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-			r := d.nextACK()
+			r := d.AwaitACK()
 			snap := e.current()
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
 			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
 			// Incremental: only what changed.
 			svid := e.rotate()
-			r = d.nextACK()
+			r = d.AwaitACK()
 			if len(r.Secrets) != 1 {
 				t.Fatalf("rotation sent %v, want only default", keys(r.Secrets))
 			}
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
 			b := e.newRoot()
-			r = d.nextACK()
+			r = d.AwaitACK()
 			if len(r.Secrets) != 1 {
 				t.Fatalf("bundle change sent %v, want only ROOTCA", keys(r.Secrets))
 			}
 			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
-			d.none()
+			d.None()
 		}},
 		{"parallel streams", func(t *testing.T, e *env) {
 			const n = 20
@@ -143,11 +143,11 @@ func TestDeltaSecrets(t *testing.T) {
 				streams[i].Subscribe(sds.DefaultSecretName)
 			}
 			for _, d := range streams {
-				checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], e.current().SVID)
+				checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], e.current().SVID)
 			}
 			svid := e.rotate()
 			for _, d := range streams {
-				checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+				checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 			}
 			e.waitMetric("castellan_sds_streams", "delta", n)
 		}},
@@ -155,27 +155,27 @@ func TestDeltaSecrets(t *testing.T) {
 			certs, roots := e.openDelta(nil), e.openDelta(nil)
 			certs.Subscribe(sds.DefaultSecretName)
 			roots.Subscribe(sds.RootCASecretName)
-			certs.nextACK()
-			roots.nextACK()
+			certs.AwaitACK()
+			roots.AwaitACK()
 			svid := e.rotate()
-			checkDefault(t, certs.nextACK().Secrets[sds.DefaultSecretName], svid)
-			roots.none()
+			checkDefault(t, certs.AwaitACK().Secrets[sds.DefaultSecretName], svid)
+			roots.None()
 			b := e.newRoot()
-			checkRoot(t, roots.nextACK().Secrets[sds.RootCASecretName], b)
-			certs.none()
+			checkRoot(t, roots.AwaitACK().Secrets[sds.RootCASecretName], b)
+			certs.None()
 		}},
 		{"unknown name gets an error and the stream stays usable", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName, "nope")
-			r := d.nextACK()
+			r := d.AwaitACK()
 			st := r.Errors["nope"]
 			if st == nil || codes.Code(st.GetCode()) != codes.NotFound || !strings.Contains(st.GetMessage(), `"nope"`) {
 				t.Fatalf("resource error = %v, want NOT_FOUND naming the resource", st)
 			}
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], e.current().SVID)
-			d.none()
+			d.None()
 			svid := e.rotate()
-			r = d.nextACK()
+			r = d.AwaitACK()
 			if len(r.Errors) != 0 {
 				t.Fatalf("error repeated: %v", r.Errors)
 			}
@@ -185,21 +185,21 @@ func TestDeltaSecrets(t *testing.T) {
 			snap := e.current()
 			d := e.openDelta(map[string]string{sds.DefaultSecretName: snap.SVID.Version, sds.RootCASecretName: "old"})
 			d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-			r := d.nextACK()
+			r := d.AwaitACK()
 			if len(r.Secrets) != 1 {
 				t.Fatalf("got %v, want only ROOTCA (default is current)", keys(r.Secrets))
 			}
 			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
-			d.none()
+			d.None()
 			svid := e.rotate()
-			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"subscribing again resends", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName)
-			first := d.nextACK()
+			first := d.AwaitACK()
 			d.Subscribe(sds.DefaultSecretName)
-			r := d.nextACK()
+			r := d.AwaitACK()
 			if r.Versions[sds.DefaultSecretName] != first.Versions[sds.DefaultSecretName] {
 				t.Fatalf("version changed without a rotation")
 			}
@@ -207,7 +207,7 @@ func TestDeltaSecrets(t *testing.T) {
 		{"wildcard", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe("*")
-			r := d.nextACK()
+			r := d.AwaitACK()
 			got := keys(r.Secrets)
 			slices.Sort(got)
 			if !slices.Equal(got, []string{sds.RootCASecretName, sds.DefaultSecretName}) {
@@ -218,8 +218,8 @@ func TestDeltaSecrets(t *testing.T) {
 			e.store.SetSVID(e.ca.Issue(t, testID, 2*time.Second))
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName)
-			d.nextACK()
-			r := d.nextACK()
+			d.AwaitACK()
+			r := d.AwaitACK()
 			if !slices.Equal(r.Removed, []string{sds.DefaultSecretName}) || len(r.Secrets) != 0 {
 				t.Fatalf("after expiry: removed %v, secrets %v", r.Removed, keys(r.Secrets))
 			}
@@ -227,7 +227,7 @@ func TestDeltaSecrets(t *testing.T) {
 				t.Fatal("client still holds the expired secret")
 			}
 			svid := e.rotate()
-			checkDefault(t, d.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 	}
 	for _, tt := range tests {

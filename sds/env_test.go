@@ -2,7 +2,6 @@ package sds_test
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"fmt"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
+	"github.com/castellan-mesh/castellan/sds/sdsclient/sdsclienttest"
 )
 
 const (
@@ -158,115 +158,21 @@ func (e *env) waitMetric(name, api string, want float64) {
 	})
 }
 
-// received holds the responses of a stream, read in the background, so
-// that a test can wait for one with a timeout or make sure none arrives.
-type received[R any] struct {
-	t        *testing.T
-	resp     chan R
-	errc     chan error
-	ack      func(R) error
-	invalid  func(R) error  // why the client rejects a response, or nil
-	describe func(R) string // a response, in a failure message
-}
-
-// receive starts reading responses with recv until the stream ends.
-func receive[R any](t *testing.T, recv func() (R, error), ack, invalid func(R) error, describe func(R) string) *received[R] {
-	r := &received[R]{t: t, resp: make(chan R, 16), errc: make(chan error, 1), ack: ack, invalid: invalid, describe: describe}
-	go func() {
-		for {
-			m, err := recv()
-			if err != nil {
-				r.errc <- err
-				return
-			}
-			r.resp <- m
-		}
-	}()
-	return r
-}
-
-// next waits for the next response.
-func (r *received[R]) next() R {
-	r.t.Helper()
-	select {
-	case m := <-r.resp:
-		if err := r.invalid(m); err != nil {
-			r.t.Fatalf("server sent an invalid response: %v", err)
-		}
-		return m
-	case err := <-r.errc:
-		r.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitTimeout):
-		r.t.Fatal("no response")
-	}
-	var zero R
-	return zero
-}
-
-// nextACK waits for the next response and acknowledges it.
-func (r *received[R]) nextACK() R {
-	r.t.Helper()
-	m := r.next()
-	if err := r.ack(m); err != nil {
-		r.t.Fatal(err)
-	}
-	return m
-}
-
-// none checks that nothing arrives for a while.
-func (r *received[R]) none() {
-	r.t.Helper()
-	select {
-	case m := <-r.resp:
-		r.t.Fatalf("unexpected response: %s", r.describe(m))
-	case err := <-r.errc:
-		r.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
-}
-
-// sotw is a state-of-the-world stream whose responses are received in the
-// background.
-type sotw struct {
-	*sdsclient.Stream
-	*received[*sdsclient.Response]
-}
+// sotw and delta are the tests' streams, whose responses are received in
+// the background.
+type (
+	sotw  = sdsclienttest.SotW
+	delta = sdsclienttest.Delta
+)
 
 func (e *env) openSotW() *sotw {
 	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	e.t.Cleanup(cancel)
-	st, err := e.client.Stream(ctx)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return &sotw{Stream: st, received: receive(e.t, st.Recv, st.ACK,
-		func(r *sdsclient.Response) error { return r.Invalid },
-		func(r *sdsclient.Response) string {
-			return fmt.Sprintf("version %q nonce %q, %d secrets", r.Version, r.Nonce, len(r.Secrets))
-		})}
-}
-
-// delta is an incremental stream whose responses are received in the
-// background.
-type delta struct {
-	*sdsclient.DeltaStream
-	*received[*sdsclient.DeltaResponse]
+	return sdsclienttest.OpenSotW(e.t, e.client)
 }
 
 func (e *env) openDelta(initial map[string]string) *delta {
 	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	e.t.Cleanup(cancel)
-	st, err := e.client.DeltaStream(ctx, initial)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return &delta{DeltaStream: st, received: receive(e.t, st.Recv, st.ACK,
-		func(r *sdsclient.DeltaResponse) error { return r.Invalid },
-		func(r *sdsclient.DeltaResponse) string {
-			return fmt.Sprintf("nonce %q, %d resources, removed %v", r.Nonce, len(r.Secrets), r.Removed)
-		})}
+	return sdsclienttest.OpenDelta(e.t, e.client, initial)
 }
 
 // checkDefault checks that secret holds svid's chain and key.

@@ -76,7 +76,7 @@ func TestFederatedValidationContexts(t *testing.T) {
 		if err := s.Subscribe(sds.RootCASecretName, sds.AllBundlesSecretName, name); err != nil {
 			t.Fatal(err)
 		}
-		r := s.nextACK()
+		r := s.AwaitACK()
 		if _, ok := r.Secrets[name]; ok || len(r.Errors) != 0 {
 			t.Fatalf("before federation: secrets %v, errors %v", keys(r.Secrets), r.Errors)
 		}
@@ -85,7 +85,7 @@ func TestFederatedValidationContexts(t *testing.T) {
 		}
 		caB := svidstoretest.NewCA(t, "b root")
 		e.store.SetFederated(federatedSet(t, caB))
-		r = s.nextACK()
+		r = s.AwaitACK()
 		foreign := caB.Bundle(t).Certificates
 		switch {
 		case !sameCerts(trusted(t, r.Secrets[sds.RootCASecretName]), local):
@@ -103,13 +103,13 @@ func TestFederatedValidationContexts(t *testing.T) {
 		// b.test rotates: a second root joins its bundle.
 		caB2 := svidstoretest.NewCA(t, "b root 2")
 		e.store.SetFederated(federatedSet(t, caB, caB2))
-		r = s.nextACK()
+		r = s.AwaitACK()
 		if !sameCerts(trusted(t, r.Secrets[name]), foreign, caB2.Bundle(t).Certificates) {
 			t.Fatal("the rotation of b.test was not pushed")
 		}
 		// The same set again pushes nothing.
 		e.store.SetFederated(federatedSet(t, caB, caB2))
-		s.none()
+		s.None()
 	})
 	t.Run("delta", func(t *testing.T) {
 		e := newEnv(t)
@@ -119,13 +119,13 @@ func TestFederatedValidationContexts(t *testing.T) {
 		}
 		caB := svidstoretest.NewCA(t, "b root")
 		e.store.SetFederated(federatedSet(t, caB))
-		r := d.nextACK()
+		r := d.AwaitACK()
 		if !sameCerts(trusted(t, r.Secrets[name]), caB.Bundle(t).Certificates) {
 			t.Fatalf("delta: got %v", keys(r.Secrets))
 		}
 		// Federation with b.test ends: the resource is removed.
 		e.store.SetFederated(nil)
-		r = d.nextACK()
+		r = d.AwaitACK()
 		if len(r.Removed) != 1 || r.Removed[0] != name {
 			t.Fatalf("delta: removed %v, want %s", r.Removed, name)
 		}
@@ -136,7 +136,7 @@ func TestFederatedValidationContexts(t *testing.T) {
 		if err := s.Subscribe("spiffe://B.TEST/x"); err != nil {
 			t.Fatal(err)
 		}
-		r := s.next()
+		r := s.Await()
 		if len(r.Errors) != 1 {
 			t.Fatalf("errors %v, want a NOT_FOUND for the name", r.Errors)
 		}

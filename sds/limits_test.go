@@ -40,7 +40,7 @@ func TestDeltaSubscriptionFlood(t *testing.T) {
 	}()
 	var err error
 	select {
-	case err = <-d.errc:
+	case err = <-d.Err():
 	case <-time.After(waitTimeout):
 		t.Fatalf("the stream is still open %s into a flood of %d requests of %d new names each", waitTimeout, requests, sds.MaxResourceNames)
 	}
@@ -62,7 +62,7 @@ func TestDeltaSubscriptionFlood(t *testing.T) {
 	if err := d2.Subscribe(sds.DefaultSecretName); err != nil {
 		t.Fatal(err)
 	}
-	checkDefault(t, d2.next().Secrets[sds.DefaultSecretName], e.current().SVID)
+	checkDefault(t, d2.Await().Secrets[sds.DefaultSecretName], e.current().SVID)
 }
 
 // TestDeltaSubscriptionCap subscribes up to the cap over several requests,
@@ -77,18 +77,18 @@ func TestDeltaSubscriptionCap(t *testing.T) {
 	if err := d.Subscribe(names[:sds.MaxSubscriptions/2]...); err != nil {
 		t.Fatal(err)
 	}
-	d.nextACK()
+	d.AwaitACK()
 	if err := d.Subscribe(names[sds.MaxSubscriptions/2:]...); err != nil {
 		t.Fatal(err)
 	}
-	d.nextACK()
+	d.AwaitACK()
 	if err := d.Unsubscribe(names[:10]...); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Subscribe(sds.DefaultSecretName); err != nil {
 		t.Fatal(err)
 	}
-	checkDefault(t, d.next().Secrets[sds.DefaultSecretName], e.current().SVID)
+	checkDefault(t, d.Await().Secrets[sds.DefaultSecretName], e.current().SVID)
 }
 
 func heapInUse() int64 {

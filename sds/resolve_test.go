@@ -71,10 +71,10 @@ func TestResolverServesEachCallerItsOwnSource(t *testing.T) {
 
 	da := a.openDelta(nil)
 	da.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-	ra := da.nextACK()
+	ra := da.AwaitACK()
 	sb := b.openSotW()
 	sb.Subscribe(sds.DefaultSecretName)
-	rb := sb.nextACK()
+	rb := sb.AwaitACK()
 	snapA, _ := stores["pod-a"].Load()
 	snapB, _ := stores["pod-b"].Load()
 	checkDefault(t, ra.Secrets[sds.DefaultSecretName], snapA.SVID)
@@ -84,17 +84,17 @@ func TestResolverServesEachCallerItsOwnSource(t *testing.T) {
 	// A rotation of one identity reaches its streams only.
 	next := ca.Issue(t, "spiffe://cluster.local/ns/default/sa/pod-a", time.Hour)
 	stores["pod-a"].SetSVID(next)
-	checkDefault(t, da.nextACK().Secrets[sds.DefaultSecretName], next)
-	sb.none()
+	checkDefault(t, da.AwaitACK().Secrets[sds.DefaultSecretName], next)
+	sb.None()
 
 	// A withdrawn identity is removed from the delta stream, and the
 	// state of the world no longer holds it.
 	stores["pod-a"].Withdraw("pod gone")
-	if r := da.nextACK(); len(r.Removed) != 1 || r.Removed[0] != sds.DefaultSecretName {
+	if r := da.AwaitACK(); len(r.Removed) != 1 || r.Removed[0] != sds.DefaultSecretName {
 		t.Fatalf("after withdrawal: removed %v, want [default]", r.Removed)
 	}
 	stores["pod-b"].Withdraw("pod gone")
-	if r := sb.nextACK(); len(r.Secrets) != 0 {
+	if r := sb.AwaitACK(); len(r.Secrets) != 0 {
 		t.Fatalf("after withdrawal: %d secrets", len(r.Secrets))
 	}
 
@@ -103,11 +103,11 @@ func TestResolverServesEachCallerItsOwnSource(t *testing.T) {
 	ds := stranger.openDelta(nil)
 	ds.Subscribe(sds.DefaultSecretName)
 	select {
-	case err := <-ds.errc:
+	case err := <-ds.Err():
 		if status.Code(errors.Unwrap(err)) != codes.PermissionDenied || !strings.Contains(err.Error(), "in no pod") {
 			t.Fatalf("refused stream ended with %v", err)
 		}
-	case r := <-ds.resp:
+	case r := <-ds.Responses():
 		t.Fatalf("refused caller got a response with %d secrets", len(r.Secrets))
 	case <-time.After(waitTimeout):
 		t.Fatal("refused stream still open")

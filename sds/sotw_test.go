@@ -25,7 +25,7 @@ func TestStreamSecrets(t *testing.T) {
 			if err := s.Subscribe(sds.DefaultSecretName); err != nil {
 				t.Fatal(err)
 			}
-			r := s.next()
+			r := s.Await()
 			snap := e.current()
 			if r.Version != snap.SVID.Version || r.Nonce == "" {
 				t.Fatalf("first response: version %q nonce %q, want version %q and a nonce", r.Version, r.Nonce, snap.SVID.Version)
@@ -38,37 +38,37 @@ func TestStreamSecrets(t *testing.T) {
 		{"ACK then push on rotation", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName)
-			first := s.nextACK()
+			first := s.AwaitACK()
 			e.waitMetric("castellan_sds_acks_total", "sotw", 1)
-			s.none()
+			s.None()
 			svid := e.rotate()
-			r := s.nextACK()
+			r := s.AwaitACK()
 			if r.Version == first.Version || r.Nonce == first.Nonce {
 				t.Fatalf("rotation reused version %q / nonce %q", r.Version, r.Nonce)
 			}
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
-			s.none()
+			s.None()
 		}},
 		{"NACK is not answered with a resend", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName)
-			r := s.next()
+			r := s.Await()
 			if err := s.NACK(r, "pretend the key does not load"); err != nil {
 				t.Fatal(err)
 			}
 			e.waitMetric("castellan_sds_nacks_total", "sotw", 1)
-			s.none()
+			s.None()
 			// A change of the resource is sent.
 			svid := e.rotate()
-			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"stale nonce is ignored", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName)
-			r1 := s.nextACK()
+			r1 := s.AwaitACK()
 			e.waitMetric("castellan_sds_acks_total", "sotw", 1)
 			e.rotate()
-			r2 := s.next()
+			r2 := s.Await()
 			// A request answering r1 after r2 was sent is stale, even with
 			// a NACK and a new subscription in it.
 			err := s.Send(&discoveryv3.DiscoveryRequest{
@@ -82,7 +82,7 @@ func TestStreamSecrets(t *testing.T) {
 				t.Fatal(err)
 			}
 			e.waitMetric("castellan_sds_stale_requests_total", "sotw", 1)
-			s.none()
+			s.None()
 			if got := e.metric("castellan_sds_nacks_total", "sotw"); got != 0 {
 				t.Fatalf("stale NACK was counted: %v", got)
 			}
@@ -90,43 +90,43 @@ func TestStreamSecrets(t *testing.T) {
 			e.waitMetric("castellan_sds_acks_total", "sotw", 2)
 			// The subscription is still "default" only.
 			e.newRoot()
-			s.none()
+			s.None()
 			svid := e.rotate()
-			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"unsubscribe", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName)
-			s.nextACK()
+			s.AwaitACK()
 			if err := s.Subscribe(); err != nil {
 				t.Fatal(err)
 			}
 			e.waitMetric("castellan_sds_acks_total", "sotw", 2)
 			e.rotate()
-			s.none()
+			s.None()
 			// Subscribing again is answered with the current secret.
 			svid := e.rotate()
 			s.Subscribe(sds.DefaultSecretName)
-			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
-			s.none()
+			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
+			s.None()
 		}},
 		{"two resources on one stream", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-			r := s.nextACK()
+			r := s.AwaitACK()
 			snap := e.current()
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], snap.SVID)
 			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
 			// State of the world: each response holds both.
 			svid := e.rotate()
-			r = s.nextACK()
+			r = s.AwaitACK()
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
 			checkRoot(t, r.Secrets[sds.RootCASecretName], snap.Bundle)
 			b := e.newRoot()
-			r = s.nextACK()
+			r = s.AwaitACK()
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
 			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
-			s.none()
+			s.None()
 		}},
 		{"parallel streams", func(t *testing.T, e *env) {
 			const n = 20
@@ -136,11 +136,11 @@ func TestStreamSecrets(t *testing.T) {
 				streams[i].Subscribe(sds.DefaultSecretName)
 			}
 			for _, s := range streams {
-				checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], e.current().SVID)
+				checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], e.current().SVID)
 			}
 			svid := e.rotate()
 			for _, s := range streams {
-				checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+				checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 			}
 			e.waitMetric("castellan_sds_streams", "sotw", n)
 		}},
@@ -148,55 +148,55 @@ func TestStreamSecrets(t *testing.T) {
 			certs, roots := e.openSotW(), e.openSotW()
 			certs.Subscribe(sds.DefaultSecretName)
 			roots.Subscribe(sds.RootCASecretName)
-			certs.nextACK()
-			roots.nextACK()
+			certs.AwaitACK()
+			roots.AwaitACK()
 			svid := e.rotate()
-			checkDefault(t, certs.nextACK().Secrets[sds.DefaultSecretName], svid)
-			roots.none()
+			checkDefault(t, certs.AwaitACK().Secrets[sds.DefaultSecretName], svid)
+			roots.None()
 			b := e.newRoot()
-			checkRoot(t, roots.nextACK().Secrets[sds.RootCASecretName], b)
-			certs.none()
+			checkRoot(t, roots.AwaitACK().Secrets[sds.RootCASecretName], b)
+			certs.None()
 		}},
 		{"unknown name gets an error and the stream stays usable", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName, "file-cert:/etc/ssl/x.pem")
-			r := s.nextACK()
+			r := s.AwaitACK()
 			st := r.Errors["file-cert:/etc/ssl/x.pem"]
 			if st == nil || codes.Code(st.GetCode()) != codes.NotFound || !strings.Contains(st.GetMessage(), `"file-cert:/etc/ssl/x.pem"`) {
 				t.Fatalf("resource error = %v, want NOT_FOUND naming the resource", st)
 			}
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], e.current().SVID)
-			s.none()
+			s.None()
 			svid := e.rotate()
-			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 			// Only the unknown name: an error, nothing else.
 			s.Subscribe("nope")
-			r = s.nextACK()
+			r = s.AwaitACK()
 			if len(r.Secrets) != 0 || r.Errors["nope"] == nil {
 				t.Fatalf("got %d secrets and errors %v", len(r.Secrets), r.Errors)
 			}
 			s.Subscribe(sds.RootCASecretName)
-			checkRoot(t, s.nextACK().Secrets[sds.RootCASecretName], e.current().Bundle)
+			checkRoot(t, s.AwaitACK().Secrets[sds.RootCASecretName], e.current().Bundle)
 		}},
 		{"expired certificate is withdrawn", func(t *testing.T, e *env) {
 			e.store.SetSVID(e.ca.Issue(t, testID, 2*time.Second))
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-			if r := s.nextACK(); len(r.Secrets) != 2 {
+			if r := s.AwaitACK(); len(r.Secrets) != 2 {
 				t.Fatalf("got %d secrets, want 2", len(r.Secrets))
 			}
-			r := s.nextACK()
+			r := s.AwaitACK()
 			if _, ok := r.Secrets[sds.DefaultSecretName]; ok || r.Secrets[sds.RootCASecretName] == nil {
 				t.Fatalf("after expiry got secrets %v, want only ROOTCA", keys(r.Secrets))
 			}
 			svid := e.rotate()
-			checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"wrong type URL ends the stream", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster", ResourceNames: []string{"x"}})
 			select {
-			case err := <-s.errc:
+			case err := <-s.Err():
 				if status.Code(unwrapStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "Cluster") {
 					t.Fatalf("stream ended with %v, want InvalidArgument naming the type", err)
 				}
@@ -208,7 +208,7 @@ func TestStreamSecrets(t *testing.T) {
 			s := e.openSotW()
 			s.Subscribe(make([]string, sds.MaxResourceNames+1)...)
 			select {
-			case err := <-s.errc:
+			case err := <-s.Err():
 				if status.Code(unwrapStatus(err)) != codes.InvalidArgument {
 					t.Fatalf("stream ended with %v, want InvalidArgument", err)
 				}
@@ -267,9 +267,9 @@ func TestFetchBeforeCertificate(t *testing.T) {
 	// A stream waits, then gets the first SVID.
 	s := empty.openSotW()
 	s.Subscribe(sds.DefaultSecretName)
-	s.none()
+	s.None()
 	svid := empty.rotate()
-	checkDefault(t, s.nextACK().Secrets[sds.DefaultSecretName], svid)
+	checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 }
 
 func keys[V any](m map[string]V) []string {
