@@ -31,6 +31,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/castellan-mesh/castellan/sds"
@@ -167,28 +168,11 @@ func startAgent(t testing.TB, ca *testCA, edit func(*agent.Config)) *testAgent {
 	return &testAgent{Agent: a, cfg: cfg, reg: reg}
 }
 
+// metric sums the samples of metric name with a label of value label (all
+// of them when label is empty).
 func (a *testAgent) metric(t *testing.T, name, label string) float64 {
 	t.Helper()
-	mfs, err := a.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || l.GetValue() == label
-			}
-			if match {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return testmetric.Sum(t, a.reg, name, label)
 }
 
 func fetch(t *testing.T, a *testAgent) (leaf *x509.Certificate, key any, roots []*x509.Certificate) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
@@ -112,34 +113,10 @@ func (e *env) current() svidstore.Snapshot {
 }
 
 // metric returns the value of the counter or gauge name with label
-// api=api (or no label when api is empty).
+// api=api.
 func (e *env) metric(name, api string) float64 {
 	e.t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := api == ""
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "api" && l.GetValue() == api {
-					match = true
-				}
-			}
-			if !match {
-				continue
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	return 0
+	return testmetric.Sum(e.t, e.reg, name, api)
 }
 
 // waitMetric waits until metric name reaches want: the server has then

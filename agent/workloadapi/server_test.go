@@ -24,6 +24,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 )
 
 const testID = "spiffe://cluster.local/ns/default/sa/web"
@@ -229,30 +230,11 @@ func recvFirst[M any](s grpc.ServerStreamingClient[M], err error) error {
 	return err
 }
 
-// metricValue sums the samples of metric name, only those with label
-// method=method when method is not empty.
+// metricValue sums the samples of metric name, only those of method when
+// method is not empty.
 func metricValue(t *testing.T, reg *prometheus.Registry, name, method string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := method == ""
-			for _, l := range m.GetLabel() {
-				match = match || (l.GetName() == "method" && l.GetValue() == method)
-			}
-			if match {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return testmetric.Sum(t, reg, name, method)
 }
 
 func TestBundleChangeReachesOpenStreams(t *testing.T) {
