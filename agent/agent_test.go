@@ -36,6 +36,7 @@ import (
 	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
+	"github.com/castellan-mesh/castellan/sds/sdsclient/sdsclienttest"
 )
 
 const (
@@ -175,6 +176,22 @@ func (a *testAgent) metric(t *testing.T, name, label string) float64 {
 	return testmetric.Sum(t, a.reg, name, label)
 }
 
+// sdsStream opens a state-of-the-world SDS stream to a, subscribed to
+// names, closed when the test ends.
+func sdsStream(t *testing.T, a *testAgent, names ...string) *sdsclienttest.SotW {
+	t.Helper()
+	c, err := sdsclient.New(a.cfg.SDSSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s := sdsclienttest.OpenSotW(t, c)
+	if err := s.Subscribe(names...); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func fetch(t *testing.T, a *testAgent) (leaf *x509.Certificate, key any, roots []*x509.Certificate) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
@@ -283,27 +300,10 @@ func TestRotationBeforeExpiryWithNewKey(t *testing.T) {
 	ca := startCA(t)
 	a := startAgent(t, ca, func(c *agent.Config) { c.TTL = 4 * time.Second })
 
-	c, err := sdsclient.New(a.cfg.SDSSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	s, err := c.Stream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Subscribe(sds.DefaultSecretName)
-	first, err := s.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := sdsStream(t, a, sds.DefaultSecretName)
+	first := s.AwaitACK()
 	chain1, key1, _ := sdsclient.TLSCertificate(first.Secrets[sds.DefaultSecretName])
-	second, err := s.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
+	second := s.AwaitACK()
 	received := time.Now()
 	chain2, key2, _ := sdsclient.TLSCertificate(second.Secrets[sds.DefaultSecretName])
 	if !received.Before(chain1[0].NotAfter) {
@@ -493,22 +493,8 @@ func TestRootFileChangeReachesSubscribers(t *testing.T) {
 	a := startAgent(t, ca, func(c *agent.Config) { c.RootCertFile = rootFile })
 	fetch(t, a)
 
-	c, err := sdsclient.New(a.cfg.SDSSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	s, err := c.Stream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Subscribe(sds.RootCASecretName)
-	first, err := s.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := sdsStream(t, a, sds.RootCASecretName)
+	first := s.AwaitACK()
 	if roots, _ := sdsclient.TrustedCA(first.Secrets[sds.RootCASecretName]); len(roots) != 1 {
 		t.Fatalf("ROOTCA has %d roots, want 1", len(roots))
 	}
@@ -525,10 +511,7 @@ func TestRootFileChangeReachesSubscribers(t *testing.T) {
 	if err := os.WriteFile(rootFile, append(append([]byte{}, caRoot...), extra...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	next, err := s.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
+	next := s.AwaitACK()
 	roots2, _ := sdsclient.TrustedCA(next.Secrets[sds.RootCASecretName])
 	if len(roots2) != 2 {
 		t.Fatalf("ROOTCA has %d roots after the change, want 2", len(roots2))
