@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // maxTokenSize bounds the token file read on each CA call.
@@ -15,17 +15,9 @@ const maxTokenSize = 64 << 10
 // rotates the file, so it is read afresh for every CA call. The token's
 // content never appears in an error or a log.
 func readToken(path string) (string, error) {
-	f, err := os.Open(path)
+	b, err := smallfile.Read(path, maxTokenSize)
 	if err != nil {
-		return "", fmt.Errorf("agent: could not open token file: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTokenSize+1))
-	if err != nil {
-		return "", fmt.Errorf("agent: could not read token file %s: %w", path, err)
-	}
-	if len(b) > maxTokenSize {
-		return "", fmt.Errorf("agent: token file %s is over %d bytes", path, maxTokenSize)
+		return "", fmt.Errorf("agent: token file: %w", err)
 	}
 	b = bytes.TrimSpace(b)
 	switch {

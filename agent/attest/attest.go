@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // Workload is the pod a caller was attested to.
@@ -144,7 +146,7 @@ func (a *Attestor) attest(ctx context.Context, p PeerCred) (Workload, error) {
 
 // readCgroup reads and parses /proc/<pid>/cgroup.
 func (a *Attestor) readCgroup(pid int32) (cgroupPod, error) {
-	data, err := readLimited(procPath(a.procRoot, pid, "cgroup"), maxCgroupSize)
+	data, err := smallfile.Read(procPath(a.procRoot, pid, "cgroup"), maxCgroupSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return cgroupPod{}, refuse(ReasonPIDReused, pid, nil, "process %d exited after it connected", pid)

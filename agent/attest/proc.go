@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // DefaultProcRoot is where the host's /proc is read unless told otherwise.
@@ -21,27 +21,6 @@ const (
 	maxCgroupSize = 64 << 10
 )
 
-// errTooLarge is returned for a /proc file over its size limit.
-var errTooLarge = errors.New("file exceeds its size limit")
-
-// readLimited reads the whole of a small file, failing if it holds more
-// than limit bytes.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: %w (%d bytes)", path, errTooLarge, limit)
-	}
-	return data, nil
-}
-
 // procPath returns root/<pid>/name.
 func procPath(root string, pid int32, name string) string {
 	return filepath.Join(root, strconv.FormatInt(int64(pid), 10), name)
@@ -54,7 +33,7 @@ func StartTime(procRoot string, pid int32) (uint64, error) {
 	if pid <= 0 {
 		return 0, fmt.Errorf("attest: invalid pid %d", pid)
 	}
-	data, err := readLimited(procPath(procRoot, pid, "stat"), maxStatSize)
+	data, err := smallfile.Read(procPath(procRoot, pid, "stat"), maxStatSize)
 	if err != nil {
 		return 0, fmt.Errorf("attest: could not read the start time of process %d: %w", pid, err)
 	}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // statLine returns a /proc/<pid>/stat line for a process named comm that
@@ -60,14 +62,14 @@ func TestReadLimited(t *testing.T) {
 	if err := os.WriteFile(big, make([]byte, maxStatSize+1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readLimited(big, maxStatSize); !errors.Is(err, errTooLarge) {
-		t.Fatalf("readLimited of an oversized file: %v, want errTooLarge", err)
+	if _, err := smallfile.Read(big, maxStatSize); !errors.Is(err, smallfile.ErrTooLarge) {
+		t.Fatalf("readLimited of an oversized file: %v, want smallfile.ErrTooLarge", err)
 	}
 	exact := filepath.Join(dir, "exact")
 	if err := os.WriteFile(exact, make([]byte, maxStatSize), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if data, err := readLimited(exact, maxStatSize); err != nil || len(data) != maxStatSize {
+	if data, err := smallfile.Read(exact, maxStatSize); err != nil || len(data) != maxStatSize {
 		t.Fatalf("readLimited at the limit: %d bytes, %v", len(data), err)
 	}
 }

@@ -10,11 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"sync"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // Config says which file to poll and what to do with it.
@@ -87,7 +87,7 @@ func (w *Watcher) Check() bool {
 	if w.cfg.Read != nil {
 		b, err = w.cfg.Read()
 	} else {
-		b, err = read(w.cfg.Path, w.cfg.MaxSize)
+		b, err = smallfile.Read(w.cfg.Path, w.cfg.MaxSize)
 	}
 	switch {
 	case err != nil && w.cfg.Read != nil:
@@ -143,21 +143,4 @@ func (w *Watcher) report(err error) {
 	if w.cfg.Report != nil {
 		w.cfg.Report(err)
 	}
-}
-
-// read returns the content of path, refusing more than max bytes.
-func read(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("could not read %s: %w", path, err)
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s is over %d bytes", path, max)
-	}
-	return b, nil
 }

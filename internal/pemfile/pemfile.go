@@ -12,6 +12,20 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
+)
+
+// Size limits of the files Read* accept: a file over its limit (a wrong
+// path, a device, a file being appended to without end) is refused before
+// it is parsed, never read whole.
+const (
+	// MaxCertificatesFile bounds a certificate file: some hundreds of
+	// certificates, far more than any chain or trust bundle.
+	MaxCertificatesFile = 1 << 20
+	// MaxPrivateKeyFile bounds a private key file; an RSA-8192 key is
+	// under 7 KiB of PEM.
+	MaxPrivateKeyFile = 64 << 10
 )
 
 // ParseCertificates decodes every CERTIFICATE block in data. Blocks of other
@@ -44,9 +58,10 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// ReadCertificates reads the PEM certificates in the file at path.
+// ReadCertificates reads the PEM certificates in the file at path, of at
+// most MaxCertificatesFile bytes.
 func ReadCertificates(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
+	data, err := smallfile.Read(path, MaxCertificatesFile)
 	if err != nil {
 		return nil, err
 	}
@@ -88,9 +103,10 @@ func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 	return s, nil
 }
 
-// ReadPrivateKey reads one PEM private key from the file at path.
+// ReadPrivateKey reads one PEM private key from the file at path, of at
+// most MaxPrivateKeyFile bytes.
 func ReadPrivateKey(path string) (crypto.Signer, error) {
-	data, err := os.ReadFile(path)
+	data, err := smallfile.Read(path, MaxPrivateKeyFile)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 	"github.com/castellan-mesh/castellan/internal/testpki"
 )
 
@@ -132,5 +134,23 @@ func TestReadCertificatesNamesFile(t *testing.T) {
 	_, err := pemfile.ReadCertificates(path)
 	if err == nil || !strings.Contains(err.Error(), filepath.Base(path)) {
 		t.Fatalf("err = %v, want one naming %s", err, path)
+	}
+}
+
+// TestReadRefusesHugeFiles: a certificate or key path that names a device
+// or a huge file is refused at its limit, never read whole.
+func TestReadRefusesHugeFiles(t *testing.T) {
+	dir := t.TempDir()
+	big := testpki.WriteFile(t, dir, "big.pem", bytes.Repeat([]byte("A"), pemfile.MaxCertificatesFile+1))
+	read := map[string]func(string) error{
+		"ReadCertificates": func(p string) error { _, err := pemfile.ReadCertificates(p); return err },
+		"ReadPrivateKey":   func(p string) error { _, err := pemfile.ReadPrivateKey(p); return err },
+	}
+	for name, f := range read {
+		for _, path := range []string{big, "/dev/zero"} {
+			if err := f(path); !errors.Is(err, smallfile.ErrTooLarge) {
+				t.Errorf("%s(%s) = %v, want ErrTooLarge", name, path, err)
+			}
+		}
 	}
 }
