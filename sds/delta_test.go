@@ -6,18 +6,13 @@ import (
 	"testing"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 
 	"github.com/castellan-mesh/castellan/sds"
 )
 
 func TestDeltaSecrets(t *testing.T) {
-	tests := []struct {
-		name string
-		run  func(t *testing.T, e *env)
-	}{
+	tests := []scenario{
 		{"first response", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			if err := d.Subscribe(sds.DefaultSecretName); err != nil {
@@ -49,44 +44,6 @@ func TestDeltaSecrets(t *testing.T) {
 				t.Fatalf("client holds version %q, want %q", got, svid.Version)
 			}
 			d.None()
-		}},
-		{"NACK is not answered with a resend", func(t *testing.T, e *env) {
-			d := e.openDelta(nil)
-			d.Subscribe(sds.DefaultSecretName)
-			r := d.Await()
-			if err := d.NACK(r, "pretend the key does not load"); err != nil {
-				t.Fatal(err)
-			}
-			e.waitMetric("castellan_sds_nacks_total", "delta", 1)
-			d.None()
-			svid := e.rotate()
-			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
-		}},
-		{"stale nonce is ignored", func(t *testing.T, e *env) {
-			d := e.openDelta(nil)
-			d.Subscribe(sds.DefaultSecretName)
-			r1 := d.AwaitACK()
-			e.waitMetric("castellan_sds_acks_total", "delta", 1)
-			e.rotate()
-			r2 := d.Await()
-			// A NACK of r1 after r2 was sent is stale.
-			err := d.Send(&discoveryv3.DeltaDiscoveryRequest{
-				TypeUrl:       sds.SecretTypeURL,
-				ResponseNonce: r1.Nonce,
-				ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e.waitMetric("castellan_sds_stale_requests_total", "delta", 1)
-			d.None()
-			if got := e.metric("castellan_sds_nacks_total", "delta"); got != 0 {
-				t.Fatalf("stale NACK was counted: %v", got)
-			}
-			d.ACK(r2)
-			e.waitMetric("castellan_sds_acks_total", "delta", 2)
-			svid := e.rotate()
-			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"unsubscribe", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
@@ -230,10 +187,5 @@ func TestDeltaSecrets(t *testing.T) {
 			checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			tt.run(t, newEnv(t))
-		})
-	}
+	runScenarios(t, append(tests, sharedScenarios("delta", func(e *env) *delta { return e.openDelta(nil) }, staleDeltaNACK)...))
 }

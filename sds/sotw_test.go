@@ -7,7 +7,6 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -16,10 +15,7 @@ import (
 )
 
 func TestStreamSecrets(t *testing.T) {
-	tests := []struct {
-		name string
-		run  func(t *testing.T, e *env)
-	}{
+	tests := []scenario{
 		{"first response", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			if err := s.Subscribe(sds.DefaultSecretName); err != nil {
@@ -48,51 +44,6 @@ func TestStreamSecrets(t *testing.T) {
 			}
 			checkDefault(t, r.Secrets[sds.DefaultSecretName], svid)
 			s.None()
-		}},
-		{"NACK is not answered with a resend", func(t *testing.T, e *env) {
-			s := e.openSotW()
-			s.Subscribe(sds.DefaultSecretName)
-			r := s.Await()
-			if err := s.NACK(r, "pretend the key does not load"); err != nil {
-				t.Fatal(err)
-			}
-			e.waitMetric("castellan_sds_nacks_total", "sotw", 1)
-			s.None()
-			// A change of the resource is sent.
-			svid := e.rotate()
-			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
-		}},
-		{"stale nonce is ignored", func(t *testing.T, e *env) {
-			s := e.openSotW()
-			s.Subscribe(sds.DefaultSecretName)
-			r1 := s.AwaitACK()
-			e.waitMetric("castellan_sds_acks_total", "sotw", 1)
-			e.rotate()
-			r2 := s.Await()
-			// A request answering r1 after r2 was sent is stale, even with
-			// a NACK and a new subscription in it.
-			err := s.Send(&discoveryv3.DiscoveryRequest{
-				VersionInfo:   r1.Version,
-				ResourceNames: []string{sds.RootCASecretName},
-				TypeUrl:       sds.SecretTypeURL,
-				ResponseNonce: r1.Nonce,
-				ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e.waitMetric("castellan_sds_stale_requests_total", "sotw", 1)
-			s.None()
-			if got := e.metric("castellan_sds_nacks_total", "sotw"); got != 0 {
-				t.Fatalf("stale NACK was counted: %v", got)
-			}
-			s.ACK(r2)
-			e.waitMetric("castellan_sds_acks_total", "sotw", 2)
-			// The subscription is still "default" only.
-			e.newRoot()
-			s.None()
-			svid := e.rotate()
-			checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
 		}},
 		{"unsubscribe", func(t *testing.T, e *env) {
 			s := e.openSotW()
@@ -217,12 +168,7 @@ func TestStreamSecrets(t *testing.T) {
 			}
 		}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			tt.run(t, newEnv(t))
-		})
-	}
+	runScenarios(t, append(tests, sharedScenarios("sotw", (*env).openSotW, staleNACK)...))
 }
 
 func TestFetchSecrets(t *testing.T) {

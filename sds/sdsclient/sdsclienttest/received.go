@@ -167,3 +167,20 @@ func OpenDelta(t testing.TB, c *sdsclient.Client, initial map[string]string) *De
 		},
 	})}
 }
+
+// Stream is what SotW and Delta have in common, for the scenarios that go
+// the same over both forms of SDS. R is the stream's response type.
+type Stream[R any] interface {
+	Subscribe(names ...string) error
+	ACK(resp R) error
+	NACK(resp R, msg string) error
+	Await() R
+	AwaitACK() R
+	None()
+	Secret(resp R, name string) *tlsv3.Secret
+}
+
+var (
+	_ Stream[*sdsclient.Response]      = (*SotW)(nil)
+	_ Stream[*sdsclient.DeltaResponse] = (*Delta)(nil)
+)
