@@ -120,7 +120,7 @@ func TestX509SourceFollowsRotation(t *testing.T) {
 	if n := e.accept.Load(); n != 1 {
 		t.Fatalf("client made %d connections, want 1 (no reconnect)", n)
 	}
-	if n := metricValue(t, e.reg, "castellan_workloadapi_streams", "FetchX509SVID"); n != 1 {
+	if n := testmetric.Sum(t, e.reg, "castellan_workloadapi_streams", "FetchX509SVID"); n != 1 {
 		t.Fatalf("%v FetchX509SVID streams open, want 1", n)
 	}
 }
@@ -185,7 +185,7 @@ func TestSecurityHeaderRequired(t *testing.T) {
 			}
 		})
 	}
-	if got := metricValue(t, e.reg, "castellan_workloadapi_rejected_calls_total", ""); got != 3 {
+	if got := testmetric.Sum(t, e.reg, "castellan_workloadapi_rejected_calls_total", ""); got != 3 {
 		t.Fatalf("rejected calls counted %v, want 3", got)
 	}
 }
@@ -228,13 +228,6 @@ func recvFirst[M any](s grpc.ServerStreamingClient[M], err error) error {
 	}
 	_, err = s.Recv()
 	return err
-}
-
-// metricValue sums the samples of metric name, only those of method when
-// method is not empty.
-func metricValue(t *testing.T, reg *prometheus.Registry, name, method string) float64 {
-	t.Helper()
-	return testmetric.Sum(t, reg, name, method)
 }
 
 func TestBundleChangeReachesOpenStreams(t *testing.T) {
