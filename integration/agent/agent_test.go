@@ -27,9 +27,11 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
+	"github.com/castellan-mesh/castellan/sds/sdsclient/sdsclienttest"
 )
 
 const (
@@ -134,27 +136,11 @@ func (n *node) current() *x509.Certificate {
 	return snap.SVID.X509.Certificates[0]
 }
 
+// metric sums the samples of metric name with a label of value label (all
+// of them when label is empty).
 func (n *node) metric(name, label string) float64 {
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || l.GetValue() == label
-			}
-			if match {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	n.t.Helper()
+	return testmetric.Sum(n.t, n.reg, name, label)
 }
 
 // waitMetric waits until the agent has counted what the test caused.
@@ -163,129 +149,24 @@ func (n *node) waitMetric(name, label string, want float64) {
 	harness.WaitFor(n.t, waitTimeout, fmt.Sprintf("%s{%s} >= %v", name, label, want), func() bool { return n.metric(name, label) >= want })
 }
 
-// reader reads an SDS stream's responses in the background. R is the
-// stream's response type: *sdsclient.Response for state-of-the-world,
-// *sdsclient.DeltaResponse for delta.
-type reader[R any] struct {
-	t    *testing.T
-	resp chan R
-	errc chan error
-	// ack answers a response with an ACK; invalid returns its Invalid;
-	// secrets returns its secrets by name; describe names it in the
-	// failure of none.
-	ack      func(R) error
-	invalid  func(R) error
-	secrets  func(R) map[string]*tlsv3.Secret
-	describe func(R) string
-}
-
-func (r *reader[R]) start(recv func() (R, error)) {
-	go func() {
-		for {
-			resp, err := recv()
-			if err != nil {
-				r.errc <- err
-				return
-			}
-			r.resp <- resp
-		}
-	}()
-}
-
-func (r *reader[R]) next() R {
-	r.t.Helper()
-	select {
-	case resp := <-r.resp:
-		if err := r.invalid(resp); err != nil {
-			r.t.Fatalf("invalid response: %v", err)
-		}
-		return resp
-	case err := <-r.errc:
-		r.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitTimeout):
-		r.t.Fatal("no response")
-	}
-	var zero R
-	return zero
-}
-
-func (r *reader[R]) nextACK() R {
-	r.t.Helper()
-	resp := r.next()
-	if err := r.ack(resp); err != nil {
-		r.t.Fatal(err)
-	}
-	return resp
-}
-
-// secret returns the secret name in resp, or nil.
-func (r *reader[R]) secret(resp R, name string) *tlsv3.Secret {
-	return r.secrets(resp)[name]
-}
-
-func (r *reader[R]) none() {
-	r.t.Helper()
-	select {
-	case resp := <-r.resp:
-		r.t.Fatalf("unexpected response: %s", r.describe(resp))
-	case err := <-r.errc:
-		r.t.Fatalf("stream ended: %v", err)
-	case <-time.After(quiet):
-	}
-}
-
-// sotw is a state-of-the-world stream read in the background.
-type sotw struct {
-	*sdsclient.Stream
-	*reader[*sdsclient.Response]
-}
+// sotw and delta are SDS streams read in the background.
+type (
+	sotw  = sdsclienttest.SotW
+	delta = sdsclienttest.Delta
+)
 
 func (n *node) openSotW(t *testing.T) *sotw {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	st, err := n.client.Stream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &reader[*sdsclient.Response]{
-		t: t, resp: make(chan *sdsclient.Response, 16), errc: make(chan error, 1),
-		ack:     st.ACK,
-		invalid: func(r *sdsclient.Response) error { return r.Invalid },
-		secrets: func(r *sdsclient.Response) map[string]*tlsv3.Secret { return r.Secrets },
-		describe: func(r *sdsclient.Response) string {
-			return fmt.Sprintf("version %q nonce %q", r.Version, r.Nonce)
-		},
-	}
-	r.start(st.Recv)
-	return &sotw{Stream: st, reader: r}
-}
-
-// delta is an incremental stream read in the background.
-type delta struct {
-	*sdsclient.DeltaStream
-	*reader[*sdsclient.DeltaResponse]
+	st := sdsclienttest.OpenSotW(t, n.client)
+	st.Timeout, st.Quiet = waitTimeout, quiet
+	return st
 }
 
 func (n *node) openDelta(t *testing.T) *delta {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	st, err := n.client.DeltaStream(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &reader[*sdsclient.DeltaResponse]{
-		t: t, resp: make(chan *sdsclient.DeltaResponse, 16), errc: make(chan error, 1),
-		ack:     st.ACK,
-		invalid: func(r *sdsclient.DeltaResponse) error { return r.Invalid },
-		secrets: func(r *sdsclient.DeltaResponse) map[string]*tlsv3.Secret { return r.Secrets },
-		describe: func(r *sdsclient.DeltaResponse) string {
-			return fmt.Sprintf("nonce %q, %d resources", r.Nonce, len(r.Secrets))
-		},
-	}
-	r.start(st.Recv)
-	return &delta{DeltaStream: st, reader: r}
+	st := sdsclienttest.OpenDelta(t, n.client, nil)
+	st.Timeout, st.Quiet = waitTimeout, quiet
+	return st
 }
 
 // leafOf checks a "default" secret (a chain that verifies against the
@@ -445,15 +326,15 @@ func TestShortTTLRotation(t *testing.T) {
 	d := n.openDelta(t)
 	d.Subscribe(sds.DefaultSecretName)
 
-	first := st.nextACK()
+	first := st.AwaitACK()
 	leaf1, key1 := leafOf(t, s, first.Secrets[sds.DefaultSecretName])
-	dfirst := d.nextACK()
+	dfirst := d.AwaitACK()
 	dleaf1, _ := leafOf(t, s, dfirst.Secrets[sds.DefaultSecretName])
 	if !bytes.Equal(leaf1.Raw, dleaf1.Raw) {
 		t.Fatal("the two streams got different certificates")
 	}
 
-	second := st.nextACK()
+	second := st.AwaitACK()
 	received := time.Now()
 	leaf2, key2 := leafOf(t, s, second.Secrets[sds.DefaultSecretName])
 	if !received.Before(leaf1.NotAfter) {
@@ -465,7 +346,7 @@ func TestShortTTLRotation(t *testing.T) {
 	if bytes.Equal(leaf1.Raw, leaf2.Raw) {
 		t.Fatal("the rotation reused the certificate")
 	}
-	dsecond := d.nextACK()
+	dsecond := d.AwaitACK()
 	dleaf2, _ := leafOf(t, s, dsecond.Secrets[sds.DefaultSecretName])
 	if !time.Now().Before(dleaf1.NotAfter) {
 		t.Fatal("delta rotation arrived after expiry")
@@ -475,31 +356,21 @@ func TestShortTTLRotation(t *testing.T) {
 	}
 }
 
-// stream is an SDS stream of either form, read in the background, as the
-// scenarios that go the same over both forms use it. R is its response
-// type.
-type stream[R any] interface {
-	Subscribe(names ...string) error
-	NACK(resp R, msg string) error
-	next() R
-	nextACK() R
-	none()
-	secret(resp R, name string) *tlsv3.Secret
-}
-
 // sharedScenarios runs the scenarios that go the same over both SDS forms,
 // on streams opened by open, whose castellan_sds_* metrics carry label.
-func sharedScenarios[R any, S stream[R]](t *testing.T, s *stack, n *node, label string, open func(*testing.T) S) {
+// sendStale sends a NACK of r after a later response was sent, so with a
+// stale nonce.
+func sharedScenarios[R any, S sdsclienttest.Stream[R]](t *testing.T, s *stack, n *node, label string, open func(*testing.T) S, sendStale func(st S, r R) error) {
 	t.Run("ACK", func(t *testing.T) {
 		n.t = t
 		st := open(t)
 		st.Subscribe(sds.DefaultSecretName)
 		acks := n.metric("castellan_sds_acks_total", label)
-		st.nextACK()
+		st.AwaitACK()
 		n.waitMetric("castellan_sds_acks_total", label, acks+1)
-		st.none()
+		st.None()
 		leaf := n.rotate()
-		if got, _ := leafOf(t, s, st.secret(st.nextACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
+		if got, _ := leafOf(t, s, st.Secret(st.AwaitACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
 			t.Fatal("rotation not pushed")
 		}
 	})
@@ -508,15 +379,65 @@ func sharedScenarios[R any, S stream[R]](t *testing.T, s *stack, n *node, label 
 		st := open(t)
 		st.Subscribe(sds.DefaultSecretName)
 		nacks := n.metric("castellan_sds_nacks_total", label)
-		if err := st.NACK(st.next(), "pretend the key does not load"); err != nil {
+		if err := st.NACK(st.Await(), "pretend the key does not load"); err != nil {
 			t.Fatal(err)
 		}
 		n.waitMetric("castellan_sds_nacks_total", label, nacks+1)
-		st.none()
+		st.None()
 		leaf := n.rotate()
-		if got, _ := leafOf(t, s, st.secret(st.nextACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
+		if got, _ := leafOf(t, s, st.Secret(st.AwaitACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
 			t.Fatal("the next rotation was not pushed after a NACK")
 		}
+	})
+	t.Run("stale nonce is ignored", func(t *testing.T) {
+		n.t = t
+		st := open(t)
+		st.Subscribe(sds.DefaultSecretName)
+		acks := n.metric("castellan_sds_acks_total", label)
+		r1 := st.AwaitACK()
+		n.waitMetric("castellan_sds_acks_total", label, acks+1)
+		n.rotate()
+		r2 := st.Await()
+		stale := n.metric("castellan_sds_stale_requests_total", label)
+		nacks := n.metric("castellan_sds_nacks_total", label)
+		if err := sendStale(st, r1); err != nil {
+			t.Fatal(err)
+		}
+		n.waitMetric("castellan_sds_stale_requests_total", label, stale+1)
+		st.None()
+		if n.metric("castellan_sds_nacks_total", label) != nacks {
+			t.Fatal("a stale NACK was counted")
+		}
+		st.ACK(r2)
+		leaf := n.rotate()
+		r3 := st.AwaitACK()
+		if st.Secret(r3, sds.RootCASecretName) != nil {
+			t.Fatal("the stale request changed the subscription")
+		}
+		if got, _ := leafOf(t, s, st.Secret(r3, sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
+			t.Fatal("rotation not pushed")
+		}
+	})
+}
+
+// staleNACK is the NACK of r, sent on st after a later response: it also
+// names another resource, which a stale request must not subscribe to.
+func staleNACK(st *sotw, r *sdsclient.Response) error {
+	return st.Send(&discoveryv3.DiscoveryRequest{
+		VersionInfo:   r.Version,
+		ResourceNames: []string{sds.RootCASecretName},
+		TypeUrl:       sds.SecretTypeURL,
+		ResponseNonce: r.Nonce,
+		ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
+	})
+}
+
+// staleDeltaNACK is the NACK of r, sent on d after a later response.
+func staleDeltaNACK(d *delta, r *sdsclient.DeltaResponse) error {
+	return d.Send(&discoveryv3.DeltaDiscoveryRequest{
+		TypeUrl:       sds.SecretTypeURL,
+		ResponseNonce: r.Nonce,
+		ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
 	})
 }
 
@@ -529,7 +450,7 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 		if err := st.Subscribe(sds.DefaultSecretName); err != nil {
 			t.Fatal(err)
 		}
-		r := st.next()
+		r := st.Await()
 		if r.Version == "" || r.Nonce == "" || len(r.Secrets) != 1 {
 			t.Fatalf("first response: version %q nonce %q, %d secrets", r.Version, r.Nonce, len(r.Secrets))
 		}
@@ -537,52 +458,19 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 			t.Fatal("not the agent's current certificate")
 		}
 	})
-	sharedScenarios(t, s, n, "sotw", n.openSotW)
-	t.Run("stale nonce is ignored", func(t *testing.T) {
-		n.t = t
-		st := n.openSotW(t)
-		st.Subscribe(sds.DefaultSecretName)
-		acks := n.metric("castellan_sds_acks_total", "sotw")
-		r1 := st.nextACK()
-		n.waitMetric("castellan_sds_acks_total", "sotw", acks+1)
-		n.rotate()
-		r2 := st.next()
-		stale := n.metric("castellan_sds_stale_requests_total", "sotw")
-		nacks := n.metric("castellan_sds_nacks_total", "sotw")
-		st.Send(&discoveryv3.DiscoveryRequest{
-			VersionInfo:   r1.Version,
-			ResourceNames: []string{sds.RootCASecretName},
-			TypeUrl:       sds.SecretTypeURL,
-			ResponseNonce: r1.Nonce,
-			ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
-		})
-		n.waitMetric("castellan_sds_stale_requests_total", "sotw", stale+1)
-		st.none()
-		if n.metric("castellan_sds_nacks_total", "sotw") != nacks {
-			t.Fatal("a stale NACK was counted")
-		}
-		st.ACK(r2)
-		leaf := n.rotate()
-		r3 := st.nextACK()
-		if _, ok := r3.Secrets[sds.RootCASecretName]; ok {
-			t.Fatal("the stale request changed the subscription")
-		}
-		if got, _ := leafOf(t, s, r3.Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
-			t.Fatal("rotation not pushed")
-		}
-	})
+	sharedScenarios(t, s, n, "sotw", n.openSotW, staleNACK)
 	t.Run("unsubscribe", func(t *testing.T) {
 		n.t = t
 		st := n.openSotW(t)
 		st.Subscribe(sds.DefaultSecretName)
-		st.nextACK()
+		st.AwaitACK()
 		acks := n.metric("castellan_sds_acks_total", "sotw")
 		st.Subscribe()
 		n.waitMetric("castellan_sds_acks_total", "sotw", acks+1)
 		n.rotate()
-		st.none()
+		st.None()
 		st.Subscribe(sds.DefaultSecretName)
-		if got, _ := leafOf(t, s, st.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, n.current().Raw) {
+		if got, _ := leafOf(t, s, st.AwaitACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, n.current().Raw) {
 			t.Fatal("re-subscribing did not return the current certificate")
 		}
 	})
@@ -590,7 +478,7 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 		n.t = t
 		st := n.openSotW(t)
 		st.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-		r := st.nextACK()
+		r := st.AwaitACK()
 		leafOf(t, s, r.Secrets[sds.DefaultSecretName])
 		roots, err := sdsclient.TrustedCA(r.Secrets[sds.RootCASecretName])
 		if err != nil {
@@ -600,7 +488,7 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 			t.Fatal("ROOTCA is not the CA's root")
 		}
 		leaf := n.rotate()
-		r = st.nextACK()
+		r = st.AwaitACK()
 		if got, _ := leafOf(t, s, r.Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) || r.Secrets[sds.RootCASecretName] == nil {
 			t.Fatal("state-of-the-world push lacks the new certificate or ROOTCA")
 		}
@@ -614,7 +502,7 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 			streams[i].Subscribe(sds.DefaultSecretName)
 		}
 		for _, st := range streams {
-			st.nextACK()
+			st.AwaitACK()
 		}
 		leaf := n.rotate()
 		var wg sync.WaitGroup
@@ -622,7 +510,7 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r := <-st.resp
+				r := <-st.Responses()
 				if r.Invalid != nil {
 					t.Errorf("invalid response: %v", r.Invalid)
 					return
@@ -643,7 +531,7 @@ func deltaScenarios(t *testing.T, s *stack, n *node) {
 		n.t = t
 		d := n.openDelta(t)
 		d.Subscribe(sds.DefaultSecretName)
-		r := d.next()
+		r := d.Await()
 		if r.Nonce == "" || r.Versions[sds.DefaultSecretName] == "" {
 			t.Fatalf("first response: nonce %q, versions %v", r.Nonce, r.Versions)
 		}
@@ -651,46 +539,23 @@ func deltaScenarios(t *testing.T, s *stack, n *node) {
 			t.Fatal("not the agent's current certificate")
 		}
 	})
-	sharedScenarios(t, s, n, "delta", n.openDelta)
-	t.Run("stale nonce is ignored", func(t *testing.T) {
-		n.t = t
-		d := n.openDelta(t)
-		d.Subscribe(sds.DefaultSecretName)
-		acks := n.metric("castellan_sds_acks_total", "delta")
-		r1 := d.nextACK()
-		n.waitMetric("castellan_sds_acks_total", "delta", acks+1)
-		n.rotate()
-		r2 := d.next()
-		stale := n.metric("castellan_sds_stale_requests_total", "delta")
-		nacks := n.metric("castellan_sds_nacks_total", "delta")
-		d.Send(&discoveryv3.DeltaDiscoveryRequest{
-			TypeUrl:       sds.SecretTypeURL,
-			ResponseNonce: r1.Nonce,
-			ErrorDetail:   &rpcstatus.Status{Code: int32(codes.Internal), Message: "stale"},
-		})
-		n.waitMetric("castellan_sds_stale_requests_total", "delta", stale+1)
-		d.none()
-		if n.metric("castellan_sds_nacks_total", "delta") != nacks {
-			t.Fatal("a stale NACK was counted")
-		}
-		d.ACK(r2)
-	})
+	sharedScenarios(t, s, n, "delta", n.openDelta, staleDeltaNACK)
 	t.Run("unsubscribe", func(t *testing.T) {
 		n.t = t
 		d := n.openDelta(t)
 		d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-		d.nextACK()
+		d.AwaitACK()
 		d.Unsubscribe(sds.DefaultSecretName)
 		// An unknown name is answered with an error: a barrier showing the
 		// unsubscribe was processed, and the stream stays usable.
 		d.Subscribe("no-such-secret")
-		if r := d.nextACK(); r.Errors["no-such-secret"] == nil {
+		if r := d.AwaitACK(); r.Errors["no-such-secret"] == nil {
 			t.Fatal("no error for an unknown name")
 		}
 		n.rotate()
-		d.none()
+		d.None()
 		d.Subscribe(sds.DefaultSecretName)
-		if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, n.current().Raw) {
+		if got, _ := leafOf(t, s, d.AwaitACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, n.current().Raw) {
 			t.Fatal("re-subscribing did not return the current certificate")
 		}
 	})
@@ -698,12 +563,12 @@ func deltaScenarios(t *testing.T, s *stack, n *node) {
 		n.t = t
 		d := n.openDelta(t)
 		d.Subscribe(sds.DefaultSecretName, sds.RootCASecretName)
-		r := d.nextACK()
+		r := d.AwaitACK()
 		if len(r.Secrets) != 2 {
 			t.Fatalf("got %d secrets, want 2", len(r.Secrets))
 		}
 		leaf := n.rotate()
-		r = d.nextACK()
+		r = d.AwaitACK()
 		if len(r.Secrets) != 1 {
 			t.Fatalf("rotation sent %d secrets, want only default", len(r.Secrets))
 		}
@@ -720,11 +585,11 @@ func deltaScenarios(t *testing.T, s *stack, n *node) {
 			streams[i].Subscribe(sds.DefaultSecretName)
 		}
 		for _, d := range streams {
-			d.nextACK()
+			d.AwaitACK()
 		}
 		leaf := n.rotate()
 		for _, d := range streams {
-			if got, _ := leafOf(t, s, d.nextACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
+			if got, _ := leafOf(t, s, d.AwaitACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
 				t.Fatal("a stream did not get the rotation")
 			}
 		}
