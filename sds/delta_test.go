@@ -92,35 +92,6 @@ func TestDeltaSecrets(t *testing.T) {
 			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
 			d.None()
 		}},
-		{"parallel streams", func(t *testing.T, e *env) {
-			const n = 20
-			streams := make([]*delta, n)
-			for i := range streams {
-				streams[i] = e.openDelta(nil)
-				streams[i].Subscribe(sds.DefaultSecretName)
-			}
-			for _, d := range streams {
-				checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], e.current().SVID)
-			}
-			svid := e.rotate()
-			for _, d := range streams {
-				checkDefault(t, d.AwaitACK().Secrets[sds.DefaultSecretName], svid)
-			}
-			e.waitMetric("castellan_sds_streams", "delta", n)
-		}},
-		{"push only to streams subscribed to the change", func(t *testing.T, e *env) {
-			certs, roots := e.openDelta(nil), e.openDelta(nil)
-			certs.Subscribe(sds.DefaultSecretName)
-			roots.Subscribe(sds.RootCASecretName)
-			certs.AwaitACK()
-			roots.AwaitACK()
-			svid := e.rotate()
-			checkDefault(t, certs.AwaitACK().Secrets[sds.DefaultSecretName], svid)
-			roots.None()
-			b := e.newRoot()
-			checkRoot(t, roots.AwaitACK().Secrets[sds.RootCASecretName], b)
-			certs.None()
-		}},
 		{"unknown name gets an error and the stream stays usable", func(t *testing.T, e *env) {
 			d := e.openDelta(nil)
 			d.Subscribe(sds.DefaultSecretName, "nope")

@@ -70,6 +70,35 @@ func sharedScenarios[R any, S sdsclienttest.Stream[R]](api string, open func(e *
 			svid := e.rotate()
 			checkDefault(t, s.Secret(s.AwaitACK(), sds.DefaultSecretName), svid)
 		}},
+		{"parallel streams", func(t *testing.T, e *env) {
+			const n = 20
+			streams := make([]S, n)
+			for i := range streams {
+				streams[i] = open(e)
+				streams[i].Subscribe(sds.DefaultSecretName)
+			}
+			for _, s := range streams {
+				checkDefault(t, s.Secret(s.AwaitACK(), sds.DefaultSecretName), e.current().SVID)
+			}
+			svid := e.rotate()
+			for _, s := range streams {
+				checkDefault(t, s.Secret(s.AwaitACK(), sds.DefaultSecretName), svid)
+			}
+			e.waitMetric("castellan_sds_streams", api, n)
+		}},
+		{"push only to streams subscribed to the change", func(t *testing.T, e *env) {
+			certs, roots := open(e), open(e)
+			certs.Subscribe(sds.DefaultSecretName)
+			roots.Subscribe(sds.RootCASecretName)
+			certs.AwaitACK()
+			roots.AwaitACK()
+			svid := e.rotate()
+			checkDefault(t, certs.Secret(certs.AwaitACK(), sds.DefaultSecretName), svid)
+			roots.None()
+			b := e.newRoot()
+			checkRoot(t, roots.Secret(roots.AwaitACK(), sds.RootCASecretName), b)
+			certs.None()
+		}},
 	}
 }
 

@@ -79,35 +79,6 @@ func TestStreamSecrets(t *testing.T) {
 			checkRoot(t, r.Secrets[sds.RootCASecretName], b)
 			s.None()
 		}},
-		{"parallel streams", func(t *testing.T, e *env) {
-			const n = 20
-			streams := make([]*sotw, n)
-			for i := range streams {
-				streams[i] = e.openSotW()
-				streams[i].Subscribe(sds.DefaultSecretName)
-			}
-			for _, s := range streams {
-				checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], e.current().SVID)
-			}
-			svid := e.rotate()
-			for _, s := range streams {
-				checkDefault(t, s.AwaitACK().Secrets[sds.DefaultSecretName], svid)
-			}
-			e.waitMetric("castellan_sds_streams", "sotw", n)
-		}},
-		{"push only to streams subscribed to the change", func(t *testing.T, e *env) {
-			certs, roots := e.openSotW(), e.openSotW()
-			certs.Subscribe(sds.DefaultSecretName)
-			roots.Subscribe(sds.RootCASecretName)
-			certs.AwaitACK()
-			roots.AwaitACK()
-			svid := e.rotate()
-			checkDefault(t, certs.AwaitACK().Secrets[sds.DefaultSecretName], svid)
-			roots.None()
-			b := e.newRoot()
-			checkRoot(t, roots.AwaitACK().Secrets[sds.RootCASecretName], b)
-			certs.None()
-		}},
 		{"unknown name gets an error and the stream stays usable", func(t *testing.T, e *env) {
 			s := e.openSotW()
 			s.Subscribe(sds.DefaultSecretName, "file-cert:/etc/ssl/x.pem")
