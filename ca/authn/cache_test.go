@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/castellan-mesh/castellan/internal/testclock"
 )
 
 // countingAuth is a fake Authenticator for unit tests of the cache: it
@@ -36,32 +38,14 @@ func (a *countingAuth) Authenticate(ctx context.Context, token string) (Caller, 
 	return a.caller, a.err
 }
 
-// fakeClock is a settable clock for the cache.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestCache(t testing.TB, next Authenticator, cfg CacheConfig) (*Cache, *fakeClock) {
+func newTestCache(t testing.TB, next Authenticator, cfg CacheConfig) (*Cache, *testclock.Clock) {
 	t.Helper()
 	c, err := NewCache(next, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
-	c.epoch, c.now = clock.t, clock.now
+	clock := testclock.New(time.Unix(1_800_000_000, 0))
+	c.epoch, c.now = clock.Now(), clock.Now
 	return c, clock
 }
 
@@ -102,7 +86,7 @@ func TestCacheReuse(t *testing.T) {
 				if !errors.Is(err, tt.err) || got != next.caller {
 					t.Fatalf("call %d: Authenticate = %+v, %v; want %+v, %v", i, got, err, next.caller, tt.err)
 				}
-				clock.advance(tt.after)
+				clock.Add(tt.after)
 			}
 			if n := next.calls.Load(); n != tt.calls {
 				t.Errorf("wrapped authenticator called %d times, want %d", n, tt.calls)
@@ -329,7 +313,7 @@ func TestCacheStillValid(t *testing.T) {
 		if _, err := c.Authenticate(context.Background(), "tok"); ReasonOf(err) != ReasonInvalid || !strings.Contains(err.Error(), "deleted") {
 			t.Fatalf("after revocation: %v, want a %s error naming the deletion", err, ReasonInvalid)
 		}
-		clock.advance(time.Minute)
+		clock.Add(time.Minute)
 	}
 	if n := next.calls.Load(); n != 2 {
 		t.Errorf("%d checks, want 2 (a revocation asks nobody)", n)
@@ -368,7 +352,7 @@ func TestCacheEvictsExpiredFirst(t *testing.T) {
 	for i := 0; c.Len() < numShards && i < 100*numShards; i++ {
 		c.Authenticate(context.Background(), fmt.Sprintf("bad-%d", i))
 	}
-	clock.advance(time.Minute)
+	clock.Add(time.Minute)
 	next.err, next.caller = nil, Caller{Namespace: "ns", ServiceAccount: "sa"}
 	c.Authenticate(context.Background(), "good")
 	if n := c.Len(); n > numShards {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testclock"
 	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
@@ -66,24 +67,6 @@ func (m *fakeMount) NewRoot(_ context.Context, req RootRequest) (*Issuer, error)
 	return &Issuer{ID: id, Name: req.Name, Cert: f.root}, nil
 }
 
-// clock is a settable time for the rotation.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 func startSource(t *testing.T, mount *fakeMount, dir string) (*Source, context.CancelFunc) {
 	t.Helper()
 	cfg := testConfig(t, mount, dir)
@@ -135,7 +118,7 @@ func TestRotationPhases(t *testing.T) {
 	mount := newFakeMount(t)
 	dir := t.TempDir()
 	s, stop := startSource(t, mount, dir)
-	clk := &clock{now: time.Now()}
+	clk := testclock.New(time.Now())
 	r := &rotation.Engine{Backend: &Backend{Dir: dir, Upstream: mount, TrustDomain: td}, Now: clk.Now,
 		Policy: rotation.Policy{PropagationDelay: time.Hour, MaxTTL: time.Hour, RetireMargin: time.Minute}}
 	ctx := context.Background()
@@ -175,7 +158,7 @@ func TestRotationPhases(t *testing.T) {
 	}
 
 	// activate: the new issuer signs a new intermediate.
-	clk.add(time.Hour)
+	clk.Add(time.Hour)
 	if err := r.Activate(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +179,7 @@ func TestRotationPhases(t *testing.T) {
 	wantErr(t, r.Retire(ctx, false), "may be valid until")
 
 	// retire: the old root leaves the bundle, and stays out.
-	clk.add(time.Hour + time.Minute)
+	clk.Add(time.Hour + time.Minute)
 	if err := r.Retire(ctx, false); err != nil {
 		t.Fatal(err)
 	}
