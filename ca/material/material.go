@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -232,7 +233,7 @@ func (s *Store) detect() (bool, error) {
 			return false, fmt.Errorf("material: %w", err)
 		}
 	}
-	hasCA := contains(present, CACertFile) || contains(present, CAKeyFile)
+	hasCA := slices.Contains(present, CACertFile) || slices.Contains(present, CAKeyFile)
 	switch {
 	case !hasCA:
 		return false, nil
@@ -271,29 +272,28 @@ func (s *Store) hashFiles() ([]byte, error) {
 
 // loadPluggedIn reads and validates Istio's cacerts layout.
 func (s *Store) loadPluggedIn(ctx context.Context) (*ca.Authority, []byte, error) {
-	var zero []byte
 	h, err := s.hashFiles()
 	if err != nil {
-		return nil, zero, err
+		return nil, nil, err
 	}
 	data := map[string][]byte{}
 	for _, f := range []string{CACertFile, CertChainFile, RootCertFile} {
 		if data[f], err = os.ReadFile(s.path(f)); err != nil {
-			return nil, zero, fmt.Errorf("material: %w", err)
+			return nil, nil, fmt.Errorf("material: %w", err)
 		}
 	}
 	// The key is opened through the key store, never decoded here.
 	set, err := cacerts.Decode(data, false)
 	if err != nil {
-		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
+		return nil, nil, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
 	}
 	key, err := dirKeys(s.cfg.Dir).Open(ctx, "ca-key")
 	if err != nil {
-		return nil, zero, fmt.Errorf("material: %w", err)
+		return nil, nil, fmt.Errorf("material: %w", err)
 	}
 	a, err := ca.NewAuthority(set.Cert, key, ca.ChainAbove(set.Cert, set.Chain, set.Roots), set.Roots)
 	if err != nil {
-		return nil, zero, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
+		return nil, nil, fmt.Errorf("material: plugged-in CA in %s: %w", s.cfg.Dir, err)
 	}
 	return a, h, nil
 }
@@ -429,13 +429,4 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	}
 	s.cfg.Logger.Info("created a self-signed root", "dir", s.cfg.Dir, "subject", root.Subject.String(), "not_after", root.NotAfter)
 	return ca.NewAuthority(root, key, nil, []*x509.Certificate{root})
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/cacerts"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -229,7 +230,7 @@ func (b *Backend) preparePluggedIn(ctx context.Context, from string) (*rotation.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	for _, f := range []string{CACertFile, CAKeyFile, CertChainFile, RootCertFile} {
+	for _, f := range cacerts.Files() {
 		if err := copyFile(filepath.Join(from, f), filepath.Join(dir, f)); err != nil {
 			return nil, fmt.Errorf("material: %w", err)
 		}
