@@ -59,36 +59,6 @@ func (r *Backend) log() *slog.Logger {
 
 func (r *Backend) path(name string) string { return filepath.Join(r.Dir, name) }
 
-// dirState is what an upstream-signed CA's data directory holds.
-type dirState struct {
-	st     rotation.State
-	active *x509.Certificate   // root of the kept intermediate
-	bundle []*x509.Certificate // root-cert.pem, as served
-	next   *x509.Certificate   // prepared root, if any
-}
-
-// read loads the data directory of an upstream-signed CA.
-func (r *Backend) read() (*dirState, error) {
-	chain, err := pemfile.ReadCertificates(r.path(ChainFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("upstream: %s holds no upstream-signed intermediate (%s is missing); start the CA with --upstream first", r.Dir, ChainFile)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
-	}
-	d := &dirState{active: chain[len(chain)-1]}
-	if d.st, err = rotation.ReadState(r.Dir); err != nil {
-		return nil, err
-	}
-	if d.bundle, err = pemfile.ReadCertificates(r.path(RootCertFile)); err != nil {
-		return nil, fmt.Errorf("upstream: %w", err)
-	}
-	if d.next, err = readNextRoot(r.Dir); err != nil {
-		return nil, err
-	}
-	return d, nil
-}
-
 // readNextRoot returns the prepared root in dir, or nil if there is none.
 func readNextRoot(dir string) (*x509.Certificate, error) {
 	path := filepath.Join(dir, NextRootCertFile)
@@ -121,18 +91,32 @@ func readOptional(path string) ([]byte, error) {
 	return b, nil
 }
 
-// Load reads the data directory.
-func (b *Backend) Load(context.Context) (*rotation.Material, error) {
-	d, err := b.read()
+// Load reads the data directory of an upstream-signed CA. The active
+// root is the root of the kept intermediate's chain.
+func (r *Backend) Load(context.Context) (*rotation.Material, error) {
+	chain, err := pemfile.ReadCertificates(r.path(ChainFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("upstream: %s holds no upstream-signed intermediate (%s is missing); start the CA with --upstream first", r.Dir, ChainFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	m := &rotation.Material{
+		Mode: rotation.ModeUpstream, Active: chain[len(chain)-1],
+		Manual: errors.New("upstream: the root of an upstream-signed CA is rotated by hand"),
+	}
+	if m.State, err = rotation.ReadState(r.Dir); err != nil {
+		return nil, err
+	}
+	if m.Bundle, err = pemfile.ReadCertificates(r.path(RootCertFile)); err != nil {
+		return nil, fmt.Errorf("upstream: %w", err)
+	}
+	next, err := readNextRoot(r.Dir)
 	if err != nil {
 		return nil, err
 	}
-	m := &rotation.Material{
-		Mode: rotation.ModeUpstream, State: d.st, Bundle: d.bundle, Active: d.active,
-		Manual: errors.New("upstream: the root of an upstream-signed CA is rotated by hand"),
-	}
-	if d.next != nil {
-		m.Next = []*x509.Certificate{d.next}
+	if next != nil {
+		m.Next = []*x509.Certificate{next}
 	}
 	return m, nil
 }
