@@ -6,9 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -20,7 +17,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	spiffeapi "github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -128,27 +124,14 @@ func setFederated(t *testing.T, store *svidstore.Store, keys ...jwtKey) {
 // a go-spiffe client of it.
 func newJWTEnv(t *testing.T, store *svidstore.Store, j workloadapi.JWTIssuer) *spiffeapi.Client {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "wl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "agent.sock")
 	srv, err := workloadapi.New(store, workloadapi.WithJWT(j))
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	srv.Register(g)
-	lis, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
+	addr := serve(t, srv, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	c, err := spiffeapi.New(ctx, spiffeapi.WithAddr("unix://"+sock))
+	c, err := spiffeapi.New(ctx, spiffeapi.WithAddr(addr))
 	if err != nil {
 		t.Fatal(err)
 	}

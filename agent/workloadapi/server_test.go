@@ -59,26 +59,38 @@ func newEnv(t *testing.T) *env {
 	e.store.SetSVID(e.ca.Issue(t, testID, time.Hour))
 	e.store.SetBundle(e.ca.Bundle(t))
 
+	srv, err := workloadapi.New(e.store, workloadapi.WithRegisterer(e.reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.addr = serve(t, srv, func(lis net.Listener) net.Listener { return countingListener{lis, e.accept} })
+	return e
+}
+
+// serve serves srv on a new Unix socket until the test ends, through
+// wrap's listener when wrap is not nil, and returns the socket's address.
+func serve(t *testing.T, srv *workloadapi.Server, wrap func(net.Listener) net.Listener) string {
+	t.Helper()
+	// Unix socket paths are limited to about 100 bytes, and t.TempDir
+	// embeds the test name.
 	dir, err := os.MkdirTemp("", "wl")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "agent.sock")
-	srv, err := workloadapi.New(e.store, workloadapi.WithRegisterer(e.reg))
-	if err != nil {
-		t.Fatal(err)
-	}
 	g := grpc.NewServer()
 	srv.Register(g)
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go g.Serve(countingListener{lis, e.accept})
+	if wrap != nil {
+		lis = wrap(lis)
+	}
+	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	e.addr = "unix://" + sock
-	return e
+	return "unix://" + sock
 }
 
 func TestX509SourceFollowsRotation(t *testing.T) {
