@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -389,6 +388,24 @@ func sharedScenarios[R any, S sdsclienttest.Stream[R]](t *testing.T, s *stack, n
 			t.Fatal("the next rotation was not pushed after a NACK")
 		}
 	})
+	t.Run("parallel streams", func(t *testing.T) {
+		n.t = t
+		const count = 50
+		streams := make([]S, count)
+		for i := range streams {
+			streams[i] = open(t)
+			streams[i].Subscribe(sds.DefaultSecretName)
+		}
+		for _, st := range streams {
+			st.AwaitACK()
+		}
+		leaf := n.rotate()
+		for _, st := range streams {
+			if got, _ := leafOf(t, s, st.Secret(st.AwaitACK(), sds.DefaultSecretName)); !bytes.Equal(got.Raw, leaf.Raw) {
+				t.Fatal("a stream did not get the rotation")
+			}
+		}
+	})
 	t.Run("stale nonce is ignored", func(t *testing.T) {
 		n.t = t
 		st := open(t)
@@ -493,35 +510,6 @@ func sotwScenarios(t *testing.T, s *stack, n *node) {
 			t.Fatal("state-of-the-world push lacks the new certificate or ROOTCA")
 		}
 	})
-	t.Run("parallel streams", func(t *testing.T) {
-		n.t = t
-		const count = 50
-		streams := make([]*sotw, count)
-		for i := range streams {
-			streams[i] = n.openSotW(t)
-			streams[i].Subscribe(sds.DefaultSecretName)
-		}
-		for _, st := range streams {
-			st.AwaitACK()
-		}
-		leaf := n.rotate()
-		var wg sync.WaitGroup
-		for _, st := range streams {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r := <-st.Responses()
-				if r.Invalid != nil {
-					t.Errorf("invalid response: %v", r.Invalid)
-					return
-				}
-				if got, _, err := sdsclient.TLSCertificate(r.Secrets[sds.DefaultSecretName]); err != nil || !bytes.Equal(got[0].Raw, leaf.Raw) {
-					t.Errorf("a stream did not get the rotation: %v", err)
-				}
-			}()
-		}
-		wg.Wait()
-	})
 }
 
 // deltaScenarios runs the delta scenarios, those of sharedScenarios among
@@ -574,24 +562,6 @@ func deltaScenarios(t *testing.T, s *stack, n *node) {
 		}
 		if got, _ := leafOf(t, s, r.Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
 			t.Fatal("rotation not pushed")
-		}
-	})
-	t.Run("parallel streams", func(t *testing.T) {
-		n.t = t
-		const count = 50
-		streams := make([]*delta, count)
-		for i := range streams {
-			streams[i] = n.openDelta(t)
-			streams[i].Subscribe(sds.DefaultSecretName)
-		}
-		for _, d := range streams {
-			d.AwaitACK()
-		}
-		leaf := n.rotate()
-		for _, d := range streams {
-			if got, _ := leafOf(t, s, d.AwaitACK().Secrets[sds.DefaultSecretName]); !bytes.Equal(got.Raw, leaf.Raw) {
-				t.Fatal("a stream did not get the rotation")
-			}
 		}
 	})
 }
