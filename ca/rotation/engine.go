@@ -342,22 +342,19 @@ func (e *EngineOf[A, K]) end(m *MaterialOf[A]) time.Time {
 	return end
 }
 
-// Run calls Step every interval until ctx ends (see Run).
-func (e *EngineOf[A, K]) Run(ctx context.Context, interval, rotateBefore time.Duration, observe func(step string)) error {
-	step := func(ctx context.Context) (string, error) { return e.Step(ctx, rotateBefore) }
-	return Run(ctx, interval, step, e.log(), observe)
-}
-
-// StatusOf returns the status of material m: its bundle, and a prepared
-// root the CA does not serve yet, with their roles.
-func (p Policy) StatusOf(m *Material) *Status { return statusOf[*x509.Certificate, Roots](p, m) }
-
+// statusOf returns the status of material m: its bundle, and a prepared
+// authority the CA does not serve yet, with their roles.
 func statusOf[A comparable, K Kind[A]](p Policy, m *MaterialOf[A]) *Status {
 	var k K
 	var zero, next A
-	out := p.Status(m.Mode, m.State)
+	st := m.State
+	out := &Status{
+		Mode: m.Mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt,
+		RetireAfter: st.RetireAfter, Issuer: st.Issuer, NextIssuer: st.NextIssuer,
+	}
 	all := m.Bundle
-	if m.State.Phase == PhasePrepared {
+	if st.Phase == PhasePrepared {
+		out.ActivateAfter = p.activateDue(st)
 		all = union[A, K](all, m.Next)
 	}
 	if len(m.Next) == 1 {
@@ -368,7 +365,7 @@ func statusOf[A comparable, K Kind[A]](p Policy, m *MaterialOf[A]) *Status {
 		switch {
 		case m.Active != zero && k.Equal(a, m.Active):
 			role = RootActive
-		case next != zero && k.Equal(a, next), next == zero && m.State.Phase == PhasePrepared:
+		case next != zero && k.Equal(a, next), next == zero && st.Phase == PhasePrepared:
 			role = RootPrepared
 		}
 		out.Roots = append(out.Roots, k.Describe(a, role))

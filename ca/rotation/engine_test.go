@@ -106,7 +106,7 @@ func TestEngineSteps(t *testing.T) {
 	}
 	// The status reports the wait the preparing CA set, whoever reads it
 	// (the metrics of a Secret read without the CA's policy).
-	if got := (Policy{}).StatusOf(&b.m).ActivateAfter; !got.Equal(now.Add(2 * time.Hour)) {
+	if got := statusOf[*x509.Certificate, Roots](Policy{}, &b.m).ActivateAfter; !got.Equal(now.Add(2 * time.Hour)) {
 		t.Fatalf("status reports activation after %s, want %s", got, now.Add(2*time.Hour))
 	}
 	step(72*time.Hour, "")

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 )
 
 // Kind is what the engine needs to know of one kind of authority A: an
@@ -46,7 +46,7 @@ func (Roots) NotAfter(c *x509.Certificate) time.Time { return c.NotAfter }
 // CA certificate, not valid now, or expiring before done.
 func (Roots) CheckNext(root *x509.Certificate, now, done time.Time) error {
 	switch {
-	case !root.IsCA || !ca.IsSelfSigned(root):
+	case !root.IsCA || !pemfile.IsSelfSigned(root):
 		return fmt.Errorf("rotation: the next root %q is not a self-signed CA certificate", root.Subject)
 	case now.Before(root.NotBefore) || !now.Before(root.NotAfter):
 		return fmt.Errorf("rotation: the next root %q is valid from %s to %s, not now", root.Subject, root.NotBefore.UTC().Format(time.RFC3339), root.NotAfter.UTC().Format(time.RFC3339))

@@ -32,16 +32,3 @@ type Status struct {
 	Issuer     string `json:"issuer,omitempty"`
 	NextIssuer string `json:"next_issuer,omitempty"`
 }
-
-// Status returns the status of a CA in mode whose rotation stands at st,
-// with no roots yet.
-func (p Policy) Status(mode Mode, st State) *Status {
-	out := &Status{
-		Mode: mode, Phase: st.Phase, PreparedAt: st.PreparedAt, ActivatedAt: st.ActivatedAt,
-		RetireAfter: st.RetireAfter, Issuer: st.Issuer, NextIssuer: st.NextIssuer,
-	}
-	if st.Phase == PhasePrepared {
-		out.ActivateAfter = p.activateDue(st)
-	}
-	return out
-}
