@@ -119,7 +119,7 @@ func TestExternalKeyAutomaticRotation(t *testing.T) {
 		if err != nil {
 			t.Fatalf("step %d: status without the key store: %v", i, err)
 		}
-		if status.Phase != st.phase || status.Mode != ModeSelfSigned {
+		if status.Phase != st.phase || status.Mode != rotation.ModeSelfSigned {
 			t.Fatalf("step %d: status %s/%s, want phase %s", i, status.Mode, status.Phase, st.phase)
 		}
 		s.Reload()

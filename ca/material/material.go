@@ -50,18 +50,6 @@ const (
 	RootKeyFile   = "root-key.pem"
 )
 
-// Mode says where the signing material came from (see rotation.Mode).
-type Mode = rotation.Mode
-
-// The modes a Store runs in.
-const (
-	ModeSelfSigned = rotation.ModeSelfSigned
-	ModePluggedIn  = rotation.ModePluggedIn
-	// ModeUpstream is an intermediate signed by an upstream CA (package
-	// upstream); the material package only reports it.
-	ModeUpstream = rotation.ModeUpstream
-)
-
 // Config configures a Store.
 type Config struct {
 	// Dir is the data directory. It is created (0700) if missing.
@@ -99,7 +87,7 @@ const keyOpTimeout = 30 * time.Second
 // Store holds the current Authority. It implements ca.Notifier.
 type Store struct {
 	cfg     Config
-	mode    Mode
+	mode    rotation.Mode
 	cur     atomic.Pointer[ca.Authority]
 	changed broadcast.Signal
 
@@ -140,10 +128,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	var h []byte
 	if plugged {
 		// The digest is taken before loading: a change meanwhile loads again.
-		s.mode = ModePluggedIn
+		s.mode = rotation.ModePluggedIn
 		a, h, err = s.loadPluggedIn(ctx)
 	} else {
-		s.mode = ModeSelfSigned
+		s.mode = rotation.ModeSelfSigned
 		if a, err = s.loadOrCreateRoot(ctx); err == nil {
 			h, _ = s.hashFiles()
 		}
@@ -165,7 +153,7 @@ func (s *Store) Authority() *ca.Authority { return s.cur.Load() }
 func (s *Store) Changed() <-chan struct{} { return s.changed.C() }
 
 // Mode reports which layout the Store loaded.
-func (s *Store) Mode() Mode { return s.mode }
+func (s *Store) Mode() rotation.Mode { return s.mode }
 
 // LastReloadError returns the error of the latest failed reload, or nil
 // once a reload has succeeded since.
@@ -196,7 +184,7 @@ func (s *Store) load([]byte) error {
 	var err error
 	ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
 	defer cancel()
-	if s.mode == ModePluggedIn {
+	if s.mode == rotation.ModePluggedIn {
 		a, _, err = s.loadPluggedIn(ctx)
 	} else {
 		a, err = s.loadRoot(ctx)
@@ -248,7 +236,7 @@ func (s *Store) detect() (bool, error) {
 // change to any of them reloads them all.
 func (s *Store) hashFiles() ([]byte, error) {
 	files := cacerts.Files()
-	if s.mode == ModeSelfSigned {
+	if s.mode == rotation.ModeSelfSigned {
 		files = []string{RootCertFile, RootKeyFile}
 		if s.external() {
 			// rotation.json names the active key in the key store.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -37,7 +38,7 @@ func TestSelfSignedPersists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s1.Mode() != ModeSelfSigned {
+	if s1.Mode() != rotation.ModeSelfSigned {
 		t.Fatalf("mode = %s", s1.Mode())
 	}
 	fi, err := os.Stat(filepath.Join(dir, RootKeyFile))
@@ -113,7 +114,7 @@ func TestPluggedInAndReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Mode() != ModePluggedIn {
+	if s.Mode() != rotation.ModePluggedIn {
 		t.Fatalf("mode = %s", s.Mode())
 	}
 	a := s.Authority()

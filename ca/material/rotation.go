@@ -68,19 +68,19 @@ func (s *Store) Rotation(p rotation.Policy) *rotation.Engine {
 
 func (b *Backend) path(name string) string { return filepath.Join(b.Dir, name) }
 
-func (b *Backend) mode() (Mode, error) {
+func (b *Backend) mode() (rotation.Mode, error) {
 	st := &Store{cfg: Config{Dir: b.Dir}}
 	plugged, err := st.detect()
 	if err != nil {
 		return "", err
 	}
 	if plugged {
-		return ModePluggedIn, nil
+		return rotation.ModePluggedIn, nil
 	}
 	if _, err := os.Stat(b.path(RootCertFile)); err != nil {
 		return "", fmt.Errorf("material: %s holds no CA material: %w", b.Dir, err)
 	}
-	return ModeSelfSigned, nil
+	return rotation.ModeSelfSigned, nil
 }
 
 // external reports whether a self-signed root's key is held outside the
@@ -103,9 +103,9 @@ func (b *Backend) Load(ctx context.Context) (*rotation.Material, error) {
 	if m.Bundle, err = pemfile.ReadCertificates(b.path(RootCertFile)); err != nil {
 		return nil, fmt.Errorf("material: %w", err)
 	}
-	if mode == ModePluggedIn {
+	if mode == rotation.ModePluggedIn {
 		m.Manual = errors.New("material: plugged-in cacerts are rotated by hand")
-		st := &Store{cfg: Config{Dir: b.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
+		st := &Store{cfg: Config{Dir: b.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: rotation.ModePluggedIn}
 		a, _, err := st.loadPluggedIn(ctx)
 		if err != nil {
 			return nil, err
@@ -185,7 +185,7 @@ func (b *Backend) activeRoot(ctx context.Context, m *rotation.Material) (*x509.C
 // Mint makes the next self-signed root, its key created in the store of
 // the active key, or takes the next cacerts from the directory from.
 func (b *Backend) Mint(ctx context.Context, m *rotation.Material, from string, now time.Time) (*rotation.Minted, error) {
-	if m.Mode == ModePluggedIn {
+	if m.Mode == rotation.ModePluggedIn {
 		if from == "" {
 			return nil, errors.New("material: a plugged-in CA needs the directory of its next cacerts")
 		}
@@ -218,7 +218,7 @@ func (b *Backend) Mint(ctx context.Context, m *rotation.Material, from string, n
 }
 
 func (b *Backend) preparePluggedIn(ctx context.Context, from string) (*rotation.Minted, error) {
-	next := &Store{cfg: Config{Dir: from, Logger: slog.New(slog.DiscardHandler)}, mode: ModePluggedIn}
+	next := &Store{cfg: Config{Dir: from, Logger: slog.New(slog.DiscardHandler)}, mode: rotation.ModePluggedIn}
 	if ok, err := next.detect(); err != nil || !ok {
 		return nil, fmt.Errorf("material: %s is not a complete cacerts directory: %v", from, err)
 	}
@@ -246,7 +246,7 @@ func (b *Backend) preparePluggedIn(ctx context.Context, from string) (*rotation.
 
 // Save writes the outcome of a step to the data directory.
 func (b *Backend) Save(_ context.Context, m *rotation.Material, c rotation.Change) error {
-	inDir := m.Mode == ModeSelfSigned && !b.external()
+	inDir := m.Mode == rotation.ModeSelfSigned && !b.external()
 	switch c.Step {
 	case rotation.StepPrepare:
 		if err := rotation.WriteState(b.Dir, c.State); err != nil {
@@ -254,7 +254,7 @@ func (b *Backend) Save(_ context.Context, m *rotation.Material, c rotation.Chang
 		}
 		return b.writeBundle(c.Bundle)
 	case rotation.StepActivate:
-		if m.Mode == ModeSelfSigned && !inDir && m.State.NextKey == "" {
+		if m.Mode == rotation.ModeSelfSigned && !inDir && m.State.NextKey == "" {
 			return fmt.Errorf("material: %s names no prepared key; prepare the rotation again", b.path(RotationFile))
 		}
 		if inDir {
@@ -272,10 +272,10 @@ func (b *Backend) Save(_ context.Context, m *rotation.Material, c rotation.Chang
 				return fmt.Errorf("material: %w", err)
 			}
 			os.Remove(b.path(NextRootCertFile))
-		case m.Mode == ModeSelfSigned:
+		case m.Mode == rotation.ModeSelfSigned:
 			// rotation.json, written above, names the new key; the prepared
 			// root stays in next-root-cert.pem until retirement, for status.
-		case m.Mode == ModePluggedIn:
+		case m.Mode == rotation.ModePluggedIn:
 			// The key goes first: until the certificate follows, the pair
 			// does not match and a reload keeps the old material.
 			for _, f := range []string{CAKeyFile, CertChainFile, CACertFile} {
