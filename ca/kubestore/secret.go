@@ -39,11 +39,7 @@ func decodeAuthority(data map[string][]byte, signer crypto.Signer) (*ca.Authorit
 	if key == nil {
 		key = set.Key
 	}
-	a, err := ca.NewAuthority(set.Cert, key, ca.ChainAbove(set.Cert, set.Chain, set.Roots), set.Roots)
-	if err != nil {
-		return nil, err
-	}
-	return a, nil
+	return ca.NewAuthority(set.Cert, key, ca.ChainAbove(set.Cert, set.Chain, set.Roots), set.Roots)
 }
 
 // encodeAuthority returns the Secret data for a self-signed root. The key

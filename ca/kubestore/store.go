@@ -210,9 +210,6 @@ func (s *Store) Loaded() <-chan struct{} { return s.loaded }
 // IsLeader reports whether this replica holds the Lease now.
 func (s *Store) IsLeader() bool { return s.leading.Load() }
 
-// Identity returns the name this replica uses in the Lease.
-func (s *Store) Identity() string { return s.cfg.Identity }
-
 // Ready reports whether this replica should receive requests, and why not.
 // It is not ready before the Secret is loaded, when the Secret was deleted,
 // and when the latest read of it failed.
@@ -364,9 +361,7 @@ func hashData(data map[string][]byte) [sha256.Size]byte {
 		fmt.Fprintf(h, "%d:%s%d:", len(k), k, len(data[k]))
 		h.Write(data[k])
 	}
-	var out [sha256.Size]byte
-	copy(out[:], h.Sum(nil))
-	return out
+	return [sha256.Size]byte(h.Sum(nil))
 }
 
 // markLost records that the Secret is gone. A replica that never loaded it

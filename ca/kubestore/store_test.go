@@ -100,7 +100,7 @@ func TestFirstReplicaCreatesOthersLoad(t *testing.T) {
 	}
 	for _, s := range []*Store{a, b} {
 		if ok, msg := s.Ready(); !ok {
-			t.Fatalf("%s not ready: %s", s.Identity(), msg)
+			t.Fatalf("%s not ready: %s", s.cfg.Identity, msg)
 		}
 	}
 	sec, err := client.CoreV1().Secrets(testNS).Get(context.Background(), DefaultSecretName, metav1.GetOptions{})
