@@ -119,7 +119,7 @@ func TestStreamSecrets(t *testing.T) {
 			s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster", ResourceNames: []string{"x"}})
 			select {
 			case err := <-s.Err():
-				if status.Code(unwrapStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "Cluster") {
+				if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "Cluster") {
 					t.Fatalf("stream ended with %v, want InvalidArgument naming the type", err)
 				}
 			case <-time.After(waitTimeout):
@@ -131,7 +131,7 @@ func TestStreamSecrets(t *testing.T) {
 			s.Subscribe(make([]string, sds.MaxResourceNames+1)...)
 			select {
 			case err := <-s.Err():
-				if status.Code(unwrapStatus(err)) != codes.InvalidArgument {
+				if status.Code(err) != codes.InvalidArgument {
 					t.Fatalf("stream ended with %v, want InvalidArgument", err)
 				}
 			case <-time.After(waitTimeout):
@@ -178,7 +178,7 @@ func TestFetchBeforeCertificate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	_, err := empty.client.FetchSecrets(ctx, sds.DefaultSecretName)
-	if status.Code(unwrapStatus(err)) != codes.Unavailable {
+	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("FetchSecrets with no SVID: %v, want Unavailable", err)
 	}
 	// A stream waits, then gets the first SVID.
@@ -195,19 +195,4 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
-}
-
-// unwrapStatus finds the gRPC status in an error chain.
-func unwrapStatus(err error) error {
-	for e := err; e != nil; {
-		if _, ok := status.FromError(e); ok {
-			return e
-		}
-		u, ok := e.(interface{ Unwrap() error })
-		if !ok {
-			break
-		}
-		e = u.Unwrap()
-	}
-	return err
 }
