@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -192,17 +191,7 @@ func checkLeaf(t *testing.T, leaf *x509.Certificate, key crypto.Signer, isRSA bo
 func TestRejections(t *testing.T) {
 	api := harness.StartAPIServer(t)
 	api.CreateServiceAccount(t, "default", "sleep")
-	api.CreateServiceAccount(t, "shop", "gone")
-	goneToken := api.Token(t, "shop", "gone", []string{"istio-ca"}, time.Hour)
-	api.DeleteServiceAccount(t, "shop", "gone")
-	stranger, err := authn.NewMinter(api.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	strangerToken, err := stranger.Mint("default", "sleep", []string{"istio-ca"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	goneToken, strangerToken := refusedTokens(t, api)
 	c := harness.StartCA(t, api)
 	conn := c.Dial(t)
 	good := api.Token(t, "default", "sleep", []string{"istio-ca"}, time.Hour)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/testpki"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -240,4 +241,24 @@ func pemDecode(s string) ([]byte, string) {
 
 func pemEncode(typ string, der []byte) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
+}
+
+// refusedTokens returns two tokens for the audience istio-ca that the API
+// server refuses: one of the service account shop/gone, deleted since, and
+// one of default/sleep that names the server's issuer but is signed by
+// another key.
+func refusedTokens(t *testing.T, api *harness.APIServer) (gone, stranger string) {
+	t.Helper()
+	api.CreateServiceAccount(t, "shop", "gone")
+	gone = api.Token(t, "shop", "gone", []string{"istio-ca"}, time.Hour)
+	api.DeleteServiceAccount(t, "shop", "gone")
+	m, err := authn.NewMinter(api.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err = m.Mint("default", "sleep", []string{"istio-ca"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gone, stranger
 }

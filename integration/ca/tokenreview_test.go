@@ -21,17 +21,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 	api := harness.StartAPIServer(t)
 	api.CreateServiceAccount(t, "default", "sleep")
 	api.CreateServiceAccount(t, "shop", "cart")
-	api.CreateServiceAccount(t, "shop", "gone")
-	goneToken := api.Token(t, "shop", "gone", []string{"istio-ca"}, time.Hour)
-	api.DeleteServiceAccount(t, "shop", "gone")
-	stranger, err := authn.NewMinter(api.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	strangerToken, err := stranger.Mint("default", "sleep", []string{"istio-ca"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	goneToken, strangerToken := refusedTokens(t, api)
 
 	// The CA reaches the API server through a kubeconfig file, as
 	// "castellan ca --kubeconfig" does.
