@@ -337,7 +337,7 @@ func (s *Server) peerLimitInterceptor(ctx context.Context, req any, info *grpc.U
 		ip = peerOf(p.Addr)
 	}
 	if !s.peers.allow(ip) {
-		s.limitMetrics.peerLimited.Inc()
+		s.metrics.limits.peerLimited.Inc()
 		return nil, status.Errorf(codes.ResourceExhausted, "too many failed authentications from %s; retry later", ip)
 	}
 	resp, err := handler(ctx, req)
@@ -366,8 +366,7 @@ func (s *Server) grpcLimitOptions() []grpc.ServerOption {
 // setupLimits prepares the limits of cfg and wraps the gRPC listener.
 func (s *Server) setupLimits() {
 	s.limits = s.cfg.Limits.withDefaults()
-	s.limitMetrics = s.metrics.limits
 	s.peers = newPeerLimiter(s.limits)
-	s.failLogs = &logLimiter{log: s.log, perIvl: s.limits.FailureLogsPerInterval, interval: s.limits.FailureLogInterval, dropped: s.limitMetrics.logsDropped}
-	s.grpcLis = newConnLimitListener(s.grpcLis, s.limits, s.limitMetrics)
+	s.failLogs = &logLimiter{log: s.log, perIvl: s.limits.FailureLogsPerInterval, interval: s.limits.FailureLogInterval, dropped: s.metrics.limits.logsDropped}
+	s.grpcLis = newConnLimitListener(s.grpcLis, s.limits, s.metrics.limits)
 }

@@ -74,7 +74,7 @@ func TestPeerFailureLimit(t *testing.T) {
 	if _, err := s.client.CreateCertificate(context.Background(), "good", csr, 0); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("good token from a limited peer: %v, want ResourceExhausted", err)
 	}
-	if got := testutil.ToFloat64(s.limitMetrics.peerLimited); got != 4 {
+	if got := testutil.ToFloat64(s.metrics.limits.peerLimited); got != 4 {
 		t.Errorf("castellan_ca_peer_limited_total = %v, want 4", got)
 	}
 	if got := testutil.ToFloat64(s.metrics.authFailures.WithLabelValues("invalid_token")); got != 3 {

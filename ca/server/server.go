@@ -89,8 +89,6 @@ type Config struct {
 	// Limits bound headers, streams, connections and failed
 	// authentications per peer (see Limits). Zero values are defaults.
 	Limits Limits
-	// GRPCOptions are appended to the gRPC server's options.
-	GRPCOptions []grpc.ServerOption
 	// Impersonation decides which callers may have an SVID for another
 	// identity (Istio's ImpersonatedIdentity metadata, sent by node
 	// agents), typically a *nodeauth.Authorizer. Nil: impersonation is
@@ -133,12 +131,11 @@ type Server struct {
 	servingAuth *ca.Authority
 
 	// limits.go
-	limits       Limits
-	limitMetrics *limitMetrics
-	peers        *peerLimiter
-	failLogs     *logLimiter
-	pprofLis     net.Listener
-	pprof        *http.Server
+	limits   Limits
+	peers    *peerLimiter
+	failLogs *logLimiter
+	pprofLis net.Listener
+	pprof    *http.Server
 }
 
 // New binds both listeners and returns a Server ready to Serve.
@@ -235,9 +232,7 @@ func (s *Server) newGRPCServer() *grpc.Server {
 		// its own goroutine.
 		grpc.NumStreamWorkers(uint32(max(4*runtime.GOMAXPROCS(0), 2*int(s.limits.MaxConcurrentStreams)))),
 	}
-	opts = append(opts, s.grpcLimitOptions()...)
-	opts = append(opts, s.cfg.GRPCOptions...)
-	g := grpc.NewServer(opts...)
+	g := grpc.NewServer(append(opts, s.grpcLimitOptions()...)...)
 	reg := &oversizeRegistrar{g: g, m: s.metrics}
 	pb.RegisterIstioCertificateServiceServer(reg, &certService{s: s})
 	s.registerJWT(reg)
@@ -270,21 +265,19 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		return nil
 	})
-	if s.httpLis != nil {
+	serveHTTP := func(name string, srv *http.Server, lis net.Listener) {
 		g.Go(func() error {
-			if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("server: HTTP: %w", err)
+			if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("server: %s: %w", name, err)
 			}
 			return nil
 		})
 	}
+	if s.httpLis != nil {
+		serveHTTP("HTTP", s.http, s.httpLis)
+	}
 	if s.pprofLis != nil {
-		g.Go(func() error {
-			if err := s.pprof.Serve(s.pprofLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("server: pprof: %w", err)
-			}
-			return nil
-		})
+		serveHTTP("pprof", s.pprof, s.pprofLis)
 	}
 	if st, ok := s.cfg.Rotation.(Stepper); ok && s.cfg.RootRotateBefore > 0 {
 		step := func(ctx context.Context) (string, error) { return st.Step(ctx, s.cfg.RootRotateBefore) }
