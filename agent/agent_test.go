@@ -56,6 +56,8 @@ type testCA struct {
 	// impersonation, if set before start, lets callers ask for other
 	// identities.
 	impersonation server.ImpersonationAuthorizer
+	// jwt, if set before start, signs JWT-SVIDs.
+	jwt server.JWTIssuer
 }
 
 func startCA(t testing.TB) *testCA {
@@ -66,6 +68,16 @@ func startCA(t testing.TB) *testCA {
 // startCAWith starts the CA with an impersonation authorizer.
 func startCAWith(t testing.TB, impersonation server.ImpersonationAuthorizer) *testCA {
 	t.Helper()
+	c := newTestCA(t, impersonation)
+	c.start(t)
+	t.Cleanup(func() { c.stop() })
+	return c
+}
+
+// newTestCA returns a CA, not started yet, with a data directory and a
+// token issuer of its own.
+func newTestCA(t testing.TB, impersonation server.ImpersonationAuthorizer) *testCA {
+	t.Helper()
 	m, err := authn.NewMinter("https://issuer.test")
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +87,6 @@ func startCAWith(t testing.TB, impersonation server.ImpersonationAuthorizer) *te
 	if err := m.WriteJWKS(c.jwks); err != nil {
 		t.Fatal(err)
 	}
-	c.start(t)
-	t.Cleanup(func() { c.stop() })
 	return c
 }
 
@@ -94,7 +104,7 @@ func (c *testCA) start(t testing.TB) {
 		cancel()
 		t.Fatal(err)
 	}
-	s, err := server.New(ctx, server.Config{
+	cfg := server.Config{
 		Source:         store,
 		Runners:        []func(context.Context) error{store.Run},
 		GRPCAddr:       c.addr,
@@ -103,7 +113,11 @@ func (c *testCA) start(t testing.TB) {
 		Authenticator:  auth,
 		Impersonation:  c.impersonation,
 		Logger:         slog.New(slog.DiscardHandler),
-	})
+	}
+	if c.jwt != nil {
+		cfg.JWT, cfg.JWTSVIDTTL = c.jwt, time.Minute
+	}
+	s, err := server.New(ctx, cfg)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -16,9 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-mesh/castellan/agent"
-	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
-	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/kms"
 )
@@ -27,45 +25,21 @@ import (
 // data directory.
 func startJWTCA(t *testing.T, impersonation server.ImpersonationAuthorizer) (*testCA, *jwtsvid.KeySet) {
 	t.Helper()
-	m, err := authn.NewMinter("https://issuer.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &testCA{dir: t.TempDir(), minter: m, jwks: filepath.Join(t.TempDir(), "jwks.json")}
-	if err := m.WriteJWKS(c.jwks); err != nil {
-		t.Fatal(err)
-	}
+	c := newTestCA(t, impersonation)
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	ring, err := kms.NewRing(ctx, "file://"+filepath.Join(c.dir, "jwt-key.pem"), kms.ECDSAP256, kms.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { ring.Close() })
 	keys, err := jwtsvid.Open(ctx, jwtsvid.Config{Dir: c.dir, Keys: ring, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth, err := authn.NewJWT(ctx, authn.JWTConfig{Issuer: m.Issuer(), Audiences: []string{"istio-ca"}, JWKSFile: c.jwks})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := material.Open(ctx, material.Config{Dir: c.dir, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	s, err := server.New(ctx, server.Config{
-		Source: store, Runners: []func(context.Context) error{store.Run}, GRPCAddr: "127.0.0.1:0", HTTPAddr: agent.Disabled, ServerDNSNames: []string{serverName},
-		Authenticator: auth, Logger: slog.New(slog.DiscardHandler), JWT: keys, JWTSVIDTTL: time.Minute, Impersonation: impersonation,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	c.addr = s.GRPCAddr()
-	done := make(chan struct{})
-	go func() { _ = s.Serve(ctx); close(done) }()
-	c.stop = func() { cancel(); <-done; ring.Close() }
-	t.Cleanup(c.stop)
+	c.jwt = keys
+	c.start(t)
+	t.Cleanup(func() { c.stop() })
 	return c, keys
 }
 
