@@ -11,6 +11,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/broadcast"
+	"github.com/castellan-mesh/castellan/internal/jwtaudience"
 	"github.com/castellan-mesh/castellan/kms"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -122,12 +123,12 @@ func TestCheckAudiences(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := jwtsvid.CheckAudiences(tc.aud)
-			var ae *jwtsvid.AudienceError
+			var ae *jwtaudience.Error
 			switch {
 			case tc.ok && err != nil:
 				t.Fatalf("refused: %v", err)
 			case !tc.ok && !errors.As(err, &ae):
-				t.Fatalf("got %v, want an AudienceError", err)
+				t.Fatalf("got %v, want a *jwtaudience.Error", err)
 			}
 		})
 	}

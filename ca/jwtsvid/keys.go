@@ -20,6 +20,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -105,18 +106,6 @@ type PublishedKey struct {
 	State KeyState
 }
 
-// Authorities returns the published keys by key ID; none for nil.
-func (k *Keys) Authorities() map[string]crypto.PublicKey {
-	if k == nil {
-		return map[string]crypto.PublicKey{}
-	}
-	out := make(map[string]crypto.PublicKey, len(k.Published))
-	for _, p := range k.Published {
-		out[p.ID] = p.Public
-	}
-	return out
-}
-
 // KeySet is the CA's JWT signing keys, kept current with StateFile.
 type KeySet struct {
 	cfg Config
@@ -173,7 +162,7 @@ func (s *KeySet) init(ctx context.Context) error {
 		s.log.Info("the JWT signing key's activation time was not recorded; its age counts from now", "key", st.Active)
 	}
 	if errors.Is(err, ErrNoState) {
-		name := NewKeyName()
+		name := newKeyName()
 		if _, err := cfg.Keys.Create(ctx, name); err != nil {
 			return fmt.Errorf("jwtsvid: creating the first JWT signing key %s: %w", name, err)
 		}
@@ -189,7 +178,7 @@ func (s *KeySet) init(ctx context.Context) error {
 	} else if err != nil {
 		return err
 	}
-	_, err = s.reload(ctx)
+	_, err = s.Reload(ctx)
 	return err
 }
 
@@ -212,8 +201,8 @@ func (s *KeySet) Err() error {
 // transit/keys/castellan-*) covers every key the CA creates.
 const KeyNamePrefix = "castellan-jwt-"
 
-// NewKeyName returns a fresh name for a JWT signing key.
-func NewKeyName() string {
+// newKeyName returns a fresh name for a JWT signing key.
+func newKeyName() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return KeyNamePrefix + hex.EncodeToString(b[:])
@@ -225,7 +214,13 @@ func (s *KeySet) Keys() *Keys { return s.cur.Load() }
 // JWTAuthorities returns the published keys (active, prepared, retiring)
 // by key ID, for the trust domain's SPIFFE bundle.
 func (s *KeySet) JWTAuthorities() map[string]crypto.PublicKey {
-	return s.cur.Load().Authorities()
+	out := map[string]crypto.PublicKey{}
+	if k := s.cur.Load(); k != nil {
+		for _, p := range k.Published {
+			out[p.ID] = p.Public
+		}
+	}
+	return out
 }
 
 // Changed returns a channel closed at the next change of the keys.
@@ -257,7 +252,7 @@ func (s *KeySet) Run(ctx context.Context) error {
 				changed = true
 			}
 		} else {
-			changed, err = s.reload(rctx)
+			changed, err = s.Reload(rctx)
 		}
 		cancel()
 		switch {
@@ -285,10 +280,7 @@ func (s *KeySet) stateChanged() <-chan struct{} {
 
 // Reload loads the state now if it changed since the last load (as Run
 // does every ReloadInterval), and reports whether it did.
-func (s *KeySet) Reload(ctx context.Context) (bool, error) { return s.reload(ctx) }
-
-// reload loads the state when it changed since the last load.
-func (s *KeySet) reload(ctx context.Context) (bool, error) {
+func (s *KeySet) Reload(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, raw, err := s.cfg.State.Load(ctx)
@@ -298,7 +290,7 @@ func (s *KeySet) reload(ctx context.Context) (bool, error) {
 	if s.cur.Load() != nil && bytes.Equal(raw, s.raw) {
 		return false, nil
 	}
-	keys, err := LoadKeys(ctx, s.cfg.Keys, st)
+	keys, err := loadKeys(ctx, s.cfg.Keys, st)
 	if err != nil {
 		return false, err
 	}
@@ -309,8 +301,8 @@ func (s *KeySet) reload(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// LoadKeys opens the keys st names.
-func LoadKeys(ctx context.Context, store KeyStore, st State) (*Keys, error) {
+// loadKeys opens the keys st names.
+func loadKeys(ctx context.Context, store KeyStore, st State) (*Keys, error) {
 	out := &Keys{State: st}
 	for _, p := range []struct {
 		name  string
@@ -355,5 +347,5 @@ func KeyID(pub crypto.PublicKey) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("jwtsvid: key thumbprint: %w", err)
 	}
-	return b64(tp), nil
+	return base64.RawURLEncoding.EncodeToString(tp), nil
 }

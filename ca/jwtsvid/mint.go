@@ -2,7 +2,6 @@ package jwtsvid
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"time"
@@ -32,9 +31,6 @@ const (
 
 // ErrNoKey is returned by Mint when no signing key is loaded.
 var ErrNoKey = errors.New("jwtsvid: no JWT signing key loaded")
-
-// AudienceError is a request's audience list that is refused.
-type AudienceError = jwtaudience.Error
 
 // CheckAudiences refuses an audience list a JWT-SVID may not carry: none,
 // more than MaxAudiences, an empty or duplicate one, one longer than
@@ -103,5 +99,3 @@ func Mint(ctx context.Context, key *Key, id spiffeid.ID, audiences []string, ttl
 	}
 	return &Token{Token: tok, KeyID: key.ID, IssuedAt: iat, Expiry: exp}, nil
 }
-
-func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

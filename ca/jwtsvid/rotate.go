@@ -131,7 +131,7 @@ func (b *backend) Load(ctx context.Context) (*rotation.MaterialOf[*Key], error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w (start the CA once to create its JWT signing key)", err)
 	}
-	keys, err := LoadKeys(ctx, b.keys, st)
+	keys, err := loadKeys(ctx, b.keys, st)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +153,7 @@ func (b *backend) Mint(ctx context.Context, _ *rotation.MaterialOf[*Key], from s
 	if from != "" {
 		return nil, fmt.Errorf("jwtsvid: a JWT signing key is created in the key store, not taken from %s", from)
 	}
-	name := NewKeyName()
+	name := newKeyName()
 	if _, err := b.keys.Create(ctx, name); err != nil {
 		return nil, fmt.Errorf("jwtsvid: creating the next JWT signing key %s: %w", name, err)
 	}

@@ -35,9 +35,6 @@ import (
 // StateKey is the Secret key of the JWT key state.
 const StateKey = "jwt-keys.json"
 
-// keyPrefix starts the Secret key of every JWT signing key.
-const keyPrefix = jwtsvid.KeyNamePrefix
-
 // maxRetries bounds the retries of a key creation that lost a race.
 const maxRetries = 5
 
@@ -58,8 +55,14 @@ func (s *Store) get(ctx context.Context) (*corev1.Secret, error) {
 	return sec, nil
 }
 
-func (s *Store) update(ctx context.Context, sec *corev1.Secret) error {
-	_, err := s.Client.CoreV1().Secrets(s.Namespace).Update(ctx, sec, metav1.UpdateOptions{})
+// update writes sec, changed by change, under its resourceVersion.
+func (s *Store) update(ctx context.Context, sec *corev1.Secret, change func(data map[string][]byte)) error {
+	upd := sec.DeepCopy()
+	if upd.Data == nil {
+		upd.Data = map[string][]byte{}
+	}
+	change(upd.Data)
+	_, err := s.Client.CoreV1().Secrets(s.Namespace).Update(ctx, upd, metav1.UpdateOptions{})
 	if apierrors.IsConflict(err) {
 		return fmt.Errorf("secretstore: Secret %s/%s: %w", s.Namespace, s.Name, jwtsvid.ErrConflict)
 	}
@@ -97,18 +100,15 @@ func (s *Store) Save(ctx context.Context, st jwtsvid.State, prev []byte) error {
 	if cur, ok := sec.Data[StateKey]; (ok || prev != nil) && !bytes.Equal(cur, prev) {
 		return jwtsvid.ErrConflict
 	}
-	upd := sec.DeepCopy()
-	if upd.Data == nil {
-		upd.Data = map[string][]byte{}
-	}
-	upd.Data[StateKey] = b
 	keep := map[string]bool{st.Active + ".pem": true, st.Next + ".pem": true, st.Previous + ".pem": true}
-	for k := range upd.Data {
-		if strings.HasPrefix(k, keyPrefix) && strings.HasSuffix(k, ".pem") && !keep[k] {
-			delete(upd.Data, k)
+	return s.update(ctx, sec, func(data map[string][]byte) {
+		data[StateKey] = b
+		for k := range data {
+			if strings.HasPrefix(k, jwtsvid.KeyNamePrefix) && strings.HasSuffix(k, ".pem") && !keep[k] {
+				delete(data, k)
+			}
 		}
-	}
-	return s.update(ctx, upd)
+	})
 }
 
 // Open implements jwtsvid.KeyStore.
@@ -153,12 +153,8 @@ func (s *Store) Create(ctx context.Context, name string) (crypto.Signer, error) 
 		if _, ok := sec.Data[name+".pem"]; ok {
 			return nil, fmt.Errorf("secretstore: Secret %s/%s key %s.pem: %w", s.Namespace, s.Name, name, kms.ErrKeyExists)
 		}
-		upd := sec.DeepCopy()
-		if upd.Data == nil {
-			upd.Data = map[string][]byte{}
-		}
-		upd.Data[name+".pem"] = pemKey
-		if err = s.update(ctx, upd); !errors.Is(err, jwtsvid.ErrConflict) {
+		err = s.update(ctx, sec, func(data map[string][]byte) { data[name+".pem"] = pemKey })
+		if !errors.Is(err, jwtsvid.ErrConflict) {
 			if err != nil {
 				return nil, err
 			}
@@ -169,8 +165,8 @@ func (s *Store) Create(ctx context.Context, name string) (crypto.Signer, error) 
 }
 
 func checkName(name string) error {
-	if !strings.HasPrefix(name, keyPrefix) || strings.ContainsAny(name, "/\\") || len(name) > kms.MaxKeyNameLen {
-		return fmt.Errorf("secretstore: JWT key name %q: want %q followed by letters and digits", name, keyPrefix)
+	if !strings.HasPrefix(name, jwtsvid.KeyNamePrefix) || strings.ContainsAny(name, "/\\") || len(name) > kms.MaxKeyNameLen {
+		return fmt.Errorf("secretstore: JWT key name %q: want %q followed by letters and digits", name, jwtsvid.KeyNamePrefix)
 	}
 	return nil
 }
