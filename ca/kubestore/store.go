@@ -19,6 +19,7 @@
 package kubestore
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -149,12 +150,8 @@ func New(cfg Config) (*Store, error) {
 	case cfg.Keys != nil && cfg.Signer == nil:
 		return nil, errors.New("kubestore: a key store without its configured key (Signer)")
 	}
-	if cfg.SecretName == "" {
-		cfg.SecretName = DefaultSecretName
-	}
-	if cfg.LeaseName == "" {
-		cfg.LeaseName = DefaultLeaseName
-	}
+	cfg.SecretName = cmp.Or(cfg.SecretName, DefaultSecretName)
+	cfg.LeaseName = cmp.Or(cfg.LeaseName, DefaultLeaseName)
 	if cfg.Identity == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -162,25 +159,15 @@ func New(cfg Config) (*Store, error) {
 		}
 		cfg.Identity = h
 	}
-	if cfg.LeaseDuration == 0 {
-		cfg.LeaseDuration = DefaultLeaseDuration
-	}
-	if cfg.RenewDeadline == 0 {
-		cfg.RenewDeadline = DefaultRenewDeadline
-	}
-	if cfg.RetryPeriod == 0 {
-		cfg.RetryPeriod = DefaultRetryPeriod
-	}
-	if cfg.RecheckInterval == 0 {
-		cfg.RecheckInterval = DefaultRecheckInterval
-	}
+	cfg.LeaseDuration = cmp.Or(cfg.LeaseDuration, DefaultLeaseDuration)
+	cfg.RenewDeadline = cmp.Or(cfg.RenewDeadline, DefaultRenewDeadline)
+	cfg.RetryPeriod = cmp.Or(cfg.RetryPeriod, DefaultRetryPeriod)
+	cfg.RecheckInterval = cmp.Or(cfg.RecheckInterval, DefaultRecheckInterval)
 	if cfg.LeaseDuration <= cfg.RenewDeadline || cfg.RenewDeadline <= cfg.RetryPeriod {
 		return nil, fmt.Errorf("kubestore: need lease duration (%v) > renew deadline (%v) > retry period (%v)",
 			cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	s := &Store{
 		cfg:    cfg,
 		log:    cfg.Logger.With("secret", cfg.Namespace+"/"+cfg.SecretName),
