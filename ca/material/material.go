@@ -17,6 +17,7 @@
 package material
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -104,12 +105,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.TrustDomain.IsZero() {
 		return nil, errors.New("material: no trust domain")
 	}
-	if cfg.ReloadInterval == 0 {
-		cfg.ReloadInterval = 5 * time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.ReloadInterval = cmp.Or(cfg.ReloadInterval, 5*time.Second)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("material: could not create data directory: %w", err)
 	}
