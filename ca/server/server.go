@@ -3,6 +3,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -149,18 +150,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.TrustDomain.IsZero() {
 		cfg.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
 	}
-	if cfg.GRPCAddr == "" {
-		cfg.GRPCAddr = "127.0.0.1:15012"
-	}
-	if cfg.HTTPAddr == "" {
-		cfg.HTTPAddr = "127.0.0.1:15014"
-	}
+	cfg.GRPCAddr = cmp.Or(cfg.GRPCAddr, "127.0.0.1:15012")
+	cfg.HTTPAddr = cmp.Or(cfg.HTTPAddr, "127.0.0.1:15014")
 	if len(cfg.ServerDNSNames) == 0 {
 		cfg.ServerDNSNames = []string{"castellan", "castellan.castellan-system.svc", "localhost"}
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if cfg.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		cfg.Registerer, cfg.Gatherer = reg, reg
