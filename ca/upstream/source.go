@@ -9,6 +9,7 @@ package upstream
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -148,21 +149,15 @@ func New(ctx context.Context, cfg Config) (*Source, error) {
 	case cfg.TTL < 0:
 		return nil, fmt.Errorf("upstream: intermediate TTL %s is negative", cfg.TTL)
 	}
-	if cfg.TTL == 0 {
-		cfg.TTL = 72 * time.Hour
-	}
-	if cfg.RenewFraction == 0 {
-		cfg.RenewFraction = 0.5
-	}
+	cfg.TTL = cmp.Or(cfg.TTL, 72*time.Hour)
+	cfg.RenewFraction = cmp.Or(cfg.RenewFraction, 0.5)
 	if cfg.RetryMin <= 0 {
 		cfg.RetryMin = 2 * time.Second
 	}
 	if cfg.RetryMax < cfg.RetryMin {
 		cfg.RetryMax = max(5*time.Minute, cfg.RetryMin)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
