@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/pemfile"
@@ -87,7 +88,8 @@ func NewAuthority(cert *x509.Certificate, signer crypto.Signer, chain, roots []*
 	}
 	a.akid = cert.SubjectKeyId
 	if len(a.akid) == 0 {
-		a.akid = keyID(cert.RawSubjectPublicKeyInfo)
+		id := keyIDOf(cert.RawSubjectPublicKeyInfo)
+		a.akid = id[:]
 	}
 	a.sigAlgDER = algorithmIdentifier(sig)
 	a.akidExt = authorityKeyIDExt(a.akid)
@@ -154,18 +156,10 @@ func (a *Authority) Root() *x509.Certificate { return a.Roots[a.rootIndex] }
 
 // ChainPEM returns Cert and the certificates above it, nearest first, as
 // PEM blocks. It ends with the root.
-func (a *Authority) ChainPEM() []string {
-	return append([]string(nil), a.chainPEM...)
-}
+func (a *Authority) ChainPEM() []string { return slices.Clone(a.chainPEM) }
 
 // BundlePEM returns the trust bundle as concatenated PEM.
-func (a *Authority) BundlePEM() []byte {
-	var b bytes.Buffer
-	for _, r := range a.Roots {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
-	}
-	return b.Bytes()
-}
+func (a *Authority) BundlePEM() []byte { return pemfile.EncodeCertificates(a.Roots) }
 
 // Source gives the Authority to sign with now. Implementations swap in a
 // new Authority on reload or rotation; they must be safe for concurrent use.
@@ -233,16 +227,10 @@ func sigAlgFor(pub crypto.PublicKey) (sigAlg, error) {
 // keyIDLen is the length of a key identifier.
 const keyIDLen = 20
 
-// keyID computes a key identifier from a DER SubjectPublicKeyInfo: the
+// keyIDOf computes a key identifier from a DER SubjectPublicKeyInfo: the
 // leftmost 160 bits of the SHA-256 of the subjectPublicKey bits (RFC 7093,
-// section 2, method 1), as crypto/x509 does.
-func keyID(spki []byte) []byte {
-	id := keyIDOf(spki)
-	return id[:]
-}
-
-// keyIDOf is keyID as an array, which a leaf's template holds without an
-// allocation.
+// section 2, method 1), as crypto/x509 does. It is an array, which a
+// leaf's template holds without an allocation.
 func keyIDOf(spki []byte) [keyIDLen]byte {
 	bits, err := subjectPublicKeyBits(spki)
 	if err != nil {

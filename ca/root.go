@@ -78,9 +78,13 @@ func IssueServingCertificate(a *Authority, pub crypto.PublicKey, dnsNames []stri
 	if notAfter.After(a.NotAfter()) {
 		notAfter = a.NotAfter()
 	}
+	cn := "castellan"
+	if len(dnsNames) > 0 {
+		cn = dnsNames[0]
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: firstOr(dnsNames, "castellan")},
+		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    now.Add(-time.Minute),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -92,11 +96,4 @@ func IssueServingCertificate(a *Authority, pub crypto.PublicKey, dnsNames []stri
 		return nil, fmt.Errorf("ca: could not create serving certificate: %w", err)
 	}
 	return x509.ParseCertificate(der)
-}
-
-func firstOr(s []string, def string) string {
-	if len(s) > 0 {
-		return s[0]
-	}
-	return def
 }
