@@ -32,16 +32,16 @@ import (
 	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/castellan-mesh/castellan/internal/broadcast"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 	"github.com/castellan-mesh/castellan/trust/federated"
 )
 
 // Defaults of Config.
 const (
-	DefaultMinRefresh     = 30 * time.Second
-	DefaultMaxRefresh     = time.Hour
-	DefaultRefresh        = 5 * time.Minute
-	DefaultFetchTimeout   = 10 * time.Second
-	maxInitialBundleBytes = federated.MaxBundleSize
+	DefaultMinRefresh   = 30 * time.Second
+	DefaultMaxRefresh   = time.Hour
+	DefaultRefresh      = 5 * time.Minute
+	DefaultFetchTimeout = 10 * time.Second
 )
 
 // Config configures a Federator. Zero values select the noted defaults.
@@ -177,7 +177,7 @@ func New(cfg Config) (*Federator, error) {
 // missing or does not parse is not an error: the bundle files and the
 // endpoints supply the bundles then.
 func (f *Federator) loadPersisted() map[spiffeid.TrustDomain]*spiffebundle.Bundle {
-	data, err := os.ReadFile(f.path)
+	data, err := smallfile.Read(f.path, federated.MaxDocumentSize)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			f.log.Warn("federation: could not read the last federated bundles; starting from the bundle files", "file", f.path, "error", err)
@@ -197,12 +197,9 @@ func (f *Federator) loadPersisted() map[spiffeid.TrustDomain]*spiffebundle.Bundl
 }
 
 func loadBundleFile(td spiffeid.TrustDomain, path string) (*spiffebundle.Bundle, error) {
-	data, err := os.ReadFile(path)
+	data, err := smallfile.Read(path, federated.MaxBundleSize)
 	if err != nil {
 		return nil, fmt.Errorf("federation: %s: bundle: %w", td.Name(), err)
-	}
-	if len(data) > maxInitialBundleBytes {
-		return nil, fmt.Errorf("federation: %s: bundle file %s is over %d bytes", td.Name(), path, maxInitialBundleBytes)
 	}
 	b, err := checkBundle(td, data, nil)
 	if err != nil {
