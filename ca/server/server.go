@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca"
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/rotation"
+	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
@@ -315,11 +316,8 @@ func (s *Server) servingCertificate(*tls.ClientHelloInfo) (*tls.Certificate, err
 	s.servingMu.Lock()
 	defer s.servingMu.Unlock()
 	now := time.Now()
-	if c := s.serving; c != nil && s.servingAuth == a {
-		half := c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
-		if now.Before(half) {
-			return c, nil
-		}
+	if c := s.serving; c != nil && s.servingAuth == a && now.Before(backoff.RenewAt(c.Leaf.NotBefore, c.Leaf.NotAfter, 0.5, 0)) {
+		return c, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
