@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/ca/material"
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/castellan-mesh/castellan/internal/broadcast"
@@ -45,7 +46,7 @@ const (
 	// the upstream root.
 	ChainFile = "upstream-cert-chain.pem"
 	// RootCertFile is the trust bundle, as in every CA mode.
-	RootCertFile = "root-cert.pem"
+	RootCertFile = material.RootCertFile
 )
 
 // Authority is an upstream CA that signs Castellan's intermediate.
@@ -214,7 +215,7 @@ func checkDataDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("upstream: data directory: %w", err)
 	}
-	for _, f := range []string{"root-key.pem", "ca-key.pem"} {
+	for _, f := range []string{material.RootKeyFile, material.CAKeyFile} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
 			return fmt.Errorf("upstream: %s holds %s, the material of a self-signed or plugged-in CA; use another data directory for an upstream-signed CA", dir, f)
 		} else if !errors.Is(err, fs.ErrNotExist) {
