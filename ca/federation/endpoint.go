@@ -26,6 +26,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/castellan-mesh/castellan/ca"
+	"github.com/castellan-mesh/castellan/internal/backoff"
 	"github.com/castellan-mesh/castellan/internal/filewatch"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"github.com/castellan-mesh/castellan/internal/promreg"
@@ -346,10 +347,8 @@ func (e *Endpoint) spiffeCertificate() (*tls.Certificate, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if c := e.svid; c != nil && e.svidFor == a {
-		if time.Now().Before(c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)) {
-			return c, nil
-		}
+	if c := e.svid; c != nil && e.svidFor == a && time.Now().Before(backoff.RenewAt(c.Leaf.NotBefore, c.Leaf.NotAfter, 0.5, 0)) {
+		return c, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
