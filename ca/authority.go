@@ -114,18 +114,11 @@ func (a *Authority) verifyChain() error {
 		inter.AddCert(c)
 		top = c
 	}
-	// The root may be given in Chain; it must also be in Roots.
-	inBundle := false
-	for i, r := range a.Roots {
-		if bytes.Equal(r.Raw, top.Raw) || (len(a.Chain) == 0 && bytes.Equal(r.Raw, a.Cert.Raw)) {
-			inBundle = true
-			a.rootIndex = i
-		}
-	}
 	if len(a.Chain) == 0 && !bytes.Equal(a.Cert.RawIssuer, a.Cert.RawSubject) {
 		return fmt.Errorf("ca: certificate %q is not self-signed and no chain up to its root was given", a.Cert.Subject)
 	}
-	if !inBundle {
+	// The root may be given in Chain; it must also be in Roots.
+	if a.rootIndex = slices.IndexFunc(a.Roots, top.Equal); a.rootIndex < 0 {
 		return fmt.Errorf("ca: the chain of %q ends at %q, which is not in the trust bundle", a.Cert.Subject, top.Subject)
 	}
 	// Check the links at a moment when every certificate is valid, so that
