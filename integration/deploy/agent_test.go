@@ -28,9 +28,7 @@ import (
 // It serves its socket to attested callers only: this test process is in
 // no pod, and is refused with PermissionDenied saying so.
 func TestAgentFromManifest(t *testing.T) {
-	api := harness.StartAPIServer(t, rbacFlags...)
-	installCA(t, api)
-	_, caClient := clientAs(t, api, caNamespace, caSA)
+	api, caClient := startCluster(t)
 	r := startReplica(t, caClient, "ca-0")
 
 	var ds *appsv1.DaemonSet

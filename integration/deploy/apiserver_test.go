@@ -26,6 +26,17 @@ var (
 	}
 )
 
+// startCluster starts an API server that enforces RBAC, installs the CA's
+// manifests (deploy/overlays/standalone) on it, and returns it with a
+// client of the CA's service account.
+func startCluster(t testing.TB) (*harness.APIServer, kubernetes.Interface) {
+	t.Helper()
+	api := harness.StartAPIServer(t, rbacFlags...)
+	installCA(t, api)
+	_, client := clientAs(t, api, caNamespace, caSA)
+	return api, client
+}
+
 // clientAs returns a client that authenticates with a real token of the
 // service account ns/sa, as a pod's client does.
 func clientAs(t testing.TB, api *harness.APIServer, ns, sa string) (*rest.Config, kubernetes.Interface) {

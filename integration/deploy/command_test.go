@@ -179,8 +179,7 @@ func (p *process) stop(t testing.TB) {
 // root, both issue, the leader publishes the trust bundle, and when the
 // leader exits on SIGTERM the other takes over with the same root.
 func TestCommand(t *testing.T) {
-	api := harness.StartAPIServer(t, rbacFlags...)
-	installCA(t, api)
+	api, _ := startCluster(t)
 	kubeconfig := saKubeconfig(t, api, caNamespace, caSA)
 	w := newWorkload(t, api, "team-a", "web")
 	ctx := context.Background()

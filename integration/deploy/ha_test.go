@@ -88,9 +88,7 @@ func trustConfigMap(api *harness.APIServer, ns string) string {
 // one root is created, every replica issues SVIDs that verify against it,
 // and when the leader stops another takes over with the same root.
 func TestReplicasShareOneRoot(t *testing.T) {
-	api := harness.StartAPIServer(t, rbacFlags...)
-	installCA(t, api)
-	_, caClient := clientAs(t, api, caNamespace, caSA)
+	api, caClient := startCluster(t)
 	w := newWorkload(t, api, "team-a", "web")
 	ctx := context.Background()
 
@@ -221,9 +219,7 @@ func TestReplicasShareOneRoot(t *testing.T) {
 // leader does not recreate it, and a replica that starts without access
 // waits.
 func TestSecretLostOrUnreadable(t *testing.T) {
-	api := harness.StartAPIServer(t, rbacFlags...)
-	installCA(t, api)
-	_, caClient := clientAs(t, api, caNamespace, caSA)
+	api, caClient := startCluster(t)
 	ctx := context.Background()
 
 	a := startReplica(t, caClient, "ca-0")

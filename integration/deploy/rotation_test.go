@@ -26,9 +26,7 @@ import (
 // signs; SVIDs of the old root verify until it is retired; and the new
 // leader finishes the rotation the old one began.
 func TestRootRotationAcrossReplicas(t *testing.T) {
-	api := harness.StartAPIServer(t, rbacFlags...)
-	installCA(t, api)
-	_, caClient := clientAs(t, api, caNamespace, caSA)
+	api, caClient := startCluster(t)
 	w := newWorkload(t, api, "team-a", "web")
 	ctx := context.Background()
 
