@@ -26,8 +26,6 @@ import (
 const (
 	testID      = "spiffe://cluster.local/ns/default/sa/web"
 	waitTimeout = 10 * time.Second
-	// quiet is how long a test waits to be sure that nothing more arrives.
-	quiet = 300 * time.Millisecond
 )
 
 // env is a real SDS server on a Unix socket, serving a store the test
