@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // SequenceFileName is the file, in the data directory, that keeps the
@@ -130,7 +131,7 @@ type FileSequence string
 
 // Load implements SequenceStore.
 func (f FileSequence) Load(context.Context) (SequenceState, []byte, error) {
-	b, err := os.ReadFile(string(f))
+	b, err := smallfile.Read(string(f), MaxSequenceBytes)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return SequenceState{}, nil, nil

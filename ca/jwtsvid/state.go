@@ -14,6 +14,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // StateFile records the JWT signing keys in the CA's data directory.
@@ -56,7 +57,7 @@ type State struct {
 // wrapping fs.ErrNotExist.
 func ReadState(dir string) (State, []byte, error) {
 	path := filepath.Join(dir, StateFile)
-	b, err := os.ReadFile(path)
+	b, err := smallfile.Read(path, MaxStateBytes)
 	if err != nil {
 		return State{}, nil, fmt.Errorf("jwtsvid: %w", err)
 	}

@@ -8,11 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // File is the state of a rotation in a data directory.
@@ -60,7 +60,7 @@ type State struct {
 // ReadState reads dir's File. A missing file is the steady phase.
 func ReadState(dir string) (State, error) {
 	path := filepath.Join(dir, File)
-	b, err := os.ReadFile(path)
+	b, err := smallfile.Read(path, MaxStateBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{Phase: PhaseSteady}, nil
 	}
