@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/castellan-mesh/castellan/agent/attest"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 )
 
 const (
@@ -279,37 +280,14 @@ func TestAttestRefusals(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.msg) {
 				t.Fatalf("message %q lacks %q", err, tt.msg)
 			}
-			if got := counter(t, reg, "castellan_agent_attestation_failures_total", "reason", string(tt.reason)); got != 1 {
+			if got := testmetric.Sum(t, reg, "castellan_agent_attestation_failures_total", string(tt.reason)); got != 1 {
 				t.Fatalf("failures{reason=%s} = %v, want 1", tt.reason, got)
 			}
-			if got := counter(t, reg, "castellan_agent_attestations_total", "result", "refused"); got != 1 {
+			if got := testmetric.Sum(t, reg, "castellan_agent_attestations_total", "refused"); got != 1 {
 				t.Fatalf("attestations{result=refused} = %v, want 1", got)
 			}
 		})
 	}
-}
-
-// counter returns the value of the counter name{label=value} in reg.
-func counter(t testing.TB, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no metric %s{%s=%q}", name, label, value)
-	return 0
 }
 
 // TestAttestWaitsForAStartingPod: with PodWait, a caller whose pod is not

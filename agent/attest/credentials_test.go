@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/castellan-mesh/castellan/agent/attest"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 )
 
 // serve runs a gRPC health server with attest.Credentials(opts...) on l;
@@ -97,7 +98,7 @@ func TestCredentialsRefuseTCP(t *testing.T) {
 		t.Fatalf("a call reached the server with %+v", p)
 	default:
 	}
-	if n := counter(t, reg, "castellan_agent_attestation_failures_total", "reason", string(attest.ReasonNoPeerCredentials)); n < 1 {
+	if n := testmetric.Sum(t, reg, "castellan_agent_attestation_failures_total", string(attest.ReasonNoPeerCredentials)); n < 1 {
 		t.Fatalf("refusals at the handshake counted: %v", n)
 	}
 }
