@@ -148,22 +148,21 @@ func start(t *testing.T, name, dir string, env []string, bin string, args ...str
 	return p
 }
 
-// waitFor polls cond every 10 ms until it holds, failing after limit or
-// as soon as one of procs exits.
+// waitFor polls cond until it holds, failing after limit or as soon as
+// one of procs exits.
 func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool, procs ...*process) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
+	harness.WaitFor(t, limit, what, func() bool {
+		if cond() {
+			return true
+		}
 		for _, p := range procs {
 			if p.exited() {
 				t.Fatalf("waiting for %s: %s exited", what, p.name)
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s", what, limit)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 func nonEmpty(path string) func() bool {

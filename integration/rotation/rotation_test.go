@@ -70,11 +70,11 @@ func (env *env) rotateSelfSigned(t *testing.T, r rotation.Rotator) *x509.Certifi
 	env.waitAll(t, "every peer trusts both roots", func(m *endpoint) bool { return m.trusts(old) && m.trusts(newRoot) })
 
 	// activate: new SVIDs are signed under the new root.
-	waitFor(t, "activation allowed", 10*time.Second, func() bool { return r.Activate(ctx, false) == nil })
+	harness.WaitFor(t, 10*time.Second, "activation allowed", func() bool { return r.Activate(ctx, false) == nil })
 	env.waitAll(t, "every SVID chains to the new root", func(m *endpoint) bool { return m.chainsTo(newRoot) })
 
 	// retire: once no SVID under the old root can be valid.
-	waitFor(t, "retirement allowed", 2*svidTTL, func() bool { return r.Retire(ctx, false) == nil })
+	harness.WaitFor(t, 2*svidTTL, "retirement allowed", func() bool { return r.Retire(ctx, false) == nil })
 	env.waitAll(t, "no peer trusts the old root", func(m *endpoint) bool { return !m.trusts(old) && m.trusts(newRoot) })
 	time.Sleep(time.Second)
 	env.finish(t, old)
@@ -154,7 +154,7 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 		`castellan_ca_bundle_root_expiry_timestamp_seconds{serial="`+fmt.Sprintf("%x", newRoot.SerialNumber)+`",state="prepared"}`)
 
 	// activate: the new issuer signs the CA's next intermediate.
-	waitFor(t, "activation allowed", 10*time.Second, func() bool { return r.Activate(ctx, false) == nil })
+	harness.WaitFor(t, 10*time.Second, "activation allowed", func() bool { return r.Activate(ctx, false) == nil })
 	env.waitAll(t, "every SVID chains to the new root", func(m *endpoint) bool { return m.chainsTo(newRoot) })
 	inter := env.ca.Source().Authority().Cert
 	if err := inter.CheckSignatureFrom(iss.Cert); err != nil {
@@ -169,7 +169,7 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 		`castellan_ca_bundle_root_expiry_timestamp_seconds{serial="`+fmt.Sprintf("%x", old.SerialNumber)+`",state="retiring"}`)
 
 	// retire: once no SVID under the old root can be valid.
-	waitFor(t, "retirement allowed", 2*svidTTL, func() bool { return r.Retire(ctx, false) == nil })
+	harness.WaitFor(t, 2*svidTTL, "retirement allowed", func() bool { return r.Retire(ctx, false) == nil })
 	env.waitAll(t, "no peer trusts the old root", func(m *endpoint) bool { return !m.trusts(old) && m.trusts(newRoot) })
 	time.Sleep(time.Second)
 	env.finish(t, old)
@@ -184,7 +184,7 @@ func TestVaultRootRotationUnderLiveMTLS(t *testing.T) {
 func (e *env) waitMetrics(t *testing.T, want ...string) {
 	t.Helper()
 	var body string
-	waitFor(t, "metrics "+strings.Join(want, ", "), 10*time.Second, func() bool {
+	harness.WaitFor(t, 10*time.Second, "metrics "+strings.Join(want, ", "), func() bool {
 		resp, err := http.Get("http://" + e.ca.HTTPAddr() + "/metrics")
 		if err != nil {
 			return false
@@ -377,7 +377,7 @@ func (e *env) checkSVIDs(ctx context.Context) {
 
 func (e *env) waitAll(t *testing.T, what string, cond func(*endpoint) bool) {
 	t.Helper()
-	waitFor(t, what, 3*svidTTL, func() bool {
+	harness.WaitFor(t, 3*svidTTL, what, func() bool {
 		for _, m := range e.endpoints {
 			if !cond(m) {
 				return false
@@ -423,7 +423,7 @@ func watchSDS(t *testing.T, ctx context.Context, name, socket string) *endpoint 
 	t.Helper()
 	m := &endpoint{name: name}
 	var c *sdsclient.Client
-	waitFor(t, "SDS socket of "+name, 10*time.Second, func() bool {
+	harness.WaitFor(t, 10*time.Second, "SDS socket of "+name, func() bool {
 		if _, err := os.Stat(socket); err != nil {
 			return false
 		}
@@ -529,17 +529,6 @@ func (m *endpoint) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
 	}
 	_, _, err := x509svid.Verify(chain, m.bundle())
 	return err
-}
-
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func must(t *testing.T, err error) {
