@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
@@ -33,18 +34,12 @@ func NewSelfSignedRoot(signer crypto.Signer, t RootTemplate) (*x509.Certificate,
 	if t.TrustDomain.IsZero() {
 		return nil, fmt.Errorf("ca: root needs a trust domain")
 	}
-	if t.CommonName == "" {
-		t.CommonName = "Castellan Root CA"
-	}
+	t.CommonName = cmp.Or(t.CommonName, "Castellan Root CA")
 	if t.NotBefore.IsZero() {
 		t.NotBefore = time.Now().Add(-time.Minute)
 	}
-	if t.TTL == 0 {
-		t.TTL = 10 * 365 * 24 * time.Hour
-	}
-	if t.Rand == nil {
-		t.Rand = rand.Reader
-	}
+	t.TTL = cmp.Or(t.TTL, 10*365*24*time.Hour)
+	t.Rand = cmp.Or(t.Rand, rand.Reader)
 	serial, err := randomSerial(t.Rand)
 	if err != nil {
 		return nil, fmt.Errorf("ca: could not generate serial: %w", err)

@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -120,15 +121,11 @@ type Endpoint struct {
 
 // NewEndpoint checks cfg, loads its certificate and binds the listener.
 func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
-	if cfg.Profile == "" {
-		cfg.Profile = ProfileSPIFFE
-	}
+	cfg.Profile = cmp.Or(cfg.Profile, ProfileSPIFFE)
 	if cfg.RefreshHint <= 0 {
 		cfg.RefreshHint = DefaultRefreshHint
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if cfg.Profile == ProfileSPIFFE && cfg.ID.IsZero() && !cfg.TrustDomain.IsZero() {
 		cfg.ID = spiffeid.RequireFromPath(cfg.TrustDomain, DefaultEndpointPath)
 	}

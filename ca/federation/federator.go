@@ -13,6 +13,7 @@ package federation
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -109,9 +110,7 @@ func New(cfg Config) (*Federator, error) {
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = DefaultFetchTimeout
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	switch {
 	case cfg.TrustDomain.IsZero():
 		return nil, errors.New("federation: no local trust domain")

@@ -1,6 +1,7 @@
 package jwtsvid
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,10 +62,7 @@ func (r *Rotator) Step(ctx context.Context, every time.Duration) (string, error)
 // Run calls Step every interval until ctx ends (see rotation.Run);
 // observe, if set, sees every step taken and every failure ("error").
 func (r *Rotator) Run(ctx context.Context, interval, every time.Duration, observe func(step string)) error {
-	log := r.Logger
-	if log == nil {
-		log = slog.Default()
-	}
+	log := cmp.Or(r.Logger, slog.Default())
 	return rotation.Run(ctx, interval, func(ctx context.Context) (string, error) { return r.Step(ctx, every) }, log.With("keys", "jwt"), observe)
 }
 

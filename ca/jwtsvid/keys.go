@@ -15,6 +15,7 @@ package jwtsvid
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -134,9 +135,7 @@ func Open(ctx context.Context, cfg Config) (*KeySet, error) {
 	if cfg.ReloadInterval <= 0 {
 		cfg.ReloadInterval = 5 * time.Second
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	s := &KeySet{cfg: cfg, log: cfg.Logger}
 	if err := s.init(ctx); err != nil {
 		// The X.509 CA does not depend on the JWT keys: it serves on, JWT-SVIDs

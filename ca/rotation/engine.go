@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -138,13 +139,6 @@ func (e *EngineOf[A, K]) now() time.Time {
 	return time.Now()
 }
 
-func (e *EngineOf[A, K]) log() *slog.Logger {
-	if e.Logger != nil {
-		return e.Logger
-	}
-	return slog.Default()
-}
-
 // info logs a step taken on m, in the words of kind K.
 func (e *EngineOf[A, K]) info(m *MaterialOf[A], format string, args ...any) {
 	var k K
@@ -152,7 +146,7 @@ func (e *EngineOf[A, K]) info(m *MaterialOf[A], format string, args ...any) {
 	if m.Mode != "" {
 		args = append([]any{"mode", m.Mode}, args...)
 	}
-	e.log().Info(msg, args...)
+	cmp.Or(e.Logger, slog.Default()).Info(msg, args...)
 }
 
 // begin loads the material for a step that needs phase want.
