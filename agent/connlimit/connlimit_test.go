@@ -18,6 +18,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/connlimit"
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/castellan-mesh/castellan/sds"
 	"github.com/castellan-mesh/castellan/sds/sdsclient"
 )
@@ -66,24 +67,6 @@ func serve(t *testing.T, limits connlimit.Limits) (*sdsclient.Client, *prometheu
 	return c, reg
 }
 
-func refusals(t *testing.T, reg *prometheus.Registry, reason string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 // recvErr receives on a stream until it ends, and returns how it ended.
 func recvErr(t *testing.T, recv func() error) error {
 	t.Helper()
@@ -126,7 +109,7 @@ func TestRequestRate(t *testing.T) {
 	if status.Code(errors.Unwrap(err)) != codes.ResourceExhausted || !strings.Contains(err.Error(), "faster than 1 a second") {
 		t.Fatalf("stream ended with %v, want ResourceExhausted for the request rate", err)
 	}
-	if got := refusals(t, reg, "request_rate"); got < 1 {
+	if got := testmetric.Sum(t, reg, "castellan_agent_connection_refusals_total", "request_rate"); got < 1 {
 		t.Fatalf("request_rate refusals = %v", got)
 	}
 }
@@ -157,7 +140,7 @@ func TestStreamsPerConnection(t *testing.T) {
 	if status.Code(errors.Unwrap(err)) != codes.ResourceExhausted || !strings.Contains(err.Error(), "already holds 4 streams") {
 		t.Fatalf("stream %d ended with %v, want ResourceExhausted for the stream limit", max+1, err)
 	}
-	if got := refusals(t, reg, "streams"); got != 1 {
+	if got := testmetric.Sum(t, reg, "castellan_agent_connection_refusals_total", "streams"); got != 1 {
 		t.Fatalf("streams refusals = %v, want 1", got)
 	}
 }
@@ -185,7 +168,7 @@ func TestTotalStreams(t *testing.T) {
 	if status.Code(errors.Unwrap(err)) != codes.ResourceExhausted || !strings.Contains(err.Error(), "from all its clients") {
 		t.Fatalf("stream %d: %v, want ResourceExhausted for the total", max+1, err)
 	}
-	if got := refusals(t, reg, "total_streams"); got != 1 {
+	if got := testmetric.Sum(t, reg, "castellan_agent_connection_refusals_total", "total_streams"); got != 1 {
 		t.Fatalf("total_streams refusals = %v, want 1", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/castellan-mesh/castellan/ca/authn"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/castellan-mesh/castellan/internal/testpoll"
 	"github.com/castellan-mesh/castellan/internal/testrun"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -84,7 +85,7 @@ func TestPodIndex(t *testing.T) {
 			t.Errorf("ActiveOnNode(%s, %s/%s) = %v, want %v", c.node, c.ns, c.sa, got, c.want)
 		}
 	}
-	if n := gauge(t, reg, "castellan_ca_pod_index_pods"); n != 4 {
+	if n := testmetric.Sum(t, reg, "castellan_ca_pod_index_pods", ""); n != 4 {
 		t.Errorf("castellan_ca_pod_index_pods = %v, want 4", n)
 	}
 
@@ -120,22 +121,6 @@ func TestPodIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	testpoll.Until(t, "db-1 to go", func() bool { _, ok := x.Pod("shop", "db-1"); return !ok })
-}
-
-// gauge returns the value of the unlabelled gauge name in reg.
-func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("%s not registered", name)
-	return 0
 }
 
 func TestNewPodIndexConfig(t *testing.T) {
