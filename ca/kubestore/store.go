@@ -19,15 +19,15 @@
 package kubestore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,11 +131,10 @@ type Store struct {
 	closing  bool
 
 	mu         sync.Mutex
-	last       *corev1.Secret // the latest content seen
-	hash       [sha256.Size]byte
-	lost       bool  // the Secret was deleted after it was loaded
-	readErr    error // the latest direct read failed
-	invalidErr error // the latest content did not load
+	data       map[string][]byte // the Secret's data last loaded
+	lost       bool              // the Secret was deleted after it was loaded
+	readErr    error             // the latest direct read failed
+	invalidErr error             // the latest content did not load
 }
 
 // New checks cfg and returns a Store. Nothing is loaded until Run.
@@ -280,11 +279,10 @@ func (s *Store) observeObject(obj any) {
 // observe loads sec if its content changed. Content that does not load is
 // logged and counted; the current Authority stays.
 func (s *Store) observe(sec *corev1.Secret) {
-	h := hashData(sec.Data)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.lost, s.readErr, s.last = false, nil, sec
-	if h == s.hash && s.cur.Load() != nil {
+	s.lost, s.readErr = false, nil
+	if s.cur.Load() != nil && maps.EqualFunc(sec.Data, s.data, bytes.Equal) {
 		return
 	}
 	a, err := s.decode(sec)
@@ -297,7 +295,7 @@ func (s *Store) observe(sec *corev1.Secret) {
 		return
 	}
 	old := s.cur.Load()
-	s.hash, s.invalidErr = h, nil
+	s.data, s.invalidErr = sec.Data, nil
 	s.cur.Store(a)
 	// Signalled before Loaded closes: who waits for Loaded, then takes
 	// Changed, gets the channel of the next change.
@@ -335,20 +333,6 @@ func (s *Store) decode(sec *corev1.Secret) (*ca.Authority, error) {
 		return nil, fmt.Errorf("the active root's key %q in the key store: %w", st.Key, err)
 	}
 	return decodeAuthority(sec.Data, key)
-}
-
-func hashData(data map[string][]byte) [sha256.Size]byte {
-	keys := make([]string, 0, len(data))
-	for k := range data {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	h := sha256.New()
-	for _, k := range keys {
-		fmt.Fprintf(h, "%d:%s%d:", len(k), k, len(data[k]))
-		h.Write(data[k])
-	}
-	return [sha256.Size]byte(h.Sum(nil))
 }
 
 // markLost records that the Secret is gone. A replica that never loaded it
