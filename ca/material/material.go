@@ -388,22 +388,17 @@ func (s *Store) createRoot(ctx context.Context) (*ca.Authority, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// A key in the data directory is created first, exclusively: if two
+	// processes race on one directory, one of them fails here instead of
+	// overwriting the other's.
 	var key crypto.Signer
+	var err error
 	if s.external() {
-		k, err := s.externalKey(ctx)
-		if err != nil {
+		if key, err = s.externalKey(ctx); err != nil {
 			return nil, err
 		}
-		key = k
-	} else {
-		// The key is created first, exclusively: if two processes race on
-		// one directory, one of them fails here instead of overwriting the
-		// other's.
-		k, err := dirKeys(s.cfg.Dir).Create(ctx, "")
-		if err != nil {
-			return nil, fmt.Errorf("material: could not create the root key: %w", err)
-		}
-		key = k
+	} else if key, err = dirKeys(s.cfg.Dir).Create(ctx, ""); err != nil {
+		return nil, fmt.Errorf("material: could not create the root key: %w", err)
 	}
 	root, err := ca.NewSelfSignedRoot(key, ca.RootTemplate{TrustDomain: s.cfg.TrustDomain, TTL: s.cfg.RootTTL})
 	if err != nil {
