@@ -23,6 +23,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/ca/server"
 	"github.com/castellan-mesh/castellan/integration/harness"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/castellan-mesh/castellan/trust"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -236,20 +237,7 @@ func (r *replica) ready(t testing.TB) (bool, string) {
 // summed over label values.
 func (r *replica) counter(t testing.TB, name string) float64 {
 	t.Helper()
-	families, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
+	return testmetric.Sum(t, r.reg, name, "")
 }
 
 // client returns a caclient for the replica that trusts roots.

@@ -15,6 +15,7 @@ import (
 	"github.com/castellan-mesh/castellan/ca/rotation"
 	"github.com/castellan-mesh/castellan/integration/harness"
 	"github.com/castellan-mesh/castellan/internal/pemfile"
+	"github.com/castellan-mesh/castellan/internal/testmetric"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -143,17 +144,8 @@ func TestRootRotationAcrossReplicas(t *testing.T) {
 	}
 	steps := map[string]float64{}
 	for _, r := range reps {
-		families, err := r.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range families {
-			if f.GetName() != "castellan_ca_rotation_steps_total" {
-				continue
-			}
-			for _, m := range f.GetMetric() {
-				steps[m.GetLabel()[0].GetValue()] += m.GetCounter().GetValue()
-			}
+		for _, step := range []string{"prepare", "activate", "retire"} {
+			steps[step] += testmetric.Sum(t, r.reg, "castellan_ca_rotation_steps_total", step)
 		}
 	}
 	if steps["prepare"] != 1 || steps["activate"] != 1 || steps["retire"] != 1 {
