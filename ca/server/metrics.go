@@ -74,12 +74,15 @@ func newMetrics(reg prometheus.Registerer, src ca.Source, jwt JWTIssuer) (*metri
 	return m, nil
 }
 
-// registerRotation registers the rotation collector, when the CA's mode
-// has one.
-func (m *metrics) registerRotation(reg prometheus.Registerer) error {
-	if m.rotation == nil {
+// registerRotation exports the root rotation whose status is status,
+// read at each scrape, with the roots src serves.
+func (m *metrics) registerRotation(reg prometheus.Registerer, status func(context.Context) (*rotation.Status, error), src ca.Source) error {
+	m.rotation = rotation.NewCollector(status, func() []*x509.Certificate {
+		if a := src.Authority(); a != nil {
+			return a.Roots
+		}
 		return nil
-	}
+	})
 	if err := promreg.Register(reg, m.rotation); err != nil {
 		return fmt.Errorf("server: could not register the rotation metrics: %w", err)
 	}
@@ -91,14 +94,3 @@ const (
 	reasonOversized     ca.Reason = "oversized_request"
 	reasonImpersonation ca.Reason = "impersonation"
 )
-
-// newRotationCollector returns the rotation metrics of a CA whose
-// rotation status is status and whose served roots are src's.
-func newRotationCollector(status func(context.Context) (*rotation.Status, error), src ca.Source) *rotation.Collector {
-	return rotation.NewCollector(status, func() []*x509.Certificate {
-		if a := src.Authority(); a != nil {
-			return a.Roots
-		}
-		return nil
-	})
-}

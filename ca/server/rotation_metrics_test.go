@@ -25,14 +25,16 @@ func TestRotationCollectorError(t *testing.T) {
 		t.Fatal(err)
 	}
 	fail := true
-	c := newRotationCollector(func(context.Context) (*rotation.Status, error) {
+	reg := prometheus.NewPedanticRegistry()
+	err = (&metrics{}).registerRotation(reg, func(context.Context) (*rotation.Status, error) {
 		if fail {
 			return nil, errors.New("rotation.json: unreadable")
 		}
 		return &rotation.Status{Phase: rotation.PhaseSteady}, nil
 	}, store)
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 2; i++ {
 		if _, err := reg.Gather(); err != nil {
 			t.Fatal(err)

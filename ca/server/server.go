@@ -179,10 +179,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	if cfg.Rotation != nil {
-		s.metrics.rotation = newRotationCollector(cfg.Rotation.Status, s.src)
-	}
-	if err := s.metrics.registerRotation(cfg.Registerer); err != nil {
-		return nil, err
+		if err := s.metrics.registerRotation(cfg.Registerer, cfg.Rotation.Status, s.src); err != nil {
+			return nil, err
+		}
 	}
 	// Issue the first serving certificate now, so that a broken CA fails
 	// at start-up rather than on the first handshake.
