@@ -1,6 +1,7 @@
 package sds
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
 	"github.com/castellan-mesh/castellan/agent/svidstore/svidstoretest"
+	"github.com/castellan-mesh/castellan/internal/testpoll"
 )
 
 // TestPusherNeverMissesAKick kicks a slow pusher from many goroutines,
@@ -40,13 +42,12 @@ func TestPusherNeverMissesAKick(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for p.running.Load() || seen.Load() != generation.Load() {
-		if time.Now().After(deadline) {
-			t.Fatalf("last push saw generation %d of %d", seen.Load(), generation.Load())
+	testpoll.UntilNil(t, func() error {
+		if p.running.Load() || seen.Load() != generation.Load() {
+			return fmt.Errorf("last push saw generation %d of %d", seen.Load(), generation.Load())
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 	if overlap.Load() {
 		t.Fatal("two pushes ran at once")
 	}
@@ -118,14 +119,13 @@ func TestBlockedPushHoldsUpNoOther(t *testing.T) {
 		}}))()
 	}
 	store.SetSVID(ca.Issue(t, "spiffe://cluster.local/ns/a/sa/b", time.Hour))
-	deadline := time.Now().Add(5 * time.Second)
 	for i := range others {
-		for !pushed[i].Load() {
-			if time.Now().After(deadline) {
-				t.Fatalf("stream %d of %d got no push (blocked stream pushed: %v)", i, others, blocked.Load())
+		testpoll.UntilNil(t, func() error {
+			if !pushed[i].Load() {
+				return fmt.Errorf("stream %d of %d got no push (blocked stream pushed: %v)", i, others, blocked.Load())
 			}
-			time.Sleep(time.Millisecond)
-		}
+			return nil
+		})
 	}
 }
 
