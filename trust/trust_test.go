@@ -189,17 +189,13 @@ func TestClusterTrustBundle(t *testing.T) {
 				}
 				return
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for {
+			testpoll.UntilNil(t, func() error {
 				got, err := ctbs.Get(context.Background(), "castellan-root", metav1.GetOptions{})
-				if err == nil && got.Spec.TrustBundle == "ROOT" {
-					break
+				if err != nil || got.Spec.TrustBundle != "ROOT" {
+					return fmt.Errorf("ClusterTrustBundle: %v, %v", got, err)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("ClusterTrustBundle: %v, %v", got, err)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+				return nil
+			})
 		})
 	}
 }
