@@ -169,11 +169,16 @@ func (e *EngineOf[A, K]) begin(ctx context.Context, want Phase) (*MaterialOf[A],
 // signs. from names where the new one comes from, for the backends that
 // take one.
 func (e *EngineOf[A, K]) Prepare(ctx context.Context, from string) error {
-	var k K
 	m, err := e.begin(ctx, PhaseSteady)
 	if err != nil {
 		return err
 	}
+	return e.prepare(ctx, m, from)
+}
+
+// prepare is Prepare on the material m, read in the steady phase.
+func (e *EngineOf[A, K]) prepare(ctx context.Context, m *MaterialOf[A], from string) error {
+	var k K
 	now := e.now().UTC()
 	next, err := e.Backend.Mint(ctx, m, from, now)
 	if err != nil {
@@ -212,11 +217,16 @@ func (e *EngineOf[A, K]) checkNext(next, active A, now time.Time) error {
 // Activate makes the prepared authority sign. It refuses before the
 // propagation delay has passed, unless force is set.
 func (e *EngineOf[A, K]) Activate(ctx context.Context, force bool) error {
-	var k K
 	m, err := e.begin(ctx, PhasePrepared)
 	if err != nil {
 		return err
 	}
+	return e.activate(ctx, m, force)
+}
+
+// activate is Activate on the material m, read in the prepared phase.
+func (e *EngineOf[A, K]) activate(ctx context.Context, m *MaterialOf[A], force bool) error {
+	var k K
 	now := e.now().UTC()
 	if err := e.Policy.checkActivate(m.State, now, force, k.Noun()); err != nil {
 		return err
@@ -233,11 +243,16 @@ func (e *EngineOf[A, K]) Activate(ctx context.Context, force bool) error {
 // refuses while an SVID signed by the old one may still be valid, unless
 // force is set.
 func (e *EngineOf[A, K]) Retire(ctx context.Context, force bool) error {
-	var k K
 	m, err := e.begin(ctx, PhaseActivated)
 	if err != nil {
 		return err
 	}
+	return e.retire(ctx, m, force)
+}
+
+// retire is Retire on the material m, read in the activated phase.
+func (e *EngineOf[A, K]) retire(ctx context.Context, m *MaterialOf[A], force bool) error {
+	var k K
 	if err := e.Policy.checkRetire(m.State, e.now(), force, k.Noun()); err != nil {
 		return err
 	}
@@ -276,7 +291,9 @@ func (e *EngineOf[A, K]) Status(ctx context.Context) (*Status, error) {
 }
 
 // Step takes the automatic step that is due (see due), and says which
-// ("" for none). Material rotated by hand gets no step.
+// ("" for none). Material rotated by hand gets no step. The step is taken
+// on the material Step read, so that when another replica sharing the
+// backend takes it first, the backend's Save reports the conflict.
 func (e *EngineOf[A, K]) Step(ctx context.Context, rotateBefore time.Duration) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
@@ -287,11 +304,11 @@ func (e *EngineOf[A, K]) Step(ctx context.Context, rotateBefore time.Duration) (
 	}
 	switch did := e.due(m, e.now(), rotateBefore); did {
 	case StepPrepare:
-		return did, e.Prepare(ctx, "")
+		return did, e.prepare(ctx, m, "")
 	case StepActivate:
-		return did, e.Activate(ctx, false)
+		return did, e.activate(ctx, m, false)
 	case StepRetire:
-		return did, e.Retire(ctx, false)
+		return did, e.retire(ctx, m, false)
 	}
 	return "", nil
 }

@@ -228,3 +228,55 @@ func TestEngineDrivesEveryKind(t *testing.T) {
 		})
 	}
 }
+
+// racingBackend is a memBackend shared with another replica, which takes
+// the same step right after each Load; Save refuses material that is no
+// longer current, as a shared store's compare-and-swap does.
+type racingBackend struct {
+	memBackend[namedKey]
+	other func(m *MaterialOf[namedKey])
+}
+
+var errStale = errors.New("racing: the material changed meanwhile")
+
+func (b *racingBackend) Load(ctx context.Context) (*MaterialOf[namedKey], error) {
+	m, err := b.memBackend.Load(ctx)
+	b.other(&b.m)
+	return m, err
+}
+
+func (b *racingBackend) Save(ctx context.Context, m *MaterialOf[namedKey], c ChangeOf[namedKey]) error {
+	if m.State.Phase != b.m.State.Phase {
+		return errStale
+	}
+	return b.memBackend.Save(ctx, m, c)
+}
+
+// TestStepLosesRaceAsConflict: when another replica takes the due step
+// between this one's read and its write, Step fails with the backend's
+// conflict (which callers sharing a store treat as "no step"), not with
+// a phase error from reading the material a second time.
+func TestStepLosesRaceAsConflict(t *testing.T) {
+	start := time.Now().UTC()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, tt := range []struct {
+		name        string
+		from, other Phase
+		at          time.Time
+	}{
+		{"prepare", PhaseSteady, PhasePrepared, start.Add(48 * time.Hour)},
+		{"activate", PhasePrepared, PhaseActivated, start.Add(48 * time.Hour)},
+		{"retire", PhaseActivated, PhaseSteady, start.Add(48 * time.Hour)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			st := State{Phase: tt.from, ActivatedAt: start, PreparedAt: start, RetireAfter: start.Add(time.Hour), Key: "k1"}
+			b := &racingBackend{memBackend: memBackend[namedKey]{m: MaterialOf[namedKey]{State: st, Bundle: []namedKey{"k1", "k2"}, Active: "k1", Next: []namedKey{"k2"}}}}
+			b.mint = func(time.Time) namedKey { return "k3" }
+			b.other = func(m *MaterialOf[namedKey]) { m.State.Phase = tt.other }
+			e := &EngineOf[namedKey, namedKeys]{Backend: b, MaxAge: 24 * time.Hour, Now: func() time.Time { return tt.at }, Logger: quiet}
+			if did, err := e.Step(context.Background(), time.Hour); !errors.Is(err, errStale) {
+				t.Fatalf("Step = %q, %v; want the backend's conflict", did, err)
+			}
+		})
+	}
+}
