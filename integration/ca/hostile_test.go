@@ -307,11 +307,9 @@ func TestFreshTokens(t *testing.T) {
 			ca := harness.StartCAProcess(t, append([]string{"--kubeconfig", api.Kubeconfig, "--log-level", "warn"}, mode.flags...)...)
 			// The CA's watch caches must hold every service account before
 			// the run, as in a cluster where they exist before their pods.
-			for deadline := time.Now().Add(2 * time.Minute); ca.Metrics(t).Value("castellan_ca_serviceaccount_index_size") < float64(len(all.Items)); time.Sleep(100 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the CA's service account index did not reach %d", len(all.Items))
-				}
-			}
+			harness.WaitFor(t, 2*time.Minute, fmt.Sprintf("the CA's service account index to reach %d", len(all.Items)), func() bool {
+				return ca.Metrics(t).Value("castellan_ca_serviceaccount_index_size") >= float64(len(all.Items))
+			})
 			_, apiBefore := apiRequests(t, api)
 			byResBefore, _ := apiRequests(t, api)
 			cfg := loadgen.Config{

@@ -254,13 +254,7 @@ func TestImpersonationAgentPodDeleted(t *testing.T) {
 
 	waitPod := func(what string, done func(uid string, ok bool) bool) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for !done(pods.LiveUID(agentNS, "agent-a")) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the CA's pod index did not see %s", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		harness.WaitFor(t, 30*time.Second, "the CA's pod index to see "+what, func() bool { return done(pods.LiveUID(agentNS, "agent-a")) })
 	}
 	refusedFromCache := func(t *testing.T) {
 		t.Helper()

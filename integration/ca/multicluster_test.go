@@ -129,15 +129,12 @@ func TestMultiCluster(t *testing.T) {
 	// The remote cluster's watch revokes its own account's token, cached
 	// as it is; the local cluster is not affected.
 	east.DeleteServiceAccount(t, "beta", "app")
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		_, err := call(beta, "east")
-		if status.Code(err) == codes.Unauthenticated {
-			break
+	harness.WaitForNil(t, 30*time.Second, func() error {
+		if _, err := call(beta, "east"); status.Code(err) != codes.Unauthenticated {
+			return fmt.Errorf("beta/app was deleted in cluster east, but its token still gives %v", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("30s after beta/app was deleted in cluster east, its token still gives %v", err)
-		}
-	}
+		return nil
+	})
 	if _, err := call(alpha); err != nil {
 		t.Fatalf("local token after a remote deletion: %v", err)
 	}

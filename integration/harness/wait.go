@@ -23,3 +23,21 @@ func WaitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 		time.Sleep(waitInterval)
 	}
 }
+
+// WaitForNil calls check until it returns nil, and fails the test with the
+// last error check returned when limit passes first; that error should say
+// what was seen and what was wanted.
+func WaitForNil(t testing.TB, limit time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", limit, err)
+		}
+		time.Sleep(waitInterval)
+	}
+}
