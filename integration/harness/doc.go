@@ -7,4 +7,7 @@
 //
 // The API server's own logs are discarded; set CASTELLAN_KLOG=1 to see
 // them on stderr. The CA's logs go to t.Log.
+//
+// A test waits for what the servers do in the background with WaitFor or
+// WaitForNil, which poll under a limit the test chooses.
 package harness
