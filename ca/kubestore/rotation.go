@@ -82,6 +82,11 @@ type SecretBackend struct {
 	// leading, if set, says whether this replica may take automatic
 	// steps; the others only report the status.
 	leading func() bool
+	// cached, if set, returns the Secret the Store's watch saw last (nil
+	// for none), so that a status scrape or a replica's step check costs
+	// no read of the API server. A stale copy is safe: a write from it
+	// fails on its resourceVersion.
+	cached func() *corev1.Secret
 }
 
 // errNotLeader is why a replica that does not hold the Lease takes no
@@ -95,15 +100,15 @@ var errNotLeader = errors.New("kubestore: this replica does not hold the Lease; 
 func (s *Store) Rotation(p rotation.Policy) *rotation.Engine {
 	b := &SecretBackend{Client: s.cfg.Client, Namespace: s.cfg.Namespace, SecretName: s.cfg.SecretName,
 		TrustDomain: s.cfg.TrustDomain, RootTTL: s.cfg.RootTTL, Keys: s.cfg.Keys,
-		signer: s.cfg.Signer, written: s.observe, leading: s.IsLeader}
+		signer: s.cfg.Signer, written: s.observe, leading: s.IsLeader, cached: s.lastSecret}
 	return &rotation.Engine{Backend: b, Policy: p, Now: func() time.Time { return s.now() }, Logger: s.log}
 }
 
-// Load reads the Secret.
+// Load reads the Secret (see secret).
 func (b *SecretBackend) Load(ctx context.Context) (*rotation.Material, error) {
-	sec, err := b.Client.CoreV1().Secrets(b.Namespace).Get(ctx, b.SecretName, metav1.GetOptions{})
+	sec, err := b.secret(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("kubestore: read Secret %s/%s: %w", b.Namespace, b.SecretName, err)
+		return nil, err
 	}
 	m, err := secretMaterial(sec)
 	if err != nil {
@@ -115,6 +120,21 @@ func (b *SecretBackend) Load(ctx context.Context) (*rotation.Material, error) {
 	}
 	m.Raw = sec.DeepCopy()
 	return m, nil
+}
+
+// secret returns the watch's copy of the Secret when there is one, and
+// reads it otherwise.
+func (b *SecretBackend) secret(ctx context.Context) (*corev1.Secret, error) {
+	if b.cached != nil {
+		if sec := b.cached(); sec != nil {
+			return sec, nil
+		}
+	}
+	sec, err := b.Client.CoreV1().Secrets(b.Namespace).Get(ctx, b.SecretName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("kubestore: read Secret %s/%s: %w", b.Namespace, b.SecretName, err)
+	}
+	return sec, nil
 }
 
 // rotatable refuses a Secret whose root this package does not rotate: only

@@ -190,3 +190,48 @@ func TestManualRotation(t *testing.T) {
 		t.Fatal("after the manual rotation the old root still signs or is trusted")
 	}
 }
+
+// TestStatusReadsTheWatchedSecret: the status a scrape asks for, and a
+// replica's check for a due step, come from the Secret the Store last saw,
+// not from a read of the API server each time; once the Secret is gone
+// they read it again.
+func TestStatusReadsTheWatchedSecret(t *testing.T) {
+	client := fake.NewClientset()
+	s, err := New(fastConfig(client, "a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.ensureSecret(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := s.Rotation(rotation.Policy{})
+	gets := func() int {
+		n := 0
+		for _, a := range client.Actions() {
+			if a.GetVerb() == "get" && a.GetResource().Resource == "secrets" {
+				n++
+			}
+		}
+		return n
+	}
+	before := gets()
+	for range 3 {
+		if _, err := r.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Step(ctx, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := gets() - before; n != 0 {
+		t.Fatalf("status and step checks read the Secret %d times, want 0 (the watched copy)", n)
+	}
+	s.markLost()
+	if _, err := r.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := gets() - before; n != 1 {
+		t.Fatalf("after the Secret was lost: %d reads, want 1", n)
+	}
+}

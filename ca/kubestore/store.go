@@ -132,6 +132,7 @@ type Store struct {
 
 	mu         sync.Mutex
 	data       map[string][]byte // the Secret's data last loaded
+	last       *corev1.Secret    // the Secret last seen, by the watch or a read; nil once deleted
 	lost       bool              // the Secret was deleted after it was loaded
 	readErr    error             // the latest direct read failed
 	invalidErr error             // the latest content did not load
@@ -281,7 +282,7 @@ func (s *Store) observeObject(obj any) {
 func (s *Store) observe(sec *corev1.Secret) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.lost, s.readErr = false, nil
+	s.lost, s.readErr, s.last = false, nil, sec
 	if s.cur.Load() != nil && maps.EqualFunc(sec.Data, s.data, bytes.Equal) {
 		return
 	}
@@ -335,11 +336,21 @@ func (s *Store) decode(sec *corev1.Secret) (*ca.Authority, error) {
 	return decodeAuthority(sec.Data, key)
 }
 
+// lastSecret returns the Secret last seen by the watch or a direct read,
+// or nil when none was seen or it was deleted since. The informer's copy
+// is shared: callers must not modify it.
+func (s *Store) lastSecret() *corev1.Secret {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
 // markLost records that the Secret is gone. A replica that never loaded it
 // is simply still waiting.
 func (s *Store) markLost() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.last = nil
 	if s.cur.Load() == nil || s.lost {
 		return
 	}
