@@ -11,14 +11,10 @@ import (
 
 	spiffejwt "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc/metadata"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/castellan-mesh/castellan/ca/jwtapi"
 	"github.com/castellan-mesh/castellan/ca/jwtsvid"
 	"github.com/castellan-mesh/castellan/ca/rotation"
-	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
 // TestAutomaticJWTKeyRotation: with a short policy, the CA rotates its
@@ -112,22 +108,7 @@ func grepLines(s, prefix string) string {
 // take one prepare and one activate, and both end up signing with the
 // same new key.
 func TestAutomaticJWTKeyRotationReplicas(t *testing.T) {
-	api := harness.StartAPIServer(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
-	defer cancel()
-	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "castellan-system"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	api.CreateServiceAccount(t, namespace, account)
-	token := api.Token(t, namespace, account, []string{harness.DefaultAudience}, time.Hour)
-	flags := []string{"--kubeconfig", api.Kubeconfig, "--material=kubernetes", "--namespace=castellan-system",
-		"--root-propagation-delay", "8s", "--jwt-key-rotate-every", "20s", "--jwt-svid-ttl", "10s"}
-	replicas := []*harness.CAProcess{
-		harness.StartCAProcess(t, append(flags, "--pod-name=castellan-ca-0")...),
-		harness.StartCAProcess(t, append(flags, "--pod-name=castellan-ca-1")...),
-	}
-	authCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	clients := []jwtapi.JWTServiceClient{jwtClient(t, replicas[0]), jwtClient(t, replicas[1])}
+	_, authCtx, replicas, clients := startReplicas(t, "--root-propagation-delay", "8s", "--jwt-key-rotate-every", "20s", "--jwt-svid-ttl", "10s")
 	kids := func() [2]string {
 		var out [2]string
 		for i, c := range clients {

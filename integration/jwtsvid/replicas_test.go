@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"fmt"
 	"testing"
 	"time"
 
@@ -17,24 +18,40 @@ import (
 	"github.com/castellan-mesh/castellan/integration/harness"
 )
 
-// TestJWTKeysSharedByReplicas runs two CA replicas with their material in
-// one Kubernetes Secret (--material=kubernetes): a token minted by one
-// verifies against the JWT authorities of the other, and a rotation taken
-// once with castellan ca rotate --jwt --material=kubernetes reaches both.
-func TestJWTKeysSharedByReplicas(t *testing.T) {
+// startReplicas starts an API server with the test's service account and
+// two CA replicas with their material in one Secret (--material=kubernetes)
+// and flags, and returns the server, a context carrying the account's
+// token (ending with the test's wait budget), the replicas and a JWT
+// client of each.
+func startReplicas(t *testing.T, flags ...string) (*harness.APIServer, context.Context, [2]*harness.CAProcess, [2]jwtapi.JWTServiceClient) {
+	t.Helper()
 	api := harness.StartAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
-	defer cancel()
+	t.Cleanup(cancel)
 	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "castellan-system"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	api.CreateServiceAccount(t, namespace, account)
 	token := api.Token(t, namespace, account, []string{harness.DefaultAudience}, time.Hour)
-	flags := []string{"--kubeconfig", api.Kubeconfig, "--material=kubernetes", "--namespace=castellan-system"}
-	a := harness.StartCAProcess(t, append(flags, "--pod-name=castellan-ca-0")...)
-	b := harness.StartCAProcess(t, append(flags, "--pod-name=castellan-ca-1")...)
-	ca, cb := jwtClient(t, a), jwtClient(t, b)
-	authCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	flags = append([]string{"--kubeconfig", api.Kubeconfig, "--material=kubernetes", "--namespace=castellan-system"}, flags...)
+	var (
+		replicas [2]*harness.CAProcess
+		clients  [2]jwtapi.JWTServiceClient
+	)
+	for i := range replicas {
+		replicas[i] = harness.StartCAProcess(t, append(flags, fmt.Sprintf("--pod-name=castellan-ca-%d", i))...)
+		clients[i] = jwtClient(t, replicas[i])
+	}
+	return api, metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token), replicas, clients
+}
+
+// TestJWTKeysSharedByReplicas runs two CA replicas with their material in
+// one Kubernetes Secret (--material=kubernetes): a token minted by one
+// verifies against the JWT authorities of the other, and a rotation taken
+// once with castellan ca rotate --jwt --material=kubernetes reaches both.
+func TestJWTKeysSharedByReplicas(t *testing.T) {
+	api, authCtx, _, clients := startReplicas(t)
+	ca, cb := clients[0], clients[1]
 
 	bundleOf := func(c jwtapi.JWTServiceClient) *jwtbundle.Bundle {
 		t.Helper()
