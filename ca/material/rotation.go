@@ -57,12 +57,18 @@ type Backend struct {
 	// directory (no root-key.pem): Prepare creates the next root's key
 	// there, never in software. Status works without it.
 	Keys KeyStore
+
+	// authority, if set, is the running Store's material: plugged-in
+	// material, which is never rotated automatically, takes its active
+	// root from it instead of opening its key and chain at every status
+	// scrape and step check.
+	authority func() *ca.Authority
 }
 
 // Rotation returns the rotation of the Store's root under policy p: the
 // engine over the Store's data directory and key store.
 func (s *Store) Rotation(p rotation.Policy) *rotation.Engine {
-	b := &Backend{Dir: s.cfg.Dir, TrustDomain: s.cfg.TrustDomain, RootTTL: s.cfg.RootTTL, Keys: s.cfg.Keys}
+	b := &Backend{Dir: s.cfg.Dir, TrustDomain: s.cfg.TrustDomain, RootTTL: s.cfg.RootTTL, Keys: s.cfg.Keys, authority: s.Authority}
 	return &rotation.Engine{Backend: b, Policy: p, Logger: s.cfg.Logger}
 }
 
@@ -105,8 +111,7 @@ func (b *Backend) Load(ctx context.Context) (*rotation.Material, error) {
 	}
 	if mode == rotation.ModePluggedIn {
 		m.Manual = errors.New("material: plugged-in cacerts are rotated by hand")
-		st := &Store{cfg: Config{Dir: b.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: rotation.ModePluggedIn}
-		a, _, err := st.loadPluggedIn(ctx)
+		a, err := b.pluggedIn(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -127,6 +132,19 @@ func (b *Backend) Load(ctx context.Context) (*rotation.Material, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// pluggedIn returns the running Store's plugged-in material, or loads it
+// from the directory when there is no Store (castellan ca rotate).
+func (b *Backend) pluggedIn(ctx context.Context) (*ca.Authority, error) {
+	if b.authority != nil {
+		if a := b.authority(); a != nil {
+			return a, nil
+		}
+	}
+	st := &Store{cfg: Config{Dir: b.Dir, Logger: slog.New(slog.DiscardHandler)}, mode: rotation.ModePluggedIn}
+	a, _, err := st.loadPluggedIn(ctx)
+	return a, err
 }
 
 // readOptionalCerts reads the certificates at path; none if there is no

@@ -144,6 +144,36 @@ func TestPluggedInRotation(t *testing.T) {
 	}
 }
 
+// TestPluggedInStatusFromTheStore: the running Store's rotation takes the
+// active root of plugged-in material from what it has loaded, so a status
+// scrape neither opens the key nor fails while the files are being
+// replaced; without a Store (castellan ca rotate) the files are read.
+func TestPluggedInStatusFromTheStore(t *testing.T) {
+	dir := t.TempDir()
+	root := testpki.NewCA(t, "root-1")
+	writeCACerts(t, dir, root, "inter-1")
+	s, err := open(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A key being replaced: present, but not (yet) a key.
+	if err := os.WriteFile(filepath.Join(dir, CAKeyFile), []byte("half-written"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st, err := s.Rotation(rotation.Policy{}).Status(ctx)
+	if err != nil {
+		t.Fatalf("status of the running Store: %v", err)
+	}
+	if st.Mode != rotation.ModePluggedIn || len(st.Roots) != 1 || st.Roots[0].State != rotation.RootActive {
+		t.Fatalf("status = %+v, want the one plugged-in root active", st)
+	}
+	offline := &rotation.Engine{Backend: &Backend{Dir: dir}, Logger: quiet()}
+	if _, err := offline.Status(ctx); err == nil {
+		t.Fatal("status from the directory with its key half-written: want an error")
+	}
+}
+
 // FuzzReadRotationState feeds rotation.json arbitrary bytes: it is read
 // or refused with an error, never half-read, and a state it accepts
 // survives a write and a read unchanged.
