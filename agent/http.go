@@ -3,7 +3,6 @@ package agent
 import (
 	"fmt"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/opshttp"
@@ -14,10 +13,7 @@ func (a *Agent) httpHandler() http.Handler {
 	// node's loopback, and a gzip writer would hold over half a megabyte.
 	mux := opshttp.NewMux(opshttp.Config{Gatherer: a.cfg.Gatherer, Ready: a.Ready, DisableCompression: true})
 	if a.cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		opshttp.HandlePprof(mux)
 	}
 	return mux
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/opshttp"
 )
 
 // listenPprof binds Config.PprofAddr, which must be a loopback address:
@@ -24,11 +26,8 @@ func (s *Server) listenPprof() error {
 		return fmt.Errorf("server: pprof listener: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	opshttp.HandlePprof(mux)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	s.pprofLis = lis
 	s.pprof = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return nil

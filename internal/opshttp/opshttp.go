@@ -6,6 +6,7 @@ package opshttp
 
 import (
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -51,4 +52,15 @@ func NewMux(cfg Config) *http.ServeMux {
 		_, _ = w.Write([]byte(msg + "\n"))
 	})
 	return mux
+}
+
+// HandlePprof adds Go's profiles to mux under /debug/pprof/: the index,
+// CPU profiles, symbols and execution traces. They are unauthenticated:
+// a server adds them only where no one else can reach (a loopback
+// address, or on an operator's request).
+func HandlePprof(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }

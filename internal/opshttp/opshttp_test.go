@@ -80,3 +80,20 @@ func TestMuxZeroConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestHandlePprof(t *testing.T) {
+	mux := opshttp.NewMux(opshttp.Config{})
+	opshttp.HandlePprof(mux)
+	for path, want := range map[string]int{
+		"/debug/pprof/":        http.StatusOK,
+		"/debug/pprof/symbol":  http.StatusOK,
+		"/debug/pprof/cmdline": http.StatusNotFound, // the command line is not among them
+		"/metrics":             http.StatusOK,
+	} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		if rec.Code != want {
+			t.Errorf("GET %s = %d, want %d", path, rec.Code, want)
+		}
+	}
+}
