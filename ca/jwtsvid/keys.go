@@ -44,10 +44,6 @@ type KeyStore interface {
 	Create(ctx context.Context, name string) (crypto.Signer, error)
 }
 
-// keyOpTimeout bounds a key store call made by a reload, which has no
-// caller's context.
-const keyOpTimeout = 30 * time.Second
-
 // Config configures a KeySet. Zero values select the noted defaults.
 type Config struct {
 	// Dir is the CA's data directory, which holds StateFile. Required
@@ -243,7 +239,7 @@ func (s *KeySet) Run(ctx context.Context) error {
 		// Taken before the state is read: a change during the reload
 		// wakes the next wait.
 		stateChanged = s.stateChanged()
-		rctx, cancel := context.WithTimeout(ctx, keyOpTimeout)
+		rctx, cancel := context.WithTimeout(ctx, rotation.KeyOpTimeout)
 		var changed bool
 		var err error
 		if s.cur.Load() == nil {

@@ -313,10 +313,6 @@ func (s *Store) observe(sec *corev1.Secret) {
 	}
 }
 
-// keyOpTimeout bounds the opening of a key in the key store when a
-// Secret is loaded.
-const keyOpTimeout = 30 * time.Second
-
 // decode builds the Authority of the CA Secret sec, with the key its
 // rotation state names when the root keys are in a key store.
 func (s *Store) decode(sec *corev1.Secret) (*ca.Authority, error) {
@@ -327,7 +323,7 @@ func (s *Store) decode(sec *corev1.Secret) (*ca.Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), rotation.KeyOpTimeout)
 	defer cancel()
 	key, err := s.cfg.Keys.Open(ctx, st.Key)
 	if err != nil {

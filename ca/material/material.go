@@ -81,10 +81,6 @@ type Config struct {
 // the same store; kms.Ring implements it.
 type KeyStore = rotation.KeyStore
 
-// keyOpTimeout bounds a key store call made by a reload, which has no
-// caller's context.
-const keyOpTimeout = 30 * time.Second
-
 // Store holds the current Authority. It implements ca.Notifier.
 type Store struct {
 	cfg     Config
@@ -179,7 +175,7 @@ func (s *Store) Reload() bool { return s.files.Check() }
 func (s *Store) load([]byte) error {
 	var a *ca.Authority
 	var err error
-	ctx, cancel := context.WithTimeout(context.Background(), keyOpTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), rotation.KeyOpTimeout)
 	defer cancel()
 	if s.mode == rotation.ModePluggedIn {
 		a, _, err = s.loadPluggedIn(ctx)

@@ -19,6 +19,11 @@ const (
 	StepRetire   = "retire"
 )
 
+// KeyOpTimeout bounds one KeyStore call made where no caller's deadline
+// applies, as when material is reloaded after a change: an HSM or a Vault
+// that hangs then fails the reload instead of holding it forever.
+const KeyOpTimeout = 30 * time.Second
+
 // KeyStore holds a CA's root keys: the configured key (name "") and the
 // keys that rotations created, by the name State records. A rotation
 // creates the next root's key in the store that holds the active one, so
