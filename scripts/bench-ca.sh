@@ -21,6 +21,7 @@ ca_pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:25014/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 runs=${RUNS:-1}
 ratios=()
+paired=()
 busy=()
 for i in $(seq "$runs"); do
 	[ "$runs" -gt 1 ] && echo "--- run $i of $runs"
@@ -31,10 +32,14 @@ for i in $(seq "$runs"); do
 	echo "load average  $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 	echo "ca rss        $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$ca_pid/status)"
 	ratios+=($(awk '/^CA\/floor/{sub("x", "", $2); print $2}' <<<"$out"))
+	paired+=($(awk '/^CA\/floor pair/{sub("x", "", $3); print $3}' <<<"$out"))
 	busy+=($(awk '/^CA\/busy floor/{sub("x", "", $3); print $3}' <<<"$out"))
 done
 if [ "$runs" -gt 1 ] && [ "${#ratios[@]}" -gt 0 ]; then
 	echo "CA/floor      ${ratios[*]}: median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#ratios[@]} runs"
+fi
+if [ "$runs" -gt 1 ] && [ "${#paired[@]}" -gt 0 ]; then
+	echo "CA/floor pair ${paired[*]}: median $(printf '%s\n' "${paired[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#paired[@]} runs"
 fi
 if [ "$runs" -gt 1 ] && [ "${#busy[@]}" -gt 0 ]; then
 	echo "CA/busy floor ${busy[*]}: median $(printf '%s\n' "${busy[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#busy[@]} runs"

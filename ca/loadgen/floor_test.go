@@ -59,3 +59,41 @@ func TestProcCPU(t *testing.T) {
 		t.Fatalf("pid 0: got %s %s %v, want zeros", u, s, err)
 	}
 }
+
+func TestPairedRatio(t *testing.T) {
+	us := time.Microsecond
+	for _, tc := range []struct {
+		name             string
+		pairs            []Pair
+		med, least, most float64
+		ok               bool
+	}{
+		{"not sliced", nil, 0, 0, 0, false},
+		{"one", []Pair{{150 * us, 100 * us}}, 1.5, 1.5, 1.5, true},
+		{"each against its own floor", []Pair{{150 * us, 100 * us}, {260 * us, 200 * us}, {140 * us, 100 * us}}, 1.4, 1.3, 1.5, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Result{Paired: tc.pairs}
+			med, least, most, ok := r.PairedRatio()
+			if ok != tc.ok || !near(med, tc.med) || !near(least, tc.least) || !near(most, tc.most) {
+				t.Errorf("PairedRatio() = %v, %v, %v, %v; want %v, %v, %v, %v", med, least, most, ok, tc.med, tc.least, tc.most, tc.ok)
+			}
+		})
+	}
+}
+
+func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+
+func TestSamplesAddUp(t *testing.T) {
+	ms := time.Millisecond
+	var all sample
+	all.add(&sample{lat: []time.Duration{3 * ms, 1 * ms}, errs: map[string]int{"Unavailable": 1}, nerr: 1, elapsed: time.Second})
+	all.add(&sample{lat: []time.Duration{2 * ms, 4 * ms}, errs: map[string]int{"Unavailable": 1}, nerr: 1, elapsed: time.Second})
+	r := all.result()
+	if r.Requests != 4 || r.Errors != 2 || r.ErrorsByCode["Unavailable"] != 2 || r.Elapsed != 2*time.Second {
+		t.Errorf("result %+v", r)
+	}
+	if r.P50 != 3*ms || r.Max != 4*ms {
+		t.Errorf("p50 %v max %v, want the percentiles of both samples together", r.P50, r.Max)
+	}
+}

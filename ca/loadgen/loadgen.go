@@ -80,7 +80,28 @@ type Config struct {
 	// in this many batches just before and again just after the measured
 	// run, so that the CA's CPU per SVID can be set against it.
 	FloorBatches int
+	// Slices, if above 1 for a timed run with FloorBatches and ServerPID
+	// set, cuts the measured run into this many equal slices and measures
+	// a few floor batches between them, so that each slice's CPU per SVID
+	// is set against the floor measured right around it (Result.Paired).
+	// On a machine that shares its cores, the speed of the same work
+	// varies by tens of percent within a minute; the pairs compare like
+	// with like.
+	Slices int
 }
+
+// pairBatches is the number of floor batches measured between two slices.
+const pairBatches = 2
+
+// Pair is one slice of a sliced run: the CA's CPU per SVID in it and the
+// floor measured just before and just after it.
+type Pair struct {
+	CAPerSVID time.Duration
+	Floor     time.Duration
+}
+
+// Ratio is the slice's CA CPU per SVID over its floor.
+func (p Pair) Ratio() float64 { return float64(p.CAPerSVID) / float64(p.Floor) }
 
 // Result is what a run measured.
 type Result struct {
@@ -114,6 +135,22 @@ type Result struct {
 	// at once (MeasureFloorBusy), or nil: the floor of the operations when
 	// they run on a machine as busy as the CA's at saturation.
 	BusyFloor *Floor
+	// Paired are the slices of a sliced run (Config.Slices), in order.
+	Paired []Pair
+}
+
+// PairedRatio returns the median, least and greatest CA/floor ratio of
+// r's slices; ok is false if the run was not sliced.
+func (r *Result) PairedRatio() (median, least, most float64, ok bool) {
+	if len(r.Paired) == 0 {
+		return 0, 0, 0, false
+	}
+	rs := make([]float64, len(r.Paired))
+	for i, p := range r.Paired {
+		rs[i] = p.Ratio()
+	}
+	slices.Sort(rs)
+	return rs[len(rs)/2], rs[0], rs[len(rs)-1], true
 }
 
 // Rate is the successful requests per second.
@@ -159,6 +196,10 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 				float64(perSVID)/float64(r.Floor.PerOp), us(perSVID), us(r.Floor.PerOp),
 				float64(perSVID)/float64(r.Floor.Max()), float64(perSVID)/float64(r.Floor.Min()))
 		}
+	}
+	if med, least, most, ok := r.PairedRatio(); ok {
+		fmt.Fprintf(w, "CA/floor pair %.2fx median of %d slices, each against the floor measured just before and after it (%.2fx to %.2fx)\n",
+			med, len(r.Paired), least, most)
 	}
 	if r.BusyFloor != nil {
 		fmt.Fprintf(w, "busy floor    %s, every core at once\n", r.BusyFloor)
@@ -258,8 +299,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	u0, s0, procErr := procCPU(cfg.ServerPID)
 	counts0, countsErr := serverCounts(cfg.ServerPID)
 	cpu0 := processCPU()
-	res := run(ctx, cfg, clients, duration, requests)
-	res.ClientCPU = processCPU() - cpu0
+	var res *Result
+	if n := cfg.Slices; n > 1 && duration > 0 && floor != nil && cfg.ServerPID > 0 {
+		var err error
+		if res, err = runSliced(ctx, cfg, clients, duration, n); err != nil {
+			return nil, err
+		}
+	} else {
+		res = run(ctx, cfg, clients, duration, requests).result()
+		res.ClientCPU = processCPU() - cpu0
+	}
 	after := scrape(ctx, cfg.MetricsURL)
 	u1, s1, procErr1 := procCPU(cfg.ServerPID)
 	if counts1, err := serverCounts(cfg.ServerPID); err == nil && countsErr == nil {
@@ -295,7 +344,82 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
-func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Duration, limit int) *Result {
+// runSliced runs for d in n slices, with pairBatches floor batches
+// measured before the first and after each, and pairs each slice's CPU
+// per SVID with the floor around it. The CPU the CA spends between slices
+// is idle time and counts for no slice.
+func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Duration, n int) (*Result, error) {
+	gap, err := MeasureFloor(pairBatches, floorBatchSize)
+	if err != nil {
+		return nil, err
+	}
+	var all sample
+	var pairs []Pair
+	var client time.Duration // the floor batches are not the load generator's
+	for range n {
+		u0, s0, err := procCPU(cfg.ServerPID)
+		if err != nil {
+			return nil, err
+		}
+		c0 := processCPU()
+		sm := run(ctx, cfg, clients, d/time.Duration(n), 0)
+		client += processCPU() - c0
+		u1, s1, err := procCPU(cfg.ServerPID)
+		if err != nil {
+			return nil, err
+		}
+		next, err := MeasureFloor(pairBatches, floorBatchSize)
+		if err != nil {
+			return nil, err
+		}
+		around := &Floor{}
+		around.merge(gap)
+		around.merge(next)
+		if ok := len(sm.lat) - sm.nerr; ok > 0 {
+			pairs = append(pairs, Pair{CAPerSVID: (u1 - u0 + s1 - s0) / time.Duration(ok), Floor: around.PerOp})
+		}
+		all.add(sm)
+		gap = next
+	}
+	res := all.result()
+	res.Paired, res.ClientCPU = pairs, client
+	return res, ctx.Err()
+}
+
+// sample is what one stretch of load measured.
+type sample struct {
+	lat     []time.Duration
+	errs    map[string]int
+	nerr    int
+	elapsed time.Duration
+}
+
+// add appends o's measurements to s's.
+func (s *sample) add(o *sample) {
+	s.lat = append(s.lat, o.lat...)
+	if s.errs == nil {
+		s.errs = map[string]int{}
+	}
+	for k, v := range o.errs {
+		s.errs[k] += v
+	}
+	s.nerr += o.nerr
+	s.elapsed += o.elapsed
+}
+
+// result summarizes s.
+func (s *sample) result() *Result {
+	res := &Result{Requests: len(s.lat), Errors: s.nerr, ErrorsByCode: s.errs, Elapsed: s.elapsed}
+	if len(s.lat) > 0 {
+		lat := slices.Clone(s.lat)
+		slices.Sort(lat)
+		pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
+		res.P50, res.P90, res.P99, res.Max = pct(.50), pct(.90), pct(.99), lat[len(lat)-1]
+	}
+	return res
+}
+
+func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Duration, limit int) *sample {
 	parent := ctx // the caller's: ends requests in flight too
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -358,13 +482,7 @@ func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Dur
 		}(w)
 	}
 	wg.Wait()
-	res := &Result{Requests: len(lat), Errors: nerr, ErrorsByCode: errs, Elapsed: time.Since(start)}
-	if len(lat) > 0 {
-		slices.Sort(lat)
-		pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
-		res.P50, res.P90, res.P99, res.Max = pct(.50), pct(.90), pct(.99), lat[len(lat)-1]
-	}
-	return res
+	return &sample{lat: lat, errs: errs, nerr: nerr, elapsed: time.Since(start)}
 }
 
 // scrape sums, per metric name, the samples of the metrics a run reports

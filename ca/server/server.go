@@ -216,7 +216,7 @@ func (s *Server) newGRPCServer() *grpc.Server {
 		GetCertificate: s.servingCertificate,
 	}
 	opts := []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.Creds(batchingCreds{credentials.NewTLS(tlsCfg)}),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10 * time.Second),

@@ -30,6 +30,9 @@ type benchCAResult struct {
 	// per SVID over it.
 	FloorSeconds *float64 `json:"floorSeconds,omitempty"`
 	CAOverFloor  *float64 `json:"caOverFloor,omitempty"`
+	// The median, least and greatest CA/floor ratio of the run's slices,
+	// each against the floor measured around it (--slices).
+	PairedCAOverFloor *pairedResult `json:"pairedCAOverFloor,omitempty"`
 	// The floor with every core busy at once, and the CA over it.
 	BusyFloorSeconds *float64 `json:"busyFloorSeconds,omitempty"`
 	CAOverBusyFloor  *float64 `json:"caOverBusyFloor,omitempty"`
@@ -44,6 +47,13 @@ type caCountsPerCSR struct {
 	WriteCalls          float64 `json:"writeSyscalls"`
 	VoluntarySwitches   float64 `json:"voluntaryContextSwitches"`
 	InvoluntarySwitches float64 `json:"involuntaryContextSwitches"`
+}
+
+type pairedResult struct {
+	Slices int     `json:"slices"`
+	Median float64 `json:"median"`
+	Least  float64 `json:"least"`
+	Most   float64 `json:"most"`
 }
 
 type latencyResult struct {
@@ -79,6 +89,9 @@ func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.Floo
 		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 && r.Floor.PerOp > 0 {
 			out.CAOverFloor = ptr(float64(r.ServerCPU/time.Duration(ok)) / float64(r.Floor.PerOp))
 		}
+	}
+	if med, least, most, ok := r.PairedRatio(); ok {
+		out.PairedCAOverFloor = &pairedResult{Slices: len(r.Paired), Median: med, Least: least, Most: most}
 	}
 	if f := r.BusyFloor; f != nil {
 		out.BusyFloorSeconds = ptr(f.PerOp.Seconds())
