@@ -208,7 +208,8 @@ const (
 
 // decodeCSRPEM decodes a CSR in the PEM layout encoders write: the BEGIN
 // line first, lines of base64 ending in LF or CRLF, the END line, then
-// whitespace at most. It is false for any other layout (text before the
+// whitespace at most (the base64 decoder ignores CR and LF wherever they
+// are, as encoding/pem does). It is false for any other layout (text before the
 // block, headers, blanks or spaces inside, bad base64), which
 // encoding/pem then judges; on what it accepts, the two agree (a fuzz
 // target holds them together).
@@ -239,26 +240,13 @@ func decodeCSRPEM(in []byte) ([]byte, bool) {
 		}
 	}
 	body = body[:end]
-	// One allocation holds the base64 text and, after it, the DER.
-	buf := make([]byte, len(body)+base64.StdEncoding.DecodedLen(len(body)))
-	b64, der := buf[:0:len(body)], buf[len(body):]
-	for len(body) > 0 {
-		// Each line ends with LF or CRLF.
-		var line []byte
-		var found bool
-		line, body, found = bytes.Cut(body, []byte("\n"))
-		if !found {
-			return nil, false
-		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		for _, c := range line {
-			if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '=') {
-				return nil, false
-			}
-		}
-		b64 = append(b64, line...)
+	// The last base64 line ends too. The decoder skips the line ends
+	// (LF, CR) and refuses any other byte outside the alphabet.
+	if !bytes.HasSuffix(body, []byte("\n")) {
+		return nil, false
 	}
-	n, err := base64.StdEncoding.Decode(der, b64)
+	der := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
+	n, err := base64.StdEncoding.Decode(der, body)
 	if err != nil || n == 0 {
 		return nil, false
 	}
