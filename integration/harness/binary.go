@@ -1,15 +1,42 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
+
+// binPrefix begins the name of the directory a test process builds its
+// commands in; the process id follows it.
+const binPrefix = "castellan-bin-"
+
+// sweep removes, once per test process, the command directories left by
+// test processes that have exited: each run builds its own, and a machine
+// that runs the suite often would otherwise fill its disk with them.
+var sweep sync.Once
+
+// sweepBinaries removes the command directories under os.TempDir whose
+// test process is gone.
+func sweepBinaries() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), binPrefix+"*"))
+	for _, dir := range dirs {
+		pid, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(filepath.Base(dir), binPrefix), "-", 2)[0])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(dir)
+		}
+	}
+}
 
 // builds holds the commands built by this test process, keyed by name and
 // build flags, so that each is built once however many tests run it.
@@ -33,7 +60,8 @@ type build struct {
 // with the go command's output, and fails later calls the same way.
 //
 // The binary is left in a directory under os.TempDir, since it outlives
-// the test that built it.
+// the test that built it; the next test process to build one removes the
+// directories of processes that have exited.
 func Binary(t testing.TB, name string, flags ...string) string {
 	t.Helper()
 	id := strings.Join(append([]string{name}, flags...), "\x00")
@@ -63,7 +91,8 @@ func buildCommand(name string, flags []string) (string, error) {
 		return "", fmt.Errorf("harness: cannot locate the harness source to find the repository")
 	}
 	root := filepath.Join(filepath.Dir(file), "..", "..")
-	dir, err := os.MkdirTemp("", "castellan-bin-")
+	sweep.Do(sweepBinaries)
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", binPrefix, os.Getpid()))
 	if err != nil {
 		return "", fmt.Errorf("harness: building ./cmd/%s: %w", name, err)
 	}
