@@ -31,7 +31,7 @@ for i in $(seq "$runs"); do
 	echo "$out"
 	echo "load average  $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 	echo "ca rss        $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$ca_pid/status)"
-	ratios+=($(awk '/^CA\/floor/{sub("x", "", $2); print $2}' <<<"$out"))
+	ratios+=($(awk '$1 == "CA/floor" && $2 ~ /x$/ {sub("x", "", $2); print $2}' <<<"$out"))
 	paired+=($(awk '/^CA\/floor pair/{sub("x", "", $3); print $3}' <<<"$out"))
 	busy+=($(awk '/^CA\/busy floor/{sub("x", "", $3); print $3}' <<<"$out"))
 done

@@ -91,10 +91,10 @@ type Config struct {
 }
 
 // pairBatches is the number of floor batches measured between two slices.
-const pairBatches = 2
+const pairBatches = 1
 
 // Pair is one slice of a sliced run: the CA's CPU per SVID in it and the
-// floor measured just before and just after it.
+// mean of the floor batches measured just before and just after it.
 type Pair struct {
 	CAPerSVID time.Duration
 	Floor     time.Duration
@@ -137,6 +137,10 @@ type Result struct {
 	BusyFloor *Floor
 	// Paired are the slices of a sliced run (Config.Slices), in order.
 	Paired []Pair
+	// Interleaved is, for a sliced run, the CA's CPU per SVID over all its
+	// slices against the mean of the floor batches measured between them:
+	// both averaged over the same stretch of time.
+	Interleaved Pair
 }
 
 // PairedRatio returns the median, least and greatest CA/floor ratio of
@@ -198,8 +202,8 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 		}
 	}
 	if med, least, most, ok := r.PairedRatio(); ok {
-		fmt.Fprintf(w, "CA/floor pair %.2fx median of %d slices, each against the floor measured just before and after it (%.2fx to %.2fx)\n",
-			med, len(r.Paired), least, most)
+		fmt.Fprintf(w, "CA/floor pair %.2fx median of %d slices, each against the floor measured just before and after it (%.2fx to %.2fx); %.2fx over them all (CA %s per SVID / floor mean %s)\n",
+			med, len(r.Paired), least, most, r.Interleaved.Ratio(), us(r.Interleaved.CAPerSVID), us(r.Interleaved.Floor))
 	}
 	if r.BusyFloor != nil {
 		fmt.Fprintf(w, "busy floor    %s, every core at once\n", r.BusyFloor)
@@ -346,25 +350,37 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 // runSliced runs for d in n slices, with pairBatches floor batches
 // measured before the first and after each, and pairs each slice's CPU
-// per SVID with the floor around it. The CPU the CA spends between slices
-// is idle time and counts for no slice.
+// per SVID (ReadRuntime, to the nanosecond) with the floor around it. The
+// CPU the CA spends between slices is idle time and counts for no slice.
 func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Duration, n int) (*Result, error) {
 	gap, err := MeasureFloor(pairBatches, floorBatchSize)
 	if err != nil {
 		return nil, err
 	}
-	var all sample
-	var pairs []Pair
-	var client time.Duration // the floor batches are not the load generator's
+	var (
+		all           sample
+		pairs         []Pair
+		client, caCPU time.Duration // the floor batches are not the load generator's
+		svids         int
+		floorSum      time.Duration
+		floorN        int
+	)
+	addFloor := func(f *Floor) {
+		for _, s := range f.Samples {
+			floorSum += s
+			floorN++
+		}
+	}
+	addFloor(gap)
 	for range n {
-		u0, s0, err := procCPU(cfg.ServerPID)
+		r0, err := ReadRuntime(cfg.ServerPID)
 		if err != nil {
 			return nil, err
 		}
 		c0 := processCPU()
 		sm := run(ctx, cfg, clients, d/time.Duration(n), 0)
 		client += processCPU() - c0
-		u1, s1, err := procCPU(cfg.ServerPID)
+		r1, err := ReadRuntime(cfg.ServerPID)
 		if err != nil {
 			return nil, err
 		}
@@ -372,18 +388,33 @@ func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d ti
 		if err != nil {
 			return nil, err
 		}
+		addFloor(next)
 		around := &Floor{}
 		around.merge(gap)
 		around.merge(next)
 		if ok := len(sm.lat) - sm.nerr; ok > 0 {
-			pairs = append(pairs, Pair{CAPerSVID: (u1 - u0 + s1 - s0) / time.Duration(ok), Floor: around.PerOp})
+			pairs = append(pairs, Pair{CAPerSVID: (r1 - r0) / time.Duration(ok), Floor: meanOf(around.Samples)})
+			caCPU += r1 - r0
+			svids += ok
 		}
 		all.add(sm)
 		gap = next
 	}
 	res := all.result()
 	res.Paired, res.ClientCPU = pairs, client
+	if svids > 0 && floorN > 0 {
+		res.Interleaved = Pair{CAPerSVID: caCPU / time.Duration(svids), Floor: floorSum / time.Duration(floorN)}
+	}
 	return res, ctx.Err()
+}
+
+// meanOf returns the mean of ds.
+func meanOf(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(len(ds))
 }
 
 // sample is what one stretch of load measured.

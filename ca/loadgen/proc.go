@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 )
 
 // ProcCounts are counters of a process that tell where its system time
@@ -114,4 +115,34 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n -= n
 	return n, err
+}
+
+// ReadRuntime returns the CPU time of process pid to the nanosecond: the
+// sum over its threads of the time on a CPU that the scheduler counts
+// (the first field of /proc/<pid>/task/*/schedstat). /proc/<pid>/stat
+// counts in clock ticks, too coarse for a slice of a run. A thread that
+// exits takes its time with it, which a Go process rarely does.
+func ReadRuntime(pid int) (time.Duration, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: threads of process %d: %w", pid, err)
+	}
+	var total time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // the thread exited since the listing
+		}
+		if err != nil {
+			return 0, fmt.Errorf("loadgen: %w", err)
+		}
+		first, _, _ := bytes.Cut(bytes.TrimSpace(b), []byte(" "))
+		ns, err := strconv.ParseInt(string(first), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("loadgen: %s/%s/schedstat: %w", dir, t.Name(), err)
+		}
+		total += time.Duration(ns)
+	}
+	return total, nil
 }

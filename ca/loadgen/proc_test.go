@@ -87,3 +87,25 @@ func TestScanProcFile(t *testing.T) {
 		})
 	}
 }
+
+func TestReadRuntime(t *testing.T) {
+	r0, err := ReadRuntime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Spin for a while on this thread.
+	end := time.Now().Add(50 * time.Millisecond)
+	for x := 0; time.Now().Before(end); x++ {
+		_ = x * x
+	}
+	r1, err := ReadRuntime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := r1 - r0; d < 40*time.Millisecond {
+		t.Errorf("50 ms of spinning counted %v of CPU", d)
+	}
+	if _, err := ReadRuntime(1 << 30); err == nil {
+		t.Error("a process that does not exist has a runtime")
+	}
+}

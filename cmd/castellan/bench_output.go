@@ -54,6 +54,8 @@ type pairedResult struct {
 	Median float64 `json:"median"`
 	Least  float64 `json:"least"`
 	Most   float64 `json:"most"`
+	// Over all slices against the mean of the floor batches between them.
+	Interleaved float64 `json:"interleaved"`
 }
 
 type latencyResult struct {
@@ -91,7 +93,7 @@ func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.Floo
 		}
 	}
 	if med, least, most, ok := r.PairedRatio(); ok {
-		out.PairedCAOverFloor = &pairedResult{Slices: len(r.Paired), Median: med, Least: least, Most: most}
+		out.PairedCAOverFloor = &pairedResult{Slices: len(r.Paired), Median: med, Least: least, Most: most, Interleaved: r.Interleaved.Ratio()}
 	}
 	if f := r.BusyFloor; f != nil {
 		out.BusyFloorSeconds = ptr(f.PerOp.Seconds())
