@@ -80,8 +80,8 @@ type Config struct {
 	// in this many batches just before and again just after the measured
 	// run, so that the CA's CPU per SVID can be set against it.
 	FloorBatches int
-	// Slices, if above 1 for a timed run with FloorBatches and ServerPID
-	// set, cuts the measured run into this many equal slices and measures
+	// Slices, if above 1 for a timed, unpaced run (Rate 0) with
+	// FloorBatches and ServerPID set, cuts the measured run into this many equal slices and measures
 	// a few floor batches between them, so that each slice's CPU per SVID
 	// is set against the floor measured right around it (Result.Paired).
 	// On a machine that shares its cores, the speed of the same work
@@ -304,7 +304,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	counts0, countsErr := serverCounts(cfg.ServerPID)
 	cpu0 := processCPU()
 	var res *Result
-	if n := cfg.Slices; n > 1 && duration > 0 && floor != nil && cfg.ServerPID > 0 {
+	if n := cfg.Slices; n > 1 && duration > 0 && cfg.Rate == 0 && floor != nil && cfg.ServerPID > 0 {
 		var err error
 		if res, err = runSliced(ctx, cfg, clients, duration, n); err != nil {
 			return nil, err
@@ -475,6 +475,7 @@ func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Dur
 			local := make([]time.Duration, 0, perCap)
 			localErr := map[string]int{}
 			c := clients[w%len(clients)]
+			var pace *time.Timer // one timer a worker, reset for each due time
 			for ctx.Err() == nil {
 				i := next.Add(1) - 1
 				if limit > 0 && i >= int64(limit) {
@@ -488,10 +489,15 @@ func run(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Dur
 				if cfg.Rate > 0 {
 					t0 = start.Add(time.Duration(i) * time.Second / time.Duration(cfg.Rate))
 					if wait := time.Until(t0); wait > 0 {
+						if pace == nil {
+							pace = time.NewTimer(wait)
+						} else {
+							pace.Reset(wait)
+						}
 						select {
 						case <-ctx.Done():
 							continue
-						case <-time.After(wait):
+						case <-pace.C:
 						}
 					}
 				}
