@@ -362,16 +362,8 @@ func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d ti
 		pairs         []Pair
 		client, caCPU time.Duration // the floor batches are not the load generator's
 		svids         int
-		floorSum      time.Duration
-		floorN        int
+		floors        = slices.Clone(gap.Samples) // every batch between the slices
 	)
-	addFloor := func(f *Floor) {
-		for _, s := range f.Samples {
-			floorSum += s
-			floorN++
-		}
-	}
-	addFloor(gap)
 	for range n {
 		r0, err := ReadRuntime(cfg.ServerPID)
 		if err != nil {
@@ -388,12 +380,10 @@ func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d ti
 		if err != nil {
 			return nil, err
 		}
-		addFloor(next)
-		around := &Floor{}
-		around.merge(gap)
-		around.merge(next)
+		floors = append(floors, next.Samples...)
 		if ok := len(sm.lat) - sm.nerr; ok > 0 {
-			pairs = append(pairs, Pair{CAPerSVID: (r1 - r0) / time.Duration(ok), Floor: meanOf(around.Samples)})
+			around := append(slices.Clone(gap.Samples), next.Samples...)
+			pairs = append(pairs, Pair{CAPerSVID: (r1 - r0) / time.Duration(ok), Floor: meanOf(around)})
 			caCPU += r1 - r0
 			svids += ok
 		}
@@ -402,8 +392,8 @@ func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d ti
 	}
 	res := all.result()
 	res.Paired, res.ClientCPU = pairs, client
-	if svids > 0 && floorN > 0 {
-		res.Interleaved = Pair{CAPerSVID: caCPU / time.Duration(svids), Floor: floorSum / time.Duration(floorN)}
+	if svids > 0 {
+		res.Interleaved = Pair{CAPerSVID: caCPU / time.Duration(svids), Floor: meanOf(floors)}
 	}
 	return res, ctx.Err()
 }

@@ -1,16 +1,16 @@
 package loadgen
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
 // ProcCounts are counters of a process that tell where its system time
@@ -68,15 +68,13 @@ func ReadProcCounts(pid int) (ProcCounts, error) {
 // scanProcFile reads the "key: value" lines of a /proc file into the
 // counters of fields, each of which must be found.
 func scanProcFile(path string, fields map[string]*int64) error {
-	f, err := os.Open(path)
+	b, err := smallfile.Read(path, maxProcFile)
 	if err != nil {
 		return fmt.Errorf("loadgen: %w", err)
 	}
-	defer f.Close()
 	found := 0
-	s := bufio.NewScanner(&limitedReader{f, maxProcFile})
-	for s.Scan() {
-		key, val, ok := bytes.Cut(s.Bytes(), []byte(":"))
+	for line := range bytes.Lines(b) {
+		key, val, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
 			continue
 		}
@@ -91,30 +89,10 @@ func scanProcFile(path string, fields map[string]*int64) error {
 		*dst = n
 		found++
 	}
-	if err := s.Err(); err != nil {
-		return fmt.Errorf("loadgen: %s: %w", path, err)
-	}
 	if found != len(fields) {
 		return fmt.Errorf("loadgen: %s: %d of the %d expected fields", path, found, len(fields))
 	}
 	return nil
-}
-
-// limitedReader reads at most n bytes of r, then fails (a /proc file
-// that long is not one of those read here).
-type limitedReader struct {
-	r io.Reader
-	n int
-}
-
-func (l *limitedReader) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, fmt.Errorf("more than %d bytes", maxProcFile)
-	}
-	p = p[:min(len(p), l.n)]
-	n, err := l.r.Read(p)
-	l.n -= n
-	return n, err
 }
 
 // ReadRuntime returns the CPU time of process pid to the nanosecond: the
@@ -130,7 +108,7 @@ func ReadRuntime(pid int) (time.Duration, error) {
 	}
 	var total time.Duration
 	for _, t := range tasks {
-		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
+		b, err := smallfile.Read(filepath.Join(dir, t.Name(), "schedstat"), maxProcFile)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // the thread exited since the listing
 		}

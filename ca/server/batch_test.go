@@ -2,14 +2,12 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"sync"
 	"testing"
 
+	"github.com/castellan-mesh/castellan/internal/pemfile"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -21,15 +19,9 @@ import (
 func TestConcurrentCallsOnOneConnection(t *testing.T) {
 	s := start(t)
 	const calls = 96
-	keys := make([]*ecdsa.PrivateKey, calls)
 	csrs := make([][]byte, calls)
 	for i := range calls {
-		keys[i], _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, keys[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		csrs[i] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+		csrs[i] = csrFor(t, "")
 	}
 	var wg sync.WaitGroup
 	for i := range calls {
@@ -49,17 +41,18 @@ func TestConcurrentCallsOnOneConnection(t *testing.T) {
 				t.Errorf("call %d: %v", i, err)
 				return
 			}
-			block, _ := pem.Decode([]byte(chain[0]))
-			if block == nil {
-				t.Errorf("call %d: leaf is not PEM", i)
-				return
-			}
-			leaf, err := x509.ParseCertificate(block.Bytes)
+			leaf, err := pemfile.ParseCertificates([]byte(chain[0]))
 			if err != nil {
-				t.Errorf("call %d: %v", i, err)
+				t.Errorf("call %d: leaf: %v", i, err)
 				return
 			}
-			if !keys[i].PublicKey.Equal(leaf.PublicKey) {
+			block, _ := pem.Decode(csrs[i])
+			csr, err := x509.ParseCertificateRequest(block.Bytes)
+			if err != nil {
+				t.Errorf("call %d: CSR: %v", i, err)
+				return
+			}
+			if !pemfile.SameKey(leaf[0].PublicKey, csr.PublicKey) {
 				t.Errorf("call %d got a certificate for another caller's key", i)
 			}
 		})

@@ -12,7 +12,6 @@
 package writebatch
 
 import (
-	"errors"
 	"net"
 	"runtime"
 	"sync"
@@ -60,8 +59,6 @@ func New(c net.Conn) *Conn {
 	return w
 }
 
-var errClosed = errors.New("writebatch: write on a closed connection")
-
 // Write holds a copy of p for the writer.
 func (w *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
@@ -78,7 +75,7 @@ func (w *Conn) Write(p []byte) (int, error) {
 		return 0, err
 	case w.closing:
 		w.mu.Unlock()
-		return 0, errClosed
+		return 0, net.ErrClosed
 	}
 	w.pending = append(w.pending, p...)
 	select {
