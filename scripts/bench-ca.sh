@@ -8,13 +8,38 @@
 # connection. RUNS=n measures n times against the same CA and ends with the
 # median CA/floor ratio: on a shared machine one run is not a figure.
 #   CONCURRENCY=32 CONNECTIONS=1 TOKENS=1 DURATION=10s RUNS=1 scripts/bench-ca.sh
+#
+# The CA and the load generator run on separate CPUs (taskset): the CA on
+# the first half of this machine's CPUs, the load generator on the rest,
+# as when the callers are other machines. Sharing the cores, the load
+# generator preempts the CA's threads (about one involuntary context switch
+# every two SVIDs), and the CA's CPU per SVID then includes that contention.
+# The floor is measured on the CA's CPUs. CA_CPUS and LG_CPUS choose the
+# CPUs (taskset lists); CA_CPUS=all runs both on every CPU. BIN=path runs
+# that build of castellan instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-go build -o bin/castellan ./cmd/castellan
+if [ -z "${BIN:-}" ]; then
+	go build -o bin/castellan ./cmd/castellan
+	BIN=./bin/castellan
+fi
+span() { if [ "$1" -eq "$2" ]; then echo "$1"; else echo "$1-$2"; fi; }
+n=$(nproc)
+ca_cpus=${CA_CPUS:-$([ "$n" -ge 2 ] && span 0 $((n / 2 - 1)) || echo all)}
+lg_cpus=${LG_CPUS:-$([ "$n" -ge 2 ] && span $((n / 2)) $((n - 1)) || echo all)}
+if [ "$ca_cpus" = all ]; then lg_cpus=all; fi
+# on CPUS command...: runs the command on CPUS ("all": anywhere), in the
+# place of the calling (sub)shell, so that $! of "on ... &" is its pid.
+on() {
+	local cpus=$1
+	shift
+	if [ "$cpus" = all ]; then exec "$@"; else exec taskset -c "$cpus" "$@"; fi
+}
+echo "cpus          CA on ${ca_cpus}, load generator on ${lg_cpus}, of ${n}"
 work=$(mktemp -d)
 trap 'kill $ca_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-./bin/castellan bench token --out-dir "$work" --count "${TOKENS:-1}" >/dev/null
-./bin/castellan ca --data-dir "$work/ca" --grpc-addr 127.0.0.1:25012 --http-addr 127.0.0.1:25014 \
+$BIN bench token --out-dir "$work" --count "${TOKENS:-1}" >/dev/null
+on "$ca_cpus" $BIN ca --data-dir "$work/ca" --grpc-addr 127.0.0.1:25012 --http-addr 127.0.0.1:25014 \
 	--token-review=false --jwt-issuer https://bench.castellan.invalid --jwks-file "$work/jwks.json" \
 	--log-level warn ${CA_FLAGS:-} &
 ca_pid=$!
@@ -25,7 +50,7 @@ paired=()
 busy=()
 for i in $(seq "$runs"); do
 	[ "$runs" -gt 1 ] && echo "--- run $i of $runs"
-	out=$(./bin/castellan bench ca --addr 127.0.0.1:25012 --root-cert "$work/ca/root-cert.pem" --server-name localhost \
+	out=$(on "$lg_cpus" $BIN bench ca --addr 127.0.0.1:25012 --root-cert "$work/ca/root-cert.pem" --server-name localhost \
 		--metrics-url http://127.0.0.1:25014/metrics --token-file "$work/tokens.txt" \
 		--concurrency "${CONCURRENCY:-32}" --connections "${CONNECTIONS:-1}" --duration "${DURATION:-10s}" --ca-pid "$ca_pid" ${BENCH_FLAGS:-})
 	echo "$out"

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -46,7 +47,13 @@ func (f *Floor) String() string {
 // MeasureFloor measures the crypto floor in batches of n verify+sign pairs
 // on one OS thread, by that thread's CPU time (so that time the thread
 // spends waiting for a core on a loaded machine does not count).
-func MeasureFloor(batches, n int) (*Floor, error) {
+func MeasureFloor(batches, n int) (*Floor, error) { return MeasureFloorOn(nil, batches, n) }
+
+// MeasureFloorOn measures the crypto floor as MeasureFloor does, on a
+// thread that may run only on cpus (if not nil): the CPUs the CA may run
+// on, so that the floor and the CA are measured on the same cores. On a
+// shared host one core can be tens of percent slower than another.
+func MeasureFloorOn(cpus *unix.CPUSet, batches, n int) (*Floor, error) {
 	if batches <= 0 || n <= 0 {
 		return nil, errors.New("loadgen: floor batches and size must be positive")
 	}
@@ -66,6 +73,13 @@ func MeasureFloor(batches, n int) (*Floor, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if cpus != nil {
+		restore, err := pinThread(cpus)
+		if err != nil {
+			return nil, err
+		}
+		defer restore()
+	}
 	op := func() error {
 		d := sha256.Sum256(msg)
 		if !ecdsa.VerifyASN1(&key.PublicKey, d[:], sig) {
@@ -137,4 +151,51 @@ func threadCPU() (time.Duration, error) {
 		return 0, fmt.Errorf("loadgen: thread CPU time: %w", err)
 	}
 	return time.Duration(ts.Nano()), nil
+}
+
+// pinThread lets the calling OS thread, which must be locked to its
+// goroutine, run only on cpus; restore gives it back the CPUs it had.
+func pinThread(cpus *unix.CPUSet) (restore func(), err error) {
+	var had unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &had); err != nil {
+		return nil, fmt.Errorf("loadgen: reading this thread's CPUs: %w", err)
+	}
+	if err := unix.SchedSetaffinity(0, cpus); err != nil {
+		return nil, fmt.Errorf("loadgen: running the floor on the CA's CPUs: %w", err)
+	}
+	return func() { _ = unix.SchedSetaffinity(0, &had) }, nil
+}
+
+// ServerCPUs returns the CPUs the process pid may run on.
+func ServerCPUs(pid int) (*unix.CPUSet, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(pid, &set); err != nil {
+		return nil, fmt.Errorf("loadgen: reading the CPUs of process %d: %w", pid, err)
+	}
+	return &set, nil
+}
+
+// CPUList formats a CPU set as Linux lists it (0-3,6).
+func CPUList(set *unix.CPUSet) string {
+	var b []byte
+	left := set.Count()
+	for cpu := 0; left > 0; cpu++ {
+		if !set.IsSet(cpu) {
+			continue
+		}
+		end := cpu
+		for left--; left > 0 && set.IsSet(end+1); left-- {
+			end++
+		}
+		if len(b) > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(cpu), 10)
+		if end > cpu {
+			b = append(b, '-')
+			b = strconv.AppendInt(b, int64(end), 10)
+		}
+		cpu = end
+	}
+	return string(b)
 }

@@ -2,8 +2,11 @@ package loadgen
 
 import (
 	"os"
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMeasureFloor(t *testing.T) {
@@ -95,5 +98,62 @@ func TestSamplesAddUp(t *testing.T) {
 	}
 	if r.P50 != 3*ms || r.Max != 4*ms {
 		t.Errorf("p50 %v max %v, want the percentiles of both samples together", r.P50, r.Max)
+	}
+}
+
+func TestCPUList(t *testing.T) {
+	for _, tc := range []struct {
+		cpus []int
+		want string
+	}{
+		{nil, ""},
+		{[]int{0}, "0"},
+		{[]int{0, 1}, "0-1"},
+		{[]int{0, 1, 2, 3, 6}, "0-3,6"},
+		{[]int{1, 3, 5}, "1,3,5"},
+		{[]int{5, 6, 9, 10, 11, 1023}, "5-6,9-11,1023"},
+	} {
+		var set unix.CPUSet
+		for _, c := range tc.cpus {
+			set.Set(c)
+		}
+		if got := CPUList(&set); got != tc.want {
+			t.Errorf("CPUList(%v) = %q, want %q", tc.cpus, got, tc.want)
+		}
+	}
+}
+
+func TestMeasureFloorOn(t *testing.T) {
+	// Locked here too, so that this goroutine stays on the thread that
+	// measures (locks nest) and can see that it got its CPUs back: a
+	// thread returned to the pool pinned would pin whatever ran on it next.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var had unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &had); err != nil {
+		t.Fatal(err)
+	}
+	var one unix.CPUSet
+	one.Set(0)
+	f, err := MeasureFloorOn(&one, 2, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Samples) != 2 || f.PerOp <= 0 {
+		t.Fatalf("floor %+v: want 2 positive samples", f)
+	}
+	var now unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &now); err != nil {
+		t.Fatal(err)
+	}
+	if now != had {
+		t.Errorf("this thread may run on %s after the floor, want %s", CPUList(&now), CPUList(&had))
+	}
+	cpus, err := ServerCPUs(os.Getpid())
+	if err != nil || cpus.Count() == 0 {
+		t.Fatalf("ServerCPUs(self) = %v, %v", cpus, err)
+	}
+	if _, err := ServerCPUs(1 << 30); err == nil {
+		t.Fatal("no such process: want an error")
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/castellan-mesh/castellan/ca/caclient"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/status"
 )
 
@@ -78,7 +79,9 @@ type Config struct {
 	ServerPID int
 	// FloorBatches, if positive, measures the crypto floor (MeasureFloor)
 	// in this many batches just before and again just after the measured
-	// run, so that the CA's CPU per SVID can be set against it.
+	// run, so that the CA's CPU per SVID can be set against it. With
+	// ServerPID set, the floor runs on the CPUs the CA may run on
+	// (MeasureFloorOn).
 	FloorBatches int
 	// Slices, if above 1 for a timed, unpaced run (Rate 0) with
 	// FloorBatches and ServerPID set, cuts the measured run into this many equal slices and measures
@@ -131,6 +134,9 @@ type Result struct {
 	// Floor is the crypto floor measured before and after the run (both
 	// sets of samples), or nil.
 	Floor *Floor
+	// FloorCPUs lists the CPUs the floor was measured on (those the CA
+	// may run on, Config.ServerPID), or is empty: any of this machine's.
+	FloorCPUs string
 	// BusyFloor is the crypto floor measured after the run on every core
 	// at once (MeasureFloorBusy), or nil: the floor of the operations when
 	// they run on a machine as busy as the CA's at saturation.
@@ -193,7 +199,11 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 			float64(c.ReadCalls)/n, float64(c.WriteCalls)/n, float64(c.VoluntarySwitches)/n, float64(c.InvoluntarySwitches)/n)
 	}
 	if r.Floor != nil {
-		fmt.Fprintf(w, "crypto floor  %s\n", r.Floor)
+		on := ""
+		if r.FloorCPUs != "" {
+			on = ", on the CA's CPUs " + r.FloorCPUs
+		}
+		fmt.Fprintf(w, "crypto floor  %s%s\n", r.Floor, on)
 		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 {
 			perSVID := r.ServerCPU / time.Duration(ok)
 			fmt.Fprintf(w, "CA/floor      %.2fx (CA CPU per SVID %s / floor %s; %.2fx to %.2fx over the floor's batches)\n",
@@ -291,9 +301,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		run(ctx, cfg, clients, cfg.Warmup, 0)
 	}
 
-	var floor *Floor
+	var (
+		floor     *Floor
+		floorCPUs *unix.CPUSet
+	)
+	if cfg.FloorBatches > 0 && cfg.ServerPID > 0 {
+		var err error
+		if floorCPUs, err = ServerCPUs(cfg.ServerPID); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.FloorBatches > 0 {
-		f, err := MeasureFloor(cfg.FloorBatches, floorBatchSize)
+		f, err := MeasureFloorOn(floorCPUs, cfg.FloorBatches, floorBatchSize)
 		if err != nil {
 			return nil, err
 		}
@@ -306,7 +325,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var res *Result
 	if n := cfg.Slices; n > 1 && duration > 0 && cfg.Rate == 0 && floor != nil && cfg.ServerPID > 0 {
 		var err error
-		if res, err = runSliced(ctx, cfg, clients, duration, n); err != nil {
+		if res, err = runSliced(ctx, cfg, clients, floorCPUs, duration, n); err != nil {
 			return nil, err
 		}
 	} else {
@@ -320,12 +339,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ServerCounts = &d
 	}
 	if floor != nil {
-		f, err := MeasureFloor(cfg.FloorBatches, floorBatchSize)
+		f, err := MeasureFloorOn(floorCPUs, cfg.FloorBatches, floorBatchSize)
 		if err != nil {
 			return nil, err
 		}
 		floor.merge(f)
 		res.Floor = floor
+		if floorCPUs != nil {
+			res.FloorCPUs = CPUList(floorCPUs)
+		}
 		if res.BusyFloor, err = MeasureFloorBusy(cfg.FloorBatches, floorBatchSize, runtime.NumCPU()); err != nil {
 			return nil, err
 		}
@@ -352,8 +374,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // measured before the first and after each, and pairs each slice's CPU
 // per SVID (ReadRuntime, to the nanosecond) with the floor around it. The
 // CPU the CA spends between slices is idle time and counts for no slice.
-func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d time.Duration, n int) (*Result, error) {
-	gap, err := MeasureFloor(pairBatches, floorBatchSize)
+func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, cpus *unix.CPUSet, d time.Duration, n int) (*Result, error) {
+	gap, err := MeasureFloorOn(cpus, pairBatches, floorBatchSize)
 	if err != nil {
 		return nil, err
 	}
@@ -376,7 +398,7 @@ func runSliced(ctx context.Context, cfg Config, clients []*caclient.Client, d ti
 		if err != nil {
 			return nil, err
 		}
-		next, err := MeasureFloor(pairBatches, floorBatchSize)
+		next, err := MeasureFloorOn(cpus, pairBatches, floorBatchSize)
 		if err != nil {
 			return nil, err
 		}

@@ -29,6 +29,7 @@ type benchCAResult struct {
 	// The crypto floor (one P-256 verify and one sign) and the CA's CPU
 	// per SVID over it.
 	FloorSeconds *float64 `json:"floorSeconds,omitempty"`
+	FloorCPUs    string   `json:"floorCPUs,omitempty"`
 	CAOverFloor  *float64 `json:"caOverFloor,omitempty"`
 	// The median, least and greatest CA/floor ratio of the run's slices,
 	// each against the floor measured around it (--slices).
@@ -87,7 +88,7 @@ func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.Floo
 		}
 	}
 	if r.Floor != nil {
-		out.FloorSeconds = ptr(r.Floor.PerOp.Seconds())
+		out.FloorSeconds, out.FloorCPUs = ptr(r.Floor.PerOp.Seconds()), r.FloorCPUs
 		if ok := r.Requests - r.Errors; ok > 0 && r.ServerCPU >= 0 && r.Floor.PerOp > 0 {
 			out.CAOverFloor = ptr(float64(r.ServerCPU/time.Duration(ok)) / float64(r.Floor.PerOp))
 		}
