@@ -93,17 +93,35 @@ func TestReadRuntime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Spin for a while on this thread.
-	end := time.Now().Add(50 * time.Millisecond)
-	for x := 0; time.Now().Before(end); x++ {
+	// Spin on this thread until its own CPU clock has counted 50 ms (by
+	// the wall clock it may take longer on a busy machine). The process's
+	// runtime includes them; a running thread's schedstat may lag its
+	// clock by up to a scheduler tick.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	t0, err := threadCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for x := 0; ; x++ {
 		_ = x * x
+		if x%1024 != 0 {
+			continue
+		}
+		now, err := threadCPU()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now-t0 >= 50*time.Millisecond {
+			break
+		}
 	}
 	r1, err := ReadRuntime(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := r1 - r0; d < 40*time.Millisecond {
-		t.Errorf("50 ms of spinning counted %v of CPU", d)
+	if d := r1 - r0; d < 35*time.Millisecond {
+		t.Errorf("50 ms of one thread's CPU counted as %v of the process's", d)
 	}
 	if _, err := ReadRuntime(1 << 30); err == nil {
 		t.Error("a process that does not exist has a runtime")
