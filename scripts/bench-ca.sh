@@ -47,6 +47,7 @@ for _ in $(seq 50); do curl -sf http://127.0.0.1:25014/readyz >/dev/null 2>&1 &&
 runs=${RUNS:-1}
 ratios=()
 paired=()
+inter=()
 busy=()
 for i in $(seq "$runs"); do
 	[ "$runs" -gt 1 ] && echo "--- run $i of $runs"
@@ -58,6 +59,7 @@ for i in $(seq "$runs"); do
 	echo "ca rss        $(awk '/VmRSS/{print $2/1024 " MiB"}' /proc/$ca_pid/status)"
 	ratios+=($(awk '$1 == "CA/floor" && $2 ~ /x$/ {sub("x", "", $2); print $2}' <<<"$out"))
 	paired+=($(awk '/^CA\/floor pair/{sub("x", "", $3); print $3}' <<<"$out"))
+	inter+=($(sed -n 's/^CA\/floor pair.*; \([0-9.]*\)x over them all.*/\1/p' <<<"$out"))
 	busy+=($(awk '/^CA\/busy floor/{sub("x", "", $3); print $3}' <<<"$out"))
 done
 if [ "$runs" -gt 1 ] && [ "${#ratios[@]}" -gt 0 ]; then
@@ -65,6 +67,9 @@ if [ "$runs" -gt 1 ] && [ "${#ratios[@]}" -gt 0 ]; then
 fi
 if [ "$runs" -gt 1 ] && [ "${#paired[@]}" -gt 0 ]; then
 	echo "CA/floor pair ${paired[*]}: median $(printf '%s\n' "${paired[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#paired[@]} runs"
+fi
+if [ "$runs" -gt 1 ] && [ "${#inter[@]}" -gt 0 ]; then
+	echo "CA/floor all  ${inter[*]}: median $(printf '%s\n' "${inter[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#inter[@]} runs (each over all its slices)"
 fi
 if [ "$runs" -gt 1 ] && [ "${#busy[@]}" -gt 0 ]; then
 	echo "CA/busy floor ${busy[*]}: median $(printf '%s\n' "${busy[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#busy[@]} runs"
