@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -57,6 +58,57 @@ func MeasureFloorOn(cpus *unix.CPUSet, batches, n int) (*Floor, error) {
 	if batches <= 0 || n <= 0 {
 		return nil, errors.New("loadgen: floor batches and size must be positive")
 	}
+	if cpus == nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		return measureFloor(batches, n)
+	}
+	// A thread of its own, given back the CPUs it had and never unlocked:
+	// when its goroutine returns, the runtime ends the thread (or, for the
+	// main thread, parks it for good), so that no thread limited to cpus
+	// goes back to run this process's other goroutines.
+	type result struct {
+		f   *Floor
+		err error
+		tid int
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		tid := unix.Gettid()
+		var had unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &had); err != nil {
+			done <- result{err: fmt.Errorf("loadgen: reading this thread's CPUs: %w", err), tid: tid}
+			return
+		}
+		if err := unix.SchedSetaffinity(0, cpus); err != nil {
+			done <- result{err: fmt.Errorf("loadgen: running the floor on the CA's CPUs %s: %w", CPUList(cpus), err), tid: tid}
+			return
+		}
+		f, err := measureFloor(batches, n)
+		_ = unix.SchedSetaffinity(0, &had) // best effort: the thread ends anyway
+		done <- result{f, err, tid}
+	}()
+	r := <-done
+	awaitThreadEnd(r.tid, time.Second)
+	return r.f, r.err
+}
+
+// awaitThreadEnd waits up to d for this process's thread tid to end, so
+// that what is measured next (this process's threads, their counts) does
+// not see it go. The main thread never ends; it is waited for in vain.
+func awaitThreadEnd(tid int, d time.Duration) {
+	dir := "/proc/self/task/" + strconv.Itoa(tid)
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Microsecond) {
+		if _, err := os.Stat(dir); err != nil {
+			return
+		}
+	}
+}
+
+// measureFloor measures the floor on the calling goroutine's thread, to
+// which it must be locked.
+func measureFloor(batches, n int) (*Floor, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -70,15 +122,6 @@ func MeasureFloorOn(cpus *unix.CPUSet, batches, n int) (*Floor, error) {
 	sig, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
 	if err != nil {
 		return nil, err
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if cpus != nil {
-		restore, err := pinThread(cpus)
-		if err != nil {
-			return nil, err
-		}
-		defer restore()
 	}
 	op := func() error {
 		d := sha256.Sum256(msg)
@@ -151,19 +194,6 @@ func threadCPU() (time.Duration, error) {
 		return 0, fmt.Errorf("loadgen: thread CPU time: %w", err)
 	}
 	return time.Duration(ts.Nano()), nil
-}
-
-// pinThread lets the calling OS thread, which must be locked to its
-// goroutine, run only on cpus; restore gives it back the CPUs it had.
-func pinThread(cpus *unix.CPUSet) (restore func(), err error) {
-	var had unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &had); err != nil {
-		return nil, fmt.Errorf("loadgen: reading this thread's CPUs: %w", err)
-	}
-	if err := unix.SchedSetaffinity(0, cpus); err != nil {
-		return nil, fmt.Errorf("loadgen: running the floor on the CA's CPUs: %w", err)
-	}
-	return func() { _ = unix.SchedSetaffinity(0, &had) }, nil
 }
 
 // ServerCPUs returns the CPUs the process pid may run on.

@@ -2,7 +2,7 @@ package loadgen
 
 import (
 	"os"
-	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -124,11 +124,6 @@ func TestCPUList(t *testing.T) {
 }
 
 func TestMeasureFloorOn(t *testing.T) {
-	// Locked here too, so that this goroutine stays on the thread that
-	// measures (locks nest) and can see that it got its CPUs back: a
-	// thread returned to the pool pinned would pin whatever ran on it next.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	var had unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &had); err != nil {
 		t.Fatal(err)
@@ -142,12 +137,14 @@ func TestMeasureFloorOn(t *testing.T) {
 	if len(f.Samples) != 2 || f.PerOp <= 0 {
 		t.Fatalf("floor %+v: want 2 positive samples", f)
 	}
-	var now unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &now); err != nil {
-		t.Fatal(err)
+	// The pinned thread has ended (or, were it the main thread, has its
+	// CPUs back): every thread of this process may run where it could.
+	if pinned := pinnedThreads(t, &had); len(pinned) > 0 {
+		t.Errorf("threads %v are limited to fewer CPUs than %s after the floor", pinned, CPUList(&had))
 	}
-	if now != had {
-		t.Errorf("this thread may run on %s after the floor, want %s", CPUList(&now), CPUList(&had))
+	var none unix.CPUSet
+	if _, err := MeasureFloorOn(&none, 1, 1); err == nil {
+		t.Error("no CPUs: want an error")
 	}
 	cpus, err := ServerCPUs(os.Getpid())
 	if err != nil || cpus.Count() == 0 {
@@ -156,4 +153,31 @@ func TestMeasureFloorOn(t *testing.T) {
 	if _, err := ServerCPUs(1 << 30); err == nil {
 		t.Fatal("no such process: want an error")
 	}
+}
+
+// pinnedThreads lists this process's threads that may not run on every CPU
+// of want, and those that are ending.
+func pinnedThreads(t *testing.T, want *unix.CPUSet) []string {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pinned []string
+	for _, task := range tasks {
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &set); err != nil {
+			// Ending: listed still, and its counts with it.
+			pinned = append(pinned, task.Name()+" (ending)")
+			continue
+		}
+		if set != *want {
+			pinned = append(pinned, task.Name()+" ("+CPUList(&set)+")")
+		}
+	}
+	return pinned
 }
