@@ -70,28 +70,32 @@ func MeasureFloorOn(cpus *unix.CPUSet, batches, n int) (*Floor, error) {
 	type result struct {
 		f   *Floor
 		err error
-		tid int
 	}
 	done := make(chan result, 1)
+	var tid int // written before the send on done, read after it
 	go func() {
 		runtime.LockOSThread()
-		tid := unix.Gettid()
-		var had unix.CPUSet
-		if err := unix.SchedGetaffinity(0, &had); err != nil {
-			done <- result{err: fmt.Errorf("loadgen: reading this thread's CPUs: %w", err), tid: tid}
-			return
-		}
-		if err := unix.SchedSetaffinity(0, cpus); err != nil {
-			done <- result{err: fmt.Errorf("loadgen: running the floor on the CA's CPUs %s: %w", CPUList(cpus), err), tid: tid}
-			return
-		}
-		f, err := measureFloor(batches, n)
-		_ = unix.SchedSetaffinity(0, &had) // best effort: the thread ends anyway
-		done <- result{f, err, tid}
+		tid = unix.Gettid()
+		f, err := measureFloorPinned(cpus, batches, n)
+		done <- result{f, err}
 	}()
 	r := <-done
-	awaitThreadEnd(r.tid, time.Second)
+	awaitThreadEnd(tid, time.Second)
 	return r.f, r.err
+}
+
+// measureFloorPinned measures the floor on the calling goroutine's
+// thread, to which it must be locked, limited to cpus meanwhile.
+func measureFloorPinned(cpus *unix.CPUSet, batches, n int) (*Floor, error) {
+	var had unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &had); err != nil {
+		return nil, fmt.Errorf("loadgen: reading this thread's CPUs: %w", err)
+	}
+	if err := unix.SchedSetaffinity(0, cpus); err != nil {
+		return nil, fmt.Errorf("loadgen: running the floor on the CA's CPUs %s: %w", cpuList(cpus), err)
+	}
+	defer func() { _ = unix.SchedSetaffinity(0, &had) }() // best effort: the thread ends anyway
+	return measureFloor(batches, n)
 }
 
 // awaitThreadEnd waits up to d for this process's thread tid to end, so
@@ -196,8 +200,8 @@ func threadCPU() (time.Duration, error) {
 	return time.Duration(ts.Nano()), nil
 }
 
-// ServerCPUs returns the CPUs the process pid may run on.
-func ServerCPUs(pid int) (*unix.CPUSet, error) {
+// serverCPUs returns the CPUs the process pid may run on.
+func serverCPUs(pid int) (*unix.CPUSet, error) {
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(pid, &set); err != nil {
 		return nil, fmt.Errorf("loadgen: reading the CPUs of process %d: %w", pid, err)
@@ -205,8 +209,8 @@ func ServerCPUs(pid int) (*unix.CPUSet, error) {
 	return &set, nil
 }
 
-// CPUList formats a CPU set as Linux lists it (0-3,6).
-func CPUList(set *unix.CPUSet) string {
+// cpuList formats a CPU set as Linux lists it (0-3,6).
+func cpuList(set *unix.CPUSet) string {
 	var b []byte
 	left := set.Count()
 	for cpu := 0; left > 0; cpu++ {

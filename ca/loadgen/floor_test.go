@@ -117,8 +117,8 @@ func TestCPUList(t *testing.T) {
 		for _, c := range tc.cpus {
 			set.Set(c)
 		}
-		if got := CPUList(&set); got != tc.want {
-			t.Errorf("CPUList(%v) = %q, want %q", tc.cpus, got, tc.want)
+		if got := cpuList(&set); got != tc.want {
+			t.Errorf("cpuList(%v) = %q, want %q", tc.cpus, got, tc.want)
 		}
 	}
 }
@@ -140,17 +140,17 @@ func TestMeasureFloorOn(t *testing.T) {
 	// The pinned thread has ended (or, were it the main thread, has its
 	// CPUs back): every thread of this process may run where it could.
 	if pinned := pinnedThreads(t, &had); len(pinned) > 0 {
-		t.Errorf("threads %v are limited to fewer CPUs than %s after the floor", pinned, CPUList(&had))
+		t.Errorf("threads %v are limited to fewer CPUs than %s after the floor", pinned, cpuList(&had))
 	}
 	var none unix.CPUSet
 	if _, err := MeasureFloorOn(&none, 1, 1); err == nil {
 		t.Error("no CPUs: want an error")
 	}
-	cpus, err := ServerCPUs(os.Getpid())
+	cpus, err := serverCPUs(os.Getpid())
 	if err != nil || cpus.Count() == 0 {
-		t.Fatalf("ServerCPUs(self) = %v, %v", cpus, err)
+		t.Fatalf("serverCPUs(self) = %v, %v", cpus, err)
 	}
-	if _, err := ServerCPUs(1 << 30); err == nil {
+	if _, err := serverCPUs(1 << 30); err == nil {
 		t.Fatal("no such process: want an error")
 	}
 }
@@ -176,7 +176,7 @@ func pinnedThreads(t *testing.T, want *unix.CPUSet) []string {
 			continue
 		}
 		if set != *want {
-			pinned = append(pinned, task.Name()+" ("+CPUList(&set)+")")
+			pinned = append(pinned, task.Name()+" ("+cpuList(&set)+")")
 		}
 	}
 	return pinned

@@ -305,13 +305,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		floor     *Floor
 		floorCPUs *unix.CPUSet
 	)
-	if cfg.FloorBatches > 0 && cfg.ServerPID > 0 {
-		var err error
-		if floorCPUs, err = ServerCPUs(cfg.ServerPID); err != nil {
-			return nil, err
-		}
-	}
 	if cfg.FloorBatches > 0 {
+		if cfg.ServerPID > 0 {
+			var err error
+			if floorCPUs, err = serverCPUs(cfg.ServerPID); err != nil {
+				return nil, err
+			}
+		}
 		f, err := MeasureFloorOn(floorCPUs, cfg.FloorBatches, floorBatchSize)
 		if err != nil {
 			return nil, err
@@ -346,7 +346,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		floor.merge(f)
 		res.Floor = floor
 		if floorCPUs != nil {
-			res.FloorCPUs = CPUList(floorCPUs)
+			res.FloorCPUs = cpuList(floorCPUs)
 		}
 		if res.BusyFloor, err = MeasureFloorBusy(cfg.FloorBatches, floorBatchSize, runtime.NumCPU()); err != nil {
 			return nil, err

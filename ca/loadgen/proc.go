@@ -45,22 +45,17 @@ func ReadProcCounts(pid int) (ProcCounts, error) {
 	if err != nil {
 		return ProcCounts{}, err
 	}
-	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
-	if err != nil {
-		return ProcCounts{}, fmt.Errorf("loadgen: threads of process %d: %w", pid, err)
-	}
-	for _, t := range tasks {
+	err = eachThread(pid, "status", func(path string) error {
 		var vol, invol int64
-		err := scanProcFile(filepath.Join(dir, "task", t.Name(), "status"),
-			map[string]*int64{"voluntary_ctxt_switches:": &vol, "nonvoluntary_ctxt_switches:": &invol})
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // the thread exited since the listing
-		}
-		if err != nil {
-			return ProcCounts{}, err
+		if err := scanProcFile(path, map[string]*int64{"voluntary_ctxt_switches:": &vol, "nonvoluntary_ctxt_switches:": &invol}); err != nil {
+			return err
 		}
 		c.VoluntarySwitches += vol
 		c.InvoluntarySwitches += invol
+		return nil
+	})
+	if err != nil {
+		return ProcCounts{}, err
 	}
 	return c, nil
 }
@@ -101,26 +96,37 @@ func scanProcFile(path string, fields map[string]*int64) error {
 // counts in clock ticks, too coarse for a slice of a run. A thread that
 // exits takes its time with it, which a Go process rarely does.
 func ReadRuntime(pid int) (time.Duration, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, fmt.Errorf("loadgen: threads of process %d: %w", pid, err)
-	}
 	var total time.Duration
-	for _, t := range tasks {
-		b, err := smallfile.Read(filepath.Join(dir, t.Name(), "schedstat"), maxProcFile)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // the thread exited since the listing
-		}
+	err := eachThread(pid, "schedstat", func(path string) error {
+		b, err := smallfile.Read(path, maxProcFile)
 		if err != nil {
-			return 0, fmt.Errorf("loadgen: %w", err)
+			return fmt.Errorf("loadgen: %w", err)
 		}
 		first, _, _ := bytes.Cut(bytes.TrimSpace(b), []byte(" "))
 		ns, err := strconv.ParseInt(string(first), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("loadgen: %s/%s/schedstat: %w", dir, t.Name(), err)
+			return fmt.Errorf("loadgen: %s: %w", path, err)
 		}
 		total += time.Duration(ns)
+		return nil
+	})
+	return total, err
+}
+
+// eachThread calls read with the path of the file named name of each
+// thread of process pid (/proc/<pid>/task/<tid>/<name>). A thread that
+// exits after the listing is skipped: read's error wrapping
+// fs.ErrNotExist.
+func eachThread(pid int, name string, read func(path string) error) error {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("loadgen: threads of process %d: %w", pid, err)
 	}
-	return total, nil
+	for _, t := range tasks {
+		if err := read(filepath.Join(dir, t.Name(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
