@@ -3,10 +3,12 @@
 # offline JWT authentication (cached), then drives it with "castellan bench
 # ca" from a second process over gRPC+TLS. Prints CSR/s, latency
 # percentiles, the CA's CPU per SVID against the crypto floor measured in the
-# same run (one P-256 verify + one P-256 sign), the machine load and the
-# CA's RSS. The defaults are one cached token and 32 callers over one TLS
-# connection. RUNS=n measures n times against the same CA and ends with the
-# median CA/floor ratio: on a shared machine one run is not a figure.
+# same run (one P-256 verify + one P-256 sign), the machine load (the share
+# of the machine's CPU time that went to other processes during the run,
+# and the load average) and the CA's RSS. The defaults are one cached
+# token and 32 callers over one TLS connection. RUNS=n measures n times
+# against the same CA and ends with the median CA/floor ratio: on a shared
+# machine one run is not a figure.
 #   CONCURRENCY=32 CONNECTIONS=1 TOKENS=1 DURATION=10s RUNS=1 scripts/bench-ca.sh
 #
 # The CA and the load generator run on separate CPUs (taskset): the CA on
@@ -49,6 +51,7 @@ ratios=()
 paired=()
 inter=()
 busy=()
+other=()
 for i in $(seq "$runs"); do
 	[ "$runs" -gt 1 ] && echo "--- run $i of $runs"
 	out=$(on "$lg_cpus" $BIN bench ca --addr 127.0.0.1:25012 --root-cert "$work/ca/root-cert.pem" --server-name localhost \
@@ -61,6 +64,7 @@ for i in $(seq "$runs"); do
 	paired+=($(awk '/^CA\/floor pair/{sub("x", "", $3); print $3}' <<<"$out"))
 	inter+=($(sed -n 's/^CA\/floor pair.*; \([0-9.]*\)x over them all.*/\1/p' <<<"$out"))
 	busy+=($(awk '/^CA\/busy floor/{sub("x", "", $3); print $3}' <<<"$out"))
+	other+=($(awk '/^other work/{print $3}' <<<"$out"))
 done
 if [ "$runs" -gt 1 ] && [ "${#ratios[@]}" -gt 0 ]; then
 	echo "CA/floor      ${ratios[*]}: median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#ratios[@]} runs"
@@ -73,4 +77,7 @@ if [ "$runs" -gt 1 ] && [ "${#inter[@]}" -gt 0 ]; then
 fi
 if [ "$runs" -gt 1 ] && [ "${#busy[@]}" -gt 0 ]; then
 	echo "CA/busy floor ${busy[*]}: median $(printf '%s\n' "${busy[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#busy[@]} runs"
+fi
+if [ "$runs" -gt 1 ] && [ "${#other[@]}" -gt 0 ]; then
+	echo "other work    ${other[*]}: each run's share of the machine's CPU time that went to other processes"
 fi

@@ -143,6 +143,12 @@ type Result struct {
 	BusyFloor *Floor
 	// Paired are the slices of a sliced run (Config.Slices), in order.
 	Paired []Pair
+	// OtherCPU is the share of this machine's CPU time during the run
+	// that the threads of other processes than the CA and the load
+	// generator spent running (OthersRuntime), when Config.ServerPID is
+	// set; otherwise -1. It is the load of the machine's other work, which
+	// the load average cannot tell from the run's own.
+	OtherCPU float64
 	// Interleaved is, for a sliced run, the CA's CPU per SVID over all its
 	// slices against the mean of the floor batches measured between them:
 	// both averaged over the same stretch of time.
@@ -197,6 +203,9 @@ func (r *Result) Print(w io.Writer, cfg Config) {
 		n := float64(r.Requests)
 		fmt.Fprintf(w, "CA per CSR    %.2f read and %.2f write syscalls, %.2f voluntary and %.2f involuntary context switches (/proc)\n",
 			float64(c.ReadCalls)/n, float64(c.WriteCalls)/n, float64(c.VoluntarySwitches)/n, float64(c.InvoluntarySwitches)/n)
+	}
+	if r.OtherCPU >= 0 {
+		fmt.Fprintf(w, "other work    %.1f%% of this machine's CPU time during the run went to processes other than the CA and the load generator\n", 100*r.OtherCPU)
 	}
 	if r.Floor != nil {
 		on := ""
@@ -321,6 +330,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	before := scrape(ctx, cfg.MetricsURL)
 	u0, s0, procErr := procCPU(cfg.ServerPID)
 	counts0, countsErr := serverCounts(cfg.ServerPID)
+	others0, othersErr := othersRuntime(cfg.ServerPID)
 	cpu0 := processCPU()
 	var res *Result
 	if n := cfg.Slices; n > 1 && duration > 0 && cfg.Rate == 0 && floor != nil && cfg.ServerPID > 0 {
@@ -333,6 +343,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ClientCPU = processCPU() - cpu0
 	}
 	after := scrape(ctx, cfg.MetricsURL)
+	others1, othersErr1 := othersRuntime(cfg.ServerPID)
 	u1, s1, procErr1 := procCPU(cfg.ServerPID)
 	if counts1, err := serverCounts(cfg.ServerPID); err == nil && countsErr == nil {
 		d := counts1.Sub(counts0)
@@ -367,7 +378,29 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ServerUser, res.ServerSys = u1-u0, s1-s0
 		res.ServerCPU = res.ServerUser + res.ServerSys
 	}
+	if othersErr == nil && othersErr1 == nil && others1.machine > others0.machine {
+		res.OtherCPU = float64(others1.runtime-others0.runtime) / float64(others1.machine-others0.machine)
+	}
 	return res, nil
+}
+
+// othersTime is a reading of the CPU time of the machine's other work: the
+// run time of the threads of every process but the CA (pid) and this one,
+// and the CPU time the machine has had.
+type othersTime struct{ runtime, machine time.Duration }
+
+// othersRuntime reads othersTime, when pid is set: without the CA's
+// process id, the others include the CA.
+func othersRuntime(pid int) (othersTime, error) {
+	if pid <= 0 {
+		return othersTime{}, errors.New("loadgen: no CA process id")
+	}
+	m, err := MachineTime()
+	if err != nil {
+		return othersTime{}, err
+	}
+	rt, err := OthersRuntime(pid, os.Getpid())
+	return othersTime{rt, m}, err
 }
 
 // runSliced runs for d in n slices, with pairBatches floor batches
@@ -452,7 +485,7 @@ func (s *sample) add(o *sample) {
 
 // result summarizes s.
 func (s *sample) result() *Result {
-	res := &Result{Requests: len(s.lat), Errors: s.nerr, ErrorsByCode: s.errs, Elapsed: s.elapsed}
+	res := &Result{Requests: len(s.lat), Errors: s.nerr, ErrorsByCode: s.errs, Elapsed: s.elapsed, OtherCPU: -1}
 	if len(s.lat) > 0 {
 		lat := slices.Clone(s.lat)
 		slices.Sort(lat)

@@ -7,7 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/castellan-mesh/castellan/internal/smallfile"
@@ -129,4 +131,69 @@ func eachThread(pid int, name string, read func(path string) error) error {
 		}
 	}
 	return nil
+}
+
+// MachineTime is the CPU time all of this machine's CPUs have had, busy
+// or idle: the sum of the counters of /proc/stat's cpu line.
+func MachineTime() (time.Duration, error) {
+	b, err := smallfile.Read("/proc/stat", maxProcFile)
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: %w", err)
+	}
+	return parseMachineTime(b)
+}
+
+// parseMachineTime parses the first line of /proc/stat: "cpu" and at least
+// the eight counters user, nice, system, idle, iowait, irq, softirq and
+// steal, in clock ticks. Guest time, which may follow, is already in user
+// and nice.
+func parseMachineTime(b []byte) (time.Duration, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("loadgen: /proc/stat: first line %q is not cpu and eight counters", truncate(string(line), 80))
+	}
+	var ticks int64
+	for i, c := range f[1:9] {
+		n, err := strconv.ParseInt(c, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("loadgen: /proc/stat: counter %d of the cpu line is %q, not a count of ticks", i+1, truncate(c, 24))
+		}
+		ticks += n
+	}
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ticks) * time.Second / hz, nil
+}
+
+// OthersRuntime returns the time every thread of every process of this
+// machine but those of exclude has spent on a CPU, to the nanosecond
+// (/proc/<pid>/task/<tid>/schedstat), kernel threads included. A thread
+// that ends takes its time with it: over a stretch, the difference of two
+// readings is at least what the others spent, less what ended.
+func OthersRuntime(exclude ...int) (time.Duration, error) {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: listing processes: %w", err)
+	}
+	var total time.Duration
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || slices.Contains(exclude, pid) {
+			continue
+		}
+		rt, err := ReadRuntime(pid)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return 0, err
+		}
+		total += rt
+	}
+	return total, nil
+}
+
+// truncate returns s cut to at most n bytes, marked when cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -2,8 +2,10 @@ package loadgen
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -126,4 +128,91 @@ func TestReadRuntime(t *testing.T) {
 	if _, err := ReadRuntime(1 << 30); err == nil {
 		t.Error("a process that does not exist has a runtime")
 	}
+}
+
+func TestParseMachineTime(t *testing.T) {
+	for _, tt := range []struct {
+		name, in string
+		want     time.Duration
+		err      string
+	}{
+		{"kernel 6", "cpu  100 20 30 800 10 5 5 30 7 0\ncpu0 50 10 15 400 5 2 3 15 0 0\n", 10 * time.Second, ""},
+		{"eight counters", "cpu 1 0 0 99 0 0 0 0", time.Second, ""},
+		{"no cpu line", "intr 1 2 3\n", 0, "is not cpu and eight counters"},
+		{"per-CPU first", "cpu0 1 2 3 4 5 6 7 8\n", 0, "is not cpu and eight counters"},
+		{"short", "cpu 1 2 3\n", 0, "is not cpu and eight counters"},
+		{"not a number", "cpu 1 2 x 4 5 6 7 8\n", 0, `counter 3 of the cpu line is "x"`},
+		{"negative", "cpu 1 2 3 -4 5 6 7 8\n", 0, `counter 4 of the cpu line is "-4"`},
+		{"long line", "cpu0" + strings.Repeat(" 1", 100), 0, `..." is not cpu`},
+		{"empty", "", 0, "is not cpu and eight counters"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseMachineTime([]byte(tt.in))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want one containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestOthersRuntime checks that a child process's CPU counts among the
+// others, and this process's does not.
+func TestOthersRuntime(t *testing.T) {
+	m0, err := MachineTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o0, err := OthersRuntime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// This process spins 200 ms, and a child spins until it is killed.
+	cmd := exec.Command("sh", "-c", "while :; do :; done")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c0 := processCPU()
+	for processCPU()-c0 < 200*time.Millisecond {
+	}
+	// The child's time counts while it lives: read before it is killed.
+	deadline := time.Now().Add(10 * time.Second)
+	var child time.Duration
+	for time.Now().Before(deadline) {
+		if child, err = ReadRuntime(cmd.Process.Pid); err != nil || child >= 100*time.Millisecond {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	o1, err := OthersRuntime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	m1, err := MachineTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	others, machine := o1-o0, m1-m0
+	if child < 100*time.Millisecond {
+		t.Fatalf("the child ran %s", child)
+	}
+	if others < child {
+		t.Errorf("others ran %s, less than the child's %s", others, child)
+	}
+	// This process's 200 ms are not the others': on a quiet machine they
+	// are the child's and little more.
+	if others > machine {
+		t.Errorf("others ran %s of the machine's %s", others, machine)
+	}
+	t.Logf("others %s (the child %s) of the machine's %s", others, child, machine)
 }

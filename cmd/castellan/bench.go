@@ -75,7 +75,7 @@ func runBenchCA(ctx context.Context, args []string, stdout, stderr io.Writer) (e
 	dur := fs.Duration("duration", 10*time.Second, "measured run time")
 	csrs := fs.Int("csrs", 256, "distinct pre-made CSRs")
 	rate := fs.Int("rate", 0, "pace the run at this many requests per second (open loop; latency counts from each request's due time); 0: as fast as the concurrency allows")
-	caPID := fs.Int("ca-pid", 0, "the CA's process id on this machine: read its CPU time (user and system) from /proc/<pid>/stat, and measure the floor on the CPUs it may run on")
+	caPID := fs.Int("ca-pid", 0, "the CA's process id on this machine: read its CPU time (user and system) from /proc/<pid>/stat, measure the floor on the CPUs it may run on, and count the machine's other work apart from the CA's")
 	floor := fs.Int("floor-batches", 10, "measure the crypto floor (one P-256 verify + one P-256 sign) in this many batches before and after the run, and print the CA's CPU per SVID against it; 0: skip")
 	slices := fs.Int("slices", 40, "with --ca-pid and --floor-batches and without --rate, cut the run into this many slices with floor batches between them, and print each slice's CPU per SVID against the floor measured around it (their median is robust to a machine whose speed varies); 0 or 1: one stretch")
 	once := fs.Bool("once", false, "use each token for exactly one request, with no warm-up (fresh tokens, as in a rollout); the run ends when all are used")

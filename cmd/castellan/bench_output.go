@@ -38,8 +38,11 @@ type benchCAResult struct {
 	BusyFloorSeconds *float64 `json:"busyFloorSeconds,omitempty"`
 	CAOverBusyFloor  *float64 `json:"caOverBusyFloor,omitempty"`
 	// The CA's system calls and context switches per CSR (--ca-pid).
-	CAPerCSR  *caCountsPerCSR      `json:"caPerCSR,omitempty"`
-	JunkFlood *loadgen.FloodResult `json:"junkFlood,omitempty"`
+	CAPerCSR *caCountsPerCSR `json:"caPerCSR,omitempty"`
+	// The share of the machine's CPU time during the run that went to
+	// neither the CA nor the load generator.
+	OtherCPUShare *float64             `json:"otherCPUShare,omitempty"`
+	JunkFlood     *loadgen.FloodResult `json:"junkFlood,omitempty"`
 }
 
 // caCountsPerCSR is loadgen.ProcCounts per CSR.
@@ -86,6 +89,9 @@ func newBenchCAResult(r *loadgen.Result, cfg loadgen.Config, flood *loadgen.Floo
 			n := float64(r.Requests)
 			out.CAPerCSR = &caCountsPerCSR{float64(c.ReadCalls) / n, float64(c.WriteCalls) / n, float64(c.VoluntarySwitches) / n, float64(c.InvoluntarySwitches) / n}
 		}
+	}
+	if r.OtherCPU >= 0 {
+		out.OtherCPUShare = ptr(r.OtherCPU)
 	}
 	if r.Floor != nil {
 		out.FloorSeconds, out.FloorCPUs = ptr(r.Floor.PerOp.Seconds()), r.FloorCPUs

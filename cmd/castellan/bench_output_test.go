@@ -16,7 +16,7 @@ import (
 func TestBenchResults(t *testing.T) {
 	ca := newBenchCAResult(&loadgen.Result{
 		Requests: 1000, Errors: 0, Elapsed: 2 * time.Second, P50: time.Millisecond, P90: 2 * time.Millisecond, P99: 5 * time.Millisecond, Max: 9 * time.Millisecond,
-		TokenReviews: -1, ClientCPU: 100 * time.Millisecond, ServerCPU: 200 * time.Millisecond, ServerUser: -1, ServerSys: -1,
+		TokenReviews: -1, ClientCPU: 100 * time.Millisecond, ServerCPU: 200 * time.Millisecond, ServerUser: -1, ServerSys: -1, OtherCPU: 0.012,
 		Floor:        &loadgen.Floor{PerOp: 100 * time.Microsecond, Samples: []time.Duration{100 * time.Microsecond}},
 		ServerCounts: &loadgen.ProcCounts{ReadCalls: 100, WriteCalls: 750, VoluntarySwitches: 1500, InvoluntarySwitches: 20},
 	}, loadgen.Config{Concurrency: 32, Connections: 1}, nil)
@@ -30,7 +30,7 @@ func TestBenchResults(t *testing.T) {
 		want   map[string]any
 		absent []string
 	}{
-		{"ca", ca, map[string]any{"requests": 1000.0, "perSecond": 500.0, "caCPUPerCSRSeconds": 0.0002, "floorSeconds": 0.0001, "caOverFloor": 2.0,
+		{"ca", ca, map[string]any{"requests": 1000.0, "perSecond": 500.0, "caCPUPerCSRSeconds": 0.0002, "floorSeconds": 0.0001, "caOverFloor": 2.0, "otherCPUShare": 0.012,
 			"caPerCSR":       map[string]any{"readSyscalls": 0.1, "writeSyscalls": 0.75, "voluntaryContextSwitches": 1.5, "involuntaryContextSwitches": 0.02},
 			"latencySeconds": map[string]any{"p50": 0.001, "p90": 0.002, "p99": 0.005, "max": 0.009}}, []string{"tokenReviews", "junkFlood"}},
 		{"sds", sds, map[string]any{"streams": 10.0, "delta": true, "connectSeconds": 1.0, "fanOutMedianSeconds": 0.05}, []string{"rssBeforeBytes"}},
