@@ -145,7 +145,8 @@ type Result struct {
 	Paired []Pair
 	// OtherCPU is the share of this machine's CPU time during the run
 	// that the threads of other processes than the CA and the load
-	// generator spent running (OthersRuntime), when Config.ServerPID is
+	// generator spent running (from their schedstat files; a thread that
+	// ends during the run is missed), when Config.ServerPID is
 	// set; otherwise -1. It is the load of the machine's other work, which
 	// the load average cannot tell from the run's own.
 	OtherCPU float64
@@ -330,7 +331,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	before := scrape(ctx, cfg.MetricsURL)
 	u0, s0, procErr := procCPU(cfg.ServerPID)
 	counts0, countsErr := serverCounts(cfg.ServerPID)
-	others0, othersErr := othersRuntime(cfg.ServerPID)
+	others0, othersErr := readOthersTime(cfg.ServerPID)
 	cpu0 := processCPU()
 	var res *Result
 	if n := cfg.Slices; n > 1 && duration > 0 && cfg.Rate == 0 && floor != nil && cfg.ServerPID > 0 {
@@ -343,7 +344,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ClientCPU = processCPU() - cpu0
 	}
 	after := scrape(ctx, cfg.MetricsURL)
-	others1, othersErr1 := othersRuntime(cfg.ServerPID)
+	others1, othersErr1 := readOthersTime(cfg.ServerPID)
 	u1, s1, procErr1 := procCPU(cfg.ServerPID)
 	if counts1, err := serverCounts(cfg.ServerPID); err == nil && countsErr == nil {
 		d := counts1.Sub(counts0)
@@ -379,28 +380,31 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ServerCPU = res.ServerUser + res.ServerSys
 	}
 	if othersErr == nil && othersErr1 == nil && others1.machine > others0.machine {
-		res.OtherCPU = float64(others1.runtime-others0.runtime) / float64(others1.machine-others0.machine)
+		res.OtherCPU = float64(others1.threads.since(others0.threads)) / float64(others1.machine-others0.machine)
 	}
 	return res, nil
 }
 
-// othersTime is a reading of the CPU time of the machine's other work: the
-// run time of the threads of every process but the CA (pid) and this one,
-// and the CPU time the machine has had.
-type othersTime struct{ runtime, machine time.Duration }
+// othersTime is a reading of the machine's other work: the time on a CPU
+// of the threads of every process but the CA and this one, and the CPU
+// time the machine has had.
+type othersTime struct {
+	threads threadTimes
+	machine time.Duration
+}
 
-// othersRuntime reads othersTime, when pid is set: without the CA's
-// process id, the others include the CA.
-func othersRuntime(pid int) (othersTime, error) {
-	if pid <= 0 {
+// readOthersTime reads othersTime, when the CA's process id is set:
+// without it, the others would include the CA.
+func readOthersTime(caPID int) (othersTime, error) {
+	if caPID <= 0 {
 		return othersTime{}, errors.New("loadgen: no CA process id")
 	}
-	m, err := MachineTime()
+	m, err := machineTime()
 	if err != nil {
 		return othersTime{}, err
 	}
-	rt, err := OthersRuntime(pid, os.Getpid())
-	return othersTime{rt, m}, err
+	threads, err := readOthers(caPID, os.Getpid())
+	return othersTime{threads, m}, err
 }
 
 // runSliced runs for d in n slices, with pairBatches floor batches

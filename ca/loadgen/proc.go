@@ -100,19 +100,25 @@ func scanProcFile(path string, fields map[string]*int64) error {
 func ReadRuntime(pid int) (time.Duration, error) {
 	var total time.Duration
 	err := eachThread(pid, "schedstat", func(path string) error {
-		b, err := smallfile.Read(path, maxProcFile)
-		if err != nil {
-			return fmt.Errorf("loadgen: %w", err)
-		}
-		first, _, _ := bytes.Cut(bytes.TrimSpace(b), []byte(" "))
-		ns, err := strconv.ParseInt(string(first), 10, 64)
-		if err != nil {
-			return fmt.Errorf("loadgen: %s: %w", path, err)
-		}
-		total += time.Duration(ns)
-		return nil
+		rt, err := readSchedRuntime(path)
+		total += rt
+		return err
 	})
 	return total, err
+}
+
+// readSchedRuntime reads a thread's time on a CPU from its schedstat file.
+func readSchedRuntime(path string) (time.Duration, error) {
+	b, err := smallfile.Read(path, maxProcFile)
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: %w", err)
+	}
+	first, _, _ := bytes.Cut(bytes.TrimSpace(b), []byte(" "))
+	ns, err := strconv.ParseInt(string(first), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("loadgen: %s: %w", path, err)
+	}
+	return time.Duration(ns), nil
 }
 
 // eachThread calls read with the path of the file named name of each
@@ -133,9 +139,9 @@ func eachThread(pid int, name string, read func(path string) error) error {
 	return nil
 }
 
-// MachineTime is the CPU time all of this machine's CPUs have had, busy
-// or idle: the sum of the counters of /proc/stat's cpu line.
-func MachineTime() (time.Duration, error) {
+// machineTime returns the CPU time all of this machine's CPUs have had,
+// busy or idle: the sum of the counters of /proc/stat's cpu line.
+func machineTime() (time.Duration, error) {
 	b, err := smallfile.Read("/proc/stat", maxProcFile)
 	if err != nil {
 		return 0, fmt.Errorf("loadgen: %w", err)
@@ -165,29 +171,48 @@ func parseMachineTime(b []byte) (time.Duration, error) {
 	return time.Duration(ticks) * time.Second / hz, nil
 }
 
-// OthersRuntime returns the time every thread of every process of this
-// machine but those of exclude has spent on a CPU, to the nanosecond
-// (/proc/<pid>/task/<tid>/schedstat), kernel threads included. A thread
-// that ends takes its time with it: over a stretch, the difference of two
-// readings is at least what the others spent, less what ended.
-func OthersRuntime(exclude ...int) (time.Duration, error) {
+// threadTimes are the times threads have spent on a CPU, by the path of
+// their /proc/<pid>/task/<tid> directory.
+type threadTimes map[string]time.Duration
+
+// readOthers reads the time every thread of every process of this machine
+// but those of exclude has spent on a CPU, to the nanosecond
+// (/proc/<pid>/task/<tid>/schedstat), kernel threads included. A process
+// or thread that ends while it is read is left out.
+func readOthers(exclude ...int) (threadTimes, error) {
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, fmt.Errorf("loadgen: listing processes: %w", err)
+		return nil, fmt.Errorf("loadgen: listing processes: %w", err)
 	}
-	var total time.Duration
+	times := threadTimes{}
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil || slices.Contains(exclude, pid) {
 			continue
 		}
-		rt, err := ReadRuntime(pid)
+		err = eachThread(pid, "schedstat", func(path string) error {
+			rt, err := readSchedRuntime(path)
+			if err == nil {
+				times[filepath.Dir(path)] = rt
+			}
+			return err
+		})
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return 0, err
+			return nil, err
 		}
-		total += rt
 	}
-	return total, nil
+	return times, nil
+}
+
+// since returns the time the threads of t have spent on a CPU since
+// before: each thread's gain, or its whole time if it is new. A thread
+// that ended in between is missed, with what it spent meanwhile.
+func (t threadTimes) since(before threadTimes) time.Duration {
+	var sum time.Duration
+	for path, rt := range t {
+		sum += max(0, rt-before[path])
+	}
+	return sum
 }
 
 // truncate returns s cut to at most n bytes, marked when cut.

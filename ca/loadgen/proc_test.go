@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,14 +165,14 @@ func TestParseMachineTime(t *testing.T) {
 	}
 }
 
-// TestOthersRuntime checks that a child process's CPU counts among the
+// TestReadOthers checks that a child process's CPU counts among the
 // others, and this process's does not.
-func TestOthersRuntime(t *testing.T) {
-	m0, err := MachineTime()
+func TestReadOthers(t *testing.T) {
+	m0, err := machineTime()
 	if err != nil {
 		t.Fatal(err)
 	}
-	o0, err := OthersRuntime(os.Getpid())
+	o0, err := readOthers(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,10 +181,13 @@ func TestOthersRuntime(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
 	c0 := processCPU()
 	for processCPU()-c0 < 200*time.Millisecond {
 	}
-	// The child's time counts while it lives: read before it is killed.
 	deadline := time.Now().Add(10 * time.Second)
 	var child time.Duration
 	for time.Now().Before(deadline) {
@@ -192,27 +196,42 @@ func TestOthersRuntime(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	o1, err := OthersRuntime(os.Getpid())
+	o1, err := readOthers(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-	m1, err := MachineTime()
+	m1, err := machineTime()
 	if err != nil {
 		t.Fatal(err)
 	}
-	others, machine := o1-o0, m1-m0
+	others, machine := o1.since(o0), m1-m0
 	if child < 100*time.Millisecond {
 		t.Fatalf("the child ran %s", child)
 	}
 	if others < child {
 		t.Errorf("others ran %s, less than the child's %s", others, child)
 	}
-	// This process's 200 ms are not the others': on a quiet machine they
-	// are the child's and little more.
 	if others > machine {
 		t.Errorf("others ran %s of the machine's %s", others, machine)
 	}
+	self := fmt.Sprintf("/proc/%d/", os.Getpid())
+	for path := range o1 {
+		if strings.HasPrefix(path, self) {
+			t.Errorf("this process's thread %s is among the others", path)
+		}
+	}
 	t.Logf("others %s (the child %s) of the machine's %s", others, child, machine)
+}
+
+func TestThreadTimesSince(t *testing.T) {
+	before := threadTimes{"/proc/1/task/1": time.Second, "/proc/2/task/2": 5 * time.Second, "/proc/3/task/3": time.Hour}
+	after := threadTimes{
+		"/proc/1/task/1": 3 * time.Second, // gained 2 s
+		"/proc/2/task/2": 4 * time.Second, // went back (a reused id): nothing
+		"/proc/4/task/4": time.Second,     // new: all of it
+		// 3 ended: missed, not subtracted
+	}
+	if got, want := after.since(before), 3*time.Second; got != want {
+		t.Errorf("since = %s, want %s", got, want)
+	}
 }
