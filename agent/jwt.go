@@ -27,6 +27,7 @@ import (
 	"github.com/castellan-mesh/castellan/agent/workloadapi"
 	"github.com/castellan-mesh/castellan/ca/jwtapi"
 	"github.com/castellan-mesh/castellan/internal/broadcast"
+	"github.com/castellan-mesh/castellan/internal/clip"
 	"github.com/castellan-mesh/castellan/internal/jwtaudience"
 	"github.com/castellan-mesh/castellan/internal/promreg"
 )
@@ -480,9 +481,4 @@ func parseJWTAuthorities(resp *jwtapi.FetchJWTAuthoritiesResponse) (*workloadapi
 }
 
 // truncateID shortens a caller-supplied value for messages.
-func truncateID(s string) string {
-	if len(s) <= 256 {
-		return s
-	}
-	return s[:256] + "..."
-}
+func truncateID(s string) string { return clip.String(s, 256) }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-mesh/castellan/internal/clip"
 	"github.com/castellan-mesh/castellan/internal/dnsname"
 )
 
@@ -166,10 +167,4 @@ func (p *DNSProfile) checkDNSNames(names []string, id spiffeid.ID) error {
 }
 
 // truncateName keeps a hostile name from filling a log line.
-func truncateName(s string) string {
-	const max = 256
-	if len(s) > max {
-		return s[:max] + "..."
-	}
-	return s
-}
+func truncateName(s string) string { return clip.String(s, 256) }

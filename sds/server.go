@@ -45,6 +45,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-mesh/castellan/agent/svidstore"
+	"github.com/castellan-mesh/castellan/internal/clip"
 	"github.com/castellan-mesh/castellan/internal/svidserver"
 )
 
@@ -164,10 +165,4 @@ func nodeID(n interface{ GetId() string }) string {
 
 // truncate shortens client-supplied text before it reaches a log or an
 // error message.
-func truncate(s string) string {
-	const max = 256
-	if len(s) <= max {
-		return s
-	}
-	return s[:max] + "..."
-}
+func truncate(s string) string { return clip.String(s, 256) }

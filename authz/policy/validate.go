@@ -12,6 +12,8 @@ import (
 
 	securityv1 "istio.io/api/security/v1"
 	typev1beta1 "istio.io/api/type/v1beta1"
+
+	"github.com/castellan-mesh/castellan/internal/clip"
 )
 
 // maxRules is the most rules one AuthorizationPolicy may hold, as in the
@@ -31,14 +33,14 @@ func validateMeta(m *Meta, path string, fe *fieldErrors) {
 	case m.Name == "":
 		fe.add(path+".name", "missing name")
 	case len(m.Name) > 253 || !dnsSubdomain.MatchString(m.Name):
-		fe.add(path+".name", "%q is not a valid name (lower-case letters, digits, '-' and '.')", truncate(m.Name, 64))
+		fe.add(path+".name", "%q is not a valid name (lower-case letters, digits, '-' and '.')", clip.String(m.Name, 64))
 	}
 	if len(m.Namespace) > 63 || !dnsLabel.MatchString(m.Namespace) {
-		fe.add(path+".namespace", "%q is not a valid namespace (lower-case letters, digits and '-')", truncate(m.Namespace, 64))
+		fe.add(path+".namespace", "%q is not a valid namespace (lower-case letters, digits and '-')", clip.String(m.Namespace, 64))
 	}
 	if v, ok := m.Annotations[DryRunAnnotation]; ok {
 		if _, err := strconv.ParseBool(v); err != nil {
-			fe.add(path+".annotations["+DryRunAnnotation+"]", "%q is not true or false", truncate(v, 40))
+			fe.add(path+".annotations["+DryRunAnnotation+"]", "%q is not true or false", clip.String(v, 40))
 		}
 	}
 }
@@ -49,7 +51,7 @@ func validateSelector(s *typev1beta1.WorkloadSelector, path string, fe *fieldErr
 			fe.add(path+".matchLabels["+k+"]", "invalid label key: %v", err)
 		}
 		if v := s.MatchLabels[k]; v != "" && (len(v) > 63 || !labelName.MatchString(v)) {
-			fe.add(path+".matchLabels["+k+"]", "invalid label value %q", truncate(v, 64))
+			fe.add(path+".matchLabels["+k+"]", "invalid label value %q", clip.String(v, 64))
 		}
 	}
 }
@@ -61,9 +63,9 @@ func checkLabelKey(k string) error {
 	}
 	switch {
 	case hasPrefix && (prefix == "" || len(prefix) > 253 || !dnsSubdomain.MatchString(prefix)):
-		return fmt.Errorf("prefix %q is not a DNS subdomain", truncate(prefix, 64))
+		return fmt.Errorf("prefix %q is not a DNS subdomain", clip.String(prefix, 64))
 	case name == "" || len(name) > 63 || !labelName.MatchString(name):
-		return fmt.Errorf("name %q must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit", truncate(name, 64))
+		return fmt.Errorf("name %q must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit", clip.String(name, 64))
 	}
 	return nil
 }
@@ -84,15 +86,15 @@ func validateTargetRef(ref *typev1beta1.PolicyTargetReference, ns, path string, 
 	groups, ok := targetKinds[ref.GetKind()]
 	switch {
 	case !ok:
-		fe.add(path+".kind", "unsupported kind %q (want Gateway, GatewayClass, Service or ServiceEntry)", truncate(ref.GetKind(), 64))
+		fe.add(path+".kind", "unsupported kind %q (want Gateway, GatewayClass, Service or ServiceEntry)", clip.String(ref.GetKind(), 64))
 	case !slices.Contains(groups, ref.GetGroup()):
-		fe.add(path+".group", "kind %s needs group %q, got %q", ref.GetKind(), groups[len(groups)-1], truncate(ref.GetGroup(), 64))
+		fe.add(path+".group", "kind %s needs group %q, got %q", ref.GetKind(), groups[len(groups)-1], clip.String(ref.GetGroup(), 64))
 	}
 	if ref.GetName() == "" {
 		fe.add(path+".name", "missing name")
 	}
 	if ref.GetNamespace() != "" && ref.GetNamespace() != ns {
-		fe.add(path+".namespace", "cross-namespace reference to %q is not supported", truncate(ref.GetNamespace(), 64))
+		fe.add(path+".namespace", "cross-namespace reference to %q is not supported", clip.String(ref.GetNamespace(), 64))
 	}
 }
 
@@ -271,7 +273,7 @@ func checkWildcard(v string) error {
 	case n == 1 && (strings.HasPrefix(v, "*") || strings.HasSuffix(v, "*")):
 		return nil
 	}
-	return fmt.Errorf("bad wildcard in %q: \"*\" may only be the whole value, its first character or its last", truncate(v, 64))
+	return fmt.Errorf("bad wildcard in %q: \"*\" may only be the whole value, its first character or its last", clip.String(v, 64))
 }
 
 // checkMetadataValue accepts a value of an experimental.envoy.filters key:
@@ -279,7 +281,7 @@ func checkWildcard(v string) error {
 func checkMetadataValue(v string) error {
 	if inner, ok := ListValue(v); ok {
 		if inner == "" {
-			return fmt.Errorf("empty list value %q", truncate(v, 64))
+			return fmt.Errorf("empty list value %q", clip.String(v, 64))
 		}
 		return checkWildcard(inner)
 	}
@@ -306,14 +308,14 @@ func checkPrincipal(v string) error {
 
 func checkNamespacePattern(v string) error {
 	if strings.Contains(v, "/") {
-		return fmt.Errorf("namespace %q must not contain '/'", truncate(v, 64))
+		return fmt.Errorf("namespace %q must not contain '/'", clip.String(v, 64))
 	}
 	return checkWildcard(v)
 }
 
 func checkTrustDomainPattern(v string) error {
 	if strings.Contains(v, "/") {
-		return fmt.Errorf("trust domain %q must not contain '/'", truncate(v, 64))
+		return fmt.Errorf("trust domain %q must not contain '/'", clip.String(v, 64))
 	}
 	return checkWildcard(v)
 }
@@ -325,11 +327,11 @@ func checkServiceAccount(v string) error {
 	}
 	switch {
 	case strings.Contains(v, "*"):
-		return fmt.Errorf("service account %q: wildcards are not allowed", truncate(v, 64))
+		return fmt.Errorf("service account %q: wildcards are not allowed", clip.String(v, 64))
 	case ok && !dnsLabel.MatchString(ns):
-		return fmt.Errorf("service account %q: %q is not a valid namespace", truncate(v, 64), truncate(ns, 64))
+		return fmt.Errorf("service account %q: %q is not a valid namespace", clip.String(v, 64), clip.String(ns, 64))
 	case !dnsSubdomain.MatchString(sa):
-		return fmt.Errorf("service account %q: %q is not a valid service account name", truncate(v, 64), truncate(sa, 64))
+		return fmt.Errorf("service account %q: %q is not a valid service account name", clip.String(v, 64), clip.String(sa, 64))
 	}
 	return nil
 }
@@ -349,18 +351,18 @@ func checkPort(v string) error {
 // prefix length.
 func ParseCIDR(v string) (netip.Prefix, error) {
 	if strings.Contains(v, "%") {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: zones are not allowed", truncate(v, 64))
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: zones are not allowed", clip.String(v, 64))
 	}
 	if strings.Contains(v, "/") {
 		p, err := netip.ParsePrefix(v)
 		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", truncate(v, 64))
+			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", clip.String(v, 64))
 		}
 		return p.Masked(), nil
 	}
 	a, err := netip.ParseAddr(v)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("invalid IP address or CIDR %q", truncate(v, 64))
+		return netip.Prefix{}, fmt.Errorf("invalid IP address or CIDR %q", clip.String(v, 64))
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
@@ -369,7 +371,7 @@ func ParseCIDR(v string) (netip.Prefix, error) {
 func ParsePort(v string) (uint32, error) {
 	n, err := strconv.ParseUint(v, 10, 32)
 	if err != nil || n < 1 || n > 65535 {
-		return 0, fmt.Errorf("invalid port %q (want a number from 1 to 65535)", truncate(v, 64))
+		return 0, fmt.Errorf("invalid port %q (want a number from 1 to 65535)", clip.String(v, 64))
 	}
 	return uint32(n), nil
 }
@@ -393,25 +395,25 @@ var pathLiteral = regexp.MustCompile(`^[a-zA-Z0-9\-._~%!$&'()+,;:@=]+$`)
 func checkPath(p string) error {
 	if !IsPathTemplate(p) {
 		if strings.ContainsAny(p, "{}") {
-			return fmt.Errorf("invalid path %q: '{' and '}' are only allowed in the {*} and {**} template operators", truncate(p, 64))
+			return fmt.Errorf("invalid path %q: '{' and '}' are only allowed in the {*} and {**} template operators", clip.String(p, 64))
 		}
 		return checkWildcard(p)
 	}
 	if !strings.HasPrefix(p, "/") {
-		return fmt.Errorf("invalid path template %q: must start with '/'", truncate(p, 64))
+		return fmt.Errorf("invalid path template %q: must start with '/'", clip.String(p, 64))
 	}
 	seenAny := false
 	for _, seg := range strings.Split(strings.Trim(p, "/"), "/") {
 		switch {
 		case (seg == MatchOneTemplate || seg == MatchAnyTemplate) && seenAny:
-			return fmt.Errorf("invalid path template %q: {**} must be the last operator", truncate(p, 64))
+			return fmt.Errorf("invalid path template %q: {**} must be the last operator", clip.String(p, 64))
 		case seg == MatchAnyTemplate:
 			seenAny = true
 		case seg == MatchOneTemplate:
 		case strings.ContainsAny(seg, "{}*"):
-			return fmt.Errorf("invalid path template %q: segment %q mixes an operator with other characters", truncate(p, 64), truncate(seg, 64))
+			return fmt.Errorf("invalid path template %q: segment %q mixes an operator with other characters", clip.String(p, 64), clip.String(seg, 64))
 		case !pathLiteral.MatchString(seg):
-			return fmt.Errorf("invalid path template %q: segment %q has characters not allowed in a path", truncate(p, 64), truncate(seg, 64))
+			return fmt.Errorf("invalid path template %q: segment %q has characters not allowed in a path", clip.String(p, 64), clip.String(seg, 64))
 		}
 	}
 	return nil
@@ -474,29 +476,29 @@ func ParseConditionKey(key string) (ConditionKey, error) {
 	case strings.HasPrefix(key, string(AttrRequestHeaders)+"["):
 		names, err := bracketed(strings.TrimPrefix(key, string(AttrRequestHeaders)))
 		if err != nil || len(names) != 1 {
-			return ConditionKey{}, fmt.Errorf("malformed header key %q: want request.headers[<name>]", truncate(key, 64))
+			return ConditionKey{}, fmt.Errorf("malformed header key %q: want request.headers[<name>]", clip.String(key, 64))
 		}
 		if !validHeaderName(names[0]) {
-			return ConditionKey{}, fmt.Errorf("malformed header key %q: %q is not a valid HTTP header name", truncate(key, 64), truncate(names[0], 64))
+			return ConditionKey{}, fmt.Errorf("malformed header key %q: %q is not a valid HTTP header name", clip.String(key, 64), clip.String(names[0], 64))
 		}
 		return ConditionKey{Attribute: AttrRequestHeaders, Args: names}, nil
 	case strings.HasPrefix(key, string(AttrRequestClaims)+"["):
 		names, err := bracketed(strings.TrimPrefix(key, string(AttrRequestClaims)))
 		if err != nil {
-			return ConditionKey{}, fmt.Errorf("malformed claim key %q: want request.auth.claims[<name>] or request.auth.claims[<a>][<b>]", truncate(key, 64))
+			return ConditionKey{}, fmt.Errorf("malformed claim key %q: want request.auth.claims[<name>] or request.auth.claims[<a>][<b>]", clip.String(key, 64))
 		}
 		return ConditionKey{Attribute: AttrRequestClaims, Args: names}, nil
 	case strings.HasPrefix(key, experimentalPrefix):
 		filter, rest, ok := strings.Cut(strings.TrimPrefix(key, experimentalPrefix), "[")
 		name, closed := strings.CutSuffix(rest, "]")
 		if !ok || !closed || name == "" || !filterName.MatchString(filter) {
-			return ConditionKey{}, fmt.Errorf("malformed key %q: want experimental.envoy.filters.<filter>[<metadata key>]", truncate(key, 64))
+			return ConditionKey{}, fmt.Errorf("malformed key %q: want experimental.envoy.filters.<filter>[<metadata key>]", clip.String(key, 64))
 		}
 		return ConditionKey{Attribute: AttrExperimentalFilter, Args: []string{"envoy.filters." + filter, name}}, nil
 	case key == string(AttrRequestHeaders) || key == string(AttrRequestClaims):
 		return ConditionKey{}, fmt.Errorf("malformed key %q: want %s[<name>]", key, key)
 	}
-	return ConditionKey{}, fmt.Errorf("unknown attribute %q", truncate(key, 64))
+	return ConditionKey{}, fmt.Errorf("unknown attribute %q", clip.String(key, 64))
 }
 
 // bracketed parses "[a][b]..." into its names. Names are non-empty and hold

@@ -8,6 +8,8 @@ import (
 	"strconv"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/castellan-mesh/castellan/internal/clip"
 )
 
 // maxDepth bounds the nesting the JSON walk follows; the policy types are
@@ -209,18 +211,11 @@ func jsonType(v any) string {
 	case json.Number:
 		return "the number " + x.String()
 	case string:
-		return fmt.Sprintf("the string %q", truncate(x, 40))
+		return fmt.Sprintf("the string %q", clip.String(x, 40))
 	case []any:
 		return "a list"
 	case map[string]any:
 		return "an object"
 	}
 	return fmt.Sprintf("%T", v)
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/castellan-mesh/castellan/authz"
+	"github.com/castellan-mesh/castellan/internal/clip"
 )
 
 // Pods tells which service account a pod runs as.
@@ -515,7 +516,7 @@ func checkNames(typ string, names []string) error {
 	}
 	for _, n := range names {
 		if n != "*" && !slices.Contains(namesOf(typ), n) {
-			return status.Errorf(codes.InvalidArgument, "xds: resource %q is not served (served: %v)", truncate(n, 128), namesOf(typ))
+			return status.Errorf(codes.InvalidArgument, "xds: resource %q is not served (served: %v)", clip.String(n, 128), namesOf(typ))
 		}
 	}
 	return nil
@@ -533,14 +534,14 @@ func (c *callbacks) request(id streamKey, node *corev3.Node, nonce string, errDe
 		s.mu.Unlock()
 		if err := s.bind(id, st, node); err != nil {
 			s.metrics.refused("identity")
-			s.log.Warn("xds: proxy refused", "node", truncate(node.GetId(), 128), "peer", st.peerID, "error", err)
+			s.log.Warn("xds: proxy refused", "node", clip.String(node.GetId(), 128), "peer", st.peerID, "error", err)
 			return err
 		}
 		return nil
 	}
 	defer s.mu.Unlock()
 	if node.GetId() != "" && node.GetId() != st.node {
-		return status.Errorf(codes.PermissionDenied, "xds: node ID changed on the stream from %q", truncate(st.node, 128))
+		return status.Errorf(codes.PermissionDenied, "xds: node ID changed on the stream from %q", clip.String(st.node, 128))
 	}
 	if nonce == "" || nonce != st.nonce {
 		return nil // not an answer to the last response
@@ -549,7 +550,7 @@ func (c *callbacks) request(id streamKey, node *corev3.Node, nonce string, errDe
 	if errDetail != nil {
 		s.metrics.answered(false)
 		s.log.Warn("xds: proxy rejected its config (NACK); it keeps its last good config", "workload", st.wk.String(),
-			"node", st.node, "error", truncate(errDetail.Message(), 512))
+			"node", st.node, "error", clip.String(errDetail.Message(), 512))
 	} else {
 		s.metrics.answered(true)
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-mesh/castellan/internal/clip"
 	"github.com/castellan-mesh/castellan/internal/smallfile"
 )
 
@@ -157,13 +158,13 @@ func parseMachineTime(b []byte) (time.Duration, error) {
 	line, _, _ := bytes.Cut(b, []byte("\n"))
 	f := strings.Fields(string(line))
 	if len(f) < 9 || f[0] != "cpu" {
-		return 0, fmt.Errorf("loadgen: /proc/stat: first line %q is not cpu and eight counters", truncate(string(line), 80))
+		return 0, fmt.Errorf("loadgen: /proc/stat: first line %q is not cpu and eight counters", clip.String(string(line), 80))
 	}
 	var ticks int64
 	for i, c := range f[1:9] {
 		n, err := strconv.ParseInt(c, 10, 64)
 		if err != nil || n < 0 {
-			return 0, fmt.Errorf("loadgen: /proc/stat: counter %d of the cpu line is %q, not a count of ticks", i+1, truncate(c, 24))
+			return 0, fmt.Errorf("loadgen: /proc/stat: counter %d of the cpu line is %q, not a count of ticks", i+1, clip.String(c, 24))
 		}
 		ticks += n
 	}
@@ -213,12 +214,4 @@ func (t threadTimes) since(before threadTimes) time.Duration {
 		sum += max(0, rt-before[path])
 	}
 	return sum
-}
-
-// truncate returns s cut to at most n bytes, marked when cut.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/castellan-mesh/castellan/ca/authn"
 	"github.com/castellan-mesh/castellan/ca/nodeauth"
+	"github.com/castellan-mesh/castellan/internal/clip"
 	"github.com/castellan-mesh/castellan/internal/promreg"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -126,10 +127,4 @@ func parseImpersonated(v *structpb.Value) (spiffeid.ID, error) {
 }
 
 // truncate shortens a caller-supplied value for messages and logs.
-func truncate(s string) string {
-	const limit = 256
-	if len(s) <= limit {
-		return s
-	}
-	return s[:limit] + "..."
-}
+func truncate(s string) string { return clip.String(s, 256) }
