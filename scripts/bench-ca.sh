@@ -66,18 +66,18 @@ for i in $(seq "$runs"); do
 	busy+=($(awk '/^CA\/busy floor/{sub("x", "", $3); print $3}' <<<"$out"))
 	other+=($(awk '/^other work/{print $3}' <<<"$out"))
 done
-if [ "$runs" -gt 1 ] && [ "${#ratios[@]}" -gt 0 ]; then
-	echo "CA/floor      ${ratios[*]}: median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#ratios[@]} runs"
-fi
-if [ "$runs" -gt 1 ] && [ "${#paired[@]}" -gt 0 ]; then
-	echo "CA/floor pair ${paired[*]}: median $(printf '%s\n' "${paired[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#paired[@]} runs"
-fi
-if [ "$runs" -gt 1 ] && [ "${#inter[@]}" -gt 0 ]; then
-	echo "CA/floor all  ${inter[*]}: median $(printf '%s\n' "${inter[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#inter[@]} runs (each over all its slices)"
-fi
-if [ "$runs" -gt 1 ] && [ "${#busy[@]}" -gt 0 ]; then
-	echo "CA/busy floor ${busy[*]}: median $(printf '%s\n' "${busy[@]}" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over ${#busy[@]} runs"
-fi
+# summary LABEL TEXT VALUES...: with more than one run, prints the values
+# and their median.
+summary() {
+	local label=$1 text=$2
+	shift 2
+	[ "$runs" -gt 1 ] && [ $# -gt 0 ] || return 0
+	echo "$label $*: median $(printf '%s\n' "$@" | sort -n | awk '{r[NR] = $1} END {print r[int((NR + 1) / 2)]}')x over $# runs$text"
+}
+summary "CA/floor     " "" ${ratios[@]+"${ratios[@]}"}
+summary "CA/floor pair" "" ${paired[@]+"${paired[@]}"}
+summary "CA/floor all " " (each over all its slices)" ${inter[@]+"${inter[@]}"}
+summary "CA/busy floor" "" ${busy[@]+"${busy[@]}"}
 if [ "$runs" -gt 1 ] && [ "${#other[@]}" -gt 0 ]; then
 	echo "other work    ${other[*]}: each run's share of the machine's CPU time that went to other processes"
 fi
